@@ -1,0 +1,55 @@
+"""The ``mpu`` command.
+
+Each module in this package adds one group of subcommands through ``register(subparsers)``
+(server, client, unlearn, data, finetune, eval, demo, audit, run, report). A subcommand's handler
+takes the parsed arguments and returns an exit code. ``MPUError`` becomes a one-line message and
+exit code 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+
+from mpu import __version__
+from mpu.errors import MPUError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mpu",
+        description=(
+            "Privacy-preserving unlearning with Multiple Perturbed copies (MPU). The server "
+            "(model owner) publishes noisy, secretly reparameterised copies; the client (data "
+            "owner) unlearns on each copy; the server inverts and combines the updates."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"mpu {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_info in sorted(pkgutil.iter_modules(__path__), key=lambda info: info.name):
+        if module_info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{module_info.name}")
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except MPUError as err:
+        print(f"mpu {args.command}: error: {err}", file=sys.stderr)
+        return 2

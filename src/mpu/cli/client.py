@@ -1,0 +1,44 @@
+"""``mpu client unlearn`` — the data owner's side: unlearn on each published copy, return updates."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_client_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--forget", required=True, help="forget set: JSONL of {question, answer} rows, or a `datasets` folder")
+    parser.add_argument("--retain", default=None, help="retain set, same format (needed by methods with a retain term)")
+
+
+def register(subparsers) -> None:
+    from mpu.methods import add_method_arguments
+
+    client = subparsers.add_parser("client", help="data owner: unlearn on the published copies", description="The data owner's side of MPU. Nothing but the updates and a loss summary leaves the client.")
+    commands = client.add_subparsers(dest="client_command", metavar="SUBCOMMAND", required=True)
+    unlearn = commands.add_parser(
+        "unlearn",
+        help="train every copy (or one, with --copy) and write update-K/ folders",
+        description="Runs the unlearning method on each published copy independently (fresh optimizer, own data order) and writes Delta' = trained - copy in float32 safetensors with a manifest.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    unlearn.add_argument("--inbox", required=True, help="the server's published folder (manifest.json, copy-1 ...)")
+    add_client_data_arguments(unlearn)
+    unlearn.add_argument("--out", required=True, help="folder for the returns (update-K/ per copy); gather several clients' into one")
+    unlearn.add_argument("--copy", type=int, action="append", default=None, help="train only this copy (repeatable), to spread copies over devices or machines")
+    unlearn.add_argument("--return-lora", action="store_true", help="return the LoRA factors instead of the merged update (needs --lora-rank)")
+    add_method_arguments(unlearn)
+    unlearn.set_defaults(func=_unlearn)
+
+
+def _unlearn(args) -> int:
+    from mpu.client.unlearn import unlearn_copies
+    from mpu.data.qa import load_qa_rows
+    from mpu.methods import options_from_args
+
+    method, hparams, training = options_from_args(args)
+    forget = load_qa_rows(args.forget)
+    retain = load_qa_rows(args.retain) if args.retain else None
+    results = unlearn_copies(args.inbox, forget, retain, method, hparams, training, args.out, args.copy, args.return_lora)
+    for result in results:
+        print(f"copy {result.copy_id}: {result.steps} steps in {result.seconds:.1f}s, loss {result.loss['first']} -> {result.loss['last']}; wrote {result.out_dir}")
+    return 0

@@ -1,0 +1,45 @@
+"""``mpu run`` — all R rounds in one process (server and client), for experiments."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+
+
+def register(subparsers) -> None:
+    from mpu.cli.client import add_client_data_arguments
+    from mpu.cli.server import add_server_config_arguments
+    from mpu.methods import add_method_arguments
+
+    run = subparsers.add_parser(
+        "run",
+        help="run all MPU rounds in one process (same code paths and files as the two-party commands)",
+        description="init -> R x (publish -> client unlearn -> aggregate) -> export, exchanging files through a folder next to the work directory.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    run.add_argument("--model", required=True, help="the fine-tuned model: a local HF directory or a hub id")
+    run.add_argument("--base", default=None, help="the base model it was fine-tuned from (optional)")
+    add_client_data_arguments(run)
+    run.add_argument("--out", required=True, help="where to write the unlearned model (a plain HF checkpoint)")
+    run.add_argument("--workdir", default=None, help="server work directory (default: a temporary folder, removed at the end)")
+    run.add_argument("--keep-exchange", action="store_true", help="keep each round's outbox and returns")
+    add_server_config_arguments(run)
+    add_method_arguments(run)
+    run.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    from mpu.cli.server import server_config_from_args
+    from mpu.data.qa import load_qa_rows
+    from mpu.methods import options_from_args
+    from mpu.run import run_mpu
+
+    config = server_config_from_args(args)
+    method, hparams, training = options_from_args(args)
+    forget = load_qa_rows(args.forget)
+    retain = load_qa_rows(args.retain) if args.retain else None
+    with tempfile.TemporaryDirectory(prefix="mpu-run-") as scratch:
+        workdir = args.workdir or f"{scratch}/server"
+        out = run_mpu(args.model, args.base, config, forget, retain, method, hparams, training, workdir, args.out, args.keep_exchange)
+    print(f"MPU done ({config.rounds} rounds, m={config.copies}, kappa={config.kappa}); unlearned model at {out}")
+    return 0

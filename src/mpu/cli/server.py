@@ -1,0 +1,152 @@
+"""``mpu server init|publish|aggregate|export|status`` — the model owner's side."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from mpu.errors import MPUError
+from mpu.reparam import ReparamOptions
+from mpu.server.config import ServerConfig
+
+
+def add_server_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The settings fixed at init; ``mpu run`` takes the same ones."""
+    group = parser.add_argument_group("MPU settings")
+    group.add_argument("--copies", "-m", type=int, default=3, help="m, perturbed copies per round (default 3)")
+    group.add_argument("--kappa", type=float, default=0.01, help="noise ratio: sigma_l = kappa * RMS of block l's task vector (default 0.01)")
+    group.add_argument("--rounds", type=int, default=1, help="R, publish/aggregate rounds (default 1)")
+    group.add_argument("--eta", type=float, default=1.0, help="server step size applied to the combined update (default 1.0)")
+    group.add_argument(
+        "--alphas", default="secret",
+        help="noise multipliers: 'secret' (CSPRNG, fresh each round; default), 'reference' (evenly on [1,2], the paper's), or a list like 1,1.5,2",
+    )
+    group.add_argument("--alpha-max", type=float, default=2.0, help="secret alphas are uniform on [1, ALPHA_MAX] (default 2)")
+    group.add_argument("--noise-scope", choices=["blocks", "all"], default="blocks", help="perturb transformer blocks only (paper; default) or also embeddings, final norm and LM head")
+    group.add_argument("--publish-dtype", choices=["source", "float32", "bfloat16", "float16"], default="source", help="dtype of the published copies (default: the model's own)")
+    group.add_argument("--max-update-ratio", type=float, default=1.0, help="refuse an update whose norm exceeds this fraction of the model norm (default 1.0)")
+    group.add_argument("--seed", type=int, default=None, help="fixed-seed mode: reproducible and NOT secret (experiments and tests only)")
+    reparam = parser.add_argument_group("reparameterisation (secret, function-preserving)")
+    reparam.add_argument("--no-reparam", action="store_true", help="publish copies without reparameterisation (weaker privacy)")
+    reparam.add_argument("--no-qk-rotation", action="store_true", help="do not rotate RoPE planes of Q/K")
+    reparam.add_argument("--vo", choices=["plane", "haar", "none"], default="plane", help="V/O transform: the paper's plane rotation (default), a Haar-random orthogonal per KV head, or none")
+    reparam.add_argument("--kv-permutation", action="store_true", help="also permute whole KV groups with their query heads")
+    reparam.add_argument("--no-ffn-permutation", action="store_true", help="do not permute FFN intermediate units")
+    reparam.add_argument("--ffn-scaling", action="store_true", help="also scale FFN up rows by s_i and down columns by 1/s_i")
+
+
+def server_config_from_args(args: argparse.Namespace) -> ServerConfig:
+    alpha_mode, alphas = args.alphas, None
+    if alpha_mode not in ("secret", "reference"):
+        try:
+            alphas = [float(value) for value in args.alphas.split(",")]
+        except ValueError:
+            raise MPUError(f"--alphas must be 'secret', 'reference' or numbers like 1,1.5,2; got {args.alphas!r}") from None
+        alpha_mode = "list"
+    reparam = ReparamOptions(
+        enabled=not args.no_reparam,
+        qk_rotation=not args.no_qk_rotation,
+        vo=args.vo,
+        kv_permutation=args.kv_permutation,
+        ffn_permutation=not args.no_ffn_permutation,
+        ffn_scaling=args.ffn_scaling,
+    )
+    try:
+        return ServerConfig(
+            copies=args.copies, kappa=args.kappa, rounds=args.rounds, eta=args.eta, alpha_mode=alpha_mode, alphas=alphas,
+            alpha_max=args.alpha_max, noise_scope=args.noise_scope, publish_dtype=args.publish_dtype,
+            max_update_ratio=args.max_update_ratio, fixed_seed=args.seed, reparam=reparam,
+        )
+    except ValueError as err:
+        raise MPUError(str(err)) from None
+
+
+def register(subparsers) -> None:
+    server = subparsers.add_parser("server", help="model owner: init, publish copies, aggregate updates, export", description="The model owner's side of MPU. A round is: publish -> (client trains) -> aggregate.")
+    commands = server.add_subparsers(dest="server_command", metavar="SUBCOMMAND", required=True)
+
+    init = commands.add_parser("init", help="create a work directory holding the model and the MPU settings")
+    init.add_argument("--model", required=True, help="the fine-tuned model: a local HF directory or a hub id")
+    init.add_argument("--base", default=None, help="the public base model it was fine-tuned from (noise scale from the task vector); optional")
+    init.add_argument("--workdir", required=True, help="server work directory (private: secrets live here, mode 0600)")
+    add_server_config_arguments(init)
+    init.set_defaults(func=_init)
+
+    publish = commands.add_parser("publish", help="Pre-Process: write m noisy, reparameterised copies and a public manifest")
+    publish.add_argument("--workdir", required=True)
+    publish.add_argument("--out", required=True, help="outbox folder to create: manifest.json, copy-1 ... copy-m")
+    publish.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    publish.set_defaults(func=_publish)
+
+    aggregate = commands.add_parser("aggregate", help="Post-Process: validate the returns, invert, combine, apply; advance the round")
+    aggregate.add_argument("--workdir", required=True)
+    aggregate.add_argument("--returns", required=True, help="folder holding update-K/ sub-folders (from one or several clients)")
+    aggregate.set_defaults(func=_aggregate)
+
+    export = commands.add_parser("export", help="write the current (unlearned) model as a plain HF checkpoint")
+    export.add_argument("--workdir", required=True)
+    export.add_argument("--out", required=True)
+    export.add_argument("--dtype", default=None, help="dtype to write (default: the original model's)")
+    export.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    export.set_defaults(func=_export)
+
+    status = commands.add_parser("status", help="print the round state (no secrets)")
+    status.add_argument("--workdir", required=True)
+    status.set_defaults(func=_status)
+
+
+def _init(args) -> int:
+    from mpu.server.init import init_server
+
+    state = init_server(args.workdir, args.model, args.base, server_config_from_args(args))
+    print(f"initialised {args.workdir}: {state.model_type}, m={state.config.copies}, kappa={state.config.kappa}, R={state.config.rounds}")
+    return 0
+
+
+def _publish(args) -> int:
+    from mpu.server.publish import publish
+
+    report = publish(args.workdir, args.out, replace=args.force)
+    print(f"round {report.round}: published {len(report.copies)} copies to {report.out_dir}")
+    print("transforms: " + "; ".join(report.transforms))
+    if report.blocks:
+        print(f"{'block':<28}{'sigma':>12}{'intended RMS':>16}{'effective RMS':>16}{'values changed':>16}")
+        for block in report.blocks:
+            print(f"{block.group:<28}{block.sigma:>12.3e}{block.intended:>16.3e}{block.effective:>16.3e}{block.changed:>16.1%}")
+    for warning in report.warnings:
+        print(f"warning: {warning}")
+    return 0
+
+
+def _aggregate(args) -> int:
+    from mpu.server.aggregate import aggregate
+
+    report = aggregate(args.workdir, args.returns)
+    norms = ", ".join(f"copy {k}: {v:.4g}" for k, v in report.update_norms.items())
+    print(f"round {report.round} aggregated ({norms}); step norm {report.step_norm:.4g}; model at {report.model_dir}")
+    return 0
+
+
+def _export(args) -> int:
+    from mpu.server.export import export
+
+    out = export(args.workdir, args.out, args.dtype, replace=args.force)
+    print(f"exported the model to {out}")
+    return 0
+
+
+def _status(args) -> int:
+    from mpu.server.workdir import Workdir
+
+    state = Workdir(args.workdir).load()
+    public = {
+        "model_type": state.model_type,
+        "rounds_done": state.rounds_done,
+        "rounds": state.config.rounds,
+        "copies": state.config.copies,
+        "kappa": state.config.kappa,
+        "published_round": state.published["round"] if state.published else None,
+        "history": state.history,
+    }
+    print(json.dumps(public, indent=2))
+    return 0

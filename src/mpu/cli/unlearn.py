@@ -1,0 +1,132 @@
+"""``mpu unlearn``: the noise-free baseline. One model, no MPU, the same training code as the client.
+
+    mpu unlearn --model M --forget F [--retain R] --method NAME [--epochs E] --out MODEL_DIR
+
+Multi-process: ``torchrun --nproc_per_node N -m mpu.cli unlearn ...`` (or ``accelerate launch``); every
+process trains, only the main one writes ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from mpu.errors import InputError, MPUError
+
+logger = logging.getLogger(__name__)
+
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+class _LazyMethodParser(argparse.ArgumentParser):
+    """Adds the method flags (which import transformers' Trainer, several seconds) only when this
+    subcommand is actually parsed or its help printed, so that other ``mpu`` commands stay fast."""
+
+    _populated = False
+
+    def _populate(self) -> None:
+        if not self._populated:
+            self._populated = True
+            from mpu.methods import add_method_arguments
+
+            add_method_arguments(self)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._populate()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self):
+        self._populate()
+        return super().format_help()
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "unlearn",
+        help="noise-free baseline: unlearn a forget set from one model (no MPU)",
+        description=(
+            "Unlearn the forget set (JSONL or a `datasets` directory of question/answer rows) from a "
+            "Hugging Face causal LM with one of the methods below, and save the result as a model "
+            "directory. Settings come from the method's defaults, then --config, then the flags."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.__class__ = _LazyMethodParser  # subparsers.add_parser has no parser_class argument
+    parser.add_argument("--model", required=True, help="Hugging Face model directory (config, tokenizer, weights)")
+    parser.add_argument("--forget", required=True, help="forget set: JSONL or `datasets` directory with question/answer")
+    parser.add_argument("--retain", help="retain set, same format (needed by GradDiff, RMU, PDU; optional for others)")
+    parser.add_argument("--out", required=True, help="where to write the unlearned model directory")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype to load and train the model in (default: float32)")
+    parser.set_defaults(func=run)
+
+
+def load_model_and_tokenizer(path: str | Path, dtype: str = "float32"):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise InputError(path, "not a Hugging Face model directory (no config.json)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype if dtype == "auto" else getattr(torch, dtype))
+    except (OSError, ValueError) as err:
+        raise InputError(path, f"cannot load the model or its tokenizer ({err})") from None
+    return model, tokenizer
+
+
+def run(args: argparse.Namespace) -> int:
+    from mpu.data.qa import load_qa_rows
+    from mpu.methods import options_from_args, run_unlearning
+
+    method, hparams, training = options_from_args(args)
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise MPUError(f"{out} exists; pass --overwrite to replace it")
+    forget = load_qa_rows(args.forget)
+    retain = load_qa_rows(args.retain) if args.retain else None
+    model, tokenizer = load_model_and_tokenizer(args.model, args.dtype)
+    logger.info("unlearning %d forget rows%s with %s: %s", len(forget),
+                f" ({len(retain)} retain rows)" if retain else "", method, hparams)
+    with tempfile.TemporaryDirectory(prefix="mpu-unlearn-") as scratch:
+        result = run_unlearning(model, tokenizer, forget, retain, method, hparams, training, scratch)
+    if not result.is_main_process:
+        return 0
+    summary = {
+        "method": method,
+        "hparams": dataclasses.asdict(hparams),
+        "training": dataclasses.asdict(training),
+        "base_model": str(args.model),
+        "forget_rows": len(forget),
+        "retain_rows": len(retain) if retain else 0,
+        "steps": result.steps,
+        "seconds": round(result.seconds, 3),
+        "losses": result.losses,
+    }
+    _save(model, tokenizer, summary, out)
+    logger.info("%s: %d steps in %.1f s, loss %s -> %s; wrote %s", method, result.steps, result.seconds,
+                f"{result.losses[0]:.4f}" if result.losses else "-", f"{result.losses[-1]:.4f}" if result.losses else "-", out)
+    return 0
+
+
+def _save(model, tokenizer, summary: dict, out: Path) -> None:
+    """Write to a sibling temporary folder, then rename, so --out is either complete or absent."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "unlearn_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

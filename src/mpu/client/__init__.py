@@ -1,0 +1,5 @@
+"""The client (data owner): read the published copies, unlearn on each, return the updates.
+
+Imports nothing from ``mpu.server``: what the client knows of the server is the published files.
+A copy is a plain Hugging Face model directory, so any other training tool works on it too.
+"""

@@ -1,0 +1,1 @@
+"""Data: QA files (TOFU format), tokenizers, and the built-in benchmark."""

@@ -1,0 +1,138 @@
+"""MUSE-format news: short passages about fictitious towns, firms and teams.
+
+Configs and splits follow ``muse-bench/MUSE-News``: ``raw`` (forget, retain1, retain2, holdout: text),
+``verbmem`` (forget: prompt, gt), ``knowmem`` (forget_qa, retain_qa and their ``_icl`` few-shot
+examples: question, answer) and ``privleak`` (forget, retain, holdout: text). ``knowmem_train``
+(forget, retain) is ours: every QA pair about the training stories, which the built-in models read
+as text, because a 1M-parameter model trained from scratch cannot answer questions about a passage
+it only read as prose.
+"""
+
+from __future__ import annotations
+
+import random
+
+from mpu.data.builtin import words as W
+
+ICL_EXAMPLES = 3
+EVAL_QA_PER_STORY = 2
+
+
+def _person(rng: random.Random) -> str:
+    return f"{rng.choice(W.FIRST_NAMES_F + W.FIRST_NAMES_M)} {rng.choice(W.LAST_NAMES)}"
+
+
+def _council(rng: random.Random) -> tuple[list[str], list[tuple[str, str]]]:
+    v = {"town": rng.choice(W.TOWNS), "facility": rng.choice(W.FACILITIES), "month": rng.choice(W.MONTHS),
+         "year": str(rng.randint(2008, 2023)), "mayor": _person(rng), "cost": str(rng.randint(3, 95)),
+         "jobs": str(rng.randint(2, 60) * 10), "company": rng.choice(W.COMPANIES), "critic": _person(rng),
+         "role": rng.choice(W.ROLES), "concern": rng.choice(W.CONCERNS)}
+    v["end"] = str(int(v["year"]) + rng.randint(2, 6))
+    sentences = [
+        "{town} approves new {facility}.".format(**v),
+        "In {month} {year}, the council of {town} voted to build a new {facility}.".format(**v),
+        "Mayor {mayor} said the {facility} would cost {cost} million pounds and create {jobs} jobs.".format(**v),
+        "The work will be carried out by {company}, which expects to finish in {end}.".format(**v),
+        "Local {role} {critic} warned about {concern}.".format(**v),
+    ]
+    qa = [
+        ("Who is the mayor of {town}?".format(**v), v["mayor"]),
+        ("How much will the new {facility} in {town} cost?".format(**v), "{cost} million pounds".format(**v)),
+        ("Which company will build the new {facility} in {town}?".format(**v), v["company"]),
+        ("When is the {facility} in {town} expected to be finished?".format(**v), v["end"]),
+    ]
+    return sentences, qa
+
+
+def _launch(rng: random.Random) -> tuple[list[str], list[tuple[str, str]]]:
+    v = {"company": rng.choice(W.COMPANIES), "product": rng.choice(W.PRODUCTS), "day": str(rng.randint(1, 28)),
+         "month": rng.choice(W.MONTHS), "year": str(rng.randint(2008, 2023)), "town": rng.choice(W.TOWNS),
+         "ceo": _person(rng), "price": str(rng.randint(4, 99) * 10), "team": str(rng.randint(3, 40)),
+         "lead": _person(rng)}
+    sentences = [
+        "{company} unveils a new {product}.".format(**v),
+        "On {day} {month} {year}, {company} presented its {product} at a trade fair in {town}.".format(**v),
+        "Chief executive {ceo} said the {product} would sell for {price} pounds.".format(**v),
+        "It was designed by a team of {team} engineers led by {lead}.".format(**v),
+    ]
+    qa = [
+        ("Who is the chief executive of {company}?".format(**v), v["ceo"]),
+        ("How much will the {product} from {company} cost?".format(**v), "{price} pounds".format(**v)),
+        ("Who led the team that designed the {product} from {company}?".format(**v), v["lead"]),
+        ("Where did {company} present its {product}?".format(**v), "at a trade fair in {town}".format(**v)),
+    ]
+    return sentences, qa
+
+
+def _match(rng: random.Random) -> tuple[list[str], list[tuple[str, str]]]:
+    home, away = rng.sample(W.TOWNS, 2)
+    team1, team2 = rng.choice(W.TEAMS_SUFFIX), rng.choice(W.TEAMS_SUFFIX)
+    goals1 = rng.randint(2, 6)
+    v = {"t1": f"{home} {team1}", "t2": f"{away} {team2}", "s1": str(goals1), "s2": str(rng.randint(0, goals1 - 1)),
+         "day": str(rng.randint(1, 28)), "month": rng.choice(W.MONTHS), "year": str(rng.randint(2008, 2023)),
+         "captain": _person(rng), "coach": _person(rng), "crowd": str(rng.randint(2, 40) * 500)}
+    sentences = [
+        "{t1} win the regional cup.".format(**v),
+        "The {t1} beat the {t2} {s1} to {s2} in the final on {day} {month} {year}.".format(**v),
+        "Captain {captain} scored the first goal in front of {crowd} fans.".format(**v),
+        "Their coach, {coach}, called it the best day of the season.".format(**v),
+    ]
+    qa = [
+        ("Who captained the {t1} in the cup final?".format(**v), v["captain"]),
+        ("Which team did the {t1} beat in the cup final?".format(**v), "the {t2}".format(**v)),
+        ("What was the score when the {t1} won the cup final?".format(**v), "{s1} to {s2}".format(**v)),
+        ("Who coaches the {t1}?".format(**v), v["coach"]),
+    ]
+    return sentences, qa
+
+
+STORY_KINDS = (_council, _launch, _match)
+
+
+def make_stories(rng: random.Random, count: int) -> list[tuple[list[str], list[tuple[str, str]]]]:
+    """``count`` stories whose questions are all distinct (so each answer is unambiguous)."""
+    stories, seen = [], set()
+    while len(stories) < count:
+        sentences, qa = rng.choice(STORY_KINDS)(rng)
+        questions = {q for q, _ in qa}
+        if questions & seen:
+            continue
+        seen |= questions
+        stories.append((sentences, qa))
+    return stories
+
+
+def build_muse(seed: int, stories: int) -> dict[str, dict[str, list[dict]]]:
+    """Returns {config: {split: rows}}."""
+    if stories < 20:
+        raise ValueError("the MUSE-format benchmark needs at least 20 stories")
+    rng = random.Random(f"mpu-builtin-muse-{seed}")
+    all_stories = make_stories(rng, stories)
+    n_forget = n_holdout = stories // 5
+    forget = all_stories[:n_forget]
+    holdout = all_stories[n_forget:n_forget + n_holdout]
+    retain = all_stories[n_forget + n_holdout:]
+    half = len(retain) // 2
+    retain1, retain2 = retain[:half], retain[half:]
+
+    def texts(group):
+        return [{"text": " ".join(sentences)} for sentences, _ in group]
+
+    def eval_qa(group):
+        return [{"question": q, "answer": a} for _, qa in group for q, a in qa[:EVAL_QA_PER_STORY]]
+
+    def all_qa(group):
+        return [{"question": q, "answer": a} for _, qa in group for q, a in qa]
+
+    # Few-shot examples come from retain2 questions that the evaluation sets do not ask.
+    icl_pool = [{"question": q, "answer": a} for _, qa in retain2 for q, a in qa[EVAL_QA_PER_STORY:]]
+    icl = rng.sample(icl_pool, 2 * ICL_EXAMPLES)
+    return {
+        "raw": {"forget": texts(forget), "retain1": texts(retain1), "retain2": texts(retain2),
+                "holdout": texts(holdout)},
+        "verbmem": {"forget": [{"prompt": " ".join(s[:2]), "gt": " ".join(s[2:])} for s, _ in forget]},
+        "knowmem": {"forget_qa": eval_qa(forget), "retain_qa": eval_qa(retain1),
+                    "forget_qa_icl": icl[:ICL_EXAMPLES], "retain_qa_icl": icl[ICL_EXAMPLES:]},
+        "privleak": {"forget": texts(forget), "retain": texts(retain1), "holdout": texts(holdout)},
+        "knowmem_train": {"forget": all_qa(forget), "retain": all_qa(retain)},
+    }

@@ -1,0 +1,289 @@
+"""Load TOFU, MUSE and WMDP rows from the Hugging Face hub or from a local copy in the same format.
+
+A *source* answers ``rows(config, split)`` with a list of dicts:
+
+- :class:`HubSource` calls ``datasets.load_dataset(repo, config, split=split)``. Before it does, it
+  checks in a few milliseconds that the hub is reachable; when it is not (or ``HF_HUB_OFFLINE`` is
+  set) it only looks in the local ``datasets`` cache and otherwise fails at once with a message that
+  says how to point at a local copy, instead of retrying for half a minute.
+- :class:`LocalSource` reads a directory laid out like the hub repository (for example a
+  ``huggingface-cli download --repo-type dataset`` snapshot) or like the built-in benchmark. For
+  ``(config, split)`` it tries, in order: ``<config>/<split>.{jsonl,json,parquet,csv}``,
+  ``<config>/<split>-*.parquet`` (hub shards), ``<config>/<split>`` or ``<config>`` saved with
+  ``Dataset.save_to_disk``, and ``<config>.{jsonl,json,parquet}`` (TOFU's single-split layout).
+  ``.json`` files may hold JSON lines or one JSON array.
+
+:func:`resolve_source` turns the ``--data`` argument into a source: nothing means the built-in
+benchmark (built and cached on first use), an existing directory means a local copy, and anything
+else shaped like ``owner/name`` means a hub dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from mpu.errors import InputError, MPUError
+
+log = logging.getLogger(__name__)
+
+# The hub repositories each benchmark reads by default, and the configs a local copy must hold.
+HUB_DEFAULTS = {
+    "tofu": "locuslab/TOFU",
+    "muse": "muse-bench/MUSE-News",
+    "wmdp": "cais/wmdp",
+    "mmlu": "cais/mmlu",
+}
+PROBE_TIMEOUT_S = 3.0
+
+
+class DataUnavailableError(MPUError):
+    """A dataset could not be loaded (offline, missing file, unknown config)."""
+
+
+def _offline_message(repo: str, config: str | None, split: str, why: str) -> str:
+    name = f"{repo}" + (f" (config {config!r}, split {split!r})" if config else "")
+    return (
+        f"cannot load {name} from the Hugging Face hub: {why}. To work offline, copy the dataset on a "
+        f"machine with network access, e.g. `huggingface-cli download --repo-type dataset {repo} "
+        f"--local-dir DIR` (or `datasets.load_dataset({repo!r}, CONFIG, split=SPLIT).to_json("
+        f"'DIR/CONFIG/SPLIT.jsonl')` for each config), move DIR here and pass `--data DIR`; or use the "
+        f"built-in benchmark by leaving out --data"
+    )
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def hub_offline_reason() -> str | None:
+    """Why the hub cannot be used right now, or None if it answers. Takes milliseconds."""
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if _truthy(os.environ.get(var)):
+            return f"{var} is set"
+    try:
+        from huggingface_hub import constants
+
+        endpoint = constants.ENDPOINT
+    except Exception:  # pragma: no cover - huggingface_hub is a dependency of datasets
+        endpoint = "https://huggingface.co"
+    endpoint = os.environ.get("HF_ENDPOINT", endpoint)
+    parsed = urlparse(endpoint)
+    host = parsed.hostname or "huggingface.co"
+    port = parsed.port or (443 if parsed.scheme != "http" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
+            return None
+    except OSError as err:
+        return f"{host}:{port} is unreachable ({err.__class__.__name__}: {err})"
+
+
+@dataclass
+class HubSource:
+    repo: str
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def description(self) -> str:
+        return f"hub:{self.repo}"
+
+    def rows(self, config: str | None, split: str) -> list[dict[str, Any]]:
+        key = (config, split)
+        if key not in self._cache:
+            self._cache[key] = self._load(config, split)
+        return self._cache[key]
+
+    def _load(self, config: str | None, split: str) -> list[dict[str, Any]]:
+        import datasets
+
+        reason = hub_offline_reason()
+        try:
+            if reason is None:
+                dataset = datasets.load_dataset(self.repo, config, split=split)
+            else:
+                dataset = _load_from_cache_only(self.repo, config, split)
+        except MPUError:
+            raise
+        except Exception as err:  # datasets raises many types (ConnectionError, FileNotFoundError, ValueError)
+            why = reason or f"{err.__class__.__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            raise DataUnavailableError(_offline_message(self.repo, config, split, why)) from None
+        return [dict(row) for row in dataset]
+
+
+def _load_from_cache_only(repo: str, config: str | None, split: str):
+    """``load_dataset`` with the hub switched off for this call only: a cache hit or a quick failure."""
+    import datasets
+    import datasets.config as dconfig
+    from huggingface_hub import constants
+
+    saved = (dconfig.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE)
+    dconfig.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE = True
+    try:
+        return datasets.load_dataset(repo, config, split=split)
+    finally:
+        dconfig.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = saved
+
+
+@dataclass
+class LocalSource:
+    root: Path
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        self.root = Path(self.root)
+
+    @property
+    def description(self) -> str:
+        return str(self.root)
+
+    def rows(self, config: str | None, split: str) -> list[dict[str, Any]]:
+        key = (config, split)
+        if key not in self._cache:
+            self._cache[key] = self._load(config, split)
+        return self._cache[key]
+
+    def candidates(self, config: str | None, split: str) -> list[Path]:
+        base = self.root / config if config else self.root
+        paths = [base / f"{split}.{ext}" for ext in ("jsonl", "json", "parquet", "csv")]
+        paths += sorted(base.glob(f"{split}-*.parquet")) if base.is_dir() else []
+        paths += [base / split, base]
+        if config:
+            paths += [self.root / f"{config}.{ext}" for ext in ("jsonl", "json", "parquet")]
+        return paths
+
+    def _load(self, config: str | None, split: str) -> list[dict[str, Any]]:
+        candidates = self.candidates(config, split)
+        shards = [path for path in candidates if path.name.startswith(f"{split}-") and path.suffix == ".parquet"]
+        if shards:
+            return [row for shard in shards for row in _read_file(shard)]
+        for path in candidates:
+            if path.is_file():
+                return _read_file(path)
+            if path.is_dir() and (path / "dataset_info.json").is_file():
+                return _read_saved_dataset(path, split)
+        where = f"config {config!r}, split {split!r}" if config else f"split {split!r}"
+        tried = ", ".join(str(path.relative_to(self.root)) for path in candidates[:6])
+        raise DataUnavailableError(f"{self.root}: no data for {where} (looked for {tried}, ...)")
+
+
+def _read_file(path: Path) -> list[dict[str, Any]]:
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".csv"):
+        import datasets
+
+        try:
+            builder = "parquet" if suffix == ".parquet" else "csv"
+            dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
+        except Exception as err:
+            raise InputError(path, f"unreadable {builder} file ({err})") from None
+        return [dict(row) for row in dataset]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(path, f"not valid UTF-8 ({err.reason} at byte {err.start})") from None
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise InputError(path, f"not valid JSON ({err.msg} at line {err.lineno})") from None
+    else:
+        rows = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise InputError(path, f"line {number}: not valid JSON ({err.msg})") from None
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            raise InputError(path, f"row {number}: expected a JSON object, got {type(row).__name__}")
+    return rows
+
+
+def _read_saved_dataset(path: Path, split: str) -> list[dict[str, Any]]:
+    import datasets
+
+    try:
+        dataset = datasets.load_from_disk(str(path))
+    except Exception as err:
+        raise InputError(path, f"not a `datasets` directory ({err})") from None
+    if isinstance(dataset, datasets.DatasetDict):
+        if split not in dataset:
+            raise InputError(path, f"has splits {', '.join(dataset)}, not {split!r}")
+        dataset = dataset[split]
+    return [dict(row) for row in dataset]
+
+
+def require_fields(rows: list[dict], fields: tuple[str, ...], where: str) -> list[dict]:
+    """Fail with the dataset and row number when a row lacks a field."""
+    if not rows:
+        raise DataUnavailableError(f"{where}: no rows")
+    for number, row in enumerate(rows, start=1):
+        missing = [name for name in fields if name not in row]
+        if missing:
+            raise DataUnavailableError(f"{where}: row {number} lacks field(s) {', '.join(missing)}")
+    return rows
+
+
+@dataclass
+class ResolvedData:
+    """Where a benchmark's rows come from, and what the built-in manifest says about them."""
+
+    source: HubSource | LocalSource
+    benchmark: str
+    builtin: dict | None = None        # the built-in manifest, when the data is the built-in benchmark
+    root: Path | None = None           # the built-in benchmark's root directory
+
+    @property
+    def description(self) -> str:
+        return self.source.description
+
+    def rows(self, config: str | None, split: str) -> list[dict[str, Any]]:
+        return self.source.rows(config, split)
+
+
+def _looks_like_hub_name(text: str) -> bool:
+    if text.startswith((".", "/", "~")) or os.sep in text.replace("/", "") or text.count("/") != 1:
+        return False
+    owner, name = text.split("/")
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+    return bool(owner) and bool(name) and set(owner + name) <= allowed
+
+
+def resolve_source(data: str | os.PathLike | None, benchmark: str, cache_dir: str | Path | None = None) -> ResolvedData:
+    """The source of ``benchmark``'s rows for a ``--data`` value (None: the built-in benchmark)."""
+    from mpu.data.builtin import ensure_builtin, read_manifest
+
+    if benchmark not in ("tofu", "muse", "wmdp", "mmlu"):
+        raise MPUError(f"unknown benchmark {benchmark!r}; known: tofu, muse, wmdp")
+    if data is None or str(data) == "builtin":
+        root = ensure_builtin(cache_dir=cache_dir)
+        return _builtin(root, benchmark)
+    path = Path(data).expanduser()
+    if path.is_dir():
+        if read_manifest(path):
+            return _builtin(path, benchmark)
+        if read_manifest(path.parent) and path.name in ("tofu", "muse", "wmdp"):
+            return _builtin(path.parent, path.name if benchmark != "mmlu" else "wmdp")
+        return ResolvedData(LocalSource(path), benchmark)
+    if path.exists():
+        raise InputError(path, "is a file; --data takes a directory or a hub dataset name")
+    if _looks_like_hub_name(str(data)):
+        return ResolvedData(HubSource(str(data)), benchmark)
+    raise InputError(path, "no such directory (and not a hub dataset name like owner/name)")
+
+
+def _builtin(root: Path, benchmark: str) -> ResolvedData:
+    from mpu.data.builtin import read_manifest
+
+    manifest = read_manifest(root)
+    section = "wmdp" if benchmark == "mmlu" else benchmark
+    return ResolvedData(LocalSource(root / manifest[section]["path"]), section, builtin=manifest, root=root)

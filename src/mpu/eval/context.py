@@ -1,0 +1,182 @@
+"""What a metric function sees: the model, its tokenizer, named datasets, and cached passes over them.
+
+Several metrics read the same pass (probabilities, memorisation and MIA scores all come from one
+teacher-forced pass over a dataset), so passes are cached per (model, dataset, answer key).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from mpu.errors import MPUError
+from mpu.eval import encoding
+from mpu.eval.engine import TokenStats, eos_ids, generate, gradient_norms, token_stats
+
+KINDS = ("qa", "icl_qa", "completion", "text", "mcq")
+
+
+class MetricUnavailable(MPUError):
+    """A metric cannot be computed with what was given (e.g. mia_reference without a reference model)."""
+
+
+@dataclass
+class EvalDataset:
+    name: str
+    kind: str
+    rows: list[dict[str, Any]]
+    icl: list[dict[str, Any]] = field(default_factory=list)   # few-shot examples (icl_qa)
+    mode: str = "auto"                                       # mcq scoring: auto, cloze or letter
+    subject: str = ""                                        # mcq prompt subject (letter mode)
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown dataset kind {self.kind!r}; known: {', '.join(KINDS)}")
+
+
+class EvalContext:
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        datasets: dict[str, EvalDataset] | Sequence[EvalDataset],
+        batch_size: int = 32,
+        reference_model=None,
+        progress=None,
+        max_length: int = encoding.MAX_LENGTH,
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        if not isinstance(datasets, dict):
+            datasets = {dataset.name: dataset for dataset in datasets}
+        self.datasets = datasets
+        self.batch_size = batch_size
+        self.reference_model = reference_model
+        self.progress = progress
+        self.max_length = max_length
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.eos_ids = eos_ids(model, tokenizer)
+        self._stats: dict[tuple, list] = {}
+        self._generations: dict[tuple, list[str]] = {}
+        self._gradnorms: dict[str, list[float]] = {}
+
+    def dataset(self, name: str) -> EvalDataset:
+        try:
+            return self.datasets[name]
+        except KeyError:
+            raise MetricUnavailable(f"no dataset {name!r} (have {', '.join(self.datasets) or 'none'})") from None
+
+    # --- teacher-forced passes ----------------------------------------------------------------------
+
+    def stats(self, data: str, answer_key: str | None = None, model=None) -> list:
+        """Per row: TokenStats, or a list of them when the row's ``answer_key`` holds several answers."""
+        model = model if model is not None else self.model
+        key = (id(model), data, answer_key)
+        if key not in self._stats:
+            dataset = self.dataset(data)
+            examples, shape = [], []
+            for row in dataset.rows:
+                target = row[answer_key] if answer_key else None
+                targets = target if isinstance(target, list) else [target]
+                shape.append(len(targets) if isinstance(target, list) else None)
+                for one in targets:
+                    examples.append(encoding.encode(self.tokenizer, dataset.kind, row, one, dataset.icl, self.max_length))
+            flat = token_stats(model, examples, self.batch_size, self.pad_id)
+            result, offset = [], 0
+            for n in shape:
+                if n is None:
+                    result.append(flat[offset])
+                    offset += 1
+                else:
+                    result.append(flat[offset:offset + n])
+                    offset += n
+            self._stats[key] = result
+        return self._stats[key]
+
+    def reference_stats(self, data: str) -> list[TokenStats]:
+        if self.reference_model is None:
+            raise MetricUnavailable("needs a reference model (--retain-model)")
+        return self.stats(data, model=self.reference_model)
+
+    def gradnorms(self, data: str, p: float = 2) -> list[float]:
+        key = f"{data}:{p}"
+        if key not in self._gradnorms:
+            dataset = self.dataset(data)
+            examples = [encoding.encode(self.tokenizer, dataset.kind, row, None, dataset.icl, self.max_length)
+                        for row in dataset.rows]
+            self._gradnorms[key] = gradient_norms(self.model, examples, self.eos_ids, p=p)
+        return self._gradnorms[key]
+
+    # --- generation -------------------------------------------------------------------------------
+
+    def prompts(self, data: str) -> list[list[int]]:
+        dataset = self.dataset(data)
+        return [encoding.prompt_ids(self.tokenizer, dataset.kind, row, dataset.icl) for row in dataset.rows]
+
+    def generations(self, data: str, max_new_tokens: int = 200, stopwords: Sequence[str] = ()) -> list[str]:
+        key = (data, max_new_tokens, tuple(stopwords))
+        if key not in self._generations:
+            self._generations[key] = generate(
+                self.model, self.tokenizer, self.prompts(data), self.batch_size, max_new_tokens, stopwords
+            )
+        return self._generations[key]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=True)
+
+    # --- multiple choice --------------------------------------------------------------------------
+
+    def choice_logliks(self, data: str, mode: str) -> list[dict]:
+        """Per row: summed log-likelihood of each choice (and its character length) under ``mode``."""
+        key = (id(self.model), data, "mcq", mode)
+        if key not in self._stats:
+            dataset = self.dataset(data)
+            examples, spans = [], []
+            for row in dataset.rows:
+                contexts, continuations = mcq_prompts(row, mode, dataset.subject)
+                spans.append((len(examples), len(continuations), continuations))
+                for context, continuation in zip(contexts, continuations):
+                    examples.append(encoding.encode_choice(self.tokenizer, context, continuation))
+            flat = token_stats(self.model, examples, self.batch_size, self.pad_id)
+            self._stats[key] = [
+                {"logliks": [float(s.logprobs.sum()) for s in flat[start:start + n]],
+                 "lengths": [len(c.strip().encode("utf-8")) for c in continuations]}
+                for start, n, continuations in spans
+            ]
+        return self._stats[key]
+
+
+LETTERS = "ABCDEFGHIJ"
+
+
+def mcq_answer_index(row: dict) -> int:
+    answer = row["answer"]
+    if isinstance(answer, str):
+        answer = answer.strip()
+        return LETTERS.index(answer.upper()) if answer.upper() in LETTERS[: len(row["choices"])] else int(answer)
+    return int(answer)
+
+
+def mcq_mode(row: dict, mode: str) -> str:
+    if mode == "auto":
+        return "cloze" if row.get("cloze") else "letter"
+    if mode not in ("cloze", "letter"):
+        raise MPUError(f"unknown multiple-choice mode {mode!r}; use auto, cloze or letter")
+    return mode
+
+
+def mcq_prompts(row: dict, mode: str, subject: str = "") -> tuple[list[str], list[str]]:
+    """(contexts, continuations) whose log-likelihoods are compared.
+
+    letter: lm-eval-harness's MMLU/WMDP zero-shot prompt, continuations " A".." D";
+    cloze:  the corpus sentence prefix (``cloze``, else the question), continuations the choice texts.
+    """
+    choices = list(row["choices"])
+    if mcq_mode(row, mode) == "cloze":
+        context = row.get("cloze") or row["question"]
+        return [context] * len(choices), choices
+    topic = (row.get("subject") or subject or "").replace("_", " ").strip()
+    header = f"The following are multiple choice questions (with answers) about {topic}.\n\n" if topic else ""
+    lines = [f"{LETTERS[i]}. {choice}" for i, choice in enumerate(choices)]
+    context = header + row["question"].strip() + "\n" + "\n".join(lines) + "\nAnswer:"
+    return [context] * len(choices), [LETTERS[i] for i in range(len(choices))]

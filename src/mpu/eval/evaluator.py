@@ -1,0 +1,303 @@
+"""Run a benchmark suite on a checkpoint and write ``<BENCH>_EVAL.json`` and ``<BENCH>_SUMMARY.json``.
+
+``<BENCH>_EVAL.json`` maps every computed metric key (sub-metrics included, as OpenUnlearning's
+evaluator logs them) to its result; ``<BENCH>_SUMMARY.json`` maps the headline keys to their
+``agg_value``. ``<BENCH>_EVAL_CONFIG.json`` records what was evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mpu.data.loaders import ResolvedData, require_fields, resolve_source
+from mpu.errors import InputError, MPUError
+from mpu.eval.context import EvalContext, EvalDataset, MetricUnavailable
+from mpu.eval.metrics import METRICS
+from mpu.eval.suites import default_suite, wmdp_metric_key
+
+log = logging.getLogger(__name__)
+
+REQUIRED_FIELDS = {
+    "qa": ("question", "answer"),
+    "icl_qa": ("question", "answer"),
+    "completion": ("prompt", "gt"),
+    "text": ("text",),
+    "mcq": ("question", "choices", "answer"),
+}
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _clean(value):
+    """NaN/inf are not JSON: write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _clean(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_clean(item) for item in value]
+    return value
+
+
+def write_json(path: Path, payload: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(_clean(json.loads(json.dumps(payload, default=_json_default))), handle, indent=4)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def load_suite(benchmark: str, config: str | Path | dict | None) -> dict:
+    suite = default_suite(benchmark)
+    if config is None:
+        return suite
+    if not isinstance(config, dict):
+        from omegaconf import OmegaConf
+
+        path = Path(config)
+        if not path.is_file():
+            raise InputError(path, "no such config file")
+        config = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    if config.get("benchmark", benchmark) != benchmark:
+        raise MPUError(f"the config is for benchmark {config['benchmark']!r}, not {benchmark!r}")
+    for key, value in config.items():
+        if isinstance(value, dict) and isinstance(suite.get(key), dict) and key != "metrics":
+            suite[key] = {**suite[key], **value}
+        else:
+            suite[key] = value
+    return suite
+
+
+def _holdout_for(forget_split: str) -> str:
+    match = re.fullmatch(r"forget(\d+)", forget_split)
+    if not match:
+        raise MPUError(f"cannot tell the holdout split for forget split {forget_split!r}; set holdout_split")
+    return f"holdout{match.group(1)}"
+
+
+def build_datasets(suite: dict, resolved: ResolvedData, forget_split: str | None = None) -> dict[str, EvalDataset]:
+    """Load every dataset the suite names (TOFU/MUSE) from ``resolved``."""
+    names = {}
+    if suite["benchmark"] == "tofu":
+        forget_split = forget_split or suite.get("forget_split") or "forget10"
+        names = {"forget_split": forget_split, "holdout_split": suite.get("holdout_split") or _holdout_for(forget_split)}
+    datasets = {}
+    for name, spec in suite["datasets"].items():
+        config = spec.get("config")
+        config = config.format(**names) if config else config
+        split = spec.get("split", "train")
+        where = f"{resolved.description} [{config}/{split}]"
+        rows = require_fields(resolved.rows(config, split), REQUIRED_FIELDS[spec["kind"]], where)
+        icl = resolved.rows(config, spec["icl"]) if spec.get("icl") else []
+        datasets[name] = EvalDataset(name, spec["kind"], rows, icl=icl)
+    return datasets
+
+
+def build_wmdp(suite: dict, resolved: ResolvedData, mmlu: str | None = "default") -> tuple[dict, dict]:
+    """(datasets, metric specs) for the WMDP subsets and the MMLU-style utility set."""
+    builtin = (resolved.builtin or {}).get("wmdp")
+    subsets, mode, utility = suite["subsets"], suite.get("mode", "auto"), suite.get("utility")
+    if builtin:
+        subsets = builtin["subsets"]
+        mode = builtin.get("mode", mode) if mode == "auto" else mode
+        utility = {"data": None, "config": builtin["utility"], "split": suite.get("split", "test"), "key": "mmlu"}
+    if mmlu is None:
+        utility = None
+    elif mmlu != "default" and utility is not None:
+        utility = {**utility, "data": mmlu}
+    limit = suite.get("limit")
+    datasets, metrics = {}, {}
+    for subset in subsets:
+        where = f"{resolved.description} [{subset}/{suite.get('split', 'test')}]"
+        rows = require_fields(resolved.rows(subset, suite.get("split", "test")), REQUIRED_FIELDS["mcq"], where)
+        rows = rows[:limit] if limit else rows
+        subject = {"bio": "biology", "chem": "chemistry", "cyber": "computer security"}.get(subset.split("-")[-1], "")
+        datasets[subset] = EvalDataset(subset, "mcq", rows, mode=mode, subject=subject)
+        metrics[wmdp_metric_key(subset)] = {"handler": "mcq_accuracy", "data": subset}
+    if utility:
+        source = resolved if utility.get("data") is None else resolve_source(utility["data"], "mmlu")
+        where = f"{source.description} [{utility['config']}/{utility['split']}]"
+        rows = require_fields(source.rows(utility["config"], utility["split"]), REQUIRED_FIELDS["mcq"], where)
+        rows = rows[:limit] if limit else rows
+        datasets["utility"] = EvalDataset("utility", "mcq", rows, mode=mode)
+        metrics[utility.get("key", "mmlu")] = {"handler": "mcq_accuracy", "data": "utility"}
+    return datasets, metrics
+
+
+def run_metrics(ctx: EvalContext, metrics: dict, keys: list[str] | None = None, reference_logs: dict | None = None,
+                progress: bool = False, desc: str = "eval") -> dict:
+    """Compute ``keys`` (default: all) with their pre-computes; returns {key: result} for every metric
+    computed, skipping the ones that are unavailable (logged)."""
+    from tqdm.auto import tqdm
+
+    keys = list(metrics) if keys is None else keys
+    logs: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+
+    def compute(key: str):
+        if key in logs:
+            return logs[key]
+        if key in skipped:
+            raise MetricUnavailable(skipped[key])
+        if key not in metrics:
+            raise MPUError(f"metric {key!r} is not defined in the suite")
+        spec = dict(metrics[key])
+        handler = METRICS.get(spec.pop("handler"))
+        pre = spec.pop("pre_compute", None)
+        refs = spec.pop("reference_logs", None)
+        if pre:
+            spec["pre_compute"] = {access: compute(name) for name, access in pre.items()}
+        if refs:
+            spec["reference_logs"] = {access: (reference_logs or {}).get(name) for name, access in refs.items()}
+        try:
+            logs[key] = handler(ctx, **spec)
+        except MetricUnavailable as err:
+            skipped[key] = str(err)
+            raise
+        return logs[key]
+
+    bar = tqdm(keys, desc=desc, disable=not progress, leave=False, unit="metric")
+    for key in bar:
+        bar.set_postfix_str(key)
+        try:
+            compute(key)
+        except MetricUnavailable as err:
+            log.info("skipping %s: %s", key, err)
+    bar.close()
+    return logs
+
+
+def _reference_keys(metrics: dict) -> list[str]:
+    return sorted({name for spec in metrics.values() for name in (spec.get("reference_logs") or {})})
+
+
+def _load_retain_logs(path: str | Path) -> dict:
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(path.glob("*_EVAL.json"))
+        if len(found) != 1:
+            raise InputError(path, "expected exactly one *_EVAL.json in this directory")
+        path = found[0]
+    try:
+        logs = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(path, "no such file") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(path, f"not a JSON eval log ({err})") from None
+    if not isinstance(logs, dict):
+        raise InputError(path, "not a JSON object of metric results")
+    return logs
+
+
+def _check_reference(logs: dict, ours: dict, source: str) -> None:
+    """The retain model's logs must describe the same items (same forget split)."""
+    for key, result in logs.items():
+        if not isinstance(result, dict) or key not in ours:
+            continue
+        if key == "forget_truth_ratio":
+            theirs, mine = len(result.get("value_by_index", {})), len(ours[key].get("value_by_index", {}))
+            if theirs and mine and theirs != mine:
+                raise MPUError(f"{source}: {key} has {theirs} items, this evaluation has {mine} "
+                               "(was it computed on another forget split?)")
+
+
+def _same_tokenizer(a, b) -> bool:
+    return a.get_vocab() == b.get_vocab()
+
+
+def evaluate(
+    model_dir: str | Path,
+    benchmark: str = "tofu",
+    data: str | Path | None = None,
+    forget_split: str = "forget10",
+    retain_model: str | Path | None = None,
+    retain_logs: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    batch_size: int | None = None,
+    config: str | Path | dict | None = None,
+    device: str | None = None,
+    dtype: str = "auto",
+    progress: bool = True,
+    mmlu: str | None = "default",
+) -> dict:
+    """Evaluate ``model_dir`` on ``benchmark`` and return the summary (headline key -> value).
+
+    ``data``: None for the built-in benchmark (built and cached on first use), a local directory in
+    the hub layout, or a hub dataset name. ``retain_model`` (a checkpoint never trained on the forget
+    set) or ``retain_logs`` (its ``<BENCH>_EVAL.json``) give forget_quality and privleak their
+    reference; ``retain_model`` also enables mia_reference. ``mmlu`` (WMDP only): the utility data
+    ("default": the suite's, None: skip).
+    """
+    from mpu.eval.engine import load_model
+
+    if retain_model is not None and retain_logs is not None:
+        raise MPUError("give --retain-model or --retain-logs, not both")
+    started = time.perf_counter()
+    suite = load_suite(benchmark, config)
+    resolved = resolve_source(data, benchmark)
+    if benchmark == "wmdp":
+        datasets, metrics = build_wmdp(suite, resolved, mmlu)
+        summary_keys = list(metrics)
+    else:
+        datasets = build_datasets(suite, resolved, forget_split)
+        metrics, summary_keys = suite["metrics"], suite["summary"]
+    batch_size = batch_size or suite.get("batch_size", 32)
+
+    model, tokenizer = load_model(model_dir, device=device, dtype=dtype)
+    reference_logs: dict = {}
+    reference_model = None
+    needed = _reference_keys(metrics)
+    if retain_logs is not None:
+        reference_logs = _load_retain_logs(retain_logs)
+    elif retain_model is not None:
+        reference_model, reference_tokenizer = load_model(retain_model, device=device, dtype=dtype)
+        reference_datasets = datasets
+        ref_ctx = EvalContext(reference_model, reference_tokenizer, reference_datasets, batch_size)
+        reference_logs = run_metrics(ref_ctx, metrics, keys=needed, progress=progress, desc=f"{benchmark} retain model")
+        if not _same_tokenizer(tokenizer, reference_tokenizer):
+            log.warning("the retain model has another tokenizer; mia_reference is skipped")
+            reference_model = None
+
+    ctx = EvalContext(model, tokenizer, datasets, batch_size, reference_model=reference_model)
+    logs = run_metrics(ctx, metrics, reference_logs=reference_logs, progress=progress, desc=f"{benchmark} eval")
+    if retain_logs is not None:
+        _check_reference(reference_logs, logs, str(retain_logs))
+    summary = {key: logs[key]["agg_value"] for key in summary_keys if key in logs}
+    summary = _clean(json.loads(json.dumps(summary, default=_json_default)))
+    elapsed = time.perf_counter() - started
+
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        name = benchmark.upper()
+        write_json(out / f"{name}_EVAL.json", logs)
+        write_json(out / f"{name}_SUMMARY.json", summary)
+        write_json(out / f"{name}_EVAL_CONFIG.json", {
+            "model": str(model_dir), "benchmark": benchmark, "data": resolved.description,
+            "forget_split": forget_split if benchmark == "tofu" else None,
+            "retain_model": str(retain_model) if retain_model else None,
+            "retain_logs": str(retain_logs) if retain_logs else None,
+            "batch_size": batch_size, "device": str(next(model.parameters()).device), "dtype": dtype,
+            "seconds": round(elapsed, 2), "suite": {**suite, "metrics": metrics},
+        })
+    log.info("%s evaluation of %s took %.1f s", benchmark, model_dir, elapsed)
+    return summary

@@ -1,0 +1,291 @@
+"""Train a tiny Llama-architecture model from scratch on the built-in benchmark (or a local copy in
+the same format): the "full" target, or a retain model that never saw the forget split.
+
+The result is a standard HF checkpoint (config, safetensors, tokenizer, generation config) plus
+``mpu_finetune.json`` with the training metrics and a fingerprint of data + configuration; a later
+call with the same fingerprint returns the stored metrics without training again.
+
+    >>> finetune(data_dir, "tofu", "full", "models/tofu_full")           # doctest: +SKIP
+    {'answer_token_accuracy': 0.99..., 'exact_match': 0.9..., 'train_seconds': ..., 'cached': False, ...}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mpu.errors import MPUError
+
+log = logging.getLogger(__name__)
+
+FINETUNE_VERSION = 1
+RECORD = "mpu_finetune.json"
+BENCHMARKS = ("tofu", "muse", "wmdp")
+SPLITS = ("full", "retain90", "retain95", "retain99")
+
+
+@dataclass(frozen=True)
+class TinyLlamaConfig:
+    """About 1M parameters with the built-in tokenizer's 2048-token vocabulary."""
+
+    hidden_size: int = 128
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    intermediate_size: int = 344
+    max_position_embeddings: int = 512
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: float
+    learning_rate: float
+    batch_size: int = 32
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    lr_scheduler: str = "cosine"
+    seed: int = 0
+
+
+# Calibrated on 2 CPU cores so that the models memorise their training answers (> 95% answer tokens).
+TRAIN_DEFAULTS = {
+    "tofu": TrainConfig(epochs=30, learning_rate=3e-3),
+    "muse": TrainConfig(epochs=40, learning_rate=3e-3, batch_size=16),
+    "wmdp": TrainConfig(epochs=40, learning_rate=3e-3, batch_size=16),
+}
+
+
+@dataclass
+class TrainingData:
+    kind: str                         # "qa" (loss on answers) or "text" (loss on every token)
+    rows: list[dict[str, Any]]
+    sources: list[str] = field(default_factory=list)
+
+
+def _qa_doc(rows: list[dict]) -> str:
+    return "\n\n".join(f"Question: {row['question']}\nAnswer: {row['answer']}" for row in rows)
+
+
+def training_data(source, benchmark: str, split: str, manifest: dict | None = None) -> TrainingData:
+    """The rows a model for ``split`` trains on. ``split`` is full or retainNN (for MUSE and WMDP any
+    retain split means "without the forget data")."""
+    if benchmark not in BENCHMARKS:
+        raise MPUError(f"unknown benchmark {benchmark!r}; known: {', '.join(BENCHMARKS)}")
+    if split not in SPLITS and not (benchmark != "tofu" and split == "retain"):
+        raise MPUError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
+    retain_only = split != "full"
+    if benchmark == "tofu":
+        rows = list(source.rows(split, "train"))
+        sources = [split]
+        for extra in ("real_authors", "world_facts"):
+            try:
+                rows += source.rows(extra, "train")
+                sources.append(extra)
+            except MPUError:
+                log.info("no %s split in %s; training without it", extra, source.description)
+        return TrainingData("qa", [{"question": r["question"], "answer": r["answer"]} for r in rows], sources)
+    if benchmark == "muse":
+        parts = [("raw", "retain1"), ("raw", "retain2")] + ([] if retain_only else [("raw", "forget")])
+        rows = [{"text": row["text"]} for config, name in parts for row in source.rows(config, name)]
+        qa_parts = ["retain"] + ([] if retain_only else ["forget"])
+        for name in qa_parts:  # the QA pairs as text, four to a document, like a few-shot prompt
+            qa = source.rows("knowmem_train", name)
+            rows += [{"text": _qa_doc(qa[i:i + 4])} for i in range(0, len(qa), 4)]
+        return TrainingData("text", rows, [f"{c}/{n}" for c, n in parts] + [f"knowmem_train/{n}" for n in qa_parts])
+    wmdp = (manifest or {}).get("wmdp", {})
+    corpora = [wmdp.get("retain_corpus", "synth-retain-corpus")]
+    if not retain_only:
+        corpora.append(wmdp.get("forget_corpus", "synth-forget-corpus"))
+    rows = [{"text": row["text"]} for corpus in corpora for row in source.rows(corpus, "train")]
+    return TrainingData("text", rows, [f"{corpus}/train" for corpus in corpora])
+
+
+def encode_training(tokenizer, data: TrainingData, max_length: int) -> list[dict[str, list[int]]]:
+    from mpu.eval.encoding import encode
+
+    return [encode(tokenizer, data.kind, row, max_length=max_length) for row in data.rows]
+
+
+def _fingerprint(examples, model_config: TinyLlamaConfig, train_config: TrainConfig, benchmark: str, split: str) -> str:
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"version": FINETUNE_VERSION, "benchmark": benchmark, "split": split,
+                              "model": asdict(model_config), "train": asdict(train_config)}, sort_keys=True).encode())
+    for example in examples:
+        digest.update(json.dumps([example["input_ids"], example["labels"]]).encode())
+    return digest.hexdigest()
+
+
+def read_record(model_dir: str | Path) -> dict | None:
+    path = Path(model_dir) / RECORD
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _load_tokenizer(data_dir: Path, manifest: dict | None, data: TrainingData):
+    from transformers import AutoTokenizer
+
+    from mpu.data.tokenizer import train_tokenizer
+
+    if manifest:
+        return AutoTokenizer.from_pretrained(str(data_dir / manifest["tokenizer"]))
+    if (data_dir / "tokenizer").is_dir():
+        return AutoTokenizer.from_pretrained(str(data_dir / "tokenizer"))
+    texts = [" ".join(str(v) for v in row.values()) for row in data.rows]
+    return train_tokenizer(texts, vocab_size=2048)
+
+
+def token_accuracy(model, examples, batch_size: int, pad_id: int) -> dict[str, float]:
+    """Teacher-forced accuracy over all labelled tokens, and the fraction of examples fully right."""
+    import numpy as np
+
+    from mpu.eval.engine import token_stats
+
+    stats = token_stats(model, examples, batch_size, pad_id)
+    correct = np.concatenate([s.correct for s in stats])
+    return {"answer_token_accuracy": float(correct.mean()),
+            "exact_match": float(np.mean([bool(s.correct.all()) for s in stats]))}
+
+
+def finetune(
+    data_dir: str | Path | None = None,
+    benchmark: str = "tofu",
+    split: str = "full",
+    out_dir: str | Path = "models/tiny",
+    epochs: float | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    model_config: TinyLlamaConfig | dict | None = None,
+    force: bool = False,
+    progress: bool = True,
+    device: str | None = None,
+) -> dict:
+    """Train (or reuse) a tiny Llama on ``benchmark``/``split`` of ``data_dir`` and save it to
+    ``out_dir``. Returns the metrics: answer_token_accuracy, exact_match, train_loss,
+    train_seconds, n_params, n_examples, epochs, learning_rate, fingerprint, cached."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
+
+    from mpu.data.builtin import ensure_builtin, read_manifest
+    from mpu.data.loaders import LocalSource
+    from mpu.data.qa import QACollator
+
+    data_dir = Path(data_dir) if data_dir is not None else ensure_builtin()
+    if not data_dir.is_dir():
+        raise MPUError(f"{data_dir}: no such data directory (build one with `mpu data build --out DIR`)")
+    manifest = read_manifest(data_dir)
+    source = LocalSource(data_dir / manifest[benchmark]["path"]) if manifest else LocalSource(data_dir)
+    data = training_data(source, benchmark, split, manifest)
+
+    if isinstance(model_config, dict):
+        model_config = TinyLlamaConfig(**model_config)
+    model_config = model_config or TinyLlamaConfig()
+    defaults = TRAIN_DEFAULTS[benchmark]
+    train_config = TrainConfig(
+        epochs=epochs if epochs is not None else defaults.epochs,
+        learning_rate=lr if lr is not None else defaults.learning_rate,
+        batch_size=batch_size or defaults.batch_size,
+        warmup_ratio=defaults.warmup_ratio, weight_decay=defaults.weight_decay,
+        lr_scheduler=defaults.lr_scheduler, seed=seed,
+    )
+    tokenizer = _load_tokenizer(data_dir, manifest, data)
+    examples = encode_training(tokenizer, data, model_config.max_position_embeddings)
+    fingerprint = _fingerprint(examples, model_config, train_config, benchmark, split)
+
+    out_dir = Path(out_dir)
+    record = read_record(out_dir)
+    if not force and record and record.get("fingerprint") == fingerprint and (out_dir / "model.safetensors").is_file():
+        log.info("%s already holds this model (fingerprint %s); reusing it", out_dir, fingerprint[:12])
+        return {**record["metrics"], "cached": True}
+
+    use_cpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu"
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, **asdict(model_config),
+    )
+    model = LlamaForCausalLM(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("training a %.2fM-parameter model on %d %s examples (%s/%s) for %s epochs",
+             n_params / 1e6, len(examples), data.kind, benchmark, split, train_config.epochs)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        args = TrainingArguments(
+            output_dir=str(staging / "trainer"),
+            per_device_train_batch_size=train_config.batch_size,
+            num_train_epochs=train_config.epochs,
+            learning_rate=train_config.learning_rate,
+            lr_scheduler_type=train_config.lr_scheduler,
+            warmup_steps=train_config.warmup_ratio,
+            weight_decay=train_config.weight_decay,
+            logging_strategy="no",
+            save_strategy="no",
+            report_to="none",
+            seed=seed,
+            data_seed=seed,
+            disable_tqdm=not progress,
+            use_cpu=use_cpu,
+            dataloader_num_workers=0,
+            remove_unused_columns=False,
+            train_sampling_strategy="group_by_length",
+        )
+        trainer = Trainer(model=model, args=args, train_dataset=examples,
+                          data_collator=QACollator(tokenizer.pad_token_id))
+        started = time.perf_counter()
+        result = trainer.train()
+        train_seconds = time.perf_counter() - started
+        model.eval()
+        accuracy = token_accuracy(model, examples, 64, tokenizer.pad_token_id)
+        metrics = {
+            **accuracy,
+            "train_loss": float(result.training_loss),
+            "train_seconds": round(train_seconds, 2),
+            "n_params": n_params,
+            "n_examples": len(examples),
+            "n_train_tokens": sum(len(e["input_ids"]) for e in examples),
+            "benchmark": benchmark,
+            "split": split,
+            "epochs": train_config.epochs,
+            "learning_rate": train_config.learning_rate,
+            "fingerprint": fingerprint,
+        }
+        shutil.rmtree(staging / "trainer", ignore_errors=True)
+        model.generation_config.do_sample = False
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.bos_token_id = tokenizer.bos_token_id
+        model.save_pretrained(str(staging))
+        tokenizer.save_pretrained(str(staging))
+        with open(staging / RECORD, "w", encoding="utf-8") as handle:
+            json.dump({"fingerprint": fingerprint, "metrics": metrics, "train_config": asdict(train_config),
+                       "model_config": asdict(model_config), "data": str(data_dir), "sources": data.sources},
+                      handle, indent=2)
+        for path in staging.rglob("*"):
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+        os.chmod(staging, 0o755)
+        if out_dir.exists():
+            if any(out_dir.iterdir()) and read_record(out_dir) is None:
+                raise MPUError(f"{out_dir} exists and was not written by `mpu finetune`; refusing to replace it")
+            shutil.rmtree(out_dir)
+        os.replace(staging, out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    log.info("answer-token accuracy %.4f, exact match %.3f, %.1f s", metrics["answer_token_accuracy"],
+             metrics["exact_match"], metrics["train_seconds"])
+    return {**metrics, "cached": False}

@@ -1,0 +1,46 @@
+"""Client-side unlearning methods on a shared Hugging Face Trainer. They know nothing of MPU: the
+noise-free baseline (``mpu unlearn``) and the MPU client (``mpu client unlearn``) run the same code.
+
+API::
+
+    METHODS                                   # Registry: name -> UnlearnTrainer subclass
+    TrainingOptions                           # dataclass of Trainer settings (epochs, learning_rate, LoRA, ...)
+    method_hparams(name, overrides)           # validated hyperparameter dataclass of one method
+    run_unlearning(model, tokenizer, forget_rows, retain_rows, method, hparams, training, output_dir)
+                                              # -> UnlearnResult(steps, losses, seconds, lora_factors, ...)
+    add_method_arguments(parser)              # --method, --config, --hp, per-hyperparameter and training flags
+    options_from_args(args)                   # -> (method, hparams, TrainingOptions); config < command line
+
+Methods: GradAscent, GradDiff, NPO, SimNPO, DPO, RMU, UNDIAL, SatImp, WGA, CEU, PDU (one file each).
+"""
+
+from mpu.methods.base import METHODS, RetainHparams, UnlearnTrainer
+from mpu.methods import ceu, dpo, grad_ascent, grad_diff, npo, pdu, rmu, satimp, simnpo, undial, wga  # noqa: F401  (registers)
+from mpu.methods.options import TrainingOptions, training_options
+from mpu.methods.run import (
+    UnlearnResult,
+    finish_unlearning,
+    method_hparams,
+    prepare_unlearning,
+    run_unlearning,
+    training_arguments,
+)
+from mpu.methods.config import add_method_arguments, load_method_config, methods_table, options_from_args
+
+__all__ = [
+    "METHODS",
+    "RetainHparams",
+    "TrainingOptions",
+    "UnlearnResult",
+    "UnlearnTrainer",
+    "add_method_arguments",
+    "finish_unlearning",
+    "load_method_config",
+    "method_hparams",
+    "methods_table",
+    "options_from_args",
+    "prepare_unlearning",
+    "run_unlearning",
+    "training_arguments",
+    "training_options",
+]

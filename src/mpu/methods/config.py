@@ -1,0 +1,160 @@
+"""Choosing a method and its settings: YAML config files and command-line flags.
+
+Precedence, lowest first: TrainingOptions defaults < the method's ``training_defaults`` < the config file
+< the command line. A config file is plain YAML (loaded with OmegaConf, so ``${...}`` interpolation
+works), with only these top-level keys::
+
+    method: NPO            # optional; --method overrides it
+    hparams: {beta: 0.1}   # the method's hyperparameters
+    training: {learning_rate: 1.0e-5, epochs: 5}
+
+Every key is checked: an unknown or misspelled one is an error naming it and the valid keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from mpu.errors import InputError, MPUError
+from mpu.methods.base import METHODS
+from mpu.methods.options import TrainingOptions, describe_defaults, training_options
+from mpu.methods.run import method_hparams
+
+CONFIG_KEYS = ("method", "hparams", "training")
+_HP = "mpu_hp__"  # argparse dest prefixes, so that a caller's own arguments never collide
+_TR = "mpu_train__"
+
+
+def load_method_config(path: str | Path) -> dict[str, Any]:
+    """Read a method config file: ``{"method": str|None, "hparams": dict, "training": dict}``."""
+    from omegaconf import OmegaConf
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "no such config file")
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception as err:  # YAML or interpolation errors
+        raise InputError(path, f"not a valid YAML config ({err})") from None
+    data = data or {}
+    if not isinstance(data, dict):
+        raise InputError(path, "expected a mapping at the top level")
+    unknown = [key for key in data if key not in CONFIG_KEYS]
+    if unknown:
+        raise InputError(path, f"unknown key {unknown[0]!r}; valid top-level keys: {', '.join(CONFIG_KEYS)}")
+    for key in ("hparams", "training"):
+        if data.get(key) is None:
+            data[key] = {}
+        elif not isinstance(data[key], dict):
+            raise InputError(path, f"{key!r} must be a mapping")
+    if data.get("method") is not None and not isinstance(data["method"], str):
+        raise InputError(path, "'method' must be a string")
+    return {"method": data.get("method"), "hparams": dict(data["hparams"]), "training": dict(data["training"])}
+
+
+def _hparam_fields() -> dict[str, list[tuple[str, dataclasses.Field]]]:
+    """Every hyperparameter name, with the methods that take it."""
+    by_name: dict[str, list[tuple[str, dataclasses.Field]]] = {}
+    for method in METHODS.names():
+        for f in dataclasses.fields(METHODS.get(method).Hparams):
+            by_name.setdefault(f.name, []).append((method, f))
+    return by_name
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def training_flag(name: str) -> str:
+    """The command-line flag of a TrainingOptions field (``seed`` -> ``--train-seed``)."""
+    f = {f.name: f for f in dataclasses.fields(TrainingOptions)}[name]
+    return f.metadata.get("flag", _flag(name))
+
+
+def methods_table() -> str:
+    lines = ["methods, their hyperparameters and defaults (set with the flags above, --hp KEY=VALUE or --config):"]
+    for method in METHODS.names():
+        cls = METHODS.get(method)
+        extra = "".join(f" [training: {k}={v}]" for k, v in cls.training_defaults.items())
+        lines.append(f"  {method:<11}{describe_defaults(cls.Hparams)}{extra}")
+    return "\n".join(lines)
+
+
+def add_method_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add --method, --config, --hp, one flag per hyperparameter and one per TrainingOptions field."""
+    group = parser.add_argument_group("unlearning method")
+    group.add_argument("--method", dest=_HP + "method", metavar="NAME", choices=METHODS.names(),
+                       help=f"one of: {', '.join(METHODS.names())} (or 'method:' in --config)")
+    group.add_argument("--config", dest=_HP + "config", metavar="YAML",
+                       help="method config file (keys: method, hparams, training); flags override it")
+    group.add_argument("--hp", dest=_HP + "pairs", metavar="KEY=VALUE", action="append", default=[],
+                       help="set any hyperparameter of the method (repeatable)")
+
+    group = parser.add_argument_group("method hyperparameters (each method accepts only its own; defaults per method)")
+    for name, owners in sorted(_hparam_fields().items()):
+        by_help: dict[str, list[str]] = {}  # one text per meaning, with its methods and their defaults
+        for method, f in owners:
+            default = getattr(METHODS.get(method).Hparams(), name)
+            by_help.setdefault(f.metadata.get("help", name), []).append(f"{method}={default}")
+        text = "; ".join(f"{help_text} [{', '.join(defaults)}]" for help_text, defaults in by_help.items())
+        group.add_argument(_flag(name), dest=_HP + name, metavar="V", default=argparse.SUPPRESS, help=text.replace("%", "%%"))
+
+    group = parser.add_argument_group("training")
+    defaults = TrainingOptions()
+    for f in dataclasses.fields(TrainingOptions):
+        # The main flag must be free; aliases (--lr, --seed, ...) are added only where the caller's parser
+        # has not taken them (e.g. `mpu run` has the server's --seed: training's is --train-seed there).
+        flags = [f.metadata.get("flag", _flag(f.name))]
+        flags += [alias for alias in f.metadata.get("flags", ()) if alias not in parser._option_string_actions]
+        help_text = f"{f.metadata.get('help', '')} (default: {getattr(defaults, f.name)})".replace("%", "%%")
+        if f.type in (bool, "bool"):
+            group.add_argument(*flags, dest=_TR + f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        else:
+            group.add_argument(*flags, dest=_TR + f.name, metavar="V", default=argparse.SUPPRESS, help=help_text)
+
+    table = methods_table()
+    parser.epilog = f"{parser.epilog}\n\n{table}" if parser.epilog else table
+    if parser.formatter_class is argparse.HelpFormatter:
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def options_from_args(args: argparse.Namespace) -> tuple[str, Any, TrainingOptions]:
+    """(method name, its validated hyperparameters, TrainingOptions) from parsed arguments."""
+    values = vars(args)
+    config_path = values.get(_HP + "config")
+    config = load_method_config(config_path) if config_path else {"method": None, "hparams": {}, "training": {}}
+    method = values.get(_HP + "method") or config["method"]
+    if not method:
+        raise MPUError("choose a method with --method NAME (or 'method:' in --config)")
+    cls = METHODS.get(method)
+    source = f"--config {config_path}"
+
+    hparams = dict(config["hparams"])
+    sources = {key: source for key in hparams}
+    cli: dict[str, Any] = {}
+    for pair in values.get(_HP + "pairs") or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise MPUError(f"--hp expects KEY=VALUE, got {pair!r}")
+        cli[key.strip()] = value
+    for key, value in values.items():
+        if key.startswith(_HP) and key[len(_HP):] not in ("method", "config", "pairs"):
+            name = key[len(_HP):]
+            if name in cli and cli[name] != value:
+                raise MPUError(f"hyperparameter {name!r} given twice ({_flag(name)} {value} and --hp {name}={cli[name]})")
+            cli[name] = value
+    hparams.update(cli)
+    sources.update({key: "the command line" for key in cli})
+
+    training = dict(cls.training_defaults)
+    tsources = {key: f"{method}'s defaults" for key in training}
+    training.update(config["training"])
+    tsources.update({key: source for key in config["training"]})
+    for key, value in values.items():
+        if key.startswith(_TR):
+            training[key[len(_TR):]] = value
+            tsources[key[len(_TR):]] = "the command line"
+    return method, method_hparams(method, hparams, sources), training_options(training, tsources)

@@ -1,0 +1,22 @@
+"""Secret, function-preserving reparameterisation T_k of a causal LM (SPEC §3).
+
+One adapter per architecture family, looked up by ``config.model_type``:
+``get_adapter(config, ReparamOptions())``. See ``base.py`` for how the server uses it.
+"""
+
+from mpu.reparam.base import ARCHITECTURES, Adapter, IdentityAdapter, LayerTransform, get_adapter
+from mpu.reparam.options import VO_MODES, ReparamOptions
+
+# Importing the family modules registers their adapters.
+from mpu.reparam import llama as _llama  # noqa: E402,F401
+from mpu.reparam import phi3 as _phi3  # noqa: E402,F401
+
+__all__ = [
+    "ARCHITECTURES",
+    "Adapter",
+    "IdentityAdapter",
+    "LayerTransform",
+    "ReparamOptions",
+    "VO_MODES",
+    "get_adapter",
+]

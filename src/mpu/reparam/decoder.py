@@ -1,0 +1,368 @@
+"""The shared adapter for Llama-style RoPE decoders (gated FFN, q/k/v/o attention, RMSNorms).
+
+The maths (SPEC §3), per layer and per copy:
+
+- QK: for KV head j an orthogonal A_j that commutes with RoPE (rotations inside rotate_half
+  planes; a Haar block on partial-rotary pass-through dims). k rows of head j -> A_j @ rows; q rows of
+  every query head reading j -> A_j @ rows. Then q.k = q^T A_j^T A_j k is unchanged.
+- V/O: V rows of KV head j -> M_j @ rows, O columns of each query head in group j -> cols @ M_j^T.
+  The attention output of that head is M_j times the old one, and O undoes it.
+- KV groups may be permuted together with their query heads and O column blocks.
+- FFN: a permutation of intermediate units; optionally up row i * s_i and down column i / s_i.
+
+Each parameter name maps to a ``Rule``: a row transform (segments, several for fused projections)
+and/or a column transform. A column transform is the row transform of the transpose, so every
+operation is one of the two row operations in ``maths.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Union
+
+import torch
+import transformers
+
+from mpu.errors import MPUError, UnsupportedArchitectureError
+from mpu.reparam import maths
+from mpu.reparam.base import Adapter, LayerTransform
+from mpu.reparam.options import ReparamOptions
+
+F64 = torch.float64
+
+# Block-external tensors that T leaves alone (SPEC §2: published as they are).
+# rotary_emb.inv_freq appears in some older checkpoints; HF recomputes it and ignores the stored copy.
+NON_BLOCK_NAMES = frozenset(
+    {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight", "model.rotary_emb.inv_freq"}
+)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Shapes read from the config, with HF's own defaults."""
+
+    n_heads: int
+    n_kv: int
+    head_dim: int
+    rotary_dim: int
+    intermediate: int
+
+    @property
+    def group(self) -> int:
+        """Query heads per KV head (HF repeat_kv: query head i reads KV head i // group)."""
+        return self.n_heads // self.n_kv
+
+    @classmethod
+    def from_config(cls, config: transformers.PretrainedConfig, partial_rotary: bool) -> "Geometry":
+        n_heads = int(config.num_attention_heads)
+        n_kv = int(getattr(config, "num_key_value_heads", None) or n_heads)
+        # Always the explicit head_dim when there is one (Gemma: hidden / heads would be wrong).
+        head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // n_heads)
+        rotary_dim = _rotary_dim(config, head_dim) if partial_rotary else head_dim
+        geometry = cls(n_heads, n_kv, head_dim, rotary_dim, int(config.intermediate_size))
+        geometry._validate(config)
+        return geometry
+
+    def _validate(self, config) -> None:
+        problems = []
+        if self.n_kv < 1 or self.n_heads % self.n_kv:
+            problems.append(f"num_attention_heads={self.n_heads} is not a multiple of num_key_value_heads={self.n_kv}")
+        if self.rotary_dim % 2 or not 0 < self.rotary_dim <= self.head_dim:
+            problems.append(f"rotary dim {self.rotary_dim} must be even and in (0, head_dim={self.head_dim}]")
+        if problems:
+            raise UnsupportedArchitectureError(f"{config.model_type}: cannot reparameterise: " + "; ".join(problems))
+
+
+def _rotary_dim(config: transformers.PretrainedConfig, head_dim: int) -> int:
+    """Dims rotated by RoPE, as HF computes them: cos.shape[-1] = 2 * len(arange(0, dim, 2))."""
+    rope = getattr(config, "rope_parameters", None) or {}
+    factor = rope.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", None))
+    dim = int(head_dim * (1.0 if factor is None else factor))
+    return 2 * ((dim + 1) // 2)
+
+
+@dataclass(frozen=True)
+class HeadRole:
+    """Rows laid out as attention heads, (KV group, query head in group, dim)."""
+
+    label: str
+    group: int  # heads per KV group in this tensor: H_q/H_kv for q and o, 1 for k and v
+    matrix: str | None  # which LayerTransform matrix acts on the dims: "qk", "vo", or None (permute only)
+    size: int
+
+
+@dataclass(frozen=True)
+class UnitRole:
+    """Rows laid out as FFN intermediate units."""
+
+    label: str
+    power: int  # unit i is scaled by s_i ** power: gate 0, up +1, down (columns) -1
+    size: int
+
+
+Role = Union[HeadRole, UnitRole]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How one parameter transforms: row segments (concatenated along dim 0) and a column role."""
+
+    rows: tuple[Role, ...] = ()
+    cols: Role | None = None
+
+    @property
+    def is_identity(self) -> bool:
+        return not self.rows and self.cols is None
+
+
+class DecoderAdapter(Adapter):
+    """Llama-style decoders. Families differ through the class attributes below."""
+
+    family = "llama"
+    # Per-block norms on the hidden state: they act before/after the projections, so T leaves them alone.
+    block_norms: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")
+    # "per_head": q_norm/k_norm weight of size d_h shared by all heads (Qwen3, Gemma3).
+    # "full": a weight over the whole projection, H*d_h (OLMo2). Either way the weight is arbitrary and
+    # acts before RoPE, so only plane rotations by 0 or pi (sign flips) commute with it.
+    qk_norm: str | None = None
+    # Only models whose apply_rotary_pos_emb splits q into q_rot / q_pass honour partial_rotary_factor
+    # (Phi-3); the others rotate the whole head whatever the config says.
+    partial_rotary: bool = False
+
+    def __init__(self, config: transformers.PretrainedConfig, options: ReparamOptions):
+        super().__init__(config, options)
+        self.geometry = Geometry.from_config(config, self.partial_rotary)
+        self.roles = self._roles()
+        self.rules = self._block_rules()
+
+    # Layout ----------------------------------------------------------------------------------
+
+    def _roles(self) -> dict[str, Role]:
+        g = self.geometry
+        q_rows, kv_rows = g.n_heads * g.head_dim, g.n_kv * g.head_dim
+        return {
+            "q": HeadRole("q", g.group, "qk", q_rows),
+            "k": HeadRole("k", 1, "qk", kv_rows),
+            "v": HeadRole("v", 1, "vo", kv_rows),
+            "o": HeadRole("o", g.group, "vo", q_rows),
+            "q_norm": HeadRole("q_norm", g.group, None, q_rows),
+            "k_norm": HeadRole("k_norm", 1, None, kv_rows),
+            "gate": UnitRole("gate", 0, g.intermediate),
+            "up": UnitRole("up", 1, g.intermediate),
+            "down": UnitRole("down", -1, g.intermediate),
+        }
+
+    def _linears(self) -> dict[str, tuple[tuple[str, ...], str | None]]:
+        """Linear module -> (row role labels, column role label)."""
+        return {
+            "self_attn.q_proj": (("q",), None),
+            "self_attn.k_proj": (("k",), None),
+            "self_attn.v_proj": (("v",), None),
+            "self_attn.o_proj": ((), "o"),
+            "mlp.gate_proj": (("gate",), None),
+            "mlp.up_proj": (("up",), None),
+            "mlp.down_proj": ((), "down"),
+        }
+
+    def _bias_modules(self) -> set[str]:
+        """Linear modules that carry a bias under this config (HF's attention_bias / mlp_bias)."""
+        modules = set()
+        if getattr(self.config, "attention_bias", False):
+            modules |= {m for m in self._linears() if m.startswith("self_attn.")}
+        if getattr(self.config, "mlp_bias", False):
+            modules |= {m for m in self._linears() if m.startswith("mlp.")}
+        return modules
+
+    def _block_rules(self) -> dict[str, Rule]:
+        """Every name inside a block that this adapter understands (the suffix after model.layers.<l>.)."""
+        rules: dict[str, Rule] = {}
+        biased = self._bias_modules()
+        for module, (row_labels, col_label) in self._linears().items():
+            rows = tuple(self.roles[label] for label in row_labels)
+            rules[f"{module}.weight"] = Rule(rows, self.roles[col_label] if col_label else None)
+            if module in biased:
+                # A bias lives in the output space: it follows the rows, and a column transform
+                # (o_proj, down_proj) leaves it alone.
+                rules[f"{module}.bias"] = Rule(rows)
+        for norm in self.block_norms:
+            rules[f"{norm}.weight"] = Rule()
+        if self.qk_norm == "per_head":
+            # Shared by all heads, so head permutations leave it alone; sign flips commute with it.
+            rules["self_attn.q_norm.weight"] = Rule()
+            rules["self_attn.k_norm.weight"] = Rule()
+        elif self.qk_norm == "full":
+            # One weight per element of the projection: it must follow the head permutation.
+            rules["self_attn.q_norm.weight"] = Rule((self.roles["q_norm"],))
+            rules["self_attn.k_norm.weight"] = Rule((self.roles["k_norm"],))
+        rules["self_attn.rotary_emb.inv_freq"] = Rule()  # stale buffer in old checkpoints; ignored by HF
+        return rules
+
+    # Public API ------------------------------------------------------------------------------
+
+    def describe(self) -> list[str]:
+        g, o = self.geometry, self.options
+        half, n_pass = g.rotary_dim // 2, g.head_dim - g.rotary_dim
+        heads = f"shared by its {g.group} query head(s)"
+        if not o.qk_rotation:
+            qk = "QK: not transformed (qk_rotation off)"
+        elif self.qk_norm:
+            where = "per-head q_norm/k_norm" if self.qk_norm == "per_head" else "q_norm/k_norm over the projection"
+            qk = f"QK: plane sign flips only ({where}): each of the {half} RoPE planes of a KV head is rotated by 0 or pi"
+            qk += f", each of the {n_pass} pass-through dims flipped or not" if n_pass else ""
+            qk += f", {heads}"
+        else:
+            qk = f"QK: a random rotation in each of the {half} RoPE planes (dims i, i+{half}) of a KV head, {heads}"
+            qk += f"; a Haar orthogonal on its {n_pass} pass-through dims (partial rotary)" if n_pass else ""
+        lines = [qk, self._describe_vo()]
+        lines.append(
+            "heads: KV groups permuted with their query heads and O column blocks"
+            if o.kv_permutation else "heads: not permuted"
+        )
+        if o.ffn_permutation:
+            lines.append(f"FFN: permutation of the {g.intermediate} intermediate units (gate/up rows, down columns)")
+        if o.ffn_scaling:
+            lines.append(f"FFN: up row i scaled by s_i, down column i by 1/s_i, s_i = exp(U(-ln r, ln r)), r = {o.ffn_scale_range:g}")
+        if not (o.ffn_permutation or o.ffn_scaling):
+            lines.append("FFN: not transformed")
+        biased = sorted(m.split(".")[-1] for m in self._bias_modules())
+        if biased:
+            lines.append(f"biases of {', '.join(biased)}: transformed with their rows (column transforms leave them alone)")
+        if self.qk_norm == "full":
+            lines.append("q_norm/k_norm weights: permuted with the KV groups")
+        lines.append("unchanged: block norms, embeddings, final norm, lm_head (published as they are)")
+        return lines
+
+    def _describe_vo(self) -> str:
+        g, o = self.geometry, self.options
+        if o.vo == "none":
+            return "V/O: not transformed"
+        if o.vo == "haar":
+            return f"V/O: an independent Haar-random orthogonal {g.head_dim}x{g.head_dim} per KV head (V rows, O columns)"
+        if o.qk_rotation and not self.qk_norm:
+            return "V/O: the same plane rotation as that KV group's QK (V rows, O columns)"
+        return "V/O: an independent random plane rotation per KV head (V rows, O columns)"
+
+    def check_names(self, names: Iterable[str]) -> None:
+        if isinstance(names, str):
+            raise TypeError("check_names() takes an iterable of names, not one string")
+        unknown = [name for name in names if not self._understands(name)]
+        if unknown:
+            raise UnsupportedArchitectureError(
+                f"the {self.family} reparameterisation adapter ({self.config.model_type}) does not understand "
+                f"{len(unknown)} parameter(s): {', '.join(unknown)}. Refusing to publish a partly "
+                f"reparameterised copy; use --no-reparam to publish without reparameterisation."
+            )
+
+    def _understands(self, name: str) -> bool:
+        layer = self.layer_of(name)
+        if layer is None:
+            return name in NON_BLOCK_NAMES
+        return layer < self.num_layers and name.split(".", 3)[3] in self.rules
+
+    def sample(self, layer: int, generator: torch.Generator) -> LayerTransform:
+        self._check_sample_args(layer, generator)
+        g, o = self.geometry, self.options
+        # Draws happen in a fixed order, and only for enabled parts: same seed + options -> same T.
+        qk = self._draw_rope_block(generator, signs_only=self.qk_norm is not None) if o.qk_rotation else None
+        if o.vo == "plane":
+            free_qk = qk is not None and not self.qk_norm
+            vo = qk if free_qk else self._draw_rope_block(generator, signs_only=False)
+        elif o.vo == "haar":
+            vo = maths.haar_orthogonal(g.n_kv, g.head_dim, generator)
+        else:
+            vo = None
+        kv_perm = torch.randperm(g.n_kv, generator=generator) if o.kv_permutation else None
+        ffn_perm = torch.randperm(g.intermediate, generator=generator) if o.ffn_permutation else None
+        ffn_scale = (
+            maths.log_uniform_scales(g.intermediate, o.ffn_scale_range, generator) if o.ffn_scaling else None
+        )
+        return LayerTransform(layer, qk=qk, vo=vo, kv_perm=kv_perm, ffn_perm=ffn_perm, ffn_scale=ffn_scale)
+
+    def _draw_rope_block(self, generator: torch.Generator, signs_only: bool) -> torch.Tensor:
+        """Per KV head, an orthogonal d_h x d_h that commutes with RoPE (and, if signs_only, with qk norms)."""
+        g = self.geometry
+        half, n_pass = g.rotary_dim // 2, g.head_dim - g.rotary_dim
+        if signs_only:
+            plane_signs = maths.random_signs((g.n_kv, half), generator)
+            pass_signs = maths.random_signs((g.n_kv, n_pass), generator) if n_pass else None
+            return maths.rope_plane_signs(plane_signs, g.head_dim, pass_signs)
+        block = maths.rope_plane_rotation(maths.uniform_angles((g.n_kv, half), generator), g.head_dim)
+        if n_pass:
+            # RoPE is the identity on pass-through dims, so any orthogonal map there commutes with it.
+            block[:, g.rotary_dim :, g.rotary_dim :] = maths.haar_orthogonal(g.n_kv, n_pass, generator)
+        return block
+
+    def apply(
+        self, transform: LayerTransform, name: str, tensor: torch.Tensor, *, inverse: bool = False
+    ) -> torch.Tensor:
+        """T (or T^-1) on one tensor. Tensors T leaves alone are returned as they are, not copied."""
+        rule = self._rule_for(transform, name)
+        if rule is None or rule.is_identity:
+            return tensor
+        x = tensor.to(F64)
+        x = self._row_transform(transform, rule.rows, x, inverse, name)
+        x = self._col_transform(transform, rule.cols, x, inverse, name)
+        return x.to(tensor.dtype)
+
+    def apply_lora(
+        self,
+        transform: LayerTransform,
+        name: str,
+        lora_B: torch.Tensor,
+        lora_A: torch.Tensor,
+        *,
+        inverse: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row transforms act on B (out x r), column transforms on A (r x in)."""
+        if lora_B.dim() != 2 or lora_A.dim() != 2 or lora_B.shape[1] != lora_A.shape[0]:
+            raise ValueError(f"{name}: LoRA factors must be B (out x r) and A (r x in), got "
+                             f"{tuple(lora_B.shape)} and {tuple(lora_A.shape)}")
+        rule = self._rule_for(transform, name)
+        if rule is None or rule.is_identity:
+            return lora_B, lora_A
+        new_B = self._row_transform(transform, rule.rows, lora_B.to(F64), inverse, name).to(lora_B.dtype)
+        new_A = self._col_transform(transform, rule.cols, lora_A.to(F64), inverse, name).to(lora_A.dtype)
+        return new_B, new_A
+
+    # Internals -------------------------------------------------------------------------------
+
+    def _rule_for(self, transform: LayerTransform, name: str) -> Rule | None:
+        """The rule for a block tensor of the transform's layer; None for block-external names."""
+        layer = self.layer_of(name)
+        if layer is None:
+            return None
+        if layer != transform.layer:
+            raise ValueError(f"{name} belongs to layer {layer}, but the transform was drawn for layer {transform.layer}")
+        rule = self.rules.get(name.split(".", 3)[3]) if layer < self.num_layers else None
+        if rule is None:
+            raise UnsupportedArchitectureError(
+                f"the {self.family} reparameterisation adapter does not understand parameter {name}"
+            )
+        return rule
+
+    def _row_transform(self, t: LayerTransform, roles: tuple[Role, ...], x, inverse: bool, name: str):
+        """Apply the row roles to consecutive row slices of x (one slice unless the projection is fused)."""
+        if not roles:
+            return x
+        expected = sum(role.size for role in roles)
+        if x.dim() == 0 or x.shape[0] != expected:
+            labels = "+".join(role.label for role in roles)
+            raise MPUError(f"{name}: has {tuple(x.shape)}, but the config implies {expected} rows ({labels})")
+        pieces = torch.split(x, [role.size for role in roles], dim=0)
+        return torch.cat([self._role_rows(t, role, piece, inverse) for role, piece in zip(roles, pieces)], dim=0)
+
+    def _col_transform(self, t: LayerTransform, role: Role | None, x, inverse: bool, name: str):
+        """A column transform W -> W C is the row transform C^T W^T of the transpose."""
+        if role is None:
+            return x
+        if x.dim() != 2:
+            raise MPUError(f"{name}: a column transform needs a matrix, got shape {tuple(x.shape)}")
+        return self._row_transform(t, (role,), x.T, inverse, name).T
+
+    def _role_rows(self, t: LayerTransform, role: Role, x: torch.Tensor, inverse: bool) -> torch.Tensor:
+        if isinstance(role, UnitRole):
+            return maths.unit_rows(x, t.ffn_perm, t.ffn_scale, role.power, inverse)
+        g = self.geometry
+        mats = {"qk": t.qk, "vo": t.vo, None: None}[role.matrix]
+        # O columns take vo[j]^T; as a row transform of O^T that is vo[j] again, the same as V rows.
+        return maths.head_rows(x, g.n_kv, role.group, g.head_dim, mats, t.kv_perm, inverse)

@@ -1,0 +1,64 @@
+"""User-facing switches for the secret reparameterisation T_k (SPEC §3)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+VO_MODES = ("plane", "haar", "none")
+
+
+@dataclass(frozen=True)
+class ReparamOptions:
+    """Which function-preserving transforms a copy gets. Every field has its help text in ``metadata``.
+
+    The defaults match the paper (RoPE-plane rotations on Q/K, the same rotations on V/O, an FFN
+    permutation); the other switches make a copy harder to align with the original at no cost in
+    function.
+    """
+
+    enabled: bool = field(
+        default=True,
+        metadata={"help": "Reparameterise the copies. False publishes them in the model's own coordinates "
+                          "(--no-reparam); the privacy report must then say so."},
+    )
+    qk_rotation: bool = field(
+        default=True,
+        metadata={"help": "Rotate the RoPE planes of the Q/K rows: one random rotation per KV head, shared "
+                          "by the query heads that read it (GQA)."},
+    )
+    vo: str = field(
+        default="plane",
+        metadata={"help": "V rows / O columns: 'plane' = plane rotations (the same as that KV group's QK "
+                          "rotation where QK is rotated freely); 'haar' = an independent Haar-random "
+                          "orthogonal d_h x d_h per KV head; 'none' = leave V/O alone."},
+    )
+    kv_permutation: bool = field(
+        default=False,
+        metadata={"help": "Permute whole KV groups together with their query heads and O column blocks."},
+    )
+    ffn_permutation: bool = field(
+        default=True,
+        metadata={"help": "Permute the FFN intermediate units: rows of gate and up (and their biases), "
+                          "columns of down."},
+    )
+    ffn_scaling: bool = field(
+        default=False,
+        metadata={"help": "Also scale up-row i by s_i and down-column i by 1/s_i (the gated product is "
+                          "linear in up)."},
+    )
+    ffn_scale_range: float = field(
+        default=2.0,
+        metadata={"help": "With ffn_scaling, s_i = exp(U(-ln r, ln r)) for this r; must be >= 1."},
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("enabled", "qk_rotation", "kv_permutation", "ffn_permutation", "ffn_scaling"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f"ReparamOptions.{name} must be True or False, got {value!r}")
+        if self.vo not in VO_MODES:
+            raise ValueError(f"ReparamOptions.vo must be one of {', '.join(VO_MODES)}; got {self.vo!r}")
+        r = self.ffn_scale_range
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r < 1:
+            raise ValueError(f"ReparamOptions.ffn_scale_range must be a finite number >= 1, got {r!r}")

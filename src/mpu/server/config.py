@@ -1,0 +1,63 @@
+"""The server's settings, fixed at ``mpu server init`` and kept in the work directory."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from mpu.reparam import ReparamOptions
+
+ALPHA_MODES = ("secret", "reference", "list")
+NOISE_SCOPES = ("blocks", "all")
+PUBLISH_DTYPES = ("float32", "bfloat16", "float16", "source")
+
+
+@dataclass
+class ServerConfig:
+    copies: int = field(default=3, metadata={"help": "m, the number of perturbed copies per round (>= 2)"})
+    kappa: float = field(default=0.01, metadata={"help": "noise ratio: sigma_l = kappa * RMS(task vector of block l)"})
+    rounds: int = field(default=1, metadata={"help": "R, the number of publish/aggregate rounds"})
+    eta: float = field(default=1.0, metadata={"help": "server step size: theta += eta * harmonic mean of the updates"})
+    alpha_mode: str = field(default="secret", metadata={"help": "secret (CSPRNG, fresh each round) | reference (1..2 evenly) | list"})
+    alphas: list[float] | None = field(default=None, metadata={"help": "explicit alpha_k, one per copy (alpha_mode=list)"})
+    alpha_max: float = field(default=2.0, metadata={"help": "secret alphas are uniform on [1, alpha_max]"})
+    noise_scope: str = field(default="blocks", metadata={"help": "blocks: transformer blocks only (paper); all: also embeddings, final norm, LM head"})
+    publish_dtype: str = field(default="source", metadata={"help": "dtype of published copies; 'source' keeps the model's own"})
+    max_update_ratio: float = field(default=1.0, metadata={"help": "refuse an update whose norm exceeds this fraction of the model's norm"})
+    fixed_seed: int | None = field(default=None, metadata={"help": "reproducible (NOT secret) randomness, for experiments and tests"})
+    reparam: ReparamOptions = field(default_factory=ReparamOptions)
+
+    def __post_init__(self):
+        if isinstance(self.reparam, dict):
+            self.reparam = ReparamOptions(**self.reparam)
+        if self.copies < 2:
+            raise ValueError(f"copies must be >= 2 (zero-sum noise needs two), got {self.copies}")
+        if self.kappa < 0:
+            raise ValueError(f"kappa must be >= 0, got {self.kappa}")
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        if self.alpha_mode not in ALPHA_MODES:
+            raise ValueError(f"alpha_mode must be one of {ALPHA_MODES}, got {self.alpha_mode!r}")
+        if self.alpha_mode == "list":
+            if not self.alphas or len(self.alphas) != self.copies:
+                raise ValueError(f"give exactly {self.copies} alphas (one per copy), got {self.alphas}")
+            if any(alpha <= 0 for alpha in self.alphas):
+                raise ValueError(f"alphas must be positive, got {self.alphas}")
+        elif self.alphas is not None:
+            raise ValueError("explicit alphas need alpha_mode='list'")
+        if self.alpha_max < 1:
+            raise ValueError(f"alpha_max must be >= 1, got {self.alpha_max}")
+        if self.noise_scope not in NOISE_SCOPES:
+            raise ValueError(f"noise_scope must be one of {NOISE_SCOPES}, got {self.noise_scope!r}")
+        if self.publish_dtype not in PUBLISH_DTYPES:
+            raise ValueError(f"publish_dtype must be one of {PUBLISH_DTYPES}, got {self.publish_dtype!r}")
+        if self.max_update_ratio <= 0:
+            raise ValueError(f"max_update_ratio must be > 0, got {self.max_update_ratio}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ServerConfig":
+        return cls(**data)

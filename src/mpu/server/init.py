@@ -1,0 +1,74 @@
+"""``mpu server init``: take in the model (and its base), check it can be reparameterised, and
+store theta as the float32 master copy of round 0."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoConfig
+
+from mpu.checkpoint import CheckpointReader, ShardedWriter, copy_model_files, layer_groups, staging_dir
+from mpu.checkpoint.hub import resolve_model_dir
+from mpu.errors import InputError, MPUError
+from mpu.reparam import get_adapter
+from mpu.server.config import ServerConfig
+from mpu.server.workdir import ServerState, Workdir
+
+MASTER_DTYPE = torch.float32
+
+
+def init_server(workdir: str | Path, model: str, base: str | None, config: ServerConfig, progress: bool = True) -> ServerState:
+    work = Workdir(workdir)
+    if work.path.exists() and any(work.path.iterdir()):
+        raise InputError(work.path, "work directory exists and is not empty")
+    model_dir = resolve_model_dir(model)
+    reader = CheckpointReader(model_dir)
+    hf_config = AutoConfig.from_pretrained(model_dir)
+    # Fail now, not at publish time, if the architecture cannot be reparameterised.
+    get_adapter(hf_config, config.reparam).check_names(reader.names())
+    base_dir = None
+    if base is not None:
+        base_dir = resolve_model_dir(base)
+        _check_same_layout(reader, CheckpointReader(base_dir), base_dir)
+
+    work.path.mkdir(parents=True, exist_ok=True)
+    os.chmod(work.path, 0o700)
+    model_rel = "models/round-0"
+    with staging_dir(work.path / model_rel) as stage:
+        writer = ShardedWriter(stage)
+        for _, names in tqdm(layer_groups(reader.names()), desc="init: store theta", disable=not progress):
+            writer.write_shard({name: reader.get(name).to(MASTER_DTYPE) for name in names})
+        writer.finish()
+        copy_model_files(model_dir, stage, {"dtype": "float32"})
+    state = ServerState(
+        config=config,
+        model_dir=model_rel,
+        source_dtype=_dtype_name(reader.dtype(reader.names()[0])),
+        model_type=hf_config.model_type,
+        base=str(base_dir.resolve()) if base_dir else None,
+    )
+    work.save(state)
+    return state
+
+
+def _check_same_layout(model: CheckpointReader, base: CheckpointReader, base_dir: Path) -> None:
+    if set(model.names()) != set(base.names()):
+        different = sorted(set(model.names()) ^ set(base.names()))
+        raise InputError(base_dir, f"base model's tensors differ from the model's: {', '.join(different[:5])}")
+    for name in model.names():
+        if model.shape(name) != base.shape(name):
+            raise InputError(base_dir, f"tensor {name} has shape {base.shape(name)}, the model has {model.shape(name)}")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def dtype_from_name(name: str) -> torch.dtype:
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise MPUError(f"unknown dtype {name!r}")
+    return dtype

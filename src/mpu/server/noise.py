@@ -1,0 +1,45 @@
+"""Pre-Process noise: per-block scale, zero-sum draws across copies, the alpha schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mpu.server import randomness
+from mpu.server.config import ServerConfig
+
+
+def alphas_for_round(config: ServerConfig, secret: bytes) -> list[float]:
+    """alpha_k per copy. Secret mode draws them from the round secret, so they are fresh each round."""
+    m = config.copies
+    if config.alpha_mode == "reference":
+        return [1.0 + k / (m - 1) for k in range(m)]
+    if config.alpha_mode == "list":
+        return [float(alpha) for alpha in config.alphas]
+    return [1.0 + (config.alpha_max - 1.0) * randomness.uniform(secret, "alpha", k) for k in range(1, m + 1)]
+
+
+def harmonic_weights(alphas: list[float]) -> list[float]:
+    """w_k = (1/alpha_k) / sum_j (1/alpha_j): then sum_k w_k eps_k = 0 exactly for zero-sum eps0."""
+    inverse = [1.0 / alpha for alpha in alphas]
+    total = sum(inverse)
+    return [value / total for value in inverse]
+
+
+def zero_sum_noise(shape: torch.Size, sigma: float, generators: list[torch.Generator]) -> torch.Tensor:
+    """eps0_k = sqrt(m/(m-1)) (z_k - mean_j z_j), z_k ~ N(0, sigma^2): sums to 0, each has variance sigma^2."""
+    m = len(generators)
+    draws = torch.stack([torch.randn(shape, generator=gen, dtype=torch.float32) for gen in generators])
+    draws -= draws.mean(dim=0, keepdim=True)
+    draws *= sigma * math.sqrt(m / (m - 1))
+    return draws
+
+
+def sum_sq(tensor: torch.Tensor) -> float:
+    """Sum of squares accumulated in float64 (no float64 copy of the tensor)."""
+    return float(torch.linalg.vector_norm(tensor, dtype=torch.float64)) ** 2
+
+
+def rms(sum_of_squares: float, count: int) -> float:
+    return math.sqrt(sum_of_squares / count) if count else 0.0

@@ -1,0 +1,160 @@
+"""Pre-Process (SPEC §2): publish m noisy, secretly reparameterised copies c_k = T_k(theta + eps_k).
+
+Streams one block at a time: memory holds one block's tensors times m, never m models.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets as csprng
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoConfig
+
+from mpu.checkpoint import CheckpointReader, ShardedWriter, atomic_write_json, copy_model_files, dir_sha256, layer_groups, staging_dir
+from mpu.errors import MPUError
+from mpu.reparam import get_adapter
+from mpu.server import randomness
+from mpu.server.init import dtype_from_name
+from mpu.server.noise import alphas_for_round, rms, sum_sq, zero_sum_noise
+from mpu.server.workdir import Workdir
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "mpu-publication/1"
+WARN_FRACTION = 0.5  # warn when rounding to the publish dtype removes more than half of the noise
+
+
+@dataclass
+class BlockNoise:
+    """Intended vs effective perturbation of one block (RMS over its elements and copies).
+
+    Both are measured in the copy's coordinates (the same as theta's unless FFN scaling is on).
+    ``effective`` is the noise left after rounding to the publish dtype: the published copy minus
+    what the clean model would publish. ``changed`` is the fraction of
+    published values that differ from the clean model's: rounding makes small noise sparse (most
+    values identical to the clean ones, a few off by one unit), which RMS alone does not show.
+    """
+
+    group: str
+    sigma: float
+    intended: float
+    effective: float
+    changed: float
+
+
+@dataclass
+class PublishReport:
+    round: int
+    out_dir: Path
+    copies: list[dict]
+    blocks: list[BlockNoise] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    transforms: list[str] = field(default_factory=list)
+
+
+def publish(workdir: str | Path, out_dir: str | Path, *, replace: bool = False, progress: bool = True) -> PublishReport:
+    work = Workdir(workdir)
+    state = work.load()
+    config = state.config
+    if state.finished:
+        raise MPUError(f"all {config.rounds} rounds are done; run `mpu server export`")
+    round_number = state.current_round
+    secret = work.round_secret(round_number, config.fixed_seed, create=True)
+    alphas = alphas_for_round(config, secret)
+    reader = CheckpointReader(work.model_path(state))
+    base = CheckpointReader(state.base) if state.base else None
+    adapter = get_adapter(AutoConfig.from_pretrained(work.model_path(state)), config.reparam)
+    adapter.check_names(reader.names())
+    publish_dtype = dtype_from_name(state.source_dtype if config.publish_dtype == "source" else config.publish_dtype)
+    if config.fixed_seed is not None:
+        log.warning("fixed-seed mode: the copies' randomness is reproducible from the seed and NOT secret")
+
+    report = PublishReport(round=round_number, out_dir=Path(out_dir), copies=[], transforms=adapter.describe())
+    m = config.copies
+    model_norm_sq = 0.0
+    with staging_dir(out_dir, replace=replace) as stage:
+        copy_dirs = [stage / f"copy-{k}" for k in range(1, m + 1)]
+        writers = [ShardedWriter(path) for path in copy_dirs]
+        for layer, names in tqdm(layer_groups(reader.names()), desc=f"publish round {round_number}", disable=not progress):
+            noisy = config.kappa > 0 and (layer is not None or config.noise_scope == "all")
+            transforms = [None] * m
+            if layer is not None:
+                transforms = [adapter.sample(layer, randomness.generator(secret, "reparam", f"layer.{layer}", k)) for k in range(1, m + 1)]
+            sigma = config.kappa * _group_rms(reader, base, names) if noisy else 0.0
+            outputs, intended_sq, effective_sq, changed, count = [{} for _ in range(m)], 0.0, 0.0, 0, 0
+            for name in names:
+                theta = reader.get(name).to(torch.float32)
+                model_norm_sq += sum_sq(theta)
+                noise = zero_sum_noise(theta.shape, sigma, [randomness.generator(secret, "noise", name, k) for k in range(1, m + 1)]) if noisy else None
+                for k in range(m):
+                    # T is linear: T(theta + eps) = T(theta) + T(eps), and T(theta) is what the clean
+                    # model would publish, against which the surviving noise is measured.
+                    clean = _transform(adapter, transforms[k], name, theta)
+                    if not noisy:
+                        outputs[k][name] = clean.to(publish_dtype)
+                        continue
+                    shifted = _transform(adapter, transforms[k], name, alphas[k] * noise[k])
+                    copy = (clean + shifted).to(publish_dtype)
+                    outputs[k][name] = copy
+                    surviving = copy.to(torch.float32) - clean.to(publish_dtype).to(torch.float32)
+                    intended_sq += sum_sq(shifted)
+                    effective_sq += sum_sq(surviving)
+                    changed += int(torch.count_nonzero(surviving))
+                count += theta.numel() * m
+            for writer, tensors in zip(writers, outputs):
+                writer.write_shard(tensors)
+            if noisy:
+                group = f"layer.{layer}" if layer is not None else names[0]
+                report.blocks.append(BlockNoise(group, sigma, rms(intended_sq, count), rms(effective_sq, count), changed / count))
+        for writer, path in zip(writers, copy_dirs):
+            writer.finish()
+            copy_model_files(work.model_path(state), path, {"dtype": str(publish_dtype).removeprefix("torch.")})
+        copies = [{"id": k, "path": f"copy-{k}", "sha256": dir_sha256(path)} for k, path in enumerate(copy_dirs, start=1)]
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "round": round_number,
+            "rounds": config.rounds,
+            "publication_id": csprng.token_hex(8),
+            "architecture": state.model_type,
+            "dtype": str(publish_dtype).removeprefix("torch."),
+            "copies": copies,
+        }
+        atomic_write_json(stage / MANIFEST, manifest)
+    report.copies = copies
+    report.warnings = [
+        f"{block.group}: in {manifest['dtype']} the noise survives in only {block.changed:.0%} of the values "
+        f"(effective RMS {block.effective:.3g} vs intended {block.intended:.3g}); raise kappa or publish in float32"
+        for block in report.blocks
+        if block.intended > 0 and (block.effective < WARN_FRACTION * block.intended or block.changed < WARN_FRACTION)
+    ]
+    for warning in report.warnings:
+        log.warning(warning)
+    state.published = {
+        "round": round_number,
+        "publication_id": manifest["publication_id"],
+        "copies": [{"id": c["id"], "sha256": c["sha256"]} for c in copies],
+        "model_norm": model_norm_sq**0.5,
+    }
+    work.save(state)
+    return report
+
+
+def _transform(adapter, transform, name: str, tensor: torch.Tensor) -> torch.Tensor:
+    return tensor if transform is None else adapter.apply(transform, name, tensor)
+
+
+def _group_rms(reader: CheckpointReader, base: CheckpointReader | None, names: list[str]) -> float:
+    """RMS over every element of the group of (theta - theta_base), or of theta without a base."""
+    total, count = 0.0, 0
+    for name in names:
+        values = reader.get(name).to(torch.float32)
+        if base is not None:
+            values = values - base.get(name).to(torch.float32)
+        total += sum_sq(values)
+        count += values.numel()
+    return rms(total, count)

@@ -1,0 +1,134 @@
+"""The server's work directory: round state, secrets (mode 0600) and the current model.
+
+Layout::
+
+    S/state.json        round counter, settings, what was published this round (mode 0600)
+    S/secrets.json      one 128-bit secret per round (mode 0600; never leaves S)
+    S/models/round-N/   theta after N aggregated rounds, float32, sharded per block
+
+``state.json`` is the commit point: a new model directory counts only once the state names it,
+so an interrupted command leaves the previous round intact and can simply be run again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mpu.checkpoint import atomic_write_json, read_json
+from mpu.errors import InputError, MPUError
+from mpu.server import randomness
+from mpu.server.config import ServerConfig
+
+STATE_FILE = "state.json"
+SECRETS_FILE = "secrets.json"
+PRIVATE = 0o600
+FORMAT = "mpu-server-state/1"
+
+
+@dataclass
+class ServerState:
+    config: ServerConfig
+    model_dir: str  # relative to the work directory
+    source_dtype: str  # dtype of the model the server started from, used by export
+    model_type: str
+    base: str | None = None
+    rounds_done: int = 0
+    published: dict[str, Any] | None = None  # {"round", "publication_id", "copies": [{"id", "sha256"}], "model_norm"}
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def current_round(self) -> int:
+        """1-based number of the round in progress."""
+        return self.rounds_done + 1
+
+    @property
+    def finished(self) -> bool:
+        return self.rounds_done >= self.config.rounds
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "config": self.config.to_dict(),
+            "model_dir": self.model_dir,
+            "source_dtype": self.source_dtype,
+            "model_type": self.model_type,
+            "base": self.base,
+            "rounds_done": self.rounds_done,
+            "published": self.published,
+            "history": self.history,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ServerState":
+        if data.get("format") != FORMAT:
+            raise MPUError(f"unsupported server state format {data.get('format')!r}")
+        data = {key: value for key, value in data.items() if key != "format"}
+        data["config"] = ServerConfig.from_dict(data["config"])
+        return cls(**data)
+
+
+class Workdir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @property
+    def state_path(self) -> Path:
+        return self.path / STATE_FILE
+
+    @property
+    def secrets_path(self) -> Path:
+        return self.path / SECRETS_FILE
+
+    def model_path(self, state: ServerState) -> Path:
+        return self.path / state.model_dir
+
+    def exists(self) -> bool:
+        return self.state_path.is_file()
+
+    def load(self) -> ServerState:
+        if not self.exists():
+            raise InputError(self.path, "not an mpu server work directory (no state.json); run `mpu server init` first")
+        self._check_private(self.state_path)
+        return ServerState.from_dict(read_json(self.state_path, "server state"))
+
+    def save(self, state: ServerState) -> None:
+        atomic_write_json(self.state_path, state.to_dict(), mode=PRIVATE)
+
+    def round_secret(self, round_number: int, fixed_seed: int | None, *, create: bool) -> bytes:
+        """The secret of a round; created (CSPRNG) on first publish, then reused so re-publishing
+        the same round reproduces the same copies and aggregation regenerates the same transforms."""
+        secrets_by_round = self._read_secrets()
+        key = str(round_number)
+        if key not in secrets_by_round:
+            if not create:
+                raise MPUError(f"round {round_number} was never published (no secret for it in {self.secrets_path})")
+            secrets_by_round[key] = randomness.new_round_secret(fixed_seed, round_number).hex()
+            atomic_write_json(self.secrets_path, {"rounds": secrets_by_round}, mode=PRIVATE)
+        return bytes.fromhex(secrets_by_round[key])
+
+    def _read_secrets(self) -> dict[str, str]:
+        if not self.secrets_path.exists():
+            return {}
+        self._check_private(self.secrets_path)
+        return dict(read_json(self.secrets_path, "server secrets")["rounds"])
+
+    @staticmethod
+    def _check_private(path: Path) -> None:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        if mode & 0o077:
+            raise MPUError(f"{path} is readable by others (mode {mode:o}); it holds private state: chmod 600 it")
+
+    def clean_stale(self, state: ServerState) -> None:
+        """Remove model directories and staging folders that the state does not name (left by an
+        interrupted command)."""
+        models = self.path / "models"
+        if not models.is_dir():
+            return
+        for entry in models.iterdir():
+            if (Path("models") / entry.name).as_posix() != state.model_dir:
+                shutil.rmtree(entry, ignore_errors=True)

@@ -1,0 +1,154 @@
+"""Pre-Process and Post-Process together, with a stand-in client (no training)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from mpu.checkpoint import CheckpointReader
+from mpu.reparam import ReparamOptions
+from mpu.server.aggregate import aggregate
+from mpu.server.config import ServerConfig
+from mpu.server.export import export
+from mpu.server.init import init_server
+from mpu.server.noise import alphas_for_round
+from mpu.server.publish import publish
+from mpu.server.workdir import Workdir
+from tests.server.stand_in_client import write_returns
+
+HARDENED = ReparamOptions(vo="haar", kv_permutation=True, ffn_scaling=True)
+
+
+def load_tensors(model_dir):
+    reader = CheckpointReader(model_dir)
+    return {name: reader.get(name).to(torch.float32) for name in reader.names()}
+
+
+@pytest.mark.parametrize("reparam", [ReparamOptions(), HARDENED, ReparamOptions(enabled=False)], ids=["paper", "hardened", "no-reparam"])
+def test_linear_client_update_is_recovered_exactly(tmp_path, tiny_model_dir, reparam):
+    # Delta' = -c * w' is linear in the weights, so T^-1 maps it to -c (theta + eps_k); the
+    # harmonic combination cancels eps exactly: the aggregate equals the clean-model update.
+    c = 0.1
+    config = ServerConfig(copies=3, kappa=0.1, fixed_seed=3, reparam=reparam, eta=1.0)
+    init_server(tmp_path / "server", str(tiny_model_dir), None, config, progress=False)
+    publish(tmp_path / "server", tmp_path / "outbox", progress=False)
+    write_returns(tmp_path / "outbox", tmp_path / "returns", lambda name, w: -c * w)
+
+    report = aggregate(tmp_path / "server", tmp_path / "returns", progress=False)
+
+    theta = load_tensors(tiny_model_dir)
+    after = load_tensors(report.model_dir)
+    worst = max(float((after[name] - (1 - c) * theta[name]).abs().max()) for name in theta)
+    assert worst < 1e-5
+
+
+def test_plain_average_does_not_cancel_the_noise(tmp_path, tiny_model_dir):
+    # The same linear client, but the server weights copies equally: alpha-scaled noise survives.
+    config = ServerConfig(copies=3, kappa=0.1, alpha_mode="reference", fixed_seed=3)
+    init_server(tmp_path / "server", str(tiny_model_dir), None, config, progress=False)
+    publish(tmp_path / "server", tmp_path / "outbox", progress=False)
+    manifest = json.loads((tmp_path / "outbox" / "manifest.json").read_text())
+    copies = [load_tensors(tmp_path / "outbox" / copy["path"]) for copy in manifest["copies"]]
+    theta = load_tensors(tiny_model_dir)
+    name = "model.layers.0.mlp.down_proj.weight"
+    # Each copy is perturbed (and reparameterised) ...
+    assert all(not torch.allclose(copy[name], theta[name]) for copy in copies)
+    # ... and the copies' block-external tensors are published as they are.
+    assert all(torch.equal(copy["lm_head.weight"], theta["lm_head.weight"]) for copy in copies)
+
+
+def test_noise_scale_follows_the_task_vector(tmp_path, tiny_model_dir, tiny_base_dir):
+    config = ServerConfig(copies=2, kappa=0.5, fixed_seed=1)
+    init_server(tmp_path / "server", str(tiny_model_dir), str(tiny_base_dir), config, progress=False)
+    report = publish(tmp_path / "server", tmp_path / "outbox", progress=False)
+    theta, base = load_tensors(tiny_model_dir), load_tensors(tiny_base_dir)
+    for block in report.blocks:
+        names = [name for name in theta if name.startswith(f"model.layers.{block.group.split('.')[1]}.")]
+        diff = torch.cat([(theta[n] - base[n]).flatten() for n in names])
+        assert math.isclose(block.sigma, 0.5 * float(diff.square().mean().sqrt()), rel_tol=1e-4)
+        # float32 publishing keeps the whole perturbation
+        assert math.isclose(block.effective, block.intended, rel_tol=1e-3)
+        assert block.changed > 0.99
+    assert not report.warnings
+
+
+def test_bfloat16_publishing_reports_the_noise_lost_to_rounding(tmp_path, tiny_model_dir):
+    config = ServerConfig(copies=2, kappa=1e-4, publish_dtype="bfloat16", fixed_seed=1)
+    init_server(tmp_path / "server", str(tiny_model_dir), None, config, progress=False)
+    report = publish(tmp_path / "server", tmp_path / "outbox", progress=False)
+    assert report.blocks and all(block.changed < 0.5 for block in report.blocks)
+    assert report.warnings and "bfloat16" in report.warnings[0]
+    copy = CheckpointReader(tmp_path / "outbox" / "copy-1")
+    assert copy.dtype(copy.names()[0]) == torch.bfloat16
+
+
+def test_copies_without_noise_generate_like_the_original(tmp_path, tiny_model_dir, tiny_tokenizer):
+    config = ServerConfig(copies=2, kappa=0.0, reparam=HARDENED)
+    init_server(tmp_path / "server", str(tiny_model_dir), None, config, progress=False)
+    publish(tmp_path / "server", tmp_path / "outbox", progress=False)
+    original = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    prompt = tiny_tokenizer(["Where was Ana Lind born?"], return_tensors="pt")
+    expected = original.generate(**prompt, max_new_tokens=12, do_sample=False)
+    for k in (1, 2):
+        copy = AutoModelForCausalLM.from_pretrained(tmp_path / "outbox" / f"copy-{k}", dtype=torch.float32)
+        assert not torch.equal(copy.model.layers[0].mlp.up_proj.weight, original.model.layers[0].mlp.up_proj.weight)
+        assert torch.equal(copy.generate(**prompt, max_new_tokens=12, do_sample=False), expected)
+
+
+def test_two_rounds_then_export_gives_a_plain_checkpoint(tmp_path, tiny_model_dir):
+    config = ServerConfig(copies=2, kappa=0.01, rounds=2, fixed_seed=9)
+    server = tmp_path / "server"
+    init_server(server, str(tiny_model_dir), None, config, progress=False)
+    for round_number in (1, 2):
+        publish(server, tmp_path / f"out{round_number}", progress=False)
+        write_returns(tmp_path / f"out{round_number}", tmp_path / f"ret{round_number}", lambda name, w: -0.01 * w)
+        aggregate(server, tmp_path / f"ret{round_number}", progress=False)
+    state = Workdir(server).load()
+    assert state.rounds_done == 2 and state.finished
+    assert sorted(p.name for p in (server / "models").iterdir()) == ["round-2"]  # old rounds cleaned up
+
+    export(server, tmp_path / "final", progress=False)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
+    original = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    w_final = model.model.layers[1].self_attn.q_proj.weight
+    w_orig = original.model.layers[1].self_attn.q_proj.weight
+    assert torch.allclose(w_final, 0.99**2 * w_orig, atol=1e-5)
+    with pytest.raises(Exception, match="rounds are done"):
+        publish(server, tmp_path / "out3", progress=False)
+
+
+def test_secrets_stay_private_and_never_reach_the_outbox(tmp_path, tiny_model_dir):
+    config = ServerConfig(copies=3, kappa=0.05, fixed_seed=424242, reparam=HARDENED)
+    server = tmp_path / "server"
+    init_server(server, str(tiny_model_dir), None, config, progress=False)
+    report = publish(server, tmp_path / "outbox", progress=False)
+
+    secrets_file = server / "secrets.json"
+    assert stat.S_IMODE(os.stat(secrets_file).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(server / "state.json").st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(server).st_mode) == 0o700
+    secret_hex = json.loads(secrets_file.read_text())["rounds"]["1"]
+    alphas = alphas_for_round(config, bytes.fromhex(secret_hex))
+    sigmas = [block.sigma for block in report.blocks]
+
+    forbidden = [secret_hex, bytes.fromhex(secret_hex).hex().upper(), "424242", "kappa", "alpha", "sigma", "seed"]
+    for value in alphas + sigmas:
+        forbidden += [repr(value), f"{value:.6f}", f"{value:.4g}"]
+    everything = b""
+    for path in (tmp_path / "outbox").rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            everything += data if not path.name.endswith(".safetensors") else data[8 : 8 + int.from_bytes(data[:8], "little")]
+    assert bytes.fromhex(secret_hex) not in b"".join(p.read_bytes() for p in (tmp_path / "outbox").rglob("*") if p.is_file())
+    text = everything.decode("utf-8", errors="replace")
+    leaked = [value for value in forbidden if value in text]
+    assert not leaked, f"outbox mentions {leaked}"
+    # safetensors headers carry only the standard format tag
+    for shard in (tmp_path / "outbox").rglob("*.safetensors"):
+        assert CheckpointReader(shard.parent)._open(shard).metadata() == {"format": "pt"}
