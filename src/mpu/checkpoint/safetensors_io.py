@@ -42,11 +42,10 @@ class CheckpointReader:
         self.dir = Path(model_dir)
         if not self.dir.is_dir():
             raise InputError(self.dir, "checkpoint directory not found")
-        self._handles: dict[Path, object] = {}
         self._shard_of = self._map_shards()
         self._meta: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
         for shard in sorted(set(self._shard_of.values())):
-            handle = self._open(shard)
+            handle = _open(shard)
             for name in handle.keys():
                 if self._shard_of.get(name) != shard:
                     raise InputError(shard, f"holds tensor {name!r} that the index does not assign to it")
@@ -66,8 +65,7 @@ class CheckpointReader:
         single = self.dir / SINGLE_FILE
         if single.is_file():
             self._check_inside(single, index)
-            handle = self._open(single)
-            return {name: single for name in handle.keys()}
+            return {name: single for name in _open(single).keys()}
         pickles = [name for name in PICKLE_NAMES if (self.dir / name).exists()]
         if pickles:
             raise InputError(self.dir / pickles[0], "pickled weights are never loaded; convert the model to safetensors")
@@ -97,14 +95,6 @@ class CheckpointReader:
         if not shard.is_file():
             raise InputError(shard, "shard file missing")
 
-    def _open(self, shard: Path):
-        if shard not in self._handles:
-            try:
-                self._handles[shard] = safe_open(str(shard), framework="pt")
-            except (SafetensorError, OSError) as err:
-                raise InputError(shard, f"not a valid safetensors file ({err})") from None
-        return self._handles[shard]
-
     def names(self) -> list[str]:
         return sorted(self._meta)
 
@@ -126,8 +116,23 @@ class CheckpointReader:
     def get(self, name: str, device: str | torch.device = "cpu") -> torch.Tensor:
         if name not in self._meta:
             raise KeyError(name)
-        tensor = self._open(self._shard_of[name]).get_tensor(name)
+        # A handle per read: an open handle keeps every page it touched mapped (and counted in
+        # RSS), which would grow to the whole checkpoint over a streaming pass.
+        with _open(self._shard_of[name]) as handle:
+            tensor = handle.get_tensor(name)
         return tensor.to(device) if str(device) != "cpu" else tensor
+
+    def metadata(self, name: str) -> dict[str, str] | None:
+        """The safetensors header metadata of the shard holding ``name``."""
+        with _open(self._shard_of[name]) as handle:
+            return handle.metadata()
+
+
+def _open(shard: Path):
+    try:
+        return safe_open(str(shard), framework="pt")
+    except (SafetensorError, OSError) as err:
+        raise InputError(shard, f"not a valid safetensors file ({err})") from None
 
 
 class ShardedWriter:

@@ -3,62 +3,76 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 
 from mpu.errors import MPUError
 from mpu.reparam import ReparamOptions
-from mpu.server.config import ServerConfig
+from mpu.server.config import PRESETS, ServerConfig
 
 
 def add_server_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """The settings fixed at init; ``mpu run`` takes the same ones."""
+    """The settings fixed at init; ``mpu run`` takes the same ones. Privacy options left unset
+    come from the --privacy preset."""
     group = parser.add_argument_group("MPU settings")
     group.add_argument("--copies", "-m", type=int, default=3, help="m, perturbed copies per round (default 3)")
     group.add_argument("--kappa", type=float, default=0.01, help="noise ratio: sigma_l = kappa * RMS of block l's task vector (default 0.01)")
     group.add_argument("--rounds", type=int, default=1, help="R, publish/aggregate rounds (default 1)")
     group.add_argument("--eta", type=float, default=1.0, help="server step size applied to the combined update (default 1.0)")
-    group.add_argument(
-        "--alphas", default="secret",
-        help="noise multipliers: 'secret' (CSPRNG, fresh each round; default), 'reference' (evenly on [1,2], the paper's), or a list like 1,1.5,2",
-    )
-    group.add_argument("--alpha-max", type=float, default=2.0, help="secret alphas are uniform on [1, ALPHA_MAX] (default 2)")
-    group.add_argument("--noise-scope", choices=["blocks", "all"], default="blocks", help="perturb transformer blocks only (paper; default) or also embeddings, final norm and LM head")
     group.add_argument("--publish-dtype", choices=["source", "float32", "bfloat16", "float16"], default="source", help="dtype of the published copies (default: the model's own)")
     group.add_argument("--max-update-ratio", type=float, default=1.0, help="refuse an update whose norm exceeds this fraction of the model norm (default 1.0)")
     group.add_argument("--seed", type=int, default=None, help="fixed-seed mode: reproducible and NOT secret (experiments and tests only)")
-    reparam = parser.add_argument_group("reparameterisation (secret, function-preserving)")
-    reparam.add_argument("--no-reparam", action="store_true", help="publish copies without reparameterisation (weaker privacy)")
-    reparam.add_argument("--no-qk-rotation", action="store_true", help="do not rotate RoPE planes of Q/K")
-    reparam.add_argument("--vo", choices=["plane", "haar", "none"], default="plane", help="V/O transform: the paper's plane rotation (default), a Haar-random orthogonal per KV head, or none")
-    reparam.add_argument("--kv-permutation", action="store_true", help="also permute whole KV groups with their query heads")
-    reparam.add_argument("--no-ffn-permutation", action="store_true", help="do not permute FFN intermediate units")
-    reparam.add_argument("--ffn-scaling", action="store_true", help="also scale FFN up rows by s_i and down columns by 1/s_i")
+    privacy = parser.add_argument_group("privacy (unset options come from --privacy)")
+    privacy.add_argument("--privacy", choices=sorted(PRESETS), default="default", help="preset: default (secret alphas, plane V/O, FFN permutation), paper (reference alphas), hardened (all options below)")
+    privacy.add_argument(
+        "--alphas", default=None,
+        help="noise multipliers: 'secret' (CSPRNG, fresh each round), 'reference' (evenly on [1,2], the paper's), or a list like 1,1.5,2",
+    )
+    privacy.add_argument("--alpha-max", type=float, default=None, help="secret alphas are uniform on [1, ALPHA_MAX] (default 2)")
+    privacy.add_argument("--noise-scope", choices=["blocks", "all"], default=None, help="perturb transformer blocks only (paper) or also embeddings, final norm and LM head")
+    privacy.add_argument("--independent-noise", type=float, default=None, metavar="TAU", help="add per-copy noise N(0, (TAU*sigma)^2) that no combination of copies cancels (default 0)")
+    privacy.add_argument("--no-reparam", action="store_true", help="publish copies without reparameterisation (weaker privacy)")
+    privacy.add_argument("--no-qk-rotation", action="store_true", help="do not rotate RoPE planes of Q/K")
+    privacy.add_argument("--vo", choices=["plane", "haar", "none"], default=None, help="V/O transform: the paper's plane rotation, a Haar-random orthogonal per KV head, or none")
+    privacy.add_argument("--kv-permutation", action=argparse.BooleanOptionalAction, default=None, help="permute whole KV groups with their query heads")
+    privacy.add_argument("--no-ffn-permutation", action="store_true", help="do not permute FFN intermediate units")
+    privacy.add_argument("--ffn-scaling", action=argparse.BooleanOptionalAction, default=None, help="scale FFN up rows by s_i and down columns by 1/s_i")
 
 
 def server_config_from_args(args: argparse.Namespace) -> ServerConfig:
-    alpha_mode, alphas = args.alphas, None
-    if alpha_mode not in ("secret", "reference"):
-        try:
-            alphas = [float(value) for value in args.alphas.split(",")]
-        except ValueError:
-            raise MPUError(f"--alphas must be 'secret', 'reference' or numbers like 1,1.5,2; got {args.alphas!r}") from None
-        alpha_mode = "list"
-    reparam = ReparamOptions(
-        enabled=not args.no_reparam,
-        qk_rotation=not args.no_qk_rotation,
-        vo=args.vo,
-        kv_permutation=args.kv_permutation,
-        ffn_permutation=not args.no_ffn_permutation,
-        ffn_scaling=args.ffn_scaling,
+    preset = copy.deepcopy(PRESETS[args.privacy])
+    reparam = preset.pop("reparam", {})
+    settings = dict(
+        copies=args.copies, kappa=args.kappa, rounds=args.rounds, eta=args.eta, publish_dtype=args.publish_dtype,
+        max_update_ratio=args.max_update_ratio, fixed_seed=args.seed, **preset,
     )
+    if args.alphas is not None:
+        settings.update(_parse_alphas(args.alphas))
+    for key in ("alpha_max", "noise_scope", "independent_noise"):
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    for key in ("vo", "kv_permutation", "ffn_scaling"):
+        if getattr(args, key) is not None:
+            reparam[key] = getattr(args, key)
+    if args.no_reparam:
+        reparam["enabled"] = False
+    if args.no_qk_rotation:
+        reparam["qk_rotation"] = False
+    if args.no_ffn_permutation:
+        reparam["ffn_permutation"] = False
     try:
-        return ServerConfig(
-            copies=args.copies, kappa=args.kappa, rounds=args.rounds, eta=args.eta, alpha_mode=alpha_mode, alphas=alphas,
-            alpha_max=args.alpha_max, noise_scope=args.noise_scope, publish_dtype=args.publish_dtype,
-            max_update_ratio=args.max_update_ratio, fixed_seed=args.seed, reparam=reparam,
-        )
+        return ServerConfig(**settings, reparam=ReparamOptions(**reparam))
     except ValueError as err:
         raise MPUError(str(err)) from None
+
+
+def _parse_alphas(text: str) -> dict:
+    if text in ("secret", "reference"):
+        return {"alpha_mode": text, "alphas": None}
+    try:
+        return {"alpha_mode": "list", "alphas": [float(value) for value in text.split(",")]}
+    except ValueError:
+        raise MPUError(f"--alphas must be 'secret', 'reference' or numbers like 1,1.5,2; got {text!r}") from None
 
 
 def register(subparsers) -> None:

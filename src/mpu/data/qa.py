@@ -24,15 +24,17 @@ def load_qa_rows(path: str | Path, required: Sequence[str] = ("question", "answe
     path = Path(path)
     if path.is_dir():
         rows = _load_dataset_dir(path)
+        numbers = list(range(1, len(rows) + 1))
         where = "row"
     elif path.is_file():
-        rows = _load_jsonl(path)
+        numbered = _load_jsonl_numbered(path)
+        rows, numbers = [row for _, row in numbered], [number for number, _ in numbered]
         where = "line"
     else:
         raise InputError(path, "no such file or directory")
     if not rows:
         raise InputError(path, "contains no rows")
-    for number, row in enumerate(rows, start=1):
+    for number, row in zip(numbers, rows):  # the file's line number, blank lines included
         for field in required:
             if field not in row:
                 raise InputError(path, f"{where} {number}: missing field {field!r}")
@@ -45,6 +47,11 @@ def load_qa_rows(path: str | Path, required: Sequence[str] = ("question", "answe
 
 
 def _load_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [row for _, row in _load_jsonl_numbered(path)]
+
+
+def _load_jsonl_numbered(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-blank line."""
     rows = []
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
@@ -60,7 +67,7 @@ def _load_jsonl(path: Path) -> list[dict[str, Any]]:
                 raise InputError(path, f"line {number}: not valid JSON ({err.msg})") from None
             if not isinstance(row, dict):
                 raise InputError(path, f"line {number}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
+            rows.append((number, row))
     return rows
 
 

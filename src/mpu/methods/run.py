@@ -57,7 +57,9 @@ def training_arguments(training: TrainingOptions, output_dir: str) -> TrainingAr
         scheduler = "constant_with_warmup"  # "constant" alone ignores warmup
     extra = {}
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
-        extra["ddp_backend"] = "gloo"
+        # Several CPU processes (torchrun on a machine without GPUs): accelerate sets up DDP over gloo
+        # only when told it runs on the CPU; otherwise each process would train alone.
+        extra.update(use_cpu=True, ddp_backend="gloo")
     # transformers 5.x renamed gradient_checkpointing; pass whichever this version has, once.
     names = {f.name for f in dataclasses.fields(TrainingArguments)}
     extra["activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"] = training.gradient_checkpointing

@@ -299,7 +299,7 @@ class DecoderAdapter(Adapter):
         rule = self._rule_for(transform, name)
         if rule is None or rule.is_identity:
             return tensor
-        x = tensor.to(F64)
+        x = tensor.to(_compute_dtype(tensor))
         x = self._row_transform(transform, rule.rows, x, inverse, name)
         x = self._col_transform(transform, rule.cols, x, inverse, name)
         return x.to(tensor.dtype)
@@ -320,8 +320,8 @@ class DecoderAdapter(Adapter):
         rule = self._rule_for(transform, name)
         if rule is None or rule.is_identity:
             return lora_B, lora_A
-        new_B = self._row_transform(transform, rule.rows, lora_B.to(F64), inverse, name).to(lora_B.dtype)
-        new_A = self._col_transform(transform, rule.cols, lora_A.to(F64), inverse, name).to(lora_A.dtype)
+        new_B = self._row_transform(transform, rule.rows, lora_B.to(_compute_dtype(lora_B)), inverse, name).to(lora_B.dtype)
+        new_A = self._col_transform(transform, rule.cols, lora_A.to(_compute_dtype(lora_A)), inverse, name).to(lora_A.dtype)
         return new_B, new_A
 
     # Internals -------------------------------------------------------------------------------
@@ -366,3 +366,10 @@ class DecoderAdapter(Adapter):
         mats = {"qk": t.qk, "vo": t.vo, None: None}[role.matrix]
         # O columns take vo[j]^T; as a row transform of O^T that is vo[j] again, the same as V rows.
         return maths.head_rows(x, g.n_kv, role.group, g.head_dim, mats, t.kv_perm, inverse)
+
+
+def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """float32 for float32 and lower precisions (orthogonal maps and permutations keep float32
+    round-off near 1e-7 relative, and the server streams whole models through here), float64 for
+    float64 inputs."""
+    return F64 if tensor.dtype == F64 else torch.float32

@@ -13,6 +13,22 @@ NOISE_SCOPES = ("blocks", "all")
 PUBLISH_DTYPES = ("float32", "bfloat16", "float16", "source")
 
 
+# Named combinations of the privacy options (``mpu server init --privacy NAME``). Values not named
+# keep the ServerConfig defaults (secret alphas, plane-rotation V/O, FFN permutation).
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    # arXiv 2602.23798's setting: public reference alphas, plane rotations, FFN permutation.
+    "paper": {"alpha_mode": "reference", "reparam": {"vo": "plane", "kv_permutation": False, "ffn_scaling": False}},
+    # Everything that raises a curious client's cost; see docs/privacy.md for what it buys.
+    "hardened": {
+        "alpha_mode": "secret",
+        "noise_scope": "all",
+        "independent_noise": 1.0,
+        "reparam": {"vo": "haar", "kv_permutation": True, "ffn_scaling": True},
+    },
+}
+
+
 @dataclass
 class ServerConfig:
     copies: int = field(default=3, metadata={"help": "m, the number of perturbed copies per round (>= 2)"})
@@ -22,6 +38,7 @@ class ServerConfig:
     alpha_mode: str = field(default="secret", metadata={"help": "secret (CSPRNG, fresh each round) | reference (1..2 evenly) | list"})
     alphas: list[float] | None = field(default=None, metadata={"help": "explicit alpha_k, one per copy (alpha_mode=list)"})
     alpha_max: float = field(default=2.0, metadata={"help": "secret alphas are uniform on [1, alpha_max]"})
+    independent_noise: float = field(default=0.0, metadata={"help": "tau: each copy also gets independent N(0, (tau*sigma)^2) noise that the harmonic combination does not cancel"})
     noise_scope: str = field(default="blocks", metadata={"help": "blocks: transformer blocks only (paper); all: also embeddings, final norm, LM head"})
     publish_dtype: str = field(default="source", metadata={"help": "dtype of published copies; 'source' keeps the model's own"})
     max_update_ratio: float = field(default=1.0, metadata={"help": "refuse an update whose norm exceeds this fraction of the model's norm"})
@@ -48,6 +65,8 @@ class ServerConfig:
             raise ValueError("explicit alphas need alpha_mode='list'")
         if self.alpha_max < 1:
             raise ValueError(f"alpha_max must be >= 1, got {self.alpha_max}")
+        if self.independent_noise < 0:
+            raise ValueError(f"independent_noise must be >= 0, got {self.independent_noise}")
         if self.noise_scope not in NOISE_SCOPES:
             raise ValueError(f"noise_scope must be one of {NOISE_SCOPES}, got {self.noise_scope!r}")
         if self.publish_dtype not in PUBLISH_DTYPES:

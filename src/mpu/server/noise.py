@@ -41,5 +41,10 @@ def sum_sq(tensor: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(tensor, dtype=torch.float64)) ** 2
 
 
+def independent_noise(shape: torch.Size, scale: float, generator: torch.Generator) -> torch.Tensor:
+    """Noise of one copy alone, N(0, scale^2): no other copy cancels it, for the server or a client."""
+    return scale * torch.randn(shape, generator=generator, dtype=torch.float32)
+
+
 def rms(sum_of_squares: float, count: int) -> float:
     return math.sqrt(sum_of_squares / count) if count else 0.0

@@ -19,7 +19,7 @@ from mpu.errors import MPUError
 from mpu.reparam import get_adapter
 from mpu.server import randomness
 from mpu.server.init import dtype_from_name
-from mpu.server.noise import alphas_for_round, rms, sum_sq, zero_sum_noise
+from mpu.server.noise import alphas_for_round, independent_noise, rms, sum_sq, zero_sum_noise
 from mpu.server.workdir import Workdir
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,10 @@ def publish(workdir: str | Path, out_dir: str | Path, *, replace: bool = False, 
                     if not noisy:
                         outputs[k][name] = clean.to(publish_dtype)
                         continue
-                    shifted = _transform(adapter, transforms[k], name, alphas[k] * noise[k])
+                    eps = alphas[k] * noise[k]
+                    if config.independent_noise > 0:
+                        eps = eps + independent_noise(theta.shape, config.independent_noise * sigma, randomness.generator(secret, "independent-noise", name, k + 1))
+                    shifted = _transform(adapter, transforms[k], name, eps)
                     copy = (clean + shifted).to(publish_dtype)
                     outputs[k][name] = copy
                     surviving = copy.to(torch.float32) - clean.to(publish_dtype).to(torch.float32)

@@ -1,0 +1,92 @@
+"""The alpha_k of a round, estimated from the copies alone, and the combination weights.
+
+After alignment, copy k is ``theta + alpha_k eps0_k`` (in copy 1's coordinates), where the eps0_k
+are the zero-sum draws of SPEC §2: each element has variance sigma^2 and two different copies'
+draws have correlation -1/(m-1). So the squared distance of two aligned copies is, summed over
+all N perturbed elements (sigma varies per block, alpha does not)::
+
+    ||c_i - c_j||^2 = S (alpha_i^2 + alpha_j^2 + 2 alpha_i alpha_j / (m - 1)),   S = sum N_l sigma_l^2
+
+The distances involve theta not at all, so no knowledge of theta is needed. There are m(m-1)/2
+distances and m unknowns up to a common scale (which the harmonic weights ignore): m = 3 is
+exactly determined (theta is the Fermat point of the triangle of copies), m > 3 over-determined,
+m = 2 not identifiable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import least_squares
+
+
+@dataclass
+class AlphaEstimate:
+    alphas: list[float] | None  # scaled so that the smallest is 1 (the scale is not identifiable)
+    relative_residual: float | None  # RMS relative misfit of the distance model
+    note: str = ""
+
+
+def noise_covariance(alphas, tau: float = 0.0) -> np.ndarray:
+    """Per-element covariance of the copies' noise in units of sigma^2:
+    diag(alpha) C diag(alpha) + tau^2 I, C_kk = 1, C_jk = -1/(m-1)."""
+    a = np.asarray(alphas, dtype=float)
+    m = len(a)
+    c = np.full((m, m), -1.0 / (m - 1))
+    np.fill_diagonal(c, 1.0)
+    return a[:, None] * c * a[None, :] + tau**2 * np.eye(m)
+
+
+def model_distances(beta: np.ndarray) -> np.ndarray:
+    m = len(beta)
+    return beta[:, None] ** 2 + beta[None, :] ** 2 + 2 * beta[:, None] * beta[None, :] / (m - 1)
+
+
+def estimate_alphas(distances: np.ndarray) -> AlphaEstimate:
+    """Fit the zero-sum distance model to the m x m matrix of squared distances."""
+    d = np.asarray(distances, dtype=float)
+    m = d.shape[0]
+    if m < 3:
+        return AlphaEstimate(None, None, "not identifiable from distances with m = 2")
+    iu = np.triu_indices(m, 1)
+    target = d[iu]
+    if not np.all(np.isfinite(target)) or np.any(target <= 0):
+        return AlphaEstimate(None, None, "copies are identical (no noise): nothing to estimate")
+
+    def residuals(beta):
+        return model_distances(beta)[iu] / target - 1.0
+
+    scale = np.sqrt(target.mean() / (2 + 2 / (m - 1)))
+    starts = [np.full(m, scale)]
+    rng = np.random.default_rng(0)
+    starts += [scale * rng.uniform(0.5, 1.5, m) for _ in range(8)]
+    best = None
+    for start in starts:
+        fit = least_squares(residuals, start, bounds=(1e-12 * scale, np.inf), xtol=1e-15, ftol=1e-15, gtol=1e-15)
+        if best is None or fit.cost < best.cost:
+            best = fit
+    beta = best.x
+    rms = float(np.sqrt(np.mean(best.fun**2)))
+    return AlphaEstimate([float(b / beta.min()) for b in beta], rms)
+
+
+def harmonic_weights(alphas) -> list[float]:
+    inverse = 1.0 / np.asarray(alphas, dtype=float)
+    return (inverse / inverse.sum()).tolist()
+
+
+def optimal_weights(alphas, tau: float = 0.0) -> list[float]:
+    """The weights (summing to 1) that minimise the variance of the combined noise, given alpha
+    and the independent share tau: Sigma^-1 1 / (1^T Sigma^-1 1). With tau = 0 the harmonic ones."""
+    if tau <= 0:
+        return harmonic_weights(alphas)
+    sigma = noise_covariance(alphas, tau)
+    x = np.linalg.solve(sigma, np.ones(len(alphas)))
+    return (x / x.sum()).tolist()
+
+
+def combined_noise_std(weights, alphas, tau: float = 0.0) -> float:
+    """Per-element std of sum_k w_k eps_k in units of sigma."""
+    w = np.asarray(weights, dtype=float)
+    return float(np.sqrt(max(w @ noise_covariance(alphas, tau) @ w, 0.0)))
