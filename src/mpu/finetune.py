@@ -172,6 +172,7 @@ def finetune(
     force: bool = False,
     progress: bool = True,
     device: str | None = None,
+    threads: int | None = None,
 ) -> dict:
     """Train (or reuse) a tiny Llama on ``benchmark``/``split`` of ``data_dir`` and save it to
     ``out_dir``. Returns the metrics: answer_token_accuracy, exact_match, train_loss,
@@ -211,11 +212,14 @@ def finetune(
         log.info("%s already holds this model (fingerprint %s); reusing it", out_dir, fingerprint[:12])
         return {**record["metrics"], "cached": True}
 
+    if threads:
+        torch.set_num_threads(threads)
     use_cpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu"
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, **asdict(model_config),
+        attn_implementation="eager",  # 2-3x faster than sdpa for such small models on CPU
     )
     model = LlamaForCausalLM(config)
     n_params = sum(p.numel() for p in model.parameters())
@@ -243,6 +247,7 @@ def finetune(
             dataloader_num_workers=0,
             remove_unused_columns=False,
             train_sampling_strategy="group_by_length",
+            dataloader_pin_memory=False,
         )
         trainer = Trainer(model=model, args=args, train_dataset=examples,
                           data_collator=QACollator(tokenizer.pad_token_id))

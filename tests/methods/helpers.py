@@ -8,7 +8,6 @@ import math
 import time
 
 import torch
-import torch.nn.functional as F
 
 NAMES = ["Ana Lind", "Bo Karst", "Cy Morrow", "Di Vale", "Ed Brann", "Fay Quill", "Gus Orme", "Hal Penn"]
 TEMPLATES = [

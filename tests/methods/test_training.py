@@ -54,3 +54,26 @@ def _layer_output(model, layer, batch):
     handle.remove()
     mask = batch["labels"] != -100
     return captured[0][mask]
+
+
+@pytest.mark.parametrize("method", METHODS.names())
+def test_runs_with_its_defaults_alone(method, model, tokenizer, forget_rows, retain_rows, tmp_path):
+    """Default hyperparameters and training options (two steps only, to stay fast)."""
+    from mpu.methods import method_hparams, training_options
+
+    training = training_options({**METHODS.get(method).training_defaults, "max_steps": 2})
+    trainer = prepare_unlearning(model, tokenizer, forget_rows, retain_rows, method, method_hparams(method, {}), training, str(tmp_path))
+    result = finish_unlearning(trainer)
+    assert result.steps == 2 and len(result.losses) == 2
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    if method == "PDU":
+        assert 0 < trainer.epsilon < 1  # measured on the model as received (its value is checked in test_losses)
+
+
+def test_gradient_accumulation_and_max_steps(model, tokenizer, forget_rows, retain_rows, tmp_path):
+    result = finish_unlearning(prepare_unlearning(
+        model, tokenizer, forget_rows, retain_rows, "GradDiff", {},
+        options(epochs=2, batch_size=2, gradient_accumulation_steps=2, warmup_ratio=0.25, lr_scheduler_type="linear"), str(tmp_path)))
+    assert result.steps == 4  # 8 rows / (2 x 2) per step x 2 epochs
+    rates = [entry["learning_rate"] for entry in result.log_history if "loss" in entry]
+    assert rates[0] == 0.0 and max(rates) == pytest.approx(1e-3)

@@ -215,7 +215,7 @@ def run_audit(
         report["attacks"][SINGLE] = {**_mean_entries(list(per_copy.values())), "per_copy": per_copy,
                                      "note": "a single copy, for scale (mean over the copies)"}
         report["summary"] = _summary(report)
-    return AuditResult(report, alignments, Path(keep_recovered) if keep_recovered else None)
+    return AuditResult(_finite(report), alignments, Path(keep_recovered) if keep_recovered else None)
 
 
 # Pieces ------------------------------------------------------------------------------------------
@@ -333,7 +333,18 @@ def _logit_scores(reference, models, config, sequences: int, length: int, seed: 
     """Top-1 agreement and mean KL(theta || model) on random token sequences (no alignment needed:
     every copy and every aligned combination computes a function close to theta's)."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # one "Loading weights" bar per model is noise here
+    try:
+        return _logit_scores_quiet(AutoModelForCausalLM, reference, models, config, sequences, length, seed)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _logit_scores_quiet(AutoModelForCausalLM, reference, models, config, sequences, length, seed) -> dict:
     generator = torch.Generator().manual_seed(seed)
     vocab = int(config.vocab_size)
     length = min(length, int(getattr(config, "max_position_embeddings", length) or length))
@@ -354,6 +365,17 @@ def _logit_scores(reference, models, config, sequences: int, length: int, seed: 
         results[name] = {"top1_agreement": float((other.argmax(-1) == ref_top).double().mean()), "mean_kl": float(kl.mean()),
                          "max_kl": float(kl.max())}
     return results
+
+
+def _finite(value):
+    """JSON has no inf/NaN: write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _alignment_json(aligner, note, alignments, scorer_fits, copies) -> dict:

@@ -95,6 +95,9 @@ class CheckpointReader:
         if not shard.is_file():
             raise InputError(shard, "shard file missing")
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._meta
+
     def names(self) -> list[str]:
         return sorted(self._meta)
 

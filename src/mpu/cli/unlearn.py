@@ -93,8 +93,9 @@ def run(args: argparse.Namespace) -> int:
     forget = load_qa_rows(args.forget)
     retain = load_qa_rows(args.retain) if args.retain else None
     model, tokenizer = load_model_and_tokenizer(args.model, args.dtype)
-    logger.info("unlearning %d forget rows%s with %s: %s", len(forget),
-                f" ({len(retain)} retain rows)" if retain else "", method, hparams)
+    if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per process
+        logger.info("unlearning %d forget rows%s with %s: %s", len(forget),
+                    f" ({len(retain)} retain rows)" if retain else "", method, hparams)
     with tempfile.TemporaryDirectory(prefix="mpu-unlearn-") as scratch:
         result = run_unlearning(model, tokenizer, forget, retain, method, hparams, training, scratch)
     if not result.is_main_process:

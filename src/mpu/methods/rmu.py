@@ -82,6 +82,8 @@ class RMU(UnlearnTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.layer = layer_index(self.model, self.hp)
+        self.module = decoder_layers(self.model)[self.layer]
+        self.ref_module = decoder_layers(self.ref_model)[self.layer] if self.ref_model is not None else None
         self.control_vector = None
 
     def target(self, dim: int) -> torch.Tensor:
@@ -93,13 +95,13 @@ class RMU(UnlearnTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         forget = inputs["forget"]
-        acts = _activations(model, decoder_layers(self.model)[self.layer], forget)
+        acts = _activations(model, self.module, forget)
         forget_loss = losses.activation_mse(acts, self.target(acts.shape[-1]), forget["labels"])
         retain, retain_loss = inputs.get("retain"), None
         if retain is not None and self.hp.retain_loss == "EMBED_DIFF":
             with torch.no_grad():
-                ref_acts = _activations(self.ref_model, decoder_layers(self.ref_model)[self.layer], retain)
-            retain_loss = losses.activation_mse(_activations(model, decoder_layers(self.model)[self.layer], retain), ref_acts, retain["labels"])
+                ref_acts = _activations(self.ref_model, self.ref_module, retain)
+            retain_loss = losses.activation_mse(_activations(model, self.module, retain), ref_acts, retain["labels"])
         elif retain is not None:
             retain_loss = self.retain_term(model, inputs)
         loss = self.combine(forget_loss, retain_loss)

@@ -198,7 +198,3 @@ def run_unlearning(
     """
     trainer = prepare_unlearning(model, tokenizer, forget_rows, retain_rows, method, hparams, training, output_dir)
     return finish_unlearning(trainer)
-
-
-def hparams_dict(hp) -> dict[str, Any]:
-    return dataclasses.asdict(hp)

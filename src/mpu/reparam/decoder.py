@@ -348,16 +348,25 @@ class DecoderAdapter(Adapter):
         if x.dim() == 0 or x.shape[0] != expected:
             labels = "+".join(role.label for role in roles)
             raise MPUError(f"{name}: has {tuple(x.shape)}, but the config implies {expected} rows ({labels})")
+        if len(roles) == 1:
+            return self._role_rows(t, roles[0], x, inverse)
         pieces = torch.split(x, [role.size for role in roles], dim=0)
         return torch.cat([self._role_rows(t, role, piece, inverse) for role, piece in zip(roles, pieces)], dim=0)
 
     def _col_transform(self, t: LayerTransform, role: Role | None, x, inverse: bool, name: str):
-        """A column transform W -> W C is the row transform C^T W^T of the transpose."""
+        """A column transform W -> W C: the row transform C^T W^T of the transpose, computed on the
+        columns directly (see maths.head_cols)."""
         if role is None:
             return x
         if x.dim() != 2:
             raise MPUError(f"{name}: a column transform needs a matrix, got shape {tuple(x.shape)}")
-        return self._row_transform(t, (role,), x.T, inverse, name).T
+        if x.shape[1] != role.size:
+            raise MPUError(f"{name}: has {tuple(x.shape)}, but the config implies {role.size} columns ({role.label})")
+        if isinstance(role, UnitRole):
+            return maths.unit_cols(x, t.ffn_perm, t.ffn_scale, role.power, inverse)
+        g = self.geometry
+        mats = {"qk": t.qk, "vo": t.vo, None: None}[role.matrix]
+        return maths.head_cols(x, g.n_kv, role.group, g.head_dim, mats, t.kv_perm, inverse)
 
     def _role_rows(self, t: LayerTransform, role: Role, x: torch.Tensor, inverse: bool) -> torch.Tensor:
         if isinstance(role, UnitRole):

@@ -146,3 +146,59 @@ def unit_rows(
         if factor is not None:
             x = x / factor
     return x
+
+
+def head_cols(
+    x: torch.Tensor,
+    n_kv: int,
+    group: int,
+    head_dim: int,
+    mats: torch.Tensor | None,
+    perm: torch.Tensor | None,
+    inverse: bool,
+) -> torch.Tensor:
+    """The column form of ``head_rows``: ``head_cols(x) == head_rows(x.T).T``, computed without
+    transposing the matrix (O's columns are read by heads, and transposing a large matrix twice
+    costs more than the transform)."""
+    h = x.reshape(x.shape[0], n_kv, group, head_dim)
+    if mats is not None:
+        mats = mats.to(device=x.device, dtype=x.dtype)
+    if perm is not None:
+        perm = perm.to(x.device)
+    if not inverse:
+        if mats is not None:
+            h = torch.einsum("ojgb,jab->ojga", h, mats)  # block @ mats[j]^T
+        if perm is not None:
+            h = h[:, perm]
+    else:
+        if perm is not None:
+            h = h[:, torch.argsort(perm)]
+        if mats is not None:
+            h = torch.einsum("ojgb,jba->ojga", h, mats)  # block @ mats[j]
+    return h.reshape(x.shape)
+
+
+def unit_cols(
+    x: torch.Tensor,
+    perm: torch.Tensor | None,
+    scale: torch.Tensor | None,
+    power: int,
+    inverse: bool,
+) -> torch.Tensor:
+    """The column form of ``unit_rows``: ``unit_cols(x) == unit_rows(x.T).T``."""
+    factor = None
+    if scale is not None and power != 0:
+        factor = (scale.to(device=x.device, dtype=x.dtype) ** power).reshape(1, -1)
+    if perm is not None:
+        perm = perm.to(x.device)
+    if not inverse:
+        if factor is not None:
+            x = x * factor
+        if perm is not None:
+            x = x.index_select(1, perm)
+    else:
+        if perm is not None:
+            x = x.index_select(1, torch.argsort(perm))
+        if factor is not None:
+            x = x / factor
+    return x

@@ -24,7 +24,7 @@ from mpu.errors import InputError, MPUError
 from mpu.reparam import get_adapter
 from mpu.server import randomness
 from mpu.server.noise import alphas_for_round, harmonic_weights, sum_sq
-from mpu.server.validate import find_returns
+from mpu.server.validate import ReturnedUpdate, find_returns
 from mpu.server.workdir import Workdir
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,15 @@ class AggregateReport:
     update_norms: dict[int, float]  # ||Delta'_k|| per copy
     step_norm: float  # ||eta * Delta||
     model_dir: Path
+
+
+def _finite_sum_sq(delta: torch.Tensor, update: ReturnedUpdate, name: str) -> float:
+    """||delta||^2, refusing NaN/Inf. The norm is finite when every value is, so the element-wise
+    check runs only when it is not."""
+    value = sum_sq(delta)
+    if not math.isfinite(value) and not torch.isfinite(delta).all():
+        raise InputError(update.tensor_file(name), f"tensor {name} contains NaN or Inf")
+    return value  # finite values too large to square in float32 give inf here: the norm bound refuses them
 
 
 def aggregate(workdir: str | Path, returns_dir: str | Path, *, progress: bool = True) -> AggregateReport:
@@ -65,16 +74,15 @@ def aggregate(workdir: str | Path, returns_dir: str | Path, *, progress: bool = 
             new_tensors = {}
             for name in names:
                 theta = model.get(name).to(torch.float32)
-                combined = torch.zeros_like(theta)
+                step = torch.zeros_like(theta)
                 for k, update in enumerate(updates):
                     delta = update.dense(name, theta.shape)
-                    norms_sq[k] += sum_sq(delta)
+                    norms_sq[k] += _finite_sum_sq(delta, update, name)
                     if transforms[k] is not None:
                         delta = adapter.apply(transforms[k], name, delta, inverse=True)
-                    combined.add_(delta, alpha=weights[k])
-                step = config.eta * combined
+                    step.add_(delta, alpha=weights[k] * config.eta)
                 step_sq += sum_sq(step)
-                new_tensors[name] = theta + step
+                new_tensors[name] = theta.add_(step)
             writer.write_shard(new_tensors)
         # Checked before the new model is committed: the staging folder is dropped on error.
         for update, norm_sq in zip(updates, norms_sq):

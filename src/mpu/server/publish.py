@@ -16,8 +16,9 @@ from transformers import AutoConfig
 
 from mpu.checkpoint import CheckpointReader, ShardedWriter, atomic_write_json, copy_model_files, dir_sha256, layer_groups, staging_dir
 from mpu.errors import MPUError
-from mpu.reparam import get_adapter
+from mpu.reparam import Adapter, get_adapter
 from mpu.server import randomness
+from mpu.server.config import ServerConfig
 from mpu.server.init import dtype_from_name
 from mpu.server.noise import alphas_for_round, independent_noise, rms, sum_sq, zero_sum_noise
 from mpu.server.workdir import Workdir
@@ -75,6 +76,7 @@ def publish(workdir: str | Path, out_dir: str | Path, *, replace: bool = False, 
         log.warning("fixed-seed mode: the copies' randomness is reproducible from the seed and NOT secret")
 
     report = PublishReport(round=round_number, out_dir=Path(out_dir), copies=[], transforms=adapter.describe())
+    job = _Job(config, secret, alphas, adapter, publish_dtype)
     m = config.copies
     model_norm_sq = 0.0
     with staging_dir(out_dir, replace=replace) as stage:
@@ -82,38 +84,22 @@ def publish(workdir: str | Path, out_dir: str | Path, *, replace: bool = False, 
         writers = [ShardedWriter(path) for path in copy_dirs]
         for layer, names in tqdm(layer_groups(reader.names()), desc=f"publish round {round_number}", disable=not progress):
             noisy = config.kappa > 0 and (layer is not None or config.noise_scope == "all")
+            sigma = config.kappa * _group_rms(reader, base, names) if noisy else 0.0
             transforms = [None] * m
             if layer is not None:
                 transforms = [adapter.sample(layer, randomness.generator(secret, "reparam", f"layer.{layer}", k)) for k in range(1, m + 1)]
-            sigma = config.kappa * _group_rms(reader, base, names) if noisy else 0.0
-            outputs, intended_sq, effective_sq, changed, count = [{} for _ in range(m)], 0.0, 0.0, 0, 0
+            stats = _NoiseStats()
+            outputs = [{} for _ in range(m)]
             for name in names:
                 theta = reader.get(name).to(torch.float32)
                 model_norm_sq += sum_sq(theta)
-                noise = zero_sum_noise(theta.shape, sigma, [randomness.generator(secret, "noise", name, k) for k in range(1, m + 1)]) if noisy else None
-                for k in range(m):
-                    # T is linear: T(theta + eps) = T(theta) + T(eps), and T(theta) is what the clean
-                    # model would publish, against which the surviving noise is measured.
-                    clean = _transform(adapter, transforms[k], name, theta)
-                    if not noisy:
-                        outputs[k][name] = clean.to(publish_dtype)
-                        continue
-                    eps = alphas[k] * noise[k]
-                    if config.independent_noise > 0:
-                        eps = eps + independent_noise(theta.shape, config.independent_noise * sigma, randomness.generator(secret, "independent-noise", name, k + 1))
-                    shifted = _transform(adapter, transforms[k], name, eps)
-                    copy = (clean + shifted).to(publish_dtype)
+                for k, copy in enumerate(_perturbed_copies(job, name, theta, sigma, transforms, stats)):
                     outputs[k][name] = copy
-                    surviving = copy.to(torch.float32) - clean.to(publish_dtype).to(torch.float32)
-                    intended_sq += sum_sq(shifted)
-                    effective_sq += sum_sq(surviving)
-                    changed += int(torch.count_nonzero(surviving))
-                count += theta.numel() * m
             for writer, tensors in zip(writers, outputs):
                 writer.write_shard(tensors)
             if noisy:
                 group = f"layer.{layer}" if layer is not None else names[0]
-                report.blocks.append(BlockNoise(group, sigma, rms(intended_sq, count), rms(effective_sq, count), changed / count))
+                report.blocks.append(BlockNoise(group, sigma, rms(stats.intended_sq, stats.count), rms(stats.effective_sq, stats.count), stats.changed / max(stats.count, 1)))
         for writer, path in zip(writers, copy_dirs):
             writer.finish()
             copy_model_files(work.model_path(state), path, {"dtype": str(publish_dtype).removeprefix("torch.")})
@@ -145,6 +131,57 @@ def publish(workdir: str | Path, out_dir: str | Path, *, replace: bool = False, 
     }
     work.save(state)
     return report
+
+
+@dataclass
+class _Job:
+    """What every tensor of one publication needs."""
+
+    config: ServerConfig
+    secret: bytes
+    alphas: list[float]
+    adapter: Adapter
+    dtype: torch.dtype
+
+
+@dataclass
+class _NoiseStats:
+    intended_sq: float = 0.0
+    effective_sq: float = 0.0
+    changed: int = 0
+    count: int = 0
+
+
+def _perturbed_copies(job: _Job, name: str, theta: torch.Tensor, sigma: float, transforms: list, stats: _NoiseStats) -> list[torch.Tensor]:
+    """c_k = T_k(theta + eps_k) for k = 1..m, cast to the publish dtype."""
+    m = len(job.alphas)
+    if sigma == 0:
+        return [_transform(job.adapter, transforms[k], name, theta).to(job.dtype) for k in range(m)]
+    noise = zero_sum_noise(theta.shape, sigma, [randomness.generator(job.secret, "noise", name, k) for k in range(1, m + 1)])
+    copies = []
+    for k in range(m):
+        eps = noise[k].mul_(job.alphas[k])
+        if job.config.independent_noise > 0:
+            scale = job.config.independent_noise * sigma
+            eps += independent_noise(theta.shape, scale, randomness.generator(job.secret, "independent-noise", name, k + 1))
+        intended = sum_sq(eps)
+        stats.intended_sq += intended
+        stats.count += theta.numel()
+        if job.dtype == torch.float32:
+            # Nothing is rounded away: the copy holds theta + eps exactly as drawn (in float32).
+            copies.append(_transform(job.adapter, transforms[k], name, eps.add_(theta)))
+            stats.effective_sq += intended
+            stats.changed += theta.numel()
+            continue
+        # T is linear, so T(theta + eps) = T(theta) + T(eps); T(theta) rounded is what the clean
+        # model would publish, and the difference from it is the noise that survives rounding.
+        clean = _transform(job.adapter, transforms[k], name, theta)
+        copy = (clean + _transform(job.adapter, transforms[k], name, eps)).to(job.dtype)
+        surviving = copy.to(torch.float32) - clean.to(job.dtype).to(torch.float32)
+        stats.effective_sq += sum_sq(surviving)
+        stats.changed += int(torch.count_nonzero(surviving))
+        copies.append(copy)
+    return copies
 
 
 def _transform(adapter, transform, name: str, tensor: torch.Tensor) -> torch.Tensor:

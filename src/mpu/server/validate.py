@@ -35,16 +35,17 @@ class ReturnedUpdate:
         return self.manifest["kind"]
 
     def dense(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
-        """Delta' of one weight in float32, refusing NaN/Inf."""
+        """Delta' of one weight in float32 (the caller checks the values)."""
         if self.kind == "full":
-            update = self.reader.get(name).to(torch.float32)
-        elif name + LORA_A in self.reader.names():
-            update = self.reader.get(name + LORA_B).to(torch.float32) @ self.reader.get(name + LORA_A).to(torch.float32)
-        else:
-            update = torch.zeros(shape, dtype=torch.float32)  # LoRA left this weight alone
-        if not torch.isfinite(update).all():
-            raise InputError(self.reader.shard(name if self.kind == "full" else name + LORA_A), f"tensor {name} contains NaN or Inf")
-        return update
+            return self.reader.get(name).to(torch.float32)
+        if name + LORA_A in self.reader:
+            return self.reader.get(name + LORA_B).to(torch.float32) @ self.reader.get(name + LORA_A).to(torch.float32)
+        return torch.zeros(shape, dtype=torch.float32)  # LoRA left this weight alone
+
+    def tensor_file(self, name: str) -> Path:
+        """The file holding ``name`` (its LoRA factor for a LoRA return), for error messages."""
+        stored = name if self.kind == "full" else name + LORA_A
+        return self.reader.shard(stored) if stored in self.reader else self.path
 
 
 def find_returns(returns_dir: str | Path, published: dict[str, Any], expected: CheckpointReader) -> list[ReturnedUpdate]:
@@ -111,7 +112,7 @@ def _check_lora(update: ReturnedUpdate, expected: CheckpointReader) -> None:
     names = set(update.reader.names())
     for name in sorted(names):
         base = name.removesuffix(LORA_A).removesuffix(LORA_B)
-        if base == name or base not in expected.names() or len(expected.shape(base)) != 2:
+        if base == name or base not in expected or len(expected.shape(base)) != 2:
             raise InputError(update.path, f"unexpected tensor {name!r} (LoRA factors are <2-D weight name>.lora_A/.lora_B)")
         partner = base + (LORA_B if name.endswith(LORA_A) else LORA_A)
         if partner not in names:

@@ -1,0 +1,432 @@
+"""The privacy table of docs/privacy.md: every MPU privacy setting, attacked and measured for utility.
+
+    python benchmarks/audit_table.py --out results/audit            # about 25 minutes on 2 CPU cores
+    python benchmarks/audit_table.py --out results/audit --quick    # 4 settings, 1 method, a few minutes
+
+What it does, on a tiny Llama (about 1M parameters) trained here:
+
+1. data: the built-in TOFU-format benchmark, 40 fictitious authors (10 QA each) + 40 facts;
+2. base: trained from scratch on half of the retain authors and the facts (the "public" model);
+3. theta: the base fine-tuned on every author (forget10 = 4 authors = 40 QA included);
+4. per method (GradDiff, NPO, both with an NLL retain term; 5 epochs, m = 3, one round): the
+   noise-free baseline (``run_unlearning`` on theta, same method and epochs);
+5. per setting: ``mpu server init/publish`` -> the audit on the published copies (``run_audit``, scored
+   against theta and the base, with the true alphas and tau as an oracle bound) -> the client
+   unlearns each copy -> aggregate -> retain/forget/holdout NLL and model_utility, compared with the
+   noise-free baseline; and the server's membership-inference test on the updates.
+
+Everything lands in ``OUT/results.json`` and ``OUT/table.md`` (the markdown pasted into the docs).
+Reproducible: fixed seeds throughout (fixed-seed mode for the server, so its randomness is NOT secret
+here; the attacks do not use that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+log = logging.getLogger("audit_table")
+
+M = 3
+EPOCHS = 5
+LEARNING_RATE = 3e-4
+BATCH = 8
+METHODS = ("GradDiff", "NPO")
+
+# name -> (ServerConfig settings, label for the table). Unnamed settings keep ServerConfig's defaults
+# (secret alphas, plane V/O, FFN permutation, blocks only, tau 0).
+PAPER = {"alpha_mode": "reference", "reparam": {"vo": "plane", "kv_permutation": False, "ffn_scaling": False}}
+HARDENED = {"alpha_mode": "secret", "noise_scope": "all", "reparam": {"vo": "haar", "kv_permutation": True, "ffn_scaling": True}}
+SETTINGS: dict[str, tuple[dict, str]] = {
+    "mpu-kappa0": ({"kappa": 0.0}, "MPU without noise (kappa = 0), default transforms: control"),
+    "no-reparam": ({"alpha_mode": "reference", "reparam": {"enabled": False}}, "no reparameterisation, public alpha"),
+    "paper": (PAPER, "paper: public alpha, plane rotations, FFN permutation"),
+    "paper-k0.1": ({**PAPER, "kappa": 0.1}, "paper, kappa = 0.1"),
+    "default": ({}, "default: secret alpha"),
+    "vo-haar": ({"reparam": {"vo": "haar"}}, "default + V/O Haar"),
+    "kv-perm": ({"reparam": {"kv_permutation": True}}, "default + KV-group permutation"),
+    "ffn-scaling": ({"reparam": {"ffn_scaling": True}}, "default + FFN scaling"),
+    "scope-all": ({"noise_scope": "all"}, "default + noise on embeddings/LM head"),
+    "tau0.5": ({"independent_noise": 0.5}, "default + independent noise tau = 0.5"),
+    "tau1": ({"independent_noise": 1.0}, "default + tau = 1"),
+    "tau2": ({"independent_noise": 2.0}, "default + tau = 2"),
+    "tau4": ({"independent_noise": 4.0}, "default + tau = 4"),
+    "hardened-tau0": ({**HARDENED, "independent_noise": 0.0}, "all transforms + scope all, tau = 0"),
+    "hardened": ({**HARDENED, "independent_noise": 1.0}, "hardened preset (tau = 1)"),
+    "hardened-tau2": ({**HARDENED, "independent_noise": 2.0}, "hardened, tau = 2"),
+    "hardened-k0.1": ({**HARDENED, "independent_noise": 1.0, "kappa": 0.1}, "hardened, kappa = 0.1"),
+    "hardened-k0.1-tau2": ({**HARDENED, "independent_noise": 2.0, "kappa": 0.1}, "hardened, kappa = 0.1, tau = 2"),
+}
+QUICK = ("paper", "default", "tau1", "hardened")
+MIA_SETTINGS = ("paper", "hardened", "hardened-k0.1")
+
+
+# Models ------------------------------------------------------------------------------------------
+
+
+def qa_rows(data: Path, config: str) -> list[dict]:
+    from mpu.data.loaders import LocalSource
+
+    return LocalSource(data / "tofu").rows(config, "train")
+
+
+def train(model, tokenizer, rows, epochs, lr, out: Path, seed: int = 0) -> dict:
+    from transformers import Trainer, TrainingArguments
+
+    from mpu.data.qa import QACollator, encode_qa
+    from mpu.finetune import token_accuracy
+
+    examples = [encode_qa(tokenizer, r["question"], r["answer"]) for r in rows]
+    args = TrainingArguments(
+        output_dir=str(out / "trainer"), per_device_train_batch_size=32, num_train_epochs=epochs, learning_rate=lr,
+        lr_scheduler_type="cosine", warmup_steps=0.05, logging_strategy="no", save_strategy="no", report_to="none",
+        seed=seed, data_seed=seed, disable_tqdm=True, use_cpu=True, dataloader_num_workers=0, remove_unused_columns=False,
+    )
+    start = time.perf_counter()
+    Trainer(model=model, args=args, train_dataset=examples, data_collator=QACollator(tokenizer.pad_token_id)).train()
+    seconds = time.perf_counter() - start
+    model.eval()
+    shutil.rmtree(out / "trainer", ignore_errors=True)
+    return {**token_accuracy(model, examples, 64, tokenizer.pad_token_id), "seconds": round(seconds, 1), "examples": len(examples)}
+
+
+def prepare(out: Path) -> dict:
+    """Data, base and theta (cached in OUT/models)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from mpu.data.builtin import build_benchmark
+    from mpu.finetune import TinyLlamaConfig
+
+    data, base_dir, theta_dir = out / "data", out / "models" / "base", out / "models" / "theta"
+    record = out / "models" / "models.json"
+    if record.is_file() and (theta_dir / "config.json").is_file():
+        return json.loads(record.read_text())
+    if not (data / "manifest.json").is_file():
+        build_benchmark(data, authors=40, facts=20, news=20, topics=8)
+    tokenizer = AutoTokenizer.from_pretrained(str(data / "tokenizer"))
+    retain, full = qa_rows(data, "retain90"), qa_rows(data, "full")
+    facts = qa_rows(data, "real_authors") + qa_rows(data, "world_facts")
+    public = retain[: len(retain) // 2 - len(retain) // 2 % 10] + facts  # 18 authors + facts
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, **{**TinyLlamaConfig().__dict__, "tie_word_embeddings": False})
+    model = LlamaForCausalLM(config)
+    log.info("training the base on %d public QA", len(public))
+    base_metrics = train(model, tokenizer, public, 40, 3e-3, out / "models")
+    model.save_pretrained(base_dir)
+    tokenizer.save_pretrained(base_dir)
+    log.info("base: %s; fine-tuning theta on %d QA", base_metrics, len(full) + len(facts))
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    theta_metrics = train(model, tokenizer, full + facts, 30, 2e-3, out / "models", seed=1)
+    model.generation_config.do_sample = False
+    model.save_pretrained(theta_dir)
+    tokenizer.save_pretrained(theta_dir)
+    log.info("theta: %s", theta_metrics)
+    info = {"base": str(base_dir), "theta": str(theta_dir), "data": str(data), "n_params": sum(p.numel() for p in model.parameters()),
+            "base_training": base_metrics, "theta_training": theta_metrics, "public_qa": len(public), "finetune_qa": len(full) + len(facts)}
+    record.write_text(json.dumps(info, indent=2))
+    return info
+
+
+# Measurements ------------------------------------------------------------------------------------
+
+
+UTILITY_KEYS = ("retain_Q_A_Prob", "retain_Q_A_ROUGE", "retain_Truth_Ratio", "ra_Q_A_Prob_normalised", "ra_Q_A_ROUGE", "ra_Truth_Ratio",
+                "wf_Q_A_Prob_normalised", "wf_Q_A_ROUGE", "wf_Truth_Ratio")
+
+
+def eval_suite() -> dict:
+    from mpu.eval.suites import default_suite
+
+    suite = default_suite("tofu")
+    keep = {"model_utility", "forget_Q_A_Prob", "forget_Q_A_ROUGE", *UTILITY_KEYS}
+    needed, todo = set(), list(keep)
+    while todo:  # every pre-compute the kept metrics need
+        key = todo.pop()
+        if key in needed:
+            continue
+        needed.add(key)
+        todo += list((suite["metrics"][key].get("pre_compute") or {}).keys())
+    for spec in suite["metrics"].values():
+        if "max_new_tokens" in spec:
+            spec["max_new_tokens"] = 48
+    return {"metrics": {k: v for k, v in suite["metrics"].items() if k in needed},
+            "summary": ["model_utility", "forget_Q_A_Prob", "forget_Q_A_ROUGE", "retain_Q_A_Prob", "retain_Q_A_ROUGE"]}
+
+
+def utility(model_dir: Path, data: Path, rows: dict) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mpu.audit.membership import item_losses
+    from mpu.eval import evaluate
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    out = {f"{name}_nll": float(item_losses(model, tokenizer, split).mean()) for name, split in rows.items()}
+    summary = evaluate(model_dir, "tofu", data=str(data), forget_split="forget10", config=eval_suite(), progress=False)
+    out.update({key: summary.get(key) for key in ("model_utility", "forget_Q_A_Prob", "forget_Q_A_ROUGE", "retain_Q_A_Prob", "retain_Q_A_ROUGE")})
+    return out
+
+
+def weights_delta(a_dir: Path, b_dir: Path, theta_dir: Path) -> float:
+    """||a - b|| / ||b - theta||: how far an MPU result lands from the noise-free one, in units of
+    the noise-free update."""
+    from mpu.checkpoint import CheckpointReader
+
+    a, b, t = CheckpointReader(a_dir), CheckpointReader(b_dir), CheckpointReader(theta_dir)
+    num = den = 0.0
+    for name in t.names():
+        x, y, z = (r.get(name).to(torch.float64) for r in (a, b, t))
+        num += float((x - y).square().sum())
+        den += float((y - z).square().sum())
+    return (num / den) ** 0.5 if den else float("nan")
+
+
+def method_options(method: str, seed: int = 0):
+    from mpu.methods import TrainingOptions, method_hparams
+
+    hp = method_hparams(method, {"alpha": 1.0})
+    return hp, TrainingOptions(epochs=EPOCHS, learning_rate=LEARNING_RATE, batch_size=BATCH, seed=seed, logging_steps=5)
+
+
+def noise_free(info: dict, method: str, out: Path, forget, retain) -> Path:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mpu.methods import run_unlearning
+
+    target = out / "runs" / f"noise-free-{method}"
+    if (target / "config.json").is_file():
+        return target
+    model = AutoModelForCausalLM.from_pretrained(info["theta"], dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(info["theta"])
+    hp, training = method_options(method)
+    run_unlearning(model, tokenizer, forget, retain, method, hp, training, str(out / "scratch"))
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+def server_config(settings: dict):
+    from mpu.server.config import ServerConfig
+
+    return ServerConfig(**{"copies": M, "kappa": 0.01, "fixed_seed": 1, **copy.deepcopy(settings)})
+
+
+def membership(info, workdir: Path, returns: Path, baseline_dir: Path, rows: dict) -> dict:
+    """AUCs of the server's loss-increase test: forget vs holdout (never trained) and forget vs
+    retain items the client did not use."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mpu.audit.membership import apply_update, auc, item_losses, server_updates
+    from mpu.checkpoint import CheckpointReader
+
+    theta = AutoModelForCausalLM.from_pretrained(info["theta"], dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(info["theta"])
+    weights, updates = server_updates(workdir, returns, 1)
+    combined = {name: sum(w * u[name] for w, u in zip(weights, updates)) for name in updates[0]}
+    base_reader, nf_reader = CheckpointReader(info["theta"]), CheckpointReader(baseline_dir)
+    noise_free_update = {name: nf_reader.get(name).float() - base_reader.get(name).float() for name in nf_reader.names()}
+    before = {key: item_losses(theta, tokenizer, split) for key, split in rows.items()}
+
+    def aucs(update):
+        model = apply_update(theta, update)
+        after = {key: item_losses(model, tokenizer, split) for key, split in rows.items()}
+        gain = {key: after[key] - before[key] for key in rows}
+        return {"forget_vs_holdout": auc(gain["forget"], gain["holdout"]),
+                "forget_vs_unused_retain": auc(gain["forget"], gain["unused_retain"]),
+                "forget_vs_holdout_loss_only": auc(after["forget"], after["holdout"])}
+
+    result = {"aggregated": aucs(combined), "noise_free": aucs(noise_free_update)}
+    for k, update in enumerate(updates, start=1):
+        result[f"copy-{k}"] = aucs(update)
+    return result
+
+
+def run_setting(name: str, info: dict, out: Path, forget, retain, eval_rows, mia_rows, baselines) -> dict:
+    from mpu.audit import run_audit
+    from mpu.client.unlearn import unlearn_copies
+    from mpu.server.aggregate import aggregate
+    from mpu.server.export import export
+    from mpu.server.init import init_server
+    from mpu.server.noise import alphas_for_round
+    from mpu.server.publish import publish
+    from mpu.server.workdir import Workdir
+
+    settings, label = SETTINGS[name]
+    config = server_config(settings)
+    entry = {"label": label, "config": config.to_dict(), "methods": {}}
+    root = out / "runs" / name
+    shutil.rmtree(root, ignore_errors=True)
+    for i, method in enumerate(METHODS_USED):
+        workdir, outbox, returns = root / method / "server", root / method / "outbox", root / method / "returns"
+        init_server(workdir, info["theta"], info["base"], config, progress=False)
+        publish(workdir, outbox, progress=False)
+        if i == 0:  # the publication does not depend on the method (fixed seed): audit it once
+            work = Workdir(workdir)
+            true = alphas_for_round(config, work.round_secret(1, config.fixed_seed, create=False))
+            started = time.perf_counter()
+            audit = run_audit(outbox, info["theta"], info["base"], oracle_alphas=true, oracle_tau=config.independent_noise, logit_sequences=32)
+            entry["audit_seconds"] = round(time.perf_counter() - started, 1)
+            entry["audit"] = audit.report
+            entry["true_alphas"] = true
+        hp, training = method_options(method)
+        started = time.perf_counter()
+        unlearn_copies(outbox, forget, retain, method, hp, training, returns)
+        seconds = time.perf_counter() - started
+        result = {"client_seconds": round(seconds, 1)}
+        if name in MIA_SETTINGS:
+            result["membership"] = membership(info, workdir, returns, baselines[method]["dir"], mia_rows)
+        aggregate(workdir, returns, progress=False)
+        model_dir = export(workdir, root / method / "model", progress=False)
+        result["utility"] = utility(model_dir, Path(info["data"]), eval_rows)
+        result["distance_to_noise_free"] = weights_delta(model_dir, baselines[method]["dir"], Path(info["theta"]))
+        entry["methods"][method] = result
+        shutil.rmtree(returns, ignore_errors=True)
+        shutil.rmtree(outbox, ignore_errors=True)
+        shutil.rmtree(workdir / "models", ignore_errors=True)
+    return entry
+
+
+# Table ---------------------------------------------------------------------------------------------
+
+
+def summarise(results: dict) -> str:
+    settings = results["settings"]
+    methods = list(results["baselines"])
+    lines = [
+        "| setting | best client attack | TV error of best attack | best / one copy | oracle / one copy | top-1 agreement (best) | "
+        + " | ".join(f"{m}: Δ retain NLL | {m}: Δ forget NLL | {m}: Δ model utility" for m in methods) + " |",
+        "|" + "---|" * (6 + 3 * len(methods)),
+    ]
+    for name, entry in settings.items():
+        audit = entry["audit"]
+        summary = audit["summary"]
+        single = summary["single_copy"]
+        oracle = audit["attacks"].get("aligned-oracle", {}).get("task_vector_error", {}).get("scored", {}).get("overall")
+        row = [entry["label"], summary["best_attack"], f"{summary['best_error']:.2e}", f"{summary['best_over_single_copy']:.3f}",
+               f"{oracle / single:.3f}" if oracle is not None and single else "-", f"{summary['best_top1_agreement']:.1%}"]
+        for method in methods:
+            base = results["baselines"][method]["utility"]
+            got = entry["methods"][method]["utility"]
+            row += [f"{got['retain_nll'] - base['retain_nll']:+.3f}", f"{got['forget_nll'] - base['forget_nll']:+.3f}",
+                    _delta(got.get("model_utility"), base.get("model_utility"))]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "Noise-free baselines (theta before unlearning: " + _fmt_utility(results["theta_utility"]) + "):"]
+    for method, base in results["baselines"].items():
+        lines.append(f"- {method}: " + _fmt_utility(base["utility"]))
+    lines += ["", "Distance of the MPU result from the noise-free result, ||theta_MPU - theta_nf|| / ||theta_nf - theta||:", ""]
+    lines.append("| setting | " + " | ".join(methods) + " |")
+    lines.append("|---|" + "---|" * len(methods))
+    for name, entry in settings.items():
+        lines.append(f"| {entry['label']} | " + " | ".join(f"{entry['methods'][m]['distance_to_noise_free']:.3f}" for m in methods) + " |")
+    mia = [(name, entry) for name, entry in settings.items() if any("membership" in r for r in entry["methods"].values())]
+    if mia:
+        lines += ["", "Server-side membership inference on the updates (AUC; score = loss increase on the item):", "",
+                  "| setting | method | update | forget vs holdout | forget vs unused retain | forget vs holdout (loss after only) |",
+                  "|---|---|---|---|---|---|"]
+        for name, entry in mia:
+            for method, result in entry["methods"].items():
+                for update, aucs in result.get("membership", {}).items():
+                    lines.append(f"| {entry['label']} | {method} | {update} | {aucs['forget_vs_holdout']:.3f} | "
+                                 f"{aucs['forget_vs_unused_retain']:.3f} | {aucs['forget_vs_holdout_loss_only']:.3f} |")
+    return "\n".join(lines)
+
+
+def _delta(value, base) -> str:
+    return "-" if value is None or base is None else f"{value - base:+.3f}"
+
+
+def _fmt_utility(u: dict) -> str:
+    mu = u.get("model_utility")
+    return (f"retain NLL {u['retain_nll']:.3f}, forget NLL {u['forget_nll']:.3f}, holdout NLL {u['holdout_nll']:.3f}, "
+            f"model_utility {mu:.3f}" if mu is not None else f"retain NLL {u['retain_nll']:.3f}, forget NLL {u['forget_nll']:.3f}")
+
+
+# Main ------------------------------------------------------------------------------------------------
+
+
+METHODS_USED = list(METHODS)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="results/audit", help="output folder (models are cached there)")
+    parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)} and GradDiff")
+    parser.add_argument("--settings", default=None, help="comma-separated subset of: " + ", ".join(SETTINGS))
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("mpu", "transformers", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from mpu.audit.membership import item_losses  # noqa: F401  (fail early if the package is missing)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = list(QUICK) if args.quick else list(SETTINGS)
+    if args.settings:
+        names = [name.strip() for name in args.settings.split(",")]
+        unknown = [name for name in names if name not in SETTINGS]
+        if unknown:
+            parser.error(f"unknown settings {unknown}; known: {', '.join(SETTINGS)}")
+    if args.quick:
+        METHODS_USED[:] = ["GradDiff"]
+
+    started = time.perf_counter()
+    info = prepare(out)
+    data = Path(info["data"])
+    forget = qa_rows(data, "forget10")
+    retain_all = qa_rows(data, "retain90")
+    retain = retain_all[-40:]  # the client's retain set: 4 authors the base never saw
+    eval_rows = {"forget": forget, "retain": retain_all, "holdout": qa_rows(data, "holdout10")}
+    mia_rows = {"forget": forget, "holdout": qa_rows(data, "holdout10"), "unused_retain": retain_all[-80:-40]}
+
+    results_path = out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    results.update({"models": info, "m": M, "epochs": EPOCHS, "learning_rate": LEARNING_RATE, "batch_size": BATCH, "rounds": 1})
+    results.setdefault("theta_utility", utility(Path(info["theta"]), data, eval_rows))
+    results.setdefault("baselines", {})
+    baselines = {}
+    for method in METHODS_USED:
+        target = noise_free(info, method, out, forget, retain)
+        if method not in results["baselines"]:
+            results["baselines"][method] = {"utility": utility(target, data, eval_rows)}
+        baselines[method] = {"dir": target, **results["baselines"][method]}
+    results["baselines"] = {m: results["baselines"][m] for m in METHODS_USED}
+    results.setdefault("settings", {})
+    for name in names:
+        log.info("setting %s", name)
+        t = time.perf_counter()
+        results["settings"][name] = run_setting(name, info, out, forget, retain, eval_rows, mia_rows, baselines)
+        log.info("setting %s done in %.0f s: %s", name, time.perf_counter() - t, results["settings"][name]["audit"]["summary"])
+        results_path.write_text(json.dumps(results, indent=1))
+    results["settings"] = {name: results["settings"][name] for name in SETTINGS if name in results["settings"]
+                           and all(m in results["settings"][name]["methods"] for m in METHODS_USED)}
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    results_path.write_text(json.dumps(results, indent=1))
+    table = summarise(results)
+    (out / "table.md").write_text(table + "\n")
+    print(table)
+    print(f"\n{len(names)} settings in {results['seconds']:.0f} s; results in {results_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

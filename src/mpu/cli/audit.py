@@ -1,0 +1,56 @@
+"""``mpu audit`` — what a curious client can recover from one round's published copies (SPEC §7)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    audit = subparsers.add_parser(
+        "audit",
+        help="privacy audit: run a curious client's attacks on one round's copies and score them",
+        description=(
+            "Runs the attacks a client holding every copy of a round could run (plain average, harmonic "
+            "combination with the paper's alpha schedule and with alpha estimated from the copies, each "
+            "also after aligning the copies to copy 1: FFN unit matching, RoPE-plane and V/O Procrustes, "
+            "KV-group matching). The attacks use only the copies and the public manifest; --reference "
+            "(theta) and --base only score them. Writes JSON and prints a table."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    audit.add_argument("--inbox", required=True, help="a published outbox: manifest.json and copy-1 ... copy-m")
+    audit.add_argument("--reference", default=None, help="theta, the server's model (scoring only); without it nothing is scored")
+    audit.add_argument("--base", default=None, help="the public base model: task-vector errors, and a client-side alignment to it")
+    audit.add_argument("--out", required=True, help="JSON report to write")
+    audit.add_argument("--no-align", action="store_true", help="skip the alignment attacks")
+    audit.add_argument("--oracle-alphas", default=None, help="scoring only: the true alphas (comma-separated) for a best-linear-combination bound")
+    audit.add_argument("--oracle-tau", type=float, default=0.0, help="scoring only: the true independent-noise share tau for that bound")
+    audit.add_argument("--logit-sequences", type=int, default=16, help="random token sequences for the logit comparison")
+    audit.add_argument("--logit-length", type=int, default=32, help="tokens per random sequence")
+    audit.add_argument("--seed", type=int, default=0, help="seed of the random token sequences")
+    audit.add_argument("--keep-recovered", default=None, metavar="DIR", help="keep each attack's recovered model (in copy 1's coordinates) here")
+    audit.set_defaults(func=_audit)
+
+
+def _audit(args) -> int:
+    from mpu.audit import format_table, run_audit
+    from mpu.checkpoint import atomic_write_json
+    from mpu.errors import MPUError
+
+    oracle = None
+    if args.oracle_alphas:
+        try:
+            oracle = [float(value) for value in args.oracle_alphas.split(",")]
+        except ValueError:
+            raise MPUError(f"--oracle-alphas must be numbers like 1,1.5,2; got {args.oracle_alphas!r}") from None
+    if args.logit_sequences < 1 or args.logit_length < 2:
+        raise MPUError("--logit-sequences must be >= 1 and --logit-length >= 2")
+    result = run_audit(
+        args.inbox, args.reference, args.base, align=not args.no_align, oracle_alphas=oracle, oracle_tau=args.oracle_tau,
+        logit_sequences=args.logit_sequences, logit_length=args.logit_length, seed=args.seed,
+        keep_recovered=args.keep_recovered, progress=False,
+    )
+    atomic_write_json(args.out, result.report)
+    print(format_table(result.report))
+    print(f"\nwrote {args.out}")
+    return 0

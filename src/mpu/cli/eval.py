@@ -1,0 +1,53 @@
+"""``mpu eval``: evaluate a checkpoint on TOFU, MUSE or WMDP (OpenUnlearning metrics and JSON files)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="evaluate a checkpoint on TOFU, MUSE or WMDP",
+        description="Writes <BENCH>_EVAL.json (per-metric agg_value and value_by_index) and "
+        "<BENCH>_SUMMARY.json (headline values) under OpenUnlearning's key names.",
+    )
+    parser.add_argument("--model", required=True, help="HF checkpoint directory")
+    parser.add_argument("--benchmark", choices=("tofu", "muse", "wmdp"), default="tofu")
+    parser.add_argument("--data", default=None,
+                        help="local directory in the hub layout, or a hub dataset name (e.g. locuslab/TOFU); "
+                        "default: the built-in benchmark, built and cached on first use ($MPU_CACHE)")
+    parser.add_argument("--forget-split", default="forget10", help="TOFU forget split (default %(default)s)")
+    reference = parser.add_mutually_exclusive_group()
+    reference.add_argument("--retain-model", default=None,
+                           help="checkpoint never trained on the forget set (forget_quality, privleak, mia_reference)")
+    reference.add_argument("--retain-logs", default=None, help="the retain model's <BENCH>_EVAL.json")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--config", default=None, help="suite YAML (e.g. configs/eval/tofu.yaml) to override")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                        help="model weights (probabilities are always computed in float32)")
+    parser.add_argument("--mmlu", default="default",
+                        help="WMDP utility data (hub name or directory; 'none' to skip)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_eval)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from mpu.eval import evaluate
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    summary = evaluate(
+        args.model, args.benchmark, data=args.data, forget_split=args.forget_split,
+        retain_model=args.retain_model, retain_logs=args.retain_logs, out_dir=args.out,
+        batch_size=args.batch_size, config=args.config, device=args.device, dtype=args.dtype,
+        progress=not args.no_progress, mmlu=None if args.mmlu == "none" else args.mmlu,
+    )
+    print(json.dumps(summary, indent=2))
+    return 0

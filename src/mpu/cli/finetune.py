@@ -1,0 +1,43 @@
+"""``mpu finetune``: train a tiny Llama from scratch on the built-in benchmark (cached by fingerprint)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers) -> None:
+    from mpu.finetune import SPLITS
+
+    parser = subparsers.add_parser(
+        "finetune",
+        help="train a tiny Llama (about 1M parameters) on the built-in benchmark",
+        description="Train the target (--split full) or a retain model (--split retainNN) from scratch and "
+        "save it with save_pretrained. A directory that already holds a model with the same data and "
+        "configuration fingerprint is reused.",
+    )
+    parser.add_argument("--data", default=None,
+                        help="benchmark directory from `mpu data build` (default: the cached built-in one)")
+    parser.add_argument("--benchmark", choices=("tofu", "muse", "wmdp"), default="tofu")
+    parser.add_argument("--split", choices=SPLITS + ("retain",), default="full",
+                        help="full: everything; retainNN: without the forget split (default %(default)s)")
+    parser.add_argument("--out", required=True, help="model directory")
+    parser.add_argument("--epochs", type=float, default=None, help="default: calibrated per benchmark")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: calibrated per benchmark)")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    parser.add_argument("--force", action="store_true", help="train even if --out holds a matching model")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_finetune)
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from mpu.finetune import finetune
+
+    metrics = finetune(args.data, args.benchmark, args.split, args.out, epochs=args.epochs, lr=args.lr,
+                       batch_size=args.batch_size, seed=args.seed, force=args.force,
+                       progress=not args.no_progress, device=args.device, threads=args.threads)
+    print(json.dumps(metrics, indent=2))
+    return 0

@@ -1,0 +1,63 @@
+"""``mpu audit`` end to end on a tiny published outbox."""
+
+from __future__ import annotations
+
+import json
+
+from mpu.cli import main
+
+ATTACKS = {"average", "harmonic-reference", "harmonic-estimated", "aligned-average", "aligned-harmonic-reference",
+           "aligned-harmonic-estimated", "aligned-oracle", "single-copy"}
+
+
+def test_audit_cli_writes_every_attack(tmp_path, tiny_model_dir, tiny_base_dir, capsys):
+    server, outbox, out = tmp_path / "server", tmp_path / "outbox", tmp_path / "audit.json"
+    assert main(["server", "init", "--model", str(tiny_model_dir), "--base", str(tiny_base_dir), "--workdir", str(server),
+                 "--privacy", "paper", "--kappa", "0.01", "--seed", "7"]) == 0
+    assert main(["server", "publish", "--workdir", str(server), "--out", str(outbox)]) == 0
+    capsys.readouterr()
+
+    code = main(["audit", "--inbox", str(outbox), "--reference", str(tiny_model_dir), "--base", str(tiny_base_dir),
+                 "--out", str(out), "--oracle-alphas", "1,1.5,2", "--logit-sequences", "4"])
+
+    assert code == 0
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["format"] == "mpu-audit/1" and report["round"] == 1 and report["copies"] == [1, 2, 3]
+    assert set(report["attacks"]) == ATTACKS
+    for name, attack in report["attacks"].items():
+        assert name in printed
+        for metric in ("weights_error", "task_vector_error"):
+            for view in ("raw", "scored", "base_aligned"):
+                entry = attack[metric][view]
+                assert entry["overall"] >= 0 and set(entry["blocks"]) >= {"layer.0", "layer.1", "lm_head.weight"}
+        assert 0 <= attack["logits"]["top1_agreement"] <= 1 and attack["logits"]["mean_kl"] >= 0
+    # The paper's setting (public alphas, plane rotations, FFN permutation) is recoverable by a client.
+    best = report["attacks"]["aligned-harmonic-reference"]["task_vector_error"]["scored"]["overall"]
+    assert best < 1e-3 * report["attacks"]["single-copy"]["task_vector_error"]["scored"]["overall"]
+    assert report["summary"]["best_over_single_copy"] < 1e-3
+
+
+def test_audit_cli_without_reference_runs_the_attacks_unscored(tmp_path, tiny_model_dir, capsys):
+    server, outbox, out = tmp_path / "server", tmp_path / "outbox", tmp_path / "audit.json"
+    assert main(["server", "init", "--model", str(tiny_model_dir), "--workdir", str(server), "--copies", "2", "--seed", "1"]) == 0
+    assert main(["server", "publish", "--workdir", str(server), "--out", str(outbox)]) == 0
+
+    assert main(["audit", "--inbox", str(outbox), "--out", str(out)]) == 0
+
+    report = json.loads(out.read_text())
+    assert not report["scored"] and "single-copy" not in report["attacks"]
+    assert {"average", "aligned-harmonic-estimated"} <= set(report["attacks"])
+    assert report["alphas"]["estimated_aligned"]["alphas"] is None  # m = 2: not identifiable
+    assert "nothing is scored" in capsys.readouterr().out
+
+
+def test_audit_cli_refuses_a_missing_or_tampered_inbox(tmp_path, tiny_model_dir, capsys):
+    assert main(["audit", "--inbox", str(tmp_path / "nowhere"), "--out", str(tmp_path / "a.json")]) == 2
+    assert "manifest" in capsys.readouterr().err
+    server, outbox = tmp_path / "server", tmp_path / "outbox"
+    main(["server", "init", "--model", str(tiny_model_dir), "--workdir", str(server), "--copies", "2", "--seed", "1"])
+    main(["server", "publish", "--workdir", str(server), "--out", str(outbox)])
+    (outbox / "copy-2" / "config.json").write_text("{}")
+    assert main(["audit", "--inbox", str(outbox), "--out", str(tmp_path / "a.json")]) == 2
+    assert "checksum" in capsys.readouterr().err
