@@ -89,9 +89,10 @@ def step_publish_bound(args) -> None:
         (out / f"copy-{k}").mkdir(parents=True, exist_ok=True)
     for index, (_, names) in enumerate(layer_groups(reader.names())):
         tensors = {name: reader.get(name) for name in names}
-        for k in range(args.copies):
+        for k in range(args.copies):  # one copy at a time: the least memory this can take
             noisy = {name: tensor + torch.randn(tensor.shape) for name, tensor in tensors.items()}
             save_file(noisy, str(out / f"copy-{k}" / f"{index:05d}.safetensors"))
+            del noisy
 
 
 def step_aggregate(args) -> None:

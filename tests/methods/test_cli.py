@@ -71,7 +71,7 @@ def test_torchrun_two_processes(tiny_dir, tmp_path):
     the steps), every rank ends with the same weights, and only rank 0 writes --out."""
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561",
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
                "-m", "mpu.cli", "unlearn", "--model", str(tiny_dir / "model"), "--forget", str(tiny_dir / "forget.jsonl"),
                "--retain", str(tiny_dir / "retain.jsonl"), "--method", "GradDiff", "--epochs", "2", "--lr", "1e-3",
                "--batch-size", "2", "--out", str(out)]
@@ -82,14 +82,22 @@ def test_torchrun_two_processes(tiny_dir, tmp_path):
 
     script = tmp_path / "ranks.py"
     script.write_text(RANK_SCRIPT)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29562",
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
                str(script), str(tiny_dir), str(tmp_path)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert ranks[0]["checksum"] == ranks[1]["checksum"]  # gradients were averaged across processes
+    assert ranks[0]["checksum"] == ranks[1]["checksum"], ranks  # gradients were averaged across processes
     assert not set(ranks[0]["retain"]) & set(ranks[1]["retain"])  # each rank drew its own retain rows
     assert ranks[0]["dual"] == ranks[1]["dual"]  # PDU's λ is reduced across processes
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 RANK_SCRIPT = r'''

@@ -56,8 +56,10 @@ def format_table(report: dict) -> str:
         lines.append(row)
     summary = report.get("summary", {})
     if summary:
+        ratio = summary["best_over_single_copy"]
+        ratio = f"{ratio:.3g} x a single copy's" if ratio is not None else "a single copy's is 0 (no noise)"
         lines += ["", f"best client attack: {summary['best_attack']}: {summary['metric']} {summary['best_error']:.3g}, "
-                      f"{summary['best_over_single_copy']:.3g} x a single copy's; top-1 agreement {summary['best_top1_agreement']:.1%}"]
+                      f"{ratio}; top-1 agreement {summary['best_top1_agreement']:.1%}"]
     return "\n".join(lines)
 
 

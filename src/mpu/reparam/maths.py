@@ -109,16 +109,17 @@ def head_rows(
         mats = mats.to(device=x.device, dtype=x.dtype)
     if perm is not None:
         perm = perm.to(x.device)
+    # Batched matmul with the group axis broadcast: one GEMM per KV group, contiguous output.
     if not inverse:
         if mats is not None:
-            h = torch.einsum("jab,jgbr->jgar", mats, h)
+            h = mats.unsqueeze(1) @ h
         if perm is not None:
             h = h[perm]
     else:
         if perm is not None:
             h = h[torch.argsort(perm)]
         if mats is not None:
-            h = torch.einsum("jba,jgbr->jgar", mats, h)  # mats[j]^T: orthogonal inverse
+            h = mats.transpose(1, 2).unsqueeze(1) @ h  # mats[j]^T: orthogonal inverse
     return h.reshape(x.shape)
 
 

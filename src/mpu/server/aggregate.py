@@ -23,7 +23,7 @@ from mpu.checkpoint import CheckpointReader, ShardedWriter, copy_model_files, la
 from mpu.errors import InputError, MPUError
 from mpu.reparam import get_adapter
 from mpu.server import randomness
-from mpu.server.noise import alphas_for_round, harmonic_weights, sum_sq
+from mpu.server.noise import alphas_for_round, default_device, harmonic_weights, sum_sq
 from mpu.server.validate import ReturnedUpdate, find_returns
 from mpu.server.workdir import Workdir
 
@@ -47,7 +47,7 @@ def _finite_sum_sq(delta: torch.Tensor, update: ReturnedUpdate, name: str) -> fl
     return value  # finite values too large to square in float32 give inf here: the norm bound refuses them
 
 
-def aggregate(workdir: str | Path, returns_dir: str | Path, *, progress: bool = True) -> AggregateReport:
+def aggregate(workdir: str | Path, returns_dir: str | Path, *, progress: bool = True, device: str | None = None) -> AggregateReport:
     work = Workdir(workdir)
     state = work.load()
     config = state.config
@@ -61,6 +61,7 @@ def aggregate(workdir: str | Path, returns_dir: str | Path, *, progress: bool = 
     weights = harmonic_weights(alphas_for_round(config, secret))
     adapter = get_adapter(AutoConfig.from_pretrained(work.model_path(state)), config.reparam)
     bound = config.max_update_ratio * published["model_norm"]
+    device = torch.device(device) if device else default_device()
 
     norms_sq = [0.0] * len(updates)
     step_sq = 0.0
@@ -73,14 +74,17 @@ def aggregate(workdir: str | Path, returns_dir: str | Path, *, progress: bool = 
                 transforms = [adapter.sample(layer, randomness.generator(secret, "reparam", f"layer.{layer}", u.copy_id)) for u in updates]
             new_tensors = {}
             for name in names:
-                theta = model.get(name).to(torch.float32)
-                step = torch.zeros_like(theta)
+                theta = model.get(name, device).to(torch.float32)
+                step = None
                 for k, update in enumerate(updates):
-                    delta = update.dense(name, theta.shape)
+                    delta = update.dense(name, theta.shape).to(device)
                     norms_sq[k] += _finite_sum_sq(delta, update, name)
                     if transforms[k] is not None:
                         delta = adapter.apply(transforms[k], name, delta, inverse=True)
-                    step.add_(delta, alpha=weights[k] * config.eta)
+                    if step is None:
+                        step = delta.mul(weights[k] * config.eta)
+                    else:
+                        step.add_(delta, alpha=weights[k] * config.eta)
                 step_sq += sum_sq(step)
                 new_tensors[name] = theta.add_(step)
             writer.write_shard(new_tensors)

@@ -30,7 +30,7 @@ def harmonic_weights(alphas: list[float]) -> list[float]:
 def zero_sum_noise(shape: torch.Size, sigma: float, generators: list[torch.Generator]) -> torch.Tensor:
     """eps0_k = sqrt(m/(m-1)) (z_k - mean_j z_j), z_k ~ N(0, sigma^2): sums to 0, each has variance sigma^2."""
     m = len(generators)
-    draws = torch.stack([torch.randn(shape, generator=gen, dtype=torch.float32) for gen in generators])
+    draws = torch.stack([torch.randn(shape, generator=gen, dtype=torch.float32, device=gen.device) for gen in generators])
     draws -= draws.mean(dim=0, keepdim=True)
     draws *= sigma * math.sqrt(m / (m - 1))
     return draws
@@ -44,7 +44,12 @@ def sum_sq(tensor: torch.Tensor) -> float:
 
 def independent_noise(shape: torch.Size, scale: float, generator: torch.Generator) -> torch.Tensor:
     """Noise of one copy alone, N(0, scale^2): no other copy cancels it, for the server or a client."""
-    return scale * torch.randn(shape, generator=generator, dtype=torch.float32)
+    return scale * torch.randn(shape, generator=generator, dtype=torch.float32, device=generator.device)
+
+
+def default_device() -> torch.device:
+    """Where Pre- and Post-Process do their arithmetic: the GPU when there is one."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def rms(sum_of_squares: float, count: int) -> float:

@@ -20,7 +20,7 @@ from mpu.reparam import Adapter, get_adapter
 from mpu.server import randomness
 from mpu.server.config import ServerConfig
 from mpu.server.init import dtype_from_name
-from mpu.server.noise import alphas_for_round, independent_noise, rms, sum_sq, zero_sum_noise
+from mpu.server.noise import alphas_for_round, default_device, independent_noise, rms, sum_sq, zero_sum_noise
 from mpu.server.workdir import Workdir
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class PublishReport:
     transforms: list[str] = field(default_factory=list)
 
 
-def publish(workdir: str | Path, out_dir: str | Path, *, replace: bool = False, progress: bool = True) -> PublishReport:
+def publish(workdir: str | Path, out_dir: str | Path, *, replace: bool = False, progress: bool = True, device: str | None = None) -> PublishReport:
     work = Workdir(workdir)
     state = work.load()
     config = state.config
@@ -76,7 +76,7 @@ def publish(workdir: str | Path, out_dir: str | Path, *, replace: bool = False, 
         log.warning("fixed-seed mode: the copies' randomness is reproducible from the seed and NOT secret")
 
     report = PublishReport(round=round_number, out_dir=Path(out_dir), copies=[], transforms=adapter.describe())
-    job = _Job(config, secret, alphas, adapter, publish_dtype)
+    job = _Job(config, secret, alphas, adapter, publish_dtype, torch.device(device) if device else default_device())
     m = config.copies
     model_norm_sq = 0.0
     with staging_dir(out_dir, replace=replace) as stage:
@@ -91,7 +91,7 @@ def publish(workdir: str | Path, out_dir: str | Path, *, replace: bool = False, 
             stats = _NoiseStats()
             outputs = [{} for _ in range(m)]
             for name in names:
-                theta = reader.get(name).to(torch.float32)
+                theta = reader.get(name, job.device).to(torch.float32)
                 model_norm_sq += sum_sq(theta)
                 for k, copy in enumerate(_perturbed_copies(job, name, theta, sigma, transforms, stats)):
                     outputs[k][name] = copy
@@ -142,6 +142,7 @@ class _Job:
     alphas: list[float]
     adapter: Adapter
     dtype: torch.dtype
+    device: torch.device
 
 
 @dataclass
@@ -157,13 +158,13 @@ def _perturbed_copies(job: _Job, name: str, theta: torch.Tensor, sigma: float, t
     m = len(job.alphas)
     if sigma == 0:
         return [_transform(job.adapter, transforms[k], name, theta).to(job.dtype) for k in range(m)]
-    noise = zero_sum_noise(theta.shape, sigma, [randomness.generator(job.secret, "noise", name, k) for k in range(1, m + 1)])
+    noise = zero_sum_noise(theta.shape, sigma, [randomness.generator(job.secret, "noise", name, k, job.device) for k in range(1, m + 1)])
     copies = []
     for k in range(m):
         eps = noise[k].mul_(job.alphas[k])
         if job.config.independent_noise > 0:
             scale = job.config.independent_noise * sigma
-            eps += independent_noise(theta.shape, scale, randomness.generator(job.secret, "independent-noise", name, k + 1))
+            eps += independent_noise(theta.shape, scale, randomness.generator(job.secret, "independent-noise", name, k + 1, job.device))
         intended = sum_sq(eps)
         stats.intended_sq += intended
         stats.count += theta.numel()

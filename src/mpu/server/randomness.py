@@ -30,10 +30,12 @@ def derive(secret: bytes, purpose: str, name: str, copy: int) -> bytes:
     return digest.digest()
 
 
-def generator(secret: bytes, purpose: str, name: str, copy: int) -> torch.Generator:
-    """A CPU generator for one (purpose, name, copy); the same inputs give the same stream."""
+def generator(secret: bytes, purpose: str, name: str, copy: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """A generator for one (purpose, name, copy); the same inputs on the same device give the same
+    stream. Transforms always use the CPU (aggregation must regenerate them exactly); noise may be
+    drawn on the GPU, since nothing needs to regenerate it."""
     seed = int.from_bytes(derive(secret, purpose, name, copy)[:8], "little")
-    return torch.Generator(device="cpu").manual_seed(seed)
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def uniform(secret: bytes, purpose: str, copy: int) -> float:
