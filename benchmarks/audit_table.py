@@ -70,6 +70,7 @@ SETTINGS: dict[str, tuple[dict, str]] = {
     "hardened-tau0": ({**HARDENED, "independent_noise": 0.0}, "all transforms + noise scope all, tau = 0"),
     "hardened": ({**HARDENED, "independent_noise": 1.0}, "hardened preset (tau = 1)"),
     "hardened-tau2": ({**HARDENED, "independent_noise": 2.0}, "hardened, tau = 2"),
+    "hardened-k0.1-tau0": ({**HARDENED, "independent_noise": 0.0, "kappa": 0.1}, "all transforms + scope all, kappa = 0.1, tau = 0"),
     "hardened-k0.1": ({**HARDENED, "independent_noise": 1.0, "kappa": 0.1}, "hardened, kappa = 0.1"),
     "hardened-k0.1-tau2": ({**HARDENED, "independent_noise": 2.0, "kappa": 0.1}, "hardened, kappa = 0.1, tau = 2"),
     "hardened-k0.1-tau4": ({**HARDENED, "independent_noise": 4.0, "kappa": 0.1}, "hardened, kappa = 0.1, tau = 4"),
@@ -85,6 +86,12 @@ def qa_rows(data: Path, config: str) -> list[dict]:
     from mpu.data.loaders import LocalSource
 
     return LocalSource(data / "tofu").rows(config, "train")
+
+
+def public_authors_qa(retain: list) -> int:
+    """The base ("public") model sees the first half of the retain authors (10 QA each)."""
+    half = len(retain) // 2
+    return half - half % 10
 
 
 def train(model, tokenizer, rows, epochs, lr, out: Path, seed: int = 0) -> dict:
@@ -123,7 +130,7 @@ def prepare(out: Path) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(str(data / "tokenizer"))
     retain, full = qa_rows(data, "retain90"), qa_rows(data, "full")
     facts = qa_rows(data, "real_authors") + qa_rows(data, "world_facts")
-    public = retain[: len(retain) // 2 - len(retain) // 2 % 10] + facts  # 18 authors + facts
+    public = retain[: public_authors_qa(retain)] + facts  # 18 authors + facts
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, **{**TinyLlamaConfig().__dict__, "tie_word_embeddings": False})
@@ -258,7 +265,16 @@ def membership(info, workdir: Path, returns: Path, baseline_dir: Path, rows: dic
     return result
 
 
-def run_setting(name: str, info: dict, out: Path, forget, retain, eval_rows, mia_rows, baselines) -> dict:
+def qa_nll(model_dir: Path, rows) -> float:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mpu.audit.membership import item_losses
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    return float(item_losses(model, AutoTokenizer.from_pretrained(model_dir), rows).mean())
+
+
+def run_setting(name: str, info: dict, out: Path, forget, retain, eval_rows, mia_rows, baselines, stolen_rows) -> dict:
     from mpu.audit import run_audit
     from mpu.client.unlearn import unlearn_copies
     from mpu.server.aggregate import aggregate
@@ -281,10 +297,16 @@ def run_setting(name: str, info: dict, out: Path, forget, retain, eval_rows, mia
             work = Workdir(workdir)
             true = alphas_for_round(config, work.round_secret(1, config.fixed_seed, create=False))
             started = time.perf_counter()
-            audit = run_audit(outbox, info["theta"], info["base"], oracle_alphas=true, oracle_tau=config.independent_noise, logit_sequences=32)
+            recovered = root / "recovered"
+            audit = run_audit(outbox, info["theta"], info["base"], oracle_alphas=true, oracle_tau=config.independent_noise,
+                              logit_sequences=32, keep_recovered=recovered)
             entry["audit_seconds"] = round(time.perf_counter() - started, 1)
             entry["audit"] = audit.report
             entry["true_alphas"] = true
+            best = audit.report["summary"]["best_attack"]
+            # What the stolen model knows: NLL on the QA that only the fine-tuning taught (theta ~ 0, base high).
+            entry["stolen_nll"] = {"best_attack": qa_nll(recovered / best, stolen_rows), "copy-1": qa_nll(outbox / "copy-1", stolen_rows)}
+            shutil.rmtree(recovered, ignore_errors=True)
         hp, training = method_options(method)
         started = time.perf_counter()
         unlearn_copies(outbox, forget, retain, method, hp, training, returns)
@@ -310,9 +332,10 @@ def summarise(results: dict) -> str:
     settings = results["settings"]
     methods = list(results["baselines"])
     lines = [
-        "| setting | one copy: TV error | one copy: top-1 | best client attack | its TV error | best / one copy | oracle / one copy | "
-        "best: top-1 | best: mean KL | " + " | ".join(f"{m}: Δ retain NLL | {m}: Δ forget NLL | {m}: Δ model utility" for m in methods) + " |",
-        "|" + "---|" * (9 + 3 * len(methods)),
+        "| setting | one copy: TV error | one copy: top-1 | one copy: FT-QA NLL | best client attack | its TV error | best / one copy | "
+        "oracle / one copy | best: top-1 | best: mean KL | best: FT-QA NLL | "
+        + " | ".join(f"{m}: Δ retain NLL | {m}: Δ forget NLL | {m}: Δ model utility" for m in methods) + " |",
+        "|" + "---|" * (11 + 3 * len(methods)),
     ]
     for name, entry in settings.items():
         audit = entry["audit"]
@@ -320,17 +343,23 @@ def summarise(results: dict) -> str:
         single = summary["single_copy"]
         oracle = audit["attacks"].get("aligned-oracle", {}).get("task_vector_error", {}).get("scored", {}).get("overall")
         best = audit["attacks"][summary["best_attack"]]
-        ratio = summary["best_over_single_copy"]
+        noisy = entry["config"]["kappa"] > 0  # without noise a "ratio to one copy" is round-off over round-off
+        ratio = summary["best_over_single_copy"] if noisy else None
+        stolen = entry.get("stolen_nll", {})
         row = [entry["label"], f"{single:.2e}", f"{audit['attacks']['single-copy']['logits']['top1_agreement']:.1%}",
-               summary["best_attack"], f"{summary['best_error']:.2e}", f"{ratio:.3f}" if ratio is not None else "-",
-               f"{oracle / single:.3f}" if oracle is not None and single else "-", f"{summary['best_top1_agreement']:.1%}",
-               f"{best['logits']['mean_kl']:.1e}"]
+               _num(stolen.get("copy-1")), summary["best_attack"], f"{summary['best_error']:.2e}", f"{ratio:.3f}" if ratio is not None else "-",
+               f"{oracle / single:.3f}" if oracle is not None and single and noisy else "-", f"{summary['best_top1_agreement']:.1%}",
+               f"{best['logits']['mean_kl']:.1e}", _num(stolen.get("best_attack"))]
         for method in methods:
             base = results["baselines"][method]["utility"]
             got = entry["methods"][method]["utility"]
             row += [f"{got['retain_nll'] - base['retain_nll']:+.3f}", f"{got['forget_nll'] - base['forget_nll']:+.3f}",
                     _delta(got.get("model_utility"), base.get("model_utility"))]
         lines.append("| " + " | ".join(row) + " |")
+    ref = results.get("stolen_reference")
+    if ref:
+        lines += ["", f"FT-QA NLL: mean answer NLL on the {ref['items']} QA that only the fine-tuning taught (theta {ref['theta']:.3f}, "
+                      f"the public base {ref['base']:.3f}): how much of theta's fine-tuning a stolen model keeps."]
     lines += ["", "Noise-free baselines (theta before unlearning: " + _fmt_utility(results["theta_utility"]) + "):"]
     for method, base in results["baselines"].items():
         lines.append(f"- {method}: " + _fmt_utility(base["utility"]))
@@ -350,6 +379,10 @@ def summarise(results: dict) -> str:
                     lines.append(f"| {entry['label']} | {method} | {update} | {aucs['forget_vs_holdout']:.3f} | "
                                  f"{aucs['forget_vs_unused_retain']:.3f} |")
     return "\n".join(lines)
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _delta(value, base) -> str:
@@ -402,10 +435,14 @@ def main(argv=None) -> int:
     eval_rows = {"forget": forget, "retain": retain_all, "holdout": qa_rows(data, "holdout10")}
     mia_rows = {"forget": forget, "holdout": qa_rows(data, "holdout10"), "unused_retain": retain_all[-80:-40]}
 
+    # QA that only the fine-tuning taught (authors the base never saw): what a stolen theta is worth
+    stolen_rows = retain_all[public_authors_qa(retain_all):] + forget
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     results.update({"models": info, "m": M, "epochs": EPOCHS, "learning_rate": LEARNING_RATE, "batch_size": BATCH, "rounds": 1})
     results.setdefault("theta_utility", utility(Path(info["theta"]), data, eval_rows))
+    results.setdefault("stolen_reference", {"theta": qa_nll(Path(info["theta"]), stolen_rows), "base": qa_nll(Path(info["base"]), stolen_rows),
+                                            "items": len(stolen_rows)})
     results.setdefault("baselines", {})
     baselines = {}
     for method in METHODS_USED:
@@ -418,7 +455,7 @@ def main(argv=None) -> int:
     for name in names:
         log.info("setting %s", name)
         t = time.perf_counter()
-        results["settings"][name] = run_setting(name, info, out, forget, retain, eval_rows, mia_rows, baselines)
+        results["settings"][name] = run_setting(name, info, out, forget, retain, eval_rows, mia_rows, baselines, stolen_rows)
         log.info("setting %s done in %.0f s: %s", name, time.perf_counter() - t, results["settings"][name]["audit"]["summary"])
         results_path.write_text(json.dumps(results, indent=1))
     results["settings"] = {name: results["settings"][name] for name in SETTINGS if name in results["settings"]

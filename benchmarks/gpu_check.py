@@ -142,7 +142,7 @@ def check_client(root: Path) -> None:
 
     rows = [{"question": f"What is fact number {i}?", "answer": f"Fact {i} is that the sky has {i} colours."} for i in range(32)]
     tokenizer = train_tokenizer([r["question"] + " " + r["answer"] for r in rows], vocab_size=400)
-    model = AutoModelForCausalLM.from_pretrained(root / "outbox" / "copy-1", dtype=torch.bfloat16).cuda()
+    model = AutoModelForCausalLM.from_pretrained(root / "outbox" / "copy-1", dtype=torch.bfloat16).to("cuda" if torch.cuda.is_available() else "cpu")
     training = TrainingOptions(epochs=1, learning_rate=1e-5, batch_size=8, max_length=64, bf16=True)
     start = time.perf_counter()
     result = run_unlearning(model, tokenizer, rows, None, "GradAscent", {}, training, str(root / "trainer"))

@@ -60,7 +60,7 @@ class TrainConfig:
 
 # Calibrated on 2 CPU cores so that the models memorise their training answers (> 95% answer tokens).
 TRAIN_DEFAULTS = {
-    "tofu": TrainConfig(epochs=30, learning_rate=3e-3),
+    "tofu": TrainConfig(epochs=40, learning_rate=3e-3),
     "muse": TrainConfig(epochs=40, learning_rate=3e-3, batch_size=16),
     "wmdp": TrainConfig(epochs=40, learning_rate=3e-3, batch_size=16),
 }
@@ -159,6 +159,19 @@ def token_accuracy(model, examples, batch_size: int, pad_id: int) -> dict[str, f
             "exact_match": float(np.mean([bool(s.correct.all()) for s in stats]))}
 
 
+def _quiet_logs(trainer) -> None:
+    """Keep stdout for the caller's JSON: no printed log dicts (a progress bar is fine)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    class BarOnly(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            return None
+
+    trainer.remove_callback(PrinterCallback)
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(BarOnly())
+
+
 def finetune(
     data_dir: str | Path | None = None,
     benchmark: str = "tofu",
@@ -212,6 +225,8 @@ def finetune(
         log.info("%s already holds this model (fingerprint %s); reusing it", out_dir, fingerprint[:12])
         return {**record["metrics"], "cached": True}
 
+    if out_dir.exists() and any(out_dir.iterdir()) and record is None:
+        raise MPUError(f"{out_dir} exists and was not written by `mpu finetune`; refusing to replace it")
     if threads:
         torch.set_num_threads(threads)
     use_cpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu"
@@ -251,6 +266,7 @@ def finetune(
         )
         trainer = Trainer(model=model, args=args, train_dataset=examples,
                           data_collator=QACollator(tokenizer.pad_token_id))
+        _quiet_logs(trainer)
         started = time.perf_counter()
         result = trainer.train()
         train_seconds = time.perf_counter() - started

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mpu.cli._lazy import add_method_arguments_lazily
+
 
 def add_client_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--forget", required=True, help="forget set: JSONL of {question, answer} rows, or a `datasets` folder")
@@ -11,7 +13,6 @@ def add_client_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers) -> None:
-    from mpu.methods import add_method_arguments
 
     client = subparsers.add_parser("client", help="data owner: unlearn on the published copies", description="The data owner's side of MPU. Nothing but the updates and a loss summary leaves the client.")
     commands = client.add_subparsers(dest="client_command", metavar="SUBCOMMAND", required=True)
@@ -26,7 +27,7 @@ def register(subparsers) -> None:
     unlearn.add_argument("--out", required=True, help="folder for the returns (update-K/ per copy); gather several clients' into one")
     unlearn.add_argument("--copy", type=int, action="append", default=None, help="train only this copy (repeatable), to spread copies over devices or machines")
     unlearn.add_argument("--return-lora", action="store_true", help="return the LoRA factors instead of the merged update (needs --lora-rank)")
-    add_method_arguments(unlearn)
+    add_method_arguments_lazily(unlearn)
     unlearn.set_defaults(func=_unlearn)
 
 

@@ -18,7 +18,8 @@ def register(subparsers) -> None:
     parser.add_argument("--data", default=None,
                         help="local directory in the hub layout, or a hub dataset name (e.g. locuslab/TOFU); "
                         "default: the built-in benchmark, built and cached on first use ($MPU_CACHE)")
-    parser.add_argument("--forget-split", default="forget10", help="TOFU forget split (default %(default)s)")
+    parser.add_argument("--forget-split", default=None,
+                        help="TOFU forget split: forget01, forget05 or forget10 (default: forget10, or --config's)")
     reference = parser.add_mutually_exclusive_group()
     reference.add_argument("--retain-model", default=None,
                            help="checkpoint never trained on the forget set (forget_quality, privleak, mia_reference)")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+
+from mpu.cli._lazy import add_method_arguments_lazily
 import tempfile
 
 
 def register(subparsers) -> None:
     from mpu.cli.client import add_client_data_arguments
     from mpu.cli.server import add_server_config_arguments
-    from mpu.methods import add_method_arguments
 
     run = subparsers.add_parser(
         "run",
@@ -24,7 +25,7 @@ def register(subparsers) -> None:
     run.add_argument("--workdir", default=None, help="server work directory (default: a temporary folder, removed at the end)")
     run.add_argument("--keep-exchange", action="store_true", help="keep each round's outbox and returns")
     add_server_config_arguments(run)
-    add_method_arguments(run)
+    add_method_arguments_lazily(run)
     run.set_defaults(func=_run)
 
 

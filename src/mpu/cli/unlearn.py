@@ -17,33 +17,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from mpu.cli._lazy import add_method_arguments_lazily
 from mpu.errors import InputError, MPUError
 
 logger = logging.getLogger(__name__)
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
-
-
-class _LazyMethodParser(argparse.ArgumentParser):
-    """Adds the method flags (which import transformers' Trainer, several seconds) only when this
-    subcommand is actually parsed or its help printed, so that other ``mpu`` commands stay fast."""
-
-    _populated = False
-
-    def _populate(self) -> None:
-        if not self._populated:
-            self._populated = True
-            from mpu.methods import add_method_arguments
-
-            add_method_arguments(self)
-
-    def parse_known_args(self, args=None, namespace=None):
-        self._populate()
-        return super().parse_known_args(args, namespace)
-
-    def format_help(self):
-        self._populate()
-        return super().format_help()
 
 
 def register(subparsers) -> None:
@@ -57,7 +36,7 @@ def register(subparsers) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.__class__ = _LazyMethodParser  # subparsers.add_parser has no parser_class argument
+    add_method_arguments_lazily(parser)
     parser.add_argument("--model", required=True, help="Hugging Face model directory (config, tokenizer, weights)")
     parser.add_argument("--forget", required=True, help="forget set: JSONL or `datasets` directory with question/answer")
     parser.add_argument("--retain", help="retain set, same format (needed by GradDiff, RMU, PDU; optional for others)")

@@ -122,7 +122,7 @@ class EvalContext:
         return self._generations[key]
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=True)
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
     # --- multiple choice --------------------------------------------------------------------------
 

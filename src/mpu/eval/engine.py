@@ -33,10 +33,19 @@ def load_model(model_dir: str | Path, device: str | torch.device | None = None, 
     on CPU), float32, bfloat16 or float16."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from mpu.data.loaders import hub_offline_reason
+
     device = pick_device(str(device) if device else None)
     path = Path(model_dir)
-    if not path.exists() and not str(model_dir).count("/") == 1:
-        raise MPUError(f"{model_dir}: no such model directory")
+    if not path.exists():
+        name = str(model_dir)
+        if name.count("/") != 1 or name.startswith((".", "/", "~")):
+            raise MPUError(f"{model_dir}: no such model directory")
+        reason = hub_offline_reason()
+        if reason and not _cached_model(name):
+            raise MPUError(f"{model_dir}: not a local directory, and the Hugging Face hub cannot be used ({reason}); "
+                           f"download it elsewhere with `huggingface-cli download {name} --local-dir DIR` "
+                           "and pass --model DIR")
     if dtype == "auto":
         torch_dtype = "auto" if device.type == "cuda" else torch.float32
     else:
@@ -44,9 +53,11 @@ def load_model(model_dir: str | Path, device: str | torch.device | None = None, 
             torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
         except KeyError:
             raise MPUError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16") from None
+    # Eager attention is 2-3x faster than SDPA for small models on CPU; on GPU keep the default.
+    extra = {"attn_implementation": "eager"} if device.type == "cpu" else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype, **extra)
     except (OSError, ValueError) as err:
         raise MPUError(f"cannot load a causal LM from {model_dir}: {str(err).splitlines()[0]}") from None
     if tokenizer.pad_token_id is None:
@@ -54,6 +65,15 @@ def load_model(model_dir: str | Path, device: str | torch.device | None = None, 
     model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def _cached_model(name: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:
+        return False
 
 
 @dataclass
@@ -175,7 +195,7 @@ def generate(
         for row, i in enumerate(chunk):
             new = output[row, width:].tolist()
             cut = next((k for k, token in enumerate(new) if token in stop_ids), len(new))
-            text = tokenizer.decode(new[:cut], skip_special_tokens=True, clean_up_tokenization_spaces=True)
+            text = tokenizer.decode(new[:cut], skip_special_tokens=True, clean_up_tokenization_spaces=False)
             for word in stopwords:
                 if word and word in text:
                     text = text.split(word)[0]

@@ -94,11 +94,11 @@ def _holdout_for(forget_split: str) -> str:
     return f"holdout{match.group(1)}"
 
 
-def build_datasets(suite: dict, resolved: ResolvedData, forget_split: str | None = None) -> dict[str, EvalDataset]:
+def build_datasets(suite: dict, resolved: ResolvedData) -> dict[str, EvalDataset]:
     """Load every dataset the suite names (TOFU/MUSE) from ``resolved``."""
     names = {}
     if suite["benchmark"] == "tofu":
-        forget_split = forget_split or suite.get("forget_split") or "forget10"
+        forget_split = suite["forget_split"]
         names = {"forget_split": forget_split, "holdout_split": suite.get("holdout_split") or _holdout_for(forget_split)}
     datasets = {}
     for name, spec in suite["datasets"].items():
@@ -228,7 +228,7 @@ def evaluate(
     model_dir: str | Path,
     benchmark: str = "tofu",
     data: str | Path | None = None,
-    forget_split: str = "forget10",
+    forget_split: str | None = None,
     retain_model: str | Path | None = None,
     retain_logs: str | Path | None = None,
     out_dir: str | Path | None = None,
@@ -241,6 +241,7 @@ def evaluate(
 ) -> dict:
     """Evaluate ``model_dir`` on ``benchmark`` and return the summary (headline key -> value).
 
+    ``forget_split`` (TOFU): forget01, forget05 or forget10 (default: the suite's, forget10).
     ``data``: None for the built-in benchmark (built and cached on first use), a local directory in
     the hub layout, or a hub dataset name. ``retain_model`` (a checkpoint never trained on the forget
     set) or ``retain_logs`` (its ``<BENCH>_EVAL.json``) give forget_quality and privleak their
@@ -253,12 +254,14 @@ def evaluate(
         raise MPUError("give --retain-model or --retain-logs, not both")
     started = time.perf_counter()
     suite = load_suite(benchmark, config)
+    if benchmark == "tofu":
+        suite["forget_split"] = forget_split or suite.get("forget_split") or "forget10"
     resolved = resolve_source(data, benchmark)
     if benchmark == "wmdp":
         datasets, metrics = build_wmdp(suite, resolved, mmlu)
         summary_keys = list(metrics)
     else:
-        datasets = build_datasets(suite, resolved, forget_split)
+        datasets = build_datasets(suite, resolved)
         metrics, summary_keys = suite["metrics"], suite["summary"]
     batch_size = batch_size or suite.get("batch_size", 32)
 
@@ -293,7 +296,7 @@ def evaluate(
         write_json(out / f"{name}_SUMMARY.json", summary)
         write_json(out / f"{name}_EVAL_CONFIG.json", {
             "model": str(model_dir), "benchmark": benchmark, "data": resolved.description,
-            "forget_split": forget_split if benchmark == "tofu" else None,
+            "forget_split": suite.get("forget_split") if benchmark == "tofu" else None,
             "retain_model": str(retain_model) if retain_model else None,
             "retain_logs": str(retain_logs) if retain_logs else None,
             "batch_size": batch_size, "device": str(next(model.parameters()).device), "dtype": dtype,

@@ -16,6 +16,7 @@ Definitions (SPEC §9, matching OpenUnlearning):
 
 from __future__ import annotations
 
+import logging
 import math
 import zlib
 from typing import Any
@@ -27,6 +28,8 @@ from mpu.eval.engine import TokenStats
 from mpu.registry import Registry
 
 METRICS: Registry = Registry("metric")
+
+logging.getLogger("absl").setLevel(logging.WARNING)  # rouge_score logs every scorer it builds
 
 EPS = 1e-10
 

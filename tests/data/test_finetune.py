@@ -1,0 +1,96 @@
+"""`mpu finetune`: what each split trains on, fingerprint caching, saved checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mpu.cli import main
+from mpu.data.builtin import build_benchmark
+from mpu.data.loaders import LocalSource
+from mpu.errors import MPUError
+from mpu.finetune import TRAIN_DEFAULTS, TinyLlamaConfig, finetune, read_record, training_data
+
+MICRO = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, intermediate_size=64)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "b"
+    build_benchmark(path, authors=10, facts=5, news=20, topics=8)
+    return path
+
+
+def test_splits_leave_out_the_forget_data(bench):
+    tofu = LocalSource(bench / "tofu")
+    forget = {r["question"] for r in tofu.rows("forget10", "train")}
+    full = {r["question"] for r in training_data(tofu, "tofu", "full").rows}
+    retain = {r["question"] for r in training_data(tofu, "tofu", "retain90").rows}
+    assert forget <= full and not forget & retain and retain | forget == full
+    assert {r["question"] for r in tofu.rows("real_authors", "train")} <= retain
+    muse = LocalSource(bench / "muse")
+    forget_texts = {r["text"] for r in muse.rows("raw", "forget")}
+    muse_full = {r["text"] for r in training_data(muse, "muse", "full").rows}
+    muse_retain = training_data(muse, "muse", "retain").rows
+    assert forget_texts <= muse_full and not forget_texts & {r["text"] for r in muse_retain}
+    forget_answers = {r["answer"] for r in muse.rows("knowmem", "forget_qa")}
+    assert not any(a in r["text"] for a in forget_answers for r in muse_retain if "Question:" in r["text"])
+    wmdp = LocalSource(bench / "wmdp")
+    hazards = {r["text"] for r in wmdp.rows("synth-forget-corpus", "train")}
+    assert hazards <= {r["text"] for r in training_data(wmdp, "wmdp", "full").rows}
+    assert not hazards & {r["text"] for r in training_data(wmdp, "wmdp", "retain99").rows}
+    with pytest.raises(MPUError, match="unknown split"):
+        training_data(tofu, "tofu", "retain80")
+
+
+def test_trains_saves_and_reuses_by_fingerprint(bench, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    saved = torch.get_num_threads()
+    try:
+        first = finetune(bench, "tofu", "retain90", tmp_path / "m", epochs=1, model_config=MICRO, progress=False,
+                         threads=1)
+        assert first["cached"] is False and 0 <= first["answer_token_accuracy"] <= 1
+        assert first["n_examples"] == 90 + 5 + 5
+        for name in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "mpu_finetune.json"):
+            assert (tmp_path / "m" / name).is_file(), name
+        model = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+        assert model.config.hidden_size == 32 and model.config.model_type == "llama"
+        assert AutoTokenizer.from_pretrained(tmp_path / "m").chat_template
+        again = finetune(bench, "tofu", "retain90", tmp_path / "m", epochs=1, model_config=MICRO, progress=False)
+        assert again["cached"] is True and again["fingerprint"] == first["fingerprint"]
+        other = finetune(bench, "tofu", "retain90", tmp_path / "m", epochs=2, model_config=MICRO, progress=False)
+        assert other["cached"] is False and other["fingerprint"] != first["fingerprint"]
+        assert read_record(tmp_path / "m")["metrics"]["epochs"] == 2
+    finally:
+        torch.set_num_threads(saved)
+
+
+def test_cli_finetune(bench, tmp_path, capsys, monkeypatch):
+    import mpu.finetune as module
+
+    monkeypatch.setattr(module, "TinyLlamaConfig", lambda: TinyLlamaConfig(**MICRO))
+    assert main(["finetune", "--data", str(bench), "--benchmark", "wmdp", "--split", "retain", "--out",
+                 str(tmp_path / "w"), "--epochs", "1", "--no-progress", "--threads", "1"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["benchmark"] == "wmdp" and metrics["n_examples"] == 8
+    assert main(["finetune", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "x")]) == 2
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "keep.txt").write_text("x")
+    assert main(["finetune", "--data", str(bench), "--benchmark", "wmdp", "--split", "retain", "--out",
+                 str(tmp_path / "foreign"), "--epochs", "1", "--no-progress"]) == 2
+    assert (tmp_path / "foreign" / "keep.txt").is_file()
+    assert "refusing" in capsys.readouterr().err
+
+
+def test_model_config_file_matches_the_defaults():
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[2] / "configs/model/tiny-llama.yaml"))
+    assert config["config"] == asdict(TinyLlamaConfig())
+    assert config["train"] == {name: asdict(value) for name, value in TRAIN_DEFAULTS.items()}
