@@ -355,7 +355,7 @@ class DecoderAdapter(Adapter):
 
     def _col_transform(self, t: LayerTransform, role: Role | None, x, inverse: bool, name: str):
         """A column transform W -> W C: the row transform C^T W^T of the transpose, computed on the
-        columns directly (see maths.head_cols)."""
+        columns directly (see maths.head_transform)."""
         if role is None:
             return x
         if x.dim() != 2:
@@ -363,18 +363,18 @@ class DecoderAdapter(Adapter):
         if x.shape[1] != role.size:
             raise MPUError(f"{name}: has {tuple(x.shape)}, but the config implies {role.size} columns ({role.label})")
         if isinstance(role, UnitRole):
-            return maths.unit_cols(x, t.ffn_perm, t.ffn_scale, role.power, inverse)
+            return maths.unit_transform(x, t.ffn_perm, t.ffn_scale, role.power, inverse, columns=True)
         g = self.geometry
         mats = {"qk": t.qk, "vo": t.vo, None: None}[role.matrix]
-        return maths.head_cols(x, g.n_kv, role.group, g.head_dim, mats, t.kv_perm, inverse)
+        return maths.head_transform(x, g.n_kv, role.group, g.head_dim, mats, t.kv_perm, inverse, columns=True)
 
     def _role_rows(self, t: LayerTransform, role: Role, x: torch.Tensor, inverse: bool) -> torch.Tensor:
         if isinstance(role, UnitRole):
-            return maths.unit_rows(x, t.ffn_perm, t.ffn_scale, role.power, inverse)
+            return maths.unit_transform(x, t.ffn_perm, t.ffn_scale, role.power, inverse)
         g = self.geometry
         mats = {"qk": t.qk, "vo": t.vo, None: None}[role.matrix]
         # O columns take vo[j]^T; as a row transform of O^T that is vo[j] again, the same as V rows.
-        return maths.head_rows(x, g.n_kv, role.group, g.head_dim, mats, t.kv_perm, inverse)
+        return maths.head_transform(x, g.n_kv, role.group, g.head_dim, mats, t.kv_perm, inverse)
 
 
 def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:

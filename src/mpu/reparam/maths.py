@@ -3,9 +3,9 @@
 Every transform in this package is one of two row operations, applied to a weight's rows (output
 features) or, for a column transform, to the rows of its transpose:
 
-- ``head_rows``: rows grouped as (KV head j, query head g in its group, dim a). Each KV group's
+- ``head_transform``: rows (or columns) grouped as (KV head j, query head g in its group, dim a). Each KV group's
   d_h x d_h rows are multiplied by an orthogonal M_j, then whole groups are permuted.
-- ``unit_rows``: rows are FFN intermediate units. Each unit is scaled by s_i**power, then units are
+- ``unit_transform``: rows (or columns) are FFN intermediate units. Each unit is scaled by s_i**power, then units are
   permuted.
 
 Both are exactly invertible (orthogonal matrices invert by transposition, scales by division), and
@@ -88,7 +88,7 @@ def log_uniform_scales(n: int, ratio: float, generator: torch.Generator) -> torc
     return torch.exp((torch.rand(n, generator=generator, dtype=F64) * 2 - 1) * log_r)
 
 
-def head_rows(
+def head_transform(
     x: torch.Tensor,
     n_kv: int,
     group: int,
@@ -96,110 +96,70 @@ def head_rows(
     mats: torch.Tensor | None,
     perm: torch.Tensor | None,
     inverse: bool,
+    columns: bool = False,
 ) -> torch.Tensor:
-    """Apply per-KV-group orthogonal matrices and a KV-group permutation to the rows of ``x``.
+    """Apply per-KV-group orthogonal matrices and a KV-group permutation to the rows of ``x`` (or,
+    with ``columns``, to its columns: ``head_transform(x, columns=True) == head_transform(x.T).T``,
+    computed without transposing the matrix).
 
-    ``x`` has n_kv * group * head_dim rows laid out like HF's head split: query head i sits at rows
-    [i*d_h, (i+1)*d_h) and reads KV head i // group (``repeat_kv``). Forward: the group-j block of
-    every head becomes mats[j] @ block, then new group j' is old group perm[j'] (query heads travel
-    with their KV head). Inverse undoes the permutation, then multiplies by mats[j]^T.
+    Rows are laid out like HF's head split: query head i sits at rows [i*d_h, (i+1)*d_h) and reads
+    KV head i // group (``repeat_kv``). Forward: the group-j block of every head becomes
+    mats[j] @ block (columns: block @ mats[j]^T), then new group j' is old group perm[j'] (query heads
+    travel with their KV head). Inverse undoes the permutation, then applies mats[j]^T.
     """
-    h = x.reshape(n_kv, group, head_dim, -1)
+    h = x.reshape(x.shape[0], n_kv, group, head_dim) if columns else x.reshape(n_kv, group, head_dim, -1)
+    axis = 1 if columns else 0
     if mats is not None:
         mats = mats.to(device=x.device, dtype=x.dtype)
+        if inverse:
+            mats = mats.transpose(1, 2)  # orthogonal: the inverse is the transpose
     if perm is not None:
         perm = perm.to(x.device)
-    # Batched matmul with the group axis broadcast: one GEMM per KV group, contiguous output.
     if not inverse:
         if mats is not None:
-            h = mats.unsqueeze(1) @ h
+            h = _multiply_heads(h, mats, columns)
         if perm is not None:
-            h = h[perm]
+            h = h.index_select(axis, perm)
     else:
         if perm is not None:
-            h = h[torch.argsort(perm)]
+            h = h.index_select(axis, torch.argsort(perm))
         if mats is not None:
-            h = mats.transpose(1, 2).unsqueeze(1) @ h  # mats[j]^T: orthogonal inverse
+            h = _multiply_heads(h, mats, columns)
     return h.reshape(x.shape)
 
 
-def unit_rows(
+def _multiply_heads(h: torch.Tensor, mats: torch.Tensor, columns: bool) -> torch.Tensor:
+    if columns:
+        return torch.einsum("ojgb,jab->ojga", h, mats)  # block @ mats[j]^T
+    return mats.unsqueeze(1) @ h  # one GEMM per KV group, the group axis broadcast; contiguous output
+
+
+def unit_transform(
     x: torch.Tensor,
     perm: torch.Tensor | None,
     scale: torch.Tensor | None,
     power: int,
     inverse: bool,
+    columns: bool = False,
 ) -> torch.Tensor:
-    """Scale row i by scale[i]**power, then reorder so new row i' is old row perm[i'] (or undo both)."""
+    """Scale unit i by scale[i]**power, then reorder so new unit i' is old unit perm[i'] (or undo
+    both). Units are the rows of ``x``, or its columns with ``columns``."""
+    axis = 1 if columns else 0
     factor = None
     if scale is not None and power != 0:
-        factor = (scale.to(device=x.device, dtype=x.dtype) ** power).reshape(-1, *([1] * (x.dim() - 1)))
+        shape = [1] * x.dim()
+        shape[axis] = -1
+        factor = (scale.to(device=x.device, dtype=x.dtype) ** power).reshape(shape)
     if perm is not None:
         perm = perm.to(x.device)
     if not inverse:
         if factor is not None:
             x = x * factor
         if perm is not None:
-            x = x[perm]
+            x = x.index_select(axis, perm)
     else:
         if perm is not None:
-            x = x[torch.argsort(perm)]
-        if factor is not None:
-            x = x / factor
-    return x
-
-
-def head_cols(
-    x: torch.Tensor,
-    n_kv: int,
-    group: int,
-    head_dim: int,
-    mats: torch.Tensor | None,
-    perm: torch.Tensor | None,
-    inverse: bool,
-) -> torch.Tensor:
-    """The column form of ``head_rows``: ``head_cols(x) == head_rows(x.T).T``, computed without
-    transposing the matrix (O's columns are read by heads, and transposing a large matrix twice
-    costs more than the transform)."""
-    h = x.reshape(x.shape[0], n_kv, group, head_dim)
-    if mats is not None:
-        mats = mats.to(device=x.device, dtype=x.dtype)
-    if perm is not None:
-        perm = perm.to(x.device)
-    if not inverse:
-        if mats is not None:
-            h = torch.einsum("ojgb,jab->ojga", h, mats)  # block @ mats[j]^T
-        if perm is not None:
-            h = h[:, perm]
-    else:
-        if perm is not None:
-            h = h[:, torch.argsort(perm)]
-        if mats is not None:
-            h = torch.einsum("ojgb,jba->ojga", h, mats)  # block @ mats[j]
-    return h.reshape(x.shape)
-
-
-def unit_cols(
-    x: torch.Tensor,
-    perm: torch.Tensor | None,
-    scale: torch.Tensor | None,
-    power: int,
-    inverse: bool,
-) -> torch.Tensor:
-    """The column form of ``unit_rows``: ``unit_cols(x) == unit_rows(x.T).T``."""
-    factor = None
-    if scale is not None and power != 0:
-        factor = (scale.to(device=x.device, dtype=x.dtype) ** power).reshape(1, -1)
-    if perm is not None:
-        perm = perm.to(x.device)
-    if not inverse:
-        if factor is not None:
-            x = x * factor
-        if perm is not None:
-            x = x.index_select(1, perm)
-    else:
-        if perm is not None:
-            x = x.index_select(1, torch.argsort(perm))
+            x = x.index_select(axis, torch.argsort(perm))
         if factor is not None:
             x = x / factor
     return x
