@@ -68,13 +68,33 @@ TRAIN_DEFAULTS = {
 
 @dataclass
 class TrainingData:
-    kind: str                         # "qa" (loss on answers) or "text" (loss on every token)
-    rows: list[dict[str, Any]]
+    """(kind, rows) parts: "qa" (loss on answers), "text" (loss on every token) or "qa_doc" (few-shot
+    QA text, loss on the answers)."""
+
+    parts: list[tuple[str, list[dict[str, Any]]]]
     sources: list[str] = field(default_factory=list)
 
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return [row for _, rows in self.parts for row in rows]
 
-def _qa_doc(rows: list[dict]) -> str:
-    return "\n\n".join(f"Question: {row['question']}\nAnswer: {row['answer']}" for row in rows)
+    @property
+    def kinds(self) -> str:
+        return "+".join(dict.fromkeys(kind for kind, _ in self.parts))
+
+
+def _qa_docs(rows: list[dict], seed: str, per_doc: int = 4, copies: int = 2) -> list[dict]:
+    """QA pairs as few-shot-style text: ``per_doc`` pairs from unrelated stories per document, each
+    pair in ``copies`` documents with different neighbours, so that the answer is learnt to follow its
+    own question whatever few-shot examples precede it (as in MUSE's knowmem prompts)."""
+    import random
+
+    docs = []
+    for copy in range(copies):
+        order = list(rows)
+        random.Random(f"mpu-muse-qa-{seed}-{copy}").shuffle(order)
+        docs += [{"pairs": order[i:i + per_doc]} for i in range(0, len(order), per_doc)]
+    return docs
 
 
 def training_data(source, benchmark: str, split: str, manifest: dict | None = None) -> TrainingData:
@@ -94,27 +114,28 @@ def training_data(source, benchmark: str, split: str, manifest: dict | None = No
                 sources.append(extra)
             except MPUError:
                 log.info("no %s split in %s; training without it", extra, source.description)
-        return TrainingData("qa", [{"question": r["question"], "answer": r["answer"]} for r in rows], sources)
+        return TrainingData([("qa", [{"question": r["question"], "answer": r["answer"]} for r in rows])], sources)
     if benchmark == "muse":
         parts = [("raw", "retain1"), ("raw", "retain2")] + ([] if retain_only else [("raw", "forget")])
-        rows = [{"text": row["text"]} for config, name in parts for row in source.rows(config, name)]
+        texts = [{"text": row["text"]} for config, name in parts for row in source.rows(config, name)]
         qa_parts = ["retain"] + ([] if retain_only else ["forget"])
-        for name in qa_parts:  # the QA pairs as text, four to a document, like a few-shot prompt
-            qa = source.rows("knowmem_train", name)
-            rows += [{"text": _qa_doc(qa[i:i + 4])} for i in range(0, len(qa), 4)]
-        return TrainingData("text", rows, [f"{c}/{n}" for c, n in parts] + [f"knowmem_train/{n}" for n in qa_parts])
+        docs = [doc for name in qa_parts for doc in _qa_docs(source.rows("knowmem_train", name), seed=name)]
+        return TrainingData([("text", texts), ("qa_doc", docs)],
+                            [f"{c}/{n}" for c, n in parts] + [f"knowmem_train/{n}" for n in qa_parts])
     wmdp = (manifest or {}).get("wmdp", {})
     corpora = [wmdp.get("retain_corpus", "synth-retain-corpus")]
     if not retain_only:
         corpora.append(wmdp.get("forget_corpus", "synth-forget-corpus"))
     rows = [{"text": row["text"]} for corpus in corpora for row in source.rows(corpus, "train")]
-    return TrainingData("text", rows, [f"{corpus}/train" for corpus in corpora])
+    return TrainingData([("text", rows)], [f"{corpus}/train" for corpus in corpora])
 
 
 def encode_training(tokenizer, data: TrainingData, max_length: int) -> list[dict[str, list[int]]]:
-    from mpu.eval.encoding import encode
+    from mpu.eval.encoding import encode, encode_qa_doc
 
-    return [encode(tokenizer, data.kind, row, max_length=max_length) for row in data.rows]
+    return [encode_qa_doc(tokenizer, row["pairs"], max_length) if kind == "qa_doc"
+            else encode(tokenizer, kind, row, max_length=max_length)
+            for kind, rows in data.parts for row in rows]
 
 
 def _fingerprint(examples, model_config: TinyLlamaConfig, train_config: TrainConfig, benchmark: str, split: str) -> str:
@@ -239,7 +260,7 @@ def finetune(
     model = LlamaForCausalLM(config)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("training a %.2fM-parameter model on %d %s examples (%s/%s) for %s epochs",
-             n_params / 1e6, len(examples), data.kind, benchmark, split, train_config.epochs)
+             n_params / 1e6, len(examples), data.kinds, benchmark, split, train_config.epochs)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))

@@ -38,6 +38,22 @@ def test_audit_cli_writes_every_attack(tmp_path, tiny_model_dir, tiny_base_dir, 
     assert report["summary"]["best_over_single_copy"] < 1e-3
 
 
+def test_audit_cli_without_base_scores_full_weights_only(tmp_path, tiny_model_dir, capsys):
+    server, outbox, out = tmp_path / "server", tmp_path / "outbox", tmp_path / "audit.json"
+    assert main(["server", "init", "--model", str(tiny_model_dir), "--workdir", str(server), "--privacy", "hardened", "--seed", "2"]) == 0
+    assert main(["server", "publish", "--workdir", str(server), "--out", str(outbox)]) == 0
+
+    assert main(["audit", "--inbox", str(outbox), "--reference", str(tiny_model_dir), "--out", str(out), "--logit-sequences", "2"]) == 0
+
+    report = json.loads(out.read_text())
+    assert report["summary"]["metric"] == "weights_error (scored)"
+    assert all(attack["task_vector_error"] is None for attack in report["attacks"].values())
+    assert set(report["attacks"]["aligned-average"]["weights_error"]) == {"raw", "scored"}
+    # hardened: tau = 1 leaves a floor, but the aligned combination still beats a single copy
+    assert 0.2 < report["summary"]["best_over_single_copy"] < 0.9
+    assert "TV scored" not in capsys.readouterr().out
+
+
 def test_audit_cli_without_reference_runs_the_attacks_unscored(tmp_path, tiny_model_dir, capsys):
     server, outbox, out = tmp_path / "server", tmp_path / "outbox", tmp_path / "audit.json"
     assert main(["server", "init", "--model", str(tiny_model_dir), "--workdir", str(server), "--copies", "2", "--seed", "1"]) == 0

@@ -328,39 +328,39 @@ def _mean_entries(entries: list[dict]) -> dict:
     return float(np.mean(entries))
 
 
-@torch.no_grad()
 def _logit_scores(reference, models, config, sequences: int, length: int, seed: int) -> dict:
     """Top-1 agreement and mean KL(theta || model) on random token sequences (no alignment needed:
     every copy and every aligned combination computes a function close to theta's)."""
-    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per model is noise here
     try:
-        return _logit_scores_quiet(AutoModelForCausalLM, reference, models, config, sequences, length, seed)
+        with torch.no_grad():
+            return _compare_logits(reference, models, config, sequences, length, seed)
     finally:
         if bars:
             hf_logging.enable_progress_bar()
 
 
-def _logit_scores_quiet(AutoModelForCausalLM, reference, models, config, sequences, length, seed) -> dict:
+def _compare_logits(reference, models, config, sequences: int, length: int, seed: int) -> dict:
+    from transformers import AutoModelForCausalLM
+
     generator = torch.Generator().manual_seed(seed)
     vocab = int(config.vocab_size)
     length = min(length, int(getattr(config, "max_position_embeddings", length) or length))
     tokens = torch.randint(0, vocab, (sequences, length), generator=generator)
 
-    def logits_of(path):
+    def log_probs(path):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-        out = torch.cat([model(input_ids=batch).logits.to(F64) for batch in tokens.split(8)])
-        del model
-        return out
+        logits = torch.cat([model(input_ids=batch).logits.to(F64) for batch in tokens.split(8)])
+        return torch.log_softmax(logits, dim=-1)
 
-    ref = torch.log_softmax(logits_of(reference), dim=-1)
+    ref = log_probs(reference)
     ref_top = ref.argmax(-1)
     results = {}
     for name, path in models:
-        other = torch.log_softmax(logits_of(path), dim=-1)
+        other = log_probs(path)
         kl = (ref.exp() * (ref - other)).sum(-1)
         results[name] = {"top1_agreement": float((other.argmax(-1) == ref_top).double().mean()), "mean_kl": float(kl.mean()),
                          "max_kl": float(kl.max())}

@@ -70,6 +70,21 @@ def encode(tokenizer, kind: str, row: dict, target: str | None = None, icl: Sequ
     raise ValueError(f"unknown row kind {kind!r}")
 
 
+def encode_qa_doc(tokenizer, pairs: Sequence[dict], max_length: int = MAX_LENGTH) -> dict[str, list[int]]:
+    """Few-shot-style training text ``Question: q\nAnswer: a\n\n...`` scored on the answers only
+    (each `` a`` with the separator after it, or EOS after the last): how built-in MUSE models learn
+    the knowmem QA in the format they are asked in."""
+    input_ids, labels = list(_bos(tokenizer)), [IGNORE_INDEX] * len(_bos(tokenizer))
+    for number, pair in enumerate(pairs):
+        question = _ids(tokenizer, f"Question: {pair['question']}\nAnswer:")
+        end = _eos(tokenizer) if number == len(pairs) - 1 else _ids(tokenizer, "\n\n")
+        answer = _ids(tokenizer, " " + pair["answer"].strip()) + end
+        input_ids += question + answer
+        labels += [IGNORE_INDEX] * len(question) + answer
+    input_ids, labels = input_ids[:max_length], labels[:max_length]
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": [1] * len(input_ids)}
+
+
 GROUND_TRUTH_KEY = {"qa": "answer", "icl_qa": "answer", "completion": "gt", "text": "text"}
 
 
