@@ -132,11 +132,14 @@ def _training(config: DemoConfig):
 
 def verdict(noise_free: dict, mpu: dict) -> str:
     base, ours = noise_free.get("model_utility"), mpu.get("model_utility")
-    if not base:
-        return "model utility unavailable"
+    quality = f"forget quality {_fmt(mpu.get('forget_quality'))} vs {_fmt(noise_free.get('forget_quality'))} noise-free"
+    if base is None or ours is None:
+        return f"MPU model utility unavailable; {quality}"
+    if base == 0:
+        return f"MPU model utility {ours:.3g} vs {base:.3g} noise-free; {quality}"
     change = (ours - base) / base * 100
-    quality = f"forget quality {mpu.get('forget_quality', float('nan')):.3g} vs {noise_free.get('forget_quality', float('nan')):.3g} noise-free"
-    return f"MPU model utility {'within' if abs(change) < 1 else 'off by'} {abs(change):.2f}% of noise-free ({'+' if change >= 0 else '-'}); {quality}"
+    relation = "within 1%" if abs(change) < 1 else f"{'above' if change > 0 else 'below'} by {abs(change):.2f}%"
+    return f"MPU model utility {ours:.4g} vs {base:.4g} noise-free ({relation}); {quality}"
 
 
 def format_table(summary: dict) -> str:
