@@ -83,7 +83,7 @@ class TrainingData:
         return "+".join(dict.fromkeys(kind for kind, _ in self.parts))
 
 
-def _qa_docs(rows: list[dict], seed: str, per_doc: int = 4, copies: int = 2) -> list[dict]:
+def _qa_docs(rows: list[dict], seed: str, per_doc: int = 4, copies: int = 4) -> list[dict]:
     """QA pairs as few-shot-style text: ``per_doc`` pairs from unrelated stories per document, each
     pair in ``copies`` documents with different neighbours, so that the answer is learnt to follow its
     own question whatever few-shot examples precede it (as in MUSE's knowmem prompts)."""

@@ -77,31 +77,10 @@ def publish(workdir: str | Path, out_dir: str | Path, *, replace: bool = False, 
 
     report = PublishReport(round=round_number, out_dir=Path(out_dir), copies=[], transforms=adapter.describe())
     job = _Job(config, secret, alphas, adapter, publish_dtype, torch.device(device) if device else default_device())
-    m = config.copies
-    model_norm_sq = 0.0
     with staging_dir(out_dir, replace=replace) as stage:
-        copy_dirs = [stage / f"copy-{k}" for k in range(1, m + 1)]
-        writers = [ShardedWriter(path) for path in copy_dirs]
-        for layer, names in tqdm(layer_groups(reader.names()), desc=f"publish round {round_number}", disable=not progress):
-            noisy = config.kappa > 0 and (layer is not None or config.noise_scope == "all")
-            sigma = config.kappa * _group_rms(reader, base, names) if noisy else 0.0
-            transforms = [None] * m
-            if layer is not None:
-                transforms = [adapter.sample(layer, randomness.generator(secret, "reparam", f"layer.{layer}", k)) for k in range(1, m + 1)]
-            stats = _NoiseStats()
-            outputs = [{} for _ in range(m)]
-            for name in names:
-                theta = reader.get(name, job.device).to(torch.float32)
-                model_norm_sq += sum_sq(theta)
-                for k, copy in enumerate(_perturbed_copies(job, name, theta, sigma, transforms, stats)):
-                    outputs[k][name] = copy
-            for writer, tensors in zip(writers, outputs):
-                writer.write_shard(tensors)
-            if noisy:
-                group = f"layer.{layer}" if layer is not None else names[0]
-                report.blocks.append(BlockNoise(group, sigma, rms(stats.intended_sq, stats.count), rms(stats.effective_sq, stats.count), stats.changed / max(stats.count, 1)))
-        for writer, path in zip(writers, copy_dirs):
-            writer.finish()
+        copy_dirs = [stage / f"copy-{k}" for k in range(1, config.copies + 1)]
+        model_norm = _write_copies(job, reader, base, copy_dirs, report, progress)
+        for path in copy_dirs:
             copy_model_files(work.model_path(state), path, {"dtype": str(publish_dtype).removeprefix("torch.")})
         copies = [{"id": k, "path": f"copy-{k}", "sha256": dir_sha256(path)} for k, path in enumerate(copy_dirs, start=1)]
         manifest = {
@@ -115,22 +94,54 @@ def publish(workdir: str | Path, out_dir: str | Path, *, replace: bool = False, 
         }
         atomic_write_json(stage / MANIFEST, manifest)
     report.copies = copies
-    report.warnings = [
-        f"{block.group}: in {manifest['dtype']} the noise survives in only {block.changed:.0%} of the values "
-        f"(effective RMS {block.effective:.3g} vs intended {block.intended:.3g}); raise kappa or publish in float32"
-        for block in report.blocks
-        if block.intended > 0 and (block.effective < WARN_FRACTION * block.intended or block.changed < WARN_FRACTION)
-    ]
+    report.warnings = _rounding_warnings(report.blocks, manifest["dtype"])
     for warning in report.warnings:
         log.warning(warning)
     state.published = {
         "round": round_number,
         "publication_id": manifest["publication_id"],
         "copies": [{"id": c["id"], "sha256": c["sha256"]} for c in copies],
-        "model_norm": model_norm_sq**0.5,
+        "model_norm": model_norm,
     }
     work.save(state)
     return report
+
+
+def _write_copies(job: "_Job", reader: CheckpointReader, base: CheckpointReader | None, copy_dirs: list[Path], report: PublishReport, progress: bool) -> float:
+    """Streams the model group by group into the m copies; returns ||theta||."""
+    m = len(copy_dirs)
+    writers = [ShardedWriter(path) for path in copy_dirs]
+    model_norm_sq = 0.0
+    for layer, names in tqdm(layer_groups(reader.names()), desc=f"publish round {report.round}", disable=not progress):
+        noisy = job.config.kappa > 0 and (layer is not None or job.config.noise_scope == "all")
+        sigma = job.config.kappa * _group_rms(reader, base, names) if noisy else 0.0
+        transforms = [None] * m
+        if layer is not None:
+            transforms = [job.adapter.sample(layer, randomness.generator(job.secret, "reparam", f"layer.{layer}", k)) for k in range(1, m + 1)]
+        stats = _NoiseStats()
+        outputs = [{} for _ in range(m)]
+        for name in names:
+            theta = reader.get(name, job.device).to(torch.float32)
+            model_norm_sq += sum_sq(theta)
+            for k, copy in enumerate(_perturbed_copies(job, name, theta, sigma, transforms, stats)):
+                outputs[k][name] = copy
+        for writer, tensors in zip(writers, outputs):
+            writer.write_shard(tensors)
+        if noisy:
+            group = f"layer.{layer}" if layer is not None else names[0]
+            report.blocks.append(BlockNoise(group, sigma, rms(stats.intended_sq, stats.count), rms(stats.effective_sq, stats.count), stats.changed / max(stats.count, 1)))
+    for writer in writers:
+        writer.finish()
+    return model_norm_sq**0.5
+
+
+def _rounding_warnings(blocks: list[BlockNoise], dtype: str) -> list[str]:
+    return [
+        f"{block.group}: in {dtype} the noise survives in only {block.changed:.0%} of the values "
+        f"(effective RMS {block.effective:.3g} vs intended {block.intended:.3g}); raise kappa or publish in float32"
+        for block in blocks
+        if block.intended > 0 and (block.effective < WARN_FRACTION * block.intended or block.changed < WARN_FRACTION)
+    ]
 
 
 @dataclass
