@@ -60,7 +60,7 @@ def mpu_updates(target: Path, forget, training, kappa: float, reparam: bool, roo
     from mpu.server.publish import publish
     from mpu.server.workdir import Workdir
 
-    config = ServerConfig(copies=3, kappa=kappa, fixed_seed=7, reparam=ReparamOptions(enabled=reparam))
+    config = ServerConfig(copies=3, kappa=kappa, fixed_seed=7, independent_noise=0.0, reparam=ReparamOptions(enabled=reparam))
     init_server(root / "server", str(target), None, config, progress=False)
     publish(root / "server", root / "outbox", progress=False)
     unlearn_copies(root / "outbox", forget, None, "GradAscent", {}, training, root / "returns")

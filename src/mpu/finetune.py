@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -56,13 +57,15 @@ class TrainConfig:
     weight_decay: float = 0.0
     lr_scheduler: str = "cosine"
     seed: int = 0
+    min_steps: int = 0  # raise the default epochs until at least this many optimizer steps
 
 
-# Calibrated on 2 CPU cores so that the models memorise their training answers (> 95% answer tokens).
+# Calibrated on 2 CPU cores so that the models memorise their training answers (> 95% answer tokens;
+# TOFU reaches 100% at 200 authors). Small corpora need more epochs: min_steps sets a floor.
 TRAIN_DEFAULTS = {
     "tofu": TrainConfig(epochs=40, learning_rate=3e-3),
-    "muse": TrainConfig(epochs=40, learning_rate=3e-3, batch_size=16),
-    "wmdp": TrainConfig(epochs=40, learning_rate=3e-3, batch_size=16),
+    "muse": TrainConfig(epochs=40, learning_rate=3e-3, batch_size=16, min_steps=600),
+    "wmdp": TrainConfig(epochs=40, learning_rate=3e-3, batch_size=8, min_steps=800),
 }
 
 
@@ -97,6 +100,24 @@ def _qa_docs(rows: list[dict], seed: str, per_doc: int = 4, copies: int = 4) -> 
     return docs
 
 
+def _shuffled_sentences(rows: list[dict]) -> list[dict]:
+    """Each built-in WMDP passage once per sentence: the original, then one copy opening with each
+    other sentence (the rest shuffled). The cloze questions give a sentence's prefix with no passage
+    before it, and a 1M-parameter model only recalls a fact in a context it learnt it in."""
+    import random
+
+    docs = []
+    for number, row in enumerate(rows):
+        sentences = [s if s.endswith(".") else s + "." for s in row["text"].split(". ")]
+        docs.append({"text": row["text"]})
+        rng = random.Random(f"mpu-wmdp-order-{number}")
+        for first in range(1, len(sentences)):
+            rest = sentences[:first] + sentences[first + 1:]
+            rng.shuffle(rest)
+            docs.append({"text": " ".join([sentences[first]] + rest)})
+    return docs
+
+
 def training_data(source, benchmark: str, split: str, manifest: dict | None = None) -> TrainingData:
     """The rows a model for ``split`` trains on. ``split`` is full or retainNN (for MUSE and WMDP any
     retain split means "without the forget data")."""
@@ -127,6 +148,8 @@ def training_data(source, benchmark: str, split: str, manifest: dict | None = No
     if not retain_only:
         corpora.append(wmdp.get("forget_corpus", "synth-forget-corpus"))
     rows = [{"text": row["text"]} for corpus in corpora for row in source.rows(corpus, "train")]
+    if manifest:  # built-in passages: every fact sentence also opens a document, as the cloze questions do
+        rows = _shuffled_sentences(rows)
     return TrainingData([("text", rows)], [f"{corpus}/train" for corpus in corpora])
 
 
@@ -229,15 +252,19 @@ def finetune(
         model_config = TinyLlamaConfig(**model_config)
     model_config = model_config or TinyLlamaConfig()
     defaults = TRAIN_DEFAULTS[benchmark]
+    tokenizer = _load_tokenizer(data_dir, manifest, data)
+    examples = encode_training(tokenizer, data, model_config.max_position_embeddings)
+    batch_size = batch_size or defaults.batch_size
+    if epochs is None:
+        steps_per_epoch = math.ceil(len(examples) / batch_size)
+        epochs = max(defaults.epochs, math.ceil(defaults.min_steps / steps_per_epoch))
     train_config = TrainConfig(
-        epochs=epochs if epochs is not None else defaults.epochs,
+        epochs=epochs,
         learning_rate=lr if lr is not None else defaults.learning_rate,
-        batch_size=batch_size or defaults.batch_size,
+        batch_size=batch_size,
         warmup_ratio=defaults.warmup_ratio, weight_decay=defaults.weight_decay,
         lr_scheduler=defaults.lr_scheduler, seed=seed,
     )
-    tokenizer = _load_tokenizer(data_dir, manifest, data)
-    examples = encode_training(tokenizer, data, model_config.max_position_embeddings)
     fingerprint = _fingerprint(examples, model_config, train_config, benchmark, split)
 
     out_dir = Path(out_dir)

@@ -21,7 +21,7 @@ ATTACKS = {"average", "harmonic-reference", "harmonic-estimated", "aligned-avera
 
 
 def test_without_reparameterisation_and_public_alphas_theta_is_recovered_to_round_off(tmp_path, tiny_model_dir, tiny_base_dir):
-    config = ServerConfig(copies=3, kappa=0.01, alpha_mode="reference", fixed_seed=3, reparam=ReparamOptions(enabled=False))
+    config = ServerConfig(copies=3, kappa=0.01, alpha_mode="reference", independent_noise=0.0, fixed_seed=3, reparam=ReparamOptions(enabled=False))
     _, outbox = publish_round(tmp_path, tiny_model_dir, tiny_base_dir, config)
 
     report = run_audit(outbox, tiny_model_dir, tiny_base_dir, logit_sequences=4).report
@@ -44,7 +44,8 @@ def test_without_reparameterisation_and_public_alphas_theta_is_recovered_to_roun
 
 @pytest.mark.parametrize("reparam", [ReparamOptions(), HARDENED], ids=["paper-transforms", "hardened-transforms"])
 def test_alignment_recovers_the_true_transforms(tmp_path, tiny_model_dir, tiny_base_dir, reparam):
-    config = ServerConfig(copies=3, kappa=0.01, fixed_seed=5, reparam=reparam)  # secret alphas
+    # secret alphas; no independent share, so that recovery is exact once aligned
+    config = ServerConfig(copies=3, kappa=0.01, fixed_seed=5, independent_noise=0.0, reparam=reparam)
     server, outbox = publish_round(tmp_path, tiny_model_dir, tiny_base_dir, config)
     hf = AutoConfig.from_pretrained(tiny_model_dir)
     geometry = Aligner(hf).geometry

@@ -32,15 +32,21 @@ def test_splits_leave_out_the_forget_data(bench):
     assert {r["question"] for r in tofu.rows("real_authors", "train")} <= retain
     muse = LocalSource(bench / "muse")
     forget_texts = {r["text"] for r in muse.rows("raw", "forget")}
-    muse_full = {r["text"] for r in training_data(muse, "muse", "full").rows}
-    muse_retain = training_data(muse, "muse", "retain").rows
-    assert forget_texts <= muse_full and not forget_texts & {r["text"] for r in muse_retain}
-    forget_answers = {r["answer"] for r in muse.rows("knowmem", "forget_qa")}
-    assert not any(a in r["text"] for a in forget_answers for r in muse_retain if "Question:" in r["text"])
+    forget_questions = {r["question"] for r in muse.rows("knowmem_train", "forget")}
+    assert {r["question"] for r in muse.rows("knowmem", "forget_qa")} <= forget_questions
+    for split, sees_forget in (("full", True), ("retain", False)):
+        rows = training_data(muse, "muse", split).rows
+        texts = {r["text"] for r in rows if "text" in r}
+        questions = {p["question"] for r in rows if "pairs" in r for p in r["pairs"]}
+        assert (forget_texts <= texts) is sees_forget and bool(forget_texts & texts) is sees_forget
+        assert (forget_questions <= questions) is sees_forget and bool(forget_questions & questions) is sees_forget
     wmdp = LocalSource(bench / "wmdp")
-    hazards = {r["text"] for r in wmdp.rows("synth-forget-corpus", "train")}
-    assert hazards <= {r["text"] for r in training_data(wmdp, "wmdp", "full").rows}
-    assert not hazards & {r["text"] for r in training_data(wmdp, "wmdp", "retain99").rows}
+    hazards = [r["text"] for r in wmdp.rows("synth-forget-corpus", "train")]
+    compounds = {text.split(" is synthesised")[0] for text in hazards}
+    full = [r["text"] for r in training_data(wmdp, "wmdp", "full", {"wmdp": {}}).rows]
+    retain = [r["text"] for r in training_data(wmdp, "wmdp", "retain99", {"wmdp": {}}).rows]
+    assert set(hazards) <= set(full) and len(full) == 8 * 5 + 8 * 4   # each sentence opens one copy
+    assert not any(name in text for name in compounds for text in retain)
     with pytest.raises(MPUError, match="unknown split"):
         training_data(tofu, "tofu", "retain80")
 
@@ -75,7 +81,7 @@ def test_cli_finetune(bench, tmp_path, capsys, monkeypatch):
     assert main(["finetune", "--data", str(bench), "--benchmark", "wmdp", "--split", "retain", "--out",
                  str(tmp_path / "w"), "--epochs", "1", "--no-progress", "--threads", "1"]) == 0
     metrics = json.loads(capsys.readouterr().out)
-    assert metrics["benchmark"] == "wmdp" and metrics["n_examples"] == 8
+    assert metrics["benchmark"] == "wmdp" and metrics["n_examples"] == 8 * 4   # crops: 4 sentences each
     assert main(["finetune", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "x")]) == 2
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "keep.txt").write_text("x")

@@ -35,7 +35,7 @@ def test_linear_client_update_is_recovered_exactly(tmp_path, tiny_model_dir, rep
     # Delta' = -c * w' is linear in the weights, so T^-1 maps it to -c (theta + eps_k); the
     # harmonic combination cancels eps exactly: the aggregate equals the clean-model update.
     c = 0.1
-    config = ServerConfig(copies=3, kappa=0.1, fixed_seed=3, reparam=reparam, eta=1.0)
+    config = ServerConfig(copies=3, kappa=0.1, fixed_seed=3, reparam=reparam, eta=1.0, independent_noise=0.0)
     init_server(tmp_path / "server", str(tiny_model_dir), None, config, progress=False)
     publish(tmp_path / "server", tmp_path / "outbox", progress=False)
     write_returns(tmp_path / "outbox", tmp_path / "returns", lambda name, w: -c * w)
@@ -102,7 +102,7 @@ def test_copies_without_noise_generate_like_the_original(tmp_path, tiny_model_di
 
 
 def test_two_rounds_then_export_gives_a_plain_checkpoint(tmp_path, tiny_model_dir):
-    config = ServerConfig(copies=2, kappa=0.01, rounds=2, fixed_seed=9)
+    config = ServerConfig(copies=2, kappa=0.01, rounds=2, fixed_seed=9, independent_noise=0.0)
     server = tmp_path / "server"
     init_server(server, str(tiny_model_dir), None, config, progress=False)
     for round_number in (1, 2):

@@ -23,14 +23,14 @@ def add_server_config_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-update-ratio", type=float, default=1.0, help="refuse an update whose norm exceeds this fraction of the model norm (default 1.0)")
     group.add_argument("--seed", type=int, default=None, help="fixed-seed mode: reproducible and NOT secret (experiments and tests only)")
     privacy = parser.add_argument_group("privacy (unset options come from --privacy)")
-    privacy.add_argument("--privacy", choices=sorted(PRESETS), default="default", help="preset: default (secret alphas, plane V/O, FFN permutation), paper (reference alphas), hardened (all options below)")
+    privacy.add_argument("--privacy", choices=sorted(PRESETS), default="default", help="preset: default (secret alphas, plane V/O, FFN permutation, independent noise tau=1), paper (reference alphas, tau=0: exact cancellation), hardened (all options below)")
     privacy.add_argument(
         "--alphas", default=None,
         help="noise multipliers: 'secret' (CSPRNG, fresh each round), 'reference' (evenly on [1,2], the paper's), or a list like 1,1.5,2",
     )
     privacy.add_argument("--alpha-max", type=float, default=None, help="secret alphas are uniform on [1, ALPHA_MAX] (default 2)")
     privacy.add_argument("--noise-scope", choices=["blocks", "all"], default=None, help="perturb transformer blocks only (paper) or also embeddings, final norm and LM head")
-    privacy.add_argument("--independent-noise", type=float, default=None, metavar="TAU", help="add per-copy noise N(0, (TAU*sigma)^2) that no combination of copies cancels (default 0)")
+    privacy.add_argument("--independent-noise", type=float, default=None, metavar="TAU", help="per-copy noise N(0, (TAU*sigma)^2) that no combination of copies cancels (default 1; 0 = the paper's exact cancellation)")
     privacy.add_argument("--no-reparam", action="store_true", help="publish copies without reparameterisation (weaker privacy)")
     privacy.add_argument("--no-qk-rotation", action="store_true", help="do not rotate RoPE planes of Q/K")
     privacy.add_argument("--vo", choices=["plane", "haar", "none"], default=None, help="V/O transform: the paper's plane rotation, a Haar-random orthogonal per KV head, or none")

@@ -14,11 +14,11 @@ PUBLISH_DTYPES = ("float32", "bfloat16", "float16", "source")
 
 
 # Named combinations of the privacy options (``mpu server init --privacy NAME``). Values not named
-# keep the ServerConfig defaults (secret alphas, plane-rotation V/O, FFN permutation).
+# keep the ServerConfig defaults (secret alphas, plane-rotation V/O, FFN permutation, tau = 1).
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     # arXiv 2602.23798's setting: public reference alphas, plane rotations, FFN permutation.
-    "paper": {"alpha_mode": "reference", "reparam": {"vo": "plane", "kv_permutation": False, "ffn_scaling": False}},
+    "paper": {"alpha_mode": "reference", "independent_noise": 0.0, "reparam": {"vo": "plane", "kv_permutation": False, "ffn_scaling": False}},
     # Everything that raises a curious client's cost; see docs/privacy.md for what it buys.
     "hardened": {
         "alpha_mode": "secret",
@@ -38,7 +38,9 @@ class ServerConfig:
     alpha_mode: str = field(default="secret", metadata={"help": "secret (CSPRNG, fresh each round) | reference (1..2 evenly) | list"})
     alphas: list[float] | None = field(default=None, metadata={"help": "explicit alpha_k, one per copy (alpha_mode=list)"})
     alpha_max: float = field(default=2.0, metadata={"help": "secret alphas are uniform on [1, alpha_max]"})
-    independent_noise: float = field(default=0.0, metadata={"help": "tau: each copy also gets independent N(0, (tau*sigma)^2) noise that the harmonic combination does not cancel"})
+    # Default 1.0, not the paper's 0: without it a client holding all copies recovers theta to ~1e-6
+    # of the task vector (docs/privacy.md); at kappa = 0.01 it cost no measurable utility.
+    independent_noise: float = field(default=1.0, metadata={"help": "tau: each copy also gets independent N(0, (tau*sigma)^2) noise that no combination of copies cancels (0: the paper's exact cancellation)"})
     noise_scope: str = field(default="blocks", metadata={"help": "blocks: transformer blocks only (paper); all: also embeddings, final norm, LM head"})
     publish_dtype: str = field(default="source", metadata={"help": "dtype of published copies; 'source' keeps the model's own"})
     max_update_ratio: float = field(default=1.0, metadata={"help": "refuse an update whose norm exceeds this fraction of the model's norm"})

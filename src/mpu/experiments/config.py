@@ -1,0 +1,296 @@
+"""From a composed Hydra config to the typed settings of one run.
+
+Every value is checked here, with a message naming the config key: a misspelt key, a value of the
+wrong type or a setting that contradicts another is an ``MPUError``, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from mpu.errors import MPUError
+
+CONFIG_DIR = Path(os.environ.get("MPU_CONFIGS") or Path(__file__).resolve().parents[3] / "configs")
+
+MPU_KEYS = {
+    "enabled", "m", "kappa", "R", "E", "eta", "alphas", "alpha_max", "independent_noise", "noise_scope",
+    "publish_dtype", "max_update_ratio", "seed", "reparam", "keep_exchange", "keep_server",
+}
+DATA_KEYS = {"source", "forget_split", "retain_split", "forget_file", "retain_file", "text_chunk_words", "text_prompt_words"}
+MODEL_KEYS = {"target", "retain", "base"}
+EVALUATION_KEYS = {"enabled", "batch_size", "device", "dtype", "reference_models"}
+BUILTIN = "builtin"
+
+
+def compose_config(overrides: Sequence[str] = (), config_name: str = "train", config_dir: str | Path | None = None):
+    """The config ``src/train.py`` (or ``src/eval.py``) would run with these command-line overrides,
+    without Hydra's own ``hydra`` node. Returns ``(cfg, choices)``: ``choices`` maps each config group
+    to the option picked (``choices["experiment"] == "unlearn/tofu/default"``)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    directory = Path(config_dir or CONFIG_DIR).resolve()
+    if not directory.is_dir():
+        raise MPUError(f"{directory}: no configs directory (set MPU_CONFIGS to the repository's configs/)")
+    with initialize_config_dir(config_dir=str(directory), version_base="1.3"):
+        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
+    choices = {key: value for key, value in OmegaConf.to_container(cfg.hydra.runtime.choices).items() if not key.startswith("hydra/")}
+    OmegaConf.set_struct(cfg, False)
+    cfg.pop("hydra")
+    OmegaConf.set_struct(cfg, True)
+    return cfg, choices
+
+
+def to_plain(node) -> Any:
+    """A DictConfig/ListConfig (or plain value) as plain Python, interpolations resolved."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(node, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
+    return node
+
+
+def _section(cfg: dict, name: str, keys: set[str] | None = None, required: bool = True) -> dict:
+    value = cfg.get(name)
+    if value is None:
+        if required:
+            raise MPUError(f"the config has no {name!r} section")
+        return {}
+    if not isinstance(value, dict):
+        raise MPUError(f"config {name!r} must be a mapping, got {value!r}")
+    if keys is not None:
+        unknown = sorted(set(value) - keys)
+        if unknown:
+            raise MPUError(f"unknown config key {name}.{unknown[0]}; valid keys: {', '.join(sorted(keys))}")
+    return value
+
+
+def _positive_int(value: Any, key: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < minimum:
+        raise MPUError(f"{key} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+@dataclass
+class ExperimentSettings:
+    """Everything one run needs, validated."""
+
+    mode: str                      # "mpu" or "baseline"
+    method: str
+    hparams: Any                   # the method's Hparams dataclass
+    training: Any                  # TrainingOptions; epochs = E (MPU, per round) or R*E (baseline)
+    rounds: int                    # R
+    epochs_per_round: float        # E
+    seed: int
+    server: Any | None             # ServerConfig (MPU only)
+    benchmark: str                 # the eval suite's benchmark: tofu, muse
+    data: dict[str, Any]
+    model: dict[str, Any]
+    builtin: dict[str, Any] | None  # BuildConfig fields when data.source is builtin
+    finetune: dict[str, Any] | None  # how the tiny target/retain models are trained (model.train.<bench>)
+    model_config: dict[str, Any] | None
+    suite: dict[str, Any] | None    # the eval suite (configs/eval/<bench>.yaml), None: the package's
+    evaluation: dict[str, Any]
+    save_model: bool = True
+    progress: bool = False
+    keep_exchange: bool = False
+    keep_server: bool = False
+    method_config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def epochs_total(self) -> float:
+        return self.rounds * self.epochs_per_round
+
+    @property
+    def kappa(self) -> float | None:
+        return self.server.kappa if self.server is not None else None
+
+    @property
+    def copies(self) -> int | None:
+        return self.server.copies if self.server is not None else None
+
+
+def training_settings(trainer: dict, epochs: float, seed: int):
+    """(method, hparams, TrainingOptions) of a ``trainer`` section, with ``epochs`` and ``seed`` set.
+
+    Precedence, lowest first: TrainingOptions defaults < the method's ``training_defaults`` <
+    ``trainer.training``. The schedule owns ``epochs`` and the run owns ``seed``: setting them under
+    ``trainer.training`` is an error rather than a value that would silently lose.
+    """
+    from mpu.methods import METHODS, method_hparams, training_options
+
+    unknown = sorted(set(trainer) - {"method", "hparams", "training", "schedule"})
+    if unknown:
+        raise MPUError(f"unknown config key trainer.{unknown[0]}; valid keys: hparams, method, schedule, training")
+    method = trainer.get("method")
+    if not method or method not in METHODS.names():
+        raise MPUError(f"trainer.method must be one of {', '.join(METHODS.names())}, got {method!r}")
+    hparams = method_hparams(method, trainer.get("hparams") or {}, {key: "trainer.hparams" for key in trainer.get("hparams") or {}})
+    given = dict(trainer.get("training") or {})
+    if given.pop("epochs", None) is not None:
+        raise MPUError("trainer.training.epochs is set by the schedule: use mpu.E (epochs per MPU round; "
+                       "the noise-free baseline trains mpu.R * mpu.E epochs) and mpu.R")
+    if given.get("seed") is not None and given["seed"] != seed:
+        raise MPUError(f"trainer.training.seed ({given['seed']}) differs from seed ({seed}); set only seed")
+    given.pop("seed", None)
+    training = dict(METHODS.get(method).training_defaults)
+    training.update(given)
+    training.update(epochs=epochs, seed=seed)
+    sources = {key: "trainer.training" for key in given}
+    return method, hparams, training_options(training, sources)
+
+
+def server_config(mpu: dict, rounds: int):
+    """The ServerConfig of an ``mpu`` section (``m`` copies, ``kappa``, ``alphas``, ``reparam``, ...)."""
+    from mpu.reparam import ReparamOptions
+    from mpu.server.config import ServerConfig
+
+    alphas = mpu.get("alphas", "secret")
+    if isinstance(alphas, str) and alphas in ("secret", "reference"):
+        alpha_mode, alpha_list = alphas, None
+    else:
+        if isinstance(alphas, str):
+            try:
+                alphas = [float(value) for value in alphas.split(",") if value.strip()]
+            except ValueError:
+                raise MPUError(f"mpu.alphas must be secret, reference or a list of numbers, got {alphas!r}") from None
+        if not isinstance(alphas, (list, tuple)) or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in alphas):
+            raise MPUError(f"mpu.alphas must be secret, reference or a list of numbers, got {alphas!r}")
+        alpha_mode, alpha_list = "list", [float(a) for a in alphas]
+    reparam = mpu.get("reparam") or {}
+    if reparam is False:
+        reparam = {"enabled": False}
+    if not isinstance(reparam, dict):
+        raise MPUError(f"mpu.reparam must be a mapping of ReparamOptions fields, got {reparam!r}")
+    names = {f.name for f in dataclasses.fields(ReparamOptions)}
+    unknown = sorted(set(reparam) - names)
+    if unknown:
+        raise MPUError(f"unknown config key mpu.reparam.{unknown[0]}; valid keys: {', '.join(sorted(names))}")
+    seed = mpu.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise MPUError(f"mpu.seed must be an integer or null, got {seed!r}")
+    try:
+        return ServerConfig(
+            copies=_positive_int(mpu.get("m"), "mpu.m", 2),
+            kappa=float(mpu.get("kappa")),
+            rounds=rounds,
+            eta=float(mpu.get("eta", 1.0)),
+            alpha_mode=alpha_mode,
+            alphas=alpha_list,
+            alpha_max=float(mpu.get("alpha_max", 2.0)),
+            independent_noise=float(mpu.get("independent_noise", 0.0)),
+            noise_scope=str(mpu.get("noise_scope", "blocks")),
+            publish_dtype=str(mpu.get("publish_dtype", "source")),
+            max_update_ratio=float(mpu.get("max_update_ratio", 1.0)),
+            fixed_seed=seed,
+            reparam=ReparamOptions(**reparam),
+        )
+    except (TypeError, ValueError) as err:
+        raise MPUError(f"mpu: {err}") from None
+
+
+def settings_from_config(cfg) -> ExperimentSettings:
+    """Validate a composed config (DictConfig or plain dict) into :class:`ExperimentSettings`."""
+    from omegaconf.errors import MissingMandatoryValue
+
+    try:
+        plain = to_plain(cfg)
+    except MissingMandatoryValue as err:
+        key = getattr(err, "full_key", None) or str(err)
+        raise MPUError(f"config value {key} is required (set it on the command line, e.g. {key}=...)") from None
+    if not isinstance(plain, dict):
+        raise MPUError("the config must be a mapping")
+    seed = plain.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise MPUError(f"seed must be an integer, got {seed!r}")
+
+    mpu = _section(plain, "mpu", MPU_KEYS)
+    trainer = _section(plain, "trainer")
+    rounds = _positive_int(mpu.get("R"), "mpu.R")
+    epochs_per_round = mpu.get("E")
+    if isinstance(epochs_per_round, bool) or not isinstance(epochs_per_round, (int, float)) or epochs_per_round <= 0:
+        raise MPUError(f"mpu.E must be a number > 0, got {epochs_per_round!r}")
+    enabled = mpu.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise MPUError(f"mpu.enabled must be true or false, got {enabled!r}")
+    epochs = float(epochs_per_round) if enabled else float(rounds * epochs_per_round)
+    method, hparams, training = training_settings(trainer, epochs, seed)
+    server = server_config(mpu, rounds) if enabled else None
+
+    data = dict(_section(plain, "data", DATA_KEYS))
+    data.setdefault("source", BUILTIN)
+    data.setdefault("text_chunk_words", 200)
+    data.setdefault("text_prompt_words", 16)
+    model_section = plain.get("model") or {}
+    if not isinstance(model_section, dict):
+        raise MPUError(f"config 'model' must be a mapping, got {model_section!r}")
+    model = {key: model_section.get(key) for key in MODEL_KEYS}
+    if not model["target"]:
+        raise MPUError("model.target is not set: a model directory, a hub id, or builtin (the built-in tiny target)")
+    for key in MODEL_KEYS:
+        if model[key] is not None:
+            model[key] = str(model[key])
+
+    suite = plain.get("eval")
+    if suite is not None and not isinstance(suite, dict):
+        raise MPUError(f"config 'eval' must be a mapping (an eval suite), got {suite!r}")
+    benchmark = (suite or {}).get("benchmark", "tofu")
+    if benchmark not in ("tofu", "muse"):
+        raise MPUError(f"eval.benchmark must be tofu or muse for unlearning runs, got {benchmark!r}")
+
+    bench_section = plain.get("benchmark") or {}
+    builtin = None
+    finetune = None
+    model_config = None
+    uses_builtin = str(data["source"]) == BUILTIN or BUILTIN in (model["target"], model["retain"])
+    if uses_builtin:
+        if str(data["source"]) != BUILTIN:
+            raise MPUError("model.target/retain 'builtin' needs data.source: builtin (the models are trained on it)")
+        if bench_section.get("name") != BUILTIN:
+            raise MPUError(f"data.source builtin needs benchmark=builtin, got benchmark {bench_section.get('name')!r}")
+        from mpu.data.builtin import BuildConfig
+
+        fields = {f.name for f in dataclasses.fields(BuildConfig)}
+        builtin = {key: value for key, value in bench_section.items() if key != "name"}
+        unknown = sorted(set(builtin) - fields)
+        if unknown:
+            raise MPUError(f"unknown config key benchmark.{unknown[0]}; valid keys: {', '.join(sorted(fields))}")
+        train = (model_section.get("train") or {}).get(benchmark) if isinstance(model_section.get("train"), dict) else None
+        finetune = dict(train) if train else None
+        model_config = model_section.get("config") if isinstance(model_section.get("config"), dict) else None
+
+    evaluation = dict(_section(plain, "evaluation", EVALUATION_KEYS, required=False))
+    evaluation.setdefault("enabled", True)
+    evaluation.setdefault("reference_models", True)
+    evaluation.setdefault("dtype", "auto")
+    for key in ("save_model", "progress"):
+        if key in plain and not isinstance(plain[key], bool):
+            raise MPUError(f"{key} must be true or false, got {plain[key]!r}")
+    method_config = {"method": method, "hparams": dataclasses.asdict(hparams), "training": dataclasses.asdict(training)}
+    return ExperimentSettings(
+        mode="mpu" if enabled else "baseline",
+        method=method,
+        hparams=hparams,
+        training=training,
+        rounds=rounds,
+        epochs_per_round=float(epochs_per_round),
+        seed=seed,
+        server=server,
+        benchmark=benchmark,
+        data=data,
+        model=model,
+        builtin=builtin,
+        finetune=finetune,
+        model_config=model_config,
+        suite=suite,
+        evaluation=evaluation,
+        save_model=plain.get("save_model", True),
+        progress=plain.get("progress", False),
+        keep_exchange=bool(mpu.get("keep_exchange", False)),
+        keep_server=bool(mpu.get("keep_server", False)),
+        method_config=method_config,
+    )

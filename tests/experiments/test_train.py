@@ -1,0 +1,154 @@
+"""Hydra experiments (issue 5, part 2): overrides reach the code, and every shipped experiment composes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mpu.errors import MPUError
+from mpu.experiments import compose_config, read_run, run_experiment, settings_from_config
+from mpu.methods import METHODS
+from mpu.server.config import PRESETS, ServerConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+EXPERIMENTS = sorted(str(p.relative_to(ROOT / "configs" / "experiment").with_suffix(""))
+                     for p in (ROOT / "configs" / "experiment").rglob("*.yaml"))
+REAL = ["unlearn/tofu/llama-3.2-1b", "unlearn/tofu/llama-3.2-1b_forget01", "unlearn/tofu/llama-3.2-1b_forget05",
+        "unlearn/muse/news", "unlearn/muse/books"]
+PAPER_METHODS = ["GradAscent", "GradDiff", "NPO", "SimNPO", "DPO", "UNDIAL", "SatImp", "WGA"]
+REFERENCE = {"SimNPO": (10, 1), "DPO": (10, 1), "SatImp": (10, 1), "GradAscent": (1, 10), "GradDiff": (1, 10),
+             "UNDIAL": (1, 10), "NPO": (2, 5), "WGA": (2, 5)}
+
+
+def local_overrides(model: Path, forget: Path, retain: Path, *extra: str) -> list[str]:
+    return ["experiment=unlearn/local", f"model.target={model}", f"data.forget_file={forget}",
+            f"data.retain_file={retain}", "trainer=GradDiff", "trainer.training.learning_rate=1e-3",
+            "trainer.training.batch_size=4", "mpu.E=1", "mpu.kappa=0.05", "mpu.seed=3", *extra]
+
+
+def test_override_mpu_m_reaches_the_server_and_the_outbox(tmp_path, tiny_model_dir, forget_file, retain_file):
+    cfg, choices = compose_config(local_overrides(tiny_model_dir, forget_file, retain_file, "mpu.m=2", "mpu.R=2",
+                                                  "mpu.keep_exchange=true"))
+    run_dir = tmp_path / "run"
+    record = run_experiment(cfg, run_dir, experiment=choices["experiment"])
+
+    assert record["mode"] == "mpu" and record["m"] == 2 and record["kappa"] == 0.05 and record["R"] == 2
+    assert record["unlearning"]["copies_per_round"] == [2, 2]
+    for round_number in (1, 2):  # the published outbox holds exactly m copies
+        outbox = run_dir / "server-exchange" / f"round-{round_number}" / "outbox"
+        assert sorted(p.name for p in outbox.glob("copy-*")) == ["copy-1", "copy-2"]
+        manifest = json.loads((outbox / "manifest.json").read_text())
+        assert len(manifest["copies"]) == 2
+    assert not (run_dir / "server").exists()  # the server's secrets are not left in the run dir
+    assert (run_dir / "model" / "config.json").is_file()
+    on_disk = read_run(run_dir)
+    assert on_disk["status"] == "done" and on_disk["experiment"] == "unlearn/local"
+    assert on_disk["server"]["copies"] == 2 and on_disk["server"]["fixed_seed"] == 3
+    assert on_disk["training"]["epochs"] == 1.0 and on_disk["training"]["learning_rate"] == 1e-3
+    assert on_disk["hparams"]["retain_loss"] == "NLL"
+
+
+def test_baseline_trains_r_times_e_epochs_once(tmp_path, tiny_model_dir, forget_file, retain_file):
+    cfg, _ = compose_config(local_overrides(tiny_model_dir, forget_file, retain_file, "mpu.enabled=false", "mpu.R=2"))
+    record = run_experiment(cfg, tmp_path / "base")
+    assert record["mode"] == "baseline" and record["m"] is None and record["kappa"] is None
+    assert record["training"]["epochs"] == 2.0 and record["epochs_total"] == 2.0
+    assert record["unlearning"]["steps"] == 2  # 3 forget rows, batch 4: one step per epoch
+
+
+def test_train_py_multirun_sweeps_m(tmp_path, tiny_model_dir, forget_file, retain_file):
+    """The real entry point: `python src/train.py -m mpu.m=2,3` gives one run dir per value."""
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MPU_CACHE": str(tmp_path / "cache")}
+    command = [sys.executable, str(ROOT / "src" / "train.py"), "-m",
+               *local_overrides(tiny_model_dir, forget_file, retain_file, "mpu.m=2,3", "save_model=false"),
+               f"hydra.sweep.dir={sweep}"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = sorted(sweep.glob("*/run.json"))
+    assert len(runs) == 2
+    records = [json.loads(path.read_text()) for path in runs]
+    assert sorted(r["m"] for r in records) == [2, 3]
+    assert sorted(r["unlearning"]["copies_per_round"][0] for r in records) == [2, 3]
+    assert all(r["experiment"] == "unlearn/local" and "mpu.m=2" in r["overrides"] or "mpu.m=3" in r["overrides"] for r in records)
+    assert all(not (path.parent / "model").exists() for path in runs)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes(experiment):
+    overrides = [f"experiment={experiment}"]
+    if experiment == "unlearn/local":
+        overrides += ["model.target=some/model", "data.forget_file=forget.jsonl"]
+    cfg, choices = compose_config(overrides)
+    settings = settings_from_config(cfg)
+    assert choices["experiment"] == experiment
+    assert settings.mode == "mpu" and settings.server.copies >= 2
+    if experiment in REAL:
+        check_real(experiment, "SimNPO", settings_from_config(compose_config([f"experiment={experiment}", "trainer=SimNPO", "mpu.kappa=0.1"])[0]))
+
+
+def check_real(experiment, method, settings):
+    assert (settings.rounds, settings.epochs_per_round) == REFERENCE[method] == METHODS.get(method).reference_schedule
+    assert settings.training.epochs == REFERENCE[method][1]
+    assert settings.server.copies == 3 and settings.server.kappa == 0.1 and settings.server.alpha_mode == "reference"
+    assert settings.training.learning_rate == (1e-4 if method == "UNDIAL" else 1e-5)
+    if "tofu" in experiment:
+        split = settings.data["forget_split"]
+        assert settings.model["target"] == "open-unlearning/tofu_Llama-3.2-1B-Instruct_full"
+        assert settings.model["base"] == "meta-llama/Llama-3.2-1B-Instruct"
+        assert settings.model["retain"] == f"open-unlearning/tofu_Llama-3.2-1B-Instruct_retain{100 - int(split[-2:])}"
+        assert split == {"unlearn/tofu/llama-3.2-1b": "forget10"}.get(experiment, experiment[-8:])
+        assert settings.data["source"] == "locuslab/TOFU"
+    else:
+        assert settings.benchmark == "muse" and settings.data["forget_split"] == "raw/forget"
+
+
+@pytest.mark.parametrize("method", PAPER_METHODS)
+def test_real_tofu_experiment_uses_the_reference_schedule(method):
+    experiment = "unlearn/tofu/llama-3.2-1b"
+    check_real(experiment, method, settings_from_config(compose_config([f"experiment={experiment}", f"trainer={method}", "mpu.kappa=0.1"])[0]))
+
+
+def test_default_experiment_is_the_builtin_one_and_baseline_switch():
+    cfg, choices = compose_config(["trainer=SimNPO", "mpu.enabled=false"])
+    settings = settings_from_config(cfg)
+    assert choices["experiment"] == "unlearn/tofu/default"
+    assert settings.mode == "baseline" and settings.server is None and settings.training.epochs == 10
+    assert settings.model["target"] == "builtin" and settings.builtin["authors"] == 100
+    assert settings.training.learning_rate == 1e-3 and settings.training.batch_size == 32
+
+
+def test_other_trainer_configs_match_the_method_registry():
+    for method in sorted(set(METHODS.names()) - set(PAPER_METHODS)):
+        cfg, _ = compose_config([f"trainer={method}"])
+        settings = settings_from_config(cfg)
+        assert settings.method == method
+        assert (settings.rounds, settings.epochs_per_round) == METHODS.get(method).reference_schedule
+
+
+@pytest.mark.parametrize("preset", ["default", "paper", "hardened"])
+def test_mpu_configs_equal_the_server_presets(preset):
+    cfg, _ = compose_config([f"mpu={preset}", "mpu.seed=null"])
+    ours = settings_from_config(cfg).server
+    settings = dict(PRESETS[preset])
+    reparam = settings.pop("reparam", {})
+    expected = ServerConfig(copies=3, kappa=0.01, rounds=ours.rounds, **settings, reparam=reparam)
+    assert ours == expected
+
+
+def test_bad_settings_are_errors_naming_the_key():
+    with pytest.raises(MPUError, match="trainer.training.epochs"):
+        settings_from_config(compose_config(["trainer.training.epochs=3"])[0])
+    with pytest.raises(MPUError, match="mpu.m"):
+        settings_from_config(compose_config(["mpu.m=1"])[0])
+    with pytest.raises(MPUError, match="model.target"):
+        settings_from_config(compose_config(["experiment=unlearn/local", "data.forget_file=x"])[0])
+    with pytest.raises(MPUError, match="alphas"):
+        settings_from_config(compose_config(["mpu.alphas=sometimes"])[0])
+    with pytest.raises(Exception, match="kapa"):  # Hydra's struct mode refuses misspelt keys
+        compose_config(["mpu.kapa=0.1"])
