@@ -61,9 +61,11 @@ def test_default_size_muse_and_wmdp(slow_bench, slow_models, tmp_path):
         wmdp = {split: evaluate(slow_models[("wmdp", split)][0], "wmdp", data=slow_bench,
                                 out_dir=tmp_path / f"wmdp_{split}", progress=False)
                 for split in ("full", "retain")}
-    assert muse["full"]["forget_verbmem_ROUGE"] > 0.8 > muse["retain"]["forget_verbmem_ROUGE"] + 0.2
-    assert muse["full"]["forget_knowmem_ROUGE"] > 0.8 > muse["retain"]["forget_knowmem_ROUGE"] + 0.2
-    assert muse["full"]["retain_knowmem_ROUGE"] > 0.8 and muse["retain"]["retain_knowmem_ROUGE"] > 0.8
+    full, retain = muse["full"], muse["retain"]
+    assert full["forget_verbmem_ROUGE"] > 0.9 and retain["forget_verbmem_ROUGE"] < full["forget_verbmem_ROUGE"] - 0.25
+    assert full["forget_knowmem_ROUGE"] > 0.6 and retain["forget_knowmem_ROUGE"] < full["forget_knowmem_ROUGE"] - 0.3
+    assert full["retain_knowmem_ROUGE"] > 0.7 and retain["retain_knowmem_ROUGE"] > 0.7
+    assert full["extraction_strength"] > 0.9 > 0.5 > retain["extraction_strength"]
     assert muse["full"]["privleak"] < -50 and abs(muse["retain"]["privleak"]) < 1e-6
     assert wmdp["full"]["wmdp_synth"] > 0.9
     assert wmdp["retain"]["wmdp_synth"] < 0.6

@@ -26,7 +26,7 @@ from mpu.errors import MPUError
 
 FORMAT = "mpu-builtin"
 # Bump whenever the generator or the word lists change: the cache key and fingerprints depend on it.
-VERSION = 1
+VERSION = 2
 MANIFEST = "manifest.json"
 
 
