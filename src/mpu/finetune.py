@@ -140,7 +140,13 @@ def training_data(source, benchmark: str, split: str, manifest: dict | None = No
         parts = [("raw", "retain1"), ("raw", "retain2")] + ([] if retain_only else [("raw", "forget")])
         texts = [{"text": row["text"]} for config, name in parts for row in source.rows(config, name)]
         qa_parts = ["retain"] + ([] if retain_only else ["forget"])
-        docs = [doc for name in qa_parts for doc in _qa_docs(source.rows("knowmem_train", name), seed=name)]
+        docs = []
+        for name in list(qa_parts):
+            try:
+                docs += _qa_docs(source.rows("knowmem_train", name), seed=name)
+            except MPUError:  # a copy of the real MUSE has no knowmem_train: prose only
+                log.info("no knowmem_train/%s in %s; training on the raw texts only", name, source.description)
+                qa_parts.remove(name)
         return TrainingData([("text", texts), ("qa_doc", docs)],
                             [f"{c}/{n}" for c, n in parts] + [f"knowmem_train/{n}" for n in qa_parts])
     wmdp = (manifest or {}).get("wmdp", {})

@@ -120,7 +120,7 @@ def test_default_experiment_is_the_builtin_one_and_baseline_switch():
     assert choices["experiment"] == "unlearn/tofu/default"
     assert settings.mode == "baseline" and settings.server is None and settings.training.epochs == 10
     assert settings.model["target"] == "builtin" and settings.builtin["authors"] == 100
-    assert settings.training.learning_rate == 1e-3 and settings.training.batch_size == 32
+    assert settings.training.learning_rate == 3e-4 and settings.training.batch_size == 32
 
 
 def test_other_trainer_configs_match_the_method_registry():

@@ -32,7 +32,7 @@ def register(subparsers) -> None:
 
 
 def _unlearn(args) -> int:
-    from mpu.client.unlearn import unlearn_copies
+    from mpu.client.unlearn import is_main_process, unlearn_copies
     from mpu.data.qa import load_qa_rows
     from mpu.methods import options_from_args
 
@@ -40,6 +40,8 @@ def _unlearn(args) -> int:
     forget = load_qa_rows(args.forget)
     retain = load_qa_rows(args.retain) if args.retain else None
     results = unlearn_copies(args.inbox, forget, retain, method, hparams, training, args.out, args.copy, args.return_lora)
+    if not is_main_process():
+        return 0  # under torchrun every rank trains; rank 0 reports
     for result in results:
         print(f"copy {result.copy_id}: {result.steps} steps in {result.seconds:.1f}s, loss {result.loss['first']} -> {result.loss['last']}; wrote {result.out_dir}")
     return 0

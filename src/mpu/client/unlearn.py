@@ -64,7 +64,7 @@ def _unlearn_one(publication, copy: PublishedCopy, forget_rows, retain_rows, met
         "seconds": round(result.seconds, 3),
         "loss": loss_summary(result.losses),
     }
-    if _is_main_process():
+    if is_main_process():
         if return_lora:
             if not result.lora_factors:
                 raise MPUError("--return-lora needs --lora-rank > 0")
@@ -75,6 +75,6 @@ def _unlearn_one(publication, copy: PublishedCopy, forget_rows, retain_rows, met
     return CopyResult(copy.id, target, result.steps, result.seconds, manifest["loss"])
 
 
-def _is_main_process() -> bool:
+def is_main_process() -> bool:
     """Under torchrun/accelerate every rank trains; only rank 0 writes the update."""
     return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0

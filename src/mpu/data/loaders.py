@@ -112,7 +112,8 @@ class HubSource:
             raise
         except Exception as err:  # datasets raises many types (ConnectionError, FileNotFoundError, ValueError)
             why = reason or f"{err.__class__.__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-            raise DataUnavailableError(_offline_message(self.repo, config, split, why)) from None
+            message = _offline_message(self.repo, config, split, why)
+            raise DataUnavailableError(f"{message} (there is no local directory {self.repo!r} either)") from None
         return [dict(row) for row in dataset]
 
 

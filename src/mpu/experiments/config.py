@@ -97,6 +97,7 @@ class ExperimentSettings:
     evaluation: dict[str, Any]
     save_model: bool = True
     progress: bool = False
+    threads: int | None = None
     keep_exchange: bool = False
     keep_server: bool = False
     method_config: dict[str, Any] = field(default_factory=dict)
@@ -270,6 +271,9 @@ def settings_from_config(cfg) -> ExperimentSettings:
     for key in ("save_model", "progress"):
         if key in plain and not isinstance(plain[key], bool):
             raise MPUError(f"{key} must be true or false, got {plain[key]!r}")
+    threads = plain.get("threads")
+    if threads is not None:
+        threads = _positive_int(threads, "threads")
     method_config = {"method": method, "hparams": dataclasses.asdict(hparams), "training": dataclasses.asdict(training)}
     return ExperimentSettings(
         mode="mpu" if enabled else "baseline",
@@ -290,6 +294,7 @@ def settings_from_config(cfg) -> ExperimentSettings:
         evaluation=evaluation,
         save_model=plain.get("save_model", True),
         progress=plain.get("progress", False),
+        threads=threads,
         keep_exchange=bool(mpu.get("keep_exchange", False)),
         keep_server=bool(mpu.get("keep_server", False)),
         method_config=method_config,

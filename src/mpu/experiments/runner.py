@@ -70,6 +70,13 @@ def _mpu(settings: ExperimentSettings, prepared: Prepared, out: Path, run_dir: P
     return {"rounds": history, "copies_per_round": [len(entry.get("update_norms", [])) for entry in history]}
 
 
+def _set_threads(settings: ExperimentSettings) -> None:
+    if settings.threads:
+        import torch
+
+        torch.set_num_threads(settings.threads)
+
+
 def _fingerprint(path: str | None) -> str | None:
     if path is None:
         return None
@@ -125,6 +132,7 @@ def run_experiment(cfg, run_dir: str | Path, experiment: str | None = None, over
     """Run the baseline or MPU as ``cfg`` says, evaluate, and write the run directory. Returns run.json's content."""
     started = time.perf_counter()
     settings = settings_from_config(cfg)
+    _set_threads(settings)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
@@ -222,6 +230,7 @@ def evaluate_experiment(cfg, out_dir: str | Path) -> dict:
     settings = settings_from_config({key: value for key, value in plain.items() if key != "model_path"})
     if not settings.evaluation.get("enabled", True):
         raise MPUError("evaluation.enabled is false: nothing to do")
+    _set_threads(settings)
     prepared = prepare(settings)
     model = _resolve_model_path(str(model_path), prepared)
     retain = prepared.retain if model != prepared.retain else None
