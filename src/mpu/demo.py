@@ -27,7 +27,7 @@ COLUMNS = ["forget_quality", "model_utility", "forget_Q_A_ROUGE", "forget_truth_
 @dataclass
 class DemoConfig:
     out_dir: Path = Path("runs/demo")
-    authors: int = field(default=100, metadata={"help": "fictitious authors in the built-in benchmark (10 QA each)"})
+    authors: int = field(default=40, metadata={"help": "fictitious authors in the built-in benchmark (10 QA each)"})
     forget_split: str = "forget10"
     method: str = "NPO"
     epochs: float = 5

@@ -14,7 +14,7 @@ def register(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     demo.add_argument("--out", default="runs/demo", help="where summary.json, report.png and the models go")
-    demo.add_argument("--authors", type=int, default=100, help="fictitious authors (10 QA each)")
+    demo.add_argument("--authors", type=int, default=40, help="fictitious authors (10 QA each); the default keeps a cold run short on a CPU")
     demo.add_argument("--forget-split", default="forget10", choices=["forget01", "forget05", "forget10"])
     demo.add_argument("--method", default="NPO", help="unlearning method (any of `mpu unlearn --help`)")
     demo.add_argument("--epochs", type=float, default=5, help="unlearning epochs")
