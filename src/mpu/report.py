@@ -293,20 +293,21 @@ def plot_degradation(report: Report, path: Path) -> None:
     for row in report.rows:
         lines.setdefault((row.method, row.m), []).append(row)
     several_m = len({row.m for row in report.rows}) > 1
+    kappas = sorted({row.kappa for row in report.rows if row.kappa is not None})
+    position = {kappa: index for index, kappa in enumerate(kappas)}  # evenly spaced: κ = 0 has a place too
     for (method, m), rows in sorted(lines.items()):
         rows = sorted((r for r in rows if r.average is not None), key=lambda r: r.kappa)
         if not rows:
             continue
         label = f"{method} m={m}" if several_m else method
-        axis.errorbar([r.kappa for r in rows], [r.average for r in rows],
+        axis.errorbar([position[r.kappa] for r in rows], [r.average for r in rows],
                       yerr=[r.average_std or 0.0 for r in rows], marker="o", capsize=3, label=label)
     axis.axhline(1.0, color="grey", linestyle="--", linewidth=0.8)
     axis.axhline(0.0, color="black", linewidth=0.6)
-    kappas = sorted({row.kappa for row in report.rows if row.kappa})
-    if kappas and kappas[0] > 0:
-        axis.set_xscale("log")
-        axis.set_xticks(kappas)
-        axis.set_xticklabels([_fmt(k) for k in kappas])
+    axis.set_xticks(range(len(kappas)))
+    axis.set_xticklabels([_fmt(k) for k in kappas])
+    if any(abs(row.average or 0) > 50 for row in report.rows):
+        axis.set_yscale("symlog", linthresh=1.0)
     axis.set_xlabel("noise ratio κ")
     axis.set_ylabel("average degradation vs noise-free (%)")
     axis.set_title("MPU degradation vs κ (dashed: 1%)", fontsize=10)

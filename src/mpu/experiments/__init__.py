@@ -11,7 +11,8 @@ experiment) goes in; a run directory comes out with
 
 API::
 
-    compose_config(overrides, config_name="train")   # Hydra's compose API on the repository's configs/
+    compose_config(overrides, config_name="train")   # Hydra's compose API on configs/ -> (cfg, group choices)
+    settings_from_config(cfg)                         # -> ExperimentSettings, every key checked
     run_experiment(cfg, run_dir, experiment=None)     # -> the run record (also written as run.json)
     evaluate_experiment(cfg, out_dir)                 # src/eval.py: evaluate one checkpoint
     read_run(run_dir)                                 # run.json + the summary, for reports
