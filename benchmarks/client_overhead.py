@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs-per-round", type=float, default=None, help="E (default: the method's reference schedule)")
     parser.add_argument("--kappa", type=float, default=0.01)
     parser.add_argument("--authors", type=int, default=100, help="built-in benchmark size (forget10 = authors QA pairs)")
+    parser.add_argument("--data", default=None, help="a built built-in benchmark directory (default: build/reuse the cached one)")
+    parser.add_argument("--model", default=None, help="the model to unlearn (default: the cached built-in target, else a random tiny Llama)")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2, help="baseline/MPU pairs, alternated; medians are reported")
@@ -152,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds, epochs = cls.reference_schedule
     rounds = args.rounds or rounds
     epochs = args.epochs_per_round or epochs
-    root = ensure_builtin(BuildConfig(seed=0, authors=args.authors))
+    root = Path(args.data) if args.data else ensure_builtin(BuildConfig(seed=0, authors=args.authors))
     source = resolve_source(root, "tofu")
     forget, retain = source.rows("forget10", "train"), source.rows("retain90", "train")
     hparams = method_hparams(args.method)
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="mpu-overhead-") as scratch_name:
         scratch = Path(scratch_name)
-        model_dir, model_what = tiny_model(root, args.authors, scratch)
+        model_dir, model_what = (Path(args.model), "given") if args.model else tiny_model(root, args.authors, scratch)
         print(f"model: {model_what} ({model_dir})")
         print(f"method {args.method}: m={args.copies}, R={rounds} x E={epochs:g} epochs; baseline {rounds * epochs:g} epochs; "
               f"{len(forget)} forget / {len(retain)} retain QA; torch threads {torch.get_num_threads()}")

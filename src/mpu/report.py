@@ -244,10 +244,11 @@ def markdown(report: Report) -> str:
     seen_baselines = set()
     for row in report.rows:
         key = (row.experiment, row.forget_split, row.method, tuple(row.seeds))
+        seeds = ",".join(str(seed) for seed in row.seeds)
         if key not in seen_baselines:
             seen_baselines.add(key)
-            lines.append("| " + " | ".join([row.method, "noise-free", *[_fmt(row.baseline[metric]) for metric in metrics]]) + " |")
-        lines.append("| " + " | ".join([row.method, f"MPU κ={_fmt(row.kappa)} m={row.m}", *[_fmt(row.mpu[metric]) for metric in metrics]]) + " |")
+            lines.append("| " + " | ".join([row.method, f"noise-free, seeds {seeds}", *[_fmt(row.baseline[metric]) for metric in metrics]]) + " |")
+        lines.append("| " + " | ".join([row.method, f"MPU κ={_fmt(row.kappa)} m={row.m}, seeds {seeds}", *[_fmt(row.mpu[metric]) for metric in metrics]]) + " |")
     lines += ["", f"{len(report.runs)} runs; experiments: {', '.join(sorted({str(r.experiment) for r in report.rows})) or '-'}."]
     if report.unmatched:
         lines += ["", "Not compared:", *[f"- {text}" for text in report.unmatched]]
