@@ -30,19 +30,31 @@ def run_mpu(
     out_dir: str | Path,
     keep_exchange: bool = False,
     progress: bool = True,
+    reference: str = "first",
 ) -> Path:
-    """R rounds of publish -> client unlearn -> aggregate, then export to ``out_dir``."""
+    """R rounds of publish -> client unlearn -> aggregate, then export to ``out_dir``.
+
+    ``reference``: "first" keeps round 1's publication on the client side and uses its copies as the
+    reference of reference-model methods in every round (fixed reference, like noise-free
+    unlearning); "round" uses each round's own copies (SPEC section 4 read per round)."""
+    if reference not in ("first", "round"):
+        raise ValueError(f"reference must be 'first' or 'round', got {reference!r}")
     workdir = Path(workdir)
     init_server(workdir, model, base, config, progress=progress)
     exchange = workdir.parent / f"{workdir.name}-exchange"
     for round_number in range(1, config.rounds + 1):
         outbox, returns = exchange / f"round-{round_number}" / "outbox", exchange / f"round-{round_number}" / "returns"
         publish(workdir, outbox, replace=True, progress=progress)
-        unlearn_copies(outbox, forget_rows, retain_rows, method, hparams, training, returns)
+        first_outbox = exchange / "round-1" / "outbox"
+        reference_inbox = first_outbox if reference == "first" and round_number > 1 else None
+        unlearn_copies(outbox, forget_rows, retain_rows, method, hparams, training, returns, reference_inbox=reference_inbox)
         report = aggregate(workdir, returns, progress=progress)
         log.info("round %d/%d done: step norm %.4g", round_number, config.rounds, report.step_norm)
         if not keep_exchange:
-            shutil.rmtree(exchange / f"round-{round_number}")
+            # round 1's copies stay until the end when they are the reference
+            shutil.rmtree(returns)
+            if not (reference == "first" and round_number == 1):
+                shutil.rmtree(outbox)
     if not keep_exchange:
         shutil.rmtree(exchange, ignore_errors=True)
     return export(workdir, out_dir, replace=True, progress=progress)

@@ -26,6 +26,10 @@ def register(subparsers) -> None:
     add_client_data_arguments(unlearn)
     unlearn.add_argument("--out", required=True, help="folder for the returns (update-K/ per copy); gather several clients' into one")
     unlearn.add_argument("--copy", type=int, action="append", default=None, help="train only this copy (repeatable), to spread copies over devices or machines")
+    unlearn.add_argument("--reference-inbox", default=None, metavar="DIR",
+                         help="an earlier round's publication (keep round 1's): reference-model methods (NPO, DPO, UNDIAL, KL retain) "
+                              "compare copy K with copy K of that round, so the reference stays fixed over rounds; "
+                              "default: this round's copy")
     unlearn.add_argument("--return-lora", action="store_true", help="return the LoRA factors instead of the merged update (needs --lora-rank)")
     add_method_arguments_lazily(unlearn)
     unlearn.set_defaults(func=_unlearn)
@@ -39,7 +43,8 @@ def _unlearn(args) -> int:
     method, hparams, training = options_from_args(args)
     forget = load_qa_rows(args.forget)
     retain = load_qa_rows(args.retain) if args.retain else None
-    results = unlearn_copies(args.inbox, forget, retain, method, hparams, training, args.out, args.copy, args.return_lora)
+    results = unlearn_copies(args.inbox, forget, retain, method, hparams, training, args.out, args.copy, args.return_lora,
+                             reference_inbox=args.reference_inbox)
     if not is_main_process():
         return 0  # under torchrun every rank trains; rank 0 reports
     for result in results:

@@ -24,6 +24,9 @@ def register(subparsers) -> None:
     run.add_argument("--out", required=True, help="where to write the unlearned model (a plain HF checkpoint)")
     run.add_argument("--workdir", default=None, help="server work directory (default: a temporary folder, removed at the end)")
     run.add_argument("--keep-exchange", action="store_true", help="keep each round's outbox and returns")
+    run.add_argument("--client-reference", choices=("first", "round"), default="first",
+                     help="reference of NPO/DPO/UNDIAL/KL-retain on the client: round 1's copy K in every round (fixed, as "
+                          "noise-free unlearning), or each round's own copy (moves every round)")
     add_server_config_arguments(run)
     add_method_arguments_lazily(run)
     run.set_defaults(func=_run)
@@ -41,6 +44,7 @@ def _run(args) -> int:
     retain = load_qa_rows(args.retain) if args.retain else None
     with tempfile.TemporaryDirectory(prefix="mpu-run-") as scratch:
         workdir = args.workdir or f"{scratch}/server"
-        out = run_mpu(args.model, args.base, config, forget, retain, method, hparams, training, workdir, args.out, args.keep_exchange)
+        out = run_mpu(args.model, args.base, config, forget, retain, method, hparams, training, workdir, args.out, args.keep_exchange,
+                      reference=args.client_reference)
     print(f"MPU done ({config.rounds} rounds, m={config.copies}, kappa={config.kappa}); unlearned model at {out}")
     return 0

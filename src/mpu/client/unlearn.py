@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mpu.client.inbox import PublishedCopy, read_publication
-from mpu.errors import MPUError
+from mpu.client.inbox import Publication, PublishedCopy, read_publication
+from mpu.errors import InputError, MPUError
 from mpu.client.update import loss_summary, write_dense_update, write_lora_update
 from mpu.methods import TrainingOptions, run_unlearning
 
@@ -37,25 +37,59 @@ def unlearn_copies(
     out_dir: str | Path,
     copy_ids: list[int] | None = None,
     return_lora: bool = False,
+    reference_inbox: str | Path | None = None,
 ) -> list[CopyResult]:
+    """Train each selected copy of the publication in ``inbox`` and write its update under ``out_dir``.
+
+    ``reference_inbox``: an earlier publication of the same run (normally round 1's). Reference-model
+    methods then compare copy k with copy k *as received in that round* instead of with this round's
+    copy, so the reference stays fixed across rounds as in noise-free unlearning, where it is the
+    original model. Without it, every round's reference is that round's copy and multi-round methods
+    (DPO, NPO with R > 1) keep pushing away from a moving reference.
+    """
     publication = read_publication(inbox)
+    references = _reference_publication(reference_inbox, publication) if reference_inbox is not None else None
     results = []
     for copy in publication.select(copy_ids):
-        results.append(_unlearn_one(publication, copy, forget_rows, retain_rows, method, hparams, training, Path(out_dir), return_lora))
+        results.append(_unlearn_one(publication, copy, forget_rows, retain_rows, method, hparams, training, Path(out_dir), return_lora, references))
     return results
 
 
-def _unlearn_one(publication, copy: PublishedCopy, forget_rows, retain_rows, method, hparams, training, out_dir, return_lora) -> CopyResult:
+def _reference_publication(reference_inbox, publication) -> Publication:
+    references = read_publication(reference_inbox)
+    manifest = Path(reference_inbox) / "manifest.json"
+    if references.manifest.get("architecture") != publication.manifest.get("architecture"):
+        raise InputError(manifest, f"reference publication is a {references.manifest.get('architecture')} model, "
+                                   f"this round's copies are {publication.manifest.get('architecture')}")
+    if references.round > publication.round:
+        raise InputError(manifest, f"reference publication is from round {references.round}, after this round ({publication.round})")
+    return references
+
+
+def _load_reference(references: Publication, copy: PublishedCopy, model) -> torch.nn.Module:
+    (reference_copy,) = references.select([copy.id])
+    reference_copy.verify()
+    reference = AutoModelForCausalLM.from_pretrained(reference_copy.path, dtype=torch.float32)
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    if {name: tuple(p.shape) for name, p in reference.named_parameters()} != shapes:
+        raise InputError(reference_copy.path, f"reference copy {copy.id} does not have the parameters of copy {copy.id} of round {copy.path.parent}")
+    return reference
+
+
+def _unlearn_one(publication, copy: PublishedCopy, forget_rows, retain_rows, method, hparams, training, out_dir, return_lora,
+                 references: Publication | None = None) -> CopyResult:
     copy.verify()
     model = AutoModelForCausalLM.from_pretrained(copy.path, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(copy.path)
     # Each copy is an independent job: its own optimizer and its own data order.
     copy_training = replace(training, seed=training.seed + copy.id)
+    reference = (lambda: _load_reference(references, copy, model)) if references is not None else None
     with tempfile.TemporaryDirectory(prefix="mpu-client-") as scratch:
-        result = run_unlearning(model, tokenizer, forget_rows, retain_rows, method, hparams, copy_training, scratch)
+        result = run_unlearning(model, tokenizer, forget_rows, retain_rows, method, hparams, copy_training, scratch, reference)
     target = out_dir / f"update-{copy.id}"
     manifest = {
         "round": publication.round,
+        "reference_round": references.round if references is not None else publication.round,
         "publication_id": publication.publication_id,
         "copy_id": copy.id,
         "copy_sha256": copy.sha256,

@@ -18,7 +18,7 @@ CONFIG_DIR = Path(os.environ.get("MPU_CONFIGS") or Path(__file__).resolve().pare
 
 MPU_KEYS = {
     "enabled", "m", "kappa", "R", "E", "eta", "alphas", "alpha_max", "independent_noise", "noise_scope",
-    "publish_dtype", "max_update_ratio", "seed", "reparam", "keep_exchange", "keep_server",
+    "publish_dtype", "max_update_ratio", "seed", "reparam", "keep_exchange", "keep_server", "client_reference",
 }
 DATA_KEYS = {"source", "forget_split", "retain_split", "forget_file", "retain_file", "text_chunk_words", "text_prompt_words"}
 MODEL_KEYS = {"target", "retain", "base"}
@@ -100,6 +100,7 @@ class ExperimentSettings:
     threads: int | None = None
     keep_exchange: bool = False
     keep_server: bool = False
+    client_reference: str = "first"  # reference of reference-model methods: round 1's copies, or each round's
     method_config: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -297,5 +298,12 @@ def settings_from_config(cfg) -> ExperimentSettings:
         threads=threads,
         keep_exchange=bool(mpu.get("keep_exchange", False)),
         keep_server=bool(mpu.get("keep_server", False)),
+        client_reference=_client_reference(mpu.get("client_reference", "first")),
         method_config=method_config,
     )
+
+
+def _client_reference(value) -> str:
+    if value not in ("first", "round"):
+        raise MPUError(f"mpu.client_reference must be first (round 1's copies) or round (each round's copy), got {value!r}")
+    return value

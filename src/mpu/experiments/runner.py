@@ -59,7 +59,8 @@ def _mpu(settings: ExperimentSettings, prepared: Prepared, out: Path, run_dir: P
     try:
         run_mpu(prepared.target, prepared.base, settings.server, prepared.forget_rows, prepared.retain_rows,
                 settings.method, settings.hparams, settings.training, workdir, out,
-                keep_exchange=settings.keep_exchange, progress=settings.progress)
+                keep_exchange=settings.keep_exchange, progress=settings.progress,
+                reference=settings.client_reference)
         state = Workdir(workdir).load()
         history = [dict(entry) for entry in state.history]
     finally:

@@ -8,7 +8,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from transformers import TrainingArguments, set_seed
@@ -100,8 +100,9 @@ def prepare_unlearning(
     hparams,
     training: TrainingOptions,
     output_dir: str,
+    reference: torch.nn.Module | Callable[[], torch.nn.Module] | None = None,
 ) -> UnlearnTrainer:
-    """Everything before ``train()``: the reference copy, LoRA, the data, the Trainer."""
+    """Everything before ``train()``: the reference model, LoRA, the data, the Trainer."""
     cls = METHODS.get(method)
     hp = _resolve_hparams(method, hparams)
     if not isinstance(training, TrainingOptions):
@@ -116,8 +117,14 @@ def prepare_unlearning(
         logger.warning("%s: no retain set, so the retain term (alpha=%s) is left out", method, hp.alpha)
 
     set_seed(training.seed)
-    # The reference is the model as received, frozen: copied before anything touches it.
-    ref_model = copy.deepcopy(model) if cls.needs_reference(hp, with_retain) else None
+    ref_model = None
+    if cls.needs_reference(hp, with_retain):
+        # The reference is the model as received, frozen: copied before anything touches it. A given
+        # reference replaces the copy; only its function matters (logits, residual activations).
+        if reference is None:
+            ref_model = copy.deepcopy(model)
+        else:  # a callable loads it only for methods that need it
+            ref_model = reference if isinstance(reference, torch.nn.Module) else reference()
     saved = {"requires_grad": {n: p.requires_grad for n, p in model.named_parameters()}, "training": model.training}
     train_model = add_lora(model, training) if training.lora_rank > 0 else model
     cls.prepare_model(train_model, hp)
@@ -189,12 +196,14 @@ def run_unlearning(
     hparams,
     training: TrainingOptions,
     output_dir: str,
+    reference: torch.nn.Module | Callable[[], torch.nn.Module] | None = None,
 ) -> UnlearnResult:
     """Unlearn ``forget_rows`` from ``model`` in place with ``method``.
 
     Reference-model methods (NPO, DPO, UNDIAL, the KL retain loss, RMU's retain activations) compare with
-    a frozen deep copy of ``model`` taken here, at the start. With ``training.lora_rank > 0`` LoRA adapters
+    a frozen deep copy of ``model`` taken here, at the start, or with ``reference`` (a model, or a
+    callable that loads one) when given. With ``training.lora_rank > 0`` LoRA adapters
     are trained, merged into ``model`` at the end, and returned as ``lora_factors``.
     """
-    trainer = prepare_unlearning(model, tokenizer, forget_rows, retain_rows, method, hparams, training, output_dir)
+    trainer = prepare_unlearning(model, tokenizer, forget_rows, retain_rows, method, hparams, training, output_dir, reference)
     return finish_unlearning(trainer)
