@@ -4,6 +4,7 @@ in one process on the tiny model, and the overhead beyond m x as a ratio (target
     python benchmarks/client_overhead.py                                  # NPO, reference R=2 x E=5, m=3
     python benchmarks/client_overhead.py --method SimNPO --copies 3       # R=10 x E=1: most rounds
     python benchmarks/client_overhead.py --method GradDiff --rounds 1 --epochs-per-round 10 --repeats 3
+    python benchmarks/client_overhead.py --method SimNPO --hidden-size 512 --layers 8   # ~28M params: fixed costs shrink
 
 What is timed, in the same process, alternating baseline and MPU ``--repeats`` times (timing noise on
 a shared machine reaches 3x between identical runs, so only ratios inside one run mean anything):
@@ -39,13 +40,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
-def tiny_model(root: Path, authors: int, scratch: Path) -> tuple[Path, str]:
-    """The cached built-in tiny target, or a random model of its architecture."""
+def tiny_model(root: Path, authors: int, scratch: Path, hidden_size: int | None = None, layers: int | None = None) -> tuple[Path, str]:
+    """The cached built-in tiny target, or a random model of its architecture (or of a given width and depth)."""
     from mpu.data.builtin import cache_root
     from mpu.finetune import RECORD
 
     cached = cache_root() / "models" / root.name / "target"
-    if (cached / RECORD).is_file() and (cached / "model.safetensors").is_file():
+    sized = hidden_size is not None or layers is not None
+    if not sized and (cached / RECORD).is_file() and (cached / "model.safetensors").is_file():
         return cached, "built-in tiny target (cached)"
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -55,12 +57,22 @@ def tiny_model(root: Path, authors: int, scratch: Path) -> tuple[Path, str]:
 
     tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
     torch.manual_seed(0)
+    shape = asdict(TinyLlamaConfig())
+    if sized:
+        # keep the tiny model's proportions: 32-wide heads, 2 query heads per KV head, FFN ~2.7x
+        width = hidden_size or shape["hidden_size"]
+        shape.update(hidden_size=width, num_hidden_layers=layers or shape["num_hidden_layers"],
+                     num_attention_heads=width // 32, num_key_value_heads=max(1, width // 64),
+                     intermediate_size=(width * 8 // 3 + 7) // 8 * 8)
     config = LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, **asdict(TinyLlamaConfig()))
+                         eos_token_id=tokenizer.eos_token_id, **shape)
     path = scratch / "random-tiny"
-    LlamaForCausalLM(config).save_pretrained(path)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(path)
     tokenizer.save_pretrained(path)
-    return path, "random tiny Llama (built-in target not cached)"
+    millions = sum(p.numel() for p in model.parameters()) / 1e6
+    what = "built-in target not cached" if not sized else f"hidden {shape['hidden_size']}, {shape['num_hidden_layers']} layers"
+    return path, f"random Llama, {millions:.1f}M parameters ({what})"
 
 
 def time_baseline(model_dir: Path, forget, retain, method, hparams, training, out: Path) -> dict:
@@ -129,12 +141,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--authors", type=int, default=100, help="built-in benchmark size (forget10 = authors QA pairs)")
     parser.add_argument("--data", default=None, help="a built built-in benchmark directory (default: build/reuse the cached one)")
     parser.add_argument("--model", default=None, help="the model to unlearn (default: the cached built-in target, else a random tiny Llama)")
+    parser.add_argument("--hidden-size", type=int, default=None, help="time a random Llama of this width instead (multiple of 64)")
+    parser.add_argument("--layers", type=int, default=None, help="... and this many layers (default: the tiny model's 4)")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2, help="baseline/MPU pairs, alternated; medians are reported")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--json", default=None, help="also write the numbers here")
     args = parser.parse_args(argv)
+    if args.hidden_size is not None and (args.hidden_size < 64 or args.hidden_size % 64):
+        parser.error(f"--hidden-size must be a positive multiple of 64 (32-wide heads in KV pairs), got {args.hidden_size}")
 
     import logging
 
@@ -165,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="mpu-overhead-") as scratch_name:
         scratch = Path(scratch_name)
-        model_dir, model_what = (Path(args.model), "given") if args.model else tiny_model(root, args.authors, scratch)
+        model_dir, model_what = (Path(args.model), "given") if args.model else tiny_model(root, args.authors, scratch, args.hidden_size, args.layers)
         print(f"model: {model_what} ({model_dir})")
         print(f"method {args.method}: m={args.copies}, R={rounds} x E={epochs:g} epochs; baseline {rounds * epochs:g} epochs; "
               f"{len(forget)} forget / {len(retain)} retain QA; torch threads {torch.get_num_threads()}")
