@@ -109,9 +109,21 @@ def _match_key(record: dict) -> tuple:
             record.get("seed"), record.get("epochs_total"), training.get("learning_rate"))
 
 
+def variant(record: dict) -> str:
+    """What sets an MPU run apart from the default protocol, as a short label ("" for the default):
+    controls such as the reparameterisation switched off or a reference that moves every round."""
+    labels = []
+    reparam = (record.get("server") or {}).get("reparam") or {}
+    if reparam.get("enabled") is False:
+        labels.append("no reparam")
+    if record.get("client_reference") == "round":
+        labels.append("reference per round")
+    return ", ".join(labels)
+
+
 def _group_key(record: dict) -> tuple:
     return (record.get("experiment"), record.get("benchmark"), record.get("forget_split"), record.get("method"),
-            record.get("kappa"), record.get("m"))
+            record.get("kappa"), record.get("m"), variant(record))
 
 
 @dataclass
@@ -124,6 +136,7 @@ class Row:
     method: str
     kappa: float
     m: int
+    variant: str = ""  # "" for the default protocol, else what differs (see ``variant``)
     seeds: list[int] = field(default_factory=list)
     baseline: dict[str, float | None] = field(default_factory=dict)  # mean over seeds
     mpu: dict[str, float | None] = field(default_factory=dict)
@@ -180,7 +193,7 @@ def build_report(runs: list[tuple[Path, dict]], metrics: list[str] | None = None
 
     rows = []
     for key, pairs in groups.items():
-        experiment, benchmark, split, method, kappa, m = key
+        experiment, benchmark, split, method, kappa, m, label = key
         pairs.sort(key=lambda pair: pair[0].get("seed") or 0)
         per_metric: dict[str, list[float | None]] = {metric: [] for metric in metrics}
         per_seed_average = []
@@ -191,7 +204,7 @@ def build_report(runs: list[tuple[Path, dict]], metrics: list[str] | None = None
             per_seed_average.append(_mean(values))
         averages = [value for value in per_seed_average if value is not None]
         rows.append(Row(
-            experiment=experiment, benchmark=benchmark, forget_split=split, method=method, kappa=kappa, m=m,
+            experiment=experiment, benchmark=benchmark, forget_split=split, method=method, kappa=kappa, m=m, variant=label,
             seeds=[record.get("seed") for record, _ in pairs],
             baseline={metric: _mean([b["summary"].get(metric) if _number(b["summary"].get(metric)) else None for _, b in pairs]) for metric in metrics},
             mpu={metric: _mean([r["summary"].get(metric) if _number(r["summary"].get(metric)) else None for r, _ in pairs]) for metric in metrics},
@@ -200,7 +213,7 @@ def build_report(runs: list[tuple[Path, dict]], metrics: list[str] | None = None
             average_std=statistics.stdev(averages) if len(averages) > 1 else None,
             per_seed_average=per_seed_average,
         ))
-    rows.sort(key=lambda row: (str(row.experiment), str(row.forget_split), row.method, row.kappa, row.m))
+    rows.sort(key=lambda row: (str(row.experiment), str(row.forget_split), row.method, row.variant != "", row.kappa, row.m, row.variant))
 
     references: dict[str, dict[str, Any]] = {}
     for record in records:
@@ -227,11 +240,12 @@ def markdown(report: Report) -> str:
     lines.append("Relative degradation in percent, positive when MPU is worse (forget_quality on a log10 scale); "
                  "avg = mean over the metrics, then over seeds; ± = standard deviation of avg across seeds.")
     lines.append("")
-    header = ["method", "κ", "m", "seeds", *[f"Δ {metric}" for metric in metrics], "avg", "± seeds"]
+    variants = any(row.variant for row in report.rows)
+    header = ["method", "κ", "m", *(["variant"] if variants else []), "seeds", *[f"Δ {metric}" for metric in metrics], "avg", "± seeds"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     for row in report.rows:
-        cells = [row.method, _fmt(row.kappa), str(row.m), ",".join(str(s) for s in row.seeds),
+        cells = [row.method, _fmt(row.kappa), str(row.m), *([row.variant or "-"] if variants else []), ",".join(str(s) for s in row.seeds),
                  *[_pct(row.degradation[metric]) for metric in metrics], _pct(row.average),
                  "n/a" if row.average_std is None else f"{row.average_std:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -248,7 +262,8 @@ def markdown(report: Report) -> str:
         if key not in seen_baselines:
             seen_baselines.add(key)
             lines.append("| " + " | ".join([row.method, f"noise-free, seeds {seeds}", *[_fmt(row.baseline[metric]) for metric in metrics]]) + " |")
-        lines.append("| " + " | ".join([row.method, f"MPU κ={_fmt(row.kappa)} m={row.m}, seeds {seeds}", *[_fmt(row.mpu[metric]) for metric in metrics]]) + " |")
+        label = f" ({row.variant})" if row.variant else ""
+        lines.append("| " + " | ".join([row.method, f"MPU κ={_fmt(row.kappa)} m={row.m}{label}, seeds {seeds}", *[_fmt(row.mpu[metric]) for metric in metrics]]) + " |")
     lines += ["", f"{len(report.runs)} runs; experiments: {', '.join(sorted({str(r.experiment) for r in report.rows})) or '-'}."]
     if report.unmatched:
         lines += ["", "Not compared:", *[f"- {text}" for text in report.unmatched]]
@@ -257,14 +272,14 @@ def markdown(report: Report) -> str:
 
 def write_csv(report: Report, path: Path) -> None:
     metrics = report.metrics
-    fields = ["experiment", "benchmark", "forget_split", "method", "kappa", "m", "n_seeds", "seeds",
+    fields = ["experiment", "benchmark", "forget_split", "method", "kappa", "m", "variant", "n_seeds", "seeds",
               *[f"baseline_{m}" for m in metrics], *[f"mpu_{m}" for m in metrics], *[f"deg_{m}" for m in metrics],
               "avg_deg", "avg_deg_std"]
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(fields)
         for row in report.rows:
-            writer.writerow([row.experiment, row.benchmark, row.forget_split, row.method, row.kappa, row.m, len(row.seeds),
+            writer.writerow([row.experiment, row.benchmark, row.forget_split, row.method, row.kappa, row.m, row.variant, len(row.seeds),
                              " ".join(str(s) for s in row.seeds), *[row.baseline[m] for m in metrics],
                              *[row.mpu[m] for m in metrics], *[row.degradation[m] for m in metrics], row.average,
                              row.average_std])
@@ -272,14 +287,16 @@ def write_csv(report: Report, path: Path) -> None:
 
 def write_runs_csv(report: Report, path: Path) -> None:
     keys = sorted({key for _, record in report.runs for key in (record.get("summary") or {})})
-    fields = ["run_dir", "experiment", "mode", "method", "kappa", "m", "R", "E", "seed", "forget_split", "seconds_total", *keys]
+    fields = ["run_dir", "experiment", "mode", "method", "kappa", "m", "variant", "R", "E", "seed", "learning_rate", "forget_split",
+              "seconds_total", *keys]
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(fields)
         for run_dir, record in report.runs:
             summary = record.get("summary") or {}
             writer.writerow([str(run_dir), record.get("experiment"), record.get("mode"), record.get("method"), record.get("kappa"),
-                             record.get("m"), record.get("R"), record.get("E"), record.get("seed"), record.get("forget_split"),
+                             record.get("m"), variant(record) if record.get("mode") == "mpu" else "", record.get("R"), record.get("E"),
+                             record.get("seed"), (record.get("training") or {}).get("learning_rate"), record.get("forget_split"),
                              (record.get("seconds") or {}).get("total"), *[summary.get(key) for key in keys]])
 
 
@@ -292,7 +309,8 @@ def plot_degradation(report: Report, path: Path) -> None:
     figure, axis = plt.subplots(figsize=(6.4, 4.2))
     lines: dict[tuple, list[Row]] = {}
     for row in report.rows:
-        lines.setdefault((row.method, row.m), []).append(row)
+        if not row.variant:  # controls are in the table, not the plot
+            lines.setdefault((row.method, row.m), []).append(row)
     several_m = len({row.m for row in report.rows}) > 1
     kappas = sorted({row.kappa for row in report.rows if row.kappa is not None})
     position = {kappa: index for index, kappa in enumerate(kappas)}  # evenly spaced: κ = 0 has a place too
@@ -331,7 +349,7 @@ def plot_tradeoff(report: Report, path: Path) -> None:
     kappas = sorted({row.kappa for row in report.rows})
     markers = dict(zip(kappas, ["s", "^", "D", "v", "P", "X"]))
     drawn = set()
-    for row in report.rows:
+    for row in (row for row in report.rows if not row.variant):
         fq_b, mu_b = row.baseline.get("forget_quality"), row.baseline.get("model_utility")
         fq_m, mu_m = row.mpu.get("forget_quality"), row.mpu.get("model_utility")
         if (row.method, "base") not in drawn and fq_b is not None and mu_b is not None:

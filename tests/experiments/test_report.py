@@ -18,7 +18,7 @@ BASE = {"NPO": {"model_utility": 0.50, "forget_quality": 1e-3, "forget_Q_A_ROUGE
                        "extraction_strength": 0.10, "privleak": 10.0}}
 
 
-def fake_run(root: Path, name: str, method: str, seed: int, summary: dict, kappa=None, m=None, lr=1e-3) -> Path:
+def fake_run(root: Path, name: str, method: str, seed: int, summary: dict, kappa=None, m=None, lr=1e-3, **extra) -> Path:
     run = root / name
     run.mkdir(parents=True)
     mode = "baseline" if kappa is None else "mpu"
@@ -26,7 +26,7 @@ def fake_run(root: Path, name: str, method: str, seed: int, summary: dict, kappa
               "forget_split": "forget10", "mode": mode, "method": method, "kappa": kappa, "m": m, "R": 1, "E": 10,
               "epochs_total": 10, "seed": seed, "training": {"learning_rate": lr},
               "reference": {"target": {"model_utility": 0.6, "forget_quality": 1e-6},
-                            "retain": {"model_utility": 0.58, "forget_quality": 1.0}}}
+                            "retain": {"model_utility": 0.58, "forget_quality": 1.0}}, **extra}
     (run / "run.json").write_text(json.dumps(record))
     (run / "TOFU_SUMMARY.json").write_text(json.dumps(summary))  # the summary comes from the file
     return run
@@ -108,6 +108,25 @@ def test_report_with_chosen_metrics_and_privleak(sweep, tmp_path):
     assert float(row["deg_privleak"]) == pytest.approx(0.0)
     assert float(row["deg_model_utility"]) == pytest.approx(2.0)
     assert float(row["avg_deg"]) == pytest.approx(1.0)
+
+
+def test_controls_are_separate_rows_with_their_variant(sweep, tmp_path):
+    root, runs = sweep
+    no_reparam = {"reparam": {"enabled": False}}
+    fake_run(root, "mpu-npo-k0.1-0-plain", "NPO", 0, BASE["NPO"], kappa=0.1, m=3, server=no_reparam)
+    fake_run(root, "mpu-npo-k0.1-0-moving", "NPO", 0, BASE["NPO"], kappa=0.1, m=3, client_reference="round")
+    fake_run(root, "mpu-npo-k0.1-0-first", "NPO", 0, runs["npo0"], kappa=0.1, m=3, client_reference="first",
+             server={"reparam": {"enabled": True}})
+    out = tmp_path / "report"
+    assert main(["report", str(root), "--out", str(out)]) == 0
+    rows = {(r["method"], r["kappa"], r["variant"]): r for r in csv.DictReader(open(out / "report.csv"))}
+    assert set(rows) == {("NPO", "0.1", ""), ("NPO", "0.1", "no reparam"), ("NPO", "0.1", "reference per round"),
+                         ("GradAscent", "0.01", "")}
+    assert float(rows[("NPO", "0.1", "no reparam")]["avg_deg"]) == pytest.approx(0.0)  # identical to its baseline
+    assert rows[("NPO", "0.1", "")]["seeds"] == "0 0 1"  # the explicit default joins the unlabelled runs
+    text = (out / "report.md").read_text()
+    assert "| NPO | 0.1 | 3 | no reparam | 0 |" in text and "MPU κ=0.1 m=3 (reference per round)" in text
+    assert {row["variant"] for row in csv.DictReader(open(out / "runs.csv"))} == {"", "no reparam", "reference per round"}
 
 
 def test_report_errors(tmp_path, capsys):

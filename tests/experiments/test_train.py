@@ -122,7 +122,11 @@ def test_default_experiment_is_the_builtin_one_and_baseline_switch():
     assert settings.mode == "baseline" and settings.server is None and settings.training.epochs == 10
     assert settings.model["target"] == "builtin" and settings.builtin["authors"] == 100
     assert settings_from_config(compose_config([])[0]).client_reference == "first"
-    assert settings.training.learning_rate == 3e-4 and settings.training.batch_size == 32
+    assert settings.training.learning_rate == 1e-3 and settings.training.batch_size == 32  # SimNPO's calibrated rate
+    lr = lambda *overrides: settings_from_config(compose_config(list(overrides))[0]).training.learning_rate
+    assert lr("trainer=GradAscent") == 1e-4 and lr("trainer=GradDiff") == 3e-4
+    assert lr("trainer=CEU") == 3e-4  # not calibrated: the default
+    assert lr("trainer=GradAscent", "trainer.training.learning_rate=5e-4") == 5e-4
 
 
 def test_other_trainer_configs_match_the_method_registry():

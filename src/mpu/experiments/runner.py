@@ -163,6 +163,7 @@ def run_experiment(cfg, run_dir: str | Path, experiment: str | None = None, over
         "hparams": dataclasses.asdict(settings.hparams),
         "training": dataclasses.asdict(settings.training),
         "server": settings.server.to_dict() if settings.server is not None else None,
+        "client_reference": settings.client_reference if settings.server is not None else None,
         "config": to_plain(cfg),
     }
     _write_json(run_dir / RUN_FILE, record)

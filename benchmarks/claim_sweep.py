@@ -1,0 +1,107 @@
+"""The sweep behind docs/results.md: MPU against the noise-free baseline on the built-in benchmark.
+
+    python benchmarks/claim_sweep.py --out runs/claim --workers 2     # about 40 min on 2 CPU cores
+    mpu report runs/claim --out docs/results
+
+It runs ``src/train.py`` Hydra multiruns (one per method and setting, so two workers can share the
+cores), each in its own sweep folder under ``--out``:
+
+- ``baseline``: the noise-free baseline, R·E epochs, seeds 0, 1, 2;
+- ``mpu``: MPU with m = 3 at κ = 0.01 and 0.1, seeds 0, 1, 2 (the paper preset of the default
+  experiment: reference α on [1, 2], no independent noise, the reference (R, E) per method);
+- ``control-k0``: κ = 0, seed 0: the protocol without noise (copies, reparameterisation, rounds);
+- ``control-k0-noreparam``: κ = 0 without reparameterisation: what remains is m data orders averaged
+  and the optimizer restarted each round;
+- ``control-moving-reference``: κ = 0.01 with each round's copy as the reference (NPO, DPO, UNDIAL),
+  against the default fixed reference (round 1's copies).
+
+The learning rate of each method is the experiment's calibrated one (``tiny_learning_rates`` in
+configs/experiment/unlearn/tofu/default.yaml). ``--dry-run`` prints the commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+METHODS = ["GradAscent", "GradDiff", "NPO", "SimNPO", "DPO", "UNDIAL", "SatImp", "WGA"]
+REFERENCE_METHODS = ["NPO", "DPO", "UNDIAL"]
+MANY_ROUNDS = {"SimNPO", "DPO", "SatImp"}  # R = 10: the slowest runs go first
+
+# Evaluation trimmed for time: the MIA metrics other than MinK (privleak needs it) are dropped and
+# ROUGE generation stops at 48 new tokens (answers are 10-30 tokens).
+EVAL = [
+    "~eval.metrics.mia_gradnorm", "~eval.metrics.mia_reference", "~eval.metrics.mia_zlib", "~eval.metrics.mia_loss",
+    "~eval.metrics.mia_min_k_plus_plus", *[f"eval.metrics.{name}_Q_A_ROUGE.max_new_tokens=48" for name in ("forget", "retain", "ra", "wf")],
+]
+
+
+def commands(out: Path, seeds: str, python: str) -> list[tuple[float, list[str]]]:
+    """(estimated cost, argv) for every multirun; the cost orders the queue, longest first."""
+    jobs = []
+
+    def add(folder: str, method: str, cost: float, *overrides: str) -> None:
+        argv = [python, "src/train.py", "-m", f"hydra.sweep.dir={out / folder / method}", f"trainer={method}",
+                "threads=1", "save_model=false", *overrides, *EVAL]
+        jobs.append((cost, argv))
+
+    n_seeds = len(seeds.split(","))
+    for method in METHODS:
+        rounds = 10 if method in MANY_ROUNDS else 2
+        add("baseline", method, 20 * n_seeds, "mpu.enabled=false", f"seed={seeds}")
+        for kappa in ("0.01", "0.1"):
+            add(f"mpu-k{kappa}", method, 10 * rounds * n_seeds, f"mpu.kappa={kappa}", f"seed={seeds}")
+        add("control-k0", method, 10 * rounds, "mpu.kappa=0", "seed=0")
+        add("control-k0-noreparam", method, 10 * rounds, "mpu.kappa=0", "mpu.reparam.enabled=false", "seed=0")
+        if method in REFERENCE_METHODS:
+            add("control-moving-reference", method, 10 * rounds, "mpu.kappa=0.01", "mpu.client_reference=round", "seed=0")
+    return sorted(jobs, key=lambda job: -job[0])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--out", default="runs/claim", help="sweep root; `mpu report OUT` reads it")
+    parser.add_argument("--seeds", default="0,1,2", help="seeds of the baseline and MPU runs")
+    parser.add_argument("--workers", type=int, default=1, help="multiruns at once (one torch thread each)")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands only")
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be >= 1")
+
+    root = Path(__file__).resolve().parents[1]
+    out = Path(args.out)
+    jobs = commands(out, args.seeds, sys.executable)
+    if args.dry_run:
+        for _, job in jobs:
+            print(shlex.join(job))
+        return 0
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+
+    def run(index_job) -> int:
+        index, (_, job) = index_job
+        log = logs / f"{index:03d}.log"
+        with open(log, "w") as handle:
+            handle.write(shlex.join(job) + "\n")
+            handle.flush()
+            code = subprocess.call(job, cwd=root, stdout=handle, stderr=subprocess.STDOUT,
+                                   env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+        print(f"[{time.perf_counter() - started:7.0f}s] {'ok  ' if code == 0 else 'FAIL'} {shlex.join(job[3:5])} ({log})", flush=True)
+        return code
+
+    with ThreadPoolExecutor(max_workers=args.workers) as pool:
+        codes = list(pool.map(run, enumerate(jobs)))
+    failed = sum(code != 0 for code in codes)
+    print(f"{len(jobs) - failed}/{len(jobs)} multiruns succeeded in {time.perf_counter() - started:.0f}s; "
+          f"next: mpu report {out} --out docs/results")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
