@@ -106,3 +106,12 @@ def test_run_mpu_cleans_up_round_ones_copies_at_the_end(tmp_path, tiny_model_dir
     with pytest.raises(ValueError, match="first or 'round'|'first' or 'round'"):
         run_mpu(str(tiny_model_dir), None, config, [], None, "NPO", {}, training_options(ONE_STEP),
                 tmp_path / "server2", tmp_path / "out2", progress=False, reference="clean")
+
+
+def test_copies_with_the_same_tokenizer_files_share_one_tokenizer(two_rounds):
+    from mpu.client.unlearn import _tokenizer
+
+    root, _ = two_rounds
+    first, second, later = _tokenizer(root / "round-1" / "copy-1"), _tokenizer(root / "round-1" / "copy-2"), _tokenizer(root / "round-2" / "copy-1")
+    assert first is second is later
+    assert first("Who wrote it?")["input_ids"]  # a working tokenizer

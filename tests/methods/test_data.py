@@ -121,3 +121,18 @@ def test_cli_reports_a_malformed_file(tiny_dir, tmp_path, capsys):
     assert code == 2
     assert f"{bad}: line 2: not valid JSON" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_rows_are_encoded_once_per_tokenizer_and_callers_get_their_own_lists(tokenizer, forget_rows, monkeypatch):
+    import mpu.methods.data as data
+
+    first = data.encode_rows(tokenizer, forget_rows, 64, "forget")
+    calls = []
+    real = data.encode_qa
+    monkeypatch.setattr(data, "encode_qa", lambda *args: calls.append(args) or real(*args))
+    second = data.encode_rows(tokenizer, forget_rows, 64, "forget")
+    assert calls == [] and second == first  # served from the cache
+    second[0]["input_ids"].append(-5)
+    assert data.encode_rows(tokenizer, forget_rows, 64, "forget")[0] == first[0]
+    data.encode_rows(tokenizer, forget_rows[:1], 32, "forget")  # another max_length is another entry
+    assert len(calls) == 1

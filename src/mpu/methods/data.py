@@ -15,6 +15,8 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any, Sequence
 
+import weakref
+
 import numpy as np
 import torch
 
@@ -32,11 +34,26 @@ def idk_answers() -> tuple[str, ...]:
     return answers
 
 
+# Encoded rows per tokenizer object: the MPU client trains m copies for R rounds on the same rows with
+# the same tokenizer, and encoding 1000 rows costs about as much as a tiny model's epoch.
+_ENCODED: "weakref.WeakKeyDictionary[Any, dict[tuple, dict[str, list[int]]]]" = weakref.WeakKeyDictionary()
+
+
+def _encode_cached(tokenizer, question: str, answer: str, max_length: int) -> dict[str, list[int]]:
+    cache = _ENCODED.setdefault(tokenizer, {})
+    # what encode_qa reads besides the vocabulary, in case someone changes it on the tokenizer
+    key = (question, answer, max_length, getattr(tokenizer, "chat_template", None), tokenizer.bos_token, tokenizer.eos_token_id)
+    if key not in cache:
+        cache[key] = encode_qa(tokenizer, question, answer, max_length)
+    example = cache[key]
+    return {name: list(ids) for name, ids in example.items()}  # callers own their lists
+
+
 def encode_rows(tokenizer, rows: Sequence[dict[str, Any]], max_length: int, what: str) -> list[dict[str, list[int]]]:
     """encode_qa for each row; a row whose answer is truncated away entirely is an error naming it."""
     encoded = []
     for number, row in enumerate(rows, start=1):
-        example = encode_qa(tokenizer, row["question"], row["answer"], max_length)
+        example = _encode_cached(tokenizer, row["question"], row["answer"], max_length)
         if all(label == IGNORE_INDEX for label in example["labels"][1:]):
             raise MPUError(
                 f"{what} row {number}: no answer token is left within max_length={max_length} "
