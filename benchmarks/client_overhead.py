@@ -4,7 +4,7 @@ in one process on the tiny model, and the overhead beyond m x as a ratio (target
     python benchmarks/client_overhead.py                                  # NPO, reference R=2 x E=5, m=3
     python benchmarks/client_overhead.py --method SimNPO --copies 3       # R=10 x E=1: most rounds
     python benchmarks/client_overhead.py --method GradDiff --rounds 1 --epochs-per-round 10 --repeats 3
-    python benchmarks/client_overhead.py --method SimNPO --hidden-size 512 --layers 8   # ~28M params: fixed costs shrink
+    python benchmarks/client_overhead.py --method SimNPO --hidden-size 256 --layers 6 --threads 2   # ~5M params
 
 What is timed, in the same process, alternating baseline and MPU ``--repeats`` times (timing noise on
 a shared machine reaches 3x between identical runs, so only ratios inside one run mean anything):
