@@ -115,3 +115,13 @@ def test_copies_with_the_same_tokenizer_files_share_one_tokenizer(two_rounds):
     first, second, later = _tokenizer(root / "round-1" / "copy-1"), _tokenizer(root / "round-1" / "copy-2"), _tokenizer(root / "round-2" / "copy-1")
     assert first is second is later
     assert first("Who wrote it?")["input_ids"]  # a working tokenizer
+
+
+def test_the_cli_passes_the_reference_inbox(two_rounds, tmp_path, forget_file):
+    from mpu.cli import main
+
+    root, _ = two_rounds
+    code = main(["client", "unlearn", "--inbox", str(root / "round-2"), "--forget", str(forget_file), "--method", "NPO",
+                 "--max-steps", "1", "--copy", "1", "--reference-inbox", str(root / "round-1"), "--out", str(tmp_path / "u")])
+    assert code == 0
+    assert json.loads((tmp_path / "u" / "update-1" / "update.json").read_text())["reference_round"] == 1
