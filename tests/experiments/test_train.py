@@ -160,3 +160,22 @@ def test_bad_settings_are_errors_naming_the_key():
         settings_from_config(compose_config(["mpu.client_reference=clean"])[0])
     with pytest.raises(Exception, match="kapa"):  # Hydra's struct mode refuses misspelt keys
         compose_config(["mpu.kapa=0.1"])
+
+
+def test_builtin_muse_experiment_trains_its_own_models_and_unlearns_text_chunks(tmp_path, monkeypatch):
+    from mpu.experiments import sources
+
+    monkeypatch.setenv("MPU_CACHE", str(tmp_path / "cache"))
+    trained = []
+    monkeypatch.setattr(sources, "builtin_model", lambda settings, root, split, name: trained.append((split, name)) or tmp_path / name)
+    cfg, _ = compose_config(["experiment=unlearn/muse/builtin", "trainer=NPO", "benchmark.authors=20", "benchmark.news=20",
+                             "benchmark.facts=12", "benchmark.topics=8"])
+    settings = settings_from_config(cfg)
+    prepared = sources.prepare(settings)
+
+    assert settings.benchmark == "muse"
+    assert trained == [("full", "muse-target"), ("retain", "muse-retain")]  # apart from the TOFU models
+    assert prepared.target == str(tmp_path / "muse-target") and prepared.retain == str(tmp_path / "muse-retain")
+    # raw stories became prompt/answer chunks: the first 16 words are the prompt
+    assert prepared.forget_rows and all(len(row["question"].split()) == 16 for row in prepared.forget_rows)
+    assert prepared.retain_rows and all(row["answer"].strip() for row in prepared.retain_rows)

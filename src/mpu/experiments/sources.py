@@ -104,17 +104,23 @@ def prepare(settings: ExperimentSettings) -> Prepared:
         or settings.evaluation.get("enabled", True)
     resolved = None
     if str(data["source"]) == BUILTIN:
-        if settings.benchmark != "tofu":
-            raise MPUError("the built-in experiment unlearns TOFU-format data; use eval=tofu")
         root = builtin_root(settings)
         eval_data = str(root)
-        if target == BUILTIN:
-            target = str(builtin_model(settings, root, "full", "target"))
-        if retain == BUILTIN:
-            retain_split = data.get("retain_split")
-            if not retain_split or not str(retain_split).startswith("retain"):
-                raise MPUError(f"model.retain builtin needs data.retain_split retain90/95/99, got {retain_split!r}")
-            retain = str(builtin_model(settings, root, str(retain_split), str(retain_split)))
+        if settings.benchmark == "muse":
+            # MUSE format: one target on all news, one retain model without the forget stories; named
+            # apart from the TOFU models that share the cache folder.
+            if target == BUILTIN:
+                target = str(builtin_model(settings, root, "full", "muse-target"))
+            if retain == BUILTIN:
+                retain = str(builtin_model(settings, root, "retain", "muse-retain"))
+        else:
+            if target == BUILTIN:
+                target = str(builtin_model(settings, root, "full", "target"))
+            if retain == BUILTIN:
+                retain_split = data.get("retain_split")
+                if not retain_split or not str(retain_split).startswith("retain"):
+                    raise MPUError(f"model.retain builtin needs data.retain_split retain90/95/99, got {retain_split!r}")
+                retain = str(builtin_model(settings, root, str(retain_split), str(retain_split)))
         resolved = resolve_source(root, settings.benchmark)
     elif data.get("source") is None:
         eval_data = None
