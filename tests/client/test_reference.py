@@ -125,3 +125,15 @@ def test_the_cli_passes_the_reference_inbox(two_rounds, tmp_path, forget_file):
                  "--max-steps", "1", "--copy", "1", "--reference-inbox", str(root / "round-1"), "--out", str(tmp_path / "u")])
     assert code == 0
     assert json.loads((tmp_path / "u" / "update-1" / "update.json").read_text())["reference_round"] == 1
+
+
+@pytest.mark.parametrize("choice, expected_round", [([], 1), (["--client-reference", "round"], 2)])
+def test_mpu_run_cli_chooses_the_reference(tmp_path, tiny_model_dir, forget_file, choice, expected_round):
+    from mpu.cli import main
+
+    code = main(["run", "--model", str(tiny_model_dir), "--forget", str(forget_file), "--method", "NPO", "--max-steps", "1",
+                 "--copies", "2", "--rounds", "2", "--kappa", "0.01", "--seed", "3", "--workdir", str(tmp_path / "server"),
+                 "--keep-exchange", "--out", str(tmp_path / "out"), *choice])
+    assert code == 0
+    update = tmp_path / "server-exchange" / "round-2" / "returns" / "update-1" / "update.json"
+    assert json.loads(update.read_text())["reference_round"] == expected_round
