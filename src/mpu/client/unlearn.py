@@ -108,7 +108,7 @@ def _load_reference(references: Publication, copy: PublishedCopy, model) -> torc
     reference = AutoModelForCausalLM.from_pretrained(reference_copy.path, dtype=torch.float32)
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
     if {name: tuple(p.shape) for name, p in reference.named_parameters()} != shapes:
-        raise InputError(reference_copy.path, f"reference copy {copy.id} does not have the parameters of copy {copy.id} of round {copy.path.parent}")
+        raise InputError(reference_copy.path, f"reference copy {copy.id} does not have the parameters (names, shapes) of copy {copy.id} in {copy.path.parent}")
     return reference
 
 
