@@ -137,3 +137,25 @@ def test_mpu_run_cli_chooses_the_reference(tmp_path, tiny_model_dir, forget_file
     assert code == 0
     update = tmp_path / "server-exchange" / "round-2" / "returns" / "update-1" / "update.json"
     assert json.loads(update.read_text())["reference_round"] == expected_round
+
+
+def test_a_reference_copy_with_other_shapes_is_refused(two_rounds, tmp_path, tiny_tokenizer):
+    from mpu.checkpoint import dir_sha256
+    from tests.conftest import build_tiny_llama
+
+    root, forget = two_rounds
+    other = tmp_path / "other"
+    shutil.copytree(root / "round-1", other)
+    shutil.rmtree(other / "copy-1")
+    build_tiny_llama(tiny_tokenizer, intermediate_size=128).save_pretrained(other / "copy-1")
+    tiny_tokenizer.save_pretrained(other / "copy-1")
+    manifest = json.loads((other / "manifest.json").read_text())
+    for entry in manifest["copies"]:
+        if entry["id"] == 1:
+            entry["sha256"] = dir_sha256(other / "copy-1")  # a consistent, but different, publication
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="does not have the parameters") as err:
+        unlearn_copies(root / "round-2", forget, None, "NPO", {}, training_options(ONE_STEP), tmp_path / "out",
+                       copy_ids=[1], reference_inbox=other)
+    assert "copy-1" in str(err.value)
+    assert not (tmp_path / "out").exists()
