@@ -22,6 +22,7 @@ configs/experiment/unlearn/tofu/default.yaml). ``--dry-run`` prints the commands
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import subprocess
 import sys
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             handle.write(shlex.join(job) + "\n")
             handle.flush()
             code = subprocess.call(job, cwd=root, stdout=handle, stderr=subprocess.STDOUT,
-                                   env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+                                   env={**os.environ, "OMP_NUM_THREADS": "1"})
         print(f"[{time.perf_counter() - started:7.0f}s] {'ok  ' if code == 0 else 'FAIL'} {shlex.join(job[3:5])} ({log})", flush=True)
         return code
 

@@ -7,6 +7,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from mpu.client import CLIENT_REFERENCES
 from mpu.client.unlearn import unlearn_copies
 from mpu.server.aggregate import aggregate
 from mpu.server.config import ServerConfig
@@ -37,7 +38,7 @@ def run_mpu(
     ``reference``: "first" keeps round 1's publication on the client side and uses its copies as the
     reference of reference-model methods in every round (fixed reference, like noise-free
     unlearning); "round" uses each round's own copies (SPEC section 4 read per round)."""
-    if reference not in ("first", "round"):
+    if reference not in CLIENT_REFERENCES:
         raise ValueError(f"reference must be 'first' or 'round', got {reference!r}")
     workdir = Path(workdir)
     init_server(workdir, model, base, config, progress=progress)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mpu.cli._lazy import add_method_arguments_lazily
+from mpu.client import CLIENT_REFERENCES
 import tempfile
 
 
@@ -24,7 +25,7 @@ def register(subparsers) -> None:
     run.add_argument("--out", required=True, help="where to write the unlearned model (a plain HF checkpoint)")
     run.add_argument("--workdir", default=None, help="server work directory (default: a temporary folder, removed at the end)")
     run.add_argument("--keep-exchange", action="store_true", help="keep each round's outbox and returns")
-    run.add_argument("--client-reference", choices=("first", "round"), default="first",
+    run.add_argument("--client-reference", choices=CLIENT_REFERENCES, default="first",
                      help="reference of NPO/DPO/UNDIAL/KL-retain on the client: round 1's copy K in every round (fixed, as "
                           "noise-free unlearning), or each round's own copy (moves every round)")
     add_server_config_arguments(run)

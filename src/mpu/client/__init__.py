@@ -3,3 +3,7 @@
 Imports nothing from ``mpu.server``: what the client knows of the server is the published files.
 A copy is a plain Hugging Face model directory, so any other training tool works on it too.
 """
+
+# What reference-model methods (NPO, DPO, UNDIAL, KL retain) compare with over several rounds: round 1's
+# copies (fixed, like noise-free unlearning) or each round's own copy.
+CLIENT_REFERENCES = ("first", "round")

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mpu.client.inbox import Publication, PublishedCopy, read_publication
+from mpu.client.inbox import MANIFEST, Publication, PublishedCopy, read_publication
 from mpu.errors import InputError, MPUError
 from mpu.client.update import loss_summary, write_dense_update, write_lora_update
 from mpu.methods import TrainingOptions, run_unlearning
@@ -93,7 +93,7 @@ def _tokenizer(copy_dir: Path):
 
 def _reference_publication(reference_inbox, publication) -> Publication:
     references = read_publication(reference_inbox)
-    manifest = Path(reference_inbox) / "manifest.json"
+    manifest = references.inbox / MANIFEST
     if references.manifest.get("architecture") != publication.manifest.get("architecture"):
         raise InputError(manifest, f"reference publication is a {references.manifest.get('architecture')} model, "
                                    f"this round's copies are {publication.manifest.get('architecture')}")

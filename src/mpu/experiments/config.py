@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from mpu.client import CLIENT_REFERENCES
 from mpu.errors import MPUError
 
 CONFIG_DIR = Path(os.environ.get("MPU_CONFIGS") or Path(__file__).resolve().parents[3] / "configs")
@@ -304,6 +305,6 @@ def settings_from_config(cfg) -> ExperimentSettings:
 
 
 def _client_reference(value) -> str:
-    if value not in ("first", "round"):
+    if value not in CLIENT_REFERENCES:
         raise MPUError(f"mpu.client_reference must be first (round 1's copies) or round (each round's copy), got {value!r}")
     return value
