@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mpu.client import CLIENT_REFERENCES
 from mpu.client.unlearn import unlearn_copies
+from mpu.methods.run import frozen_gc
 from mpu.server.aggregate import aggregate
 from mpu.server.config import ServerConfig
 from mpu.server.export import export
@@ -43,19 +44,20 @@ def run_mpu(
     workdir = Path(workdir)
     init_server(workdir, model, base, config, progress=progress)
     exchange = workdir.parent / f"{workdir.name}-exchange"
-    for round_number in range(1, config.rounds + 1):
-        outbox, returns = exchange / f"round-{round_number}" / "outbox", exchange / f"round-{round_number}" / "returns"
-        publish(workdir, outbox, replace=True, progress=progress)
-        first_outbox = exchange / "round-1" / "outbox"
-        reference_inbox = first_outbox if reference == "first" and round_number > 1 else None
-        unlearn_copies(outbox, forget_rows, retain_rows, method, hparams, training, returns, reference_inbox=reference_inbox)
-        report = aggregate(workdir, returns, progress=progress)
-        log.info("round %d/%d done: step norm %.4g", round_number, config.rounds, report.step_norm)
-        if not keep_exchange:
-            # round 1's copies stay until the end when they are the reference
-            shutil.rmtree(returns)
-            if not (reference == "first" and round_number == 1):
-                shutil.rmtree(outbox)
+    with frozen_gc():  # one full garbage collection for all rounds, not one a round
+        for round_number in range(1, config.rounds + 1):
+            outbox, returns = exchange / f"round-{round_number}" / "outbox", exchange / f"round-{round_number}" / "returns"
+            publish(workdir, outbox, replace=True, progress=progress)
+            first_outbox = exchange / "round-1" / "outbox"
+            reference_inbox = first_outbox if reference == "first" and round_number > 1 else None
+            unlearn_copies(outbox, forget_rows, retain_rows, method, hparams, training, returns, reference_inbox=reference_inbox)
+            report = aggregate(workdir, returns, progress=progress)
+            log.info("round %d/%d done: step norm %.4g", round_number, config.rounds, report.step_norm)
+            if not keep_exchange:
+                # round 1's copies stay until the end when they are the reference
+                shutil.rmtree(returns)
+                if not (reference == "first" and round_number == 1):
+                    shutil.rmtree(outbox)
     if not keep_exchange:
         shutil.rmtree(exchange, ignore_errors=True)
     return export(workdir, out_dir, replace=True, progress=progress)

@@ -97,3 +97,53 @@ def test_lora_factors_and_merged_lora_updates_aggregate_to_the_same_model(outbox
     assert moved, "LoRA training changed nothing"
     for name in models["merged"]:
         assert torch.allclose(models["merged"][name], models["factors"][name], atol=1e-6), name
+
+
+def test_frozen_gc_freezes_once_for_nested_blocks_and_unfreezes_at_the_end():
+    import gc
+
+    from mpu.methods.run import frozen_gc
+
+    assert gc.get_freeze_count() == 0
+    with frozen_gc():
+        outer = gc.get_freeze_count()
+        kept = [object() for _ in range(100)]  # made after the freeze: not frozen by the inner block
+        with frozen_gc():
+            inner = gc.get_freeze_count()
+        still_frozen = gc.get_freeze_count()
+    assert outer > 0
+    assert inner == outer  # the inner block (one round of unlearn_copies) neither collects nor freezes again
+    assert still_frozen == outer  # ... nor unfreezes what the outer block (all rounds) froze
+    assert gc.get_freeze_count() == 0
+    assert len(kept) == 100
+
+
+def test_frozen_gc_unfreezes_when_the_block_raises():
+    import gc
+
+    from mpu.methods.run import frozen_gc
+
+    with pytest.raises(RuntimeError):
+        with frozen_gc():
+            raise RuntimeError("training failed")
+    assert gc.get_freeze_count() == 0
+    with frozen_gc():  # and the next block freezes again
+        assert gc.get_freeze_count() > 0
+
+
+def test_each_copy_and_each_round_trains_with_its_own_data_seed(tmp_path, tiny_model_dir, forget_file, monkeypatch):
+    import mpu.client.unlearn as client_unlearn
+
+    seeds = []
+    real_run = client_unlearn.run_unlearning
+    monkeypatch.setattr(client_unlearn, "run_unlearning",
+                        lambda *args, **kwargs: seeds.append(args[6].seed) or real_run(*args, **kwargs))
+    init_server(tmp_path / "server", str(tiny_model_dir), None, ServerConfig(copies=2, kappa=0.05, rounds=2, fixed_seed=4), progress=False)
+    training = training_options({"epochs": 1, "learning_rate": 1e-4, "seed": 7})
+    for round_number in (1, 2):
+        outbox, returns = tmp_path / f"outbox-{round_number}", tmp_path / f"returns-{round_number}"
+        publish(tmp_path / "server", outbox, progress=False)
+        unlearn_copies(outbox, load_qa_rows(forget_file), None, "GradAscent", {}, training, returns)
+        aggregate(tmp_path / "server", returns, progress=False)
+    assert seeds[:2] == [8, 9]  # round 1: seed + copy id, as a single-round run always had
+    assert len(set(seeds)) == 4  # round 2 does not replay round 1's batches

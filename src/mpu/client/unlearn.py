@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import logging
 import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from mpu.client.inbox import MANIFEST, Publication, PublishedCopy, read_publicat
 from mpu.errors import InputError, MPUError
 from mpu.client.update import loss_summary, write_dense_update, write_lora_update
 from mpu.methods import TrainingOptions, run_unlearning
+from mpu.methods.run import frozen_gc
 
 log = logging.getLogger(__name__)
 
@@ -53,24 +52,10 @@ def unlearn_copies(
     publication = read_publication(inbox)
     references = _reference_publication(reference_inbox, publication) if reference_inbox is not None else None
     results = []
-    with _collect_once():
+    with frozen_gc():
         for copy in publication.select(copy_ids):
             results.append(_unlearn_one(publication, copy, forget_rows, retain_rows, method, hparams, training, Path(out_dir), return_lora, references))
     return results
-
-
-@contextmanager
-def _collect_once():
-    """The HF Trainer starts every ``train()`` with a full ``gc.collect()``, which walks every live Python
-    object (0.2 s in a process with transformers loaded), once per copy and round. Collect once here and
-    freeze what is alive, so those collections only walk the objects made since (the copies' models,
-    which stay collectable); unfreeze at the end."""
-    gc.collect()
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
 
 
 _TOKENIZERS: dict[str, object] = {}  # sha256 of a copy's non-weight files -> its tokenizer
@@ -117,8 +102,7 @@ def _unlearn_one(publication, copy: PublishedCopy, forget_rows, retain_rows, met
     copy.verify()
     model = AutoModelForCausalLM.from_pretrained(copy.path, dtype=torch.float32)
     tokenizer = _tokenizer(copy.path)
-    # Each copy is an independent job: its own optimizer and its own data order.
-    copy_training = replace(training, seed=training.seed + copy.id)
+    copy_training = replace(training, seed=copy_seed(training.seed, publication.round, copy.id))
     reference = (lambda: _load_reference(references, copy, model)) if references is not None else None
     with tempfile.TemporaryDirectory(prefix="mpu-client-") as scratch:
         result = run_unlearning(model, tokenizer, forget_rows, retain_rows, method, hparams, copy_training, scratch, reference)
@@ -143,6 +127,17 @@ def _unlearn_one(publication, copy: PublishedCopy, forget_rows, retain_rows, met
             write_dense_update(model, copy.path, target, manifest)
         log.info("copy %d: %d steps, loss %s -> %s, wrote %s", copy.id, result.steps, manifest["loss"]["first"], manifest["loss"]["last"], target)
     return CopyResult(copy.id, target, result.steps, result.seconds, manifest["loss"])
+
+
+ROUND_SEED_STRIDE = 1000  # seeds of one round: seed + round offset + copy id, distinct for up to 999 copies
+
+
+def copy_seed(seed: int, round_number: int, copy_id: int) -> int:
+    """The training seed of copy ``copy_id`` in round ``round_number``: its data order, retain pairing
+    and dropout. Each copy is an independent job, so copies differ. Rounds differ too: a new
+    ``train()`` with the same seed would replay round 1's batches every round, whereas the noise-free
+    baseline's R·E epochs each see a fresh shuffle and fresh retain pairs."""
+    return seed + ROUND_SEED_STRIDE * (round_number - 1) + copy_id
 
 
 def is_main_process() -> bool:

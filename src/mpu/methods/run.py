@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import gc
 import logging
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -205,5 +207,32 @@ def run_unlearning(
     callable that loads one) when given. With ``training.lora_rank > 0`` LoRA adapters
     are trained, merged into ``model`` at the end, and returned as ``lora_factors``.
     """
-    trainer = prepare_unlearning(model, tokenizer, forget_rows, retain_rows, method, hparams, training, output_dir, reference)
-    return finish_unlearning(trainer)
+    with frozen_gc():
+        trainer = prepare_unlearning(model, tokenizer, forget_rows, retain_rows, method, hparams, training, output_dir, reference)
+        return finish_unlearning(trainer)
+
+
+_FREEZE_DEPTH = 0  # how many frozen_gc() blocks are open; only the outermost one collects and freezes
+
+
+@contextmanager
+def frozen_gc():
+    """The HF Trainer starts every ``train()`` with a full ``gc.collect()``, which walks every live Python
+    object (0.2 s in a process with transformers loaded), once per copy and round. Collect once here and
+    freeze what is alive, so those collections only walk the objects made since (the copies' models,
+    which stay collectable); unfreeze at the end.
+
+    Re-entrant: an inner block does nothing, so a caller that runs many trainings in one process
+    (:func:`mpu.run.run_mpu`: R rounds of m copies) wraps all of them and pays the full collection once.
+    :func:`run_unlearning` uses it too, so the noise-free baseline gets the same treatment."""
+    global _FREEZE_DEPTH
+    if _FREEZE_DEPTH == 0:
+        gc.collect()
+        gc.freeze()
+    _FREEZE_DEPTH += 1
+    try:
+        yield
+    finally:
+        _FREEZE_DEPTH -= 1
+        if _FREEZE_DEPTH == 0:
+            gc.unfreeze()
