@@ -42,11 +42,16 @@ EVAL = [
 ]
 
 
-def commands(out: Path, seeds: str, python: str) -> list[tuple[float, list[str]]]:
-    """(estimated cost, argv) for every multirun; the cost orders the queue, longest first."""
+GROUPS = ["baseline", "mpu-k0.01", "mpu-k0.1", "control-k0", "control-k0-noreparam", "control-moving-reference"]
+
+
+def commands(out: Path, seeds: str, python: str, groups: list[str] | None = None) -> list[tuple[float, list[str]]]:
+    """(estimated cost, argv) for every multirun of ``groups`` (default: all); longest first."""
     jobs = []
 
     def add(folder: str, method: str, cost: float, *overrides: str) -> None:
+        if groups and folder not in groups:
+            return
         argv = [python, "src/train.py", "-m", f"hydra.sweep.dir={out / folder / method}", f"trainer={method}",
                 "threads=1", "save_model=false", *overrides, *EVAL]
         jobs.append((cost, argv))
@@ -69,14 +74,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/claim", help="sweep root; `mpu report OUT` reads it")
     parser.add_argument("--seeds", default="0,1,2", help="seeds of the baseline and MPU runs")
     parser.add_argument("--workers", type=int, default=1, help="multiruns at once (one torch thread each)")
+    parser.add_argument("--groups", default=",".join(GROUPS),
+                        help="comma-separated sweep folders to run, e.g. to redo the MPU runs after a client change "
+                             "while keeping the baselines")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be >= 1")
+    groups = [group.strip() for group in args.groups.split(",") if group.strip()]
+    unknown = sorted(set(groups) - set(GROUPS))
+    if unknown or not groups:
+        parser.error(f"--groups: unknown {unknown or 'empty list'}; choose from {', '.join(GROUPS)}")
 
     root = Path(__file__).resolve().parents[1]
     out = Path(args.out)
-    jobs = commands(out, args.seeds, sys.executable)
+    jobs = commands(out, args.seeds, sys.executable, groups)
     if args.dry_run:
         for _, job in jobs:
             print(shlex.join(job))

@@ -99,38 +99,6 @@ def test_lora_factors_and_merged_lora_updates_aggregate_to_the_same_model(outbox
         assert torch.allclose(models["merged"][name], models["factors"][name], atol=1e-6), name
 
 
-def test_frozen_gc_freezes_once_for_nested_blocks_and_unfreezes_at_the_end():
-    import gc
-
-    from mpu.methods.run import frozen_gc
-
-    assert gc.get_freeze_count() == 0
-    with frozen_gc():
-        outer = gc.get_freeze_count()
-        kept = [object() for _ in range(100)]  # made after the freeze: not frozen by the inner block
-        with frozen_gc():
-            inner = gc.get_freeze_count()
-        still_frozen = gc.get_freeze_count()
-    assert outer > 0
-    assert inner == outer  # the inner block (one round of unlearn_copies) neither collects nor freezes again
-    assert still_frozen == outer  # ... nor unfreezes what the outer block (all rounds) froze
-    assert gc.get_freeze_count() == 0
-    assert len(kept) == 100
-
-
-def test_frozen_gc_unfreezes_when_the_block_raises():
-    import gc
-
-    from mpu.methods.run import frozen_gc
-
-    with pytest.raises(RuntimeError):
-        with frozen_gc():
-            raise RuntimeError("training failed")
-    assert gc.get_freeze_count() == 0
-    with frozen_gc():  # and the next block freezes again
-        assert gc.get_freeze_count() > 0
-
-
 def test_each_copy_and_each_round_trains_with_its_own_data_seed(tmp_path, tiny_model_dir, forget_file, monkeypatch):
     import mpu.client.unlearn as client_unlearn
 

@@ -45,7 +45,8 @@ class TrainingOptions:
     weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay"))
     optim: str = field(default="adamw_torch", metadata=_help("optimizer name as the HF Trainer spells it"))
     seed: int = field(default=0, metadata={
-        "help": "seeds data order, forget/retain pairing, IdK choice, LoRA init, RMU's direction",
+        "help": "seeds data order, forget/retain pairing, IdK choice, LoRA init, RMU's direction "
+                "(the client trains copy k of round r with seed + 1000*(r-1) + k)",
         "flag": "--train-seed", "flags": ("--seed",)})
     max_length: int = field(default=256, metadata=_help("truncate prompt + answer to this many tokens"))
     logging_steps: int = field(default=1, metadata=_help("record the training loss every this many optimizer steps"))

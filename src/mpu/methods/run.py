@@ -213,6 +213,7 @@ def run_unlearning(
 
 
 _FREEZE_DEPTH = 0  # how many frozen_gc() blocks are open; only the outermost one collects and freezes
+_FROZE = False  # whether the outermost block froze (it does not when the caller had frozen objects itself)
 
 
 @contextmanager
@@ -224,15 +225,18 @@ def frozen_gc():
 
     Re-entrant: an inner block does nothing, so a caller that runs many trainings in one process
     (:func:`mpu.run.run_mpu`: R rounds of m copies) wraps all of them and pays the full collection once.
-    :func:`run_unlearning` uses it too, so the noise-free baseline gets the same treatment."""
-    global _FREEZE_DEPTH
+    :func:`run_unlearning` uses it too, so the noise-free baseline gets the same treatment. A process
+    that froze objects itself is left alone: unfreezing at the end would undo its freeze."""
+    global _FREEZE_DEPTH, _FROZE
     if _FREEZE_DEPTH == 0:
-        gc.collect()
-        gc.freeze()
+        _FROZE = gc.get_freeze_count() == 0
+        if _FROZE:
+            gc.collect()
+            gc.freeze()
     _FREEZE_DEPTH += 1
     try:
         yield
     finally:
         _FREEZE_DEPTH -= 1
-        if _FREEZE_DEPTH == 0:
+        if _FREEZE_DEPTH == 0 and _FROZE:
             gc.unfreeze()

@@ -1,0 +1,40 @@
+"""The claim sweep's command list (benchmarks/claim_sweep.py): what a --groups selection runs."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "claim_sweep.py"
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    spec = importlib.util.spec_from_file_location("claim_sweep", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def folders(jobs) -> set[str]:
+    return {next(arg for arg in argv if arg.startswith("hydra.sweep.dir=")).split("=", 1)[1].split("/")[-2] for _, argv in jobs}
+
+
+def test_every_run_folder_is_a_named_group(sweep, tmp_path):
+    jobs = sweep.commands(tmp_path, "0,1,2", "python")
+    assert folders(jobs) == set(sweep.GROUPS)
+    assert len(jobs) == 8 * 5 + 3  # 8 methods x 5 groups, plus the moving-reference control of NPO, DPO, UNDIAL
+
+
+def test_groups_select_the_runs_to_redo(sweep, tmp_path):
+    jobs = sweep.commands(tmp_path, "0,1,2", "python", ["mpu-k0.01", "control-k0"])
+    assert folders(jobs) == {"mpu-k0.01", "control-k0"}
+    assert all("seed=0,1,2" in argv for _, argv in jobs if "mpu.kappa=0.01" in argv)
+
+
+def test_an_unknown_group_is_refused(sweep, capsys):
+    with pytest.raises(SystemExit):
+        sweep.main(["--groups", "mpu-k0.5", "--dry-run"])
+    assert "unknown ['mpu-k0.5']" in capsys.readouterr().err
