@@ -11,8 +11,8 @@ a shared machine reaches 3x between identical runs, so only ratios inside one ru
 
 - baseline: load the target, ``run_unlearning`` for R*E epochs, save the checkpoint (what
   ``mpu unlearn`` / ``src/train.py mpu.enabled=false`` does);
-- MPU: ``init_server`` -> R x (``publish`` -> ``unlearn_copies`` -> ``aggregate``) -> ``export``, the
-  calls of :func:`mpu.run.run_mpu`, each timed: Pre-Process, client, Post-Process and I/O.
+- MPU: :func:`mpu.run.run_mpu` itself (``init_server`` -> R x (``publish`` -> ``unlearn_copies`` ->
+  ``aggregate``) -> ``export``), with its per-phase timings: Pre-Process, client, Post-Process and I/O.
 
 ratio = MPU wall / (m x baseline wall). The client's training itself is m x R x E epochs, the same
 work as m baselines; what is above 1 is MPU's own cost: init/export, publishing and aggregating, and
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -93,52 +92,14 @@ def time_baseline(model_dir: Path, forget, retain, method, hparams, training, ou
 
 
 def time_mpu(model_dir: Path, server, forget, retain, method, hparams, training, scratch: Path) -> dict:
-    """The calls of mpu.run.run_mpu (default client reference: round 1's copies), each timed."""
-    from mpu.client.unlearn import unlearn_copies
-    from mpu.methods.run import frozen_gc
-    from mpu.server.aggregate import aggregate
-    from mpu.server.export import export
-    from mpu.server.init import init_server
-    from mpu.server.publish import publish
+    """mpu.run.run_mpu itself (default client reference: round 1's copies), with its per-phase timings."""
+    from mpu.run import run_mpu
 
-    parts = {"init": 0.0, "publish": 0.0, "client": 0.0, "client_train": 0.0, "aggregate": 0.0, "export": 0.0, "cleanup": 0.0}
+    parts: dict[str, float] = {}
     started = time.perf_counter()
-    workdir = scratch / "server"
-    step = time.perf_counter()
-    init_server(workdir, str(model_dir), None, server, progress=False)
-    parts["init"] = time.perf_counter() - step
-    steps = 0
-    first_outbox = scratch / "exchange" / "round-1" / "outbox"
-    with frozen_gc():  # as run_mpu: one full garbage collection for all rounds
-        for round_number in range(1, server.rounds + 1):
-            exchange = scratch / "exchange" / f"round-{round_number}"
-            step = time.perf_counter()
-            publish(workdir, exchange / "outbox", replace=True, progress=False)
-            parts["publish"] += time.perf_counter() - step
-            step = time.perf_counter()
-            # run_mpu's default client reference: round 1's copies (only reference-model methods load them)
-            reference_inbox = first_outbox if round_number > 1 else None
-            results = unlearn_copies(exchange / "outbox", forget, retain, method, hparams, training, exchange / "returns",
-                                     reference_inbox=reference_inbox)
-            parts["client"] += time.perf_counter() - step
-            parts["client_train"] += sum(result.seconds for result in results)
-            steps += sum(result.steps for result in results)
-            step = time.perf_counter()
-            aggregate(workdir, exchange / "returns", progress=False)
-            parts["aggregate"] += time.perf_counter() - step
-            step = time.perf_counter()
-            shutil.rmtree(exchange / "returns")
-            if round_number > 1:
-                shutil.rmtree(exchange)
-            parts["cleanup"] += time.perf_counter() - step
-    step = time.perf_counter()
-    shutil.rmtree(scratch / "exchange")
-    parts["cleanup"] += time.perf_counter() - step
-    step = time.perf_counter()
-    export(workdir, scratch / "model", replace=True, progress=False)
-    parts["export"] = time.perf_counter() - step
+    run_mpu(str(model_dir), None, server, forget, retain, method, hparams, training, scratch / "server", scratch / "model",
+            progress=False, timings=parts)
     parts["total"] = time.perf_counter() - started
-    parts["steps"] = steps
     return parts
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from mpu.client import CLIENT_REFERENCES
@@ -17,6 +19,9 @@ from mpu.server.init import init_server
 from mpu.server.publish import publish
 
 log = logging.getLogger(__name__)
+
+
+PHASES = ("init", "publish", "client", "aggregate", "export", "cleanup")  # what ``timings`` adds up
 
 
 def run_mpu(
@@ -33,31 +38,58 @@ def run_mpu(
     keep_exchange: bool = False,
     progress: bool = True,
     reference: str = "first",
+    timings: dict[str, float] | None = None,
 ) -> Path:
     """R rounds of publish -> client unlearn -> aggregate, then export to ``out_dir``.
 
     ``reference``: "first" keeps round 1's publication on the client side and uses its copies as the
     reference of reference-model methods in every round (fixed reference, like noise-free
-    unlearning); "round" uses each round's own copies (SPEC section 4 read per round)."""
+    unlearning); "round" uses each round's own copies (SPEC section 4 read per round).
+
+    ``timings``: a dict that receives the wall seconds of each phase (``PHASES``, summed over rounds),
+    the client's training seconds (``client_train``) and its optimizer steps (``steps``);
+    benchmarks/client_overhead.py reads them."""
     if reference not in CLIENT_REFERENCES:
         raise ValueError(f"reference must be 'first' or 'round', got {reference!r}")
+    if timings is not None:
+        timings.update({phase: 0.0 for phase in PHASES}, client_train=0.0, steps=0)
     workdir = Path(workdir)
-    init_server(workdir, model, base, config, progress=progress)
+    with _timed(timings, "init"):
+        init_server(workdir, model, base, config, progress=progress)
     exchange = workdir.parent / f"{workdir.name}-exchange"
     with frozen_gc():  # one full garbage collection for all rounds, not one a round
         for round_number in range(1, config.rounds + 1):
             outbox, returns = exchange / f"round-{round_number}" / "outbox", exchange / f"round-{round_number}" / "returns"
-            publish(workdir, outbox, replace=True, progress=progress)
+            with _timed(timings, "publish"):
+                publish(workdir, outbox, replace=True, progress=progress)
             first_outbox = exchange / "round-1" / "outbox"
             reference_inbox = first_outbox if reference == "first" and round_number > 1 else None
-            unlearn_copies(outbox, forget_rows, retain_rows, method, hparams, training, returns, reference_inbox=reference_inbox)
-            report = aggregate(workdir, returns, progress=progress)
+            with _timed(timings, "client"):
+                results = unlearn_copies(outbox, forget_rows, retain_rows, method, hparams, training, returns, reference_inbox=reference_inbox)
+            if timings is not None:
+                timings["client_train"] += sum(result.seconds for result in results)
+                timings["steps"] += sum(result.steps for result in results)
+            with _timed(timings, "aggregate"):
+                report = aggregate(workdir, returns, progress=progress)
             log.info("round %d/%d done: step norm %.4g", round_number, config.rounds, report.step_norm)
             if not keep_exchange:
-                # round 1's copies stay until the end when they are the reference
-                shutil.rmtree(returns)
-                if not (reference == "first" and round_number == 1):
-                    shutil.rmtree(outbox)
+                with _timed(timings, "cleanup"):
+                    # round 1's copies stay until the end when they are the reference
+                    shutil.rmtree(returns)
+                    if not (reference == "first" and round_number == 1):
+                        shutil.rmtree(outbox)
     if not keep_exchange:
-        shutil.rmtree(exchange, ignore_errors=True)
-    return export(workdir, out_dir, replace=True, progress=progress)
+        with _timed(timings, "cleanup"):
+            shutil.rmtree(exchange, ignore_errors=True)
+    with _timed(timings, "export"):
+        return export(workdir, out_dir, replace=True, progress=progress)
+
+
+@contextmanager
+def _timed(timings: dict[str, float] | None, phase: str):
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        if timings is not None:
+            timings[phase] += time.perf_counter() - started
