@@ -7,7 +7,7 @@ It runs ``src/train.py`` Hydra multiruns (one per method and setting, so two wor
 cores), each in its own sweep folder under ``--out``:
 
 - ``baseline``: the noise-free baseline, R·E epochs, seeds 0, 1, 2;
-- ``mpu``: MPU with m = 3 at κ = 0.01 and 0.1, seeds 0, 1, 2 (the paper preset of the default
+- ``mpu-k0.01``, ``mpu-k0.1``: MPU with m = 3 at κ = 0.01 and 0.1, seeds 0, 1, 2 (the paper preset of the default
   experiment: reference α on [1, 2], no independent noise, the reference (R, E) per method);
 - ``control-k0``: κ = 0, seed 0: the protocol without noise (copies, reparameterisation, rounds);
 - ``control-k0-noreparam``: κ = 0 without reparameterisation: what remains is m data orders averaged
@@ -16,7 +16,9 @@ cores), each in its own sweep folder under ``--out``:
   against the default fixed reference (round 1's copies).
 
 The learning rate of each method is the experiment's calibrated one (``tiny_learning_rates`` in
-configs/experiment/unlearn/tofu/default.yaml). ``--dry-run`` prints the commands.
+configs/experiment/unlearn/tofu/default.yaml). ``--dry-run`` prints the commands. ``--groups`` redoes
+some folders only (e.g. everything but ``baseline`` after a client change); folders that already
+hold runs are refused unless ``--overwrite`` removes them first, so no stale run reaches the report.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -50,7 +53,7 @@ def commands(out: Path, seeds: str, python: str, groups: list[str] | None = None
     jobs = []
 
     def add(folder: str, method: str, cost: float, *overrides: str) -> None:
-        if groups and folder not in groups:
+        if groups is not None and folder not in groups:
             return
         argv = [python, "src/train.py", "-m", f"hydra.sweep.dir={out / folder / method}", f"trainer={method}",
                 "threads=1", "save_model=false", *overrides, *EVAL]
@@ -77,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--groups", default=",".join(GROUPS),
                         help="comma-separated sweep folders to run, e.g. to redo the MPU runs after a client change "
                              "while keeping the baselines")
+    parser.add_argument("--overwrite", action="store_true", help="remove the selected folders' earlier runs first")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = parser.parse_args(argv)
     if args.workers < 1:
@@ -93,13 +97,20 @@ def main(argv: list[str] | None = None) -> int:
         for _, job in jobs:
             print(shlex.join(job))
         return 0
+    earlier = [out / group for group in groups if (out / group).is_dir() and any((out / group).iterdir())]
+    if earlier and not args.overwrite:
+        parser.error(f"{', '.join(map(str, earlier))} already hold runs; `mpu report` would mix them with the new ones. "
+                     "Pass --overwrite to remove them first, or choose another --out")
+    for folder in earlier:
+        shutil.rmtree(folder)
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
-    def run(index_job) -> int:
-        index, (_, job) = index_job
-        log = logs / f"{index:03d}.log"
+    def run(cost_job) -> int:
+        _, job = cost_job
+        folder, method = Path(job[3].split("=", 1)[1]).parts[-2:]  # hydra.sweep.dir=OUT/FOLDER/METHOD
+        log = logs / f"{folder}-{method}.log"
         with open(log, "w") as handle:
             handle.write(shlex.join(job) + "\n")
             handle.flush()
@@ -109,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         return code
 
     with ThreadPoolExecutor(max_workers=args.workers) as pool:
-        codes = list(pool.map(run, enumerate(jobs)))
+        codes = list(pool.map(run, jobs))
     failed = sum(code != 0 for code in codes)
     print(f"{len(jobs) - failed}/{len(jobs)} multiruns succeeded in {time.perf_counter() - started:.0f}s; "
           f"next: mpu report {out} --out docs/results")

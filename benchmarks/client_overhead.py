@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"optimizer steps: MPU {parts['steps']:.0f}, m x baseline {args.copies * median(baselines, 'steps'):.0f}")
     print(f"client training time / (m x baseline training time): {train_ratio:.3f}")
     print(f"client wall (training + per-round load/save) / (m x baseline wall): {client_ratio:.3f}")
-    print(f"server side (init, publish, aggregate, export): {server_side:.2f}s = {server_side / (args.copies * base_total):.3f} of m x baseline")
+    print(f"server side (init, publish, aggregate, export, exchange cleanup): {server_side:.2f}s = {server_side / (args.copies * base_total):.3f} of m x baseline")
     print(f"overhead ratio MPU / (m x baseline) = {ratio:.3f}  (per repeat: {', '.join(f'{r:.3f}' for r in per_repeat)}; "
           f"target <= 1.15: {'met' if ratio <= 1.15 else 'NOT met'})")
     if args.json:

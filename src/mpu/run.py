@@ -48,7 +48,7 @@ def run_mpu(
 
     ``timings``: a dict that receives the wall seconds of each phase (``PHASES``, summed over rounds),
     the client's training seconds (``client_train``) and its optimizer steps (``steps``);
-    benchmarks/client_overhead.py reads them."""
+    benchmarks/client_overhead.py reads them. If a phase raises, the dict holds what ran until then."""
     if reference not in CLIENT_REFERENCES:
         raise ValueError(f"reference must be 'first' or 'round', got {reference!r}")
     if timings is not None:

@@ -113,5 +113,5 @@ def test_each_copy_and_each_round_trains_with_its_own_data_seed(tmp_path, tiny_m
         publish(tmp_path / "server", outbox, progress=False)
         unlearn_copies(outbox, load_qa_rows(forget_file), None, "GradAscent", {}, training, returns)
         aggregate(tmp_path / "server", returns, progress=False)
-    assert seeds[:2] == [8, 9]  # round 1: seed + copy id, as a single-round run always had
-    assert len(set(seeds)) == 4  # round 2 does not replay round 1's batches
+    # round 1: seed + copy id, as a single-round run always had; round 2 does not replay round 1's batches
+    assert seeds == [8, 9, 1008, 1009]

@@ -38,3 +38,21 @@ def test_an_unknown_group_is_refused(sweep, capsys):
     with pytest.raises(SystemExit):
         sweep.main(["--groups", "mpu-k0.5", "--dry-run"])
     assert "unknown ['mpu-k0.5']" in capsys.readouterr().err
+
+
+def test_a_rerun_refuses_folders_that_hold_runs_unless_told_to_overwrite(sweep, tmp_path, capsys, monkeypatch):
+    stale = tmp_path / "mpu-k0.1" / "NPO" / "0_NPO_m3_k0.1_mpuTrue_s0"
+    stale.mkdir(parents=True)
+    kept = tmp_path / "baseline" / "NPO"
+    kept.mkdir(parents=True)
+    with pytest.raises(SystemExit):
+        sweep.main(["--out", str(tmp_path), "--groups", "mpu-k0.1"])
+    assert "mpu-k0.1 already hold runs" in capsys.readouterr().err
+    assert stale.is_dir()  # nothing removed without --overwrite
+
+    launched = []
+    monkeypatch.setattr(sweep.subprocess, "call", lambda argv, **kwargs: launched.append(argv) or 0)
+    assert sweep.main(["--out", str(tmp_path), "--groups", "mpu-k0.1", "--overwrite"]) == 0
+    assert not stale.exists() and kept.is_dir()  # only the selected group is cleared
+    assert len(launched) == 8
+    assert (tmp_path / "logs" / "mpu-k0.1-NPO.log").is_file()

@@ -129,7 +129,7 @@ def _unlearn_one(publication, copy: PublishedCopy, forget_rows, retain_rows, met
     return CopyResult(copy.id, target, result.steps, result.seconds, manifest["loss"])
 
 
-ROUND_SEED_STRIDE = 1000  # seeds of one round: seed + round offset + copy id, distinct for up to 999 copies
+ROUND_SEED_STRIDE = 1000  # seeds of one round: seed + round offset + copy id (1..m), distinct across rounds for m <= 1000
 
 
 def copy_seed(seed: int, round_number: int, copy_id: int) -> int:

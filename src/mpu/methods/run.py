@@ -226,7 +226,8 @@ def frozen_gc():
     Re-entrant: an inner block does nothing, so a caller that runs many trainings in one process
     (:func:`mpu.run.run_mpu`: R rounds of m copies) wraps all of them and pays the full collection once.
     :func:`run_unlearning` uses it too, so the noise-free baseline gets the same treatment. A process
-    that froze objects itself is left alone: unfreezing at the end would undo its freeze."""
+    that froze objects itself is left alone: unfreezing at the end would undo its freeze. The nesting
+    count is module state: use it from one thread (as the Trainer itself must be)."""
     global _FREEZE_DEPTH, _FROZE
     if _FREEZE_DEPTH == 0:
         _FROZE = gc.get_freeze_count() == 0
