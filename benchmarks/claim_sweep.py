@@ -9,7 +9,7 @@ cores), each in its own sweep folder under ``--out``:
 - ``baseline``: the noise-free baseline, R·E epochs, seeds 0, 1, 2;
 - ``mpu-k0.01``, ``mpu-k0.1``: MPU with m = 3 at κ = 0.01 and 0.1, seeds 0, 1, 2 (the paper preset of the default
   experiment: reference α on [1, 2], no independent noise, the reference (R, E) per method);
-- ``control-k0``: κ = 0, seed 0: the protocol without noise (copies, reparameterisation, rounds);
+- ``control-k0``: κ = 0: the protocol without noise (copies, reparameterisation, rounds);
 - ``control-k0-noreparam``: κ = 0 without reparameterisation: what remains is m data orders averaged
   and the optimizer restarted each round;
 - ``control-moving-reference``: κ = 0.01 with each round's copy as the reference (NPO, DPO, UNDIAL),
@@ -65,17 +65,17 @@ def commands(out: Path, seeds: str, python: str, groups: list[str] | None = None
         add("baseline", method, 20 * n_seeds, "mpu.enabled=false", f"seed={seeds}")
         for kappa in ("0.01", "0.1"):
             add(f"mpu-k{kappa}", method, 10 * rounds * n_seeds, f"mpu.kappa={kappa}", f"seed={seeds}")
-        add("control-k0", method, 10 * rounds, "mpu.kappa=0", "seed=0")
-        add("control-k0-noreparam", method, 10 * rounds, "mpu.kappa=0", "mpu.reparam.enabled=false", "seed=0")
+        add("control-k0", method, 10 * rounds * n_seeds, "mpu.kappa=0", f"seed={seeds}")
+        add("control-k0-noreparam", method, 10 * rounds * n_seeds, "mpu.kappa=0", "mpu.reparam.enabled=false", f"seed={seeds}")
         if method in REFERENCE_METHODS:
-            add("control-moving-reference", method, 10 * rounds, "mpu.kappa=0.01", "mpu.client_reference=round", "seed=0")
+            add("control-moving-reference", method, 10 * rounds * n_seeds, "mpu.kappa=0.01", "mpu.client_reference=round", f"seed={seeds}")
     return sorted(jobs, key=lambda job: -job[0])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", default="runs/claim", help="sweep root; `mpu report OUT` reads it")
-    parser.add_argument("--seeds", default="0,1,2", help="seeds of the baseline and MPU runs")
+    parser.add_argument("--seeds", default="0,1,2", help="seeds of every run (baselines, MPU and controls)")
     parser.add_argument("--workers", type=int, default=1, help="multiruns at once (one torch thread each)")
     parser.add_argument("--groups", default=",".join(GROUPS),
                         help="comma-separated sweep folders to run, e.g. to redo the MPU runs after a client change "
