@@ -57,12 +57,12 @@ def run_mpu(
     with _timed(timings, "init"):
         init_server(workdir, model, base, config, progress=progress)
     exchange = workdir.parent / f"{workdir.name}-exchange"
+    first_outbox = exchange / "round-1" / "outbox"  # the client's reference publication by default
     with frozen_gc():  # one full garbage collection for all rounds, not one a round
         for round_number in range(1, config.rounds + 1):
             outbox, returns = exchange / f"round-{round_number}" / "outbox", exchange / f"round-{round_number}" / "returns"
             with _timed(timings, "publish"):
                 publish(workdir, outbox, replace=True, progress=progress)
-            first_outbox = exchange / "round-1" / "outbox"
             reference_inbox = first_outbox if reference == "first" and round_number > 1 else None
             with _timed(timings, "client"):
                 results = unlearn_copies(outbox, forget_rows, retain_rows, method, hparams, training, returns, reference_inbox=reference_inbox)
