@@ -65,7 +65,8 @@ def run_mpu(
                 publish(workdir, outbox, replace=True, progress=progress)
             reference_inbox = first_outbox if reference == "first" and round_number > 1 else None
             with _timed(timings, "client"):
-                results = unlearn_copies(outbox, forget_rows, retain_rows, method, hparams, training, returns, reference_inbox=reference_inbox)
+                results = unlearn_copies(outbox, forget_rows, retain_rows, method, hparams, training, returns, reference_inbox=reference_inbox,
+                                         overwrite=True)  # this run's own exchange folder
             if timings is not None:
                 timings["client_train"] += sum(result.seconds for result in results)
                 timings["steps"] += sum(result.steps for result in results)

@@ -59,13 +59,13 @@ def test_reader_refuses_a_symlinked_shard_leaving_the_folder(tmp_path):
     folder = tmp_path / "update"
     folder.mkdir()
     (folder / "model.safetensors").symlink_to(outside)
-    with pytest.raises(InputError, match="lies outside"):
+    with pytest.raises(InputError, match="symbolic link"):
         CheckpointReader(folder)
 
 
 def test_reader_refuses_a_truncated_index(tmp_path):
     (tmp_path / "model.safetensors.index.json").write_text('{"weight_map": {"w": "model-0')
-    with pytest.raises(InputError, match="truncated or malformed"):
+    with pytest.raises(InputError, match="truncated"):
         CheckpointReader(tmp_path)
 
 

@@ -1,4 +1,5 @@
-"""Atomic writes, directory checksums and copying a model's non-weight files."""
+"""Atomic writes, directory checksums, the files that may cross the party boundary, and the checks
+that every file received from the other party is a regular file really inside its folder."""
 
 from __future__ import annotations
 
@@ -7,16 +8,40 @@ import hashlib
 import json
 import os
 import secrets
+import re
 import shutil
+import stat
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from mpu.errors import InputError
 
-# Files of a HF model directory that are not weights and are safe to pass on. Everything else
-# (pickled weights, remote code, READMEs that may describe the private model) stays behind.
-MODEL_FILE_SUFFIXES = (".json", ".txt", ".model", ".jinja", ".tiktoken")
 WEIGHT_INDEX = "model.safetensors.index.json"
+CONFIG = "config.json"
+GENERATION_CONFIG = "generation_config.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+# The tokenizer files of the Hugging Face formats (fast JSON, BPE vocab/merges, SentencePiece,
+# WordPiece, tiktoken) and chat templates. Together with the config and the generation config they
+# are the only non-weight files that ever cross the party boundary: nothing else from the owner's
+# folder (trainer_state.json, training_args.json, notes, READMEs, mpu_finetune.json) is published.
+TOKENIZER_FILES = frozenset({
+    "tokenizer.json", TOKENIZER_CONFIG, "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt",
+    "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.txt", "tokenizer.tiktoken",
+    "chat_template.jinja", "chat_template.json",
+})
+MODEL_FILES = frozenset({CONFIG, GENERATION_CONFIG}) | TOKENIZER_FILES
+# Keys dropped from every published config file: local paths, and the hook that makes transformers
+# import Python code shipped next to the config.
+DROPPED_CONFIG_KEYS = ("_name_or_path", "name_or_path", "auto_map")
+# Files written for the other party (published copies, returned updates, exported models) are owner-only:
+# weights and JSON alike. They hold (noisy) model weights; the user widens access, if wanted, when
+# handing them over.
+PARTY_FILE_MODE = 0o600
+MAX_MANIFEST_BYTES = 1 << 20  # a manifest of 1000 copies is ~150 kB
+MAX_MODEL_FILE_BYTES = 64 << 20  # tokenizer.json of large-vocabulary models is ~10-35 MB
+_SHARD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}\.safetensors$")
+_CODE_SUFFIXES = (".py", ".pyc", ".so", ".sh")
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib", ".npy", ".npz")
 
 
 def fsync_dir(path: Path) -> None:
@@ -49,11 +74,17 @@ def atomic_write_json(path: str | Path, obj: Any, mode: int = 0o644) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), mode)
 
 
-def read_json(path: str | Path, what: str = "JSON file") -> Any:
-    """Parse a JSON file we did not write ourselves; every failure names the file."""
+def read_json(path: str | Path, what: str = "JSON file", max_bytes: int | None = None) -> Any:
+    """Parse a JSON file we did not write ourselves; every failure names the file.
+
+    Refuses a symlink, a FIFO or a device (reading a FIFO would block forever) and, with
+    ``max_bytes``, a file larger than that before reading it.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, f"{what} not found")
+    info = _lstat(path, what)
+    _require_regular(path, info, what)
+    if max_bytes is not None and info.st_size > max_bytes:
+        raise InputError(path, f"{what} is {info.st_size} bytes, more than the {max_bytes} allowed")
     try:
         return json.loads(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError:
@@ -105,23 +136,140 @@ def dir_sha256(path: str | Path) -> str:
 
 
 def copy_model_files(src: str | Path, dst: str | Path, config_updates: dict | None = None) -> list[str]:
-    """Copy config, generation config and tokenizer files (not weights) from ``src`` to ``dst``.
+    """Copy the allow-listed non-weight files (``MODEL_FILES``) from ``src`` to ``dst``, mode 0600.
 
-    ``config.json`` is rewritten: ``config_updates`` applied, local paths (``_name_or_path``) dropped.
+    The one function through which model folders are written (server init, publish, aggregate,
+    export, ``mpu run``): ``config.json`` keeps only the keys its architecture's transformers config
+    class defines (:func:`architecture_config`) plus ``config_updates``; the tokenizer config loses
+    ``auto_map`` and local paths; every other file of ``src`` (training logs, notes, custom metadata,
+    pickles, code) stays behind. Returns the names written.
     """
     src, dst = Path(src), Path(dst)
     copied = []
-    for file in sorted(src.iterdir()):
-        if not file.is_file() or file.name == WEIGHT_INDEX or not file.name.endswith(MODEL_FILE_SUFFIXES):
+    for name in sorted(MODEL_FILES):
+        file = src / name
+        if not os.path.lexists(file):
             continue
-        if file.name == "config.json":
-            config = read_json(file, "model config")
-            config.pop("_name_or_path", None)
+        if name == CONFIG:
+            config = architecture_config(read_json(file, "model config", MAX_MODEL_FILE_BYTES), file)
             config.update(config_updates or {})
-            (dst / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            atomic_write_json(dst / name, config, mode=PARTY_FILE_MODE)
+        elif name in (TOKENIZER_CONFIG, GENERATION_CONFIG):
+            data = read_json(file, name, MAX_MODEL_FILE_BYTES)
+            if not isinstance(data, dict):
+                raise InputError(file, "expected a JSON object")
+            atomic_write_json(dst / name, {key: value for key, value in data.items() if key not in DROPPED_CONFIG_KEYS}, mode=PARTY_FILE_MODE)
         else:
-            shutil.copyfile(file, dst / file.name)
-        copied.append(file.name)
-    if "config.json" not in copied:
+            _require_regular(file, _lstat(file, name), name)
+            shutil.copyfile(file, dst / name)
+            os.chmod(dst / name, PARTY_FILE_MODE)
+        copied.append(name)
+    if CONFIG not in copied:
         raise InputError(src, "no config.json: not a Hugging Face model directory")
     return copied
+
+
+def architecture_config(config: Any, path: Path) -> dict[str, Any]:
+    """The keys of ``config`` that its architecture's transformers config class defines.
+
+    The class comes from ``model_type`` (never from ``auto_map``: no code is imported). The config is
+    loaded through the class, so legacy spellings are normalised (``rope_theta`` into
+    ``rope_parameters``), then reduced to the keys of the class's defaults: custom fields and local
+    paths (``_name_or_path``) are dropped. Raises InputError for an unknown ``model_type``.
+    """
+    from transformers import CONFIG_MAPPING
+
+    if not isinstance(config, dict):
+        raise InputError(path, "model config is not a JSON object")
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        raise InputError(path, f"model_type {model_type!r} is not an architecture transformers knows (remote code is never used)")
+    config_class = CONFIG_MAPPING[model_type]
+    known = set(config_class().to_dict())
+    try:
+        loaded = config_class.from_dict({key: value for key, value in config.items() if key not in DROPPED_CONFIG_KEYS}).to_dict()
+    except Exception as err:  # transformers validates values with many exception types
+        raise InputError(path, f"not a valid {model_type} config ({type(err).__name__}: {err})") from None
+    return {key: value for key, value in loaded.items() if key in known and key not in DROPPED_CONFIG_KEYS}
+
+
+def _lstat(path: Path, what: str) -> os.stat_result:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        raise InputError(path, f"{what} not found") from None
+    except OSError as err:
+        raise InputError(path, f"{what} cannot be read ({err.strerror})") from None
+
+
+def _kind(info: os.stat_result) -> str:
+    mode = info.st_mode
+    for test, kind in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def _require_regular(path: Path, info: os.stat_result, what: str) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(path, f"{what} is {_kind(info)}; only regular files are read")
+
+
+def checked_path(root: str | Path, relative: str | Path, what: str, *, folder: bool = False) -> Path:
+    """``root / relative`` after checking that it really lies inside ``root``: no absolute path, no
+    ``..``, no symbolic link on the way or at the end, and a regular file (or, with ``folder``, a
+    real folder), not a FIFO, device or socket. ``root`` itself is the user's choice and may be a link.
+
+    Raises InputError naming the path and the reason; checked before the path is used.
+    """
+    root = Path(root)
+    relative = Path(relative)
+    if relative.is_absolute() or any(part in ("..", "") for part in relative.parts) or not relative.parts:
+        raise InputError(root / relative, f"{what} lies outside {root}")
+    current = root
+    for index, part in enumerate(relative.parts):
+        current = current / part
+        info = _lstat(current, what)
+        if stat.S_ISLNK(info.st_mode):
+            raise InputError(current, f"{what} is a symbolic link; links are never followed out of {root}")
+        last = index == len(relative.parts) - 1
+        if (not last or folder) and not stat.S_ISDIR(info.st_mode):
+            raise InputError(current, f"{what} is {_kind(info)}, expected a folder")
+        if last and not folder:
+            _require_regular(current, info, what)
+    return current
+
+
+def check_data_folder(folder: str | Path, root: str | Path, what: str, allowed: Callable[[str], bool]) -> list[str]:
+    """Check every entry of ``folder`` (received from the other party) before anything in it is read.
+
+    Each entry must be a regular file (no symlinks, FIFOs, devices, sub-folders) whose name
+    ``allowed`` accepts. Code (``.py``, ...) and pickles get their own message. Returns the names.
+    """
+    folder = checked_path(root, Path(folder).relative_to(root), what, folder=True)
+    names = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            path = folder / entry.name
+            info = entry.stat(follow_symlinks=False)
+            if not stat.S_ISREG(info.st_mode):
+                raise InputError(path, f"is {_kind(info)}; a {what} holds only regular files")
+            if entry.name.endswith(_CODE_SUFFIXES):
+                raise InputError(path, f"code file in a {what}: nothing received from the other party is ever executed")
+            if entry.name.endswith(_PICKLE_SUFFIXES):
+                raise InputError(path, f"pickle-format file in a {what}: pickles are never loaded")
+            if not allowed(entry.name):
+                raise InputError(path, f"not a data file of a {what}")
+            names.append(entry.name)
+    return sorted(names)
+
+
+def is_weight_file(name: str) -> bool:
+    """A safetensors shard or its index, by name."""
+    return name == WEIGHT_INDEX or bool(_SHARD_NAME.match(name))
+
+
+def is_model_file(name: str) -> bool:
+    """A file a published model folder may hold: weights, config, generation config, tokenizer."""
+    return name in MODEL_FILES or is_weight_file(name)

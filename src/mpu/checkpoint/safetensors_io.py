@@ -1,21 +1,26 @@
 """Read and write (sharded) safetensors checkpoints one tensor or one group at a time.
 
 Pickled weights are never loaded: a directory that only has ``pytorch_model.bin`` is refused.
-Everything read from a directory we did not write is validated (index paths stay inside the
-folder, every file parses as safetensors, index and shard contents agree).
+Everything read from a directory we did not write is validated (index paths name regular files
+directly in the folder, every file parses as safetensors, index and shard contents agree). Before a
+shard is handed to the safetensors library its header is size-checked and counted against
+``max_tensors`` (the number of tensors the reader expects), so a crafted header (a million empty
+entries, an absurd length) is refused in milliseconds instead of being parsed.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
+import struct
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from mpu.checkpoint.files import WEIGHT_INDEX, atomic_write_json
+from mpu.checkpoint.files import PARTY_FILE_MODE, WEIGHT_INDEX, atomic_write_json, read_json
 from mpu.errors import InputError
 
 SINGLE_FILE = "model.safetensors"
@@ -35,16 +40,33 @@ DTYPES = {
 }
 
 
-class CheckpointReader:
-    """The tensors of a checkpoint directory, by name, loaded lazily one at a time."""
+# Bytes a header may spend per tensor entry (a long name, dtype, a 4-d shape and offsets take ~200),
+# plus room for the ``__metadata__`` block.
+HEADER_BYTES_PER_TENSOR = 512
+HEADER_SLACK_BYTES = 1 << 16
+# Without an expectation, the safetensors library's own limit.
+MAX_HEADER_BYTES = 100_000_000
 
-    def __init__(self, model_dir: str | Path):
+
+class CheckpointReader:
+    """The tensors of a checkpoint directory, by name, loaded lazily one at a time.
+
+    ``max_tensors``: the most tensor entries the whole checkpoint may declare (every shard's header
+    and the index are checked against it, and header sizes against ``HEADER_BYTES_PER_TENSOR`` per
+    entry, before anything is parsed). ``None`` (our own or the owner's checkpoints) only applies the
+    safetensors limit of 100 MB per header. Raises InputError naming the file.
+    """
+
+    def __init__(self, model_dir: str | Path, max_tensors: int | None = None):
         self.dir = Path(model_dir)
         if not self.dir.is_dir():
             raise InputError(self.dir, "checkpoint directory not found")
+        self.max_tensors = max_tensors
         self._shard_of = self._map_shards()
         self._meta: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
+        declared = 0
         for shard in sorted(set(self._shard_of.values())):
+            declared += _check_header(shard, max_tensors, declared)
             handle = _open(shard)
             for name in handle.keys():
                 if self._shard_of.get(name) != shard:
@@ -60,11 +82,12 @@ class CheckpointReader:
 
     def _map_shards(self) -> dict[str, Path]:
         index = self.dir / WEIGHT_INDEX
-        if index.is_file():
+        if os.path.lexists(index):
             return self._read_index(index)
         single = self.dir / SINGLE_FILE
-        if single.is_file():
+        if os.path.lexists(single):
             self._check_inside(single, index)
+            _check_header(single, self.max_tensors, 0)
             return {name: single for name in _open(single).keys()}
         pickles = [name for name in PICKLE_NAMES if (self.dir / name).exists()]
         if pickles:
@@ -72,15 +95,16 @@ class CheckpointReader:
         raise InputError(self.dir, f"no {SINGLE_FILE} or {WEIGHT_INDEX}")
 
     def _read_index(self, index: Path) -> dict[str, Path]:
-        try:
-            weight_map = json.loads(index.read_text("utf-8"))["weight_map"]
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
-            raise InputError(index, f"truncated or malformed safetensors index ({type(err).__name__})") from None
+        limit = None if self.max_tensors is None else self.max_tensors * HEADER_BYTES_PER_TENSOR + HEADER_SLACK_BYTES
+        data = read_json(index, "safetensors index", limit)
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:
-            raise InputError(index, "weight_map must be a non-empty object")
+            raise InputError(index, "truncated or malformed safetensors index: weight_map must be a non-empty object")
+        if self.max_tensors is not None and len(weight_map) > self.max_tensors:
+            raise InputError(index, f"names {len(weight_map)} tensors, more than the {self.max_tensors} expected")
         shards = {}
         for name, file in weight_map.items():
-            if not isinstance(file, str) or not file.endswith(".safetensors"):
+            if not isinstance(file, str) or not file.endswith(".safetensors") or len(file) > 255:
                 raise InputError(index, f"tensor {name!r} maps to {file!r}, which is not a .safetensors file")
             shard = self.dir / file
             self._check_inside(shard, index)
@@ -88,12 +112,18 @@ class CheckpointReader:
         return shards
 
     def _check_inside(self, shard: Path, source: Path) -> None:
-        # The resolved file must sit directly in the folder: no "..", no absolute paths, no
-        # symlinks pointing elsewhere (a hostile index could otherwise read any file).
-        if shard.resolve().parent != self.dir.resolve():
-            raise InputError(source, f"shard {shard.name!r} lies outside {self.dir}")
-        if not shard.is_file():
-            raise InputError(shard, "shard file missing")
+        # The file must sit directly in the folder: no "..", no absolute paths, no symlinks (a
+        # hostile index could otherwise read any file), and be a regular file (a FIFO would block).
+        if shard.parent != self.dir or shard.name in ("", ".", ".."):
+            raise InputError(source, f"shard {shard.relative_to(self.dir) if shard.is_relative_to(self.dir) else shard} lies outside {self.dir}")
+        try:
+            info = os.lstat(shard)
+        except FileNotFoundError:
+            raise InputError(shard, "shard file missing") from None
+        if stat.S_ISLNK(info.st_mode):
+            raise InputError(shard, f"shard is a symbolic link; links are never followed (it could lie outside {self.dir})")
+        if not stat.S_ISREG(info.st_mode):
+            raise InputError(shard, "shard is not a regular file (a FIFO, device or folder)")
 
     def __contains__(self, name: object) -> bool:
         return name in self._meta
@@ -109,6 +139,10 @@ class CheckpointReader:
 
     def shard(self, name: str) -> Path:
         return self._shard_of[name]
+
+    def shards(self) -> list[Path]:
+        """Every weight file the checkpoint reads (the index's shards, or ``model.safetensors``)."""
+        return sorted(set(self._shard_of.values()))
 
     def numel(self) -> int:
         return sum(torch.Size(shape).numel() for _, shape in self._meta.values())
@@ -129,6 +163,38 @@ class CheckpointReader:
         """The safetensors header metadata of the shard holding ``name``."""
         with _open(self._shard_of[name]) as handle:
             return handle.metadata()
+
+
+def _check_header(shard: Path, max_tensors: int | None, declared: int) -> int:
+    """Size-check and count the JSON header of ``shard`` before the safetensors library parses it.
+
+    The format: an 8-byte little-endian header length N, N bytes of JSON (one entry per tensor,
+    plus ``__metadata__``), then the data. ``declared``: entries already counted in earlier shards.
+    Returns this shard's entry count.
+    """
+    limit = MAX_HEADER_BYTES if max_tensors is None else min(MAX_HEADER_BYTES, max_tensors * HEADER_BYTES_PER_TENSOR + HEADER_SLACK_BYTES)
+    with open(shard, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise InputError(shard, "not a valid safetensors file (shorter than its 8-byte header length)")
+        (length,) = struct.unpack("<Q", prefix)
+        if length > size - 8:
+            raise InputError(shard, f"not a valid safetensors file (header length {length} exceeds the file size {size})")
+        if length > limit:
+            raise InputError(shard, f"safetensors header of {length} bytes is larger than the {limit} allowed"
+                                    + (f" for {max_tensors} tensors" if max_tensors is not None else ""))
+        raw = handle.read(length)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InputError(shard, "not a valid safetensors file (header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise InputError(shard, "not a valid safetensors file (header is not a JSON object)")
+    count = len(header) - ("__metadata__" in header)
+    if max_tensors is not None and declared + count > max_tensors:
+        raise InputError(shard, f"safetensors header declares {declared + count} tensors, more than the {max_tensors} expected")
+    return count
 
 
 def _open(shard: Path):
@@ -160,6 +226,7 @@ class ShardedWriter:
         file = f"model-{len(self._files) + 1:05d}.safetensors"
         cpu = {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
         save_file(cpu, str(self.dir / file), metadata={"format": "pt"})
+        os.chmod(self.dir / file, PARTY_FILE_MODE)
         self._files.append(file)
         for name, tensor in cpu.items():
             self._weight_map[name] = file
@@ -171,4 +238,4 @@ class ShardedWriter:
             os.replace(self.dir / self._files[0], self.dir / SINGLE_FILE)
             return
         index = {"metadata": {"total_size": self._total_size}, "weight_map": dict(sorted(self._weight_map.items()))}
-        atomic_write_json(self.dir / WEIGHT_INDEX, index)
+        atomic_write_json(self.dir / WEIGHT_INDEX, index, mode=PARTY_FILE_MODE)

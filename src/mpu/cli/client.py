@@ -30,6 +30,10 @@ def register(subparsers) -> None:
                          help="an earlier round's publication (keep round 1's): reference-model methods (NPO, DPO, UNDIAL, KL retain) "
                               "compare copy K with copy K of that round, so the reference stays fixed over rounds; "
                               "default: this round's copy")
+    unlearn.add_argument("--overwrite", action="store_true", help="replace update-K/ folders that already exist in --out (refused otherwise)")
+    unlearn.add_argument("--resume", action="store_true",
+                         help="skip copies whose update in --out is finished for this publication with the same method and settings; "
+                              "train the others")
     unlearn.add_argument("--return-lora", action="store_true", help="return the LoRA factors instead of the merged update (needs --lora-rank)")
     add_method_arguments_lazily(unlearn)
     unlearn.set_defaults(func=_unlearn)
@@ -44,9 +48,12 @@ def _unlearn(args) -> int:
     forget = load_qa_rows(args.forget)
     retain = load_qa_rows(args.retain) if args.retain else None
     results = unlearn_copies(args.inbox, forget, retain, method, hparams, training, args.out, args.copy, args.return_lora,
-                             reference_inbox=args.reference_inbox)
+                             reference_inbox=args.reference_inbox, overwrite=args.overwrite, resume=args.resume)
     if not is_main_process():
         return 0  # under torchrun every rank trains; rank 0 reports
     for result in results:
+        if result.skipped:
+            print(f"copy {result.copy_id}: finished update in {result.out_dir}, skipped (--resume)")
+            continue
         print(f"copy {result.copy_id}: {result.steps} steps in {result.seconds:.1f}s, loss {result.loss['first']} -> {result.loss['last']}; wrote {result.out_dir}")
     return 0

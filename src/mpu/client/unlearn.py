@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import logging
+import os
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -11,11 +14,13 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from mpu.checkpoint import read_json
+from mpu.checkpoint.files import MAX_MANIFEST_BYTES
 from mpu.client.inbox import MANIFEST, Publication, PublishedCopy, read_publication
 from mpu.errors import InputError, MPUError
-from mpu.client.update import loss_summary, write_dense_update, write_lora_update
+from mpu.client.update import UPDATE_MANIFEST, loss_summary, write_dense_update, write_lora_update
 from mpu.methods import TrainingOptions, run_unlearning
-from mpu.methods.run import frozen_gc
+from mpu.methods.run import frozen_gc, method_hparams
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +32,7 @@ class CopyResult:
     steps: int
     seconds: float
     loss: dict
+    skipped: bool = False  # --resume found this copy's update already finished
 
 
 def unlearn_copies(
@@ -40,6 +46,9 @@ def unlearn_copies(
     copy_ids: list[int] | None = None,
     return_lora: bool = False,
     reference_inbox: str | Path | None = None,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
 ) -> list[CopyResult]:
     """Train each selected copy of the publication in ``inbox`` and write its update under ``out_dir``.
 
@@ -48,14 +57,68 @@ def unlearn_copies(
     copy, so the reference stays fixed across rounds as in noise-free unlearning, where it is the
     original model. Without it, every round's reference is that round's copy and multi-round methods
     (DPO, NPO with R > 1) keep pushing away from a moving reference.
+
+    An existing ``update-K`` folder is refused (InputError) unless ``overwrite``; with ``resume`` a
+    copy whose finished update is for this publication, method and settings is skipped. Every copy
+    (and reference copy) is checked before anything is loaded or trained (``PublishedCopy.verify``).
     """
     publication = read_publication(inbox)
     references = _reference_publication(reference_inbox, publication) if reference_inbox is not None else None
-    results = []
+    job = job_settings(method, hparams, training, return_lora)
+    out_dir = Path(out_dir)
+    results, todo = [], []
+    for copy in publication.select(copy_ids):
+        finished = _existing_update(out_dir / f"update-{copy.id}", publication, copy, job, overwrite=overwrite, resume=resume)
+        if finished is not None:
+            results.append(finished)
+        else:
+            todo.append(copy)
+    for copy in todo:  # all checks before the first copy is loaded
+        copy.verify()
+        _tokenizer(copy.path)
+        if references is not None:
+            _reference_copy(references, copy).verify()
     with frozen_gc():
-        for copy in publication.select(copy_ids):
-            results.append(_unlearn_one(publication, copy, forget_rows, retain_rows, method, hparams, training, Path(out_dir), return_lora, references))
-    return results
+        for copy in todo:
+            results.append(_unlearn_one(publication, copy, forget_rows, retain_rows, method, hparams, training, out_dir, return_lora, references, job))
+    return sorted(results, key=lambda result: result.copy_id)
+
+
+# Training options that do not change the update (only its logging, speed or memory), left out of the
+# settings that --resume and the server's aggregate compare; the seed differs per copy by design.
+UNCOMPARED_TRAINING = ("seed", "progress_bar", "logging_steps", "gradient_checkpointing")
+
+
+def job_settings(method: str, hparams, training: TrainingOptions, return_lora: bool = False) -> dict:
+    """What an update records of how it was trained: method, hyperparameters, training options."""
+    resolved = method_hparams(method, hparams) if hparams is None or isinstance(hparams, dict) else hparams
+    options = {key: value for key, value in dataclasses.asdict(training).items() if key not in UNCOMPARED_TRAINING}
+    job = {"method": method, "hparams": dataclasses.asdict(resolved), "training": options, "kind": "lora" if return_lora else "full"}
+    return json.loads(json.dumps(job))  # as the manifest will hold it (tuples become lists)
+
+
+def _existing_update(target: Path, publication: Publication, copy: PublishedCopy, job: dict, *, overwrite: bool, resume: bool) -> CopyResult | None:
+    """None when ``target`` may be (re)written; the finished copy's result when ``resume`` skips it.
+    Raises InputError when ``target`` exists and neither flag allows going on."""
+    if not os.path.lexists(target):
+        return None
+    manifest = None
+    try:
+        manifest = read_json(target / UPDATE_MANIFEST, "update manifest", MAX_MANIFEST_BYTES)
+    except InputError:
+        pass
+    same = (isinstance(manifest, dict) and manifest.get("publication_id") == publication.publication_id
+            and manifest.get("copy_sha256") == copy.sha256 and manifest.get("round") == publication.round
+            and {key: manifest.get(key) for key in job} == job)
+    if resume and same:
+        log.info("copy %d: finished update in %s, skipped (--resume)", copy.id, target)
+        return CopyResult(copy.id, target, int(manifest.get("steps", 0)), float(manifest.get("seconds", 0.0)), manifest.get("loss", {}), skipped=True)
+    if overwrite:
+        return None
+    what = ("a finished update of this copy with these settings" if same
+            else "an update of another publication, copy or settings" if isinstance(manifest, dict) else "an unfinished or unreadable update")
+    hint = "pass --overwrite to replace it" + (" or --resume to skip finished copies" if same else "")
+    raise InputError(target, f"already holds {what}; {hint}")
 
 
 _TOKENIZERS: dict[str, object] = {}  # sha256 of a copy's non-weight files -> its tokenizer
@@ -72,8 +135,19 @@ def _tokenizer(copy_dir: Path):
     if key not in _TOKENIZERS:
         if len(_TOKENIZERS) >= 4:
             _TOKENIZERS.pop(next(iter(_TOKENIZERS)))
-        _TOKENIZERS[key] = AutoTokenizer.from_pretrained(copy_dir)
+        try:
+            _TOKENIZERS[key] = AutoTokenizer.from_pretrained(copy_dir, trust_remote_code=False)
+        except Exception as err:  # tokenizers and transformers raise many types for a malformed file
+            raise InputError(copy_dir, f"cannot load the tokenizer ({type(err).__name__}: {str(err)[:300]})") from None
     return _TOKENIZERS[key]
+
+
+def _load_model(copy_dir: Path) -> torch.nn.Module:
+    """The copy's model, never running code shipped with it. Called after ``PublishedCopy.verify``."""
+    try:
+        return AutoModelForCausalLM.from_pretrained(copy_dir, dtype=torch.float32, trust_remote_code=False)
+    except Exception as err:  # a config or weights that transformers rejects
+        raise InputError(copy_dir, f"cannot load the model ({type(err).__name__}: {str(err)[:300]})") from None
 
 
 def _reference_publication(reference_inbox, publication) -> Publication:
@@ -87,10 +161,14 @@ def _reference_publication(reference_inbox, publication) -> Publication:
     return references
 
 
-def _load_reference(references: Publication, copy: PublishedCopy, model) -> torch.nn.Module:
+def _reference_copy(references: Publication, copy: PublishedCopy) -> PublishedCopy:
     (reference_copy,) = references.select([copy.id])
-    reference_copy.verify()
-    reference = AutoModelForCausalLM.from_pretrained(reference_copy.path, dtype=torch.float32)
+    return reference_copy
+
+
+def _load_reference(references: Publication, copy: PublishedCopy, model) -> torch.nn.Module:
+    reference_copy = _reference_copy(references, copy)
+    reference = _load_model(reference_copy.path)
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
     if {name: tuple(p.shape) for name, p in reference.named_parameters()} != shapes:
         raise InputError(reference_copy.path, f"reference copy {copy.id} does not have the parameters (names, shapes) of copy {copy.id} in {copy.path.parent}")
@@ -98,9 +176,8 @@ def _load_reference(references: Publication, copy: PublishedCopy, model) -> torc
 
 
 def _unlearn_one(publication, copy: PublishedCopy, forget_rows, retain_rows, method, hparams, training, out_dir, return_lora,
-                 references: Publication | None = None) -> CopyResult:
-    copy.verify()
-    model = AutoModelForCausalLM.from_pretrained(copy.path, dtype=torch.float32)
+                 references: Publication | None, job: dict) -> CopyResult:
+    model = _load_model(copy.path)
     tokenizer = _tokenizer(copy.path)
     copy_training = replace(training, seed=copy_seed(training.seed, publication.round, copy.id))
     reference = (lambda: _load_reference(references, copy, model)) if references is not None else None
@@ -113,7 +190,7 @@ def _unlearn_one(publication, copy: PublishedCopy, forget_rows, retain_rows, met
         "publication_id": publication.publication_id,
         "copy_id": copy.id,
         "copy_sha256": copy.sha256,
-        "method": method,
+        **job,
         "steps": result.steps,
         "seconds": round(result.seconds, 3),
         "loss": loss_summary(result.losses),

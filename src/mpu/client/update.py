@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from mpu.checkpoint import CheckpointReader, ShardedWriter, atomic_write_json, layer_groups, staging_dir
+from mpu.checkpoint.files import PARTY_FILE_MODE
 from mpu.errors import MPUError
 
 UPDATE_MANIFEST = "update.json"
@@ -27,7 +28,7 @@ def write_dense_update(trained: torch.nn.Module, copy_dir: Path, out_dir: Path, 
         for _, names in layer_groups(copy.names()):
             writer.write_shard({name: params[name].detach().to("cpu", torch.float32) - copy.get(name).to(torch.float32) for name in names})
         writer.finish()
-        atomic_write_json(stage / UPDATE_MANIFEST, {**manifest, "format": UPDATE_FORMAT, "kind": "full"})
+        atomic_write_json(stage / UPDATE_MANIFEST, {**manifest, "format": UPDATE_FORMAT, "kind": "full"}, mode=PARTY_FILE_MODE)
 
 
 def write_lora_update(factors: dict[str, tuple[torch.Tensor, torch.Tensor]], out_dir: Path, manifest: dict[str, Any]) -> None:
@@ -40,7 +41,7 @@ def write_lora_update(factors: dict[str, tuple[torch.Tensor, torch.Tensor]], out
             tensors[f"{name}.lora_A"] = lora_a.detach().to("cpu", torch.float32).contiguous()
         writer.write_shard(tensors)
         writer.finish()
-        atomic_write_json(stage / UPDATE_MANIFEST, {**manifest, "format": UPDATE_FORMAT, "kind": "lora"})
+        atomic_write_json(stage / UPDATE_MANIFEST, {**manifest, "format": UPDATE_FORMAT, "kind": "lora"}, mode=PARTY_FILE_MODE)
 
 
 def loss_summary(losses: list[float]) -> dict[str, float | None]:
