@@ -187,10 +187,11 @@ def test_pdu_dual_ascent(model, tokenizer, forget_rows, retain_rows, tmp_path):
     class State:
         epoch = 0.5
 
-    trainer._pending = [torch.tensor(1.0), torch.tensor(2.0)]
+    # two optimizer steps; the second had two micro-batches, whose shares of the retain loss add up
+    trainer._pending = [(0, torch.tensor(1.0)), (1, torch.tensor(1.5)), (1, torch.tensor(0.5))]
     trainer.dual_step(State)
     assert trainer.dual == pytest.approx(1.0 + 0.5 * (1.5 - 0.25))
-    trainer._pending = [torch.tensor(0.0)]
+    trainer._pending = [(2, torch.tensor(0.0))]
     trainer.dual = 0.05
     trainer.dual_step(State)
     assert trainer.dual == 0.0  # projected onto λ >= 0

@@ -2,7 +2,13 @@
 
 A training batch is ``{"forget": batch, "retain": batch}`` (``"retain"`` only when the method uses retain
 data; DPO adds ``"alternate"``), each an ordinary padded causal-LM batch with labels on answer tokens. A
-method overrides :meth:`UnlearnTrainer.compute_loss`; the shared maths lives in :mod:`mpu.methods.losses`.
+method overrides :meth:`UnlearnTrainer.unlearning_loss`; the shared maths lives in :mod:`mpu.methods.losses`.
+
+Normalisation: a method sums its per-token or per-sequence terms over the micro-batch and divides by the
+number of those items in the whole optimizer step (every micro-batch of the step, every process), through
+:meth:`UnlearnTrainer.per_item`. The Trainer's own division by the number of accumulation steps is off
+(``loss_is_scaled_for_ga``), so gradient accumulation, a short last micro-batch and several processes
+give the update of one full batch.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
+from mpu.data.qa import IGNORE_INDEX
 from mpu.methods import losses
 from mpu.registry import Registry
 
@@ -64,8 +71,8 @@ class UnlearnTrainer(Trainer):
     uses_alternate: ClassVar[bool] = False
     training_defaults: ClassVar[dict[str, Any]] = {}
     reference_schedule: ClassVar[tuple[int, int]] = (1, 10)
-    # The loss is a per-micro-batch mean, so the Trainer divides it by the accumulation steps.
-    loss_is_scaled_for_ga = False
+    # compute_loss divides by the items of the whole optimizer step (see per_item): no further scaling.
+    loss_is_scaled_for_ga = True
 
     @classmethod
     def uses_retain(cls, hp) -> bool:
@@ -96,7 +103,8 @@ class UnlearnTrainer(Trainer):
                 self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
             else:
                 self.ref_model = ref_model.to(self.args.device)
-        self._parts: dict[str, list[torch.Tensor]] = {}
+        self._parts: dict[str, list[tuple[int, bool, torch.Tensor]]] = {}
+        self._items: StepItems | None = None
         self.remove_callback(PrinterCallback)
         self.add_callback(_LogToLogger())
 
@@ -112,15 +120,17 @@ class UnlearnTrainer(Trainer):
         return self.logits(self.ref_model, batch)
 
     def retain_term(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor | None:
-        """The retain loss of this batch (NLL or KL to the reference), or None without retain data."""
+        """The retain loss of this batch (NLL or KL to the reference, per retain token of the step), or
+        None without retain data."""
         batch = inputs.get("retain")
-        return None if batch is None else self.retain_loss_of(model, batch)
+        return None if batch is None else self.per_item(self.retain_sum(model, batch), "retain.tokens")
 
-    def retain_loss_of(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def retain_sum(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The retain loss (NLL or KL to the reference) summed over the batch's answer tokens."""
         logits = self.logits(model, batch)
         if self.hp.retain_loss == "KL":
-            return losses.kl_to_reference(logits, self.ref_logits(batch), batch["labels"])
-        return losses.mean_nll(logits, batch["labels"])
+            return losses.kl_sum(logits, self.ref_logits(batch), batch["labels"])
+        return losses.nll_sum(logits, batch["labels"])
 
     def combine(self, forget: torch.Tensor, retain: torch.Tensor | None) -> torch.Tensor:
         """γ·forget + α·retain, recording both terms for the log."""
@@ -130,24 +140,109 @@ class UnlearnTrainer(Trainer):
         self.record(retain_loss=retain)
         return self.hp.gamma * forget + self.hp.alpha * retain
 
+    # ---- normalisation over the optimizer step ----
+    def count_items(self, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The items of one micro-batch a loss can be averaged over: ``"<part>.tokens"`` (answer tokens,
+        i.e. predicted positions) and ``"<part>.sequences"`` (rows) for every part (forget, retain,
+        alternate). A method that averages over other items (CE-U skips tokens) adds its own keys."""
+        counts = {}
+        for part, batch in inputs.items():
+            if isinstance(batch, dict) and "labels" in batch:
+                labels = batch["labels"]
+                counts[f"{part}.tokens"] = (labels[:, 1:] != IGNORE_INDEX).sum()
+                counts[f"{part}.sequences"] = torch.tensor(labels.shape[0], device=labels.device)
+        return counts
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> "StepItems | None":
+        """The Trainer's hook for the items of one optimizer step: here, every kind :meth:`count_items`
+        knows, summed over the step's micro-batches and over all processes."""
+        if not batch_samples:
+            return None
+        totals: dict[str, torch.Tensor] = {}
+        for inputs in batch_samples:
+            for key, value in self.count_items(inputs).items():
+                totals[key] = totals.get(key, 0) + value.to(device=device, dtype=torch.float64)
+        keys = sorted(totals)
+        vector = torch.stack([totals[key] for key in keys])
+        processes = self.accelerator.num_processes
+        if processes > 1:
+            # every process has the same keys (same method, same parts), so the vectors line up
+            vector = self.accelerator.gather(vector.unsqueeze(0)).sum(0)
+        return StepItems({key: vector[i] for i, key in enumerate(keys)}, processes=processes)
+
+    def per_item(self, total: torch.Tensor, key: str) -> torch.Tensor:
+        """``total`` (summed over this micro-batch's items) divided by the number of ``key`` items in the
+        whole optimizer step. Outside ``train()`` (no step counts), by this batch's own count."""
+        count = self._items[key]
+        return total / count.to(total.device, total.dtype).clamp(min=1)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        raise NotImplementedError(f"{type(self).__name__} must override compute_loss")
+        """The method's loss for one micro-batch, already normalised for the whole optimizer step.
+
+        ``num_items_in_batch`` is what :meth:`_get_num_items_in_batch` counted for the step; without it
+        (a direct call) the batch is its own step. Several processes: DDP averages the gradients over
+        processes, so the loss is multiplied by their number to leave the sum over all items / their count.
+        """
+        if isinstance(num_items_in_batch, StepItems):
+            self._items = num_items_in_batch
+        else:
+            self._items = StepItems(self.count_items(inputs), processes=1)
+        loss = self.unlearning_loss(model, inputs)
+        if self._items.processes > 1:
+            loss = loss * self._items.processes
+        return (loss, None) if return_outputs else loss
+
+    def unlearning_loss(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+        """The method's loss for one micro-batch: sums of terms divided with :meth:`per_item`."""
+        raise NotImplementedError(f"{type(self).__name__} must override unlearning_loss")
 
     # ---- logging of the loss terms ----
     def record(self, **parts: torch.Tensor | float) -> None:
+        """Loss terms normalised by :meth:`per_item`: summed over the micro-batches of a step."""
+        self._record(True, parts)
+
+    def record_value(self, **values: torch.Tensor | float) -> None:
+        """Values that are not parts of a sum (e.g. PDU's λ): averaged."""
+        self._record(False, values)
+
+    def _record(self, additive: bool, parts) -> None:
         for name, value in parts.items():
             value = value.detach().float() if torch.is_tensor(value) else torch.tensor(float(value))
-            self._parts.setdefault(name, []).append(value.to(self.args.device))
+            self._parts.setdefault(name, []).append((self.state.global_step, additive, value.to(self.args.device)))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._parts:
-            for name, values in sorted(self._parts.items()):
-                mean = torch.stack(values).mean()
+            for name, entries in sorted(self._parts.items()):
+                mean = step_mean(entries)
                 if self.accelerator.num_processes > 1:
-                    mean = self.accelerator.reduce(mean, reduction="mean")
+                    # additive terms are this process's share of the step's value: add the shares
+                    mean = self.accelerator.reduce(mean, reduction="sum" if entries[0][1] else "mean")
                 logs[name] = round(mean.item(), 6)
             self._parts = {}
         super().log(logs, start_time)
+
+
+def step_mean(entries: list[tuple[int, bool, torch.Tensor]]) -> torch.Tensor:
+    """The mean over optimizer steps of what was recorded: additive entries are summed within a step."""
+    if not entries[0][1]:
+        return torch.stack([value for _, _, value in entries]).mean()
+    steps = {step for step, _, _ in entries}
+    return torch.stack([value for _, _, value in entries]).sum() / len(steps)
+
+
+class StepItems(dict):
+    """``{"forget.tokens": n, "forget.sequences": n, ...}`` for one optimizer step (0-d tensors), and the
+    number of processes whose micro-batches were counted."""
+
+    def __init__(self, counts: dict[str, torch.Tensor], processes: int):
+        super().__init__(counts)
+        self.processes = processes
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        try:
+            return super().__getitem__(key)
+        except KeyError:
+            raise KeyError(f"no count of {key!r} in this step (counted: {', '.join(sorted(self))})") from None
 
 
 class _LogToLogger(TrainerCallback):

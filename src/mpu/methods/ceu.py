@@ -27,8 +27,16 @@ class CEU(UnlearnTrainer):
     Hparams = CEUHparams
     reference_schedule = (1, 10)
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def count_items(self, inputs):
+        """Adds ``"forget.ceu_tokens"``: the answer tokens left after skipping the first n of each sequence."""
+        counts = super().count_items(inputs)
+        trained = losses.ceu_labels(inputs["forget"]["labels"], self.hp.ignore_first_n_answer_tokens)
+        counts["forget.ceu_tokens"] = losses.answer_tokens(trained)
+        return counts
+
+    def unlearning_loss(self, model, inputs):
         forget = inputs["forget"]
-        loss = losses.ceu_loss(self.logits(model, forget), forget["labels"], self.hp.ignore_first_n_answer_tokens)
+        total = losses.ceu_sum(self.logits(model, forget), forget["labels"], self.hp.ignore_first_n_answer_tokens)
+        loss = self.per_item(total, "forget.ceu_tokens")
         self.record(forget_loss=loss)
-        return (loss, None) if return_outputs else loss
+        return loss

@@ -35,10 +35,10 @@ class DPO(UnlearnTrainer):
         logits = self.ref_logits(batch) if model is None else self.logits(model, batch)
         return losses.sequence_nll(logits, batch["labels"])
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def unlearning_loss(self, model, inputs):
         forget, idk = inputs["forget"], inputs["alternate"]
         lose, win = self._nll(model, forget), self._nll(model, idk)
         lose_ref, win_ref = self._nll(None, forget), self._nll(None, idk)  # None: the frozen reference
-        forget_loss = losses.dpo_loss(win, win_ref, lose, lose_ref, self.hp.beta)
-        loss = self.combine(forget_loss, self.retain_term(model, inputs))
-        return (loss, None) if return_outputs else loss
+        terms = losses.dpo_terms(win, win_ref, lose, lose_ref, self.hp.beta)  # one per (forget, alternate) pair
+        forget_loss = self.per_item(terms.sum(), "forget.sequences")
+        return self.combine(forget_loss, self.retain_term(model, inputs))

@@ -12,8 +12,8 @@ class GradAscent(UnlearnTrainer):
 
     reference_schedule = (1, 10)
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def unlearning_loss(self, model, inputs):
         forget = inputs["forget"]
-        loss = -losses.mean_nll(self.logits(model, forget), forget["labels"])
+        loss = -self.per_item(losses.nll_sum(self.logits(model, forget), forget["labels"]), "forget.tokens")
         self.record(forget_loss=loss)
-        return (loss, None) if return_outputs else loss
+        return loss

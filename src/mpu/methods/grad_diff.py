@@ -19,8 +19,7 @@ class GradDiff(UnlearnTrainer):
     retain_use = "required"
     reference_schedule = (1, 10)
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def unlearning_loss(self, model, inputs):
         forget = inputs["forget"]
-        forget_loss = -losses.mean_nll(self.logits(model, forget), forget["labels"])
-        loss = self.combine(forget_loss, self.retain_term(model, inputs))
-        return (loss, None) if return_outputs else loss
+        forget_loss = -self.per_item(losses.nll_sum(self.logits(model, forget), forget["labels"]), "forget.tokens")
+        return self.combine(forget_loss, self.retain_term(model, inputs))

@@ -7,6 +7,10 @@ Conventions (all functions):
 - Arithmetic is in float32 whatever the model's dtype.
 - "Mean over tokens" means over every answer token of the batch (the Hugging Face convention), and
   "per sequence" means one value per row.
+- Every mean has a ``*_sum`` (or per-sequence ``*_terms``) companion: the trainer sums the terms of a
+  micro-batch and divides by the number of tokens or sequences of the whole optimizer step (all
+  micro-batches, all processes), so that gradient accumulation and several processes give the update of
+  one full batch. The means here are ``sum / count`` of one batch.
 """
 
 from __future__ import annotations
@@ -42,85 +46,144 @@ def answer_lengths(labels: torch.Tensor) -> torch.Tensor:
     return (labels[:, 1:] != IGNORE_INDEX).sum(-1)
 
 
+def answer_tokens(labels: torch.Tensor) -> torch.Tensor:
+    """Number of answer tokens (predicted positions) of the whole batch, a 0-d tensor."""
+    return answer_lengths(labels).sum()
+
+
+def nll_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """NLL summed over every answer token of the batch."""
+    return token_nll(logits, labels)[0].sum()
+
+
 def mean_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """NLL averaged over all answer tokens of the batch (what ``model(..., labels=...).loss`` gives)."""
-    nll, mask = token_nll(logits, labels)
-    return nll.sum() / mask.sum().clamp(min=1)
+    return nll_sum(logits, labels) / answer_tokens(labels).clamp(min=1)
 
 
-def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """KL(p_ref || p_θ) of the next-token distributions, averaged over answer positions."""
+def kl_sum(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """KL(p_ref || p_θ) of the next-token distributions, summed over answer positions."""
     logits, _, mask = _shift(logits, labels)
     ref = ref_logits[:, :-1, :].float().to(logits.device)
     log_p = F.log_softmax(logits[mask], dim=-1)
     log_q = F.log_softmax(ref[mask], dim=-1)
-    return F.kl_div(log_p, log_q, reduction="batchmean", log_target=True)
+    return F.kl_div(log_p, log_q, reduction="sum", log_target=True)
+
+
+def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """KL(p_ref || p_θ) of the next-token distributions, averaged over answer positions."""
+    return kl_sum(logits, ref_logits, labels) / answer_tokens(labels).clamp(min=1)
+
+
+def npo_terms(nll: torch.Tensor, ref_nll: torch.Tensor, beta: float) -> torch.Tensor:
+    """NPO per sequence, ``[B]``: −(2/β)·log σ(β(ℓ_θ − ℓ_ref)) with ℓ the summed answer NLL."""
+    return -(2.0 / beta) * F.logsigmoid(beta * (nll - ref_nll))
 
 
 def npo_loss(nll: torch.Tensor, ref_nll: torch.Tensor, beta: float) -> torch.Tensor:
     """NPO: −(2/β)·mean log σ(β(ℓ_θ − ℓ_ref)) with ℓ the summed answer NLL of each sequence."""
-    return -(2.0 / beta) * F.logsigmoid(beta * (nll - ref_nll)).mean()
+    return npo_terms(nll, ref_nll, beta).mean()
+
+
+def dpo_terms(
+    win_nll: torch.Tensor, win_ref_nll: torch.Tensor, lose_nll: torch.Tensor, lose_ref_nll: torch.Tensor, beta: float
+) -> torch.Tensor:
+    """DPO per pair, ``[B]``: −(2/β)·log σ(β[(log π_w − log π_ref,w) − (log π_l − log π_ref,l)]), log π = −ℓ."""
+    win_log_ratio = win_ref_nll - win_nll
+    lose_log_ratio = lose_ref_nll - lose_nll
+    return -(2.0 / beta) * F.logsigmoid(beta * (win_log_ratio - lose_log_ratio))
 
 
 def dpo_loss(
     win_nll: torch.Tensor, win_ref_nll: torch.Tensor, lose_nll: torch.Tensor, lose_ref_nll: torch.Tensor, beta: float
 ) -> torch.Tensor:
-    """DPO: −(2/β)·mean log σ(β[(log π_w − log π_ref,w) − (log π_l − log π_ref,l)]), log π = −ℓ."""
-    win_log_ratio = win_ref_nll - win_nll
-    lose_log_ratio = lose_ref_nll - lose_nll
-    return -(2.0 / beta) * F.logsigmoid(beta * (win_log_ratio - lose_log_ratio)).mean()
+    """DPO: the mean of :func:`dpo_terms` over the pairs."""
+    return dpo_terms(win_nll, win_ref_nll, lose_nll, lose_ref_nll, beta).mean()
+
+
+def simnpo_terms(nll: torch.Tensor, lengths: torch.Tensor, beta: float, delta: float) -> torch.Tensor:
+    """SimNPO per sequence, ``[B]``: −(2/β)·log σ(β(ℓ_θ/|y| − δ)), no reference model."""
+    return -(2.0 / beta) * F.logsigmoid(beta * (nll / lengths.clamp(min=1) - delta))
 
 
 def simnpo_loss(nll: torch.Tensor, lengths: torch.Tensor, beta: float, delta: float) -> torch.Tensor:
     """SimNPO: −(2/β)·mean log σ(β(ℓ_θ/|y| − δ)), no reference model."""
-    return -(2.0 / beta) * F.logsigmoid(beta * (nll / lengths.clamp(min=1) - delta)).mean()
+    return simnpo_terms(nll, lengths, beta, delta).mean()
 
 
-def weighted_ascent_loss(logits: torch.Tensor, labels: torch.Tensor, beta1: float, beta2: float = 0.0) -> torch.Tensor:
-    """−mean over answer tokens of w·CE with w = p^β1 (1 − p)^β2, p = the token's probability (w detached).
+def weighted_ascent_sum(logits: torch.Tensor, labels: torch.Tensor, beta1: float, beta2: float = 0.0) -> torch.Tensor:
+    """−Σ over answer tokens of w·CE with w = p^β1 (1 − p)^β2, p = the token's probability (w detached).
 
     WGA is ``beta2 = 0``; SatImp uses both exponents.
     """
     nll, mask = token_nll(logits, labels)
     p = torch.exp(-nll).detach()
     weight = p.pow(beta1) * (1.0 - p).pow(beta2)
-    return -(weight * nll)[mask].mean()
+    return -(weight * nll)[mask].sum()
+
+
+def weighted_ascent_loss(logits: torch.Tensor, labels: torch.Tensor, beta1: float, beta2: float = 0.0) -> torch.Tensor:
+    """The mean over answer tokens of :func:`weighted_ascent_sum`."""
+    return weighted_ascent_sum(logits, labels, beta1, beta2) / answer_tokens(labels).clamp(min=1)
+
+
+def undial_sum(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor, beta: float) -> torch.Tensor:
+    """Cross-entropy to softmax(ref logits − β·onehot(label)), summed over answer tokens."""
+    logits, labels, mask = _shift(logits, labels)
+    ref = ref_logits[:, :-1, :].float().to(logits.device)[mask]
+    target = F.softmax(ref - beta * F.one_hot(labels[mask], ref.size(-1)), dim=-1)
+    return -(target * F.log_softmax(logits[mask], dim=-1)).sum()
 
 
 def undial_loss(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor, beta: float) -> torch.Tensor:
     """Cross-entropy to softmax(ref logits − β·onehot(label)), averaged over answer tokens."""
-    logits, labels, mask = _shift(logits, labels)
-    ref = ref_logits[:, :-1, :].float().to(logits.device)[mask]
-    target = F.softmax(ref - beta * F.one_hot(labels[mask], ref.size(-1)), dim=-1)
-    return -(target * F.log_softmax(logits[mask], dim=-1)).sum(-1).mean()
+    return undial_sum(logits, ref_logits, labels, beta) / answer_tokens(labels).clamp(min=1)
 
 
-def ceu_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_first_n: int = 1) -> torch.Tensor:
-    """CE-U: cross-entropy to the model's own (detached) distribution with the true token's logit at −∞.
-
-    The first ``ignore_first_n`` answer tokens of each sequence are skipped (arXiv:2503.01224, footnote).
-    """
+def ceu_labels(labels: torch.Tensor, ignore_first_n: int = 1) -> torch.Tensor:
+    """``labels`` with the first ``ignore_first_n`` answer tokens of each sequence set to -100 (CE-U's
+    footnote trick, arXiv:2503.01224): the tokens CE-U trains on, and therefore counts."""
     answer = labels != IGNORE_INDEX
-    labels = labels.masked_fill(answer & (answer.cumsum(-1) <= ignore_first_n), IGNORE_INDEX)
-    logits, labels, mask = _shift(logits, labels)
+    return labels.masked_fill(answer & (answer.cumsum(-1) <= ignore_first_n), IGNORE_INDEX)
+
+
+def ceu_sum(logits: torch.Tensor, labels: torch.Tensor, ignore_first_n: int = 1) -> torch.Tensor:
+    """CE-U summed over the trained answer tokens: cross-entropy to the model's own (detached)
+    distribution with the true token's logit at −∞. The first ``ignore_first_n`` answer tokens of each
+    sequence are skipped (:func:`ceu_labels`)."""
+    logits, labels, mask = _shift(logits, ceu_labels(labels, ignore_first_n))
     if not mask.any():  # every answer is shorter than ignore_first_n: nothing to unlearn in this batch
         return logits.sum() * 0.0
     selected = logits[mask]
     target = selected.detach().scatter(-1, labels[mask].unsqueeze(-1), float("-inf"))
-    return -(F.softmax(target, dim=-1) * F.log_softmax(selected, dim=-1)).sum(-1).mean()
+    return -(F.softmax(target, dim=-1) * F.log_softmax(selected, dim=-1)).sum()
+
+
+def ceu_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_first_n: int = 1) -> torch.Tensor:
+    """CE-U averaged over the trained answer tokens (see :func:`ceu_sum`)."""
+    return ceu_sum(logits, labels, ignore_first_n) / answer_tokens(ceu_labels(labels, ignore_first_n)).clamp(min=1)
+
+
+def flatten_logits_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Σ over answer positions of (max logit − mean logit)²: pushes the prediction towards uniform (PDU)."""
+    logits, _, mask = _shift(logits, labels)
+    selected = logits[mask]
+    return ((selected.max(-1).values - selected.mean(-1)) ** 2).sum()
 
 
 def flatten_logits_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean over answer positions of (max logit − mean logit)²: pushes the prediction towards uniform (PDU)."""
-    logits, _, mask = _shift(logits, labels)
-    selected = logits[mask]
-    return ((selected.max(-1).values - selected.mean(-1)) ** 2).mean()
+    """Mean over answer positions of (max logit − mean logit)² (see :func:`flatten_logits_sum`)."""
+    return flatten_logits_sum(logits, labels) / answer_tokens(labels).clamp(min=1)
+
+
+def activation_mse_terms(activations: torch.Tensor, target: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """RMU's distance per sequence, ``[B]``: per token the mean squared difference over hidden units,
+    averaged over the sequence's answer tokens. ``target`` broadcasts against ``activations``."""
+    mask = (labels != IGNORE_INDEX).to(activations.device)
+    per_token = (activations.float() - target.float()).pow(2).mean(-1)
+    return (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)
 
 
 def activation_mse(activations: torch.Tensor, target: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """RMU's distance: per token the mean squared difference over hidden units, averaged over each
-    sequence's answer tokens, then over the batch. ``target`` broadcasts against ``activations``."""
-    mask = (labels != IGNORE_INDEX).to(activations.device)
-    per_token = (activations.float() - target.float()).pow(2).mean(-1)
-    per_sequence = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-    return per_sequence.mean()
+    """RMU's distance averaged over the batch's sequences (see :func:`activation_mse_terms`)."""
+    return activation_mse_terms(activations, target, labels).mean()

@@ -29,9 +29,9 @@ class NPO(UnlearnTrainer):
     def needs_reference(cls, hp, with_retain):
         return True
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def unlearning_loss(self, model, inputs):
         forget = inputs["forget"]
         nll = losses.sequence_nll(self.logits(model, forget), forget["labels"])
         ref_nll = losses.sequence_nll(self.ref_logits(forget), forget["labels"])
-        loss = self.combine(losses.npo_loss(nll, ref_nll, self.hp.beta), self.retain_term(model, inputs))
-        return (loss, None) if return_outputs else loss
+        forget_loss = self.per_item(losses.npo_terms(nll, ref_nll, self.hp.beta).sum(), "forget.sequences")
+        return self.combine(forget_loss, self.retain_term(model, inputs))

@@ -11,7 +11,7 @@ from transformers import TrainerCallback
 
 from mpu.data.qa import QACollator
 from mpu.methods import losses
-from mpu.methods.base import METHODS, RetainHparams, UnlearnTrainer
+from mpu.methods.base import METHODS, RetainHparams, UnlearnTrainer, step_mean
 
 
 @dataclass
@@ -42,6 +42,7 @@ class PDU(UnlearnTrainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        # _pending: (step, retain-loss share) of the micro-batches since the last dual update
         self.dual, self.epsilon, self._pending = self.hp.alpha, self.hp.epsilon, []
         self.add_callback(_DualAscent(self))
 
@@ -54,35 +55,41 @@ class PDU(UnlearnTrainer):
         retain, size = self.train_dataset.retain, self.args.per_device_train_batch_size
         for start in range(0, len(retain), size):
             batch = self._prepare_inputs(pad(retain[start:start + size]))
-            tokens = float((batch["labels"][:, 1:] != -100).sum())
-            total, count = total + self.retain_loss_of(self.model, batch).item() * tokens, count + tokens
+            total += self.retain_sum(self.model, batch).item()
+            count += float(losses.answer_tokens(batch["labels"]))
         self.model.train(was_training)
         return total / count
 
     def dual_step(self, state) -> None:
+        """λ ← max(0, λ + η·(retain − ε)), retain = the mean over the optimizer steps since the last update
+        of each step's retain loss (over every retain token of the step, all processes)."""
         if not self._pending:
             return
-        mean = torch.stack(self._pending).mean()
+        mean = step_mean([(step, True, value) for step, value in self._pending])
         self._pending = []
         if self.accelerator.num_processes > 1:
-            mean = self.accelerator.reduce(mean, reduction="mean")
+            mean = self.accelerator.reduce(mean, reduction="sum")  # each process holds its share
         if state.epoch >= self.hp.dual_warmup_epochs:
             self.dual = max(0.0, self.dual + self.hp.dual_step_size * (mean.item() - self.epsilon))
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def unlearning_loss(self, model, inputs):
         forget = inputs["forget"]
         logits = self.logits(model, forget)
         if self.hp.forget_loss == "flatten":
-            forget_loss = losses.flatten_logits_loss(logits, forget["labels"])
+            forget_total = losses.flatten_logits_sum(logits, forget["labels"])
         else:
-            forget_loss = -losses.mean_nll(logits, forget["labels"])
+            forget_total = -losses.nll_sum(logits, forget["labels"])
+        forget_loss = self.per_item(forget_total, "forget.tokens")
         retain_loss = self.retain_term(model, inputs)
         if self.epsilon is None:
             self.epsilon = self.measure_epsilon()
-        self._pending.append(retain_loss.detach())
-        self.record(forget_loss=forget_loss, retain_loss=retain_loss, dual=self.dual)
-        loss = self.hp.gamma * forget_loss + self.dual * (retain_loss - self.epsilon)
-        return (loss, None) if return_outputs else loss
+        self._pending.append((self.state.global_step, retain_loss.detach()))
+        self.record(forget_loss=forget_loss, retain_loss=retain_loss)
+        self.record_value(dual=self.dual)
+        # ε enters with this micro-batch's share of the step's retain tokens, so the shares add up to
+        # λ·(retain − ε) for the step (the constant does not change the gradient, only the logged loss)
+        share = self.per_item(losses.answer_tokens(inputs["retain"]["labels"]).float(), "retain.tokens")
+        return self.hp.gamma * forget_loss + self.dual * (retain_loss - self.epsilon * share)
 
 
 class _DualAscent(TrainerCallback):

@@ -93,16 +93,17 @@ class RMU(UnlearnTrainer):
             self.control_vector = (u / u.norm() * self.hp.steering_coeff).to(self.args.device)
         return self.control_vector
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def unlearning_loss(self, model, inputs):
         forget = inputs["forget"]
         acts = _activations(model, self.module, forget)
-        forget_loss = losses.activation_mse(acts, self.target(acts.shape[-1]), forget["labels"])
+        terms = losses.activation_mse_terms(acts, self.target(acts.shape[-1]), forget["labels"])
+        forget_loss = self.per_item(terms.sum(), "forget.sequences")
         retain, retain_loss = inputs.get("retain"), None
         if retain is not None and self.hp.retain_loss == "EMBED_DIFF":
             with torch.no_grad():
                 ref_acts = _activations(self.ref_model, self.ref_module, retain)
-            retain_loss = losses.activation_mse(_activations(model, self.module, retain), ref_acts, retain["labels"])
+            terms = losses.activation_mse_terms(_activations(model, self.module, retain), ref_acts, retain["labels"])
+            retain_loss = self.per_item(terms.sum(), "retain.sequences")
         elif retain is not None:
             retain_loss = self.retain_term(model, inputs)
-        loss = self.combine(forget_loss, retain_loss)
-        return (loss, None) if return_outputs else loss
+        return self.combine(forget_loss, retain_loss)

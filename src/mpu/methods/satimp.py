@@ -28,9 +28,8 @@ class SatImp(UnlearnTrainer):
     retain_use = "optional"
     reference_schedule = (10, 1)
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def unlearning_loss(self, model, inputs):
         forget = inputs["forget"]
         logits = self.logits(model, forget)
-        forget_loss = losses.weighted_ascent_loss(logits, forget["labels"], self.hp.beta1, self.hp.beta2)
-        loss = self.combine(forget_loss, self.retain_term(model, inputs))
-        return (loss, None) if return_outputs else loss
+        total = losses.weighted_ascent_sum(logits, forget["labels"], self.hp.beta1, self.hp.beta2)
+        return self.combine(self.per_item(total, "forget.tokens"), self.retain_term(model, inputs))

@@ -27,10 +27,10 @@ class SimNPO(UnlearnTrainer):
     retain_use = "optional"
     reference_schedule = (10, 1)
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def unlearning_loss(self, model, inputs):
         forget = inputs["forget"]
         labels = forget["labels"]
         nll = losses.sequence_nll(self.logits(model, forget), labels)
-        forget_loss = losses.simnpo_loss(nll, losses.answer_lengths(labels), self.hp.beta, self.hp.delta)
-        loss = self.combine(forget_loss, self.retain_term(model, inputs))
-        return (loss, None) if return_outputs else loss
+        terms = losses.simnpo_terms(nll, losses.answer_lengths(labels), self.hp.beta, self.hp.delta)
+        forget_loss = self.per_item(terms.sum(), "forget.sequences")
+        return self.combine(forget_loss, self.retain_term(model, inputs))

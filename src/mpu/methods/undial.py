@@ -32,8 +32,7 @@ class UNDIAL(UnlearnTrainer):
     def needs_reference(cls, hp, with_retain):
         return True
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def unlearning_loss(self, model, inputs):
         forget = inputs["forget"]
-        forget_loss = losses.undial_loss(self.logits(model, forget), self.ref_logits(forget), forget["labels"], self.hp.beta)
-        loss = self.combine(forget_loss, self.retain_term(model, inputs))
-        return (loss, None) if return_outputs else loss
+        total = losses.undial_sum(self.logits(model, forget), self.ref_logits(forget), forget["labels"], self.hp.beta)
+        return self.combine(self.per_item(total, "forget.tokens"), self.retain_term(model, inputs))

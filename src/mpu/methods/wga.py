@@ -26,8 +26,7 @@ class WGA(UnlearnTrainer):
     retain_use = "optional"
     reference_schedule = (2, 5)
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def unlearning_loss(self, model, inputs):
         forget = inputs["forget"]
-        forget_loss = losses.weighted_ascent_loss(self.logits(model, forget), forget["labels"], self.hp.beta)
-        loss = self.combine(forget_loss, self.retain_term(model, inputs))
-        return (loss, None) if return_outputs else loss
+        total = losses.weighted_ascent_sum(self.logits(model, forget), forget["labels"], self.hp.beta)
+        return self.combine(self.per_item(total, "forget.tokens"), self.retain_term(model, inputs))
