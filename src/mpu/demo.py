@@ -7,6 +7,11 @@
 
 Everything is cached under ``$MPU_CACHE`` (default ``~/.cache/mpu``), so a second run only redoes
 steps 2 and 3.
+
+The demo is reproducible: ``seed`` fixes the data, the tiny models, the data order and, unless
+``secret`` is set, the server's randomness too (its fixed-seed mode: noise, alphas and transforms
+follow from the seed, so they are not secret). With ``secret`` the server draws its secrets from the
+operating system's CSPRNG as in real use, and the MPU row changes from run to run by the noise.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class DemoConfig:
     kappa: float = 0.01
     finetune_epochs: float | None = None  # None: the finetune module's calibrated default
     seed: int = 0
+    secret: bool = field(default=False, metadata={"help": "server secrets from the CSPRNG (real use) instead of the seed"})
 
     def __post_init__(self):
         self.out_dir = Path(self.out_dir)
@@ -90,6 +96,7 @@ def run_demo(config: DemoConfig, progress: bool = True) -> dict:
         "models": {name: {key: results[name].get(key) for key in COLUMNS} for name in results},
         "seconds": {key: round(value, 1) for key, value in timings.items()},
         "verdict": verdict(results["noise-free"], results["MPU"]),
+        "randomness": randomness_note(config),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot(summary, out / "report.png")
@@ -116,10 +123,25 @@ def _mpu(config: DemoConfig, target: Path, forget_rows, retain_rows, out: Path, 
     from mpu.run import run_mpu
     from mpu.server.config import ServerConfig
 
-    server = ServerConfig(copies=config.copies, kappa=config.kappa, rounds=1)  # secret alphas, reparameterisation on
+    # The default privacy settings (secret alphas, tau = 1, reparameterisation on); the randomness comes
+    # from the demo's seed unless config.secret, so that two identical demos print the same table.
+    server = ServerConfig(copies=config.copies, kappa=config.kappa, rounds=1, fixed_seed=server_seed(config))
     with tempfile.TemporaryDirectory() as scratch:
         return run_mpu(str(target), None, server, forget_rows, retain_rows, config.method, {}, _training(config),
                        Path(scratch) / "server", out, progress=progress)
+
+
+def server_seed(config: DemoConfig) -> int | None:
+    """The server's fixed seed in this demo (None: CSPRNG secrets)."""
+    return None if config.secret else config.seed
+
+
+def randomness_note(config: DemoConfig) -> str:
+    """One line for the output: where the MPU row's randomness came from."""
+    if config.secret:
+        return "MPU randomness: CSPRNG secrets, as in real use (the MPU row varies from run to run)"
+    return (f"MPU randomness: fixed seed {config.seed} (reproducible, NOT secret: a demo setting; "
+            "--secret draws the server's secrets from the CSPRNG as `mpu server init` does)")
 
 
 def _training(config: DemoConfig):

@@ -1,25 +1,49 @@
-"""The demo pipeline end to end at a reduced size (issue 5): every summary key is produced."""
+"""The demo pipeline end to end at a reduced size: every summary key is produced, the numbers are the
+evaluation's, and two identical invocations print identical tables (the server's randomness follows
+the demo's seed)."""
 
 import json
+
+import pytest
+from scipy.stats import ks_2samp
 
 from mpu.cli import main
 from mpu.demo import COLUMNS
 
+ARGS = ["--authors", "20", "--finetune-epochs", "3", "--epochs", "1", "--copies", "2"]
 
-def test_demo_runs_end_to_end_and_writes_every_key(tmp_path, monkeypatch, capsys):
+
+def forget_truth_ratios(out, name):
+    logs = json.loads((out / "eval" / name / "TOFU_EVAL.json").read_text())
+    return [entry["score"] for entry in logs["forget_truth_ratio"]["value_by_index"].values()]
+
+
+def test_demo_runs_end_to_end_and_is_reproducible(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MPU_CACHE", str(tmp_path / "cache"))
-    out = tmp_path / "demo"
+    first, second = tmp_path / "demo-1", tmp_path / "demo-2"
 
-    code = main(["demo", "--out", str(out), "--authors", "20", "--finetune-epochs", "3", "--epochs", "1", "--copies", "2"])
+    codes = [main(["demo", "--out", str(out), *ARGS]) for out in (first, second)]
 
-    assert code == 0
-    summary = json.loads((out / "summary.json").read_text())
+    assert codes == [0, 0]
+    summary = json.loads((first / "summary.json").read_text())
     assert set(summary["models"]) == {"target", "retain", "noise-free", "MPU"}
     for name, values in summary["models"].items():
         assert set(values) == set(COLUMNS)
         assert values["model_utility"] is not None and 0 <= values["model_utility"] <= 1, name
-    assert summary["models"]["retain"]["forget_quality"] == 1.0
+    # forget_quality is the KS p-value of the model's forget truth ratios against the retain model's
+    # (read back from the evaluation files), and unlearning moved both unlearned models towards retain.
+    retain = forget_truth_ratios(first, "retain")
+    for name in ("target", "noise-free", "MPU"):
+        expected = ks_2samp(forget_truth_ratios(first, name), retain).pvalue
+        assert summary["models"][name]["forget_quality"] == pytest.approx(expected, rel=1e-9), name
+    target_quality = summary["models"]["target"]["forget_quality"]
+    assert summary["models"]["noise-free"]["forget_quality"] > target_quality
+    assert summary["models"]["MPU"]["forget_quality"] > target_quality
     assert summary["seconds"]["total"] > 0
-    assert (out / "report.png").stat().st_size > 1000
+    assert (first / "report.png").stat().st_size > 1000
+    # The same invocation again: the same numbers, MPU row included, and the seed is stated.
+    again = json.loads((second / "summary.json").read_text())
+    assert again["models"] == summary["models"] and again["verdict"] == summary["verdict"]
     printed = capsys.readouterr().out
     assert "MPU model utility" in printed and "forget_quality" in printed
+    assert printed.count("MPU randomness: fixed seed 0") == 2

@@ -39,7 +39,7 @@ def test_unlearn_writes_a_loadable_checkpoint(tiny_dir, tmp_path, forget_rows):
 
 def test_unlearn_with_lora_and_a_datasets_folder(tiny_dir, tmp_path, forget_rows):
     import datasets
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = tmp_path / "forget-ds"
     datasets.Dataset.from_list(forget_rows).save_to_disk(str(folder))
@@ -47,8 +47,16 @@ def test_unlearn_with_lora_and_a_datasets_folder(tiny_dir, tmp_path, forget_rows
     code = main(["unlearn", "--model", str(tiny_dir / "model"), "--forget", str(folder), "--method", "GradAscent",
                  "--out", str(out), "--epochs", "1", "--lr", "1e-2", "--lora-rank", "2"])
     assert code == 0
-    model = AutoModelForCausalLM.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    original = AutoModelForCausalLM.from_pretrained(tiny_dir / "model", dtype=torch.float32)
     assert not any("lora" in name for name in model.state_dict())
+    # The adapters were merged into the weights, not dropped: every adapted projection changed, the
+    # rest did not, and the model forgot (gradient ascent raised the forget answers' NLL).
+    before, after = original.state_dict(), model.state_dict()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed == {name for name in before if name.endswith("proj.weight")}
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert mean_answer_nll(model, tokenizer, forget_rows) > mean_answer_nll(original, tokenizer, forget_rows) + 0.05
 
 
 def test_refusals(tiny_dir, tmp_path, capsys):

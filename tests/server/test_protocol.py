@@ -49,18 +49,30 @@ def test_linear_client_update_is_recovered_exactly(tmp_path, tiny_model_dir, rep
 
 
 def test_plain_average_does_not_cancel_the_noise(tmp_path, tiny_model_dir):
-    # The same linear client, but the server weights copies equally: alpha-scaled noise survives.
-    config = ServerConfig(copies=3, kappa=0.1, alpha_mode="reference", fixed_seed=3)
+    # The linear client again, without reparameterisation so that the returns are in theta's coordinates
+    # and their plain average can be formed here. With the alphas 1, 1.5, 2 the alpha-scaled zero-sum
+    # noise survives the plain average (about kappa * 0.7 / m of the update); only the harmonic weights
+    # cancel it, and the server must use them.
+    c = 0.1
+    config = ServerConfig(copies=3, kappa=0.1, alpha_mode="reference", independent_noise=0.0, fixed_seed=3,
+                          reparam=ReparamOptions(enabled=False))
     init_server(tmp_path / "server", str(tiny_model_dir), None, config, progress=False)
     publish(tmp_path / "server", tmp_path / "outbox", progress=False)
-    manifest = json.loads((tmp_path / "outbox" / "manifest.json").read_text())
-    copies = [load_tensors(tmp_path / "outbox" / copy["path"]) for copy in manifest["copies"]]
+    write_returns(tmp_path / "outbox", tmp_path / "returns", lambda name, w: -c * w)
+
+    report = aggregate(tmp_path / "server", tmp_path / "returns", progress=False)
+
     theta = load_tensors(tiny_model_dir)
-    name = "model.layers.0.mlp.down_proj.weight"
-    # Each copy is perturbed (and reparameterised) ...
-    assert all(not torch.allclose(copy[name], theta[name]) for copy in copies)
-    # ... and the copies' block-external tensors are published as they are.
-    assert all(torch.equal(copy["lm_head.weight"], theta["lm_head.weight"]) for copy in copies)
+    returns = [load_tensors(tmp_path / "returns" / f"update-{k}") for k in (1, 2, 3)]
+    plain = {name: theta[name] + sum(update[name] for update in returns) / 3 for name in theta}
+    after = load_tensors(report.model_dir)
+
+    def error(model):  # distance from the clean update (1 - c) theta, as a fraction of that update's norm
+        squared = sum(float((model[name] - (1 - c) * theta[name]).square().sum()) for name in theta)
+        return math.sqrt(squared) / (c * math.sqrt(sum(float(theta[name].square().sum()) for name in theta)))
+
+    assert error(after) < 1e-4  # the server's harmonic combination: the noise cancels
+    assert error(plain) > 1e-2  # equal weights: it does not
 
 
 def test_noise_scale_follows_the_task_vector(tmp_path, tiny_model_dir, tiny_base_dir):

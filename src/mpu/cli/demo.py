@@ -22,18 +22,22 @@ def register(subparsers) -> None:
     demo.add_argument("--copies", type=int, default=3, help="MPU copies m")
     demo.add_argument("--kappa", type=float, default=0.01, help="MPU noise ratio")
     demo.add_argument("--finetune-epochs", type=float, default=None, help="epochs for the tiny target/retain models (default: calibrated)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0,
+                      help="seeds the data, the tiny models, the data order and the server's randomness: identical runs print identical tables")
+    demo.add_argument("--secret", action="store_true",
+                      help="draw the server's secrets from the CSPRNG as in real use (the MPU row then varies between runs)")
     demo.set_defaults(func=_demo)
 
 
 def _demo(args) -> int:
-    from mpu.demo import DemoConfig, format_table, run_demo
+    from mpu.demo import DemoConfig, format_table, randomness_note, run_demo
     from mpu.errors import MPUError
 
     try:
         config = DemoConfig(
             out_dir=args.out, authors=args.authors, forget_split=args.forget_split, method=args.method, epochs=args.epochs,
             learning_rate=args.learning_rate, copies=args.copies, kappa=args.kappa, finetune_epochs=args.finetune_epochs, seed=args.seed,
+            secret=args.secret,
         )
     except ValueError as err:
         raise MPUError(str(err)) from None
@@ -42,4 +46,5 @@ def _demo(args) -> int:
     print(f"wall time: {summary['seconds']['total']:.0f}s ({', '.join(f'{k} {v:.0f}s' for k, v in summary['seconds'].items() if k != 'total')})")
     print(f"wrote {config.out_dir}/summary.json and {config.out_dir}/report.png")
     print(summary["verdict"])
+    print(randomness_note(config))
     return 0

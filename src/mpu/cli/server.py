@@ -7,8 +7,7 @@ import copy
 import json
 
 from mpu.errors import MPUError
-from mpu.reparam import ReparamOptions
-from mpu.server.config import PRESETS, ServerConfig
+from mpu.server.config import PRESETS, ServerConfig  # no torch: parsing and --help stay fast
 
 
 def add_server_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +39,8 @@ def add_server_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def server_config_from_args(args: argparse.Namespace) -> ServerConfig:
+    from mpu.reparam import ReparamOptions
+
     preset = copy.deepcopy(PRESETS[args.privacy])
     reparam = preset.pop("reparam", {})
     settings = dict(

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mpu.reparam import ReparamOptions
+if TYPE_CHECKING:
+    from mpu.reparam import ReparamOptions
+
+
+def _reparam_options(**options: Any) -> "ReparamOptions":
+    # Imported here, not at the top: ``mpu.reparam`` imports torch and transformers, and the CLI reads
+    # PRESETS while building its parser, which must answer ``--help`` without them.
+    from mpu.reparam import ReparamOptions
+
+    return ReparamOptions(**options)
 
 ALPHA_MODES = ("secret", "reference", "list")
 NOISE_SCOPES = ("blocks", "all")
@@ -45,11 +54,11 @@ class ServerConfig:
     publish_dtype: str = field(default="source", metadata={"help": "dtype of published copies; 'source' keeps the model's own"})
     max_update_ratio: float = field(default=1.0, metadata={"help": "refuse an update whose norm exceeds this fraction of the model's norm"})
     fixed_seed: int | None = field(default=None, metadata={"help": "reproducible (NOT secret) randomness, for experiments and tests"})
-    reparam: ReparamOptions = field(default_factory=ReparamOptions)
+    reparam: ReparamOptions = field(default_factory=_reparam_options)
 
     def __post_init__(self):
         if isinstance(self.reparam, dict):
-            self.reparam = ReparamOptions(**self.reparam)
+            self.reparam = _reparam_options(**self.reparam)
         if self.copies < 2:
             raise ValueError(f"copies must be >= 2 (zero-sum noise needs two), got {self.copies}")
         if self.kappa < 0:
