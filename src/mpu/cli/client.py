@@ -8,7 +8,7 @@ from mpu.cli._lazy import add_method_arguments_lazily
 
 
 def add_client_data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--forget", required=True, help="forget set: JSONL of {question, answer} rows, or a `datasets` folder")
+    parser.add_argument("--forget", required=True, help="forget set: question/answer rows as JSON lines, a JSON array, CSV, parquet, a `datasets` folder or a hub-layout folder")
     parser.add_argument("--retain", default=None, help="retain set, same format (needed by methods with a retain term)")
 
 
