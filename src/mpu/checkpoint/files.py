@@ -15,7 +15,6 @@ from mpu.errors import InputError
 
 # Files of a HF model directory that are not weights and are safe to pass on. Everything else
 # (pickled weights, remote code, READMEs that may describe the private model) stays behind.
-MODEL_FILE_SUFFIXES = (".json", ".txt", ".model", ".jinja", ".tiktoken")
 WEIGHT_INDEX = "model.safetensors.index.json"
 
 
@@ -104,15 +103,33 @@ def dir_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+# What a model folder may carry on into a published copy, the server's work directory or an export:
+# the model's config and its tokenizer. Anything else (mpu_finetune.json with the owner's training
+# fingerprint and metrics, unlearn_summary.json, Trainer's trainer_state.json / all_results.json,
+# eval logs) is the owner's metadata and stays behind.
+MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+               "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "vocab.txt",
+               "chat_template.jinja", "chat_template.json")
+MODEL_FILE_PATTERNS = ("*.model", "*.tiktoken")
+
+
+def is_model_file(name: str) -> bool:
+    """Whether a file of a model folder is part of the model (config, tokenizer), not metadata."""
+    import fnmatch
+
+    return name in MODEL_FILES or any(fnmatch.fnmatch(name, pattern) for pattern in MODEL_FILE_PATTERNS)
+
+
 def copy_model_files(src: str | Path, dst: str | Path, config_updates: dict | None = None) -> list[str]:
-    """Copy config, generation config and tokenizer files (not weights) from ``src`` to ``dst``.
+    """Copy config, generation config and tokenizer files (not weights, no metadata: see
+    :func:`is_model_file`) from ``src`` to ``dst``.
 
     ``config.json`` is rewritten: ``config_updates`` applied, local paths (``_name_or_path``) dropped.
     """
     src, dst = Path(src), Path(dst)
     copied = []
     for file in sorted(src.iterdir()):
-        if not file.is_file() or file.name == WEIGHT_INDEX or not file.name.endswith(MODEL_FILE_SUFFIXES):
+        if not file.is_file() or file.name == WEIGHT_INDEX or not is_model_file(file.name):
             continue
         if file.name == "config.json":
             config = read_json(file, "model config")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mpu.cli._lazy import add_method_arguments_lazily
+from mpu.threads import add_threads_argument, apply_threads
 
 
 def add_client_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +31,7 @@ def register(subparsers) -> None:
                          help="an earlier round's publication (keep round 1's): reference-model methods (NPO, DPO, UNDIAL, KL retain) "
                               "compare copy K with copy K of that round, so the reference stays fixed over rounds; "
                               "default: this round's copy")
+    add_threads_argument(unlearn)
     unlearn.add_argument("--return-lora", action="store_true", help="return the LoRA factors instead of the merged update (needs --lora-rank)")
     add_method_arguments_lazily(unlearn)
     unlearn.set_defaults(func=_unlearn)
@@ -40,6 +42,7 @@ def _unlearn(args) -> int:
     from mpu.data.qa import load_qa_rows
     from mpu.methods import options_from_args
 
+    apply_threads(args.threads)
     method, hparams, training = options_from_args(args)
     forget = load_qa_rows(args.forget)
     retain = load_qa_rows(args.retain) if args.retain else None

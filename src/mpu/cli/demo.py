@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mpu.threads import add_threads_argument, apply_threads
+
 
 def register(subparsers) -> None:
     demo = subparsers.add_parser(
@@ -23,6 +25,7 @@ def register(subparsers) -> None:
     demo.add_argument("--kappa", type=float, default=0.01, help="MPU noise ratio")
     demo.add_argument("--finetune-epochs", type=float, default=None, help="epochs for the tiny target/retain models (default: calibrated)")
     demo.add_argument("--seed", type=int, default=0)
+    add_threads_argument(demo)
     demo.set_defaults(func=_demo)
 
 
@@ -30,6 +33,7 @@ def _demo(args) -> int:
     from mpu.demo import DemoConfig, format_table, run_demo
     from mpu.errors import MPUError
 
+    apply_threads(args.threads)
     try:
         config = DemoConfig(
             out_dir=args.out, authors=args.authors, forget_split=args.forget_split, method=args.method, epochs=args.epochs,

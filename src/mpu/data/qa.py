@@ -7,6 +7,7 @@ tokens only, so the prompt part of ``labels`` is -100.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -15,15 +16,36 @@ import torch
 
 
 IGNORE_INDEX = -100
+logger = logging.getLogger(__name__)
 
 
-def load_qa_rows(path: str | Path, required: Sequence[str] = ("question", "answer")) -> list[dict[str, Any]]:
+# Raw-text rows (MUSE corpora) become prompt/continuation chunks, as in the MUSE experiments' defaults.
+TEXT_CHUNK_WORDS = 200
+TEXT_PROMPT_WORDS = 16
+
+
+def load_qa_rows(path: str | Path, required: Sequence[str] = ("question", "answer"),
+                 text_chunks: tuple[int, int] | None = (TEXT_CHUNK_WORDS, TEXT_PROMPT_WORDS)) -> list[dict[str, Any]]:
     """Read and validate a QA file with the project's one reader (:mod:`mpu.data.files`: JSON lines,
     JSON arrays, CSV, parquet, ``datasets`` folders, hub-layout folders). Every problem names the
-    file and the line (or row)."""
+    file and the line (or row).
+
+    A file of raw text (MUSE's ``raw/forget.txt``, a JSON array of strings, ``text`` rows) is cut
+    into chunks of ``text_chunks[0]`` words whose first ``text_chunks[1]`` words are the prompt and
+    the rest the answer (the methods train on prompt/answer rows); ``text_chunks=None`` refuses it.
+    """
     from mpu.data.files import read_numbered, validate_fields
 
     numbered = read_numbered(path)
+    is_text = all(set(row) == {"text"} for _, row in numbered)
+    if is_text and text_chunks is not None and "question" in required:
+        validate_fields(path, numbered, ("text",))
+        from mpu.experiments.sources import text_rows_to_qa
+
+        rows = text_rows_to_qa([row for _, row in numbered], *text_chunks)
+        logger.info("%s: %d text rows read as %d chunks of %d words (the first %d the prompt)",
+                    path, len(numbered), len(rows), text_chunks[0], text_chunks[1])
+        return rows
     validate_fields(path, numbered, required)
     return [row for _, row in numbered]
 
