@@ -118,35 +118,49 @@ def _shuffled_sentences(rows: list[dict]) -> list[dict]:
     return docs
 
 
+# The MUSE knowmem sets the suite scores; training must never see them (see training_data).
+MUSE_EVAL_QA = ("forget_qa", "retain_qa")
+
+
 def training_data(source, benchmark: str, split: str, manifest: dict | None = None) -> TrainingData:
-    """The rows a model for ``split`` trains on. ``split`` is full or retainNN (for MUSE and WMDP any
-    retain split means "without the forget data")."""
+    """The rows a model for ``split`` trains on: only what the benchmark's own targets train on, never
+    an evaluation item. ``split`` is full or retainNN (for MUSE and WMDP any retain split means
+    "without the forget data").
+
+    - TOFU: the ``full`` or ``retainNN`` config alone. real_authors and world_facts are what model
+      utility evaluates (TOFU's targets never train on them), holdoutNN is the never-seen set.
+    - MUSE: the raw forget (full only), retain1 and retain2 corpora; for the built-in benchmark also
+      its ``knowmem_train`` QA about those stories, less every pair that knowmem's forget_qa or
+      retain_qa scores. raw/holdout and privleak/holdout are never read.
+    - WMDP: the retain corpus, plus the forget corpus for full; never the multiple-choice questions.
+    """
     if benchmark not in BENCHMARKS:
         raise MPUError(f"unknown benchmark {benchmark!r}; known: {', '.join(BENCHMARKS)}")
     if split not in SPLITS and not (benchmark != "tofu" and split == "retain"):
         raise MPUError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
     retain_only = split != "full"
     if benchmark == "tofu":
-        rows = list(source.rows(split, "train"))
-        sources = [split]
-        for extra in ("real_authors", "world_facts"):
-            try:
-                rows += source.rows(extra, "train")
-                sources.append(extra)
-            except MPUError:
-                log.info("no %s split in %s; training without it", extra, source.description)
-        return TrainingData([("qa", [{"question": r["question"], "answer": r["answer"]} for r in rows])], sources)
+        rows = [{"question": r["question"], "answer": r["answer"]} for r in source.rows(split, "train")]
+        return TrainingData([("qa", rows)], [split])
     if benchmark == "muse":
         parts = [("raw", "retain1"), ("raw", "retain2")] + ([] if retain_only else [("raw", "forget")])
         texts = [{"text": row["text"]} for config, name in parts for row in source.rows(config, name)]
+        scored = set()
+        for name in MUSE_EVAL_QA:
+            try:
+                scored |= {row["question"].strip() for row in source.rows("knowmem", name)}
+            except MPUError:
+                pass   # a release without that knowmem file: nothing of it to keep out
         qa_parts = ["retain"] + ([] if retain_only else ["forget"])
         docs = []
         for name in list(qa_parts):
             try:
-                docs += _qa_docs(source.rows("knowmem_train", name), seed=name)
+                pairs = [row for row in source.rows("knowmem_train", name) if row["question"].strip() not in scored]
             except MPUError:  # a copy of the real MUSE has no knowmem_train: prose only
                 log.info("no knowmem_train/%s in %s; training on the raw texts only", name, source.description)
                 qa_parts.remove(name)
+                continue
+            docs += _qa_docs(pairs, seed=name)
         return TrainingData([("text", texts), ("qa_doc", docs)],
                             [f"{c}/{n}" for c, n in parts] + [f"knowmem_train/{n}" for n in qa_parts])
     wmdp = (manifest or {}).get("wmdp", {})
@@ -184,17 +198,80 @@ def read_record(model_dir: str | Path) -> dict | None:
         return None
 
 
-def _load_tokenizer(data_dir: Path, manifest: dict | None, data: TrainingData):
+TOKENIZER_DIR = "mpu_tokenizer"
+TOKENIZER_RECORD = "mpu_tokenizer.json"
+TOKENIZER_VOCAB = 2048
+
+
+def _training_texts(source, benchmark: str, manifest: dict | None) -> list[str]:
+    """Every text of every training split of ``benchmark`` (the union, each text once, in order)."""
+    splits = ("full", "retain90", "retain95", "retain99") if benchmark == "tofu" else ("full", "retain")
+    texts: dict[str, None] = {}
+    for split in splits:
+        try:
+            data = training_data(source, benchmark, split, manifest)
+        except MPUError:
+            continue   # a local copy may lack some retain splits
+        for row in data.rows:
+            for pair in row.get("pairs", [row]):
+                texts.update(dict.fromkeys(str(pair[key]) for key in ("question", "answer", "text") if key in pair))
+    return list(texts)
+
+
+def dataset_tokenizer(data_dir: str | Path, benchmark: str, source=None, manifest: dict | None = None):
+    """The one tokenizer of a dataset, shared by every model trained on it (target, retain, base).
+
+    In order: the built-in benchmark's ``tokenizer/`` (from its manifest); a ``tokenizer/`` folder the
+    user put in ``data_dir``; else a byte-level BPE (``TOKENIZER_VOCAB`` tokens) trained on the union
+    of the benchmark's training splits and cached in ``data_dir/mpu_tokenizer/<benchmark>/`` (or, when
+    ``data_dir`` is read-only, in ``$MPU_CACHE/tokenizers/<fingerprint>/``), keyed by a fingerprint of
+    those texts so that a changed dataset gets a new one. Returns a ``PreTrainedTokenizerFast``.
+    """
     from transformers import AutoTokenizer
 
+    from mpu.data.loaders import LocalSource
     from mpu.data.tokenizer import train_tokenizer
 
+    data_dir = Path(data_dir)
     if manifest:
         return AutoTokenizer.from_pretrained(str(data_dir / manifest["tokenizer"]))
     if (data_dir / "tokenizer").is_dir():
         return AutoTokenizer.from_pretrained(str(data_dir / "tokenizer"))
-    texts = [" ".join(str(v) for v in row.values()) for row in data.rows]
-    return train_tokenizer(texts, vocab_size=2048)
+    texts = _training_texts(source or LocalSource(data_dir), benchmark, manifest)
+    if not texts:
+        raise MPUError(f"{data_dir}: no {benchmark} training split to train a tokenizer on")
+    digest = hashlib.sha256(json.dumps([TOKENIZER_VOCAB, texts]).encode()).hexdigest()
+    from mpu.data.builtin import cache_root
+
+    for folder in (data_dir / TOKENIZER_DIR / benchmark, cache_root() / "tokenizers" / digest[:24]):
+        try:
+            record = json.loads((folder / TOKENIZER_RECORD).read_text(encoding="utf-8"))
+            if record.get("fingerprint") == digest:
+                return AutoTokenizer.from_pretrained(str(folder))
+        except (OSError, ValueError):
+            pass
+    tokenizer = train_tokenizer(texts, vocab_size=TOKENIZER_VOCAB)
+    for folder in (data_dir / TOKENIZER_DIR / benchmark, cache_root() / "tokenizers" / digest[:24]):
+        try:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        except OSError:
+            continue   # read-only data: fall back to the cache
+        try:
+            tokenizer.save_pretrained(str(staging))
+            (staging / TOKENIZER_RECORD).write_text(json.dumps(
+                {"fingerprint": digest, "benchmark": benchmark, "vocab_size": TOKENIZER_VOCAB, "texts": len(texts)},
+                indent=2) + "\n", encoding="utf-8")
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(staging, folder)
+            log.info("trained the %s tokenizer of %s on %d texts; cached in %s", benchmark, data_dir, len(texts), folder)
+            return AutoTokenizer.from_pretrained(str(folder))
+        except OSError as err:
+            log.warning("cannot cache the tokenizer in %s (%s)", folder, err)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return tokenizer
 
 
 def token_accuracy(model, examples, batch_size: int, pad_id: int) -> dict[str, float]:
@@ -258,7 +335,7 @@ def finetune(
         model_config = TinyLlamaConfig(**model_config)
     model_config = model_config or TinyLlamaConfig()
     defaults = TRAIN_DEFAULTS[benchmark]
-    tokenizer = _load_tokenizer(data_dir, manifest, data)
+    tokenizer = dataset_tokenizer(data_dir, benchmark, source, manifest)
     examples = encode_training(tokenizer, data, model_config.max_position_embeddings)
     batch_size = batch_size or defaults.batch_size
     if epochs is None:
@@ -281,8 +358,10 @@ def finetune(
 
     if out_dir.exists() and any(out_dir.iterdir()) and record is None:
         raise MPUError(f"{out_dir} exists and was not written by `mpu finetune`; refusing to replace it")
-    if threads:
-        torch.set_num_threads(threads)
+    if threads is not None:   # the library leaves torch alone unless asked; the CLI passes its --threads
+        from mpu.threads import apply_threads
+
+        apply_threads(threads)
     use_cpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu"
     torch.manual_seed(seed)
     config = LlamaConfig(

@@ -108,7 +108,10 @@ def test_datasets_directory(tmp_path, forget_rows):
         load_qa_rows(bad)
     split = tmp_path / "dict"
     datasets.DatasetDict({"train": datasets.Dataset.from_list(forget_rows)}).save_to_disk(str(split))
-    with pytest.raises(InputError, match="several splits"):
+    assert load_qa_rows(split) == forget_rows   # one split: no ambiguity
+    datasets.DatasetDict({"forget": datasets.Dataset.from_list(forget_rows),
+                          "retain": datasets.Dataset.from_list(forget_rows)}).save_to_disk(str(split))
+    with pytest.raises(InputError, match="holds the splits forget, retain"):
         load_qa_rows(split)
 
 

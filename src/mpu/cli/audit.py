@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mpu.threads import add_threads_argument, apply_threads
+
 
 def register(subparsers) -> None:
     audit = subparsers.add_parser(
@@ -29,6 +31,7 @@ def register(subparsers) -> None:
     audit.add_argument("--logit-length", type=int, default=32, help="tokens per random sequence")
     audit.add_argument("--seed", type=int, default=0, help="seed of the random token sequences")
     audit.add_argument("--keep-recovered", default=None, metavar="DIR", help="keep each attack's recovered model (in copy 1's coordinates) here")
+    add_threads_argument(audit)
     audit.set_defaults(func=_audit)
 
 
@@ -37,6 +40,7 @@ def _audit(args) -> int:
     from mpu.checkpoint import atomic_write_json
     from mpu.errors import MPUError
 
+    apply_threads(args.threads)
     oracle = None
     if args.oracle_alphas:
         try:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 
 from mpu.cli._lazy import add_method_arguments_lazily
+from mpu.threads import add_threads_argument, apply_threads
 
 
 def add_client_data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--forget", required=True, help="forget set: JSONL of {question, answer} rows, or a `datasets` folder")
+    parser.add_argument("--forget", required=True, help="forget set: question/answer rows as JSON lines, a JSON array, CSV, parquet, a `datasets` folder or a hub-layout folder")
     parser.add_argument("--retain", default=None, help="retain set, same format (needed by methods with a retain term)")
 
 
@@ -34,6 +35,7 @@ def register(subparsers) -> None:
     unlearn.add_argument("--resume", action="store_true",
                          help="skip copies whose update in --out is finished for this publication with the same method and settings; "
                               "train the others")
+    add_threads_argument(unlearn)
     unlearn.add_argument("--return-lora", action="store_true", help="return the LoRA factors instead of the merged update (needs --lora-rank)")
     add_method_arguments_lazily(unlearn)
     unlearn.set_defaults(func=_unlearn)
@@ -44,6 +46,7 @@ def _unlearn(args) -> int:
     from mpu.data.qa import load_qa_rows
     from mpu.methods import options_from_args
 
+    apply_threads(args.threads)
     method, hparams, training = options_from_args(args)
     forget = load_qa_rows(args.forget)
     retain = load_qa_rows(args.retain) if args.retain else None

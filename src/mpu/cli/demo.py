@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mpu.threads import add_threads_argument, apply_threads
+
 
 def register(subparsers) -> None:
     demo = subparsers.add_parser(
@@ -22,10 +24,15 @@ def register(subparsers) -> None:
     demo.add_argument("--copies", type=int, default=3, help="MPU copies m")
     demo.add_argument("--kappa", type=float, default=0.01, help="MPU noise ratio")
     demo.add_argument("--finetune-epochs", type=float, default=None, help="epochs for the tiny target/retain models (default: calibrated)")
+<<<<<<< HEAD
     demo.add_argument("--seed", type=int, default=0,
                       help="seeds the data, the tiny models, the data order and the server's randomness: identical runs print identical tables")
     demo.add_argument("--secret", action="store_true",
                       help="draw the server's secrets from the CSPRNG as in real use (the MPU row then varies between runs)")
+=======
+    demo.add_argument("--seed", type=int, default=0)
+    add_threads_argument(demo)
+>>>>>>> issue18
     demo.set_defaults(func=_demo)
 
 
@@ -33,6 +40,7 @@ def _demo(args) -> int:
     from mpu.demo import DemoConfig, format_table, randomness_note, run_demo
     from mpu.errors import MPUError
 
+    apply_threads(args.threads)
     try:
         config = DemoConfig(
             out_dir=args.out, authors=args.authors, forget_split=args.forget_split, method=args.method, epochs=args.epochs,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from mpu.threads import add_threads_argument, apply_threads
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -32,18 +34,15 @@ def register(subparsers) -> None:
                         help="model weights (probabilities are always computed in float32)")
     parser.add_argument("--mmlu", default="default",
                         help="WMDP utility data (hub name or directory; 'none' to skip)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    add_threads_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_eval)
 
 
 def _eval(args: argparse.Namespace) -> int:
-    import torch
-
     from mpu.eval import evaluate
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     summary = evaluate(
         args.model, args.benchmark, data=args.data, forget_split=args.forget_split,
         retain_model=args.retain_model, retain_logs=args.retain_logs, out_dir=args.out,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from mpu.threads import add_threads_argument, apply_threads
+
 
 def register(subparsers) -> None:
     from mpu.finetune import SPLITS
@@ -27,7 +29,7 @@ def register(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    add_threads_argument(parser)
     parser.add_argument("--force", action="store_true", help="train even if --out holds a matching model")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_finetune)
@@ -36,8 +38,9 @@ def register(subparsers) -> None:
 def _finetune(args: argparse.Namespace) -> int:
     from mpu.finetune import finetune
 
+    threads = apply_threads(args.threads)
     metrics = finetune(args.data, args.benchmark, args.split, args.out, epochs=args.epochs, lr=args.lr,
                        batch_size=args.batch_size, seed=args.seed, force=args.force,
-                       progress=not args.no_progress, device=args.device, threads=args.threads)
+                       progress=not args.no_progress, device=args.device, threads=threads)
     print(json.dumps(metrics, indent=2))
     return 0

@@ -6,6 +6,7 @@ import argparse
 
 from mpu.cli._lazy import add_method_arguments_lazily
 from mpu.client import CLIENT_REFERENCES
+from mpu.threads import add_threads_argument, apply_threads
 import tempfile
 
 
@@ -28,6 +29,7 @@ def register(subparsers) -> None:
     run.add_argument("--client-reference", choices=CLIENT_REFERENCES, default="first",
                      help="reference of NPO/DPO/UNDIAL/KL-retain on the client: round 1's copy K in every round (fixed, as "
                           "noise-free unlearning), or each round's own copy (moves every round)")
+    add_threads_argument(run)
     add_server_config_arguments(run)
     add_method_arguments_lazily(run)
     run.set_defaults(func=_run)
@@ -39,6 +41,7 @@ def _run(args) -> int:
     from mpu.methods import options_from_args
     from mpu.run import run_mpu
 
+    apply_threads(args.threads)
     config = server_config_from_args(args)
     method, hparams, training = options_from_args(args)
     forget = load_qa_rows(args.forget)

@@ -7,7 +7,13 @@ import copy
 import json
 
 from mpu.errors import MPUError
+<<<<<<< HEAD
 from mpu.server.config import PRESETS, ServerConfig  # no torch: parsing and --help stay fast
+=======
+from mpu.threads import add_threads_argument, apply_threads
+from mpu.reparam import ReparamOptions
+from mpu.server.config import PRESETS, ServerConfig
+>>>>>>> issue18
 
 
 def add_server_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,11 +97,13 @@ def register(subparsers) -> None:
     publish.add_argument("--workdir", required=True)
     publish.add_argument("--out", required=True, help="outbox folder to create: manifest.json, copy-1 ... copy-m")
     publish.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    add_threads_argument(publish)
     publish.set_defaults(func=_publish)
 
     aggregate = commands.add_parser("aggregate", help="Post-Process: validate the returns, invert, combine, apply; advance the round")
     aggregate.add_argument("--workdir", required=True)
     aggregate.add_argument("--returns", required=True, help="folder holding update-K/ sub-folders (from one or several clients)")
+    add_threads_argument(aggregate)
     aggregate.set_defaults(func=_aggregate)
 
     export = commands.add_parser("export", help="write the current (unlearned) model as a plain HF checkpoint")
@@ -121,6 +129,7 @@ def _init(args) -> int:
 def _publish(args) -> int:
     from mpu.server.publish import publish
 
+    apply_threads(args.threads)
     report = publish(args.workdir, args.out, replace=args.force)
     print(f"round {report.round}: published {len(report.copies)} copies to {report.out_dir}")
     print("transforms: " + "; ".join(report.transforms))
@@ -136,6 +145,7 @@ def _publish(args) -> int:
 def _aggregate(args) -> int:
     from mpu.server.aggregate import aggregate
 
+    apply_threads(args.threads)
     report = aggregate(args.workdir, args.returns)
     norms = ", ".join(f"copy {k}: {v:.4g}" for k, v in report.update_norms.items())
     print(f"round {report.round} aggregated ({norms}); step norm {report.step_norm:.4g}; model at {report.model_dir}")

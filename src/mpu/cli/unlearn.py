@@ -19,6 +19,7 @@ from pathlib import Path
 
 from mpu.cli._lazy import add_method_arguments_lazily
 from mpu.errors import InputError, MPUError
+from mpu.threads import add_threads_argument, apply_threads
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def register(subparsers) -> None:
         "unlearn",
         help="noise-free baseline: unlearn a forget set from one model (no MPU)",
         description=(
-            "Unlearn the forget set (JSONL or a `datasets` directory of question/answer rows) from a "
+            "Unlearn the forget set (question/answer rows: JSON lines, JSON array, CSV, parquet or a `datasets` folder) from a "
             "Hugging Face causal LM with one of the methods below, and save the result as a model "
             "directory. Settings come from the method's defaults, then --config, then the flags."
         ),
@@ -38,10 +39,11 @@ def register(subparsers) -> None:
     )
     add_method_arguments_lazily(parser)
     parser.add_argument("--model", required=True, help="Hugging Face model directory (config, tokenizer, weights)")
-    parser.add_argument("--forget", required=True, help="forget set: JSONL or `datasets` directory with question/answer")
+    parser.add_argument("--forget", required=True, help="forget set: question/answer rows as JSON lines, a JSON array, CSV, parquet, a `datasets` folder or a hub-layout folder")
     parser.add_argument("--retain", help="retain set, same format (needed by GradDiff, RMU, PDU; optional for others)")
     parser.add_argument("--out", required=True, help="where to write the unlearned model directory")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_threads_argument(parser)
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype to load and train the model in (default: float32)")
     parser.set_defaults(func=run)
 
@@ -65,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from mpu.data.qa import load_qa_rows
     from mpu.methods import options_from_args, run_unlearning
 
+    apply_threads(args.threads)
     method, hparams, training = options_from_args(args)
     out = Path(args.out)
     if out.exists() and not args.overwrite:

@@ -7,11 +7,14 @@ A *source* answers ``rows(config, split)`` with a list of dicts:
   set) it only looks in the local ``datasets`` cache and otherwise fails at once with a message that
   says how to point at a local copy, instead of retrying for half a minute.
 - :class:`LocalSource` reads a directory laid out like the hub repository (for example a
-  ``huggingface-cli download --repo-type dataset`` snapshot) or like the built-in benchmark. For
-  ``(config, split)`` it tries, in order: ``<config>/<split>.{jsonl,json,parquet,csv}``,
+  ``huggingface-cli download --repo-type dataset`` snapshot), like a benchmark's own release (TOFU's
+  ``forget10.json`` ..., MUSE's ``raw/forget.txt``, ``knowmem/forget_qa.json`` ...) or like the
+  built-in benchmark. For ``(config, split)`` it tries, in order: ``<config>/<split>.<ext>``,
   ``<config>/<split>-*.parquet`` (hub shards), ``<config>/<split>`` or ``<config>`` saved with
-  ``Dataset.save_to_disk``, and ``<config>.{jsonl,json,parquet}`` (TOFU's single-split layout).
-  ``.json`` files may hold JSON lines or one JSON array.
+  ``Dataset.save_to_disk``, ``<config>.<ext>`` (TOFU's one-file-per-config layout), then the
+  release names in ``SPLIT_ALIASES`` and ``TOP_LEVEL_CONFIGS``. ``<ext>`` is any format of
+  :mod:`mpu.data.files` (JSON lines, JSON arrays, CSV, parquet, arrow, text); an empty file is an
+  error naming it, a missing one a :class:`DataUnavailableError`. See docs/data.md for the trees.
 
 :func:`resolve_source` turns the ``--data`` argument into a source: nothing means the built-in
 benchmark (built and cached on first use), an existing directory means a local copy, and anything
@@ -20,7 +23,6 @@ else shaped like ``owner/name`` means a hub dataset.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from mpu.data.files import DATA_SUFFIXES, read_rows
 from mpu.errors import InputError, MPUError
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,17 @@ HUB_DEFAULTS = {
     "mmlu": "cais/mmlu",
 }
 PROBE_TIMEOUT_S = 3.0
+DATASETS_MARKERS = ("dataset_info.json", "dataset_dict.json", "state.json")
+# Names that releases use besides the hub's: MUSE's GitHub data folder (and older snapshots of it)
+# calls the retain QA set knowmem/retain2_qa.json and the privleak retain set privleak/retain2.json.
+SPLIT_ALIASES = {
+    ("knowmem", "retain_qa"): ("retain2_qa",),
+    ("knowmem", "retain_qa_icl"): ("retain2_qa_icl",),
+    ("privleak", "retain"): ("retain2",),
+}
+# Configs whose split files may also sit at the top of a local copy (MUSE's knowmem QA files:
+# forget_qa.json, retain_qa.json, ... next to raw/ and verbmem/).
+TOP_LEVEL_CONFIGS = ("knowmem",)
 
 
 class DataUnavailableError(MPUError):
@@ -150,77 +164,43 @@ class LocalSource:
         return self._cache[key]
 
     def candidates(self, config: str | None, split: str) -> list[Path]:
+        """Where ``(config, split)`` may live in a local copy, in the order they are tried."""
         base = self.root / config if config else self.root
-        paths = [base / f"{split}.{ext}" for ext in ("jsonl", "json", "parquet", "csv")]
-        paths += sorted(base.glob(f"{split}-*.parquet")) if base.is_dir() else []
-        paths += [base / split, base]
+        names = (split,) + SPLIT_ALIASES.get((config, split), ())
+        paths: list[Path] = []
+        for name in names:
+            paths += [base / f"{name}{suffix}" for suffix in DATA_SUFFIXES]
+            paths += sorted(base.glob(f"{name}-*.parquet")) if base.is_dir() else []
+            paths.append(base / name)
+        paths.append(base)
         if config:
-            paths += [self.root / f"{config}.{ext}" for ext in ("jsonl", "json", "parquet")]
+            paths += [self.root / f"{config}{suffix}" for suffix in DATA_SUFFIXES]
+        if config in TOP_LEVEL_CONFIGS:
+            paths += [self.root / f"{name}{suffix}" for name in names for suffix in DATA_SUFFIXES]
         return paths
 
     def _load(self, config: str | None, split: str) -> list[dict[str, Any]]:
         candidates = self.candidates(config, split)
-        shards = [path for path in candidates if path.name.startswith(f"{split}-") and path.suffix == ".parquet"]
-        if shards:
-            return [row for shard in shards for row in _read_file(shard)]
+        names = (split,) + SPLIT_ALIASES.get((config, split), ())
         for path in candidates:
+            shard_of = next((name for name in names if path.name.startswith(f"{name}-")), None)
+            if shard_of and path.suffix == ".parquet" and path.is_file():
+                # hub shards: <split>-00000-of-00002.parquet, <split>-00001-of-00002.parquet
+                shards = sorted(path.parent.glob(f"{shard_of}-*.parquet"))
+                return [row for shard in shards for row in read_rows(shard)]
             if path.is_file():
-                return _read_file(path)
-            if path.is_dir() and (path / "dataset_info.json").is_file():
-                return _read_saved_dataset(path, split)
+                return read_rows(path)
+            if path.is_dir() and any((path / marker).is_file() for marker in DATASETS_MARKERS):
+                return read_rows(path, split)
         where = f"config {config!r}, split {split!r}" if config else f"split {split!r}"
-        tried = ", ".join(str(path.relative_to(self.root)) for path in candidates[:6])
-        raise DataUnavailableError(f"{self.root}: no data for {where} (looked for {tried}, ...)")
-
-
-def _read_file(path: Path) -> list[dict[str, Any]]:
-    suffix = path.suffix.lower()
-    if suffix in (".parquet", ".csv"):
-        import datasets
-
-        try:
-            builder = "parquet" if suffix == ".parquet" else "csv"
-            dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
-        except Exception as err:
-            raise InputError(path, f"unreadable {builder} file ({err})") from None
-        return [dict(row) for row in dataset]
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise InputError(path, f"not valid UTF-8 ({err.reason} at byte {err.start})") from None
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise InputError(path, f"not valid JSON ({err.msg} at line {err.lineno})") from None
-    else:
-        rows = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
+        tried = []
+        for path in candidates:
+            if path == self.root or (path.suffix == ".parquet" and "-" in path.stem):
                 continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise InputError(path, f"line {number}: not valid JSON ({err.msg})") from None
-    for number, row in enumerate(rows, start=1):
-        if not isinstance(row, dict):
-            raise InputError(path, f"row {number}: expected a JSON object, got {type(row).__name__}")
-    return rows
-
-
-def _read_saved_dataset(path: Path, split: str) -> list[dict[str, Any]]:
-    import datasets
-
-    try:
-        dataset = datasets.load_from_disk(str(path))
-    except Exception as err:
-        raise InputError(path, f"not a `datasets` directory ({err})") from None
-    if isinstance(dataset, datasets.DatasetDict):
-        if split not in dataset:
-            raise InputError(path, f"has splits {', '.join(dataset)}, not {split!r}")
-        dataset = dataset[split]
-    return [dict(row) for row in dataset]
+            label = str(path.relative_to(self.root).with_suffix("")) + (".*" if path.suffix in DATA_SUFFIXES else "/")
+            if label not in tried:
+                tried.append(label)
+        raise DataUnavailableError(f"{self.root}: no data for {where} (looked for {', '.join(tried)})")
 
 
 def require_fields(rows: list[dict], fields: tuple[str, ...], where: str) -> list[dict]:

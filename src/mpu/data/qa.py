@@ -1,86 +1,53 @@
 """Question/answer files in TOFU format and their tokenisation for causal-LM training.
 
-A QA file is JSONL with one ``{"question": ..., "answer": ...}`` object per line (extra fields are
-kept), or a directory written by ``datasets.Dataset.save_to_disk``. Loss is computed on answer
+A QA file holds ``{"question": ..., "answer": ...}`` rows (extra fields are kept) in any format
+:mod:`mpu.data.files` reads. Loss is computed on answer
 tokens only, so the prompt part of ``labels`` is -100.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from mpu.errors import InputError
 
 IGNORE_INDEX = -100
+logger = logging.getLogger(__name__)
 
 
-def load_qa_rows(path: str | Path, required: Sequence[str] = ("question", "answer")) -> list[dict[str, Any]]:
-    """Read and validate a QA file. Every problem names the file and the line (or row)."""
-    path = Path(path)
-    if path.is_dir():
-        rows = _load_dataset_dir(path)
-        numbers = list(range(1, len(rows) + 1))
-        where = "row"
-    elif path.is_file():
-        numbered = _load_jsonl_numbered(path)
-        rows, numbers = [row for _, row in numbered], [number for number, _ in numbered]
-        where = "line"
-    else:
-        raise InputError(path, "no such file or directory")
-    if not rows:
-        raise InputError(path, "contains no rows")
-    for number, row in zip(numbers, rows):  # the file's line number, blank lines included
-        for field in required:
-            if field not in row:
-                raise InputError(path, f"{where} {number}: missing field {field!r}")
-            value = row[field]
-            if not isinstance(value, str):
-                raise InputError(path, f"{where} {number}: field {field!r} must be a string, got {type(value).__name__}")
-            if not value.strip():
-                raise InputError(path, f"{where} {number}: field {field!r} is empty")
-    return rows
+# Raw-text rows (MUSE corpora) become prompt/continuation chunks, as in the MUSE experiments' defaults.
+TEXT_CHUNK_WORDS = 200
+TEXT_PROMPT_WORDS = 16
 
 
-def _load_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [row for _, row in _load_jsonl_numbered(path)]
+def load_qa_rows(path: str | Path, required: Sequence[str] = ("question", "answer"),
+                 text_chunks: tuple[int, int] | None = (TEXT_CHUNK_WORDS, TEXT_PROMPT_WORDS)) -> list[dict[str, Any]]:
+    """Read and validate a QA file with the project's one reader (:mod:`mpu.data.files`: JSON lines,
+    JSON arrays, CSV, parquet, ``datasets`` folders, hub-layout folders). Every problem names the
+    file and the line (or row).
 
+    A file of raw text (MUSE's ``raw/forget.txt``, a JSON array of strings, ``text`` rows) is cut
+    into chunks of ``text_chunks[0]`` words whose first ``text_chunks[1]`` words are the prompt and
+    the rest the answer (the methods train on prompt/answer rows); ``text_chunks=None`` refuses it.
+    """
+    from mpu.data.files import read_numbered, validate_fields
 
-def _load_jsonl_numbered(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, object) for every non-blank line."""
-    rows = []
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise InputError(path, f"line {number}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise InputError(path, f"line {number}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise InputError(path, f"line {number}: expected a JSON object, got {type(row).__name__}")
-            rows.append((number, row))
-    return rows
+    numbered = read_numbered(path)
+    is_text = all(set(row) == {"text"} for _, row in numbered)
+    if is_text and text_chunks is not None and "question" in required:
+        validate_fields(path, numbered, ("text",))
+        from mpu.experiments.sources import text_rows_to_qa
 
-
-def _load_dataset_dir(path: Path) -> list[dict[str, Any]]:
-    import datasets
-
-    try:
-        dataset = datasets.load_from_disk(str(path))
-    except Exception as err:  # datasets raises several types for a bad folder
-        raise InputError(path, f"not a `datasets` directory ({err})") from None
-    if isinstance(dataset, datasets.DatasetDict):
-        raise InputError(path, f"holds several splits ({', '.join(dataset)}); point at one split's folder")
-    return [dict(row) for row in dataset]
+        rows = text_rows_to_qa([row for _, row in numbered], *text_chunks)
+        logger.info("%s: %d text rows read as %d chunks of %d words (the first %d the prompt)",
+                    path, len(numbered), len(rows), text_chunks[0], text_chunks[1])
+        return rows
+    validate_fields(path, numbered, required)
+    return [row for _, row in numbered]
 
 
 def format_prompt(tokenizer, question: str) -> str:

@@ -64,7 +64,9 @@ class EvalContext:
         try:
             return self.datasets[name]
         except KeyError:
-            raise MetricUnavailable(f"no dataset {name!r} (have {', '.join(self.datasets) or 'none'})") from None
+            why = getattr(self, "missing", {}).get(name)   # the evaluator's reason: the local copy lacks it
+            raise MetricUnavailable(f"no {name} data: {why}" if why else
+                                    f"no dataset {name!r} (have {', '.join(self.datasets) or 'none'})") from None
 
     # --- teacher-forced passes ----------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from mpu.data.loaders import ResolvedData, require_fields, resolve_source
+from mpu.data.loaders import DataUnavailableError, ResolvedData, require_fields, resolve_source
 from mpu.errors import InputError, MPUError
 from mpu.eval.context import EvalContext, EvalDataset, MetricUnavailable
 from mpu.eval.metrics import METRICS
@@ -94,8 +94,15 @@ def _holdout_for(forget_split: str) -> str:
     return f"holdout{match.group(1)}"
 
 
-def build_datasets(suite: dict, resolved: ResolvedData) -> dict[str, EvalDataset]:
-    """Load every dataset the suite names (TOFU/MUSE) from ``resolved``."""
+def build_datasets(suite: dict, resolved: ResolvedData, missing: dict[str, str] | None = None) -> dict[str, EvalDataset]:
+    """Load every dataset the suite names (TOFU/MUSE) from ``resolved``.
+
+    A dataset the local copy does not have is left out and its reason put in ``missing`` (name ->
+    why), so that the suite runs on the subsets that exist (MUSE-Books has no knowmem, say); the
+    metrics that need it are then skipped with that reason. Without ``missing`` every dataset is
+    required. A malformed or empty file is always an error. Raises DataUnavailableError when none
+    of the datasets exists.
+    """
     names = {}
     if suite["benchmark"] == "tofu":
         forget_split = suite["forget_split"]
@@ -106,9 +113,19 @@ def build_datasets(suite: dict, resolved: ResolvedData) -> dict[str, EvalDataset
         config = config.format(**names) if config else config
         split = spec.get("split", "train")
         where = f"{resolved.description} [{config}/{split}]"
-        rows = require_fields(resolved.rows(config, split), REQUIRED_FIELDS[spec["kind"]], where)
-        icl = resolved.rows(config, spec["icl"]) if spec.get("icl") else []
+        try:
+            rows = resolved.rows(config, split)
+            icl = resolved.rows(config, spec["icl"]) if spec.get("icl") else []
+        except DataUnavailableError as err:
+            if missing is None:
+                raise
+            missing[name] = str(err)
+            continue
+        rows = require_fields(rows, REQUIRED_FIELDS[spec["kind"]], where)   # present but malformed: an error
         datasets[name] = EvalDataset(name, spec["kind"], rows, icl=icl)
+    if not datasets:
+        reasons = "; ".join(f"{name}: {why}" for name, why in (missing or {}).items())
+        raise DataUnavailableError(f"{resolved.description}: none of the suite's datasets exists ({reasons})")
     return datasets
 
 
@@ -144,14 +161,14 @@ def build_wmdp(suite: dict, resolved: ResolvedData, mmlu: str | None = "default"
 
 
 def run_metrics(ctx: EvalContext, metrics: dict, keys: list[str] | None = None, reference_logs: dict | None = None,
-                progress: bool = False, desc: str = "eval") -> dict:
+                progress: bool = False, desc: str = "eval", skipped: dict[str, str] | None = None) -> dict:
     """Compute ``keys`` (default: all) with their pre-computes; returns {key: result} for every metric
-    computed, skipping the ones that are unavailable (logged)."""
+    computed, skipping the ones that are unavailable (logged, and put in ``skipped``: key -> why)."""
     from tqdm.auto import tqdm
 
     keys = list(metrics) if keys is None else keys
     logs: dict[str, Any] = {}
-    skipped: dict[str, str] = {}
+    skipped = {} if skipped is None else skipped
 
     def compute(key: str):
         if key in logs:
@@ -220,8 +237,16 @@ def _check_reference(logs: dict, ours: dict, source: str) -> None:
                                "(was it computed on another forget split?)")
 
 
-def _same_tokenizer(a, b) -> bool:
-    return a.get_vocab() == b.get_vocab()
+def _tokenizer_mismatch(tokenizer, reference_tokenizer, model_dir, retain_model) -> str | None:
+    """Why the retain model cannot be mia_reference's reference (None when it can): the attack
+    subtracts per-token losses, which only compare under one tokenizer."""
+    ours, theirs = tokenizer.get_vocab(), reference_tokenizer.get_vocab()
+    if ours == theirs:
+        return None
+    shared = sum(1 for token, index in ours.items() if theirs.get(token) == index)
+    return (f"mia_reference needs the retain model to share the model's tokenizer, but {retain_model} and "
+            f"{model_dir} have different ones ({shared} of {len(ours)} tokens agree); train both on one "
+            f"dataset's tokenizer (mpu finetune does: docs/data.md)")
 
 
 def evaluate(
@@ -257,11 +282,12 @@ def evaluate(
     if benchmark == "tofu":
         suite["forget_split"] = forget_split or suite.get("forget_split") or "forget10"
     resolved = resolve_source(data, benchmark)
+    missing: dict[str, str] = {}   # suite dataset -> why the local copy lacks it
     if benchmark == "wmdp":
         datasets, metrics = build_wmdp(suite, resolved, mmlu)
         summary_keys = list(metrics)
     else:
-        datasets = build_datasets(suite, resolved)
+        datasets = build_datasets(suite, resolved, missing)
         metrics, summary_keys = suite["metrics"], suite["summary"]
     batch_size = batch_size or suite.get("batch_size", 32)
 
@@ -276,12 +302,22 @@ def evaluate(
         reference_datasets = datasets
         ref_ctx = EvalContext(reference_model, reference_tokenizer, reference_datasets, batch_size)
         reference_logs = run_metrics(ref_ctx, metrics, keys=needed, progress=progress, desc=f"{benchmark} retain model")
-        if not _same_tokenizer(tokenizer, reference_tokenizer):
-            log.warning("the retain model has another tokenizer; mia_reference is skipped")
+        reference_unavailable = _tokenizer_mismatch(tokenizer, reference_tokenizer, model_dir, retain_model)
+        if reference_unavailable:
+            log.warning("%s", reference_unavailable)
             reference_model = None
 
     ctx = EvalContext(model, tokenizer, datasets, batch_size, reference_model=reference_model)
-    logs = run_metrics(ctx, metrics, reference_logs=reference_logs, progress=progress, desc=f"{benchmark} eval")
+    ctx.missing = missing
+    if retain_model is not None and reference_model is None:
+        ctx.reference_unavailable = reference_unavailable
+    skipped: dict[str, str] = {}
+    logs = run_metrics(ctx, metrics, reference_logs=reference_logs, progress=progress, desc=f"{benchmark} eval",
+                       skipped=skipped)
+    for name, why in missing.items():
+        log.warning("no %s data: %s", name, why)
+    if skipped:
+        log.warning("skipped %d metric(s): %s", len(skipped), "; ".join(f"{key}: {why}" for key, why in skipped.items()))
     if retain_logs is not None:
         _check_reference(reference_logs, logs, str(retain_logs))
     summary = {key: logs[key]["agg_value"] for key in summary_keys if key in logs}
@@ -301,6 +337,7 @@ def evaluate(
             "retain_logs": str(retain_logs) if retain_logs else None,
             "batch_size": batch_size, "device": str(next(model.parameters()).device), "dtype": dtype,
             "seconds": round(elapsed, 2), "suite": {**suite, "metrics": metrics},
+            "missing_data": missing, "skipped_metrics": skipped,
         })
     log.info("%s evaluation of %s took %.1f s", benchmark, model_dir, elapsed)
     return summary

@@ -258,7 +258,9 @@ def mia_gradnorm(ctx: EvalContext, data: dict, p: float = 2, **_) -> dict:
 def mia_reference(ctx: EvalContext, data: dict, **_) -> dict:
     """Reference attack: NLL minus the reference (retain) model's NLL."""
     if ctx.reference_model is None:
-        raise MetricUnavailable("mia_reference needs a reference model (--retain-model)")
+        # The evaluator says why when a retain model was given but cannot serve as the reference.
+        raise MetricUnavailable(getattr(ctx, "reference_unavailable", None)
+                                or "mia_reference needs a reference model (--retain-model)")
     return _mia(ctx, data, lambda name: [s.avg_loss - r.avg_loss
                                          for s, r in zip(ctx.stats(name), ctx.reference_stats(name))])
 

@@ -72,10 +72,9 @@ def _mpu(settings: ExperimentSettings, prepared: Prepared, out: Path, run_dir: P
 
 
 def _set_threads(settings: ExperimentSettings) -> None:
-    if settings.threads:
-        import torch
+    from mpu.threads import apply_threads
 
-        torch.set_num_threads(settings.threads)
+    apply_threads(settings.threads)   # None: $MPU_THREADS or the measured default; 0: torch's own
 
 
 def _fingerprint(path: str | None) -> str | None:
