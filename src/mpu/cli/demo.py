@@ -24,15 +24,11 @@ def register(subparsers) -> None:
     demo.add_argument("--copies", type=int, default=3, help="MPU copies m")
     demo.add_argument("--kappa", type=float, default=0.01, help="MPU noise ratio")
     demo.add_argument("--finetune-epochs", type=float, default=None, help="epochs for the tiny target/retain models (default: calibrated)")
-<<<<<<< HEAD
     demo.add_argument("--seed", type=int, default=0,
                       help="seeds the data, the tiny models, the data order and the server's randomness: identical runs print identical tables")
     demo.add_argument("--secret", action="store_true",
                       help="draw the server's secrets from the CSPRNG as in real use (the MPU row then varies between runs)")
-=======
-    demo.add_argument("--seed", type=int, default=0)
     add_threads_argument(demo)
->>>>>>> issue18
     demo.set_defaults(func=_demo)
 
 

@@ -7,13 +7,8 @@ import copy
 import json
 
 from mpu.errors import MPUError
-<<<<<<< HEAD
 from mpu.server.config import PRESETS, ServerConfig  # no torch: parsing and --help stay fast
-=======
 from mpu.threads import add_threads_argument, apply_threads
-from mpu.reparam import ReparamOptions
-from mpu.server.config import PRESETS, ServerConfig
->>>>>>> issue18
 
 
 def add_server_config_arguments(parser: argparse.ArgumentParser) -> None:
