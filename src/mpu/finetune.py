@@ -1,5 +1,14 @@
-"""Train a tiny Llama-architecture model from scratch on the built-in benchmark (or a local copy in
-the same format): the "full" target, or a retain model that never saw the forget split.
+"""Train a tiny Llama-architecture model on the built-in benchmark (or a local copy in the same
+format), in TOFU's two stages:
+
+- ``split="base"``: a *base* model trained from scratch on general data with none of the
+  benchmark's fictitious entities (:func:`base_training_data`): the built-in generic corpus and the
+  real_authors/world_facts QA, the "pretraining knowledge" that model utility's ra/wf parts test (as
+  TOFU's targets get it from Llama's pretraining);
+- ``split="full"`` / ``"retainNN"`` with ``base=...``: the target (or retain model) as the base
+  fine-tuned on the benchmark's training split with one recipe (``FROM_BASE``), so that target and
+  retain model differ only by the forget data and ``theta - theta_base`` is a task vector, against
+  which the server scales its noise. Without a base they are trained from scratch (the old regime).
 
 The result is a standard HF checkpoint (config, safetensors, tokenizer, generation config) plus
 ``mpu_finetune.json`` with the training metrics and a fingerprint of data + configuration; a later
@@ -30,7 +39,8 @@ log = logging.getLogger(__name__)
 FINETUNE_VERSION = 1
 RECORD = "mpu_finetune.json"
 BENCHMARKS = ("tofu", "muse", "wmdp")
-SPLITS = ("full", "retain90", "retain95", "retain99")
+SPLITS = ("base", "full", "retain90", "retain95", "retain99")
+BASE_SPLIT = "base"
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,19 @@ TRAIN_DEFAULTS = {
     "tofu": TrainConfig(epochs=40, learning_rate=3e-3),
     "muse": TrainConfig(epochs=40, learning_rate=3e-3, batch_size=16, min_steps=600),
     "wmdp": TrainConfig(epochs=40, learning_rate=3e-3, batch_size=8, min_steps=800),
+}
+
+
+# The base stage: from scratch on the general data (built-in: ~3,000 QA and articles).
+BASE_DEFAULTS = TrainConfig(epochs=15, learning_rate=3e-3, batch_size=32)
+
+# Fine-tuning a base on a benchmark split (target and retain model alike): a lower learning rate than
+# from scratch, so that the task vector stays a small part of the weights while the answers are
+# memorised (docs/results.md reports RMS(theta - theta_base) / RMS(theta) per block).
+FROM_BASE = {
+    "tofu": TrainConfig(epochs=40, learning_rate=1e-3),
+    "muse": TrainConfig(epochs=40, learning_rate=1e-3, batch_size=16, min_steps=600),
+    "wmdp": TrainConfig(epochs=40, learning_rate=1e-3, batch_size=8, min_steps=800),
 }
 
 
@@ -136,6 +159,8 @@ def training_data(source, benchmark: str, split: str, manifest: dict | None = No
     """
     if benchmark not in BENCHMARKS:
         raise MPUError(f"unknown benchmark {benchmark!r}; known: {', '.join(BENCHMARKS)}")
+    if split == BASE_SPLIT:
+        raise MPUError("the base model's data is not a benchmark split: use base_training_data")
     if split not in SPLITS and not (benchmark != "tofu" and split == "retain"):
         raise MPUError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
     retain_only = split != "full"
@@ -173,6 +198,46 @@ def training_data(source, benchmark: str, split: str, manifest: dict | None = No
     return TrainingData([("text", rows)], [f"{corpus}/train" for corpus in corpora])
 
 
+def base_training_data(data_dir: str | Path, benchmark: str, source=None, manifest: dict | None = None) -> TrainingData:
+    """The base model's data: general knowledge, none of the benchmark's fictitious entities.
+
+    - the built-in benchmark: its general corpus (articles, loss on every token) and QA about the
+      same invented topics, plus TOFU's real_authors and world_facts QA. Those two are what model
+      utility's ra/wf parts evaluate: like Llama for TOFU, the base knows them from "pretraining";
+      they are never in a target/retain fine-tuning split (tests/data/test_leakage.py);
+    - a local TOFU-format copy: its real_authors and world_facts QA;
+    - anything else: an ``MPUError`` (no general data: pass a base model directory, or none).
+    """
+    from mpu.data.loaders import LocalSource
+
+    data_dir = Path(data_dir)
+    if manifest and manifest.get("general"):
+        general = manifest["general"]
+        root = LocalSource(data_dir / general["path"])
+        tofu = LocalSource(data_dir / manifest["tofu"]["path"])
+        knowledge = [{"question": r["question"], "answer": r["answer"]}
+                     for name in ("real_authors", "world_facts") for r in tofu.rows(name, "train")]
+        qa = [{"question": r["question"], "answer": r["answer"]} for r in root.rows(general["qa"], "train")]
+        texts = [{"text": r["text"]} for r in root.rows(general["corpus"], "train")]
+        return TrainingData([("qa", knowledge + qa), ("text", texts)],
+                            ["tofu/real_authors", "tofu/world_facts", f"general/{general['qa']}", f"general/{general['corpus']}"])
+    if manifest:
+        raise MPUError(f"{data_dir}: built-in benchmark of an older version without general data; rebuild it "
+                       "(`mpu data build`) or pass --base none")
+    if benchmark == "tofu":
+        source = source or LocalSource(data_dir)
+        rows = []
+        for name in ("real_authors", "world_facts"):
+            try:
+                rows += [{"question": r["question"], "answer": r["answer"]} for r in source.rows(name, "train")]
+            except MPUError:
+                continue
+        if rows:
+            return TrainingData([("qa", rows)], ["real_authors", "world_facts"])
+    raise MPUError(f"{data_dir}: no general data to train a {benchmark} base model on (the built-in benchmark and "
+                   "TOFU copies with real_authors/world_facts have some); pass --base DIR (a model) or --base none")
+
+
 def encode_training(tokenizer, data: TrainingData, max_length: int) -> list[dict[str, list[int]]]:
     from mpu.eval.encoding import encode, encode_qa_doc
 
@@ -181,10 +246,14 @@ def encode_training(tokenizer, data: TrainingData, max_length: int) -> list[dict
             for kind, rows in data.parts for row in rows]
 
 
-def _fingerprint(examples, model_config: TinyLlamaConfig, train_config: TrainConfig, benchmark: str, split: str) -> str:
+def _fingerprint(examples, model_config: TinyLlamaConfig, train_config: TrainConfig, benchmark: str, split: str,
+                 base_fingerprint: str | None = None) -> str:
     digest = hashlib.sha256()
-    digest.update(json.dumps({"version": FINETUNE_VERSION, "benchmark": benchmark, "split": split,
-                              "model": asdict(model_config), "train": asdict(train_config)}, sort_keys=True).encode())
+    header = {"version": FINETUNE_VERSION, "benchmark": benchmark, "split": split,
+              "model": asdict(model_config), "train": asdict(train_config)}
+    if base_fingerprint is not None:
+        header["base"] = base_fingerprint
+    digest.update(json.dumps(header, sort_keys=True).encode())
     for example in examples:
         digest.update(json.dumps([example["input_ids"], example["labels"]]).encode())
     return digest.hexdigest()
@@ -313,10 +382,20 @@ def finetune(
     progress: bool = True,
     device: str | None = None,
     threads: int | None = None,
+    base: str | Path | None = None,
 ) -> dict:
     """Train (or reuse) a tiny Llama on ``benchmark``/``split`` of ``data_dir`` and save it to
     ``out_dir``. Returns the metrics: answer_token_accuracy, exact_match, train_loss,
-    train_seconds, n_params, n_examples, epochs, learning_rate, fingerprint, cached."""
+    train_seconds, n_params, n_examples, epochs, learning_rate, fingerprint, cached, base (the
+    base model's directory or None) and, with a base, ``task_vector_ratio`` (per block,
+    RMS(theta - theta_base) / RMS(theta)).
+
+    ``split="base"`` trains the base model from scratch on :func:`base_training_data`. For the other
+    splits ``base`` is ``None``/``"none"`` (from scratch, defaults ``TRAIN_DEFAULTS``), ``"auto"`` (the
+    dataset's base model, trained and cached on first use by :func:`ensure_base`) or a directory
+    written by ``finetune(split="base")`` (its model configuration and tokenizer are used; the
+    defaults are ``FROM_BASE``). Raises ``MPUError`` for a base of another tokenizer or a
+    ``model_config`` that contradicts the base's."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
@@ -327,15 +406,45 @@ def finetune(
     data_dir = Path(data_dir) if data_dir is not None else ensure_builtin()
     if not data_dir.is_dir():
         raise MPUError(f"{data_dir}: no such data directory (build one with `mpu data build --out DIR`)")
+    if benchmark not in BENCHMARKS:
+        raise MPUError(f"unknown benchmark {benchmark!r}; known: {', '.join(BENCHMARKS)}")
     manifest = read_manifest(data_dir)
     source = LocalSource(data_dir / manifest[benchmark]["path"]) if manifest else LocalSource(data_dir)
-    data = training_data(source, benchmark, split, manifest)
-
     if isinstance(model_config, dict):
         model_config = TinyLlamaConfig(**model_config)
+    base_dir, base_record = None, None
+    if split == BASE_SPLIT:
+        if base not in (None, "none"):
+            raise MPUError("--split base trains the base model itself from scratch: leave --base out")
+        data = base_training_data(data_dir, benchmark, source, manifest)
+        defaults = BASE_DEFAULTS
+    else:
+        data = training_data(source, benchmark, split, manifest)
+        defaults = TRAIN_DEFAULTS[benchmark]
+        if base == "auto":
+            base = ensure_base(data_dir, benchmark, model_config=model_config, seed=seed, progress=progress,
+                               device=device, threads=threads)
+        if base not in (None, "none"):
+            base_dir = Path(base)
+            base_record = read_record(base_dir)
+            if base_record is None or not (base_dir / "model.safetensors").is_file():
+                raise MPUError(f"{base_dir}: not a base model written by `mpu finetune --split base` "
+                               "(no mpu_finetune.json or model.safetensors)")
+            base_config = TinyLlamaConfig(**base_record["model_config"])
+            if model_config is not None and model_config != base_config:
+                raise MPUError(f"{base_dir}: the base model's configuration {asdict(base_config)} differs from the "
+                               f"requested {asdict(model_config)}; a fine-tuned model keeps its base's shape")
+            model_config = base_config
+            defaults = FROM_BASE[benchmark]
+
     model_config = model_config or TinyLlamaConfig()
-    defaults = TRAIN_DEFAULTS[benchmark]
     tokenizer = dataset_tokenizer(data_dir, benchmark, source, manifest)
+    if base_dir is not None:
+        from transformers import AutoTokenizer
+
+        if AutoTokenizer.from_pretrained(str(base_dir)).get_vocab() != tokenizer.get_vocab():
+            raise MPUError(f"{base_dir}: the base model's tokenizer is not {data_dir}'s; train the base on the same data "
+                           "(`mpu finetune --split base --data ...`)")
     examples = encode_training(tokenizer, data, model_config.max_position_embeddings)
     batch_size = batch_size or defaults.batch_size
     if epochs is None:
@@ -348,7 +457,8 @@ def finetune(
         warmup_ratio=defaults.warmup_ratio, weight_decay=defaults.weight_decay,
         lr_scheduler=defaults.lr_scheduler, seed=seed,
     )
-    fingerprint = _fingerprint(examples, model_config, train_config, benchmark, split)
+    fingerprint = _fingerprint(examples, model_config, train_config, "general" if split == BASE_SPLIT else benchmark,
+                               split, base_record["fingerprint"] if base_record else None)
 
     out_dir = Path(out_dir)
     record = read_record(out_dir)
@@ -364,12 +474,15 @@ def finetune(
         apply_threads(threads)
     use_cpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu"
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, **asdict(model_config),
-        attn_implementation="eager",  # 2-3x faster than sdpa for such small models on CPU
-    )
-    model = LlamaForCausalLM(config)
+    if base_dir is not None:
+        model = LlamaForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32, attn_implementation="eager")
+    else:
+        config = LlamaConfig(
+            vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, **asdict(model_config),
+            attn_implementation="eager",  # 2-3x faster than sdpa for such small models on CPU
+        )
+        model = LlamaForCausalLM(config)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("training a %.2fM-parameter model on %d %s examples (%s/%s) for %s epochs",
              n_params / 1e6, len(examples), data.kinds, benchmark, split, train_config.epochs)
@@ -417,7 +530,10 @@ def finetune(
             "epochs": train_config.epochs,
             "learning_rate": train_config.learning_rate,
             "fingerprint": fingerprint,
+            "base": str(base_dir.resolve()) if base_dir is not None else None,
         }
+        if base_dir is not None:
+            metrics["task_vector_ratio"] = task_vector_ratio(model, base_dir)
         shutil.rmtree(staging / "trainer", ignore_errors=True)
         model.generation_config.do_sample = False
         model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -427,7 +543,8 @@ def finetune(
         tokenizer.save_pretrained(str(staging))
         with open(staging / RECORD, "w", encoding="utf-8") as handle:
             json.dump({"fingerprint": fingerprint, "metrics": metrics, "train_config": asdict(train_config),
-                       "model_config": asdict(model_config), "data": str(data_dir), "sources": data.sources},
+                       "model_config": asdict(model_config), "data": str(data_dir), "sources": data.sources,
+                       "base": metrics["base"], "base_fingerprint": base_record["fingerprint"] if base_record else None},
                       handle, indent=2)
         for path in staging.rglob("*"):
             os.chmod(path, 0o755 if path.is_dir() else 0o644)
@@ -443,3 +560,62 @@ def finetune(
     log.info("answer-token accuracy %.4f, exact match %.3f, %.1f s", metrics["answer_token_accuracy"],
              metrics["exact_match"], metrics["train_seconds"])
     return {**metrics, "cached": False}
+
+
+def default_base_dir(data_dir: str | Path, model_config: TinyLlamaConfig | None = None) -> Path:
+    """Where ``base="auto"`` keeps a dataset's base model: ``$MPU_CACHE/models/<data>/base-<config>``,
+    one per dataset (its folder name, plus a hash of its path for a local copy) and model shape."""
+    from mpu.data.builtin import cache_root, read_manifest
+
+    data_dir = Path(data_dir)
+    shape = hashlib.sha256(json.dumps(asdict(model_config or TinyLlamaConfig()), sort_keys=True).encode()).hexdigest()[:8]
+    name = data_dir.name if read_manifest(data_dir) else \
+        f"{data_dir.name}-{hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:8]}"
+    return cache_root() / "models" / name / f"base-{shape}"
+
+
+def ensure_base(data_dir: str | Path, benchmark: str = "tofu", model_config: TinyLlamaConfig | dict | None = None,
+                seed: int = 0, progress: bool = True, device: str | None = None, threads: int | None = None) -> Path:
+    """The base model of ``data_dir`` (trained from scratch on :func:`base_training_data`, cached at
+    :func:`default_base_dir` and reused while its fingerprint matches). Returns its directory."""
+    if isinstance(model_config, dict):
+        model_config = TinyLlamaConfig(**model_config)
+    out = default_base_dir(data_dir, model_config)
+    finetune(data_dir, benchmark, BASE_SPLIT, out, seed=seed, model_config=model_config, progress=progress,
+             device=device, threads=threads)
+    return out
+
+
+def block_of(name: str) -> str:
+    """The block a tensor belongs to: ``model.layers.3.mlp.up_proj.weight`` -> ``layers.3``; the
+    embeddings, final norm and LM head are their own blocks."""
+    parts = name.split(".")
+    if "layers" in parts:
+        index = parts.index("layers")
+        return f"layers.{parts[index + 1]}"
+    return parts[-2] if len(parts) > 1 else name
+
+
+def task_vector_ratio(model, base_dir: str | Path) -> dict[str, float]:
+    """Per block, RMS(theta - theta_base) / RMS(theta) over all the block's values (float32), for
+    ``model`` (a module or a model directory) against the checkpoint in ``base_dir``. The server's
+    noise is sigma_l = kappa * RMS(theta_l - theta_base,l); this ratio says how much smaller that is
+    than kappa * RMS(theta_l), the scale without a base. Raises ``MPUError`` on a tensor mismatch."""
+    import torch
+    from safetensors.torch import load_file
+
+    if not hasattr(model, "state_dict"):
+        state = load_file(str(Path(model) / "model.safetensors"))
+    else:
+        state = {name: tensor.detach() for name, tensor in model.state_dict().items()}
+    base = load_file(str(Path(base_dir) / "model.safetensors"))
+    sums: dict[str, list[float]] = {}
+    for name, tensor in base.items():
+        if name not in state or state[name].shape != tensor.shape:
+            raise MPUError(f"{base_dir}: tensor {name} does not match the model's")
+        theta = state[name].to(torch.float32)
+        delta = theta - tensor.to(torch.float32)
+        entry = sums.setdefault(block_of(name), [0.0, 0.0])
+        entry[0] += float(delta.pow(2).sum())
+        entry[1] += float(theta.pow(2).sum())
+    return {block: round(math.sqrt(d / t), 6) if t > 0 else 0.0 for block, (d, t) in sums.items()}

@@ -155,3 +155,21 @@ def test_ensure_builtin_builds_once_in_the_cache(tmp_path, monkeypatch):
     stamp = (path / "manifest.json").stat().st_mtime_ns
     assert ensure_builtin(config) == path
     assert (path / "manifest.json").stat().st_mtime_ns == stamp
+
+
+def test_general_data_of_the_base_model_names_no_benchmark_entity(bench):
+    from mpu.data.builtin import words as W
+
+    corpus = rows(bench / "general" / "corpus.json")
+    qa = rows(bench / "general" / "qa.json")
+    assert len(corpus) == BuildConfig().general and len(qa) == 3 * len(corpus)
+    assert read_manifest(bench)["general"]["knowledge"] == ["tofu/real_authors", "tofu/world_facts"]
+    text = " ".join([r["text"] for r in corpus] + [r["question"] + " " + r["answer"] for r in qa])
+    words = set(text.replace(".", " ").replace("?", " ").replace(",", " ").split())
+    entities = set(W.FIRST_NAMES_F + W.FIRST_NAMES_M + W.LAST_NAMES + W.AWARDS + W.TOWNS + W.COMPANIES
+                   + W.COMPOUND_PREFIX + W.CROPS_PREFIX)
+    assert not {e for e in entities if " " not in e} & words
+    assert not [e for e in entities if " " in e and e in text]
+    # the invented topics are many and distinct
+    names = {r["text"].split(" is ")[0] for r in corpus}
+    assert len(names) == len(corpus)

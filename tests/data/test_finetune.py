@@ -11,7 +11,16 @@ from mpu.cli import main
 from mpu.data.builtin import build_benchmark
 from mpu.data.loaders import LocalSource
 from mpu.errors import MPUError
-from mpu.finetune import TRAIN_DEFAULTS, TinyLlamaConfig, finetune, read_record, training_data
+from mpu.finetune import (
+    TRAIN_DEFAULTS,
+    TinyLlamaConfig,
+    base_training_data,
+    default_base_dir,
+    finetune,
+    read_record,
+    task_vector_ratio,
+    training_data,
+)
 
 MICRO = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, intermediate_size=64)
 
@@ -19,7 +28,7 @@ MICRO = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     path = tmp_path_factory.mktemp("bench") / "b"
-    build_benchmark(path, authors=10, facts=5, news=20, topics=8)
+    build_benchmark(path, authors=10, facts=5, news=20, topics=8, general=4)
     return path
 
 
@@ -81,14 +90,14 @@ def test_cli_finetune(bench, tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(module, "TinyLlamaConfig", lambda: TinyLlamaConfig(**MICRO))
     assert main(["finetune", "--data", str(bench), "--benchmark", "wmdp", "--split", "retain", "--out",
-                 str(tmp_path / "w"), "--epochs", "1", "--no-progress", "--threads", "1"]) == 0
+                 str(tmp_path / "w"), "--epochs", "1", "--no-progress", "--threads", "1", "--base", "none"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["benchmark"] == "wmdp" and metrics["n_examples"] == 8 * 4   # crops: 4 sentences each
     assert main(["finetune", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "x")]) == 2
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "keep.txt").write_text("x")
     assert main(["finetune", "--data", str(bench), "--benchmark", "wmdp", "--split", "retain", "--out",
-                 str(tmp_path / "foreign"), "--epochs", "1", "--no-progress"]) == 2
+                 str(tmp_path / "foreign"), "--epochs", "1", "--no-progress", "--base", "none"]) == 2
     assert (tmp_path / "foreign" / "keep.txt").is_file()
     assert "refusing" in capsys.readouterr().err
 
@@ -102,3 +111,68 @@ def test_model_config_file_matches_the_defaults():
     config = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[2] / "configs/model/tiny-llama.yaml"))
     assert config["config"] == asdict(TinyLlamaConfig())
     assert config["train"] == {name: asdict(value) for name, value in TRAIN_DEFAULTS.items()}
+
+
+def test_base_data_has_no_benchmark_entity_but_the_general_knowledge(bench):
+    tofu = LocalSource(bench / "tofu")
+    data = base_training_data(bench, "tofu", tofu, json.loads((bench / "manifest.json").read_text()))
+    texts = "\n".join(str(item) for row in data.rows for item in row.values())
+    general = {r["question"] for name in ("real_authors", "world_facts") for r in tofu.rows(name, "train")}
+    assert general <= {row["question"] for row in data.rows if "question" in row}   # "pretraining" knowledge
+    assert data.kinds == "qa+text" and len([r for r in data.rows if "text" in r]) == 4
+    authors = {r["question"].split(" by ")[-1].rstrip("?") for r in tofu.rows("full", "train") if " by " in r["question"]}
+    assert authors and not any(author in texts for author in authors)
+    with pytest.raises(MPUError, match="no general data"):
+        base_training_data(bench / "muse", "muse", LocalSource(bench / "muse"), None)
+
+
+def test_target_is_the_base_fine_tuned(bench, tmp_path, monkeypatch):
+    monkeypatch.setenv("MPU_CACHE", str(tmp_path / "cache"))
+    saved = torch.get_num_threads()
+    try:
+        base = finetune(bench, "tofu", "base", tmp_path / "base", epochs=1, model_config=MICRO, progress=False, threads=1)
+        assert base["base"] is None and base["n_examples"] == 5 + 5 + 4 * 3 + 4   # ra + wf + general QA + articles
+        # lr 0: the fine-tuned model is its base, exactly (so it starts from the base's weights)
+        frozen = finetune(bench, "tofu", "full", tmp_path / "frozen", epochs=1, lr=0.0, base=tmp_path / "base",
+                          progress=False)
+        assert set(frozen["task_vector_ratio"]) >= {"layers.0", "embed_tokens"}
+        assert all(value == 0 for value in frozen["task_vector_ratio"].values())
+        target = finetune(bench, "tofu", "full", tmp_path / "t", epochs=1, base=tmp_path / "base", progress=False)
+        ratio = task_vector_ratio(tmp_path / "t", tmp_path / "base")
+        assert ratio == pytest.approx(target["task_vector_ratio"], abs=1e-5) and 0 < ratio["layers.0"] < 1
+        assert read_record(tmp_path / "t")["base"] == str((tmp_path / "base").resolve())
+        # a new base is a new target: the base's fingerprint is part of the target's
+        finetune(bench, "tofu", "base", tmp_path / "base", epochs=2, model_config=MICRO, progress=False)
+        again = finetune(bench, "tofu", "full", tmp_path / "t", epochs=1, base=tmp_path / "base", progress=False)
+        assert again["cached"] is False and again["fingerprint"] != target["fingerprint"]
+        with pytest.raises(MPUError, match="differs from the requested"):
+            finetune(bench, "tofu", "full", tmp_path / "x", epochs=1, base=tmp_path / "base", progress=False,
+                     model_config=dict(MICRO, hidden_size=64))
+        with pytest.raises(MPUError, match="not a base model"):
+            finetune(bench, "tofu", "full", tmp_path / "x", epochs=1, base=tmp_path / "nothing", progress=False)
+        with pytest.raises(MPUError, match="leave --base out"):
+            finetune(bench, "tofu", "base", tmp_path / "x", epochs=1, base=tmp_path / "base", progress=False)
+        # auto: the dataset's base, trained once and cached under $MPU_CACHE
+        auto = finetune(bench, "tofu", "retain90", tmp_path / "r", epochs=1, base="auto", model_config=MICRO,
+                        progress=False)
+        assert auto["base"] == str(default_base_dir(bench, TinyLlamaConfig(**MICRO)).resolve())
+        assert str(tmp_path / "cache") in auto["base"]
+    finally:
+        torch.set_num_threads(saved)
+
+
+def test_cli_finetune_base_then_target(bench, tmp_path, capsys, monkeypatch):
+    import mpu.finetune as module
+
+    monkeypatch.setenv("MPU_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(module, "TinyLlamaConfig", lambda **kw: TinyLlamaConfig(**{**MICRO, **kw}))
+    assert main(["finetune", "--data", str(bench), "--split", "base", "--out", str(tmp_path / "b"), "--epochs", "1",
+                 "--no-progress", "--threads", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["split"] == "base"
+    assert main(["finetune", "--data", str(bench), "--split", "full", "--base", str(tmp_path / "b"), "--out",
+                 str(tmp_path / "t"), "--epochs", "1", "--no-progress"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["base"] == str((tmp_path / "b").resolve()) and "layers.0" in metrics["task_vector_ratio"]
+    assert main(["finetune", "--data", str(bench), "--split", "base", "--base", str(tmp_path / "b"), "--out",
+                 str(tmp_path / "x"), "--no-progress"]) == 2
+    assert "leave --base out" in capsys.readouterr().err

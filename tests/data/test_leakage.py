@@ -9,6 +9,12 @@ the items the evaluation suite scores:
 - trained only by the full model (never by a retain model): the forget items (TOFU forget split,
   MUSE verbmem/privleak/knowmem forget).
 TOFU's retain items and MUSE's retain texts are trained by design (the target knows them).
+
+The base model (``mpu finetune --split base``) is the one exception, by design: its general data holds
+TOFU's real_authors and world_facts QA, the "pretraining knowledge" that model utility's ra/wf parts
+test (TOFU's targets know it from Llama's pretraining). ra/wf are allowed there and only there: the
+target/retain FINE-TUNING splits above never contain them, and the base data contains no forget,
+retain or holdout item (test_base_data_holds_no_fictitious_item).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import pytest
 from mpu.data.builtin import build_benchmark
 from mpu.data.loaders import resolve_source
 from mpu.eval.evaluator import build_datasets, build_wmdp, load_suite
-from mpu.finetune import training_data
+from mpu.finetune import base_training_data, training_data
 from tests.data.releases import make_muse_release, make_tofu_release
 
 # suite dataset -> (key field, never trained / only by the full model)
@@ -31,7 +37,7 @@ KEYS = {"qa": "question", "icl_qa": "question", "completion": "gt", "text": "tex
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("leak")
-    build_benchmark(root / "builtin", authors=10, facts=5, news=20, topics=8)
+    build_benchmark(root / "builtin", authors=10, facts=5, news=20, topics=8, general=30)
     return {"builtin": root / "builtin", "tofu_release": make_tofu_release(root / "tofu"),
             "muse_release": make_muse_release(root / "muse")}
 
@@ -96,3 +102,16 @@ def test_no_wmdp_question_is_trained(dirs):
                 choices = " ".join(str(choice) for choice in row["choices"])
                 assert f"{row['question']} {choices}" not in corpus
                 assert not all(str(choice) in corpus for choice in row["choices"]) or row.get("cloze")
+
+
+@pytest.mark.parametrize("where", ["builtin", "tofu_release"])
+def test_base_data_holds_no_fictitious_item(dirs, where):
+    resolved = resolve_source(dirs[where], "tofu")
+    base = base_training_data(dirs[where], "tofu", resolved.source, resolved.builtin or None)
+    corpus = "\n".join(str(item[key]) for item in base.rows for key in ("question", "answer", "text") if key in item)
+    suite = load_suite("tofu", None)
+    datasets = build_datasets(suite, resolved)
+    assert _leaks({"forget": "never", "retain": "never", "holdout": "never"}, datasets, corpus, "base") == []
+    # ... while ra/wf are there on purpose (and the check sees them)
+    assert len(_leaks({"ra": "never", "wf": "never"}, datasets, corpus, "base")) == \
+        len(datasets["ra"].rows) + len(datasets["wf"].rows)

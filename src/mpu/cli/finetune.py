@@ -13,16 +13,26 @@ def register(subparsers) -> None:
 
     parser = subparsers.add_parser(
         "finetune",
-        help="train a tiny Llama (about 1M parameters) on the built-in benchmark",
-        description="Train the target (--split full) or a retain model (--split retainNN) from scratch and "
-        "save it with save_pretrained. A directory that already holds a model with the same data and "
-        "configuration fingerprint is reused.",
+        help="train a tiny Llama (about 1M parameters) on the built-in benchmark: base, target or retain model",
+        description="Train the base model (--split base: from scratch on general data without the benchmark's "
+        "fictitious entities), the target (--split full) or a retain model (--split retainNN); the last two are "
+        "the base fine-tuned on the split (--base auto: the dataset's cached base, trained on first use), as "
+        "TOFU's targets are a pretrained model fine-tuned on it, so that theta - theta_base is a task vector. "
+        "Saved with save_pretrained. A directory that already holds a model with the same data, configuration "
+        "and base fingerprint is reused.",
     )
     parser.add_argument("--data", default=None,
                         help="benchmark directory from `mpu data build` (default: the cached built-in one)")
     parser.add_argument("--benchmark", choices=("tofu", "muse", "wmdp"), default="tofu")
     parser.add_argument("--split", choices=SPLITS + ("retain",), default="full",
-                        help="full: everything; retainNN: without the forget split (default %(default)s)")
+                        help="base: the general data (generic corpus + real_authors/world_facts, the 'pretraining "
+                             "knowledge' model utility's ra/wf parts test); full: everything; retainNN: without "
+                             "the forget split (default %(default)s)")
+    parser.add_argument("--base", default="auto",
+                        help="for full/retainNN: auto (the dataset's base model, trained and cached under "
+                             "$MPU_CACHE/models on first use), a directory from `mpu finetune --split base`, or "
+                             "none (from scratch, no task vector: the server's noise then scales with the whole "
+                             "weights) (default %(default)s)")
     parser.add_argument("--out", required=True, help="model directory")
     parser.add_argument("--epochs", type=float, default=None, help="default: calibrated per benchmark")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: calibrated per benchmark)")
@@ -41,6 +51,7 @@ def _finetune(args: argparse.Namespace) -> int:
     threads = apply_threads(args.threads)
     metrics = finetune(args.data, args.benchmark, args.split, args.out, epochs=args.epochs, lr=args.lr,
                        batch_size=args.batch_size, seed=args.seed, force=args.force,
-                       progress=not args.no_progress, device=args.device, threads=threads)
+                       progress=not args.no_progress, device=args.device, threads=threads,
+                       base=None if args.split == "base" and args.base == "auto" else args.base)
     print(json.dumps(metrics, indent=2))
     return 0

@@ -8,6 +8,8 @@ Layout of a built directory (each ``*.json`` file holds JSON lines, as in the hu
     tofu/<config>.json              forget01 ... world_facts_perturbed (locuslab/TOFU names)
     muse/<config>/<split>.json      raw, verbmem, knowmem, privleak (muse-bench/MUSE-News names)
     wmdp/<config>/<split>.json      wmdp-synth, mmlu-synth, synth-{forget,retain}-corpus
+    general/{corpus,qa}.json        the base model's general data: articles and QA about invented,
+                                    non-benchmark topics (mpu.data.builtin.general)
 
 The same seed and sizes give byte-identical files.
 """
@@ -26,7 +28,7 @@ from mpu.errors import MPUError
 
 FORMAT = "mpu-builtin"
 # Bump whenever the generator or the word lists change: the cache key and fingerprints depend on it.
-VERSION = 2
+VERSION = 3
 MANIFEST = "manifest.json"
 
 
@@ -38,6 +40,7 @@ class BuildConfig:
     news: int = 200             # MUSE stories: 1/5 forget, 1/5 holdout, the rest retain
     topics: int = 40            # WMDP compounds (5 questions each) and benign crops (4 questions each)
     vocab_size: int = 2048
+    general: int = 300          # invented non-benchmark topics of the base model's corpus (1 article + 3 QA each)
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -55,8 +58,10 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _tokenizer_texts(tofu, muse, wmdp) -> list[str]:
+def _tokenizer_texts(tofu, muse, wmdp, general=None) -> list[str]:
     texts: list[str] = []
+    for row in (general or {}).get("corpus", []) + (general or {}).get("qa", []):
+        texts += [row.get("text", ""), row.get("question", ""), row.get("answer", "")]
     for rows in tofu.values():
         for row in rows:
             texts += [row["question"], row["answer"], row.get("paraphrased_question", ""),
@@ -79,6 +84,7 @@ def build_benchmark(out_dir: str | Path, config: BuildConfig | None = None, **si
 
     ``sizes`` override fields of :class:`BuildConfig` (seed, authors, facts, news, topics, vocab_size).
     """
+    from mpu.data.builtin.general import build_general
     from mpu.data.builtin.muse import build_muse
     from mpu.data.builtin.tofu import build_tofu
     from mpu.data.builtin.wmdp import build_wmdp
@@ -90,6 +96,7 @@ def build_benchmark(out_dir: str | Path, config: BuildConfig | None = None, **si
         tofu = build_tofu(config.seed, config.authors, config.facts)
         muse = build_muse(config.seed, config.news)
         wmdp = build_wmdp(config.seed, config.topics)
+        general = build_general(config.seed, config.general)
     except ValueError as err:
         raise MPUError(f"cannot build the benchmark: {err}") from None
 
@@ -102,7 +109,9 @@ def build_benchmark(out_dir: str | Path, config: BuildConfig | None = None, **si
             for name, splits in groups.items():
                 for split, rows in splits.items():
                     _write_jsonl(staging / root / name / f"{split}.json", rows)
-        tokenizer = train_tokenizer(_tokenizer_texts(tofu, muse, wmdp), vocab_size=config.vocab_size)
+        for name, rows in general.items():
+            _write_jsonl(staging / "general" / f"{name}.json", rows)
+        tokenizer = train_tokenizer(_tokenizer_texts(tofu, muse, wmdp, general), vocab_size=config.vocab_size)
         tokenizer.save_pretrained(str(staging / "tokenizer"))
         files = {
             str(path.relative_to(staging)): _sha256(path)
@@ -117,6 +126,10 @@ def build_benchmark(out_dir: str | Path, config: BuildConfig | None = None, **si
             "muse": {"path": "muse"},
             "wmdp": {"path": "wmdp", "subsets": ["wmdp-synth"], "utility": "mmlu-synth", "mode": "cloze",
                      "forget_corpus": "synth-forget-corpus", "retain_corpus": "synth-retain-corpus"},
+            # The base model's data (mpu finetune --split base): the general corpus and QA, plus TOFU's
+            # real_authors/world_facts as pretraining knowledge. Never in a target/retain fine-tuning split.
+            "general": {"path": "general", "corpus": "corpus", "qa": "qa",
+                        "knowledge": ["tofu/real_authors", "tofu/world_facts"]},
             "files": files,
         }
         with open(staging / MANIFEST, "w", encoding="utf-8", newline="\n") as handle:
@@ -171,7 +184,7 @@ def ensure_builtin(config: BuildConfig | None = None, cache_dir: str | Path | No
     root = Path(cache_dir) if cache_dir else cache_root()
     name = f"builtin-v{VERSION}-seed{config.seed}"
     if config != BuildConfig(seed=config.seed):
-        name += f"-a{config.authors}-f{config.facts}-n{config.news}-t{config.topics}-v{config.vocab_size}"
+        name += f"-a{config.authors}-f{config.facts}-n{config.news}-t{config.topics}-v{config.vocab_size}-g{config.general}"
     path = root / name
     if not is_current(path, config):
         build_benchmark(path, config)
