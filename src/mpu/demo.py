@@ -1,7 +1,8 @@
 """``mpu demo``: the whole story on the built-in benchmark, offline, in minutes on a CPU.
 
-1. build (or reuse) the built-in benchmark and train (or reuse) a tiny target model on all of it and
-   a retain model without the forget split;
+1. build (or reuse) the built-in benchmark, train (or reuse) a tiny base model on its general data
+   (no fictitious entity), then fine-tune the base into the target (all of the benchmark) and a
+   retain model (without the forget split), as TOFU's targets are Llama fine-tuned on it;
 2. unlearn the forget split with one method noise-free (the baseline) and under MPU;
 3. evaluate target, retain, baseline and MPU models with the TOFU metrics and compare.
 
@@ -12,6 +13,11 @@ The demo is reproducible: ``seed`` fixes the data, the tiny models, the data ord
 ``secret`` is set, the server's randomness too (its fixed-seed mode: noise, alphas and transforms
 follow from the seed, so they are not secret). With ``secret`` the server draws its secrets from the
 operating system's CSPRNG as in real use, and the MPU row changes from run to run by the noise.
+
+The server's noise scale is sigma_l = kappa * RMS(theta_l - theta_base,l), a fraction of the task
+vector, as in the paper (``sigma_reference="task-vector"``, the default). ``"weights"`` gives the
+server no base, so sigma_l = kappa * RMS(theta_l): far harsher at the same kappa, kept as a control and
+labelled as such in the table header, the verdict and summary.json.
 """
 
 from __future__ import annotations
@@ -27,6 +33,10 @@ log = logging.getLogger(__name__)
 
 # The headline columns of the table (TOFU summary keys).
 COLUMNS = ["forget_quality", "model_utility", "forget_Q_A_ROUGE", "forget_truth_ratio", "privleak", "extraction_strength"]
+SIGMA_REFERENCES = {
+    "task-vector": "sigma = kappa * RMS(theta - theta_base) per block (task vector, as in the paper)",
+    "weights": "sigma = kappa * RMS(theta) per block (whole weights, no base: a harsher CONTROL, not the paper's regime)",
+}
 
 
 @dataclass
@@ -42,9 +52,12 @@ class DemoConfig:
     finetune_epochs: float | None = None  # None: the finetune module's calibrated default
     seed: int = 0
     secret: bool = field(default=False, metadata={"help": "server secrets from the CSPRNG (real use) instead of the seed"})
+    sigma_reference: str = field(default="task-vector", metadata={"help": "task-vector (the paper) or weights (control)"})
 
     def __post_init__(self):
         self.out_dir = Path(self.out_dir)
+        if self.sigma_reference not in SIGMA_REFERENCES:
+            raise ValueError(f"sigma_reference must be one of {', '.join(SIGMA_REFERENCES)}, got {self.sigma_reference!r}")
         if self.forget_split not in ("forget01", "forget05", "forget10"):
             raise ValueError(f"forget_split must be forget01, forget05 or forget10, got {self.forget_split!r}")
         if self.authors < 20:
@@ -55,7 +68,7 @@ def run_demo(config: DemoConfig, progress: bool = True) -> dict:
     from mpu.data.builtin import BuildConfig, cache_root, ensure_builtin
     from mpu.data.qa import load_qa_rows
     from mpu.eval import evaluate
-    from mpu.finetune import finetune
+    from mpu.finetune import ensure_base, finetune, read_record
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -67,8 +80,9 @@ def run_demo(config: DemoConfig, progress: bool = True) -> dict:
     retain_split = "retain" + str(100 - int(config.forget_split[-2:])).zfill(2)
     models = cache_root() / "models" / data.name
     target, retain = models / "target", models / retain_split
-    finetune(data, "tofu", "full", target, epochs=config.finetune_epochs, seed=config.seed, progress=progress)
-    finetune(data, "tofu", retain_split, retain, epochs=config.finetune_epochs, seed=config.seed, progress=progress)
+    base = ensure_base(data, "tofu", seed=config.seed, progress=progress)
+    for split, path in (("full", target), (retain_split, retain)):
+        finetune(data, "tofu", split, path, epochs=config.finetune_epochs, seed=config.seed, progress=progress, base=base)
     timings["data_and_models"] = time.perf_counter() - step
 
     forget_rows = load_qa_rows(data / "tofu" / f"{config.forget_split}.json")
@@ -77,7 +91,8 @@ def run_demo(config: DemoConfig, progress: bool = True) -> dict:
     baseline = _baseline(config, target, forget_rows, retain_rows, out / "baseline")
     timings["unlearn_noise_free"] = time.perf_counter() - step
     step = time.perf_counter()
-    mpu_model = _mpu(config, target, forget_rows, retain_rows, out / "mpu", progress)
+    mpu_model = _mpu(config, target, base if config.sigma_reference == "task-vector" else None, forget_rows, retain_rows,
+                     out / "mpu", progress)
     timings["unlearn_mpu"] = time.perf_counter() - step
 
     results = {}
@@ -95,8 +110,12 @@ def run_demo(config: DemoConfig, progress: bool = True) -> dict:
         "config": {key: str(value) if isinstance(value, Path) else value for key, value in vars(config).items()},
         "models": {name: {key: results[name].get(key) for key in COLUMNS} for name in results},
         "seconds": {key: round(value, 1) for key, value in timings.items()},
-        "verdict": verdict(results["noise-free"], results["MPU"]),
+        "verdict": verdict(results["noise-free"], results["MPU"], config.sigma_reference),
         "randomness": randomness_note(config),
+        "sigma_reference": config.sigma_reference,
+        "sigma": SIGMA_REFERENCES[config.sigma_reference],
+        "base": str(base),
+        "task_vector_ratio": (read_record(target) or {}).get("metrics", {}).get("task_vector_ratio"),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot(summary, out / "report.png")
@@ -119,7 +138,7 @@ def _baseline(config: DemoConfig, target: Path, forget_rows, retain_rows, out: P
     return out
 
 
-def _mpu(config: DemoConfig, target: Path, forget_rows, retain_rows, out: Path, progress: bool) -> Path:
+def _mpu(config: DemoConfig, target: Path, base: Path | None, forget_rows, retain_rows, out: Path, progress: bool) -> Path:
     from mpu.run import run_mpu
     from mpu.server.config import ServerConfig
 
@@ -127,7 +146,7 @@ def _mpu(config: DemoConfig, target: Path, forget_rows, retain_rows, out: Path, 
     # from the demo's seed unless config.secret, so that two identical demos print the same table.
     server = ServerConfig(copies=config.copies, kappa=config.kappa, rounds=1, fixed_seed=server_seed(config))
     with tempfile.TemporaryDirectory() as scratch:
-        return run_mpu(str(target), None, server, forget_rows, retain_rows, config.method, {}, _training(config),
+        return run_mpu(str(target), str(base) if base is not None else None, server, forget_rows, retain_rows, config.method, {}, _training(config),
                        Path(scratch) / "server", out, progress=progress)
 
 
@@ -152,7 +171,17 @@ def _training(config: DemoConfig):
     return training_options(defaults)
 
 
-def verdict(noise_free: dict, mpu: dict) -> str:
+def verdict(noise_free: dict, mpu: dict, sigma_reference: str = "task-vector") -> str:
+    return f"{_verdict(noise_free, mpu)} [{sigma_label(sigma_reference)}]"
+
+
+def sigma_label(sigma_reference: str) -> str:
+    """What MPU's noise was measured against, for the verdict and the table header."""
+    return ("sigma from the task vector theta - theta_base" if sigma_reference == "task-vector"
+            else "sigma from the whole weights theta: CONTROL, harsher than the paper")
+
+
+def _verdict(noise_free: dict, mpu: dict) -> str:
     base, ours = noise_free.get("model_utility"), mpu.get("model_utility")
     quality = f"forget quality {_fmt(mpu.get('forget_quality'))} vs {_fmt(noise_free.get('forget_quality'))} noise-free"
     if base is None or ours is None:
@@ -166,7 +195,8 @@ def verdict(noise_free: dict, mpu: dict) -> str:
 
 def format_table(summary: dict) -> str:
     header = f"{'model':<12}" + "".join(f"{column:>22}" for column in COLUMNS)
-    lines = [header, "-" * len(header)]
+    sigma = summary.get("sigma") or SIGMA_REFERENCES["weights"]
+    lines = [f"MPU noise: {sigma}", header, "-" * len(header)]
     for name, values in summary["models"].items():
         cells = "".join(f"{_fmt(values.get(column)):>22}" for column in COLUMNS)
         lines.append(f"{name:<12}{cells}")

@@ -28,7 +28,7 @@ REFERENCE = {"SimNPO": (10, 1), "DPO": (10, 1), "SatImp": (10, 1), "GradAscent":
 def local_overrides(model: Path, forget: Path, retain: Path, *extra: str) -> list[str]:
     return ["experiment=unlearn/local", f"model.target={model}", f"data.forget_file={forget}",
             f"data.retain_file={retain}", "trainer=GradDiff", "trainer.training.learning_rate=1e-3",
-            "trainer.training.batch_size=4", "mpu.E=1", "mpu.kappa=0.05", "mpu.seed=3", *extra]
+            "trainer.training.batch_size=4", "mpu.E=1", "mpu.kappa=0.05", "mpu.seed=3", "mpu.sigma_reference=weights", *extra]
 
 
 def test_override_mpu_m_reaches_the_server_and_the_outbox(tmp_path, tiny_model_dir, forget_file, retain_file):
@@ -51,6 +51,29 @@ def test_override_mpu_m_reaches_the_server_and_the_outbox(tmp_path, tiny_model_d
     assert on_disk["server"]["copies"] == 2 and on_disk["server"]["fixed_seed"] == 3
     assert on_disk["training"]["epochs"] == 1.0 and on_disk["training"]["learning_rate"] == 1e-3
     assert on_disk["hparams"]["retain_loss"] == "NLL"
+    assert on_disk["sigma_reference"].startswith("weights") and "CONTROL" in on_disk["sigma_reference"]
+
+
+def test_sigma_follows_the_task_vector_by_default(tmp_path, tiny_model_dir, forget_file, retain_file, monkeypatch):
+    """Without mpu.sigma_reference the noise is a fraction of theta - theta_base: the base reaches the
+    server, and run.json says so; without a base that is an error naming both ways out."""
+    import mpu.run
+
+    overrides = [o for o in local_overrides(tiny_model_dir, forget_file, retain_file) if "sigma_reference" not in o]
+    with pytest.raises(MPUError, match="model.base.*mpu.sigma_reference=weights"):
+        settings_from_config(compose_config(overrides)[0])
+    seen = []
+    real_init = mpu.run.init_server
+    monkeypatch.setattr(mpu.run, "init_server", lambda work, model, base, config, **kw: seen.append(base) or real_init(work, model, base, config, **kw))
+    cfg, _ = compose_config(overrides + [f"model.base={tiny_model_dir}"])
+    record = run_experiment(cfg, tmp_path / "tv")
+    assert seen == [str(tiny_model_dir)] and record["sigma_reference"].startswith("task-vector")
+    assert settings_from_config(compose_config([])[0]).model["base"] == "builtin"   # the default experiment has one
+    cfg, _ = compose_config(overrides + [f"model.base={tiny_model_dir}", "mpu.sigma_reference=weights"])
+    run_experiment(cfg, tmp_path / "w")
+    assert seen[-1] is None   # the control: no base for the server even when one is configured
+    with pytest.raises(MPUError, match="mpu.sigma_reference must be"):
+        settings_from_config(compose_config(overrides + ["mpu.sigma_reference=theta"])[0])
 
 
 def test_baseline_trains_r_times_e_epochs_once(tmp_path, tiny_model_dir, forget_file, retain_file):
@@ -84,7 +107,7 @@ def test_train_py_multirun_sweeps_m(tmp_path, tiny_model_dir, forget_file, retai
 def test_every_experiment_composes(experiment):
     overrides = [f"experiment={experiment}"]
     if experiment == "unlearn/local":
-        overrides += ["model.target=some/model", "data.forget_file=forget.jsonl"]
+        overrides += ["model.target=some/model", "model.base=some/base", "data.forget_file=forget.jsonl"]
     cfg, choices = compose_config(overrides)
     settings = settings_from_config(cfg)
     assert choices["experiment"] == experiment
@@ -167,14 +190,17 @@ def test_builtin_muse_experiment_trains_its_own_models_and_unlearns_text_chunks(
 
     monkeypatch.setenv("MPU_CACHE", str(tmp_path / "cache"))
     trained = []
-    monkeypatch.setattr(sources, "builtin_model", lambda settings, root, split, name: trained.append((split, name)) or tmp_path / name)
+    monkeypatch.setattr(sources, "builtin_model", lambda settings, root, split, name, base=None: trained.append((split, name, base)) or tmp_path / name)
+    monkeypatch.setattr(sources, "builtin_base", lambda settings, root: tmp_path / "base")
     cfg, _ = compose_config(["experiment=unlearn/muse/builtin", "trainer=NPO", "benchmark.authors=20", "benchmark.news=20",
                              "benchmark.facts=12", "benchmark.topics=8"])
     settings = settings_from_config(cfg)
     prepared = sources.prepare(settings)
 
     assert settings.benchmark == "muse"
-    assert trained == [("full", "muse-target"), ("retain", "muse-retain")]  # apart from the TOFU models
+    base = str(tmp_path / "base")   # both fine-tuned from the built-in base
+    assert trained == [("full", "muse-target", base), ("retain", "muse-retain", base)]  # apart from the TOFU models
+    assert prepared.base == base
     assert prepared.target == str(tmp_path / "muse-target") and prepared.retain == str(tmp_path / "muse-retain")
     # raw stories became prompt/answer chunks: the first 16 words are the prompt
     assert prepared.forget_rows and all(len(row["question"].split()) == 16 for row in prepared.forget_rows)

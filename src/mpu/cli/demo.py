@@ -23,11 +23,15 @@ def register(subparsers) -> None:
     demo.add_argument("--learning-rate", type=float, default=1e-3, help="unlearning learning rate (tiny models need far more than 1B ones)")
     demo.add_argument("--copies", type=int, default=3, help="MPU copies m")
     demo.add_argument("--kappa", type=float, default=0.01, help="MPU noise ratio")
-    demo.add_argument("--finetune-epochs", type=float, default=None, help="epochs for the tiny target/retain models (default: calibrated)")
+    demo.add_argument("--finetune-epochs", type=float, default=None, help="epochs for fine-tuning the base into the tiny target/retain models (default: calibrated)")
     demo.add_argument("--seed", type=int, default=0,
                       help="seeds the data, the tiny models, the data order and the server's randomness: identical runs print identical tables")
     demo.add_argument("--secret", action="store_true",
                       help="draw the server's secrets from the CSPRNG as in real use (the MPU row then varies between runs)")
+    demo.add_argument("--sigma-reference", choices=["task-vector", "weights"], default="task-vector",
+                      help="what the server's noise scale is a fraction of: the task vector theta - theta_base of the "
+                           "target against its base model (the paper), or the whole weights theta (a harsher control, "
+                           "labelled as such in the output)")
     add_threads_argument(demo)
     demo.set_defaults(func=_demo)
 
@@ -41,7 +45,7 @@ def _demo(args) -> int:
         config = DemoConfig(
             out_dir=args.out, authors=args.authors, forget_split=args.forget_split, method=args.method, epochs=args.epochs,
             learning_rate=args.learning_rate, copies=args.copies, kappa=args.kappa, finetune_epochs=args.finetune_epochs, seed=args.seed,
-            secret=args.secret,
+            secret=args.secret, sigma_reference=args.sigma_reference,
         )
     except ValueError as err:
         raise MPUError(str(err)) from None

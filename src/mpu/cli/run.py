@@ -21,7 +21,13 @@ def register(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     run.add_argument("--model", required=True, help="the fine-tuned model: a local HF directory or a hub id")
-    run.add_argument("--base", default=None, help="the base model it was fine-tuned from (optional)")
+    run.add_argument("--base", default=None,
+                     help="the base model it was fine-tuned from; sigma is a fraction of the task vector theta - theta_base "
+                          "(default: the base `mpu finetune` recorded in the model directory, if any)")
+    run.add_argument("--sigma-reference", choices=["task-vector", "weights"], default="task-vector",
+                     help="task-vector: sigma_l = kappa * RMS(theta_l - theta_base,l) (the paper; needs a base, given or recorded, "
+                          "else falls back to weights with a warning); weights: sigma_l = kappa * RMS(theta_l), no base "
+                          "(harsher; a control)")
     add_client_data_arguments(run)
     run.add_argument("--out", required=True, help="where to write the unlearned model (a plain HF checkpoint)")
     run.add_argument("--workdir", default=None, help="server work directory (default: a temporary folder, removed at the end)")
@@ -46,9 +52,12 @@ def _run(args) -> int:
     method, hparams, training = options_from_args(args)
     forget = load_qa_rows(args.forget)
     retain = load_qa_rows(args.retain) if args.retain else None
+    from mpu.run import resolve_sigma_base
+
+    base, label = resolve_sigma_base(args.model, args.base, args.sigma_reference)
     with tempfile.TemporaryDirectory(prefix="mpu-run-") as scratch:
         workdir = args.workdir or f"{scratch}/server"
-        out = run_mpu(args.model, args.base, config, forget, retain, method, hparams, training, workdir, args.out, args.keep_exchange,
+        out = run_mpu(args.model, base, config, forget, retain, method, hparams, training, workdir, args.out, args.keep_exchange,
                       reference=args.client_reference)
-    print(f"MPU done ({config.rounds} rounds, m={config.copies}, kappa={config.kappa}); unlearned model at {out}")
+    print(f"MPU done ({config.rounds} rounds, m={config.copies}, kappa={config.kappa}, {label}); unlearned model at {out}")
     return 0

@@ -20,7 +20,9 @@ CONFIG_DIR = Path(os.environ.get("MPU_CONFIGS") or Path(__file__).resolve().pare
 MPU_KEYS = {
     "enabled", "m", "kappa", "R", "E", "eta", "alphas", "alpha_max", "independent_noise", "noise_scope",
     "publish_dtype", "max_update_ratio", "seed", "reparam", "keep_exchange", "keep_server", "client_reference",
+    "sigma_reference",
 }
+SIGMA_REFERENCES = ("task-vector", "weights")
 DATA_KEYS = {"source", "forget_split", "retain_split", "forget_file", "retain_file", "text_chunk_words", "text_prompt_words"}
 MODEL_KEYS = {"target", "retain", "base"}
 EVALUATION_KEYS = {"enabled", "batch_size", "device", "dtype", "reference_models"}
@@ -102,6 +104,8 @@ class ExperimentSettings:
     keep_exchange: bool = False
     keep_server: bool = False
     client_reference: str = "first"  # reference of reference-model methods: round 1's copies, or each round's
+    finetune_from_base: dict[str, Any] | None = None  # ... when fine-tuned from the base (model.from_base.<bench>)
+    sigma_reference: str = "task-vector"  # noise scale: kappa * RMS of the task vector (needs model.base) or of the weights
     method_config: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -248,11 +252,12 @@ def settings_from_config(cfg) -> ExperimentSettings:
     bench_section = plain.get("benchmark") or {}
     builtin = None
     finetune = None
+    finetune_from_base = None
     model_config = None
-    uses_builtin = str(data["source"]) == BUILTIN or BUILTIN in (model["target"], model["retain"])
+    uses_builtin = str(data["source"]) == BUILTIN or BUILTIN in (model["target"], model["retain"], model["base"])
     if uses_builtin:
         if str(data["source"]) != BUILTIN:
-            raise MPUError("model.target/retain 'builtin' needs data.source: builtin (the models are trained on it)")
+            raise MPUError("model.target/retain/base 'builtin' needs data.source: builtin (the models are trained on it)")
         if bench_section.get("name") != BUILTIN:
             raise MPUError(f"data.source builtin needs benchmark=builtin, got benchmark {bench_section.get('name')!r}")
         from mpu.data.builtin import BuildConfig
@@ -264,6 +269,8 @@ def settings_from_config(cfg) -> ExperimentSettings:
             raise MPUError(f"unknown config key benchmark.{unknown[0]}; valid keys: {', '.join(sorted(fields))}")
         train = (model_section.get("train") or {}).get(benchmark) if isinstance(model_section.get("train"), dict) else None
         finetune = dict(train) if train else None
+        tuned = (model_section.get("from_base") or {}).get(benchmark) if isinstance(model_section.get("from_base"), dict) else None
+        finetune_from_base = dict(tuned) if tuned else None
         model_config = model_section.get("config") if isinstance(model_section.get("config"), dict) else None
 
     evaluation = dict(_section(plain, "evaluation", EVALUATION_KEYS, required=False))
@@ -291,6 +298,7 @@ def settings_from_config(cfg) -> ExperimentSettings:
         model=model,
         builtin=builtin,
         finetune=finetune,
+        finetune_from_base=finetune_from_base,
         model_config=model_config,
         suite=suite,
         evaluation=evaluation,
@@ -300,8 +308,21 @@ def settings_from_config(cfg) -> ExperimentSettings:
         keep_exchange=bool(mpu.get("keep_exchange", False)),
         keep_server=bool(mpu.get("keep_server", False)),
         client_reference=_client_reference(mpu.get("client_reference", "first")),
+        sigma_reference=_sigma_reference(mpu.get("sigma_reference", "task-vector"), enabled, model["base"]),
         method_config=method_config,
     )
+
+
+def _sigma_reference(value, enabled: bool, base: str | None) -> str:
+    """mpu.sigma_reference, checked: the task vector (the paper's scale) needs model.base."""
+    if value not in SIGMA_REFERENCES:
+        raise MPUError(f"mpu.sigma_reference must be task-vector (sigma from theta - theta_base) or weights "
+                       f"(sigma from theta, a harsher control), got {value!r}")
+    if enabled and value == "task-vector" and not base:
+        raise MPUError("mpu.sigma_reference=task-vector scales the noise by the task vector theta - theta_base and needs "
+                       "model.base (a directory or hub id; builtin for the built-in models); set model.base=..., or "
+                       "mpu.sigma_reference=weights for sigma from the whole weights (a harsher control)")
+    return value
 
 
 def _client_reference(value) -> str:

@@ -57,7 +57,8 @@ def _mpu(settings: ExperimentSettings, prepared: Prepared, out: Path, run_dir: P
     scratch = None if keep else tempfile.TemporaryDirectory(prefix="mpu-experiment-")
     workdir = (run_dir if keep else Path(scratch.name)) / "server"
     try:
-        run_mpu(prepared.target, prepared.base, settings.server, prepared.forget_rows, prepared.retain_rows,
+        base = prepared.base if settings.sigma_reference == "task-vector" else None
+        run_mpu(prepared.target, base, settings.server, prepared.forget_rows, prepared.retain_rows,
                 settings.method, settings.hparams, settings.training, workdir, out,
                 keep_exchange=settings.keep_exchange, progress=settings.progress,
                 reference=settings.client_reference)
@@ -69,6 +70,13 @@ def _mpu(settings: ExperimentSettings, prepared: Prepared, out: Path, run_dir: P
         elif not settings.keep_server:
             shutil.rmtree(workdir, ignore_errors=True)  # holds the round secrets: only kept on request
     return {"rounds": history, "copies_per_round": [len(entry.get("update_norms", [])) for entry in history]}
+
+
+def sigma_label(settings: ExperimentSettings) -> str:
+    """run.json's statement of what the noise scale was a fraction of."""
+    if settings.sigma_reference == "task-vector":
+        return "task-vector: sigma_l = kappa * RMS(theta_l - theta_base,l) (the paper)"
+    return "weights: sigma_l = kappa * RMS(theta_l), no base (CONTROL, harsher than the paper)"
 
 
 def _set_threads(settings: ExperimentSettings) -> None:
@@ -163,6 +171,7 @@ def run_experiment(cfg, run_dir: str | Path, experiment: str | None = None, over
         "training": dataclasses.asdict(settings.training),
         "server": settings.server.to_dict() if settings.server is not None else None,
         "client_reference": settings.client_reference if settings.server is not None else None,
+        "sigma_reference": sigma_label(settings) if settings.server is not None else None,
         "config": to_plain(cfg),
     }
     _write_json(run_dir / RUN_FILE, record)

@@ -71,24 +71,34 @@ def builtin_root(settings: ExperimentSettings) -> Path:
     return ensure_builtin(BuildConfig(**settings.builtin))
 
 
-def builtin_model(settings: ExperimentSettings, root: Path, split: str, name: str) -> Path:
-    """The tiny model trained on ``split`` of the built-in benchmark, cached as ``mpu demo`` caches it."""
-    from mpu.data.builtin import cache_root
-    from mpu.finetune import TRAIN_DEFAULTS, finetune
+def builtin_base(settings: ExperimentSettings, root: Path) -> Path:
+    """The built-in base model (general data, no fictitious entity), cached as ``mpu demo`` caches it."""
+    from mpu.finetune import ensure_base
 
-    defaults = TRAIN_DEFAULTS[settings.benchmark]
+    return ensure_base(root, settings.benchmark, model_config=settings.model_config, progress=settings.progress)
+
+
+def builtin_model(settings: ExperimentSettings, root: Path, split: str, name: str, base: str | None = None) -> Path:
+    """The tiny model fine-tuned from ``base`` (None: trained from scratch) on ``split`` of the
+    built-in benchmark, cached as ``mpu demo`` caches it."""
+    from mpu.data.builtin import cache_root
+    from mpu.finetune import FROM_BASE, TRAIN_DEFAULTS, finetune
+
+    defaults = (FROM_BASE if base else TRAIN_DEFAULTS)[settings.benchmark]
+    section = "from_base" if base else "train"
     kwargs: dict[str, Any] = {}
-    for key, value in (settings.finetune or {}).items():
+    for key, value in ((settings.finetune_from_base if base else settings.finetune) or {}).items():
         default = getattr(defaults, key, None)
         if key in _FINETUNE_ARGS:
             if key == "epochs" and value == default:
                 continue  # keep finetune's calibrated default (it may raise epochs for small corpora)
             kwargs[_FINETUNE_ARGS[key]] = value
         elif value != default:
-            raise MPUError(f"model.train.{settings.benchmark}.{key}={value!r}: only epochs, learning_rate, batch_size "
+            raise MPUError(f"model.{section}.{settings.benchmark}.{key}={value!r}: only epochs, learning_rate, batch_size "
                            f"and seed can be changed for the built-in models (default {default!r})")
-    path = cache_root() / "models" / root.name / name
-    finetune(root, settings.benchmark, split, path, model_config=settings.model_config, progress=settings.progress, **kwargs)
+    path = cache_root() / "models" / root.name / (name if base is None else f"{name}-from-base")
+    finetune(root, settings.benchmark, split, path, model_config=None if base else settings.model_config,
+             progress=settings.progress, base=base, **kwargs)
     return path
 
 
@@ -106,21 +116,25 @@ def prepare(settings: ExperimentSettings) -> Prepared:
     if str(data["source"]) == BUILTIN:
         root = builtin_root(settings)
         eval_data = str(root)
+        if base == BUILTIN:   # the general-data base the built-in target/retain are fine-tuned from
+            base = str(builtin_base(settings, root))
+        # the built-in target/retain models are fine-tuned from the built-in base when model.base is builtin
+        tuned = {"base": base} if settings.model["base"] == BUILTIN else {}
         if settings.benchmark == "muse":
             # MUSE format: one target on all news, one retain model without the forget stories; named
             # apart from the TOFU models that share the cache folder.
             if target == BUILTIN:
-                target = str(builtin_model(settings, root, "full", "muse-target"))
+                target = str(builtin_model(settings, root, "full", "muse-target", **tuned))
             if retain == BUILTIN:
-                retain = str(builtin_model(settings, root, "retain", "muse-retain"))
+                retain = str(builtin_model(settings, root, "retain", "muse-retain", **tuned))
         else:
             if target == BUILTIN:
-                target = str(builtin_model(settings, root, "full", "target"))
+                target = str(builtin_model(settings, root, "full", "target", **tuned))
             if retain == BUILTIN:
                 retain_split = data.get("retain_split")
                 if not retain_split or not str(retain_split).startswith("retain"):
                     raise MPUError(f"model.retain builtin needs data.retain_split retain90/95/99, got {retain_split!r}")
-                retain = str(builtin_model(settings, root, str(retain_split), str(retain_split)))
+                retain = str(builtin_model(settings, root, str(retain_split), str(retain_split), **tuned))
         resolved = resolve_source(root, settings.benchmark)
     elif data.get("source") is None:
         eval_data = None
