@@ -50,6 +50,7 @@ class DemoConfig:
     copies: int = 3
     kappa: float = 0.01
     finetune_epochs: float | None = None  # None: the finetune module's calibrated default
+    base_epochs: float | None = None      # epochs of the base model on the general data (None: calibrated)
     seed: int = 0
     secret: bool = field(default=False, metadata={"help": "server secrets from the CSPRNG (real use) instead of the seed"})
     sigma_reference: str = field(default="task-vector", metadata={"help": "task-vector (the paper) or weights (control)"})
@@ -80,7 +81,7 @@ def run_demo(config: DemoConfig, progress: bool = True) -> dict:
     retain_split = "retain" + str(100 - int(config.forget_split[-2:])).zfill(2)
     models = cache_root() / "models" / data.name
     target, retain = models / "target", models / retain_split
-    base = ensure_base(data, "tofu", seed=config.seed, progress=progress)
+    base = ensure_base(data, "tofu", seed=config.seed, progress=progress, epochs=config.base_epochs)
     for split, path in (("full", target), (retain_split, retain)):
         finetune(data, "tofu", split, path, epochs=config.finetune_epochs, seed=config.seed, progress=progress, base=base)
     timings["data_and_models"] = time.perf_counter() - step

@@ -575,14 +575,15 @@ def default_base_dir(data_dir: str | Path, model_config: TinyLlamaConfig | None 
 
 
 def ensure_base(data_dir: str | Path, benchmark: str = "tofu", model_config: TinyLlamaConfig | dict | None = None,
-                seed: int = 0, progress: bool = True, device: str | None = None, threads: int | None = None) -> Path:
+                seed: int = 0, progress: bool = True, device: str | None = None, threads: int | None = None,
+                epochs: float | None = None) -> Path:
     """The base model of ``data_dir`` (trained from scratch on :func:`base_training_data`, cached at
     :func:`default_base_dir` and reused while its fingerprint matches). Returns its directory."""
     if isinstance(model_config, dict):
         model_config = TinyLlamaConfig(**model_config)
     out = default_base_dir(data_dir, model_config)
     finetune(data_dir, benchmark, BASE_SPLIT, out, seed=seed, model_config=model_config, progress=progress,
-             device=device, threads=threads)
+             device=device, threads=threads, epochs=epochs)
     return out
 
 

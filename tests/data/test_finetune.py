@@ -111,6 +111,10 @@ def test_model_config_file_matches_the_defaults():
     config = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[2] / "configs/model/tiny-llama.yaml"))
     assert config["config"] == asdict(TinyLlamaConfig())
     assert config["train"] == {name: asdict(value) for name, value in TRAIN_DEFAULTS.items()}
+    from mpu.finetune import BASE_DEFAULTS, FROM_BASE
+
+    assert config["base_train"] == asdict(BASE_DEFAULTS)
+    assert config["from_base"] == {name: asdict(value) for name, value in FROM_BASE.items()}
 
 
 def test_base_data_has_no_benchmark_entity_but_the_general_knowledge(bench):

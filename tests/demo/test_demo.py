@@ -8,9 +8,9 @@ import pytest
 from scipy.stats import ks_2samp
 
 from mpu.cli import main
-from mpu.demo import COLUMNS
+from mpu.demo import COLUMNS, DemoConfig, format_table, verdict
 
-ARGS = ["--authors", "20", "--finetune-epochs", "3", "--epochs", "1", "--copies", "2"]
+ARGS = ["--authors", "20", "--base-epochs", "1", "--finetune-epochs", "3", "--epochs", "1", "--copies", "2"]
 
 
 def forget_truth_ratios(out, name):
@@ -47,3 +47,20 @@ def test_demo_runs_end_to_end_and_is_reproducible(tmp_path, monkeypatch, capsys)
     printed = capsys.readouterr().out
     assert "MPU model utility" in printed and "forget_quality" in printed
     assert printed.count("MPU randomness: fixed seed 0") == 2
+    # sigma is a fraction of the task vector: the base the models were fine-tuned from reached the server
+    assert summary["sigma_reference"] == "task-vector" and summary["base"]
+    assert set(summary["task_vector_ratio"]) >= {"layers.0", "embed_tokens"}
+    assert printed.count("MPU noise: sigma = kappa * RMS(theta - theta_base)") == 2
+    assert printed.count("[sigma from the task vector theta - theta_base]") == 2
+
+
+def test_the_weights_control_is_labelled(tmp_path):
+    summary = {"models": {"MPU": {}}, "sigma": None}
+    with pytest.raises(ValueError, match="sigma_reference"):
+        DemoConfig(out_dir=tmp_path, sigma_reference="theta")
+    from mpu.demo import SIGMA_REFERENCES
+
+    summary["sigma"] = SIGMA_REFERENCES["weights"]
+    assert "CONTROL" in format_table(summary).splitlines()[0]
+    assert "CONTROL" in verdict({"model_utility": 0.5}, {"model_utility": 0.5}, "weights")
+    assert "CONTROL" not in verdict({"model_utility": 0.5}, {"model_utility": 0.5}, "task-vector")

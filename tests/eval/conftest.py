@@ -12,7 +12,7 @@ import contextlib
 import pytest
 import torch
 
-FAST_SIZES = dict(authors=10, facts=10, news=20, topics=8, general=10)
+FAST_SIZES = dict(authors=10, facts=10, news=20, topics=8)
 FAST_MODEL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
                   intermediate_size=128)
 FAST_EPOCHS = 60
@@ -48,15 +48,12 @@ def _train(bench, benchmark, split, out, **kwargs):
 
 @pytest.fixture(scope="session")
 def fast_models(fast_bench, tmp_path_factory):
-    """{"base": ..., "full": (dir, metrics), "retain90": (dir, metrics)} for TOFU on the fast benchmark:
-    a base trained on the general data (real_authors/world_facts included, as TOFU's Llama knows them),
-    then fine-tuned on full and on retain90, as the built-in models are."""
+    """{"full": (dir, metrics), "retain90": (dir, metrics)} for TOFU on the fast benchmark."""
     root = tmp_path_factory.mktemp("models-fast")
-    models = {"base": (root / "base", _train(fast_bench, "tofu", "base", root / "base", epochs=FAST_EPOCHS, lr=5e-3,
-                                             batch_size=16, model_config=FAST_MODEL))}
+    models = {}
     for split in ("full", "retain90"):
         metrics = _train(fast_bench, "tofu", split, root / split, epochs=FAST_EPOCHS, lr=5e-3, batch_size=16,
-                         base=root / "base")
+                         model_config=FAST_MODEL)
         models[split] = (root / split, metrics)
     return models
 

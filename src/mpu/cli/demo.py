@@ -24,6 +24,7 @@ def register(subparsers) -> None:
     demo.add_argument("--copies", type=int, default=3, help="MPU copies m")
     demo.add_argument("--kappa", type=float, default=0.01, help="MPU noise ratio")
     demo.add_argument("--finetune-epochs", type=float, default=None, help="epochs for fine-tuning the base into the tiny target/retain models (default: calibrated)")
+    demo.add_argument("--base-epochs", type=float, default=None, help="epochs of the tiny base model on the general data (default: calibrated)")
     demo.add_argument("--seed", type=int, default=0,
                       help="seeds the data, the tiny models, the data order and the server's randomness: identical runs print identical tables")
     demo.add_argument("--secret", action="store_true",
@@ -45,6 +46,7 @@ def _demo(args) -> int:
         config = DemoConfig(
             out_dir=args.out, authors=args.authors, forget_split=args.forget_split, method=args.method, epochs=args.epochs,
             learning_rate=args.learning_rate, copies=args.copies, kappa=args.kappa, finetune_epochs=args.finetune_epochs, seed=args.seed,
+            base_epochs=args.base_epochs,
             secret=args.secret, sigma_reference=args.sigma_reference,
         )
     except ValueError as err:
