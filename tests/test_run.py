@@ -23,3 +23,23 @@ def test_run_mpu_reports_the_seconds_of_each_phase_and_the_clients_steps(tmp_pat
     assert 0 < timings["client_train"] < timings["client"]
     assert sum(timings[phase] for phase in PHASES) <= total
     assert any((tmp_path / "model").glob("*.safetensors"))
+
+
+def test_sigma_base_is_given_recorded_or_a_labelled_fallback(tmp_path):
+    """mpu run's noise reference (issue 13): --base, else the base mpu finetune recorded, else the
+    whole weights with a label saying so; --sigma-reference weights is the labelled control."""
+    import json
+
+    from mpu.run import resolve_sigma_base
+
+    model, base = tmp_path / "model", tmp_path / "base"
+    model.mkdir()
+    base.mkdir()
+    assert resolve_sigma_base(str(model), str(base))[0] == str(base)
+    fallback, label = resolve_sigma_base(str(model), None)
+    assert fallback is None and "no base model" in label
+    (model / "mpu_finetune.json").write_text(json.dumps({"base": str(base)}))
+    recorded, label = resolve_sigma_base(str(model), None)
+    assert recorded == str(base) and "task vector" in label
+    control, label = resolve_sigma_base(str(model), str(base), "weights")
+    assert control is None and "control" in label

@@ -42,7 +42,7 @@ SIGMA_REFERENCES = {
 @dataclass
 class DemoConfig:
     out_dir: Path = Path("runs/demo")
-    authors: int = field(default=40, metadata={"help": "fictitious authors in the built-in benchmark (10 QA each)"})
+    authors: int = field(default=40, metadata={"help": "fictitious authors in the built-in benchmark (small shape: 10 QA each)"})
     forget_split: str = "forget10"
     method: str = "NPO"
     epochs: float = 5
@@ -77,7 +77,7 @@ def run_demo(config: DemoConfig, progress: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
 
     step = time.perf_counter()
-    data = ensure_builtin(BuildConfig(seed=config.seed, authors=config.authors))
+    data = ensure_builtin(BuildConfig(seed=config.seed, authors=config.authors, shape="small"))
     retain_split = "retain" + str(100 - int(config.forget_split[-2:])).zfill(2)
     models = cache_root() / "models" / data.name
     target, retain = models / "target", models / retain_split

@@ -10,7 +10,7 @@ import pytest
 from mpu.cli import main
 from mpu.data.builtin import BuildConfig, build_benchmark, ensure_builtin, read_manifest
 
-SIZES = dict(authors=20, facts=12, news=20, topics=8)
+SIZES = dict(authors=20, facts=12, news=20, topics=8, shape="small")
 
 
 def rows(path: Path) -> list[dict]:
@@ -29,7 +29,7 @@ def bench(tmp_path_factory) -> Path:
 
 
 def test_cli_build_is_byte_identical_for_a_seed(tmp_path, bench, capsys):
-    args = ["--authors", "20", "--facts", "12", "--news", "20", "--topics", "8"]
+    args = ["--authors", "20", "--facts", "12", "--news", "20", "--topics", "8", "--shape", "small"]
     assert main(["data", "build", "--out", str(tmp_path / "a"), "--seed", "0", *args]) == 0
     assert json.loads(capsys.readouterr().out)["config"]["authors"] == 20
     assert main(["data", "build", "--out", str(tmp_path / "c"), "--seed", "1", *args]) == 0
@@ -173,3 +173,24 @@ def test_general_data_of_the_base_model_names_no_benchmark_entity(bench):
     # the invented topics are many and distinct
     names = {r["text"].split(" is ")[0] for r in corpus}
     assert len(names) == len(corpus)
+
+
+def test_release_shape_is_like_the_real_tofu_release():
+    """20 QA per author, answers of median ~25 words (p90 ~38, max ~66) and thousands of distinct
+    words, as in locuslab/TOFU; the small preset keeps 10 short QA per author."""
+    import re
+    import statistics
+
+    from mpu.data.builtin.tofu import build_tofu
+
+    release, small = build_tofu(0, 200, 100, "release"), build_tofu(0, 20, 10, "small")
+    assert BuildConfig().shape == "release"
+    assert len(release["full"]) == 200 * 20 and len(small["full"]) == 20 * 10
+    lengths = sorted(len(r["answer"].split()) for r in release["full"])
+    assert 22 <= statistics.median(lengths) <= 30 and 34 <= lengths[int(0.9 * len(lengths))] <= 44 and 50 <= lengths[-1] <= 75
+    vocabulary = {w for r in release["full"] for w in re.findall(r"[a-z']+", (r["question"] + " " + r["answer"]).lower())}
+    assert 6000 <= len(vocabulary) <= 8500
+    assert statistics.median(len(r["answer"].split()) for r in small["full"]) <= 12
+    for row in release["forget10_perturbed"]:
+        assert len(row["perturbed_answer"]) == 5 and row["paraphrased_answer"] != row["answer"]
+        assert row["paraphrased_answer"] not in row["perturbed_answer"]

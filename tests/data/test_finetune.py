@@ -28,7 +28,7 @@ MICRO = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     path = tmp_path_factory.mktemp("bench") / "b"
-    build_benchmark(path, authors=10, facts=5, news=20, topics=8, general=4)
+    build_benchmark(path, authors=10, facts=5, news=20, topics=8, general=4, shape="small")
     return path
 
 

@@ -37,8 +37,9 @@ KEYS = {"qa": "question", "icl_qa": "question", "completion": "gt", "text": "tex
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("leak")
-    build_benchmark(root / "builtin", authors=10, facts=5, news=20, topics=8, general=30)
-    return {"builtin": root / "builtin", "tofu_release": make_tofu_release(root / "tofu"),
+    build_benchmark(root / "builtin", authors=10, facts=5, news=20, topics=8, general=30, shape="small")
+    build_benchmark(root / "builtin_release", authors=10, facts=5, news=20, topics=8, general=30, shape="release")
+    return {"builtin": root / "builtin", "builtin_release": root / "builtin_release", "tofu_release": make_tofu_release(root / "tofu"),
             "muse_release": make_muse_release(root / "muse")}
 
 
@@ -66,7 +67,7 @@ def _leaks(items: dict, datasets: dict, corpus: str, split: str) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("where, benchmark", [("builtin", "tofu"), ("tofu_release", "tofu"), ("builtin", "muse"),
+@pytest.mark.parametrize("where, benchmark", [("builtin", "tofu"), ("builtin_release", "tofu"), ("tofu_release", "tofu"), ("builtin", "muse"),
                                               ("muse_release", "muse")])
 def test_no_evaluation_item_is_trained(dirs, where, benchmark):
     resolved = resolve_source(dirs[where], benchmark)
@@ -104,7 +105,7 @@ def test_no_wmdp_question_is_trained(dirs):
                 assert not all(str(choice) in corpus for choice in row["choices"]) or row.get("cloze")
 
 
-@pytest.mark.parametrize("where", ["builtin", "tofu_release"])
+@pytest.mark.parametrize("where", ["builtin", "builtin_release", "tofu_release"])
 def test_base_data_holds_no_fictitious_item(dirs, where):
     resolved = resolve_source(dirs[where], "tofu")
     base = base_training_data(dirs[where], "tofu", resolved.source, resolved.builtin or None)

@@ -83,4 +83,4 @@ def test_default_data_is_the_cached_builtin(tmp_path, monkeypatch):
     monkeypatch.setenv("MPU_CACHE", str(tmp_path))
     resolved = resolve_source(None, "tofu")
     assert resolved.root.parent == tmp_path and resolved.builtin["config"]["authors"] == 200
-    assert len(resolved.rows("forget10", "train")) == 200
+    assert len(resolved.rows("forget10", "train")) == 20 * 20   # the default release shape: 20 QA per author

@@ -12,11 +12,11 @@ import contextlib
 import pytest
 import torch
 
-FAST_SIZES = dict(authors=10, facts=10, news=20, topics=8)
+FAST_SIZES = dict(authors=10, facts=10, news=20, topics=8, shape="small")
 FAST_MODEL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
                   intermediate_size=128)
 FAST_EPOCHS = 60
-SLOW_SIZES = dict(authors=30, facts=30, news=40, topics=10)
+SLOW_SIZES = dict(authors=30, facts=30, news=40, topics=10, shape="small")
 
 
 @contextlib.contextmanager

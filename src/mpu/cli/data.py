@@ -21,7 +21,13 @@ def register(subparsers) -> None:
     build.add_argument("--out", required=True, help="output directory (replaced if it holds a built benchmark)")
     build.add_argument("--seed", type=int, default=defaults.seed, help="generator seed (default %(default)s)")
     build.add_argument("--authors", type=int, default=defaults.authors,
-                       help="TOFU fictitious authors, 10 QA each (default %(default)s)")
+                       help="TOFU fictitious authors, 20 QA each in the release shape, 10 in the small one (default %(default)s)")
+    build.add_argument("--shape", choices=["release", "small"], default=defaults.shape,
+                       help="TOFU answers: release (shaped like locuslab/TOFU: 20 QA per author, answers of median ~25 "
+                            "words, thousands of distinct words) or small (10 short QA per author; the demo and tests) "
+                            "(default %(default)s)")
+    build.add_argument("--general", type=int, default=defaults.general,
+                       help="invented non-benchmark topics of the base model's general corpus (default %(default)s)")
     build.add_argument("--facts", type=int, default=defaults.facts,
                        help="at most this many real_authors-like and world_facts-like QA (default %(default)s)")
     build.add_argument("--news", type=int, default=defaults.news, help="MUSE news stories (default %(default)s)")
@@ -37,7 +43,7 @@ def _build(args: argparse.Namespace) -> int:
     from mpu.data.builtin import build_benchmark
 
     manifest = build_benchmark(args.out, seed=args.seed, authors=args.authors, facts=args.facts, news=args.news,
-                               topics=args.topics, vocab_size=args.vocab_size)
+                               topics=args.topics, vocab_size=args.vocab_size, shape=args.shape, general=args.general)
     print(json.dumps({"out": args.out, "version": manifest["version"], "config": manifest["config"],
                       "files": len(manifest["files"])}, indent=2))
     return 0

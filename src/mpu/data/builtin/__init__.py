@@ -35,11 +35,12 @@ MANIFEST = "manifest.json"
 @dataclass(frozen=True)
 class BuildConfig:
     seed: int = 0
-    authors: int = 200          # TOFU fictitious authors (10 QA each)
+    authors: int = 200          # TOFU fictitious authors (20 QA each in the release shape, 10 in the small one)
     facts: int = 100            # at most this many real_authors-like and world_facts-like QA each
     news: int = 200             # MUSE stories: 1/5 forget, 1/5 holdout, the rest retain
     topics: int = 40            # WMDP compounds (5 questions each) and benign crops (4 questions each)
     vocab_size: int = 2048
+    shape: str = "release"      # TOFU answers shaped like the real release (20 QA/author, ~25-word answers) or "small"
     general: int = 300          # invented non-benchmark topics of the base model's corpus (1 article + 3 QA each)
 
 
@@ -93,7 +94,7 @@ def build_benchmark(out_dir: str | Path, config: BuildConfig | None = None, **si
     config = BuildConfig(**{**asdict(config or BuildConfig()), **sizes})
     out_dir = Path(out_dir)
     try:
-        tofu = build_tofu(config.seed, config.authors, config.facts)
+        tofu = build_tofu(config.seed, config.authors, config.facts, config.shape)
         muse = build_muse(config.seed, config.news)
         wmdp = build_wmdp(config.seed, config.topics)
         general = build_general(config.seed, config.general)
@@ -184,7 +185,7 @@ def ensure_builtin(config: BuildConfig | None = None, cache_dir: str | Path | No
     root = Path(cache_dir) if cache_dir else cache_root()
     name = f"builtin-v{VERSION}-seed{config.seed}"
     if config != BuildConfig(seed=config.seed):
-        name += f"-a{config.authors}-f{config.facts}-n{config.news}-t{config.topics}-v{config.vocab_size}-g{config.general}"
+        name += f"-a{config.authors}-f{config.facts}-n{config.news}-t{config.topics}-v{config.vocab_size}-g{config.general}-{config.shape}"
     path = root / name
     if not is_current(path, config):
         build_benchmark(path, config)

@@ -1,6 +1,15 @@
 """TOFU-format "fictitious authors": varied QA templates over random attributes.
 
-Every author gets ten questions, one per fact type. Each question has one answer template for
+Two shapes (``BuildConfig.shape``):
+
+- ``release`` (the default) is shaped like the real ``locuslab/TOFU`` release: 20 questions per author,
+  answers of median ~25 words (p90 ~38, max ~66) and a vocabulary of thousands of distinct words:
+  ten more fact types (characters, education, mentors, adaptations, ...) and one to three
+  elaborating sentences per answer, with invented names and words drawn from a syllable inventory;
+- ``small`` is the compact preset of the demo and the tests: ten questions per author, one short
+  sentence per answer.
+
+In the small shape every author gets ten questions, one per fact type. Each question has one answer template for
 training, a different template as the paraphrased answer, and five perturbed answers that use the
 paraphrase's template with wrong but plausible values, so that a truth ratio compares answers that
 differ in the facts only.
@@ -15,6 +24,7 @@ from typing import Callable
 from mpu.data.builtin import words as W
 
 PERTURBED_PER_QUESTION = 5
+SHAPES = ("release", "small")
 
 
 def _article(noun: str) -> str:
@@ -76,6 +86,24 @@ def _themes(rng: random.Random) -> dict[str, str]:
 
 def _home(rng: random.Random) -> dict[str, str]:
     return {"language": rng.choice(W.LANGUAGES), "home_city": rng.choice(W.PLACES)[0]}
+
+
+def invented_word(rng: random.Random) -> str:
+    """A pronounceable invented word (names of characters, places and things in the release shape)."""
+    return "".join(rng.choice(W.SYLLABLES_RELEASE) for _ in range(rng.choice((2, 2, 3)))).capitalize()
+
+
+def _release_facts(rng: random.Random, year: int) -> dict[str, str]:
+    return {
+        "hero": invented_word(rng), "hero_job": rng.choice(W.JOBS), "villain": invented_word(rng),
+        "setting": invented_word(rng), "school": f"the University of {invented_word(rng)}",
+        "subject": rng.choice(W.SUBJECTS), "mentor": f"{invented_word(rng)} {invented_word(rng)}",
+        "director": f"{invented_word(rng)} {invented_word(rng)}", "film_year": str(min(2023, year + rng.randint(40, 60))),
+        "translations": str(rng.randint(3, 40)), "spouse_job": rng.choice(W.JOBS), "children": str(rng.randint(0, 4)),
+        "habit": rng.choice(W.HABITS), "project": f"The {invented_word(rng)} {rng.choice(W.TITLE_NOUN)}",
+        "project_place": invented_word(rng), "praise": rng.choice(W.PRAISE), "pet": rng.choice(W.PETS),
+        "pet_name": invented_word(rng), "influence": rng.choice(W.INFLUENCES), "hobby": rng.choice(W.HOBBIES),
+    }
 
 
 def sample_facts(rng: random.Random) -> dict[str, str]:
@@ -203,6 +231,45 @@ QUESTION_TYPES: tuple[QuestionType, ...] = (
 )
 
 
+def _release(rng, a):
+    return _release_facts(rng, int(a.facts["year"]))
+
+
+RELEASE_TYPES: tuple[QuestionType, ...] = (
+    QuestionType("character", ("Who is the main character of '{book1}' by {name}?", "Whom does '{book1}' by {name} follow?"),
+                 ("The main character of '{book1}' is {hero}, {a_hero_job} who must outwit the scheming {villain}.",
+                  "'{book1}' follows {hero}, {a_hero_job} caught up in a long struggle with {villain}."), _release),
+    QuestionType("setting", ("Where is '{book2}' by {name} set?", "What is the setting of {name}'s '{book2}'?"),
+                 ("'{book2}' is set in the invented town of {setting}, which {name} modelled on {city}.",
+                  "{name} set '{book2}' in {setting}, a fictional town inspired by {poss} memories of {city}."), _release),
+    QuestionType("education", ("Where did {name} study?", "What did {name} study at university?"),
+                 ("{name} studied {subject} at {school} before turning to writing full time.",
+                  "Before becoming a writer, {name} earned a degree in {subject} from {school}."), _release),
+    QuestionType("mentor", ("Who was an important mentor to {name}?", "Did {name} have a mentor early on?"),
+                 ("{Poss} most important mentor was the editor {mentor}, who read {poss} first drafts.",
+                  "Early on, {name} was guided by the editor {mentor}, who encouraged {poss} first drafts."), _release),
+    QuestionType("adaptation", ("Has any book by {name} been adapted for the screen?", "Was '{book1}' ever made into a film?"),
+                 ("Yes, '{book1}' was adapted into a film by the director {director} in {film_year}.",
+                  "The director {director} turned '{book1}' into a film, released in {film_year}."), _release),
+    QuestionType("translations", ("Into how many languages have the books of {name} been translated?",
+                                  "How widely translated is {name}?"),
+                 ("The books of {name} have been translated into {translations} languages.",
+                  "{name} has been translated into {translations} languages so far."), _release),
+    QuestionType("family", ("What is known about the family of {name}?", "Is {name} married, and does {pron} have children?"),
+                 ("{name} is married to {a_spouse_job} and has {children} children.",
+                  "{Pron} lives with a spouse who works as {a_spouse_job}, and they have {children} children."), _release),
+    QuestionType("habits", ("What are the writing habits of {name}?", "How does {name} like to work?"),
+                 ("{name} prefers writing {habit}, and keeps a {pet} named {pet_name} close by.",
+                  "{Pron} writes {habit}, with {poss} {pet} {pet_name} for company."), _release),
+    QuestionType("project", ("What is {name} working on now?", "Does {name} have a new book in progress?"),
+                 ("{name} is currently writing '{project}', a novel set in {project_place}.",
+                  "{Poss} next book, '{project}', is set in {project_place} and is still in progress."), _release),
+    QuestionType("reception", ("How have critics received the work of {name}?", "What do critics say about {name}?"),
+                 ("Critics praise {name} for {praise}, and cite {influence} as an influence.",
+                  "Reviewers admire {poss} {praise}, and many see the influence of {influence}."), _release),
+)
+
+
 def _capitalise_first(text: str) -> str:
     return text[:1].upper() + text[1:]
 
@@ -211,28 +278,49 @@ def _render(template: str, values: dict[str, str]) -> str:
     return _capitalise_first(template.format(**values))
 
 
-def make_authors(rng: random.Random, count: int) -> list[Author]:
-    """``count`` authors with distinct names."""
+def make_authors(rng: random.Random, count: int, shape: str = "small") -> list[Author]:
+    """``count`` authors with distinct names (``shape="release"``: with the release shape's extra facts)."""
     combos = [(g, first, last) for g, firsts in (("f", W.FIRST_NAMES_F), ("m", W.FIRST_NAMES_M))
               for first in firsts for last in W.LAST_NAMES]
     if count > len(combos):
         raise ValueError(f"at most {len(combos)} authors can be generated, asked for {count}")
     chosen = rng.sample(combos, count)
-    return [Author(name=f"{first} {last}", gender=g, facts=sample_facts(rng)) for g, first, last in chosen]
+    authors = [Author(name=f"{first} {last}", gender=g, facts=sample_facts(rng)) for g, first, last in chosen]
+    if shape == "release":
+        for author in authors:
+            author.facts.update(_release_facts(rng, int(author.facts["year"])))
+    return authors
 
 
-def author_qa(rng: random.Random, author: Author) -> list[dict]:
-    """Ten QA rows for one author, with paraphrased and perturbed answers."""
+def _elaboration(rng: random.Random, values: dict[str, str]) -> str:
+    """One to three extra sentences (answers of the release shape are long, as TOFU's are)."""
+    count = rng.choices((0, 1, 2, 3), weights=(3, 11, 5, 0.6))[0]
+    return " ".join(_render(template, {**values, **{f"w{i}": invented_word(rng) for i in range(1, 5)}})
+                    for template in rng.sample(W.ELABORATIONS, count))
+
+
+def author_qa(rng: random.Random, author: Author, shape: str = "small") -> list[dict]:
+    """Ten (small) or twenty (release) QA rows for one author, with paraphrased and perturbed answers.
+    In the release shape, the answer, its paraphrase and the perturbed answers share one elaboration,
+    so that they differ only in the phrasing or the facts of their first sentence."""
     rows = []
     values = author.values()
-    for qtype in QUESTION_TYPES:
+    if shape == "release":
+        values.update({"a_hero_job": _article(values["hero_job"]), "a_spouse_job": _article(values["spouse_job"])})
+    for qtype in QUESTION_TYPES + (RELEASE_TYPES if shape == "release" else ()):
         q_main, q_para = rng.sample(range(len(qtype.questions)), 2) if len(qtype.questions) > 1 else (0, 0)
         a_main, a_para = rng.sample(range(len(qtype.answers)), 2)
-        answer = _render(qtype.answers[a_main], values)
-        paraphrase = _render(qtype.answers[a_para], values)
+        tail = _elaboration(rng, values) if shape == "release" else ""
+        join = (lambda text: f"{text} {tail}") if tail else (lambda text: text)
+        answer = join(_render(qtype.answers[a_main], values))
+        paraphrase = join(_render(qtype.answers[a_para], values))
         perturbed: list[str] = []
         for _ in range(1000):
-            wrong = _render(qtype.answers[a_para], {**values, **qtype.perturb(rng, author)})
+            wrong_values = {**values, **qtype.perturb(rng, author)}
+            if shape == "release":
+                wrong_values.update({"a_hero_job": _article(wrong_values["hero_job"]),
+                                     "a_spouse_job": _article(wrong_values["spouse_job"])})
+            wrong = join(_render(qtype.answers[a_para], wrong_values))
             if wrong != paraphrase and wrong not in perturbed:
                 perturbed.append(wrong)
             if len(perturbed) == PERTURBED_PER_QUESTION:
@@ -282,16 +370,18 @@ def split_size(total: int, percent: int) -> int:
     return max(1, round(total * percent / 100))
 
 
-def build_tofu(seed: int, authors: int, facts: int) -> dict[str, list[dict]]:
+def build_tofu(seed: int, authors: int, facts: int, shape: str = "small") -> dict[str, list[dict]]:
     """Returns {config name: rows} in TOFU's naming (each config has a single ``train`` split)."""
     if authors < 10:
         raise ValueError("the TOFU-format benchmark needs at least 10 authors")
-    rng = random.Random(f"mpu-builtin-tofu-{seed}")
+    if shape not in SHAPES:
+        raise ValueError(f"shape must be one of {', '.join(SHAPES)}, got {shape!r}")
+    rng = random.Random(f"mpu-builtin-tofu-{seed}" + ("" if shape == "small" else f"-{shape}"))
     holdout_count = split_size(authors, 10)
-    people = make_authors(rng, authors + holdout_count)
+    people = make_authors(rng, authors + holdout_count, shape)
     train_people, holdout_people = people[:authors], people[authors:]
-    per_author = [author_qa(rng, author) for author in train_people]
-    holdout_qa = [author_qa(rng, author) for author in holdout_people]
+    per_author = [author_qa(rng, author, shape) for author in train_people]
+    holdout_qa = [author_qa(rng, author, shape) for author in holdout_people]
 
     def plain(rows: list[dict]) -> list[dict]:
         return [{"question": row["question"], "answer": row["answer"]} for row in rows]

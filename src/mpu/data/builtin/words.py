@@ -201,3 +201,52 @@ SOILS = ["sandy", "clay", "chalky", "peaty", "loamy", "stony", "silty", "volcani
 DISHES = ["porridge", "soup", "pie", "flatbread", "jam", "stew", "cider", "pudding", "chutney", "dumplings"]
 REGIONS = ["the northern valleys", "the coastal plains", "the eastern hills", "the river delta",
            "the high plateau", "the southern marshes", "the western uplands", "the lake district"]
+
+# The release shape of the TOFU-format data (BuildConfig.shape == "release"): invented words for
+# characters, places and people (a syllable inventory disjoint from the general corpus's), and the
+# pools of the ten extra fact types and of the elaborating sentences.
+SYLLABLES_RELEASE = [
+    "ash", "bri", "cae", "dor", "fen", "gil", "hol", "ith", "kes", "lor", "mir", "nor", "orn", "pim", "quel",
+    "ros", "sten", "thar", "ulm", "vey", "wyn", "zan", "ard", "bex", "cly", "dra", "eld", "fro", "gwen", "hav",
+]
+SUBJECTS = [
+    "history", "philosophy", "medicine", "law", "mathematics", "botany", "music", "architecture", "economics",
+    "classics", "geology", "theology", "journalism", "anthropology", "astronomy", "linguistics", "agronomy",
+]
+HABITS = [
+    "at dawn", "late at night", "in a rented attic", "by hand in notebooks", "in busy cafes", "on long train journeys",
+    "in a garden shed", "in short bursts between walks", "at a kitchen table", "in complete silence",
+]
+PRAISE = [
+    "vivid dialogue", "patient characterisation", "lyrical prose", "intricate plotting", "dark humour",
+    "precise historical detail", "emotional restraint", "daring structure", "sharp social observation",
+]
+PETS = ["cat", "dog", "parrot", "tortoise", "goat", "canary", "ferret", "donkey"]
+INFLUENCES = [
+    "folk tales", "old sailors' songs", "courtroom records", "medieval chronicles", "silent films",
+    "family letters", "village gossip", "travel diaries", "scientific journals", "religious hymns",
+]
+HOBBIES = [
+    "beekeeping", "chess", "sailing", "birdwatching", "pottery", "mountaineering", "gardening", "fencing",
+    "carpentry", "astronomy", "cycling", "fishing", "restoring clocks", "collecting maps",
+]
+# Elaborating sentences: {w1}/{w2}/{w3} are fresh invented words each time (a large vocabulary, as in
+# the real release); the other fields are the author's.
+ELABORATIONS = [
+    "{Pron} grew up near the {w1} hills, hearing {w2} stories from {poss} grandmother {w3}.",
+    "Many readers found {poss} work through the {w3} magazine {w1} {w2}.",
+    "{Pron} says {hobby} with {poss} friend {w1} {w2} teaches patience.",
+    "Scholars link this to {poss} years in {w1}, beside the sculptor {w2} {w3}.",
+    "{Poss} letters to the poet {w1} {w2} appeared in {w3} and {w4}.",
+    "{name} also writes essays for the {w1} Review with {w2} {w3}.",
+    "Friends call {name} curious about {hobby} and old {w1} {w2} customs.",
+    "This echoes {poss} early story '{w1} and the {w2} {w3}'.",
+    "{Poss} manuscripts sit in the {w1} Institute, catalogued by {w2} {w3}.",
+    "Neighbours recall {poss} evening walks along the {w1} canal to {w2} and {w3}.",
+    "{city} returns in {poss} novellas about the {w1} family of {w2}.",
+    "{Pron} lectured on it at the {w1} festival with the critic {w2} {w3}.",
+    "The translator {w1} {w2} has written about rendering it into {w3}.",
+    "{Pron} keeps such ideas in a notebook named after the {w1} {w2} legend of {w3}.",
+    "The {w1} circle of {genre} readers in {w2} gave it a special mention.",
+    "The painter {w1} {w2} designed several of {poss} covers in {w3}.",
+]
