@@ -92,6 +92,21 @@ FROM_BASE = {
 }
 
 
+# Size/recipe presets (``mpu finetune --preset``). "tiny" is the default above. "cpu-release" is aimed
+# at data of the real TOFU release's shape (20 QA per author, ~25-word answers, thousands of distinct
+# words: BuildConfig(shape="release") or a local copy of locuslab/TOFU): ~3.6M parameters and a longer
+# schedule, meant to reach >= 90% answer-token accuracy in <= 45 minutes on 2 idle CPU cores (not yet
+# measured on an idle machine: docs/results.md).
+PRESETS = {
+    "tiny": (TinyLlamaConfig(), None),
+    "cpu-release": (
+        TinyLlamaConfig(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                        intermediate_size=640),
+        {"epochs": 30, "learning_rate": 2e-3, "batch_size": 32},
+    ),
+}
+
+
 @dataclass
 class TrainingData:
     """(kind, rows) parts: "qa" (loss on answers), "text" (loss on every token) or "qa_doc" (few-shot
@@ -383,6 +398,7 @@ def finetune(
     device: str | None = None,
     threads: int | None = None,
     base: str | Path | None = None,
+    preset: str | None = None,
 ) -> dict:
     """Train (or reuse) a tiny Llama on ``benchmark``/``split`` of ``data_dir`` and save it to
     ``out_dir``. Returns the metrics: answer_token_accuracy, exact_match, train_loss,
@@ -395,7 +411,11 @@ def finetune(
     dataset's base model, trained and cached on first use by :func:`ensure_base`) or a directory
     written by ``finetune(split="base")`` (its model configuration and tokenizer are used; the
     defaults are ``FROM_BASE``). Raises ``MPUError`` for a base of another tokenizer or a
-    ``model_config`` that contradicts the base's."""
+    ``model_config`` that contradicts the base's.
+
+    ``preset`` (a key of ``PRESETS``) sets the model configuration and the default epochs, learning
+    rate and batch size at once (explicit arguments still win); it cannot be combined with
+    ``model_config``."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
@@ -412,6 +432,16 @@ def finetune(
     source = LocalSource(data_dir / manifest[benchmark]["path"]) if manifest else LocalSource(data_dir)
     if isinstance(model_config, dict):
         model_config = TinyLlamaConfig(**model_config)
+    recipe: dict = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise MPUError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+        if model_config is not None:
+            raise MPUError("give either a preset or a model configuration, not both")
+        model_config, recipe = PRESETS[preset][0], dict(PRESETS[preset][1] or {})
+        epochs = epochs if epochs is not None else recipe.get("epochs")
+        lr = lr if lr is not None else recipe.get("learning_rate")
+        batch_size = batch_size or recipe.get("batch_size")
     base_dir, base_record = None, None
     if split == BASE_SPLIT:
         if base not in (None, "none"):

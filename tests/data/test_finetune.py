@@ -180,3 +180,19 @@ def test_cli_finetune_base_then_target(bench, tmp_path, capsys, monkeypatch):
     assert main(["finetune", "--data", str(bench), "--split", "base", "--base", str(tmp_path / "b"), "--out",
                  str(tmp_path / "x"), "--no-progress"]) == 2
     assert "leave --base out" in capsys.readouterr().err
+
+
+def test_cpu_release_preset_sets_size_and_recipe(bench, tmp_path):
+    from mpu.finetune import PRESETS
+
+    config, recipe = PRESETS["cpu-release"]
+    metrics = finetune(bench, "tofu", "retain90", tmp_path / "p", preset="cpu-release", epochs=0.1, progress=False,
+                       base="none", threads=1)
+    record = read_record(tmp_path / "p")
+    assert record["model_config"]["hidden_size"] == config.hidden_size == 256
+    assert record["train_config"]["learning_rate"] == recipe["learning_rate"] and metrics["epochs"] == 0.1
+    assert 3.0e6 < metrics["n_params"] < 3.6e6
+    with pytest.raises(MPUError, match="unknown preset"):
+        finetune(bench, "tofu", "full", tmp_path / "q", preset="gpu-huge", progress=False)
+    with pytest.raises(MPUError, match="either a preset or a model configuration"):
+        finetune(bench, "tofu", "full", tmp_path / "q", preset="cpu-release", model_config=MICRO, progress=False)

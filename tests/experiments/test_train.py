@@ -205,3 +205,31 @@ def test_builtin_muse_experiment_trains_its_own_models_and_unlearns_text_chunks(
     # raw stories became prompt/answer chunks: the first 16 words are the prompt
     assert prepared.forget_rows and all(len(row["question"].split()) == 16 for row in prepared.forget_rows)
     assert prepared.retain_rows and all(row["answer"].strip() for row in prepared.retain_rows)
+
+
+@pytest.mark.parametrize("experiment", ["unlearn/tofu/llama-3.2-1b", "unlearn/muse/news"])
+def test_real_model_experiments_fail_on_a_cpu_naming_the_option(experiment, tmp_path, monkeypatch):
+    import torch
+
+    from mpu.experiments import sources
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(sources, "prepare", lambda settings: pytest.fail("must fail before fetching models"))
+    cfg, _ = compose_config([f"experiment={experiment}"])
+    with pytest.raises(MPUError, match=r"trainer\.training\.bf16=false"):
+        run_experiment(cfg, tmp_path / "run")
+    cfg, _ = compose_config([f"experiment={experiment}", "trainer.training.bf16=false", "evaluation.device=cuda"])
+    with pytest.raises(MPUError, match="evaluation.device=cpu"):
+        run_experiment(cfg, tmp_path / "run2")
+
+
+def test_cpu_release_model_config_equals_the_finetune_preset():
+    from dataclasses import asdict
+
+    from mpu.finetune import PRESETS
+
+    cfg, _ = compose_config(["model=tiny-llama-cpu-release"])
+    settings = settings_from_config(cfg)
+    config, recipe = PRESETS["cpu-release"]
+    assert {**asdict(config), **settings.model_config} == asdict(config)
+    assert {key: settings.finetune[key] for key in recipe} == recipe

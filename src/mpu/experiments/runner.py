@@ -79,6 +79,22 @@ def sigma_label(settings: ExperimentSettings) -> str:
     return "weights: sigma_l = kappa * RMS(theta_l), no base (CONTROL, harsher than the paper)"
 
 
+def check_device(settings: ExperimentSettings) -> None:
+    """Fail before any download or training when the config needs a GPU this machine lacks: bf16
+    mixed precision (the real-model experiments) or evaluation.device=cuda. The message names the
+    option to change."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    if settings.training.bf16:
+        raise MPUError("trainer.training.bf16=true needs a CUDA GPU and this machine has none; to run on the CPU add "
+                       "trainer.training.bf16=false (float32; a 1B-parameter model is then very slow), or run on a GPU machine")
+    if str(settings.evaluation.get("device") or "").startswith("cuda"):
+        raise MPUError(f"evaluation.device={settings.evaluation['device']} needs a CUDA GPU and this machine has none; "
+                       "set evaluation.device=cpu (or null)")
+
+
 def _set_threads(settings: ExperimentSettings) -> None:
     from mpu.threads import apply_threads
 
@@ -140,6 +156,7 @@ def run_experiment(cfg, run_dir: str | Path, experiment: str | None = None, over
     """Run the baseline or MPU as ``cfg`` says, evaluate, and write the run directory. Returns run.json's content."""
     started = time.perf_counter()
     settings = settings_from_config(cfg)
+    check_device(settings)
     _set_threads(settings)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -240,6 +257,7 @@ def evaluate_experiment(cfg, out_dir: str | Path) -> dict:
     settings = settings_from_config({key: value for key, value in plain.items() if key != "model_path"})
     if not settings.evaluation.get("enabled", True):
         raise MPUError("evaluation.enabled is false: nothing to do")
+    check_device(settings)
     _set_threads(settings)
     prepared = prepare(settings)
     model = _resolve_model_path(str(model_path), prepared)
