@@ -1,10 +1,19 @@
 """The sweep behind docs/results.md: MPU against the noise-free baseline on the built-in benchmark.
 
-    python benchmarks/claim_sweep.py --out runs/claim --workers 2     # about 40 min on 2 CPU cores
-    mpu report runs/claim --out docs/results
+    python benchmarks/claim_sweep.py --out runs/claim --workers 2 --split forget01,forget10   # the paper's regime
+    mpu report runs/claim/forget01 --out docs/results/forget01
+    mpu report runs/claim/forget10 --out docs/results/forget10
+
+The paper's regime is the default: the built-in target and retain model are a base model (general
+data, no fictitious author) fine-tuned on the benchmark, and the server's noise is a fraction of the
+task vector, sigma_l = kappa * RMS(theta_l - theta_base,l) (``mpu.sigma_reference=task-vector``).
+``--sigma-reference weights`` reruns everything with sigma_l = kappa * RMS(theta_l) (no base): the
+harsher regime of the earlier results, a CONTROL; the ``control-weights`` group runs just its MPU cells
+next to the paper's. ``--shape release`` uses data of the real release's shape with the cpu-release
+model preset (much slower).
 
 It runs ``src/train.py`` Hydra multiruns (one per method and setting, so two workers can share the
-cores), each in its own sweep folder under ``--out``:
+cores), each in its own sweep folder under ``--out/<split>/``:
 
 - ``baseline``: the noise-free baseline, R·E epochs, seeds 0, 1, 2;
 - ``mpu-k0.01``, ``mpu-k0.1``: MPU with m = 3 at κ = 0.01 and 0.1, seeds 0, 1, 2 (the paper preset of the default
@@ -13,7 +22,8 @@ cores), each in its own sweep folder under ``--out``:
 - ``control-k0-noreparam``: κ = 0 without reparameterisation: what remains is m data orders averaged
   and the optimizer restarted each round;
 - ``control-moving-reference``: κ = 0.01 with each round's copy as the reference (NPO, DPO, UNDIAL),
-  against the default fixed reference (round 1's copies).
+  against the default fixed reference (round 1's copies);
+- ``control-weights``: κ = 0.01 and 0.1 with σ from the whole weights (no base): the old, harsher regime.
 
 The learning rate of each method is the experiment's calibrated one (``tiny_learning_rates`` in
 configs/experiment/unlearn/tofu/default.yaml). ``--dry-run`` prints the commands. ``--groups`` redoes
@@ -45,19 +55,38 @@ EVAL = [
 ]
 
 
-GROUPS = ["baseline", "mpu-k0.01", "mpu-k0.1", "control-k0", "control-k0-noreparam", "control-moving-reference"]
+GROUPS = ["baseline", "mpu-k0.01", "mpu-k0.1", "control-k0", "control-k0-noreparam", "control-moving-reference",
+          "control-weights"]
+SPLITS = ("forget01", "forget05", "forget10")
+SIGMA_REFERENCES = ("task-vector", "weights")
+SHAPES = ("small", "release")
 
 
-def commands(out: Path, seeds: str, python: str, groups: list[str] | None = None) -> list[tuple[float, list[str]]]:
-    """(estimated cost, argv) for every multirun of ``groups`` (default: all); longest first."""
+def commands(out: Path, seeds: str, python: str, groups: list[str] | None = None, splits: tuple[str, ...] = ("forget10",),
+             sigma_reference: str = "task-vector", shape: str = "small") -> list[tuple[float, list[str]]]:
+    """(estimated cost, argv) for every multirun of ``groups`` (default: all) on each forget split in
+    ``splits`` (runs under ``out/<split>/<group>/<method>``); longest first. Raises ``ValueError`` for
+    an unknown split, sigma reference or shape."""
+    for split in splits:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    if sigma_reference not in SIGMA_REFERENCES:
+        raise ValueError(f"unknown sigma reference {sigma_reference!r}; choose from {', '.join(SIGMA_REFERENCES)}")
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}; choose from {', '.join(SHAPES)}")
     jobs = []
+    regime = [f"mpu.sigma_reference={sigma_reference}"]
+    if shape == "release":
+        regime += ["benchmark.shape=release", "model=tiny-llama-cpu-release"]
 
     def add(folder: str, method: str, cost: float, *overrides: str) -> None:
         if groups is not None and folder not in groups:
             return
-        argv = [python, "src/train.py", "-m", f"hydra.sweep.dir={out / folder / method}", f"trainer={method}",
-                "threads=1", "save_model=false", *overrides, *EVAL]
-        jobs.append((cost, argv))
+        for split in splits:
+            data = [f"data.forget_split={split}", f"data.retain_split=retain{100 - int(split[-2:])}"]
+            argv = [python, "src/train.py", "-m", f"hydra.sweep.dir={out / split / folder / method}", f"trainer={method}",
+                    "threads=1", "save_model=false", *data, *regime, *overrides, *EVAL]
+            jobs.append((cost, argv))
 
     n_seeds = len(seeds.split(","))
     for method in METHODS:
@@ -69,6 +98,9 @@ def commands(out: Path, seeds: str, python: str, groups: list[str] | None = None
         add("control-k0-noreparam", method, 10 * rounds * n_seeds, "mpu.kappa=0", "mpu.reparam.enabled=false", f"seed={seeds}")
         if method in REFERENCE_METHODS:
             add("control-moving-reference", method, 10 * rounds * n_seeds, "mpu.kappa=0.01", "mpu.client_reference=round", f"seed={seeds}")
+        if sigma_reference == "task-vector":
+            add("control-weights", method, 20 * rounds * n_seeds, "mpu.kappa=0.01,0.1", "mpu.sigma_reference=weights",
+                f"seed={seeds}")
     return sorted(jobs, key=lambda job: -job[0])
 
 
@@ -80,6 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--groups", default=",".join(GROUPS),
                         help="comma-separated sweep folders to run, e.g. to redo the MPU runs after a client change "
                              "while keeping the baselines")
+    parser.add_argument("--split", default="forget01,forget10",
+                        help="comma-separated forget splits (forget01 is the paper's main split); runs go to OUT/<split>/")
+    parser.add_argument("--sigma-reference", choices=SIGMA_REFERENCES, default="task-vector",
+                        help="task-vector: sigma from theta - theta_base (the paper, default); weights: from theta (control)")
+    parser.add_argument("--shape", choices=SHAPES, default="small",
+                        help="built-in data: small (10 short QA per author, the 1M model) or release (the real release's "
+                             "shape, with the cpu-release model preset)")
     parser.add_argument("--overwrite", action="store_true", help="remove the selected folders' earlier runs first")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = parser.parse_args(argv)
@@ -92,12 +131,17 @@ def main(argv: list[str] | None = None) -> int:
 
     root = Path(__file__).resolve().parents[1]
     out = Path(args.out)
-    jobs = commands(out, args.seeds, sys.executable, groups)
+    splits = tuple(split.strip() for split in args.split.split(",") if split.strip())
+    try:
+        jobs = commands(out, args.seeds, sys.executable, groups, splits, args.sigma_reference, args.shape)
+    except ValueError as err:
+        parser.error(str(err))
     if args.dry_run:
         for _, job in jobs:
             print(shlex.join(job))
         return 0
-    earlier = [out / group for group in groups if (out / group).is_dir() and any((out / group).iterdir())]
+    earlier = [out / split / group for split in splits for group in groups
+               if (out / split / group).is_dir() and any((out / split / group).iterdir())]
     if earlier and not args.overwrite:
         parser.error(f"{', '.join(map(str, earlier))} already hold runs; `mpu report` would mix them with the new ones. "
                      "Pass --overwrite to remove them first, or choose another --out")
@@ -109,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def run(cost_job) -> int:
         _, job = cost_job
-        folder, method = Path(job[3].split("=", 1)[1]).parts[-2:]  # hydra.sweep.dir=OUT/FOLDER/METHOD
-        log = logs / f"{folder}-{method}.log"
+        split, folder, method = Path(job[3].split("=", 1)[1]).parts[-3:]  # hydra.sweep.dir=OUT/SPLIT/FOLDER/METHOD
+        log = logs / f"{split}-{folder}-{method}.log"
         with open(log, "w") as handle:
             handle.write(shlex.join(job) + "\n")
             handle.flush()
@@ -123,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         codes = list(pool.map(run, jobs))
     failed = sum(code != 0 for code in codes)
     print(f"{len(jobs) - failed}/{len(jobs)} multiruns succeeded in {time.perf_counter() - started:.0f}s; "
-          f"next: mpu report {out} --out docs/results")
+          f"next: mpu report {out}/<split> --out docs/results/<split> for each of {', '.join(splits)}")
     return 1 if failed else 0
 
 

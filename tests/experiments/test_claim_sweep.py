@@ -25,7 +25,26 @@ def folders(jobs) -> set[str]:
 def test_every_run_folder_is_a_named_group(sweep, tmp_path):
     jobs = sweep.commands(tmp_path, "0,1,2", "python")
     assert folders(jobs) == set(sweep.GROUPS)
-    assert len(jobs) == 8 * 5 + 3  # 8 methods x 5 groups, plus the moving-reference control of NPO, DPO, UNDIAL
+    assert len(jobs) == 8 * 6 + 3  # 8 methods x 6 groups, plus the moving-reference control of NPO, DPO, UNDIAL
+
+
+def test_the_paper_regime_on_forget01_and_forget10(sweep, tmp_path):
+    """One command covers both splits; sigma follows the task vector except in the labelled control."""
+    jobs = sweep.commands(tmp_path, "0", "python", splits=("forget01", "forget10"))
+    assert len(jobs) == 2 * (8 * 6 + 3)
+    for _, argv in jobs:
+        where = next(arg for arg in argv if arg.startswith("hydra.sweep.dir=")).split("=", 1)[1]
+        split = Path(where).parts[-3]
+        assert f"data.forget_split={split}" in argv and f"data.retain_split=retain{100 - int(split[-2:])}" in argv
+        references = [arg for arg in argv if arg.startswith("mpu.sigma_reference=")]
+        assert references[-1] == ("mpu.sigma_reference=weights" if "/control-weights/" in where
+                                  else "mpu.sigma_reference=task-vector")
+    control = sweep.commands(tmp_path, "0", "python", splits=("forget10",), sigma_reference="weights")
+    assert all("mpu.sigma_reference=weights" in argv for _, argv in control) and "control-weights" not in folders(control)
+    release = sweep.commands(tmp_path, "0", "python", ["baseline"], shape="release")
+    assert all("model=tiny-llama-cpu-release" in argv and "benchmark.shape=release" in argv for _, argv in release)
+    with pytest.raises(ValueError, match="unknown split"):
+        sweep.commands(tmp_path, "0", "python", splits=("forget20",))
 
 
 def test_groups_select_the_runs_to_redo(sweep, tmp_path):
@@ -41,18 +60,18 @@ def test_an_unknown_group_is_refused(sweep, capsys):
 
 
 def test_a_rerun_refuses_folders_that_hold_runs_unless_told_to_overwrite(sweep, tmp_path, capsys, monkeypatch):
-    stale = tmp_path / "mpu-k0.1" / "NPO" / "0_NPO_m3_k0.1_mpuTrue_s0"
+    stale = tmp_path / "forget10" / "mpu-k0.1" / "NPO" / "0_NPO_m3_k0.1_mpuTrue_s0"
     stale.mkdir(parents=True)
-    kept = tmp_path / "baseline" / "NPO"
+    kept = tmp_path / "forget10" / "baseline" / "NPO"
     kept.mkdir(parents=True)
     with pytest.raises(SystemExit):
-        sweep.main(["--out", str(tmp_path), "--groups", "mpu-k0.1"])
+        sweep.main(["--out", str(tmp_path), "--groups", "mpu-k0.1", "--split", "forget10"])
     assert "mpu-k0.1 already hold runs" in capsys.readouterr().err
     assert stale.is_dir()  # nothing removed without --overwrite
 
     launched = []
     monkeypatch.setattr(sweep.subprocess, "call", lambda argv, **kwargs: launched.append(argv) or 0)
-    assert sweep.main(["--out", str(tmp_path), "--groups", "mpu-k0.1", "--overwrite"]) == 0
+    assert sweep.main(["--out", str(tmp_path), "--groups", "mpu-k0.1", "--overwrite", "--split", "forget10"]) == 0
     assert not stale.exists() and kept.is_dir()  # only the selected group is cleared
     assert len(launched) == 8
-    assert (tmp_path / "logs" / "mpu-k0.1-NPO.log").is_file()
+    assert (tmp_path / "logs" / "forget10-mpu-k0.1-NPO.log").is_file()
