@@ -80,7 +80,8 @@ def run_demo(config: DemoConfig, progress: bool = True) -> dict:
     data = ensure_builtin(BuildConfig(seed=config.seed, authors=config.authors, shape="small"))
     retain_split = "retain" + str(100 - int(config.forget_split[-2:])).zfill(2)
     models = cache_root() / "models" / data.name
-    target, retain = models / "target", models / retain_split
+    # the same cache entries as the Hydra experiments' built-in models fine-tuned from the base
+    target, retain = models / "target-from-base", models / f"{retain_split}-from-base"
     base = ensure_base(data, "tofu", seed=config.seed, progress=progress, epochs=config.base_epochs)
     for split, path in (("full", target), (retain_split, retain)):
         finetune(data, "tofu", split, path, epochs=config.finetune_epochs, seed=config.seed, progress=progress, base=base)
