@@ -194,6 +194,7 @@ def _unlearn_one(publication, copy: PublishedCopy, forget_rows, retain_rows, met
         "steps": result.steps,
         "seconds": round(result.seconds, 3),
         "loss": loss_summary(result.losses),
+        "encoding": result.encoding,   # prompt format arguments, length policy, rows/tokens truncated
     }
     if is_main_process():
         if return_lora:

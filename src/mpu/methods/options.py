@@ -10,7 +10,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 from mpu.errors import MPUError
 
@@ -48,7 +48,18 @@ class TrainingOptions:
         "help": "seeds data order, forget/retain pairing, IdK choice, LoRA init, RMU's direction "
                 "(the client trains copy k of round r with seed + 1000*(r-1) + k)",
         "flag": "--train-seed", "flags": ("--seed",)})
-    max_length: int = field(default=256, metadata=_help("truncate prompt + answer to this many tokens"))
+    max_length: Optional[int] = field(default=None, metadata=_help(
+        "the run's length limit on prompt + answer tokens, for every loss and alternate answer (default: the "
+        "model's context length); a longer row is an error naming its file and line unless --truncate"))
+    truncate: bool = field(default=False, metadata=_help(
+        "cut rows longer than max_length (the answer's tail) instead of refusing them; counted in the manifest"))
+    prompt_format: str = field(default="auto", metadata=_help(
+        "how rows are rendered: auto (the shipped settings of a known model, else its chat template), chat, "
+        "plain (Question: ...\\nAnswer: ...), or a shipped model name such as Llama-3.2-1B-Instruct (docs/encoding.md)"))
+    system_prompt: Optional[str] = field(default=None, metadata=_help(
+        "chat format: a system turn before each question (default: the model's shipped setting, else none; '' for none)"))
+    date_string: Optional[str] = field(default=None, metadata=_help(
+        "chat format: the date the template prints, pinned (default: the model's shipped setting, else 10 Apr 2025)"))
     logging_steps: int = field(default=1, metadata=_help("record the training loss every this many optimizer steps"))
     bf16: bool = field(default=False, metadata=_help("bf16 mixed precision (the model keeps its own dtype)"))
     gradient_checkpointing: bool = field(default=False, metadata=_help("trade compute for activation memory"))
@@ -73,7 +84,7 @@ class TrainingOptions:
             (self.lr_scheduler_type in SCHEDULERS, f"lr_scheduler_type must be one of {', '.join(SCHEDULERS)}"),
             (self.max_grad_norm >= 0, "max_grad_norm must be >= 0"),
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
-            (self.max_length >= 4, "max_length must be >= 4"),
+            (self.max_length is None or self.max_length >= 4, "max_length must be >= 4"),
             (self.logging_steps >= 1, "logging_steps must be >= 1"),
             (self.lora_rank >= 0, "lora_rank must be >= 0"),
             (self.lora_alpha > 0, "lora_alpha must be > 0"),

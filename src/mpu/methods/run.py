@@ -32,6 +32,8 @@ class UnlearnResult:
     lora_factors: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None  # {base weight: (B·scaling, A)}
     log_history: list[dict[str, Any]] = field(default_factory=list)  # the Trainer's, with the loss terms
     is_main_process: bool = True  # only the main process should write files
+    # the run's encoding: prompt format arguments, chat template hash, length policy, rows/tokens truncated
+    encoding: dict[str, Any] = field(default_factory=dict)
 
 
 def method_hparams(name: str, overrides: dict[str, Any] | None = None, sources: dict[str, str] | None = None):
@@ -138,7 +140,8 @@ def prepare_unlearning(
         raise MPUError("the tokenizer has neither a pad nor an EOS token")
     dataset = ForgetRetainDataset(
         tokenizer, forget_rows, retain_rows if with_retain else None,
-        seed=training.seed, max_length=training.max_length, with_alternates=cls.uses_alternate,
+        seed=training.seed, max_length=run_max_length(training, model, tokenizer), with_alternates=cls.uses_alternate,
+        prompt_format=run_prompt_format(training, model, tokenizer), truncate=training.truncate,
     )
     trainer = cls(
         model=train_model,
@@ -150,6 +153,29 @@ def prepare_unlearning(
     )
     trainer.mpu_restore = (model, saved)
     return trainer
+
+
+def model_name(model, tokenizer) -> str:
+    """The hub name or path a model was loaded from (what the shipped prompt formats are matched on)."""
+    for owner in (tokenizer, getattr(model, "config", None), model):
+        name = getattr(owner, "name_or_path", None) or getattr(owner, "_name_or_path", None)
+        if name:
+            return str(name)
+    return ""
+
+
+def run_prompt_format(training: TrainingOptions, model, tokenizer):
+    """The run's :class:`mpu.data.qa.PromptFormat` from ``prompt_format``/``system_prompt``/``date_string``."""
+    from mpu.data.templates import resolve_format
+
+    return resolve_format(training.prompt_format, training.system_prompt, training.date_string, model_name(model, tokenizer))
+
+
+def run_max_length(training: TrainingOptions, model, tokenizer) -> int:
+    """The run's one length limit: ``max_length``, or the model's context length when not set."""
+    from mpu.data.qa import model_max_length
+
+    return training.max_length or model_max_length(model, tokenizer)
 
 
 def _retain_reason(hp) -> str:
@@ -183,6 +209,7 @@ def finish_unlearning(trainer: UnlearnTrainer) -> UnlearnResult:
         lora_factors=factors,
         log_history=history,
         is_main_process=trainer.is_world_process_zero(),
+        encoding=trainer.train_dataset.record() if hasattr(trainer.train_dataset, "record") else {},
     )
     trainer.ref_model = None
     trainer.mpu_restore = None
