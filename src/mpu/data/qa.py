@@ -35,7 +35,7 @@ from typing import Any, Sequence
 
 import torch
 
-from mpu.errors import MPUError
+from mpu.errors import InputError, MPUError
 
 
 IGNORE_INDEX = -100
@@ -93,7 +93,11 @@ def load_qa_rows(path: str | Path, required: Sequence[str] = ("question", "answe
         validate_fields(path, numbered, ("text",))
         from mpu.experiments.sources import text_rows_to_qa
 
-        rows = text_rows_to_qa([row for _, row in numbered], *text_chunks)
+        try:
+            rows = text_rows_to_qa([row for _, row in numbered], *text_chunks)
+        except MPUError as err:
+            raise InputError(path, f"read as raw text ({len(numbered)} strings), but {err}; a QA file needs "
+                                   f"one JSON object per row with the fields {', '.join(required)}") from None
         logger.info("%s: %d text rows read as %d chunks of %d words (the first %d the prompt)",
                     path, len(numbered), len(rows), text_chunks[0], text_chunks[1])
         return [Row(row, where=f"{path} chunk {number}") for number, row in enumerate(rows, start=1)]
