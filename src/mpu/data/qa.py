@@ -10,8 +10,8 @@ turns, with an explicit :class:`PromptFormat`:
 
 - ``chat``: the tokenizer's chat template, called with a pinned ``date_string`` (and ``strftime_now``
   pinned to the same date) and an optional system prompt;
-- ``plain``: ``system_text + user_start + question + user_end + assistant_start`` then
-  ``answer + assistant_end`` and EOS (OpenUnlearning's and TOFU's tag format for base models;
+- ``plain``: ``system_text + user_start + question + user_end + assistant_start`` then the answer
+  and EOS (OpenUnlearning's and TOFU's tag format for models trained without the template;
   ``Question: ...\\nAnswer: ...`` by default).
 
 The prompt is what the format renders before the answer (the chat template's generation prompt).
@@ -116,8 +116,8 @@ class PromptFormat:
     system_prompt: chat only: a system turn before the question (None: none).
     date_string: chat only: the date the template prints (``date_string``, and ``strftime_now``
         pinned to it; "10 Apr 2025" or "2025-04-10" style).
-    system_text, user_start, user_end, assistant_start, assistant_end: plain only: the text before the
-        first turn and around the question and the answer; EOS follows ``assistant_end``.
+    system_text, user_start, user_end, assistant_start: plain only: the text before the first turn,
+        around the question, and before the answer; EOS follows the answer.
     """
 
     format: str = "chat"
@@ -127,7 +127,6 @@ class PromptFormat:
     user_start: str = "Question: "
     user_end: str = "\n"
     assistant_start: str = "Answer: "
-    assistant_end: str = ""
 
     def __post_init__(self):
         if self.format not in FORMATS:
@@ -139,7 +138,7 @@ class PromptFormat:
     def record(self) -> dict[str, Any]:
         """The arguments that change the tokens (what runs compare): chat formats omit the tags."""
         data = asdict(self)
-        drop = ("system_text", "user_start", "user_end", "assistant_start", "assistant_end") if self.format == "chat" \
+        drop = ("system_text", "user_start", "user_end", "assistant_start") if self.format == "chat" \
             else ("system_prompt", "date_string")
         return {key: value for key, value in data.items() if key not in drop}
 
@@ -163,6 +162,15 @@ class LengthPolicy:
     def __post_init__(self):
         if not isinstance(self.max_length, int) or isinstance(self.max_length, bool) or self.max_length < 4:
             raise MPUError(f"max_length must be an integer >= 4, got {self.max_length!r}")
+
+
+def model_name(model=None, tokenizer=None) -> str:
+    """The hub name or path a model was loaded from (what the shipped prompt formats are matched on)."""
+    for owner in (tokenizer, getattr(model, "config", None), model):
+        name = getattr(owner, "name_or_path", None) or getattr(owner, "_name_or_path", None)
+        if name:
+            return str(name)
+    return ""
 
 
 def model_max_length(model=None, tokenizer=None, default: int = 2048) -> int:
@@ -250,7 +258,7 @@ class Encoder:
         fmt = self.format
         if fmt.format == "plain":
             prompt = fmt.system_text + fmt.user_start + question + fmt.user_end + fmt.assistant_start
-            return prompt, None if answer is None else prompt + answer + fmt.assistant_end
+            return prompt, None if answer is None else prompt + answer
         messages = ([{"role": "system", "content": fmt.system_prompt}] if fmt.system_prompt else []) + \
                    [{"role": "user", "content": question}]
         options = dict(tokenize=False, chat_template=self._template, date_string=fmt.date_string)
@@ -279,29 +287,49 @@ class Encoder:
         prompt, _ = self.render(question)
         return self._tokens(prompt.rstrip(" "))[0]
 
-    def _split(self, question: str, answer: str) -> tuple[list[int], int]:
-        """(ids of the conversation, number of prompt tokens), cached."""
+    def _split(self, question: str, answer: str) -> tuple[list[int], int, int]:
+        """(ids of the conversation, number of prompt tokens, number of end-of-turn tokens), cached.
+
+        The end of turn is what the format renders after the answer text (the template's end-of-turn
+        marker and whatever follows it, or the EOS the plain format appends)."""
         key = (question, answer)
         if key not in self._cache:
             prompt, full = self.render(question, answer)
             ids, offsets = self._tokens(full)
             boundary = len(prompt.rstrip(" "))
+            answer_at = full.find(answer, len(prompt)) if answer else -1
             if offsets is not None:
                 # the prompt is the longest run of leading tokens that end within it
                 n_prompt = next((i for i, (_, end) in enumerate(offsets) if end > boundary), len(ids))
+                if answer_at >= 0:
+                    end_of_answer = answer_at + len(answer)
+                    n_tail = sum(1 for i, (start, end) in enumerate(offsets) if i >= n_prompt and start >= end_of_answer
+                                 and end > start)
+                else:
+                    n_tail = 0
             else:
                 prompt_ids = self._tokens(prompt.rstrip(" "))[0]
                 n_prompt = len(prompt_ids) if ids[:len(prompt_ids)] == prompt_ids else len(prompt_ids) - 1
+                n_tail = 1 if ids and ids[-1] == self.tokenizer.eos_token_id else 0
             eos = self.tokenizer.eos_token_id
             if self.format.format == "plain" and eos is not None and (not ids or ids[-1] != eos):
                 ids = ids + [eos]
-            self._cache[key] = (ids, n_prompt)
+                n_tail += 1
+            self._cache[key] = (ids, n_prompt, min(n_tail, len(ids) - n_prompt))
         return self._cache[key]
+
+    def end_of_turn_ids(self) -> list[int]:
+        """The special tokens the format renders after an answer (the template's end-of-turn marker,
+        EOS): where generation must stop, besides the model's own EOS."""
+        ids, _, n_tail = self._split("Who?", "Nobody.")
+        special = set(getattr(self.tokenizer, "all_special_ids", []) or [])
+        special |= set(getattr(self.tokenizer, "added_tokens_decoder", {}) or {})
+        return [token for token in ids[len(ids) - n_tail:] if token in special] if n_tail else []
 
     def encode(self, question: str, answer: str, where: str = "a row") -> dict[str, list[int]]:
         """Ids, labels and attention mask of one row under the length policy; MPUError naming ``where``
         when the row does not fit (or, truncating, when not even one answer token fits)."""
-        ids, n_prompt = self._split(question, answer)
+        ids, n_prompt, n_tail = self._split(question, answer)
         limit = self.policy.max_length
         if n_prompt >= len(ids):
             raise MPUError(f"{where}: the answer renders to no token after the prompt")
@@ -317,8 +345,11 @@ class Encoder:
                 self.truncated[key] = lost
                 logger.info("%s: truncated to max_length=%d, %d answer tokens lost", where, limit, lost)
             ids = ids[:limit]
+            n_tail = max(0, n_tail - lost)
         labels = [IGNORE_INDEX] * n_prompt + ids[n_prompt:]
-        return {"input_ids": list(ids), "labels": labels, "attention_mask": [1] * len(ids)}
+        # "tail": how many of the last labels are the end of turn, not the answer (token-wise metrics
+        # such as exact memorisation leave them out)
+        return {"input_ids": list(ids), "labels": labels, "attention_mask": [1] * len(ids), "tail": n_tail}
 
     def record(self) -> dict[str, Any]:
         """What a run records (and compares) of its encoding: format arguments and length policy."""

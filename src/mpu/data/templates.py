@@ -4,7 +4,7 @@ give them (``configs/model/<name>.yaml``, ``template_args``), and how a run pick
 - Llama-3.2-1B/3B-Instruct, Llama-3.1-8B-Instruct: the tokenizer's chat template with the system
   prompt "You are a helpful assistant." and the date pinned to "10 Apr 2025";
 - Llama-2-7b-chat (TOFU's and OpenUnlearning's Llama-2 targets): ``[INST] question [/INST]answer``
-  then a space and EOS, without the tokenizer's template;
+  then EOS, without the tokenizer's template;
 - phi-1_5 (TOFU's phi target): ``Question: question\\nAnswer: answer`` then EOS.
 
 A model is matched by name: the longest key (or alias) contained in its hub name or directory path,
@@ -25,9 +25,9 @@ MODEL_FORMATS: dict[str, dict[str, Any]] = {
     "Llama-3.2-3B-Instruct": dict(_LLAMA3),
     "Llama-3.1-8B-Instruct": dict(_LLAMA3),
     "Llama-2-7b-chat": {"format": "plain", "user_start": "[INST] ", "user_end": " [/INST]",
-                        "assistant_start": "", "assistant_end": " "},
+                        "assistant_start": ""},
     "phi-1_5": {"format": "plain", "user_start": "Question: ", "user_end": "\n",
-                "assistant_start": "Answer: ", "assistant_end": ""},
+                "assistant_start": "Answer: "},
 }
 
 # Other spellings of the same targets (TOFU's own checkpoints: locuslab/tofu_ft_llama2-7b, tofu_ft_phi-1.5).

@@ -155,17 +155,9 @@ def prepare_unlearning(
     return trainer
 
 
-def model_name(model, tokenizer) -> str:
-    """The hub name or path a model was loaded from (what the shipped prompt formats are matched on)."""
-    for owner in (tokenizer, getattr(model, "config", None), model):
-        name = getattr(owner, "name_or_path", None) or getattr(owner, "_name_or_path", None)
-        if name:
-            return str(name)
-    return ""
-
-
 def run_prompt_format(training: TrainingOptions, model, tokenizer):
     """The run's :class:`mpu.data.qa.PromptFormat` from ``prompt_format``/``system_prompt``/``date_string``."""
+    from mpu.data.qa import model_name
     from mpu.data.templates import resolve_format
 
     return resolve_format(training.prompt_format, training.system_prompt, training.date_string, model_name(model, tokenizer))
