@@ -313,6 +313,12 @@ def evaluate(
     batch_size = batch_size or suite.get("batch_size", 32)
 
     model, tokenizer = load_model(model_dir, device=device, dtype=dtype)
+    if encoding_options["prompt_format"] is None or isinstance(encoding_options["prompt_format"], str):
+        # one format for the model and its retain model: the model's (by its name or directory)
+        from mpu.data.templates import resolve_format
+
+        encoding_options["prompt_format"] = resolve_format(encoding_options["prompt_format"] or "auto",
+                                                           model_name=str(model_dir))
     reference_logs: dict = {}
     reference_model = None
     needed = _reference_keys(metrics)
