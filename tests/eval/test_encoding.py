@@ -62,6 +62,9 @@ def test_the_length_policy_names_the_file_and_row_or_truncates_and_counts(end_to
     record = cutting.encoding_record()
     assert record["rows_truncated"] == 2 and record["tokens_truncated"] > 0
     assert record["max_length"] == 48 and record["truncate"] is True
+    again = EvalContext(model, end_tokenizer, [EvalDataset("forget", "qa", rows)], batch_size=2, max_length=48, truncate=True)
+    again.stats("forget")   # the same encoder (cached per tokenizer) counts for every run that meets the row
+    assert again.encoding_record()["rows_truncated"] == 1
     cut = cutting.encoder.encode(rows[1]["question"], rows[1]["answer"])
     assert len(cut["input_ids"]) == 48 and len(cutting.stats("forget")[1].labels) == 48 - cut["labels"].count(-100)
     assert EvalContext(model, end_tokenizer, [], batch_size=2).max_length == model.config.max_position_embeddings

@@ -70,7 +70,7 @@ class EvalContext:
             prompt_format = resolve_format(prompt_format or "auto", model_name=model_name(model, tokenizer))
         self.max_length = max_length or model_max_length(model, tokenizer)
         self.encoder = encoder_for(tokenizer, prompt_format, LengthPolicy(self.max_length, truncate))
-        self._truncated_before = set(self.encoder.truncated)
+        self._keys: set[tuple] = set()   # what this context encoded (its truncation count)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         # generation stops at the model's EOS and at the end-of-turn marker the format renders
         self.eos_ids = eos_ids(model, tokenizer)
@@ -98,7 +98,7 @@ class EvalContext:
 
     def truncation(self) -> dict[str, int]:
         """Rows this context cut to ``max_length`` (``--truncate``), and the tokens lost."""
-        lost = [tokens for key, tokens in self.encoder.truncated.items() if key not in self._truncated_before]
+        lost = [self.encoder.truncated[key] for key in self._keys if key in self.encoder.truncated]
         return {"rows_truncated": len(lost), "tokens_truncated": int(sum(lost))}
 
     def encoding_record(self) -> dict[str, Any]:
@@ -127,6 +127,7 @@ class EvalContext:
                 targets = target if isinstance(target, list) else [target]
                 shape.append(len(targets) if isinstance(target, list) else None)
                 for one in targets:
+                    self._keys.add(encoding.truncation_key(dataset.kind, row, one))
                     examples.append(encoding.encode(self.tokenizer, dataset.kind, row, one, dataset.icl,
                                                     encoder=self.encoder, where=self._where(dataset, row, number, answer_key)))
             self._warn_truncation(data)
@@ -151,6 +152,7 @@ class EvalContext:
         key = f"{data}:{p}"
         if key not in self._gradnorms:
             dataset = self.dataset(data)
+            self._keys.update(encoding.truncation_key(dataset.kind, row) for row in dataset.rows)
             examples = [encoding.encode(self.tokenizer, dataset.kind, row, None, dataset.icl, encoder=self.encoder,
                                         where=self._where(dataset, row, number))
                         for number, row in enumerate(dataset.rows, start=1)]
@@ -189,6 +191,7 @@ class EvalContext:
                 contexts, continuations = mcq_prompts(row, mode, dataset.subject)
                 spans.append((len(examples), len(continuations), continuations))
                 for context, continuation in zip(contexts, continuations):
+                    self._keys.add(("choice", context, continuation))
                     examples.append(encoding.encode_choice(self.tokenizer, context, continuation, encoder=self.encoder,
                                                            where=self._where(dataset, row, len(spans))))
             self._warn_truncation(data)

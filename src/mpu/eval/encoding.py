@@ -68,6 +68,19 @@ def _pair(prompt_ids: list[int], target_ids: list[int], encoder: Encoder, where:
     return example
 
 
+def truncation_key(kind: str, row: dict, target: str | None = None) -> tuple:
+    """The key under which the encoder counts a truncated row of ``kind`` (see ``Encoder.truncated``)."""
+    if kind == "qa":
+        return (row["question"], target if target is not None else row["answer"])
+    if kind == "icl_qa":
+        return ("icl_qa", row["question"], target if target is not None else row["answer"])
+    if kind == "completion":
+        return ("completion", row["prompt"], target if target is not None else row["gt"])
+    if kind == "text":
+        return ("text", target if target is not None else row["text"])
+    raise ValueError(f"unknown row kind {kind!r}")
+
+
 def prompt_ids(tokenizer, kind: str, row: dict, icl: Sequence[dict] = (), encoder: Encoder | None = None) -> list[int]:
     """The tokens a model is given before it generates (no answer)."""
     if kind == "qa":
@@ -90,14 +103,14 @@ def encode(tokenizer, kind: str, row: dict, target: str | None = None, icl: Sequ
     if kind == "icl_qa":
         answer = target if target is not None else row["answer"]
         return _pair(prompt_ids(tokenizer, kind, row, icl), _ids(tokenizer, " " + answer.strip()) + _eos(tokenizer),
-                     encoder, where, ("icl_qa", row["question"], answer), tail=len(_eos(tokenizer)))
+                     encoder, where, truncation_key(kind, row, target), tail=len(_eos(tokenizer)))
     if kind == "completion":
         gt = target if target is not None else row["gt"]
         return _pair(prompt_ids(tokenizer, kind, row), _ids(tokenizer, " " + gt.strip()) + _eos(tokenizer),
-                     encoder, where, ("completion", row["prompt"], gt), tail=len(_eos(tokenizer)))
+                     encoder, where, truncation_key(kind, row, target), tail=len(_eos(tokenizer)))
     if kind == "text":
         text = target if target is not None else row["text"]
-        return _pair(_bos(tokenizer), _ids(tokenizer, text) + _eos(tokenizer), encoder, where, ("text", text),
+        return _pair(_bos(tokenizer), _ids(tokenizer, text) + _eos(tokenizer), encoder, where, truncation_key(kind, row, target),
                      tail=len(_eos(tokenizer)))
     raise ValueError(f"unknown row kind {kind!r}")
 
