@@ -83,3 +83,32 @@ def test_runs_with_other_template_arguments_are_not_compared(end_tokenizer, tmp_
     (tmp_path / "TOFU_EVAL.json").write_text("{}")
     (tmp_path / "TOFU_EVAL_CONFIG.json").write_text(json.dumps({"encoding": other}))
     assert _retain_logs_encoding(tmp_path / "TOFU_EVAL.json") == _retain_logs_encoding(tmp_path) == other
+
+
+def test_a_model_trained_on_the_templates_rendering_scores_high_on_it(end_tokenizer):
+    """The reported instance: fine-tuned on what the template renders (answer<|end|>\\n), Q_A_Prob must
+    be read on that rendering, not on answer + EOS."""
+    import torch
+
+    from mpu.data.qa import QACollator
+    from mpu.eval.metrics import METRICS
+
+    torch.manual_seed(0)
+    model = tiny_model(end_tokenizer, hidden=32).train()
+    messages = lambda row: [{"role": "user", "content": row["question"]}, {"role": "assistant", "content": row["answer"]}]
+    examples = []
+    for row in ROWS:   # the rendering the model is fine-tuned on, labelled after the generation prompt
+        prompt = end_tokenizer.apply_chat_template(messages(row)[:1], tokenize=False, add_generation_prompt=True)
+        whole = end_tokenizer.apply_chat_template(messages(row), tokenize=False)
+        ids = end_tokenizer(whole, add_special_tokens=False)["input_ids"]
+        n = len(end_tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        examples.append({"input_ids": ids, "labels": [-100] * n + ids[n:], "attention_mask": [1] * len(ids)})
+    batch = QACollator(end_tokenizer.pad_token_id)(examples)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(120):
+        optimizer.zero_grad()
+        model(**batch).loss.backward()
+        optimizer.step()
+    model.eval()
+    ctx = EvalContext(model, end_tokenizer, [EvalDataset("forget", "qa", ROWS)], batch_size=2)
+    assert METRICS.get("probability")(ctx, data="forget")["agg_value"] > 0.9
