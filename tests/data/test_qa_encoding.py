@@ -181,3 +181,15 @@ def test_rows_remember_their_file_and_line(tmp_path):
     import pickle
 
     assert pickle.loads(pickle.dumps(rows[1])).where == copy.deepcopy(rows[1]).where == f"{path} line 3"
+
+
+def test_a_model_directory_records_its_format(tmp_path):
+    from mpu.data.templates import recorded_format
+
+    assert recorded_format(tmp_path) is None
+    fmt = resolve_format("Llama-3.2-1B-Instruct", date_string="1 Jan 2024")
+    (tmp_path / "unlearn_summary.json").write_text(json.dumps({"encoding": {"prompt_format": fmt.record()}}))
+    assert recorded_format(tmp_path) == fmt
+    (tmp_path / "unlearn_summary.json").write_text(json.dumps({"encoding": {"prompt_format": {"format": "odd"}}}))
+    with pytest.raises(MPUError, match="unlearn_summary.json: encoding.prompt_format: unknown prompt format 'odd'"):
+        recorded_format(tmp_path)

@@ -112,3 +112,33 @@ def test_a_model_trained_on_the_templates_rendering_scores_high_on_it(end_tokeni
     model.eval()
     ctx = EvalContext(model, end_tokenizer, [EvalDataset("forget", "qa", ROWS)], batch_size=2)
     assert METRICS.get("probability")(ctx, data="forget")["agg_value"] > 0.9
+
+
+def test_mpu_eval_records_the_encoding_and_refuses_retain_logs_made_with_another(fast_bench, fast_models, tmp_path, capsys):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from mpu.cli import main
+    from mpu.data.qa import Encoder
+    from tests.eval.conftest import one_thread
+
+    model = tmp_path / "unlearned"
+    shutil.copytree(fast_models["full"][0], model)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    briefed = Encoder(tokenizer, PromptFormat(system_prompt="Be brief.")).record()
+    (model / "unlearn_summary.json").write_text(json.dumps({"encoding": briefed}))   # as mpu unlearn writes it
+    plain_logs = tmp_path / "plain"
+    plain_logs.mkdir()
+    (plain_logs / "TOFU_EVAL.json").write_text("{}")
+    (plain_logs / "TOFU_EVAL_CONFIG.json").write_text(json.dumps({"encoding": Encoder(tokenizer).record()}))
+    with one_thread():
+        code = main(["eval", "--model", str(model), "--data", str(fast_bench), "--out", str(tmp_path / "o"),
+                     "--no-progress", "--retain-logs", str(plain_logs / "TOFU_EVAL.json")])
+    assert code == 2 and "made with another encoding" in capsys.readouterr().err
+    with one_thread():
+        assert main(["eval", "--model", str(model), "--data", str(fast_bench), "--out", str(tmp_path / "o"),
+                     "--no-progress", "--max-length", "256"]) == 0
+    recorded = json.loads((tmp_path / "o" / "TOFU_EVAL_CONFIG.json").read_text())["encoding"]
+    assert recorded["prompt_format"] == briefed["prompt_format"]   # the format the model was unlearned with
+    assert recorded["max_length"] == 256 and recorded["rows_truncated"] == 0

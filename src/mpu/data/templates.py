@@ -76,3 +76,29 @@ def resolve_format(prompt_format: str = "auto", system_prompt: str | None = None
         settings.pop("system_prompt", None)
         settings.pop("date_string", None)
     return PromptFormat(**settings)
+
+
+# Files next to a model that record the encoding it was trained with (``mpu unlearn``'s summary).
+RECORD_FILES = ("unlearn_summary.json",)
+
+
+def recorded_format(model_dir) -> PromptFormat | None:
+    """The prompt format a model directory records having been trained with (``mpu unlearn`` writes
+    it in ``unlearn_summary.json``), None when it records none. A malformed record is an MPUError."""
+    import json
+    from pathlib import Path
+
+    for name in RECORD_FILES:
+        path = Path(str(model_dir)) / name
+        if not path.is_file():
+            continue
+        try:
+            record = json.loads(path.read_text(encoding="utf-8")).get("encoding", {}).get("prompt_format")
+        except (OSError, ValueError, AttributeError) as err:
+            raise MPUError(f"{path}: unreadable ({err})") from None
+        if record:
+            try:
+                return PromptFormat.from_record(record)
+            except (MPUError, TypeError) as err:
+                raise MPUError(f"{path}: encoding.prompt_format: {err}") from None
+    return None

@@ -314,11 +314,13 @@ def evaluate(
 
     model, tokenizer = load_model(model_dir, device=device, dtype=dtype)
     if encoding_options["prompt_format"] is None or isinstance(encoding_options["prompt_format"], str):
-        # one format for the model and its retain model: the model's (by its name or directory)
-        from mpu.data.templates import resolve_format
+        # one format for the model and its retain model: the one the model records (mpu unlearn's
+        # summary), else the model's shipped settings (by its name or directory), else its chat template
+        from mpu.data.templates import recorded_format, resolve_format
 
-        encoding_options["prompt_format"] = resolve_format(encoding_options["prompt_format"] or "auto",
-                                                           model_name=str(model_dir))
+        spec = encoding_options["prompt_format"] or "auto"
+        encoding_options["prompt_format"] = (spec == "auto" and recorded_format(model_dir)) or \
+            resolve_format(spec, model_name=str(model_dir))
     reference_logs: dict = {}
     reference_model = None
     needed = _reference_keys(metrics)
