@@ -177,3 +177,22 @@ def test_rows_are_encoded_once_per_tokenizer_and_callers_get_their_own_lists(tok
     assert data.encode_rows(tokenizer, forget_rows, 64, "forget")[0] == first[0]
     data.encode_rows(tokenizer, forget_rows[:1], 32, "forget")  # another length policy is another encoder
     assert len(calls) == 1
+
+
+def test_mpu_unlearn_records_the_encoding(tiny_dir, tmp_path, capsys):
+    from mpu.cli import main
+
+    forget = tmp_path / "forget.jsonl"
+    rows = [json.loads(line) for line in (tiny_dir / "forget.jsonl").read_text().splitlines()][:3]
+    rows[1]["answer"] = " ".join([rows[1]["answer"]] * 10)
+    forget.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    common = ["unlearn", "--model", str(tiny_dir / "model"), "--forget", str(forget), "--method", "GradAscent",
+              "--max-steps", "1", "--prompt-format", "plain", "--max-length", "40"]
+    assert main(common + ["--out", str(tmp_path / "strict")]) == 2     # the long row is refused
+    assert f"{forget} line 2 (forget row 2): " in capsys.readouterr().err
+    assert not (tmp_path / "strict").exists()
+    assert main(common + ["--truncate", "--out", str(tmp_path / "out")]) == 0
+    encoding = json.loads((tmp_path / "out" / "unlearn_summary.json").read_text())["encoding"]
+    assert encoding["prompt_format"]["format"] == "plain" and encoding["prompt_format"]["user_start"] == "Question: "
+    assert (encoding["max_length"], encoding["truncate"], encoding["rows_truncated"]) == (40, True, 1)
+    assert encoding["tokens_truncated"] > 0
