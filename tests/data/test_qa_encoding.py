@@ -193,3 +193,10 @@ def test_a_model_directory_records_its_format(tmp_path):
     (tmp_path / "unlearn_summary.json").write_text(json.dumps({"encoding": {"prompt_format": {"format": "odd"}}}))
     with pytest.raises(MPUError, match="unlearn_summary.json: encoding.prompt_format: unknown prompt format 'odd'"):
         recorded_format(tmp_path)
+
+
+def test_the_end_of_turn_is_found_when_the_template_trims_the_answer():
+    tokenizer = make_tokenizer(END_AND_NEWLINE.replace("{{ message['content'] }}", "{{ message['content'] | trim }}"))
+    example = Encoder(tokenizer).encode("Who wrote Hamlet?", "  William Shakespeare. ")
+    assert tokenizer.decode(labelled(example)) == "William Shakespeare.<|end|>\n"
+    assert example["tail"] == 2   # <|end|> and the newline

@@ -220,8 +220,9 @@ def pin_strftime(template: str, date: datetime.date) -> str:
 class Encoder:
     """Token ids and labels of question/answer rows for one tokenizer, format and length policy.
 
-    ``encode(question, answer)`` returns ``{"input_ids", "labels", "attention_mask"}`` lists: the
-    rendered conversation's tokens, labels -100 on the prompt. ``prompt_ids(question)`` is what a
+    ``encode(question, answer)`` returns ``{"input_ids", "labels", "attention_mask"}`` lists (the
+    rendered conversation's tokens, labels -100 on the prompt) and ``tail``, the number of final
+    labels that end the turn rather than belong to the answer. ``prompt_ids(question)`` is what a
     model is given before it generates. Rows that were truncated are counted in ``truncated``
     ({(question, answer): tokens lost}). Encodings are cached (rows are encoded once per run even
     when m copies train on them for R rounds).
@@ -297,12 +298,13 @@ class Encoder:
             prompt, full = self.render(question, answer)
             ids, offsets = self._tokens(full)
             boundary = len(prompt.rstrip(" "))
-            answer_at = full.find(answer, len(prompt)) if answer else -1
+            shown = answer if answer in full[len(prompt):] else answer.strip()   # templates may trim it
+            answer_at = full.find(shown, len(prompt)) if shown else -1
             if offsets is not None:
                 # the prompt is the longest run of leading tokens that end within it
                 n_prompt = next((i for i, (_, end) in enumerate(offsets) if end > boundary), len(ids))
                 if answer_at >= 0:
-                    end_of_answer = answer_at + len(answer)
+                    end_of_answer = answer_at + len(shown)
                     n_tail = sum(1 for i, (start, end) in enumerate(offsets) if i >= n_prompt and start >= end_of_answer
                                  and end > start)
                 else:
