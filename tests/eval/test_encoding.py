@@ -142,3 +142,16 @@ def test_mpu_eval_records_the_encoding_and_refuses_retain_logs_made_with_another
     recorded = json.loads((tmp_path / "o" / "TOFU_EVAL_CONFIG.json").read_text())["encoding"]
     assert recorded["prompt_format"] == briefed["prompt_format"]   # the format the model was unlearned with
     assert recorded["max_length"] == 256 and recorded["rows_truncated"] == 0
+
+
+def test_a_tokenizer_without_a_template_still_scores_the_benchmarks_own_prompts(end_tokenizer):
+    end_tokenizer.chat_template = None
+    model = tiny_model(end_tokenizer)
+    datasets = [EvalDataset("verbmem", "completion", [{"prompt": "Who wrote", "gt": "Hamlet."}]),
+                EvalDataset("forget", "qa", ROWS)]
+    ctx = EvalContext(model, end_tokenizer, datasets, batch_size=2)
+    assert len(ctx.stats("verbmem")) == 1
+    with pytest.raises(MPUError, match="has no chat template: choose the prompt format explicitly"):
+        ctx.stats("forget")
+    plain = EvalContext(model, end_tokenizer, datasets, batch_size=2, prompt_format=PromptFormat(format="plain"))
+    assert len(plain.stats("forget")) == 2

@@ -235,15 +235,17 @@ class Encoder:
         self.truncated: dict[tuple[str, str], int] = {}
         self._cache: dict[tuple[str, str], tuple[list[int], int]] = {}
         self._template = None
+        self._missing = ""
         if self.format.format == "chat":
             template = getattr(tokenizer, "chat_template", None)
             if isinstance(template, dict):  # several named templates: the default one
                 template = template.get("default")
             if not template:
+                # an error only when a question is rendered: MUSE's and WMDP's own prompts need no template
                 name = getattr(tokenizer, "name_or_path", "") or "this model"
-                raise MPUError(f"the tokenizer of {name} has no chat template: choose the prompt format explicitly "
-                               "(--prompt-format plain, or a model name with shipped settings; docs/encoding.md)")
-            if "strftime_now" in template:
+                self._missing = (f"the tokenizer of {name} has no chat template: choose the prompt format explicitly "
+                                 "(--prompt-format plain, or a model name with shipped settings; docs/encoding.md)")
+            elif "strftime_now" in template:
                 date = _pinned_date(self.format.date_string)
                 if date is None:
                     raise MPUError(f"date_string {self.format.date_string!r} is not a date like '10 Apr 2025' or "
@@ -257,6 +259,8 @@ class Encoder:
     def render(self, question: str, answer: str | None = None) -> tuple[str, str | None]:
         """(prompt text, whole conversation text or None): the prompt is a prefix of the conversation."""
         fmt = self.format
+        if self._missing:
+            raise MPUError(self._missing)
         if fmt.format == "plain":
             prompt = fmt.system_text + fmt.user_start + question + fmt.user_end + fmt.assistant_start
             return prompt, None if answer is None else prompt + answer
@@ -323,6 +327,8 @@ class Encoder:
     def end_of_turn_ids(self) -> list[int]:
         """The special tokens the format renders after an answer (the template's end-of-turn marker,
         EOS): where generation must stop, besides the model's own EOS."""
+        if self._missing:
+            return []
         ids, _, n_tail = self._split("Who?", "Nobody.")
         special = set(getattr(self.tokenizer, "all_special_ids", []) or [])
         special |= set(getattr(self.tokenizer, "added_tokens_decoder", {}) or {})
