@@ -4,6 +4,7 @@ independent computation (unbatched forwards, greedy decoding by hand, rouge_scor
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -155,3 +156,56 @@ def test_rel_diff_in_a_suite_reads_the_retain_models_logs(model, tok):
     logs = run_metrics(make_ctx(model, tok), metrics, reference_logs=retain_logs)
     p = np.mean([math.exp(-hand_nll(model, tok, row, row["answer"])) for row in ROWS])
     assert logs["prob_rel_diff"]["agg_value"] == pytest.approx((p - 0.01) / 0.01 * 100, rel=1e-4)
+
+
+def test_a_row_without_the_answer_key_skips_the_metric_with_the_reason(model, tok):
+    rows = [dict(ROWS[0]), {k: v for k, v in ROWS[1].items() if k != "perturbed_answer"}]
+    metric = {"pert": {"handler": "probability", "data": "forget", "answer_key": "perturbed_answer"},
+              "prob": {"handler": "probability", "data": "forget"}}
+    skipped: dict = {}
+    logs = run_metrics(make_ctx(model, tok, rows), metric, skipped=skipped)
+    assert set(logs) == {"prob"} and skipped == {"pert": "forget row 1 has no 'perturbed_answer' (keys: "
+                                                         "question, answer, paraphrased_answer, paraphrased_question)"}
+
+
+def test_perturbed_answers_from_a_csv_cell_are_refused_not_scored_as_one_string(model, tok, tmp_path):
+    """CSV cells are strings: a list written into one is refused with the row and key, for every
+    metric that scores answers, instead of scoring the brackets and quotes as one answer."""
+    import csv
+
+    from mpu.data.files import read_rows
+    from mpu.errors import MPUError
+
+    path = tmp_path / "forget10_perturbed.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["question", "answer", "perturbed_answer"])
+        writer.writeheader()
+        for row in QA[:2]:
+            writer.writerow({"question": row["question"], "answer": row["answer"],
+                             "perturbed_answer": json.dumps(row["perturbed_answer"])})
+    rows = read_rows(path)
+    assert isinstance(rows[0]["perturbed_answer"], str)
+    for handler in ("probability", "rouge", "exact_memorization", "extraction_strength"):
+        with pytest.raises(MPUError, match=r"forget row 0: 'perturbed_answer' is a list written as text"):
+            METRICS.get(handler)(make_ctx(model, tok, rows), data="forget", answer_key="perturbed_answer",
+                                 max_new_tokens=2)
+    ok = [{**row, "perturbed_answer": "[citation needed] is not a list"} for row in rows]
+    METRICS.get("probability")(make_ctx(model, tok, ok), data="forget", answer_key="perturbed_answer")
+    empty = [{**rows[0], "perturbed_answer": []}]
+    with pytest.raises(MPUError, match="must be a string or a non-empty list of strings"):
+        METRICS.get("probability")(make_ctx(model, tok, empty), data="forget", answer_key="perturbed_answer")
+
+
+def test_memorisation_over_several_answers_is_a_list_per_item(model, tok):
+    from tests.eval.helpers import label_logprobs
+
+    em = METRICS.get("exact_memorization")(make_ctx(model, tok), data="forget", answer_key="perturbed_answer")
+    means = []
+    for i, row in enumerate(ROWS):
+        expected = []
+        for answer in row["perturbed_answer"]:
+            _, logp_rows, labels = label_logprobs(model, encoding.encode(tok, "qa", row, answer))
+            expected.append(np.mean([int(logp_rows[t].argmax()) == labels[t] for t in range(len(labels) - 1)]))
+        np.testing.assert_allclose(em["value_by_index"][str(i)]["score"], expected)
+        means.append(np.mean(expected))
+    assert em["agg_value"] == pytest.approx(np.mean(means))

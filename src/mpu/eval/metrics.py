@@ -29,6 +29,7 @@ import numpy as np
 
 from mpu.eval.context import EvalContext, EvalDataset, MetricUnavailable, mcq_answer_index, mcq_mode
 from mpu.eval.engine import TokenStats
+from mpu.errors import MPUError
 from mpu.registry import Registry
 
 METRICS: Registry = Registry("metric")
@@ -72,6 +73,42 @@ def with_question(ctx: EvalContext, data: str, question_key: str | None) -> str:
     return name
 
 
+def check_answers(ctx: EvalContext, data: str, answer_key: str | None) -> None:
+    """Every row of ``data`` holds a usable ``answer_key``: a string, or a non-empty list of strings.
+
+    Raises MetricUnavailable when a row lacks the field (a copy without perturbed answers: the metric is
+    skipped with the reason), and MPUError naming the dataset, row and key when the value is not text,
+    an empty list, or a list written as text (a CSV cell ``["a", "b"]`` is one string: scoring it would
+    silently score the brackets and quotes as one answer).
+    """
+    if not answer_key:
+        return
+    for i, row in enumerate(ctx.dataset(data).rows):
+        if answer_key not in row or row[answer_key] is None:
+            raise MetricUnavailable(f"{data} row {i} has no {answer_key!r} (keys: {', '.join(row)})")
+        value = row[answer_key]
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("[") and text.endswith("]") and _parses_as_list(text):
+                raise MPUError(f"{data} row {i}: {answer_key!r} is a list written as text ({text[:40]}...); "
+                               "store the file as JSON lines, a JSON array or parquet so that it stays a list")
+        elif not isinstance(value, list) or not value or not all(isinstance(one, str) for one in value):
+            raise MPUError(f"{data} row {i}: {answer_key!r} must be a string or a non-empty list of strings, "
+                           f"got {type(value).__name__} {str(value)[:40]!r}")
+
+
+def _parses_as_list(text: str) -> bool:
+    import ast
+    import json
+
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            return isinstance(parse(text), list)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            continue
+    return False
+
+
 # --- probabilities -------------------------------------------------------------------------------
 
 @METRICS.register("probability")
@@ -80,6 +117,7 @@ def probability(ctx: EvalContext, data: str, answer_key: str | None = None, ques
     """Q_A_Prob: the length-normalised answer probability exp(-mean NLL), per item and averaged (an item
     with several answers under ``answer_key`` counts with the mean of its answers' probabilities)."""
     data = with_question(ctx, data, question_key)
+    check_answers(ctx, data, answer_key)
     by_index = {}
     for i, stats in enumerate(ctx.stats(data, answer_key)):
         if isinstance(stats, list):
@@ -190,6 +228,7 @@ def rouge(ctx: EvalContext, data: str, rouge_type: str = "rougeL_recall", answer
     if rouge_type not in ROUGE_TYPES:
         raise ValueError(f"unknown rouge_type {rouge_type!r}; known: {', '.join(ROUGE_TYPES)}")
     data = with_question(ctx, data, question_key)
+    check_answers(ctx, data, answer_key)
     dataset = ctx.dataset(data)
     generations = ctx.generations(data, max_new_tokens, tuple(stopwords))
     prompts = ctx.prompts(data)
@@ -219,13 +258,28 @@ def _body(ctx: EvalContext, stats: TokenStats) -> TokenStats:
 @METRICS.register("exact_memorization")
 def exact_memorization(ctx: EvalContext, data: str, answer_key: str | None = None, question_key: str | None = None,
                        **_) -> dict:
-    """Fraction of answer tokens whose teacher-forced argmax equals the label."""
+    """Fraction of answer tokens whose teacher-forced argmax equals the label (per answer; a list of
+    answers gives a list, averaged per item)."""
+    def em(stats: TokenStats) -> float | None:
+        body = _body(ctx, stats)
+        return float(body.correct.mean()) if len(body.correct) else None
+
+    return _per_answer(ctx, data, answer_key, question_key, em)
+
+
+def _per_answer(ctx: EvalContext, data: str, answer_key: str | None, question_key: str | None, score) -> dict:
+    """``score(TokenStats)`` per row (a list for a row with several answers), and the mean over rows
+    of each row's mean (rows without a score left out)."""
     data = with_question(ctx, data, question_key)
+    check_answers(ctx, data, answer_key)
     by_index = {}
     for i, stats in enumerate(ctx.stats(data, answer_key)):
-        body = _body(ctx, stats)
-        by_index[str(i)] = {"score": float(body.correct.mean()) if len(body.correct) else None}
-    return {"agg_value": _mean(v["score"] for v in by_index.values()), "value_by_index": by_index}
+        by_index[str(i)] = {"score": [score(s) for s in stats] if isinstance(stats, list) else score(stats)}
+
+    def item(value):
+        return _mean(value) if isinstance(value, list) else value
+
+    return {"agg_value": _mean(item(v["score"]) for v in by_index.values()), "value_by_index": by_index}
 
 
 def extraction_strength_of(correct: np.ndarray) -> float:
@@ -245,11 +299,7 @@ def extraction_strength_of(correct: np.ndarray) -> float:
 def extraction_strength(ctx: EvalContext, data: str, answer_key: str | None = None, question_key: str | None = None,
                         **_) -> dict:
     """Per item :func:`extraction_strength_of` the teacher-forced argmax hits, averaged."""
-    data = with_question(ctx, data, question_key)
-    by_index = {}
-    for i, stats in enumerate(ctx.stats(data, answer_key)):
-        by_index[str(i)] = {"score": extraction_strength_of(_body(ctx, stats).correct)}
-    return {"agg_value": _mean(v["score"] for v in by_index.values()), "value_by_index": by_index}
+    return _per_answer(ctx, data, answer_key, question_key, lambda stats: extraction_strength_of(_body(ctx, stats).correct))
 
 
 # --- membership inference -----------------------------------------------------------------------
