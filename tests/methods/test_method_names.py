@@ -49,3 +49,12 @@ def test_experiment_trainer_method_is_matched_and_typos_suggested():
     assert settings[0] == "GradAscent"
     with pytest.raises(MPUError, match=r"trainer.method: unknown unlearning method 'simnpoo'; did you mean 'SimNPO'\?"):
         training_settings({"method": "simnpoo"}, epochs=1.0, seed=0)
+
+
+def test_demo_resolves_the_method_before_training(tmp_path, capsys):
+    from mpu.demo import DemoConfig
+
+    assert DemoConfig(method="grad_ascent").method == "GradAscent"
+    assert main(["demo", "--method", "NPOO", "--out", str(tmp_path / "demo")]) == 2
+    assert "did you mean 'NPO'?" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
