@@ -95,3 +95,26 @@ def test_a_trained_model_of_another_shape_is_refused(tmp_path):
     with pytest.raises(MPUError, match="differ in shape.*mlp"):
         write_dense_update(other, copy_dir, tmp_path / "update", {"round": 1})
     assert not (tmp_path / "update").exists()
+
+
+def test_lora_factors_take_the_on_disk_name(tmp_path):
+    from mpu.client.update import write_lora_update
+
+    _, model = _copy_and_model(tmp_path, "gpt_neox")
+    factors = {"lm_head.weight": (torch.ones(97, 1), torch.ones(1, 32)),
+               "gpt_neox.layers.0.mlp.dense_h_to_4h.weight": (torch.ones(48, 1), torch.ones(1, 32))}
+    write_lora_update(factors,
+                      tmp_path / "update", {"round": 1}, model)
+    assert CheckpointReader(tmp_path / "update").names() == [
+        "embed_out.weight.lora_A", "embed_out.weight.lora_B",
+        "gpt_neox.layers.0.mlp.dense_h_to_4h.weight.lora_A", "gpt_neox.layers.0.mlp.dense_h_to_4h.weight.lora_B"]
+
+
+def test_lora_factor_of_a_fused_expert_tensor_is_refused(tmp_path):
+    from mpu.client.update import checkpoint_names
+
+    _, model = _copy_and_model(tmp_path, "mixtral")
+    assert checkpoint_names(model, ["model.layers.0.self_attn.q_proj.weight"]) == {
+        "model.layers.0.self_attn.q_proj.weight": "model.layers.0.self_attn.q_proj.weight"}
+    with pytest.raises(MPUError, match="experts"):
+        checkpoint_names(model, ["model.layers.0.mlp.experts.down_proj"])

@@ -55,8 +55,34 @@ def write_dense_update(trained: torch.nn.Module, copy_dir: Path, out_dir: Path, 
         atomic_write_json(stage / UPDATE_MANIFEST, {**manifest, "format": UPDATE_FORMAT, "kind": "full"}, mode=PARTY_FILE_MODE)
 
 
-def write_lora_update(factors: dict[str, tuple[torch.Tensor, torch.Tensor]], out_dir: Path, manifest: dict[str, Any]) -> None:
-    """The low-rank factors instead: Delta'(W) = B @ A for every adapted weight W."""
+def checkpoint_names(model: torch.nn.Module, names: list[str]) -> dict[str, str]:
+    """Loaded name -> on-disk name for tensors transformers only renames on load (Pythia's
+    ``lm_head`` is ``embed_out`` on disk). Raises MPUError for a tensor it fuses (MoE experts):
+    a low-rank factor of a fused tensor has no single on-disk name."""
+    if not isinstance(model, PreTrainedModel):
+        return {name: name for name in names}
+    state, mapping = model.state_dict(), {}
+    for name in names:
+        if name not in state:
+            raise MPUError(f"LoRA factor of {name}: the trained model has no such tensor")
+        try:
+            reverted = revert_weight_conversion(model, {name: state[name]})
+        except Exception as err:  # a converter that cannot split a placeholder: a fused tensor
+            raise MPUError(f"LoRA factor of {name}: transformers fuses this tensor on load ({type(err).__name__}); "
+                           f"return the full update instead of --return-lora") from None
+        if len(reverted) != 1:
+            raise MPUError(f"LoRA factor of {name}: it is {len(reverted)} tensors on disk; return the full update instead")
+        mapping[name] = next(iter(reverted))
+    return mapping
+
+
+def write_lora_update(factors: dict[str, tuple[torch.Tensor, torch.Tensor]], out_dir: Path, manifest: dict[str, Any],
+                      model: torch.nn.Module | None = None) -> None:
+    """The low-rank factors instead: Delta'(W) = B @ A for every adapted weight W, named as W is
+    on disk when ``model`` (the trained model, to read transformers' renamings from) is given."""
+    if model is not None:
+        names = checkpoint_names(model, list(factors))
+        factors = {names[name]: value for name, value in factors.items()}
     with staging_dir(out_dir, replace=True) as stage:
         writer = ShardedWriter(stage)
         tensors = {}
