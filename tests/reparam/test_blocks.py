@@ -8,7 +8,9 @@ Mixtral ``block_sparse_moe.experts.E.w1``, Qwen-MoE per-expert ``mlp.experts.E.*
 
 from __future__ import annotations
 
+import logging
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -134,6 +136,21 @@ def test_a_tensor_that_cannot_be_placed_is_refused_by_name(name, saved):
         adapter.check_names(names)
 
 
+def test_init_refuses_a_checkpoint_with_an_unplaceable_tensor(tmp_path, saved, capsys):
+    from safetensors.torch import load_file, save_file
+
+    from mpu.cli import main
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(saved("gpt2"), model_dir)
+    tensors = load_file(model_dir / "model.safetensors")
+    save_file({**tensors, "transformer.extra.weight": torch.ones(3)}, model_dir / "model.safetensors", metadata={"format": "pt"})
+    code = main(["server", "init", "--model", str(model_dir), "--no-reparam", "--workdir", str(tmp_path / "server")])
+    assert code == 2
+    assert "transformer.extra.weight" in capsys.readouterr().err
+    assert not (tmp_path / "server").exists()
+
+
 def test_publish_refuses_an_unplaceable_tensor_before_writing(tmp_path, saved, monkeypatch):
     work = tmp_path / "server"
     init_server(work, str(saved("gpt2")), None, ServerConfig(copies=2, kappa=0.1, fixed_seed=1, reparam={"enabled": False}), progress=False)
@@ -179,12 +196,15 @@ def test_no_published_tensor_equals_the_private_one(family, reparam, tmp_path, s
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_blocks_scope_leaves_only_the_outside_tensors_clean_and_reports_them(family, tmp_path, saved):
+def test_blocks_scope_leaves_only_the_outside_tensors_clean_and_reports_them(family, tmp_path, saved, caplog):
     config = ServerConfig(copies=2, kappa=0.05, fixed_seed=3, reparam={"enabled": False})
-    report, theta, copies = _published(tmp_path / "server", tmp_path / "outbox", saved(family), config)
+    with caplog.at_level(logging.INFO, logger="mpu.server.publish"):
+        report, theta, copies = _published(tmp_path / "server", tmp_path / "outbox", saved(family), config)
     prefix = FAMILIES[family][2]
     outside = {n for n in theta.names() if not n.startswith(f"{prefix}.")}
     assert report.clean == {name: OUTSIDE_BLOCKS for name in outside}
+    (logged,) = [r.getMessage() for r in caplog.records if "without noise" in r.getMessage()]
+    assert all(name in logged for name in outside)
     for copy in copies:
         clean = {name for name in theta.names() if torch.equal(copy.get(name), theta.get(name))}
         assert clean == outside
