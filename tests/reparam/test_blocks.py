@@ -120,7 +120,7 @@ def test_nested_language_model_blocks():
         vision_config=dict(hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
                            image_size=28, patch_size=14),
     )
-    layout = BlockLayout(config)
+    layout = get_adapter(config, ReparamOptions(enabled=False)).layout
     assert (layout.prefix, layout.num_blocks) == ("model.language_model.layers", 3)
     assert layout.layer_of("model.language_model.layers.2.mlp.up_proj.weight") == 2
     assert layout.layer_of("model.vision_tower.vision_model.encoder.layers.1.mlp.fc1.weight") is None
@@ -213,3 +213,13 @@ def test_blocks_scope_leaves_only_the_outside_tensors_clean_and_reports_them(fam
     for block in report.blocks:
         values = torch.cat([theta.get(n).flatten() for n in theta.names() if n.startswith(f"{prefix}.{block.group[6:]}.")])
         assert math.isclose(block.sigma, 0.05 * float(values.square().mean().sqrt()), rel_tol=1e-4)
+
+
+def test_a_model_without_a_block_list_of_the_configured_depth_is_refused_by_family():
+    from mpu.reparam.base import _find_blocks
+
+    model = transformers.AutoModelForCausalLM.from_config(family_config("gpt2"))
+    deeper = family_config("gpt2")
+    deeper.n_layer = 3
+    with pytest.raises(UnsupportedArchitectureError, match=r"'gpt2': cannot tell its transformer blocks.*transformer\.h \(2\)"):
+        _find_blocks(model, deeper, "gpt2")

@@ -203,7 +203,9 @@ class Adapter(ABC):
     def __init__(self, config: transformers.PretrainedConfig, options: ReparamOptions):
         self.config = config
         self.options = options
-        self.num_layers = int(config.num_hidden_layers)
+        # A nested language model (VLMs) keeps its depth in the text config.
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        self.num_layers = int(text_config.num_hidden_layers)
 
     @abstractmethod
     def describe(self) -> list[str]:
