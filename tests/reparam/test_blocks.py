@@ -223,3 +223,20 @@ def test_a_model_without_a_block_list_of_the_configured_depth_is_refused_by_fami
     deeper.n_layer = 3
     with pytest.raises(UnsupportedArchitectureError, match=r"'gpt2': cannot tell its transformer blocks.*transformer\.h \(2\)"):
         _find_blocks(model, deeper, "gpt2")
+
+
+def test_a_block_equal_to_the_base_is_published_clean_with_a_warning(tmp_path, saved):
+    from safetensors.torch import load_file, save_file
+
+    model_dir = saved("gpt2")
+    base_dir = tmp_path / "base"
+    shutil.copytree(model_dir, base_dir)
+    tensors = load_file(base_dir / "model.safetensors")  # the base differs from the model in block 0 only
+    save_file({n: t + 0.1 if n.startswith("transformer.h.0.") else t for n, t in tensors.items()},
+              base_dir / "model.safetensors", metadata={"format": "pt"})
+    init_server(tmp_path / "server", str(model_dir), str(base_dir), ServerConfig(copies=2, kappa=0.05, fixed_seed=1, noise_scope="all", reparam={"enabled": False}), progress=False)
+    report = publish(tmp_path / "server", tmp_path / "outbox", progress=False)
+    same = sorted(n for n in tensors if not n.startswith("transformer.h.0."))
+    assert sorted(report.clean) == same
+    (warning,) = [w for w in report.warnings if "without noise" in w]
+    assert "equal to the base" in warning and "transformer.h.1.ln_1.weight" in warning
