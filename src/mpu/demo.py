@@ -114,8 +114,10 @@ def _baseline(config: DemoConfig, target: Path, forget_rows, retain_rows, out: P
     tokenizer = AutoTokenizer.from_pretrained(target)
     with tempfile.TemporaryDirectory() as scratch:
         run_unlearning(model, tokenizer, forget_rows, retain_rows, config.method, {}, _training(config), scratch)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    from mpu.checkpoint import save_model
+
+    Path(out).mkdir(parents=True, exist_ok=True)
+    save_model(model, tokenizer, out)   # allow-listed files only: no metadata of the target
     return out
 
 

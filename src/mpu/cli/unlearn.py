@@ -24,6 +24,7 @@ from mpu.threads import add_threads_argument, apply_threads
 logger = logging.getLogger(__name__)
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
+SUMMARY = "unlearn_summary.json"  # this run's method, settings, steps and losses, beside the model files
 
 
 def register(subparsers) -> None:
@@ -100,13 +101,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _save(model, tokenizer, summary: dict, out: Path) -> None:
-    """Write to a sibling temporary folder, then rename, so --out is either complete or absent."""
+    """Write to a sibling temporary folder, then rename, so --out is either complete or absent.
+
+    The folder holds the weights, config and tokenizer (:func:`mpu.checkpoint.save_model`: nothing of
+    ``--model``'s own metadata, such as its ``mpu_finetune.json`` or custom config keys) and this run's
+    ``unlearn_summary.json``."""
+    from mpu.checkpoint import save_model
+
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "unlearn_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        save_model(model, tokenizer, tmp)   # only the allow-listed model files: no metadata of --model
+        (tmp / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         os.replace(tmp, out)
