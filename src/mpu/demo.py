@@ -180,19 +180,8 @@ def _fmt(value) -> str:
 
 
 def plot(summary: dict, path: Path) -> None:
-    import matplotlib
+    """report.png: which direction is better, the retain model as the goal, n/a for missing values
+    (:func:`mpu.report.demo_figure`)."""
+    from mpu.report import plot_demo
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(summary["models"])
-    figure, axes = plt.subplots(1, len(COLUMNS), figsize=(3.2 * len(COLUMNS), 3.4))
-    for axis, column in zip(axes, COLUMNS):
-        values = [summary["models"][name].get(column) or 0.0 for name in names]
-        axis.bar(names, values, color=["#777777", "#4c72b0", "#dd8452", "#55a868"][: len(names)])
-        axis.set_title(column, fontsize=9)
-        axis.tick_params(axis="x", labelrotation=45, labelsize=8)
-    figure.suptitle(summary["verdict"], fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    plot_demo(summary, path, COLUMNS)
