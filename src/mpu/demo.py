@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mpu.data.builtin import SIZE_PRESETS
+
 log = logging.getLogger(__name__)
 
 # The headline columns of the table (TOFU summary keys).
@@ -32,7 +34,7 @@ COLUMNS = ["forget_quality", "model_utility", "forget_Q_A_ROUGE", "forget_truth_
 @dataclass
 class DemoConfig:
     out_dir: Path = Path("runs/demo")
-    authors: int = field(default=40, metadata={"help": "fictitious authors in the built-in benchmark (10 QA each)"})
+    authors: int = field(default=SIZE_PRESETS["demo"]["authors"], metadata={"help": "fictitious authors in the built-in benchmark (10 QA each)"})
     forget_split: str = "forget10"
     method: str = "NPO"
     epochs: float = 5
