@@ -70,3 +70,20 @@ def test_a_record_for_another_benchmark_is_not_used(tmp_path, two_cached_dataset
     (model / "mpu_finetune.json").write_text(json.dumps({"data": str(two_cached_datasets[0]), "metrics": {"benchmark": "muse"}}))
     assert model_data(model, "tofu")[0] is None
     assert model_data(model, "muse")[0] == str(two_cached_datasets[0])
+
+
+def test_readme_says_where_the_demo_keeps_its_files(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from mpu.data.builtin import cache_root
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    first = readme.split("\n## ")[1]
+    assert first.startswith("Quick start") and ".venv/bin/mpu demo" in first and "pytest" in first
+    config = DemoConfig()
+    retain_split = "retain" + str(100 - int(config.forget_split[-2:])).zfill(2)
+    for name in (f"tofu/{config.forget_split}.json", f"tofu/{retain_split}.json", "$MPU_CACHE", "~/.cache/mpu",
+                 f"-seed0-a{config.authors}-", "runs/demo/mpu"):
+        assert name in readme, name
+    monkeypatch.setenv("MPU_CACHE", str(tmp_path / "c"))
+    assert cache_root() == tmp_path / "c"
