@@ -184,3 +184,14 @@ def test_client_unlearn_prints_the_hint_for_the_default_learning_rate(one_round,
     assert main(["client", "unlearn", "--inbox", str(outbox), "--forget", str(forget), "--method", "GradAscent",
                  "--max-steps", "1", "--copy", "1", "--no-progress-bar", "--out", str(tmp_path / "r2")]) == 0
     assert "hint: learning rate 1e-05" in capsys.readouterr().err
+
+
+def test_training_shows_a_bar_with_the_loss_not_a_log_dict_per_step(tmp_path, tiny_model_dir, forget_file, capsys):
+    assert main(["unlearn", "--model", str(tiny_model_dir), "--forget", str(forget_file), "--method", "GradAscent",
+                 "--max-steps", "3", "--learning-rate", "1e-3", "--out", str(tmp_path / "u")]) == 0
+    captured = capsys.readouterr()
+    assert "3/3" in captured.err and "loss=" in captured.err           # the bar, with the latest loss
+    assert "{'loss'" not in captured.out + captured.err                  # no printed log dict per step
+    assert main(["unlearn", "--model", str(tiny_model_dir), "--forget", str(forget_file), "--method", "GradAscent",
+                 "--max-steps", "3", "--learning-rate", "1e-3", "--no-progress-bar", "--out", str(tmp_path / "v")]) == 0
+    assert "3/3" not in capsys.readouterr().err
