@@ -195,3 +195,9 @@ def test_training_shows_a_bar_with_the_loss_not_a_log_dict_per_step(tmp_path, ti
     assert main(["unlearn", "--model", str(tiny_model_dir), "--forget", str(forget_file), "--method", "GradAscent",
                  "--max-steps", "3", "--learning-rate", "1e-3", "--no-progress-bar", "--out", str(tmp_path / "v")]) == 0
     assert "3/3" not in capsys.readouterr().err
+
+
+def test_mpu_run_prints_the_hint_for_the_default_learning_rate(tmp_path, tiny_model_dir, forget_file, capsys):
+    assert main(["run", "--model", str(tiny_model_dir), "--forget", str(forget_file), "--method", "GradAscent",
+                 "--max-steps", "1", "--copies", "2", "--no-progress-bar", "--out", str(tmp_path / "u")]) == 0
+    assert "hint: learning rate 1e-05" in capsys.readouterr().err
