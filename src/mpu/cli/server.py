@@ -7,7 +7,7 @@ import copy
 import json
 
 from mpu.errors import MPUError
-from mpu.server.config import PRESETS, ServerConfig  # no torch: parsing and --help stay fast
+from mpu.server.config import DEFAULT_MAX_UPDATE_RATIO, PRESETS, ServerConfig  # no torch: parsing and --help stay fast
 from mpu.threads import add_threads_argument, apply_threads
 
 
@@ -20,7 +20,7 @@ def add_server_config_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--rounds", type=int, default=1, help="R, publish/aggregate rounds (default 1)")
     group.add_argument("--eta", type=float, default=1.0, help="server step size applied to the combined update (default 1.0)")
     group.add_argument("--publish-dtype", choices=["source", "float32", "bfloat16", "float16"], default="source", help="dtype of the published copies (default: the model's own)")
-    group.add_argument("--max-update-ratio", type=float, default=1.0, help="refuse an update whose norm exceeds this fraction of the model norm (default 1.0)")
+    group.add_argument("--max-update-ratio", type=float, default=DEFAULT_MAX_UPDATE_RATIO, help=f"poisoning bound, per block: refuse an update that changes any block (or embeddings, final norm, LM head) by more than this fraction of its own norm, ||delta_block|| / ||theta_block|| (default {DEFAULT_MAX_UPDATE_RATIO}; docs/security.md)")
     group.add_argument("--seed", type=int, default=None, help="fixed-seed mode: reproducible and NOT secret (experiments and tests only)")
     privacy = parser.add_argument_group("privacy (unset options come from --privacy)")
     privacy.add_argument("--privacy", choices=sorted(PRESETS), default="default", help="preset: default (secret alphas, plane V/O, FFN permutation, independent noise tau=1), paper (reference alphas, tau=0: exact cancellation), hardened (all options below)")
@@ -98,6 +98,7 @@ def register(subparsers) -> None:
     aggregate = commands.add_parser("aggregate", help="Post-Process: validate the returns, invert, combine, apply; advance the round")
     aggregate.add_argument("--workdir", required=True)
     aggregate.add_argument("--returns", required=True, help="folder holding update-K/ sub-folders (from one or several clients)")
+    aggregate.add_argument("--allow-mixed", action="store_true", help="combine returns trained with different methods, hyperparameters, training options or step counts (refused by default)")
     add_threads_argument(aggregate)
     aggregate.set_defaults(func=_aggregate)
 
@@ -106,6 +107,7 @@ def register(subparsers) -> None:
     export.add_argument("--out", required=True)
     export.add_argument("--dtype", default=None, help="dtype to write (default: the original model's)")
     export.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    export.add_argument("--allow-unaggregated", action="store_true", help="export even though no round was aggregated yet (the original model)")
     export.set_defaults(func=_export)
 
     status = commands.add_parser("status", help="print the round state (no secrets)")
@@ -141,17 +143,26 @@ def _aggregate(args) -> int:
     from mpu.server.aggregate import aggregate
 
     apply_threads(args.threads)
-    report = aggregate(args.workdir, args.returns)
+    report = aggregate(args.workdir, args.returns, allow_mixed=args.allow_mixed)
     norms = ", ".join(f"copy {k}: {v:.4g}" for k, v in report.update_norms.items())
-    print(f"round {report.round} aggregated ({norms}); step norm {report.step_norm:.4g}; model at {report.model_dir}")
+    print(f"round {report.round} of {report.rounds} aggregated ({norms}); step norm {report.step_norm:.4g}; model at {report.model_dir}")
+    combined = report.combined
+    print(f"combined copies {combined['copies']}: method {combined['method']}, kind {combined['kind']}, steps {combined['steps']}")
+    for key in ("hparams", "training"):
+        if isinstance(combined.get(key), dict) and not report.mixed:
+            print(f"  {key}: " + ", ".join(f"{name}={value}" for name, value in sorted(combined[key].items())))
+    for line in report.mixed:
+        print(f"  warning: mixed returns (--allow-mixed): {line}")
+    ratios = ", ".join(f"copy {k}: {ratio:.3g} ({group})" for k, (group, ratio) in report.max_block_ratio.items())
+    print(f"largest per-block update ratio ||delta_block|| / ||theta_block||: {ratios}; bound {report.bound:g}")
     return 0
 
 
 def _export(args) -> int:
-    from mpu.server.export import export
+    from mpu.server.export import export, rounds_note
 
-    out = export(args.workdir, args.out, args.dtype, replace=args.force)
-    print(f"exported the model to {out}")
+    out = export(args.workdir, args.out, args.dtype, replace=args.force, allow_unaggregated=args.allow_unaggregated)
+    print(f"exported the model ({rounds_note(args.workdir)}) to {out}")
     return 0
 
 
