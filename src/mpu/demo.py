@@ -49,6 +49,9 @@ class DemoConfig:
             raise ValueError(f"forget_split must be forget01, forget05 or forget10, got {self.forget_split!r}")
         if self.authors < 20:
             raise ValueError(f"authors must be >= 20 (forget01 needs whole authors), got {self.authors}")
+        from mpu.methods import METHODS
+
+        self.method = METHODS.canonical(self.method)  # npo -> NPO before minutes of training; a typo gets a suggestion
 
 
 def run_demo(config: DemoConfig, progress: bool = True) -> dict:
