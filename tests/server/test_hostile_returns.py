@@ -245,3 +245,19 @@ def test_hidden_and_unrelated_entries_of_the_returns_folder_are_not_read(publish
     os.mkfifo(returns / ".update-3.partial-1234")  # reading either would block
     os.mkfifo(returns / "README")
     assert main(["server", "aggregate", "--workdir", str(server), "--returns", str(returns)]) == 0
+
+
+def retensor(returns, tensor):
+    from safetensors.torch import load_file
+
+    path = shard(returns)
+    tensors = load_file(str(path))
+    tensors[NAME] = tensor
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("tensor", [torch.tensor(0.5), torch.zeros(64), torch.zeros(1, 64, 64), torch.zeros(64, 64, dtype=torch.float64)],
+                         ids=["0-d", "1-d", "3-d", "float64"])
+def test_a_full_update_tensor_of_the_wrong_rank_or_dtype_is_refused(tensor, published, tmp_path, capsys):
+    message = refused(published, tmp_path, lambda r, t: retensor(r, tensor), capsys)
+    assert f"tensor {NAME} has" in message and "update-1/model.safetensors" in message
