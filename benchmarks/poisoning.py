@@ -39,14 +39,13 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
-def block_ratios(theta: dict, delta: dict) -> dict[str, float]:
-    """ratio_l per group, grouped and computed exactly as Post-Process does."""
-    from mpu.checkpoint import layer_groups
+def block_ratios(adapter, theta: dict, delta: dict) -> dict[str, float]:
+    """ratio_l per group, grouped (``Adapter.block_groups``) and computed exactly as Post-Process does."""
     from mpu.server.aggregate import block_label, block_ratio
     from mpu.server.noise import sum_sq
 
     ratios = {}
-    for layer, names in layer_groups(theta):
+    for layer, names in adapter.block_groups(theta):
         theta_sq = sum(sum_sq(theta[name]) for name in names)
         delta_sq = sum(sum_sq(delta[name]) for name in names)
         ratios[block_label(layer, names)] = block_ratio(delta_sq, theta_sq)
@@ -63,13 +62,14 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from mpu.checkpoint import CheckpointReader
     from mpu.data.builtin import BuildConfig, cache_root, ensure_builtin
     from mpu.data.qa import load_qa_rows
     from mpu.finetune import finetune
     from mpu.methods import METHODS, run_unlearning, training_options
+    from mpu.reparam import get_adapter
     from mpu.server.config import ServerConfig
 
     torch.set_num_threads(1)
@@ -80,6 +80,7 @@ def main() -> None:
     forget = load_qa_rows(data / "tofu" / "forget10.json")
     retain = load_qa_rows(data / "tofu" / "retain90.json")
     tokenizer = AutoTokenizer.from_pretrained(target)
+    adapter = get_adapter(AutoConfig.from_pretrained(target), ServerConfig().reparam)
     stored = CheckpointReader(target)  # the tensors a checkpoint holds (a tied LM head is not stored twice)
     theta = {name: stored.get(name).to(torch.float32) for name in stored.names()}
 
@@ -102,20 +103,20 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as scratch:
                 result = run_unlearning(model, tokenizer, forget, retain, method, {}, training, scratch)
             delta = {name: tensor.detach() - theta[name] for name, tensor in model.state_dict().items() if name in theta}
-            ratios = block_ratios(theta, delta)
+            ratios = block_ratios(adapter, theta, delta)
             group, ratio = max(ratios.items(), key=lambda item: item[1])
             worst[lr] = max(worst.get(lr, 0.0), ratio)
             _row(f"{method} (genuine)", f"{training.learning_rate:g}", result.steps, ratio, group, bound)
             print(f"{'':<34}  ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
 
     poison = {name: -0.95 * tensor for name, tensor in theta.items()}
-    group, ratio = max(block_ratios(theta, poison).items(), key=lambda item: item[1])
+    group, ratio = max(block_ratios(adapter, theta, poison).items(), key=lambda item: item[1])
     _row("poison: -0.95 x theta", "-", 0, ratio, group, bound)
     total = math.sqrt(sum(float(t.pow(2).sum()) for t in poison.values()))
     one = "model.layers.0.self_attn.q_proj.weight"
     concentrated = {name: torch.zeros_like(tensor) for name, tensor in theta.items()}
     concentrated[one] = theta[one] / theta[one].norm() * total
-    group, ratio = max(block_ratios(theta, concentrated).items(), key=lambda item: item[1])
+    group, ratio = max(block_ratios(adapter, theta, concentrated).items(), key=lambda item: item[1])
     _row("poison: that norm in one tensor", "-", 0, ratio, group, bound)
     for lr, ratio in worst.items():
         print(f"learning rate {lr}: largest genuine ratio {ratio:.3g}, margin bound / genuine = {bound / ratio:.1f}x")
