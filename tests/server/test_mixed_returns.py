@@ -78,7 +78,7 @@ def test_aggregate_prints_what_it_combined(published, tmp_path, capsys):
     assert main(["server", "aggregate", "--workdir", str(server), "--returns", str(published / "good")]) == 0
 
     out = capsys.readouterr().out
-    assert "round 1 of 1 aggregated" in out
+    assert "round 1 aggregated 2 update(s) (1 of 1 rounds done)" in out
     assert "combined copies [1, 2]: method NPO, kind full, steps 25" in out
     assert "hparams: beta=0.1, retain_loss=NLL" in out
     assert "training: epochs=5.0, learning_rate=0.001" in out

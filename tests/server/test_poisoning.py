@@ -96,7 +96,7 @@ def test_a_genuine_unlearning_update_passes_and_its_ratios_are_reported(publishe
 
     out = capsys.readouterr().out
     assert code == 0
-    assert "largest per-block update ratio" in out and f"bound {DEFAULT_MAX_UPDATE_RATIO:g}" in out
+    assert "largest per-block ratio ||Delta_block|| / ||theta_block|| = " in out and f"bound {DEFAULT_MAX_UPDATE_RATIO:g}" in out
     ratios = Workdir(server).load().history[-1]["max_block_ratio"]
     assert [entry["copy"] for entry in ratios] == [1, 2]
     assert all(0 < entry["ratio"] < DEFAULT_MAX_UPDATE_RATIO for entry in ratios)

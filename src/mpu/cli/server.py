@@ -166,7 +166,7 @@ def _aggregate(args) -> int:
 
     apply_threads(args.threads)
     report = aggregate(args.workdir, args.returns, allow_mixed=args.allow_mixed)
-    print(f"round {report.round} of {report.rounds} aggregated {len(report.update_norms)} update(s); new model at {report.model_dir}")
+    print(f"round {report.round} aggregated {len(report.update_norms)} update(s) ({report.round} of {report.rounds} rounds done); new model at {report.model_dir}")
     for copy_id, norm in sorted(report.update_norms.items()):
         group, ratio = report.max_block_ratio[copy_id]
         print(f"  copy {copy_id}: update norm ||Delta'_{copy_id}|| = {norm:.4g}; largest per-block ratio "
