@@ -11,8 +11,8 @@ Delta_k is checked for NaN/Inf and against the per-block poisoning bound
 
     ||Delta_k,l|| / ||theta_l|| <= max_update_ratio     for every block l and every tensor outside the blocks
 
-(Frobenius norms over the group; groups as in Pre-Process: one per transformer block, embeddings,
-final norm and LM head each their own). The new theta is built in a staging folder that is dropped
+(Frobenius norms over the group; the groups of Pre-Process, ``Adapter.block_groups``: one per
+transformer block, and every tensor outside the blocks (embeddings, final norm, LM head) its own). The new theta is built in a staging folder that is dropped
 on any refusal, and becomes current only when ``state.json`` names it, so a rejected return or an
 interrupted run leaves the work directory byte-identical.
 """
