@@ -195,6 +195,8 @@ def _unlearn_one(publication, copy: PublishedCopy, forget_rows, retain_rows, met
         "seconds": round(result.seconds, 3),
         "loss": loss_summary(result.losses),
     }
+    if result.dp is not None:
+        manifest["dp"] = result.dp   # the guarantee the server received, and nothing else about the data
     if is_main_process():
         if return_lora:
             if not result.lora_factors:

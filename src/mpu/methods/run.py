@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import gc
 import logging
+import math
 import os
 import time
 from contextlib import contextmanager
@@ -32,6 +33,7 @@ class UnlearnResult:
     lora_factors: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None  # {base weight: (B·scaling, A)}
     log_history: list[dict[str, Any]] = field(default_factory=list)  # the Trainer's, with the loss terms
     is_main_process: bool = True  # only the main process should write files
+    dp: dict[str, Any] | None = None  # the DP-SGD guarantee (mpu.methods.dp.PrivateSteps.report), or None
 
 
 def method_hparams(name: str, overrides: dict[str, Any] | None = None, sources: dict[str, str] | None = None):
@@ -74,7 +76,8 @@ def training_arguments(training: TrainingOptions, output_dir: str) -> TrainingAr
         gradient_accumulation_steps=training.gradient_accumulation_steps,
         warmup_steps=training.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
         lr_scheduler_type=scheduler,
-        max_grad_norm=training.max_grad_norm,
+        # DP-SGD clips each example's gradient itself; clipping the noised sum again would rescale the noise.
+        max_grad_norm=0.0 if training.private else training.max_grad_norm,
         weight_decay=training.weight_decay,
         optim=training.optim,
         seed=training.seed,
@@ -148,8 +151,30 @@ def prepare_unlearning(
         hparams=hp,
         ref_model=ref_model,
     )
+    if training.private:
+        trainer.dp = _private_steps(cls, method, training, len(dataset))
     trainer.mpu_restore = (model, saved)
     return trainer
+
+
+def _private_steps(cls: type[UnlearnTrainer], method: str, training: TrainingOptions, examples: int):
+    """DP-SGD for this run: σ from the ε asked for (or as given), over the steps the Trainer will take."""
+    from mpu.methods.dp import PrivateSteps, plan
+
+    if cls.dp_refusal:
+        raise MPUError(f"{method} cannot train with differential privacy: {cls.dp_refusal}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise MPUError("differential privacy (--dp-epsilon/--dp-noise-multiplier) runs in one process; drop torchrun/accelerate launch")
+    batches = math.ceil(examples / training.batch_size)
+    per_epoch = max(math.ceil(batches / training.gradient_accumulation_steps), 1)
+    steps = training.max_steps if training.max_steps > 0 else math.ceil(training.epochs * per_epoch)
+    settings = plan(epsilon=training.dp_epsilon, noise_multiplier=training.dp_noise_multiplier, delta=training.dp_delta,
+                    clip_norm=training.dp_clip_norm, examples=examples,
+                    batch=training.batch_size * training.gradient_accumulation_steps, steps=steps)
+    logger.info("%s with DP-SGD: noise multiplier %.4g, clip norm %g, sample rate %.4g, %d steps, target ε %s, δ %g",
+                method, settings.noise_multiplier, settings.clip_norm, settings.sample_rate, steps,
+                settings.target_epsilon, settings.delta)
+    return PrivateSteps(settings)
 
 
 def _retain_reason(hp) -> str:
@@ -183,6 +208,7 @@ def finish_unlearning(trainer: UnlearnTrainer) -> UnlearnResult:
         lora_factors=factors,
         log_history=history,
         is_main_process=trainer.is_world_process_zero(),
+        dp=trainer.dp.report() if trainer.dp is not None else None,
     )
     trainer.ref_model = None
     trainer.mpu_restore = None
