@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mpu.errors import MPUError
-from mpu.methods import finish_unlearning, prepare_unlearning
+from mpu.methods import METHODS, finish_unlearning, prepare_unlearning
 from tests.methods.conftest import options
 
 LR = 1.0
@@ -103,3 +103,16 @@ def test_graddiff_with_a_retain_set_trains_privately(model, tokenizer, forget_ro
     result = finish_unlearning(prepare_unlearning(model, tokenizer, forget_rows, retain_rows, "GradDiff", {}, training, str(tmp_path)))
     assert result.dp["epsilon"] is not None and result.dp["epsilon"] <= 8.0 * 1.001
     assert all(math.isfinite(loss) for loss in result.losses)
+
+
+@pytest.mark.parametrize("method", [name for name in METHODS.names() if name != "PDU"])
+def test_every_per_example_method_takes_a_private_step(method, model, tokenizer, forget_rows, retain_rows, tmp_path):
+    from tests.methods.test_accumulation import HPARAMS
+
+    model = copy.deepcopy(model)
+    before = [param.detach().clone() for param in model.parameters()]
+    training = options(epochs=1, batch_size=4, max_steps=1, dp_noise_multiplier=0.5, learning_rate=1e-3)
+    result = finish_unlearning(prepare_unlearning(model, tokenizer, forget_rows[:4], retain_rows, method,
+                                                  HPARAMS.get(method, {}), training, str(tmp_path)))
+    assert result.steps == 1 and result.dp["steps"] == 1 and result.dp["epsilon"] is not None
+    assert any(not torch.equal(param, start) for param, start in zip(model.parameters(), before))
