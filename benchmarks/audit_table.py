@@ -71,6 +71,7 @@ SETTINGS: dict[str, tuple[dict, str]] = {
     "hardened-tau0": ({**HARDENED, "independent_noise": 0.0}, "all transforms + noise scope all, tau = 0"),
     "hardened": ({**HARDENED, "independent_noise": 1.0}, "hardened preset (tau = 1)"),
     "hardened-tau2": ({**HARDENED, "independent_noise": 2.0}, "hardened, tau = 2"),
+    "hardened-tau4": ({**HARDENED, "independent_noise": 4.0}, "hardened, tau = 4"),
     "hardened-k0.1-tau0": ({**HARDENED, "independent_noise": 0.0, "kappa": 0.1}, "all transforms + scope all, kappa = 0.1, tau = 0"),
     "hardened-k0.1": ({**HARDENED, "independent_noise": 1.0, "kappa": 0.1}, "hardened, kappa = 0.1"),
     "hardened-k0.1-tau2": ({**HARDENED, "independent_noise": 2.0, "kappa": 0.1}, "hardened, kappa = 0.1, tau = 2"),

@@ -114,10 +114,11 @@ def register(subparsers) -> None:
 
 
 def _init(args) -> int:
-    from mpu.server.init import init_server
+    from mpu.server.init import describe_attack_floor, init_server
 
     state = init_server(args.workdir, args.model, args.base, server_config_from_args(args))
     print(f"initialised {args.workdir}: {state.model_type}, m={state.config.copies}, kappa={state.config.kappa}, R={state.config.rounds}")
+    print(describe_attack_floor(state.config, has_base=args.base is not None))
     return 0
 
 
