@@ -116,3 +116,19 @@ def test_every_per_example_method_takes_a_private_step(method, model, tokenizer,
                                                   HPARAMS.get(method, {}), training, str(tmp_path)))
     assert result.steps == 1 and result.dp["steps"] == 1 and result.dp["epsilon"] is not None
     assert any(not torch.equal(param, start) for param, start in zip(model.parameters(), before))
+
+
+def test_one_epsilon_covers_every_copy_of_the_round(model, tokenizer, forget_rows, tmp_path):
+    from opacus.accountants import RDPAccountant
+
+    from mpu.methods.dp import RDP_ORDERS
+
+    model = copy.deepcopy(model)
+    training = options(epochs=2, batch_size=2, dp_epsilon=4.0, dp_delta=1e-3, learning_rate=1e-3)
+    result = finish_unlearning(prepare_unlearning(model, tokenizer, forget_rows[:8], None, "GradAscent", {}, training,
+                                                  str(tmp_path), dp_runs=3))
+    dp = result.dp
+    accountant = RDPAccountant()
+    accountant.history = [(dp["noise_multiplier"], 2 / 8, 3 * result.steps)]
+    assert dp["runs"] == 3 and dp["epsilon"] == pytest.approx(accountant.get_epsilon(delta=1e-3, alphas=RDP_ORDERS), rel=1e-4)
+    assert dp["epsilon"] <= 4.0 * 1.001 and dp["epsilon_one_copy"] < dp["epsilon"]

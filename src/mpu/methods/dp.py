@@ -42,8 +42,9 @@ class DPSettings:
     """The privacy parameters of one run.
 
     ``noise_multiplier`` σ (noise std / C), ``clip_norm`` C (L2, in gradient units), ``delta`` δ,
-    ``sample_rate`` q = examples per optimizer step / forget-set size, ``steps`` the optimizer steps the
-    accounting was planned for, ``target_epsilon`` the ε asked for (None when σ was given).
+    ``sample_rate`` q = examples per optimizer step / forget-set size, ``steps`` the optimizer steps of
+    one run, ``runs`` how many runs on the same data the guarantee covers together (the m copies of a
+    round: the server sees all of them), ``target_epsilon`` the ε asked for (None when σ was given).
     """
 
     noise_multiplier: float
@@ -51,12 +52,14 @@ class DPSettings:
     delta: float
     sample_rate: float
     steps: int
+    runs: int = 1
     target_epsilon: float | None = None
 
 
 def plan(*, epsilon: float, noise_multiplier: float, delta: float, clip_norm: float, examples: int,
-         batch: int, steps: int) -> DPSettings:
-    """The DP settings for a run of ``steps`` optimizer steps of ``batch`` examples out of ``examples``.
+         batch: int, steps: int, runs: int = 1) -> DPSettings:
+    """The DP settings for ``runs`` runs of ``steps`` optimizer steps of ``batch`` examples out of
+    ``examples`` each; ε covers all of them together (RDP composition of runs × steps Gaussian steps).
 
     Exactly one of ``epsilon`` (> 0; σ is then found with Opacus's ``get_noise_multiplier``) and
     ``noise_multiplier`` (> 0, or 0 for clipping only, ε = ∞) is used; ``epsilon`` wins when both are set.
@@ -66,7 +69,7 @@ def plan(*, epsilon: float, noise_multiplier: float, delta: float, clip_norm: fl
         raise ValueError(f"dp_delta must be in (0, 1), got {delta}")
     if not clip_norm > 0:
         raise ValueError(f"dp_clip_norm must be > 0, got {clip_norm}")
-    if examples < 1 or steps < 1 or batch < 1:
+    if examples < 1 or steps < 1 or batch < 1 or runs < 1:
         raise ValueError("differential privacy needs at least one example and one step")
     sample_rate = min(1.0, batch / examples)
     if epsilon > 0:
@@ -75,9 +78,9 @@ def plan(*, epsilon: float, noise_multiplier: float, delta: float, clip_norm: fl
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             sigma = get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate,
-                                         steps=steps, accountant="rdp", alphas=RDP_ORDERS)
-        return DPSettings(float(sigma), clip_norm, delta, sample_rate, steps, target_epsilon=epsilon)
-    return DPSettings(float(noise_multiplier), clip_norm, delta, sample_rate, steps)
+                                         steps=steps * runs, accountant="rdp", alphas=RDP_ORDERS)
+        return DPSettings(float(sigma), clip_norm, delta, sample_rate, steps, runs, target_epsilon=epsilon)
+    return DPSettings(float(noise_multiplier), clip_norm, delta, sample_rate, steps, runs)
 
 
 def spent_epsilon(settings: DPSettings, steps: int) -> float:
@@ -148,9 +151,13 @@ class PrivateSteps:
         The count of clipped examples stays out: it depends on the data and is not covered by the noise.
         """
         s = self.settings
-        epsilon = spent_epsilon(s, self.steps_taken)
+        # every run on the same data takes the same steps: ε of all of them together, and of this one
+        epsilon = spent_epsilon(s, self.steps_taken * s.runs)
+        one_run = spent_epsilon(s, self.steps_taken)
         return {
             "epsilon": None if math.isinf(epsilon) else round(epsilon, 6),
+            "epsilon_one_copy": None if math.isinf(one_run) else round(one_run, 6),
+            "runs": s.runs,
             "delta": s.delta,
             "clip_norm": s.clip_norm,
             "noise_multiplier": round(s.noise_multiplier, 6),

@@ -106,8 +106,12 @@ def prepare_unlearning(
     training: TrainingOptions,
     output_dir: str,
     reference: torch.nn.Module | Callable[[], torch.nn.Module] | None = None,
+    dp_runs: int = 1,
 ) -> UnlearnTrainer:
-    """Everything before ``train()``: the reference model, LoRA, the data, the Trainer."""
+    """Everything before ``train()``: the reference model, LoRA, the data, the Trainer.
+
+    ``dp_runs``: with differential privacy, how many runs on the same data one ε covers (the client
+    passes the round's m copies, which the server all sees)."""
     cls = METHODS.get(method)
     hp = _resolve_hparams(method, hparams)
     if not isinstance(training, TrainingOptions):
@@ -152,12 +156,12 @@ def prepare_unlearning(
         ref_model=ref_model,
     )
     if training.private:
-        trainer.dp = _private_steps(cls, method, training, len(dataset))
+        trainer.dp = _private_steps(cls, method, training, len(dataset), dp_runs)
     trainer.mpu_restore = (model, saved)
     return trainer
 
 
-def _private_steps(cls: type[UnlearnTrainer], method: str, training: TrainingOptions, examples: int):
+def _private_steps(cls: type[UnlearnTrainer], method: str, training: TrainingOptions, examples: int, runs: int):
     """DP-SGD for this run: σ from the ε asked for (or as given), over the steps the Trainer will take."""
     from mpu.methods.dp import PrivateSteps, plan
 
@@ -170,9 +174,9 @@ def _private_steps(cls: type[UnlearnTrainer], method: str, training: TrainingOpt
     steps = training.max_steps if training.max_steps > 0 else math.ceil(training.epochs * per_epoch)
     settings = plan(epsilon=training.dp_epsilon, noise_multiplier=training.dp_noise_multiplier, delta=training.dp_delta,
                     clip_norm=training.dp_clip_norm, examples=examples,
-                    batch=training.batch_size * training.gradient_accumulation_steps, steps=steps)
-    logger.info("%s with DP-SGD: noise multiplier %.4g, clip norm %g, sample rate %.4g, %d steps, target ε %s, δ %g",
-                method, settings.noise_multiplier, settings.clip_norm, settings.sample_rate, steps,
+                    batch=training.batch_size * training.gradient_accumulation_steps, steps=steps, runs=runs)
+    logger.info("%s with DP-SGD: noise multiplier %.4g, clip norm %g, sample rate %.4g, %d steps x %d run(s), target ε %s, δ %g",
+                method, settings.noise_multiplier, settings.clip_norm, settings.sample_rate, steps, runs,
                 settings.target_epsilon, settings.delta)
     return PrivateSteps(settings)
 
@@ -225,6 +229,7 @@ def run_unlearning(
     training: TrainingOptions,
     output_dir: str,
     reference: torch.nn.Module | Callable[[], torch.nn.Module] | None = None,
+    dp_runs: int = 1,
 ) -> UnlearnResult:
     """Unlearn ``forget_rows`` from ``model`` in place with ``method``.
 
@@ -234,7 +239,8 @@ def run_unlearning(
     are trained, merged into ``model`` at the end, and returned as ``lora_factors``.
     """
     with frozen_gc():
-        trainer = prepare_unlearning(model, tokenizer, forget_rows, retain_rows, method, hparams, training, output_dir, reference)
+        trainer = prepare_unlearning(model, tokenizer, forget_rows, retain_rows, method, hparams, training, output_dir,
+                                     reference, dp_runs=dp_runs)
         return finish_unlearning(trainer)
 
 
