@@ -138,10 +138,11 @@ def register(subparsers) -> None:
 
 
 def _init(args) -> int:
-    from mpu.server.init import init_server
+    from mpu.server.init import describe_attack_floor, init_server
 
     state = init_server(args.workdir, args.model, args.base, server_config_from_args(args))
     print(f"initialised {args.workdir}: {state.model_type}, m={state.config.copies}, kappa={state.config.kappa}, R={state.config.rounds}")
+    print(describe_attack_floor(state.config, has_base=args.base is not None))
     return 0
 
 
@@ -177,6 +178,12 @@ def _aggregate(args) -> int:
     for key in ("hparams", "training"):
         if isinstance(combined.get(key), dict) and not report.mixed:
             print(f"  {key}: " + ", ".join(f"{name}={value}" for name, value in sorted(combined[key].items())))
+    dp = combined.get("dp")
+    if isinstance(dp, dict) and not report.mixed:
+        print(f"  client differential privacy: epsilon {dp.get('epsilon')} at delta {dp.get('delta')} for the "
+              f"{dp.get('runs')} copies together (clip norm {dp.get('clip_norm')}, noise multiplier {dp.get('noise_multiplier')})")
+    elif dp is None and not report.mixed:
+        print("  client differential privacy: none (the updates reveal which items were forgotten; see docs/privacy.md)")
     for line in report.mixed:
         print(f"  warning: mixed returns (--allow-mixed): {line}")
     return 0

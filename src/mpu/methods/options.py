@@ -7,6 +7,7 @@ value that does not fit is an error that names the field; nothing is dropped or 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -70,6 +71,18 @@ class TrainingOptions:
         default="all-linear", metadata=_help("modules that get adapters: 'all-linear' or comma-separated names")
     )
     progress_bar: bool = field(default=True, metadata=_help("show the Trainer's tqdm progress bar (--no-progress-bar: quiet, for logs)"))
+    dp_epsilon: float = field(default=0.0, metadata=_help(
+        "differential privacy for the returned update: DP-SGD with this ε over the whole run (0: off); "
+        "the noise multiplier is derived with Opacus's RDP accountant"))
+    dp_noise_multiplier: float = field(default=0.0, metadata=_help(
+        "DP-SGD noise std / clip norm, instead of --dp-epsilon (ε is then reported, not targeted)"))
+    dp_delta: float = field(default=1e-5, metadata=_help("δ of the (ε, δ) guarantee; keep it below 1 / forget-set size"))
+    dp_clip_norm: float = field(default=1.0, metadata=_help("DP-SGD: clip each example's gradient to this L2 norm"))
+
+    @property
+    def private(self) -> bool:
+        """Whether DP-SGD is on (--dp-epsilon or --dp-noise-multiplier given)."""
+        return self.dp_epsilon > 0 or self.dp_noise_multiplier > 0
 
     def __post_init__(self):
         if isinstance(self.lora_target_modules, str) and "," in self.lora_target_modules:
@@ -90,6 +103,10 @@ class TrainingOptions:
             (self.lora_alpha > 0, "lora_alpha must be > 0"),
             (0.0 <= self.lora_dropout < 1.0, "lora_dropout must be in [0, 1)"),
             (bool(self.lora_target_modules), "lora_target_modules must not be empty"),
+            (self.dp_epsilon >= 0 and math.isfinite(self.dp_epsilon), "dp_epsilon must be finite and >= 0 (0: off)"),
+            (self.dp_noise_multiplier >= 0 and math.isfinite(self.dp_noise_multiplier), "dp_noise_multiplier must be finite and >= 0"),
+            (0 < self.dp_delta < 1, "dp_delta must be in (0, 1)"),
+            (self.dp_clip_norm > 0 and math.isfinite(self.dp_clip_norm), "dp_clip_norm must be finite and > 0"),
         ]
         for ok, message in checks:
             if not ok:

@@ -40,7 +40,7 @@ from mpu.server.workdir import Workdir
 log = logging.getLogger(__name__)
 
 # What must agree between the returns that are combined (``--allow-mixed`` lifts it).
-COMPARED = ("method", "kind", "hparams", "training", "steps")
+COMPARED = ("method", "kind", "hparams", "training", "steps", "encoding", "dp")
 MAX_REPORTED_BLOCKS = 8
 
 

@@ -43,7 +43,7 @@ UPDATE_FOLDER = re.compile(r"^update-([0-9]{1,6})$")
 # Limits on the manifest's fields. They are far above what the client writes (a method name of ~10
 # characters, ~10 hyperparameters, ~20 training options) and far below what could cost memory or time.
 MAX_NAME_CHARS = 64  # method names, setting names
-MAX_TEXT_CHARS = 256  # a string setting (a scheduler name, a module list)
+MAX_TEXT_CHARS = 4096  # a string setting (a scheduler name, a module list, a system prompt)
 MAX_SETTINGS = 64  # keys in ``hparams`` / ``training``
 MAX_LIST_ITEMS = 64  # items of a list-valued setting
 MAX_STEPS = 10**9
@@ -152,7 +152,9 @@ def check_manifest(manifest: Any, path: Path, published: dict[str, Any]) -> dict
     1..64 characters), ``steps`` (an int in 0..1e9). Optional, as the client writes them:
     ``publication_id`` (this publication's), ``reference_round`` (1..round), ``hparams`` and ``training``
     (flat objects of named scalars or short lists), ``seconds`` (finite, >= 0), ``loss`` (first/last/
-    min/mean, finite numbers or null). Booleans are not integers here. Any other field is refused.
+    min/mean, finite numbers or null), ``encoding`` (the prompt format, chat-template hash and length
+    policy, ``ENCODING_KEYS``), ``dp`` (the DP-SGD guarantee, ``DP_KEYS``). Booleans are not integers
+    here. Any other field is refused.
     """
     if not isinstance(manifest, dict):
         raise InputError(path, "update manifest is not a JSON object")
@@ -187,6 +189,10 @@ def check_manifest(manifest: Any, path: Path, published: dict[str, Any]) -> dict
         _number(manifest["seconds"], "seconds", path, allow_none=False)
         if manifest["seconds"] < 0:
             raise InputError(path, f"field 'seconds' must be >= 0, got {manifest['seconds']}")
+    if "encoding" in manifest:
+        _encoding(manifest["encoding"], path)
+    if "dp" in manifest:
+        _dp(manifest["dp"], path)
     if "loss" in manifest:
         loss = manifest["loss"]
         if not isinstance(loss, dict) or set(loss) - set(LOSS_KEYS):
@@ -197,7 +203,15 @@ def check_manifest(manifest: Any, path: Path, published: dict[str, Any]) -> dict
 
 
 _REQUIRED = ("format", "kind", "round", "copy_id", "copy_sha256", "method", "steps")
-_FIELDS = frozenset(_REQUIRED) | {"publication_id", "reference_round", "hparams", "training", "seconds", "loss"}
+_FIELDS = frozenset(_REQUIRED) | {"publication_id", "reference_round", "hparams", "training", "seconds", "loss",
+                                  "encoding", "dp"}
+# ``encoding``: how the client rendered and cut its rows (mpu.data.qa.Encoder.record plus truncation counts).
+ENCODING_KEYS = {"prompt_format": "settings", "chat_template_sha256": "sha256", "max_length": "count",
+                 "truncate": "bool", "rows_truncated": "count", "tokens_truncated": "count"}
+# ``dp``: the DP-SGD guarantee of the update (mpu.methods.dp.PrivateSteps.report).
+DP_KEYS = {"epsilon": "number", "epsilon_one_copy": "number", "runs": "count", "delta": "number",
+           "clip_norm": "number", "noise_multiplier": "number", "sample_rate": "number", "steps": "count",
+           "target_epsilon": "number", "accountant": "text"}
 
 
 def _show(value: Any) -> str:
@@ -250,6 +264,46 @@ def _settings(value: Any, key: str, path: Path) -> None:
                 raise InputError(path, f"setting {key}.{name} is not finite")
             elif scalar is not None and not isinstance(scalar, (bool, int, float)):
                 raise InputError(path, f"setting {key}.{name} must be a number, string, boolean or null (or a list of them), got {_show(scalar)}")
+
+
+def _record(value: Any, key: str, path: Path, kinds: dict[str, str]) -> None:
+    """A small object whose keys are among ``kinds`` (key -> settings | sha256 | count | bool | number |
+    text), each of that kind or null."""
+    if not isinstance(value, dict):
+        raise InputError(path, f"field {key!r} must be an object, got {type(value).__name__}")
+    unknown = sorted(str(name)[:MAX_NAME_CHARS] for name in value if name not in kinds)
+    if unknown:
+        raise InputError(path, f"field {key!r} has unknown keys {unknown[:5]}; known: {sorted(kinds)}")
+    for name, item in value.items():
+        kind, where = kinds[name], f"{key}.{name}"
+        if item is None:
+            continue
+        if kind == "settings":
+            _settings(item, where, path)
+        elif kind == "sha256":
+            _text(value, name, path, _HEX, 64, 64)
+        elif kind == "count":
+            if not isinstance(item, int) or isinstance(item, bool) or not 0 <= item <= MAX_STEPS:
+                raise InputError(path, f"field {where!r} must be an integer in [0, {MAX_STEPS}], got {_show(item)}")
+        elif kind == "bool":
+            if not isinstance(item, bool):
+                raise InputError(path, f"field {where!r} must be true or false, got {_show(item)}")
+        elif kind == "number":
+            _number(item, where, path, allow_none=True)
+            if item < 0:
+                raise InputError(path, f"field {where!r} must be >= 0, got {item}")
+        elif not isinstance(item, str) or len(item) > MAX_NAME_CHARS:
+            raise InputError(path, f"field {where!r} must be a string of at most {MAX_NAME_CHARS} characters, got {_show(item)}")
+
+
+def _encoding(value: Any, path: Path) -> None:
+    _record(value, "encoding", path, ENCODING_KEYS)
+
+
+def _dp(value: Any, path: Path) -> None:
+    _record(value, "dp", path, DP_KEYS)
+    if value.get("delta") is not None and not 0 < value["delta"] < 1:
+        raise InputError(path, f"field 'dp.delta' must be in (0, 1), got {value['delta']}")
 
 
 def _check_tensors(update: ReturnedUpdate, expected: CheckpointReader) -> None:
