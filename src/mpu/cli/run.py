@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from mpu.cli._lazy import add_method_arguments_lazily
 from mpu.client import CLIENT_REFERENCES
@@ -52,8 +53,12 @@ def _run(args) -> int:
     method, hparams, training = options_from_args(args)
     forget = load_qa_rows(args.forget)
     retain = load_qa_rows(args.retain) if args.retain else None
+    from mpu.cli.unlearn import learning_rate_hint
     from mpu.run import resolve_sigma_base
 
+    hint = learning_rate_hint(args.model, training.learning_rate)   # None for hub ids and large models
+    if hint:
+        print(hint, file=sys.stderr)
     base, label = resolve_sigma_base(args.model, args.base, args.sigma_reference)
     with tempfile.TemporaryDirectory(prefix="mpu-run-") as scratch:
         workdir = args.workdir or f"{scratch}/server"

@@ -20,7 +20,7 @@ import numpy as np
 
 from mpu.data.loaders import DataUnavailableError, ResolvedData, require_fields, resolve_source
 from mpu.errors import InputError, MPUError
-from mpu.eval.context import EvalContext, EvalDataset, MetricUnavailable
+from mpu.eval.context import EvalContext, EvalDataset, MetricUnavailable, check_same_encoding
 from mpu.eval.metrics import METRICS
 from mpu.eval.suites import default_suite, wmdp_metric_key
 
@@ -117,12 +117,14 @@ def build_datasets(suite: dict, resolved: ResolvedData, missing: dict[str, str] 
             rows = resolved.rows(config, split)
             icl = resolved.rows(config, spec["icl"]) if spec.get("icl") else []
         except DataUnavailableError as err:
-            if missing is None:
+            # A forget split the user named (or the suite's default) must exist: skipping its metrics
+            # would report a run on nothing as a success.
+            if missing is None or "{forget_split}" in (spec.get("config") or ""):
                 raise
             missing[name] = str(err)
             continue
         rows = require_fields(rows, REQUIRED_FIELDS[spec["kind"]], where)   # present but malformed: an error
-        datasets[name] = EvalDataset(name, spec["kind"], rows, icl=icl)
+        datasets[name] = EvalDataset(name, spec["kind"], rows, icl=icl, source=where)
     if not datasets:
         reasons = "; ".join(f"{name}: {why}" for name, why in (missing or {}).items())
         raise DataUnavailableError(f"{resolved.description}: none of the suite's datasets exists ({reasons})")
@@ -225,6 +227,18 @@ def _load_retain_logs(path: str | Path) -> dict:
     return logs
 
 
+def _retain_logs_encoding(path: str | Path) -> dict | None:
+    """The encoding recorded next to retain logs (``<BENCH>_EVAL_CONFIG.json``), None when absent."""
+    path = Path(path)
+    configs = sorted(path.glob("*_EVAL_CONFIG.json")) if path.is_dir() else [path.with_name(path.name.replace("_EVAL.json", "_EVAL_CONFIG.json"))]
+    for config in configs:
+        try:
+            return json.loads(config.read_text(encoding="utf-8")).get("encoding")
+        except (OSError, ValueError, AttributeError):
+            continue
+    return None
+
+
 def _check_reference(logs: dict, ours: dict, source: str) -> None:
     """The retain model's logs must describe the same items (same forget split)."""
     for key, result in logs.items():
@@ -249,6 +263,92 @@ def _tokenizer_mismatch(tokenizer, reference_tokenizer, model_dir, retain_model)
             f"dataset's tokenizer (mpu finetune does: docs/data.md)")
 
 
+FINETUNE_RECORD = "mpu_finetune.json"      # written by `mpu finetune` beside the model: its training data
+UNLEARN_SUMMARY = "unlearn_summary.json"   # written by `mpu unlearn`: names the model it started from
+
+
+def _recorded(model_dir: Path) -> tuple[dict, Path] | None:
+    """The finetune record of ``model_dir``, or of the model its ``unlearn_summary.json`` names."""
+    for folder in (model_dir, None):
+        if folder is None:
+            summary = model_dir / UNLEARN_SUMMARY
+            if not summary.is_file():
+                return None
+            try:
+                base = json.loads(summary.read_text(encoding="utf-8")).get("base_model")
+            except (OSError, ValueError):
+                return None
+            if not isinstance(base, str):
+                return None
+            folder = Path(base)
+        record = folder / FINETUNE_RECORD
+        if record.is_file():
+            try:
+                content = json.loads(record.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as err:
+                raise InputError(record, f"unreadable training record ({err})") from None
+            if isinstance(content, dict):
+                return content, record
+    return None
+
+
+def _vocab(tokenizer_json: Path) -> dict | None:
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_file(str(tokenizer_json)).get_vocab()
+    except Exception:  # a missing or foreign tokenizer file simply does not match
+        return None
+
+
+def _builtin_with_tokenizer(model_dir: Path) -> Path | None:
+    """The cached built-in dataset (under ``$MPU_CACHE``) whose tokenizer ``model_dir`` uses: every
+    model trained on a built-in dataset shares its tokenizer, and the datasets' tokenizers differ."""
+    from mpu.data.builtin import cache_root, read_manifest
+
+    ours = _vocab(model_dir / "tokenizer.json")
+    if not ours:
+        return None
+    root = cache_root()
+    candidates = sorted(root.glob("builtin-v*"), key=lambda path: (len(path.name), path.name)) if root.is_dir() else []
+    for folder in candidates:
+        manifest = read_manifest(folder) if folder.is_dir() else None
+        if manifest and _vocab(folder / manifest.get("tokenizer", "tokenizer") / "tokenizer.json") == ours:
+            return folder
+    return None
+
+
+def model_data(model_dir: str | Path, benchmark: str, data: str | Path | None = None) -> tuple[str | None, str]:
+    """Which data to evaluate ``model_dir`` on, and a line saying which and why.
+
+    In order: ``data`` when given; the data recorded in the model's ``mpu_finetune.json`` (or in
+    that of the model its ``unlearn_summary.json`` names), when it was trained on ``benchmark``; the
+    cached built-in dataset whose tokenizer the model uses (an exported or unlearned model carries no
+    record, but keeps its tokenizer); else the default built-in benchmark (None). Raises InputError
+    when the recorded data no longer exists.
+    """
+    if data is not None:
+        return str(data), f"data: {data} (--data)"
+    model_dir = Path(model_dir)
+    found = _recorded(model_dir)
+    if found is not None:
+        record, path = found
+        trained_on = (record.get("metrics") or {}).get("benchmark")
+        recorded = record.get("data")
+        if isinstance(recorded, str) and trained_on in (None, benchmark):
+            if not Path(recorded).expanduser().is_dir():
+                raise InputError(path, f"records its training data at {recorded}, which does not exist any more; "
+                                       "pass --data")
+            return recorded, f"data: {recorded} (recorded in {path})"
+    if model_dir.is_dir():
+        builtin = _builtin_with_tokenizer(model_dir)
+        if builtin is not None:
+            return str(builtin), (f"data: {builtin} (the cached built-in dataset whose tokenizer {model_dir} uses; "
+                                  "pass --data to choose another)")
+    return None, (f"data: the default built-in benchmark ({model_dir} records no training data and uses no cached "
+                  "built-in dataset's tokenizer; pass --data to choose)")
+
+
 def evaluate(
     model_dir: str | Path,
     benchmark: str = "tofu",
@@ -263,6 +363,9 @@ def evaluate(
     dtype: str = "auto",
     progress: bool = True,
     mmlu: str | None = "default",
+    prompt_format=None,
+    max_length: int | None = None,
+    truncate: bool = False,
 ) -> dict:
     """Evaluate ``model_dir`` on ``benchmark`` and return the summary (headline key -> value).
 
@@ -271,8 +374,12 @@ def evaluate(
     the hub layout, or a hub dataset name. ``retain_model`` (a checkpoint never trained on the forget
     set) or ``retain_logs`` (its ``<BENCH>_EVAL.json``) give forget_quality and privleak their
     reference; ``retain_model`` also enables mia_reference. ``mmlu`` (WMDP only): the utility data
-    ("default": the suite's, None: skip).
+    ("default": the suite's, None: skip). ``prompt_format`` (default ``auto``: a known target's shipped
+    settings, else the chat template), ``max_length`` (default: the model's context) and ``truncate``
+    are the encoding (docs/encoding.md); it is recorded in ``<BENCH>_EVAL_CONFIG.json`` and retain
+    logs or a retain model evaluated with another one are refused.
     """
+    encoding_options = dict(prompt_format=prompt_format, max_length=max_length, truncate=truncate)
     from mpu.eval.engine import load_model
 
     if retain_model is not None and retain_logs is not None:
@@ -292,6 +399,14 @@ def evaluate(
     batch_size = batch_size or suite.get("batch_size", 32)
 
     model, tokenizer = load_model(model_dir, device=device, dtype=dtype)
+    if encoding_options["prompt_format"] is None or isinstance(encoding_options["prompt_format"], str):
+        # one format for the model and its retain model: the one the model records (mpu unlearn's
+        # summary), else the model's shipped settings (by its name or directory), else its chat template
+        from mpu.data.templates import recorded_format, resolve_format
+
+        spec = encoding_options["prompt_format"] or "auto"
+        encoding_options["prompt_format"] = (spec == "auto" and recorded_format(model_dir)) or \
+            resolve_format(spec, model_name=str(model_dir))
     reference_logs: dict = {}
     reference_model = None
     needed = _reference_keys(metrics)
@@ -300,14 +415,18 @@ def evaluate(
     elif retain_model is not None:
         reference_model, reference_tokenizer = load_model(retain_model, device=device, dtype=dtype)
         reference_datasets = datasets
-        ref_ctx = EvalContext(reference_model, reference_tokenizer, reference_datasets, batch_size)
+        ref_ctx = EvalContext(reference_model, reference_tokenizer, reference_datasets, batch_size, **encoding_options)
         reference_logs = run_metrics(ref_ctx, metrics, keys=needed, progress=progress, desc=f"{benchmark} retain model")
         reference_unavailable = _tokenizer_mismatch(tokenizer, reference_tokenizer, model_dir, retain_model)
         if reference_unavailable:
             log.warning("%s", reference_unavailable)
             reference_model = None
 
-    ctx = EvalContext(model, tokenizer, datasets, batch_size, reference_model=reference_model)
+    ctx = EvalContext(model, tokenizer, datasets, batch_size, reference_model=reference_model, **encoding_options)
+    if retain_logs is not None:
+        check_same_encoding(ctx.encoding_record(), _retain_logs_encoding(retain_logs), str(retain_logs))
+    elif retain_model is not None:
+        check_same_encoding(ctx.encoding_record(), ref_ctx.encoding_record(), str(retain_model))
     ctx.missing = missing
     if retain_model is not None and reference_model is None:
         ctx.reference_unavailable = reference_unavailable
@@ -337,7 +456,7 @@ def evaluate(
             "retain_logs": str(retain_logs) if retain_logs else None,
             "batch_size": batch_size, "device": str(next(model.parameters()).device), "dtype": dtype,
             "seconds": round(elapsed, 2), "suite": {**suite, "metrics": metrics},
-            "missing_data": missing, "skipped_metrics": skipped,
+            "missing_data": missing, "skipped_metrics": skipped, "encoding": ctx.encoding_record(),
         })
     log.info("%s evaluation of %s took %.1f s", benchmark, model_dir, elapsed)
     return summary

@@ -134,8 +134,12 @@ def training_settings(trainer: dict, epochs: float, seed: int):
     if unknown:
         raise MPUError(f"unknown config key trainer.{unknown[0]}; valid keys: hparams, method, schedule, training")
     method = trainer.get("method")
-    if not method or method not in METHODS.names():
+    if not method or not isinstance(method, str):
         raise MPUError(f"trainer.method must be one of {', '.join(METHODS.names())}, got {method!r}")
+    try:
+        method = METHODS.canonical(method)  # npo, grad_ascent -> NPO, GradAscent; a typo gets a suggestion
+    except MPUError as err:
+        raise MPUError(f"trainer.method: {err}") from None
     hparams = method_hparams(method, trainer.get("hparams") or {}, {key: "trainer.hparams" for key in trainer.get("hparams") or {}})
     given = dict(trainer.get("training") or {})
     if given.pop("epochs", None) is not None:
@@ -154,7 +158,7 @@ def training_settings(trainer: dict, epochs: float, seed: int):
 def server_config(mpu: dict, rounds: int):
     """The ServerConfig of an ``mpu`` section (``m`` copies, ``kappa``, ``alphas``, ``reparam``, ...)."""
     from mpu.reparam import ReparamOptions
-    from mpu.server.config import ServerConfig
+    from mpu.server.config import DEFAULT_MAX_UPDATE_RATIO, ServerConfig
 
     alphas = mpu.get("alphas", "secret")
     if isinstance(alphas, str) and alphas in ("secret", "reference"):
@@ -192,7 +196,7 @@ def server_config(mpu: dict, rounds: int):
             independent_noise=float(mpu.get("independent_noise", 0.0)),
             noise_scope=str(mpu.get("noise_scope", "blocks")),
             publish_dtype=str(mpu.get("publish_dtype", "source")),
-            max_update_ratio=float(mpu.get("max_update_ratio", 1.0)),
+            max_update_ratio=float(mpu.get("max_update_ratio", DEFAULT_MAX_UPDATE_RATIO)),
             fixed_seed=seed,
             reparam=ReparamOptions(**reparam),
         )
