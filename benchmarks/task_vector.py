@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--authors", type=int, default=40)
     parser.add_argument("--lr", type=float, nargs="+", default=[1e-3])
     parser.add_argument("--epochs", type=float, default=None, help="fine-tuning epochs (default: FROM_BASE's)")
+    parser.add_argument("--preset", default="tiny", help="model size (mpu.finetune.PRESETS): tiny or cpu-release")
     args = parser.parse_args(argv)
     out = Path(args.out)
     os.environ.setdefault("MPU_CACHE", str(out / "cache"))
@@ -32,21 +33,21 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     from mpu.data.builtin import build_benchmark
     from mpu.eval import evaluate
-    from mpu.finetune import ensure_base, finetune, read_record
+    from mpu.finetune import PRESETS, ensure_base, finetune, read_record
 
     data = out / f"builtin-a{args.authors}"
     if not (data / "manifest.json").is_file():
         build_benchmark(data, authors=args.authors, shape="small")
     started = time.perf_counter()
-    base = ensure_base(data, "tofu", progress=False)
+    base = ensure_base(data, "tofu", model_config=PRESETS[args.preset][0], progress=False)
     print(json.dumps({"model": "base", "seconds": round(time.perf_counter() - started),
                       **{k: v for k, v in read_record(base)["metrics"].items() if k in ("answer_token_accuracy", "exact_match")}}))
     for lr in args.lr:
-        target = out / f"target-lr{lr:g}"
+        target = out / f"target-{args.preset}-lr{lr:g}"
         started = time.perf_counter()
         metrics = finetune(data, "tofu", "full", target, base=base, lr=lr, epochs=args.epochs, progress=False)
-        summary = evaluate(str(target), "tofu", str(data), forget_split="forget10", progress=False, out_dir=out / f"eval-lr{lr:g}")
-        print(json.dumps({"model": f"target lr {lr:g}", "seconds": round(time.perf_counter() - started),
+        summary = evaluate(str(target), "tofu", str(data), forget_split="forget10", progress=False, out_dir=out / f"eval-{args.preset}-lr{lr:g}")
+        print(json.dumps({"model": f"target {args.preset} lr {lr:g}", "seconds": round(time.perf_counter() - started),
                           "answer_token_accuracy": round(metrics["answer_token_accuracy"], 4),
                           "exact_match": round(metrics["exact_match"], 4), "task_vector_ratio": metrics["task_vector_ratio"],
                           "model_utility": summary.get("model_utility"), "forget_Q_A_ROUGE": summary.get("forget_Q_A_ROUGE")}))

@@ -36,7 +36,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, help="model directory")
     parser.add_argument("--preset", choices=("tiny", "cpu-release"), default=None,
                         help="model size and recipe: tiny (default; ~1M parameters, 40 epochs at lr 3e-3 from scratch, "
-                             "for the small built-in data) or cpu-release (~3.6M parameters, 30 epochs at lr 2e-3, batch "
+                             "for the small built-in data) or cpu-release (3.3M parameters, 30 epochs at lr 2e-3, batch "
                              "32: for data shaped like the real TOFU release, `mpu data build --shape release` or a local "
                              "locuslab/TOFU copy; aimed at >= 90%% answer-token accuracy in <= 45 min on 2 idle CPU cores). "
                              "--epochs/--lr/--batch-size override it")
