@@ -95,8 +95,8 @@ FROM_BASE = {
 # Size/recipe presets (``mpu finetune --preset``). "tiny" is the default above. "cpu-release" is aimed
 # at data of the real TOFU release's shape (20 QA per author, ~25-word answers, thousands of distinct
 # words: BuildConfig(shape="release") or a local copy of locuslab/TOFU): 3.3M parameters and a longer
-# schedule, meant to reach >= 90% answer-token accuracy in <= 45 minutes on 2 idle CPU cores (not yet
-# measured on an idle machine: docs/results.md).
+# schedule, meant to reach >= 90% answer-token accuracy in <= 45 minutes on 2 idle CPU cores (measured:
+# 0.99998 after 30 epochs from scratch on 200 release-shaped authors, 39 min on one busy thread; docs/results.md).
 PRESETS = {
     "tiny": (TinyLlamaConfig(), None),
     "cpu-release": (
