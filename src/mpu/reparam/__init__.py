@@ -10,6 +10,7 @@ from mpu.reparam.options import VO_MODES, ReparamOptions
 # Importing the family modules registers their adapters.
 from mpu.reparam import llama as _llama  # noqa: E402,F401
 from mpu.reparam import phi3 as _phi3  # noqa: E402,F401
+from mpu.reparam import gpt2 as _gpt2  # noqa: E402,F401
 
 __all__ = [
     "ARCHITECTURES",
