@@ -30,6 +30,13 @@ FAMILIES: dict[str, tuple[type, dict]] = {
     # gpt2 / distilgpt2: Conv1D, learned positions, gelu_new
     "gpt2": (transformers.GPT2Config, dict(vocab_size=V, n_embd=48, n_layer=2, n_head=4, n_positions=64, n_inner=40,
                                            bos_token_id=1, eos_token_id=2)),
+    # Pythia: rotary_pct 0.25, parallel residual, untied embed_out
+    "gpt_neox": (transformers.GPTNeoXConfig, dict(vocab_size=V, hidden_size=48, intermediate_size=40, num_hidden_layers=2,
+                                                  num_attention_heads=4, max_position_embeddings=64, rotary_pct=0.25,
+                                                  use_parallel_residual=True, bos_token_id=1, eos_token_id=2)),
+    "gpt_neox-serial": (transformers.GPTNeoXConfig, dict(vocab_size=V, hidden_size=48, intermediate_size=40,
+                                                         num_hidden_layers=2, num_attention_heads=4, rotary_pct=0.5,
+                                                         use_parallel_residual=False, bos_token_id=1, eos_token_id=2)),
 }
 
 OPTIONS = {
@@ -150,6 +157,7 @@ def test_every_projection_changes(family):
 
 MUTANTS = {
     "gpt2": ["attn.c_attn.bias"],  # q/k/v biases left in the old coordinates
+    "gpt_neox": ["attention.query_key_value.bias"],
 }
 
 

@@ -11,6 +11,7 @@ from mpu.reparam.options import VO_MODES, ReparamOptions
 from mpu.reparam import llama as _llama  # noqa: E402,F401
 from mpu.reparam import phi3 as _phi3  # noqa: E402,F401
 from mpu.reparam import gpt2 as _gpt2  # noqa: E402,F401
+from mpu.reparam import gpt_neox as _gpt_neox  # noqa: E402,F401
 
 __all__ = [
     "ARCHITECTURES",

@@ -1,0 +1,89 @@
+"""A full CLI round trip (init, publish, unlearn two copies, aggregate, export) per non-Llama family.
+
+The published copies are checked too: at kappa = 0 a copy must compute the private model's function
+while its attention and FFN weights differ, i.e. the adapter really acted on the server's path.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import transformers
+
+from test_families import make_model
+
+torch.set_num_threads(1)
+
+CONFIGS = {
+    "gpt2": (transformers.GPT2Config, dict(n_embd=32, n_layer=2, n_head=4, n_positions=64, n_inner=48),
+             "transformer.h.0.attn.c_attn.weight"),
+    "gpt_neox": (transformers.GPTNeoXConfig, dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                                  num_attention_heads=4, max_position_embeddings=64, rotary_pct=0.25),
+                 "gpt_neox.layers.0.attention.query_key_value.weight"),
+}
+
+
+# Until the server places blocks from the module tree and the client diffs under the copy's on-disk names
+# (the other half of issue 14), GPT-2 blocks (transformer.h.N) are published untransformed and Pythia's
+# embed_out is missing from the trained copy. Non-strict: these pass once that work is merged.
+NEEDS_BLOCK_LAYOUT = pytest.mark.xfail(reason="needs blocks from the module tree (issue 14, server side)", strict=False)
+NEEDS_ONDISK_NAMES = pytest.mark.xfail(reason="needs the client to use on-disk names (issue 14, client side)", strict=False)
+
+
+def mpu(*args) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "mpu.cli", *map(str, args)], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, f"mpu {' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def build(family: str, tokenizer, path):
+    cls, kwargs, probe = CONFIGS[family]
+    config = cls(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                 eos_token_id=tokenizer.eos_token_id, **kwargs)
+    make_model(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return probe
+
+
+def load(path):
+    return transformers.AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+
+
+@torch.no_grad()
+def max_logit_diff(a, b, vocab: int) -> float:
+    ids = torch.randint(3, vocab, (2, 9), generator=torch.Generator().manual_seed(0))
+    return (a(input_ids=ids).logits - b(input_ids=ids).logits).abs().max().item()
+
+
+@pytest.mark.parametrize("family", [pytest.param("gpt2", marks=NEEDS_BLOCK_LAYOUT), "gpt_neox"])
+def test_published_copy_is_reparameterised_and_preserves_the_function(family, tmp_path, tiny_tokenizer):
+    model_dir = tmp_path / "model"
+    probe = build(family, tiny_tokenizer, model_dir)
+    mpu("server", "init", "--model", model_dir, "--copies", 2, "--kappa", 0, "--rounds", 1, "--workdir", tmp_path / "server")
+    mpu("server", "publish", "--workdir", tmp_path / "server", "--out", tmp_path / "outbox")
+    original, copy = load(model_dir), load(tmp_path / "outbox" / "copy-1")
+    assert max_logit_diff(original, copy, len(tiny_tokenizer)) < 1e-4
+    assert not torch.equal(original.state_dict()[probe], copy.state_dict()[probe])
+
+
+@pytest.mark.parametrize("family", ["gpt2", pytest.param("gpt_neox", marks=NEEDS_ONDISK_NAMES)])
+def test_cli_round_trip(family, tmp_path, tiny_tokenizer, forget_file):
+    model_dir, server, outbox, returns = tmp_path / "model", tmp_path / "server", tmp_path / "outbox", tmp_path / "returns"
+    probe = build(family, tiny_tokenizer, model_dir)
+    mpu("server", "init", "--model", model_dir, "--copies", 2, "--kappa", 0.05, "--rounds", 1, "--workdir", server)
+    mpu("server", "publish", "--workdir", server, "--out", outbox)
+    for copy in (1, 2):
+        mpu("client", "unlearn", "--inbox", outbox, "--forget", forget_file, "--method", "GradAscent", "--epochs", 1,
+            "--learning-rate", 1e-3, "--copy", copy, "--out", returns)
+    mpu("server", "aggregate", "--workdir", server, "--returns", returns)
+    mpu("server", "export", "--workdir", server, "--out", tmp_path / "final")
+
+    exported, original = load(tmp_path / "final"), load(model_dir)
+    assert not torch.equal(exported.state_dict()[probe], original.state_dict()[probe])
+    # One small GradAscent step, mapped back by T^-1: the unlearned model stays close to the original.
+    assert max_logit_diff(exported, original, len(tiny_tokenizer)) < 5.0
