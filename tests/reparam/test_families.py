@@ -37,6 +37,38 @@ FAMILIES: dict[str, tuple[type, dict]] = {
     "gpt_neox-serial": (transformers.GPTNeoXConfig, dict(vocab_size=V, hidden_size=48, intermediate_size=40,
                                                          num_hidden_layers=2, num_attention_heads=4, rotary_pct=0.5,
                                                          use_parallel_residual=False, bos_token_id=1, eos_token_id=2)),
+    # phi-1_5 / phi-2: parallel attention + MLP, partial rotary 0.5, biases, gelu_new
+    "phi": (transformers.PhiConfig, dict(vocab_size=V, hidden_size=48, intermediate_size=40, num_hidden_layers=2,
+                                         num_attention_heads=4, partial_rotary_factor=0.5, max_position_embeddings=64)),
+    "phi-gqa": (transformers.PhiConfig, dict(vocab_size=V, hidden_size=48, intermediate_size=40, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2, partial_rotary_factor=0.5)),
+    # opt-125m (ReLU, pre-norm) and opt-350m (post-norm, project_in/out)
+    "opt": (transformers.OPTConfig, dict(vocab_size=V, hidden_size=48, ffn_dim=40, num_hidden_layers=2,
+                                         num_attention_heads=4, max_position_embeddings=64, word_embed_proj_dim=48,
+                                         pad_token_id=0)),
+    "opt-350m": (transformers.OPTConfig, dict(vocab_size=V, hidden_size=48, ffn_dim=40, num_hidden_layers=2,
+                                              num_attention_heads=4, max_position_embeddings=64, word_embed_proj_dim=32,
+                                              do_layer_norm_before=False, pad_token_id=0)),
+    # falcon-7b (multi-query, parallel), falcon-40b (grouped KV, two parallel norms), falcon-rw (ALiBi, MHA, biases)
+    "falcon-7b": (transformers.FalconConfig, dict(vocab_size=V, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+                                                  multi_query=True, new_decoder_architecture=False, parallel_attn=True,
+                                                  bias=False)),
+    "falcon-40b": (transformers.FalconConfig, dict(vocab_size=V, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+                                                   num_kv_heads=2, new_decoder_architecture=True, ffn_hidden_size=40)),
+    "falcon-rw": (transformers.FalconConfig, dict(vocab_size=V, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+                                                  multi_query=False, parallel_attn=False, alibi=True, bias=True)),
+    # stablelm-2-1.6b (qkv bias, partial rotary 0.25) and stablelm-3b-4e1t-like (parallel residual)
+    "stablelm": (transformers.StableLmConfig, dict(vocab_size=V, hidden_size=64, intermediate_size=40, num_hidden_layers=2,
+                                                   num_attention_heads=4, num_key_value_heads=2, partial_rotary_factor=0.25,
+                                                   use_qkv_bias=True, max_position_embeddings=64)),
+    "stablelm-parallel": (transformers.StableLmConfig, dict(vocab_size=V, hidden_size=64, intermediate_size=40,
+                                                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                                                            partial_rotary_factor=0.25, use_parallel_residual=True)),
+    # granite-3: Llama plus embedding/residual/attention multipliers and logits scaling
+    "granite": (transformers.GraniteConfig, dict(vocab_size=V, hidden_size=48, intermediate_size=40, num_hidden_layers=2,
+                                                 num_attention_heads=4, num_key_value_heads=2, embedding_multiplier=12.0,
+                                                 residual_multiplier=0.22, attention_multiplier=0.05, logits_scaling=4.0,
+                                                 attention_bias=True, max_position_embeddings=64)),
 }
 
 OPTIONS = {
@@ -158,6 +190,10 @@ def test_every_projection_changes(family):
 MUTANTS = {
     "gpt2": ["attn.c_attn.bias"],  # q/k/v biases left in the old coordinates
     "gpt_neox": ["attention.query_key_value.bias"],
+    "phi": ["self_attn.k_proj.bias"],
+    "opt": ["fc1.bias"],
+    "falcon-rw": ["self_attention.query_key_value.bias"],
+    "stablelm": ["self_attn.q_proj.bias"],
 }
 
 
@@ -166,3 +202,19 @@ def test_skipping_one_rule_breaks_the_function(family_name, skip, tmp_path):
     fam = Family(family_name, tmp_path)
     adapter = get_adapter(fam.config, OPTIONS["all"])
     assert max_diff(fam.model, fam.copy(adapter, seed=3, skip=(skip,))) > 1e-3
+
+
+# Refusals ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("family_name", ["phi", "stablelm"])
+def test_per_head_qk_layernorm_is_refused_with_its_reason(family_name):
+    config = make_config(family_name, qk_layernorm=True)
+    with pytest.raises(UnsupportedArchitectureError, match="qk_layernorm.*LayerNorm.*no-reparam"):
+        get_adapter(config, ReparamOptions())
+
+
+def test_falcon_alibi_never_permutes_heads():
+    """Each head has its own ALiBi slope: a head permutation would change the function."""
+    adapter = get_adapter(make_config("falcon-rw"), OPTIONS["all"])
+    assert all(t.kv_perm is None for t in sample_all(adapter, seed=1))
+    assert any("ALiBi" in line for line in adapter.describe())
