@@ -69,6 +69,19 @@ FAMILIES: dict[str, tuple[type, dict]] = {
                                                  num_attention_heads=4, num_key_value_heads=2, embedding_multiplier=12.0,
                                                  residual_multiplier=0.22, attention_multiplier=0.05, logits_scaling=4.0,
                                                  attention_bias=True, max_position_embeddings=64)),
+    # MoE: experts as separate tensors on disk (transformers 5 fuses them on load)
+    "mixtral": (transformers.MixtralConfig, dict(vocab_size=V, hidden_size=48, intermediate_size=20, num_hidden_layers=2,
+                                                 num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
+                                                 num_experts_per_tok=2, max_position_embeddings=64)),
+    "qwen2_moe": (transformers.Qwen2MoeConfig, dict(vocab_size=V, hidden_size=48, intermediate_size=24, num_hidden_layers=3,
+                                                    num_attention_heads=4, num_key_value_heads=2, num_experts=4,
+                                                    num_experts_per_tok=2, moe_intermediate_size=12,
+                                                    shared_expert_intermediate_size=16, mlp_only_layers=[1],
+                                                    max_position_embeddings=64)),
+    "qwen3_moe": (transformers.Qwen3MoeConfig, dict(vocab_size=V, hidden_size=48, intermediate_size=24, num_hidden_layers=2,
+                                                    num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=4,
+                                                    num_experts_per_tok=2, moe_intermediate_size=12, norm_topk_prob=True,
+                                                    max_position_embeddings=64)),
 }
 
 OPTIONS = {
@@ -194,6 +207,9 @@ MUTANTS = {
     "opt": ["fc1.bias"],
     "falcon-rw": ["self_attention.query_key_value.bias"],
     "stablelm": ["self_attn.q_proj.bias"],
+    "mixtral": ["experts.3.w2"],  # one expert's down projection left unpermuted
+    "qwen2_moe": ["shared_expert.down_proj"],
+    "qwen3_moe": ["experts.0.up_proj"],
 }
 
 

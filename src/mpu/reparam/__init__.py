@@ -17,6 +17,7 @@ from mpu.reparam import opt as _opt  # noqa: E402,F401
 from mpu.reparam import falcon as _falcon  # noqa: E402,F401
 from mpu.reparam import stablelm as _stablelm  # noqa: E402,F401
 from mpu.reparam import granite as _granite  # noqa: E402,F401
+from mpu.reparam import moe as _moe  # noqa: E402,F401
 
 __all__ = [
     "ARCHITECTURES",
