@@ -234,3 +234,31 @@ def test_falcon_alibi_never_permutes_heads():
     adapter = get_adapter(make_config("falcon-rw"), OPTIONS["all"])
     assert all(t.kv_perm is None for t in sample_all(adapter, seed=1))
     assert any("ALiBi" in line for line in adapter.describe())
+
+
+# LoRA factors and determinism -------------------------------------------------------------------
+
+@pytest.mark.parametrize("inverse", [False, True])
+def test_lora_factors_transform_like_their_product(family, inverse):
+    """B' @ A' == apply(B @ A) for every 2-D block weight, in the stored orientation (Conv1D
+    included) and through fused, interleaved rows."""
+    adapter = get_adapter(family.config, OPTIONS["all"])
+    transform = adapter.sample(1, torch.Generator().manual_seed(7))
+    gen = torch.Generator().manual_seed(8)
+    weights = {n: t.shape for n, t in family.state.items() if adapter.layer_of(n) == 1 and t.dim() == 2}
+    assert weights
+    for name, (rows, cols) in weights.items():
+        B = torch.randn(rows, 3, generator=gen, dtype=torch.float64)
+        A = torch.randn(3, cols, generator=gen, dtype=torch.float64)
+        new_B, new_A = adapter.apply_lora(transform, name, B, A, inverse=inverse)
+        assert new_B.shape == B.shape and new_A.shape == A.shape, name
+        assert torch.allclose(new_B @ new_A, adapter.apply(transform, name, B @ A, inverse=inverse), atol=1e-12), name
+
+
+def test_same_seed_same_transform(family):
+    adapter = get_adapter(family.config, OPTIONS["all"])
+    first, second = sample_all(adapter, seed=9), sample_all(adapter, seed=9)
+    name = next(n for n in family.state if adapter.layer_of(n) == 0 and not adapter.rules[adapter._suffix(n)].is_identity)
+    tensor = family.state[name]
+    assert torch.equal(adapter.apply(first[0], name, tensor), adapter.apply(second[0], name, tensor))
+    assert not torch.equal(adapter.apply(first[0], name, tensor), adapter.apply(sample_all(adapter, seed=10)[0], name, tensor))
