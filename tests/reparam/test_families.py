@@ -206,6 +206,8 @@ MUTANTS = {
     "phi": ["self_attn.k_proj.bias"],
     "opt": ["fc1.bias"],
     "falcon-rw": ["self_attention.query_key_value.bias"],
+    "falcon-40b": ["self_attention.dense"],
+    "granite": ["self_attn.k_proj.weight"],  # granite's multipliers keep logits small: 4e-3 when broken
     "stablelm": ["self_attn.q_proj.bias"],
     "mixtral": ["experts.3.w2"],  # one expert's down projection left unpermuted
     "qwen2_moe": ["shared_expert.down_proj"],
