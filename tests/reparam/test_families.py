@@ -264,3 +264,19 @@ def test_same_seed_same_transform(family):
     tensor = family.state[name]
     assert torch.equal(adapter.apply(first[0], name, tensor), adapter.apply(second[0], name, tensor))
     assert not torch.equal(adapter.apply(first[0], name, tensor), adapter.apply(sample_all(adapter, seed=10)[0], name, tensor))
+
+
+@pytest.mark.parametrize("family_name,prefix", [("gpt2", "transformer."), ("opt", "model."), ("falcon-7b", "transformer.")])
+def test_checkpoints_saved_from_the_base_model_are_understood(family_name, prefix, tmp_path):
+    """The hub's gpt2 and facebook/opt-* files name tensors without the base-model prefix ("h.0.attn...",
+    "decoder.layers.0..."); transformers loads them, and so must the adapter."""
+    fam = Family(family_name, tmp_path)
+    bare = {n.removeprefix(prefix): t for n, t in fam.state.items()}
+    assert any(n.startswith(("h.", "decoder.")) for n in bare)
+    adapter = get_adapter(fam.config, OPTIONS["all"])
+    adapter.check_names(bare)
+    transforms = sample_all(adapter, seed=3)
+    copy = load_transformed(fam.dir, tmp_path / "bare", transform_checkpoint(adapter, bare, transforms))
+    assert max_diff(fam.model, copy) < 1e-4
+    moved = [n for n in bare if adapter.layer_of(n) is not None and not adapter.rules[adapter._suffix(n)].is_identity]
+    assert moved

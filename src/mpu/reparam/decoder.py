@@ -168,6 +168,9 @@ class DecoderAdapter(Adapter):
     # Families with other layouts (GPT-2, GPT-NeoX, OPT, Falcon, ...) set these:
     # the prefix of block names, "<prefix><l>.<suffix>"; "model.layers." defers to Adapter.layer_of.
     block_prefix: str = "model.layers."
+    # Checkpoints saved from the bare base model (the hub's gpt2: "h.0.attn.c_attn.weight", "wte.weight")
+    # lack the base model's prefix ("transformer."); such names are read with it, as transformers loads them.
+    base_prefix: str = ""
     # Block-external tensors T leaves alone (embeddings, final norm, head).
     non_block_names: frozenset[str] = NON_BLOCK_NAMES
     # Block norms with a bias (LayerNorm): the bias, like the weight, acts on the hidden state.
@@ -193,15 +196,23 @@ class DecoderAdapter(Adapter):
         """Block index of a ``<block_prefix><l>.<...>`` name, else None."""
         if self.block_prefix == "model.layers.":
             return super().layer_of(name)
-        match = self._block_re.match(name)
+        match = self._block_re.match(self._canonical(name))
         return int(match.group(1)) if match else None
 
     def _suffix(self, name: str) -> str:
         """The part of a block name after ``<block_prefix><l>.``."""
         if self.block_prefix == "model.layers.":
             return name.split(".", 3)[3]
-        match = self._block_re.match(name)
+        match = self._block_re.match(self._canonical(name))
         return match.group(2) if match else name
+
+    def _canonical(self, name: str) -> str:
+        """``name`` with the base-model prefix when it lacks it and only the prefixed name is known."""
+        if not self.base_prefix or name.startswith(self.base_prefix):
+            return name
+        prefixed = self.base_prefix + name
+        known = self._block_re.match(prefixed) is not None or prefixed in self.non_block_names
+        return prefixed if known else name
 
     # Layout ----------------------------------------------------------------------------------
 
@@ -343,7 +354,7 @@ class DecoderAdapter(Adapter):
     def _understands(self, name: str) -> bool:
         layer = self.layer_of(name)
         if layer is None:
-            return name in self.non_block_names
+            return self._canonical(name) in self.non_block_names
         return layer < self.num_layers and self._suffix(name) in self.rules
 
     def sample(self, layer: int, generator: torch.Generator) -> LayerTransform:

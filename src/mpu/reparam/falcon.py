@@ -42,6 +42,7 @@ def grouped_order(n_kv: int, group: int, head_dim: int) -> torch.Tensor:
 class FalconAdapter(DecoderAdapter):
     family = "falcon"
     block_prefix = "transformer.h."
+    base_prefix = "transformer."
     non_block_names = frozenset(
         {"transformer.word_embeddings.weight", "transformer.ln_f.weight", "transformer.ln_f.bias", "lm_head.weight"}
     )

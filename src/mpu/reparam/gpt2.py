@@ -32,6 +32,7 @@ HOMOGENEOUS_ACTIVATIONS = frozenset({"relu"})
 class GPT2Adapter(DecoderAdapter):
     family = "gpt2"
     block_prefix = "transformer.h."
+    base_prefix = "transformer."
     non_block_names = frozenset(
         {"transformer.wte.weight", "transformer.wpe.weight", "transformer.ln_f.weight", "transformer.ln_f.bias",
          "lm_head.weight"}

@@ -28,6 +28,7 @@ from mpu.reparam.gpt2 import HOMOGENEOUS_ACTIVATIONS
 class GPTNeoXAdapter(DecoderAdapter):
     family = "gpt_neox"
     block_prefix = "gpt_neox.layers."
+    base_prefix = "gpt_neox."
     non_block_names = frozenset(
         {"gpt_neox.embed_in.weight", "gpt_neox.final_layer_norm.weight", "gpt_neox.final_layer_norm.bias",
          "embed_out.weight", "lm_head.weight"}

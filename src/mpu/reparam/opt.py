@@ -25,6 +25,7 @@ from mpu.reparam.gpt2 import HOMOGENEOUS_ACTIVATIONS
 class OPTAdapter(DecoderAdapter):
     family = "opt"
     block_prefix = "model.decoder.layers."
+    base_prefix = "model."
     non_block_names = frozenset(
         {"model.decoder.embed_tokens.weight", "model.decoder.embed_positions.weight",
          "model.decoder.final_layer_norm.weight", "model.decoder.final_layer_norm.bias",
