@@ -321,7 +321,7 @@ class DecoderAdapter(Adapter):
             lines.append(f"FFN: up row i scaled by s_i, down column i by 1/s_i, s_i = exp(U(-ln r, ln r)), r = {o.ffn_scale_range:g}")
         if not (o.ffn_permutation or o.ffn_scaling):
             lines.append("FFN: not transformed")
-        biased = sorted(m.split(".")[-1] for m in self._bias_modules())
+        biased = sorted({m.split(".")[-1] for m in self._bias_modules()})
         if biased:
             lines.append(f"biases of {', '.join(biased)}: transformed with their rows (column transforms leave them alone)")
         if self.qk_norm == "full":
