@@ -36,7 +36,7 @@ def test_two_rounds_between_separate_processes(tmp_path, tiny_model_dir, forget_
         mpu("server", "aggregate", "--workdir", server, "--returns", returns)
     mpu("server", "export", "--workdir", server, "--out", final)
 
-    status = json.loads(mpu("server", "status", "--workdir", server).stdout)
+    status = json.loads(mpu("server", "status", "--workdir", server, "--json").stdout)
     assert status["rounds_done"] == 2
     exported = AutoModelForCausalLM.from_pretrained(final)
     original = AutoModelForCausalLM.from_pretrained(tiny_model_dir)

@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mpu.data.builtin import SIZE_PRESETS
+
 log = logging.getLogger(__name__)
 
 # The headline columns of the table (TOFU summary keys).
@@ -32,7 +34,7 @@ COLUMNS = ["forget_quality", "model_utility", "forget_Q_A_ROUGE", "forget_truth_
 @dataclass
 class DemoConfig:
     out_dir: Path = Path("runs/demo")
-    authors: int = field(default=40, metadata={"help": "fictitious authors in the built-in benchmark (10 QA each)"})
+    authors: int = field(default=SIZE_PRESETS["demo"]["authors"], metadata={"help": "fictitious authors in the built-in benchmark (10 QA each)"})
     forget_split: str = "forget10"
     method: str = "NPO"
     epochs: float = 5
@@ -49,6 +51,9 @@ class DemoConfig:
             raise ValueError(f"forget_split must be forget01, forget05 or forget10, got {self.forget_split!r}")
         if self.authors < 20:
             raise ValueError(f"authors must be >= 20 (forget01 needs whole authors), got {self.authors}")
+        from mpu.methods import METHODS
+
+        self.method = METHODS.canonical(self.method)  # npo -> NPO before minutes of training; a typo gets a suggestion
 
 
 def run_demo(config: DemoConfig, progress: bool = True) -> dict:
@@ -114,8 +119,10 @@ def _baseline(config: DemoConfig, target: Path, forget_rows, retain_rows, out: P
     tokenizer = AutoTokenizer.from_pretrained(target)
     with tempfile.TemporaryDirectory() as scratch:
         run_unlearning(model, tokenizer, forget_rows, retain_rows, config.method, {}, _training(config), scratch)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    from mpu.checkpoint import save_model
+
+    Path(out).mkdir(parents=True, exist_ok=True)
+    save_model(model, tokenizer, out)   # allow-listed files only: no metadata of the target
     return out
 
 
@@ -178,19 +185,8 @@ def _fmt(value) -> str:
 
 
 def plot(summary: dict, path: Path) -> None:
-    import matplotlib
+    """report.png: which direction is better, the retain model as the goal, n/a for missing values
+    (:func:`mpu.report.demo_figure`)."""
+    from mpu.report import plot_demo
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(summary["models"])
-    figure, axes = plt.subplots(1, len(COLUMNS), figsize=(3.2 * len(COLUMNS), 3.4))
-    for axis, column in zip(axes, COLUMNS):
-        values = [summary["models"][name].get(column) or 0.0 for name in names]
-        axis.bar(names, values, color=["#777777", "#4c72b0", "#dd8452", "#55a868"][: len(names)])
-        axis.set_title(column, fontsize=9)
-        axis.tick_params(axis="x", labelrotation=45, labelsize=8)
-    figure.suptitle(summary["verdict"], fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    plot_demo(summary, path, COLUMNS)

@@ -427,7 +427,7 @@ def finetune(
         tokenizer.save_pretrained(str(staging))
         with open(staging / RECORD, "w", encoding="utf-8") as handle:
             json.dump({"fingerprint": fingerprint, "metrics": metrics, "train_config": asdict(train_config),
-                       "model_config": asdict(model_config), "data": str(data_dir), "sources": data.sources},
+                       "model_config": asdict(model_config), "data": str(data_dir.resolve()), "sources": data.sources},
                       handle, indent=2)
         for path in staging.rglob("*"):
             os.chmod(path, 0o755 if path.is_dir() else 0o644)

@@ -403,3 +403,69 @@ def report(paths: Iterable[str | Path], out_dir: str | Path, metrics: list[str] 
     """Collect the runs under ``paths``, compare, and write the report files into ``out_dir``."""
     built = build_report(find_runs(paths), metrics)
     return built, write_report(built, out_dir)
+
+
+# What each demo column means for the reader of report.png: the unlearned models should end up where
+# the retain model (never trained on the forget split) is, so the retain value is drawn as the goal.
+DEMO_READING: dict[str, str] = {
+    "higher": "higher is better",
+    "lower": "lower = more forgotten",
+    "log_higher": "higher is better (log scale)",
+    "zero": "closer to 0 is better",
+}
+MISSING = "n/a"
+
+
+def demo_figure(summary: dict, columns: list[str]):
+    """The figure of ``mpu demo``'s report.png: one panel per summary key in ``columns``, one bar per
+    model of ``summary["models"]`` (target, retain, noise-free, MPU).
+
+    Each panel's title says which direction is better (:data:`DIRECTIONS`); the retain model's value
+    is a dashed line labelled as the goal, since unlearning succeeds when the unlearned models look
+    like a model that never saw the forget set. A value that is missing (None, NaN: a metric skipped
+    or undefined) gets no bar and an "n/a" label, never a bar of height 0. forget_quality, a p-value
+    spanning orders of magnitude, is on a log axis. Returns the matplotlib Figure (closed by the caller).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary["models"])
+    colors = ["#777777", "#4c72b0", "#dd8452", "#55a868", "#8172b3", "#937860"]
+    figure, axes = plt.subplots(1, len(columns), figsize=(3.3 * len(columns), 3.9), squeeze=False)
+    for axis, column in zip(axes[0], columns):
+        values = [summary["models"][name].get(column) for name in names]
+        present = [i for i, value in enumerate(values) if _number(value)]
+        log_axis = DIRECTIONS.get(column) == "log_higher" and present and all(float(values[i]) > 0 for i in present)
+        axis.bar([names[i] for i in present], [float(values[i]) for i in present],
+                 color=[colors[i % len(colors)] for i in present])
+        axis.set_xticks(range(len(names)))
+        axis.set_xticklabels(names)
+        if log_axis:
+            axis.set_yscale("log")
+        for i, value in enumerate(values):
+            if i not in present:
+                axis.annotate(MISSING, (i, 0), xycoords=("data", "axes fraction"), xytext=(0, 4), textcoords="offset points",
+                              ha="center", fontsize=8, color="#aa0000")
+        retain = summary["models"].get("retain", {}).get(column)
+        if _number(retain) and not (log_axis and float(retain) <= 0):
+            axis.axhline(float(retain), color="black", linestyle="--", linewidth=1.0, label="retain = goal")
+            axis.legend(fontsize=7, loc="best")
+        reading = DEMO_READING.get(DIRECTIONS.get(column, ""), "")
+        axis.set_title(f"{column}\n({reading}; goal: close to retain)" if reading else f"{column}\n(goal: close to retain)",
+                       fontsize=8)
+        axis.tick_params(axis="x", labelrotation=45, labelsize=8)
+    figure.suptitle("Goal: the unlearned models (noise-free, MPU) close to the retain model (dashed), which never saw "
+                    f"the forget set. n/a: not measured.\n{summary.get('verdict', '')}", fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
+def plot_demo(summary: dict, path: Path, columns: list[str]) -> None:
+    """Write :func:`demo_figure` to ``path`` (PNG)."""
+    import matplotlib.pyplot as plt
+
+    figure = demo_figure(summary, columns)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

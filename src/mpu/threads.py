@@ -4,7 +4,7 @@ torch starts one intra-op thread per core. On a machine whose cores are busy wit
 threads wait for each other at every operation: with the default, one epoch of TOFU on a busy 2-core
 machine took 2308 s, with one thread 42 s. For the small models this project trains on CPU, one
 thread is also as fast as more on an idle machine (``benchmarks/threads.py`` measures it;
-docs/threads.md has the numbers), so the default is one thread. On a machine of your own with large
+docs/data.md, "Threads on a shared machine", has the numbers), so the default is one thread. On a machine of your own with large
 models on CPU, raise it (``--threads 0`` keeps torch's default, one per core); GPU runs hardly use
 the CPU threads. ``$MPU_THREADS`` changes the default for every command.
 """
@@ -54,7 +54,7 @@ def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=_threads, default=None, metavar="N",
         help=f"CPU threads for torch (default: ${ENV} or {DEFAULT_THREADS}: fastest for small models and on a "
-             "shared or busy machine; 0 = torch's default, one per core; see docs/threads.md)")
+             "shared or busy machine; 0 = torch's default, one per core; see docs/data.md)")
 
 
 def apply_threads(threads: int | None = None) -> int:

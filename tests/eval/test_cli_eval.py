@@ -15,6 +15,8 @@ TOFU_KEYS = {"forget_Q_A_Prob", "forget_Q_A_PARA_Prob", "forget_Q_A_PERT_Prob", 
              "ra_Q_A_Prob_normalised", "ra_Q_A_ROUGE", "ra_Truth_Ratio", "wf_Q_A_Prob_normalised", "wf_Q_A_ROUGE",
              "wf_Truth_Ratio", "model_utility", "privleak", "extraction_strength", "exact_memorization",
              "mia_loss", "mia_zlib", "mia_min_k", "mia_min_k_plus_plus", "mia_gradnorm", "mia_reference"}
+MODEL_UTILITY_PARTS = ("retain_Q_A_Prob", "retain_Q_A_ROUGE", "retain_Truth_Ratio", "ra_Q_A_Prob_normalised",
+                       "ra_Q_A_ROUGE", "ra_Truth_Ratio", "wf_Q_A_Prob_normalised", "wf_Q_A_ROUGE", "wf_Truth_Ratio")
 
 
 def run(*argv):
@@ -39,7 +41,12 @@ def test_tofu_files_and_keys(fast_bench, fast_models, tmp_path, capsys):
     assert set(logs["forget_Q_A_ROUGE"]["value_by_index"]["0"]) >= {"rougeL_recall", "rougeL_f1", "generation",
                                                                    "ground_truth", "input"}
     assert len(logs["forget_Q_A_PERT_Prob"]["value_by_index"]["0"]["prob"]) == 5
-    assert 0 <= summary["forget_quality"] <= 1 and 0 < summary["model_utility"] <= 1
+    assert 0 <= summary["forget_quality"] <= 1 and 0 <= summary["model_utility"] <= 1
+    # model_utility is the harmonic mean of its nine parts (0 when any part is 0: the fast target has no
+    # general-knowledge base stage, so it may score 0 on real authors or world facts).
+    parts = [logs[k]["agg_value"] for k in MODEL_UTILITY_PARTS]
+    expected = 0.0 if min(parts) <= 0 else len(parts) / sum(1 / v for v in parts)
+    assert summary["model_utility"] == pytest.approx(expected)
     config = json.loads((out / "TOFU_EVAL_CONFIG.json").read_text())
     assert config["forget_split"] == "forget10" and config["retain_model"] == str(retain)
 

@@ -77,7 +77,7 @@ def test_answer_truncated_away_is_an_error(model, tokenizer, forget_rows, tmp_pa
     ('{"question": "q", "answer": "a"}\n\n{"question": "q3"}\n', "line 3: missing field 'answer'"),
     ('{"question": "q", "answer": 5}\n', "line 1: field 'answer' must be a string"),
     ('{"question": "q", "answer": "  "}\n', "line 1: field 'answer' is empty"),
-    ('["q", "a"]\n', "line 1: expected a JSON object"),
+    ('["q", "a"]\n', "read as raw text (2 strings), but the text corpus gave no training chunks"),
 ])
 def test_malformed_jsonl_names_file_and_line(tmp_path, content, message):
     path = tmp_path / "forget.jsonl"

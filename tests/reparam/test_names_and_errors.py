@@ -41,7 +41,9 @@ def test_disabled_gives_identity_for_any_architecture():
     config = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2)
     adapter = get_adapter(config, ReparamOptions(enabled=False))
     assert isinstance(adapter, IdentityAdapter)
-    adapter.check_names(["transformer.h.0.attn.c_attn.weight", "anything"])
+    adapter.check_names(["transformer.h.0.attn.c_attn.weight", "transformer.wte.weight"])
+    with pytest.raises(UnsupportedArchitectureError, match="anything"):  # no noise scope: never published
+        adapter.check_names(["transformer.h.0.attn.c_attn.weight", "anything"])
     t = adapter.sample(0, torch.Generator().manual_seed(0))
     assert t.is_identity()
     w = torch.randn(4, 4)

@@ -8,6 +8,7 @@ from mpu.checkpoint.files import (
     copy_model_files,
     dir_sha256,
     read_json,
+    save_model,
     staging_dir,
 )
 from mpu.checkpoint.names import layer_index, layer_groups
@@ -23,5 +24,6 @@ __all__ = [
     "layer_groups",
     "layer_index",
     "read_json",
+    "save_model",
     "staging_dir",
 ]

@@ -169,6 +169,32 @@ def copy_model_files(src: str | Path, dst: str | Path, config_updates: dict | No
     return copied
 
 
+def save_model(model, tokenizer, dst: str | Path) -> list[str]:
+    """Save ``model`` and ``tokenizer`` into the existing folder ``dst`` holding only what a model
+    folder may hold (:func:`is_model_file`): safetensors weights, then config, generation config and
+    tokenizer through :func:`copy_model_files`.
+
+    ``save_pretrained`` alone would write every custom key the source ``config.json`` carried (a
+    loaded config keeps unknown keys as attributes) and leaves room for other files; this is how
+    ``mpu unlearn``, the demo's and the experiments' noise-free baselines write their output, so the
+    source model's metadata (``mpu_finetune.json``, notes, custom config keys) never reaches it.
+    Returns the names written. Raises InputError when the saved config is not a known architecture.
+    """
+    import tempfile
+
+    dst = Path(dst)
+    with tempfile.TemporaryDirectory(prefix=f".{dst.name}.save-", dir=dst.parent) as scratch:
+        scratch = Path(scratch)
+        model.save_pretrained(scratch)
+        tokenizer.save_pretrained(str(scratch))
+        written = []
+        for file in sorted(scratch.iterdir()):
+            if file.is_file() and is_weight_file(file.name):
+                os.replace(file, dst / file.name)
+                written.append(file.name)
+        return written + copy_model_files(scratch, dst)
+
+
 def architecture_config(config: Any, path: Path) -> dict[str, Any]:
     """The keys of ``config`` that its architecture's transformers config class defines.
 

@@ -20,6 +20,8 @@ def layer_groups(names: Iterable[str]) -> list[tuple[int | None, list[str]]]:
     """Groups names by block, in block order; block-external tensors follow, one group each (key None).
 
     A group is the unit of streaming: Pre- and Post-Process hold one group (times m) in memory.
+    Publish and aggregate group by the model's own blocks instead (``Adapter.block_groups``), which
+    also covers names this pattern misses (GPT-2/Falcon ``transformer.h.N``).
     Embeddings and the LM head are often the largest single tensors, so they travel alone.
     """
     groups: dict[int | None, list[str]] = {}

@@ -3,7 +3,8 @@
 Each module in this package adds one group of subcommands through ``register(subparsers)``
 (server, client, unlearn, data, finetune, eval, demo, audit, run, report). A subcommand's handler
 takes the parsed arguments and returns an exit code. ``MPUError`` becomes a one-line message and
-exit code 2; anything else is a bug and keeps its traceback.
+exit code 2; Ctrl-C one line and exit code 130 (128 + SIGINT, the shell's convention); anything else
+is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import sys
 
 from mpu import __version__
 from mpu.errors import MPUError
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,17 +42,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+    command = "mpu"
     try:
-        return int(args.func(args) or 0)
-    except MPUError as err:
-        print(f"mpu {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        parser = build_parser()
+        args = parser.parse_args(argv)   # may import transformers (method flags): Ctrl-C can come here too
+        command = f"mpu {args.command}" if getattr(args, "command", None) else command
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose else logging.INFO,
+            format="%(levelname)s %(name)s: %(message)s",
+        )
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+        try:
+            return int(args.func(args) or 0)
+        except MPUError as err:
+            print(f"{command}: error: {err}", file=sys.stderr)
+            return 2
+    except KeyboardInterrupt:
+        print(f"\n{command}: interrupted (Ctrl-C)", file=sys.stderr)
+        return EXIT_INTERRUPTED

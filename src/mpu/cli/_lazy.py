@@ -27,6 +27,15 @@ class _LazyMethodParser(argparse.ArgumentParser):
         return super().format_help()
 
 
+class RawDescriptionDefaultsFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Flag help with its default, description and epilog (the methods table) with their line breaks."""
+
+
 def add_method_arguments_lazily(parser: argparse.ArgumentParser) -> None:
     # subparsers.add_parser has no parser_class argument, so the class is swapped in place.
     parser.__class__ = _LazyMethodParser
+    # The methods table in the epilog is laid out in lines; the plain and defaults formatters reflow it.
+    if parser.formatter_class is argparse.ArgumentDefaultsHelpFormatter:
+        parser.formatter_class = RawDescriptionDefaultsFormatter
+    elif parser.formatter_class is argparse.HelpFormatter:
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from mpu.cli._lazy import add_method_arguments_lazily
 from mpu.threads import add_threads_argument, apply_threads
@@ -21,7 +23,7 @@ def register(subparsers) -> None:
         "unlearn",
         help="train every copy (or one, with --copy) and write update-K/ folders",
         description="Runs the unlearning method on each published copy independently (fresh optimizer, own data order) and writes Delta' = trained - copy in float32 safetensors with a manifest.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,   # + line breaks kept: see add_method_arguments_lazily
     )
     unlearn.add_argument("--inbox", required=True, help="the server's published folder (manifest.json, copy-1 ...)")
     add_client_data_arguments(unlearn)
@@ -42,6 +44,7 @@ def register(subparsers) -> None:
 
 
 def _unlearn(args) -> int:
+    from mpu.cli.unlearn import learning_rate_hint
     from mpu.client.unlearn import is_main_process, unlearn_copies
     from mpu.data.qa import load_qa_rows
     from mpu.methods import options_from_args
@@ -50,6 +53,10 @@ def _unlearn(args) -> int:
     method, hparams, training = options_from_args(args)
     forget = load_qa_rows(args.forget)
     retain = load_qa_rows(args.retain) if args.retain else None
+    copies = sorted(Path(args.inbox).glob("copy-*"))
+    hint = learning_rate_hint(copies[0], training.learning_rate) if copies else None
+    if hint and is_main_process():
+        print(hint, file=sys.stderr)
     results = unlearn_copies(args.inbox, forget, retain, method, hparams, training, args.out, args.copy, args.return_lora,
                              reference_inbox=args.reference_inbox, overwrite=args.overwrite, resume=args.resume)
     if not is_main_process():

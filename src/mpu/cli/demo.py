@@ -8,6 +8,7 @@ from mpu.threads import add_threads_argument, apply_threads
 
 
 def register(subparsers) -> None:
+    from mpu.data.builtin import SIZE_PRESETS   # no torch: --help stays fast
     demo = subparsers.add_parser(
         "demo",
         help="offline end to end: build data, train tiny target/retain models, unlearn noise-free and under MPU, evaluate",
@@ -16,7 +17,8 @@ def register(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     demo.add_argument("--out", default="runs/demo", help="where summary.json, report.png and the models go")
-    demo.add_argument("--authors", type=int, default=40, help="fictitious authors (10 QA each); the default keeps a cold run short on a CPU")
+    demo.add_argument("--authors", type=int, default=SIZE_PRESETS["demo"]["authors"],
+                      help="fictitious authors (10 QA each); the default (size preset 'demo', docs/data.md) keeps a cold run short on a CPU")
     demo.add_argument("--forget-split", default="forget10", choices=["forget01", "forget05", "forget10"])
     demo.add_argument("--method", default="NPO", help="unlearning method (any of `mpu unlearn --help`)")
     demo.add_argument("--epochs", type=float, default=5, help="unlearning epochs")

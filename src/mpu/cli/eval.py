@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from mpu.threads import add_threads_argument, apply_threads
 
@@ -19,7 +20,9 @@ def register(subparsers) -> None:
     parser.add_argument("--benchmark", choices=("tofu", "muse", "wmdp"), default="tofu")
     parser.add_argument("--data", default=None,
                         help="local directory in the hub layout, or a hub dataset name (e.g. locuslab/TOFU); "
-                        "default: the built-in benchmark, built and cached on first use ($MPU_CACHE)")
+                        "default: the data the model was trained on (recorded in its mpu_finetune.json, or the cached "
+                        "built-in dataset whose tokenizer it uses), else the built-in benchmark ($MPU_CACHE); "
+                        "the data used is printed")
     parser.add_argument("--forget-split", default=None,
                         help="TOFU forget split: forget01, forget05 or forget10 (default: forget10, or --config's)")
     reference = parser.add_mutually_exclusive_group()
@@ -41,10 +44,13 @@ def register(subparsers) -> None:
 
 def _eval(args: argparse.Namespace) -> int:
     from mpu.eval import evaluate
+    from mpu.eval.evaluator import model_data
 
     apply_threads(args.threads)
+    data, note = model_data(args.model, args.benchmark, args.data)
+    print(note, file=sys.stderr)
     summary = evaluate(
-        args.model, args.benchmark, data=args.data, forget_split=args.forget_split,
+        args.model, args.benchmark, data=data, forget_split=args.forget_split,
         retain_model=args.retain_model, retain_logs=args.retain_logs, out_dir=args.out,
         batch_size=args.batch_size, config=args.config, device=args.device, dtype=args.dtype,
         progress=not args.no_progress, mmlu=None if args.mmlu == "none" else args.mmlu,

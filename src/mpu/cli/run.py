@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from mpu.cli._lazy import add_method_arguments_lazily
 from mpu.client import CLIENT_REFERENCES
@@ -46,6 +47,11 @@ def _run(args) -> int:
     method, hparams, training = options_from_args(args)
     forget = load_qa_rows(args.forget)
     retain = load_qa_rows(args.retain) if args.retain else None
+    from mpu.cli.unlearn import learning_rate_hint
+
+    hint = learning_rate_hint(args.model, training.learning_rate)   # None for hub ids and large models
+    if hint:
+        print(hint, file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="mpu-run-") as scratch:
         workdir = args.workdir or f"{scratch}/server"
         out = run_mpu(args.model, args.base, config, forget, retain, method, hparams, training, workdir, args.out, args.keep_exchange,

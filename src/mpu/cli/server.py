@@ -81,35 +81,56 @@ def register(subparsers) -> None:
     server = subparsers.add_parser("server", help="model owner: init, publish copies, aggregate updates, export", description="The model owner's side of MPU. A round is: publish -> (client trains) -> aggregate.")
     commands = server.add_subparsers(dest="server_command", metavar="SUBCOMMAND", required=True)
 
-    init = commands.add_parser("init", help="create a work directory holding the model and the MPU settings")
+    init = commands.add_parser(
+        "init", help="create a work directory holding the model and the MPU settings",
+        description="Creates the server's private work directory (mode 0700): the model as float32 round 0, its "
+        "optional base model and the MPU settings, fixed for all rounds. Settings that weaken privacy (kappa 0, the "
+        "paper preset, a fixed seed, --no-reparam) are announced as warnings.")
     init.add_argument("--model", required=True, help="the fine-tuned model: a local HF directory or a hub id")
     init.add_argument("--base", default=None, help="the public base model it was fine-tuned from (noise scale from the task vector); optional")
     init.add_argument("--workdir", required=True, help="server work directory (private: secrets live here, mode 0600)")
     add_server_config_arguments(init)
     init.set_defaults(func=_init)
 
-    publish = commands.add_parser("publish", help="Pre-Process: write m noisy, reparameterised copies and a public manifest")
+    publish = commands.add_parser(
+        "publish", help="Pre-Process: write m noisy, reparameterised copies and a public manifest",
+        description="Pre-Process of the current round: writes OUT/manifest.json (public: round, publication id, copy "
+        "checksums) and OUT/copy-1 ... copy-m, each a plain Hugging Face model folder holding a noisy, secretly "
+        "reparameterised copy of the model (weights, config, tokenizer; nothing else of the model's folder). Hand OUT "
+        "to the client; the secrets stay in the work directory. Prints the noise actually present per block.")
     publish.add_argument("--workdir", required=True)
     publish.add_argument("--out", required=True, help="outbox folder to create: manifest.json, copy-1 ... copy-m")
     publish.add_argument("--force", action="store_true", help="replace OUT if it exists")
     add_threads_argument(publish)
     publish.set_defaults(func=_publish)
 
-    aggregate = commands.add_parser("aggregate", help="Post-Process: validate the returns, invert, combine, apply; advance the round")
+    aggregate = commands.add_parser(
+        "aggregate", help="Post-Process: validate the returns, invert, combine, apply; advance the round",
+        description="Post-Process of the current round: validates every update-K/ folder in RETURNS (names, shapes, "
+        "dtypes, NaN/Inf, checksums of the copy it was trained on, norm bound), maps each back with the inverse "
+        "transform, combines them with harmonic weights (which cancel the zero-sum noise), applies eta times the "
+        "result and commits the new model atomically. A rejected return leaves the work directory unchanged.")
     aggregate.add_argument("--workdir", required=True)
     aggregate.add_argument("--returns", required=True, help="folder holding update-K/ sub-folders (from one or several clients)")
     add_threads_argument(aggregate)
     aggregate.set_defaults(func=_aggregate)
 
-    export = commands.add_parser("export", help="write the current (unlearned) model as a plain HF checkpoint")
+    export = commands.add_parser(
+        "export", help="write the current (unlearned) model as a plain HF checkpoint",
+        description="Writes the work directory's current model to OUT as a plain Hugging Face checkpoint (safetensors "
+        "weights in the original dtype, config, tokenizer; nothing else of the original model's folder).")
     export.add_argument("--workdir", required=True)
     export.add_argument("--out", required=True)
     export.add_argument("--dtype", default=None, help="dtype to write (default: the original model's)")
     export.add_argument("--force", action="store_true", help="replace OUT if it exists")
     export.set_defaults(func=_export)
 
-    status = commands.add_parser("status", help="print the round state (no secrets)")
+    status = commands.add_parser(
+        "status", help="print the round state (no secrets)",
+        description="Prints the model, the MPU settings, the rounds done and planned, whether the current round is "
+        "published, and each aggregated round's update and step norms. Nothing secret is printed.")
     status.add_argument("--workdir", required=True)
+    status.add_argument("--json", action="store_true", help="print the state as JSON (for scripts) instead of the summary")
     status.set_defaults(func=_status)
 
 
@@ -142,8 +163,10 @@ def _aggregate(args) -> int:
 
     apply_threads(args.threads)
     report = aggregate(args.workdir, args.returns)
-    norms = ", ".join(f"copy {k}: {v:.4g}" for k, v in report.update_norms.items())
-    print(f"round {report.round} aggregated ({norms}); step norm {report.step_norm:.4g}; model at {report.model_dir}")
+    print(f"round {report.round} aggregated {len(report.update_norms)} update(s); new model at {report.model_dir}")
+    for copy_id, norm in sorted(report.update_norms.items()):
+        print(f"  copy {copy_id}: update norm ||Delta'_{copy_id}|| = {norm:.4g}")
+    print(f"  applied step norm ||eta * Delta|| = {report.step_norm:.4g}")
     return 0
 
 
@@ -168,5 +191,28 @@ def _status(args) -> int:
         "published_round": state.published["round"] if state.published else None,
         "history": state.history,
     }
-    print(json.dumps(public, indent=2))
+    if args.json:
+        print(json.dumps(public, indent=2))
+    else:
+        print(status_summary(public))
     return 0
+
+
+def status_summary(public: dict) -> str:
+    """The round state of ``server status`` in lines a person reads (``--json`` prints ``public`` itself)."""
+    done, planned = public["rounds_done"], public["rounds"]
+    lines = [f"model: {public['model_type']}; MPU: m = {public['copies']} copies, kappa = {public['kappa']}",
+             f"rounds: {done} of {planned} done"]
+    if done >= planned:
+        lines.append("next: all rounds done; `mpu server export` writes the unlearned model")
+    elif public["published_round"] is not None:
+        lines.append(f"next: round {public['published_round']} is published; the client trains the copies, then "
+                     "`mpu server aggregate`")
+    else:
+        lines.append(f"next: `mpu server publish` for round {done + 1}")
+    for entry in public["history"]:
+        norms = ", ".join(f"{norm:.4g}" for norm in entry.get("update_norms", []))
+        methods = ", ".join(entry.get("methods", [])) or "?"
+        lines.append(f"round {entry.get('round')}: {len(entry.get('update_norms', []))} update(s) by {methods}, "
+                     f"update norms [{norms}], step norm {entry.get('step_norm', float('nan')):.4g}")
+    return "\n".join(lines)

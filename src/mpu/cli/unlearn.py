@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from mpu.threads import add_threads_argument, apply_threads
 logger = logging.getLogger(__name__)
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
+SUMMARY = "unlearn_summary.json"  # this run's method, settings, steps and losses, beside the model files
 
 
 def register(subparsers) -> None:
@@ -46,6 +48,44 @@ def register(subparsers) -> None:
     add_threads_argument(parser)
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype to load and train the model in (default: float32)")
     parser.set_defaults(func=run)
+
+
+# Below this many parameters the 1e-5 default (OpenUnlearning's, for 1B-parameter models) barely moves
+# a model: on the built-in 1M-parameter models the calibrated rates are 1e-4 to 1e-3 (docs/results.md).
+SMALL_MODEL_PARAMETERS = 50_000_000
+LOW_LEARNING_RATE = 1e-5
+
+
+def count_parameters(model_dir: str | Path) -> int | None:
+    """Parameters of the safetensors weights in ``model_dir``, from the files' headers (no tensor is
+    read); None when there are none or a header is unreadable."""
+    import math
+    import struct
+
+    total = 0
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    for file in files:
+        try:
+            with open(file, "rb") as handle:
+                (length,) = struct.unpack("<Q", handle.read(8))
+                header = json.loads(handle.read(length))
+        except (OSError, ValueError, struct.error):
+            return None
+        total += sum(math.prod(entry["shape"]) for name, entry in header.items() if name != "__metadata__")
+    return total if files else None
+
+
+def learning_rate_hint(model_dir: str | Path, learning_rate: float) -> str | None:
+    """A hint when ``learning_rate`` is the large-model default but the model is small (the built-in
+    tiny models): training would run and change next to nothing. None otherwise."""
+    if learning_rate > LOW_LEARNING_RATE:
+        return None
+    count = count_parameters(model_dir)
+    if count is None or count >= SMALL_MODEL_PARAMETERS:
+        return None
+    return (f"hint: learning rate {learning_rate:g} is the default for billion-parameter models; it barely changes this "
+            f"{count / 1e6:.1f}M-parameter model. The built-in tiny models unlearn at 1e-4 to 1e-3 "
+            "(per-method rates in docs/results.md): set --learning-rate")
 
 
 def load_model_and_tokenizer(path: str | Path, dtype: str = "float32"):
@@ -74,6 +114,9 @@ def run(args: argparse.Namespace) -> int:
         raise MPUError(f"{out} exists; pass --overwrite to replace it")
     forget = load_qa_rows(args.forget)
     retain = load_qa_rows(args.retain) if args.retain else None
+    hint = learning_rate_hint(args.model, training.learning_rate)
+    if hint and int(os.environ.get("RANK", "0")) == 0:
+        print(hint, file=sys.stderr)
     model, tokenizer = load_model_and_tokenizer(args.model, args.dtype)
     if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per process
         logger.info("unlearning %d forget rows%s with %s: %s", len(forget),
@@ -100,13 +143,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _save(model, tokenizer, summary: dict, out: Path) -> None:
-    """Write to a sibling temporary folder, then rename, so --out is either complete or absent."""
+    """Write to a sibling temporary folder, then rename, so --out is either complete or absent.
+
+    The folder holds the weights, config and tokenizer (:func:`mpu.checkpoint.save_model`: nothing of
+    ``--model``'s own metadata, such as its ``mpu_finetune.json`` or custom config keys) and this run's
+    ``unlearn_summary.json``."""
+    from mpu.checkpoint import save_model
+
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "unlearn_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        save_model(model, tokenizer, tmp)   # only the allow-listed model files: no metadata of --model
+        (tmp / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         os.replace(tmp, out)

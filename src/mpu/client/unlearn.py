@@ -199,7 +199,7 @@ def _unlearn_one(publication, copy: PublishedCopy, forget_rows, retain_rows, met
         if return_lora:
             if not result.lora_factors:
                 raise MPUError("--return-lora needs --lora-rank > 0")
-            write_lora_update(result.lora_factors, target, manifest)
+            write_lora_update(result.lora_factors, target, manifest, model)
         else:
             write_dense_update(model, copy.path, target, manifest)
         log.info("copy %d: %d steps, loss %s -> %s, wrote %s", copy.id, result.steps, manifest["loss"]["first"], manifest["loss"]["last"], target)

@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import PreTrainedModel
+from transformers.core_model_loading import revert_weight_conversion
 
 from mpu.checkpoint import CheckpointReader, ShardedWriter, atomic_write_json, layer_groups, staging_dir
 from mpu.checkpoint.files import PARTY_FILE_MODE
@@ -15,14 +17,36 @@ UPDATE_MANIFEST = "update.json"
 UPDATE_FORMAT = "mpu-update/1"
 
 
+def checkpoint_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's tensors under the names and shapes of its checkpoint on disk.
+
+    transformers renames and fuses some tensors on load (Pythia's ``embed_out`` becomes
+    ``lm_head``; MoE experts ``experts.<e>.w1.weight`` are stacked into ``experts.gate_up_proj``) and
+    undoes it on ``save_pretrained``; this applies the same reversal
+    (``transformers.core_model_loading.revert_weight_conversion``) in memory, without writing the model.
+    """
+    state = model.state_dict()
+    if not isinstance(model, PreTrainedModel):
+        return state
+    return revert_weight_conversion(model, state)
+
+
 def write_dense_update(trained: torch.nn.Module, copy_dir: Path, out_dir: Path, manifest: dict[str, Any]) -> None:
-    """Delta' per tensor of the copy's checkpoint, streamed against the copy's own files so the
-    client never needs a second model-sized buffer."""
+    """Delta' per tensor of the copy's checkpoint, under the copy's own names and shapes, streamed
+    against the copy's files so the client never needs a second model-sized buffer.
+
+    Raises MPUError naming the tensors when the trained model, saved as transformers saves it, lacks
+    a tensor of the copy or has it in another shape.
+    """
     copy = CheckpointReader(copy_dir)
-    params = trained.state_dict()
+    params = checkpoint_tensors(trained)
     missing = [name for name in copy.names() if name not in params]
     if missing:
-        raise MPUError(f"trained model lacks tensors of the copy: {missing[:5]}")
+        raise MPUError(f"trained model lacks tensors of the copy {copy_dir}: {', '.join(missing[:5])}"
+                       f"{' ...' if len(missing) > 5 else ''}")
+    reshaped = [f"{name} {tuple(params[name].shape)} vs {copy.shape(name)}" for name in copy.names() if tuple(params[name].shape) != tuple(copy.shape(name))]
+    if reshaped:
+        raise MPUError(f"trained model's tensors differ in shape from the copy {copy_dir}: {', '.join(reshaped[:5])}")
     with staging_dir(out_dir, replace=True) as stage:
         writer = ShardedWriter(stage)
         for _, names in layer_groups(copy.names()):
@@ -31,8 +55,34 @@ def write_dense_update(trained: torch.nn.Module, copy_dir: Path, out_dir: Path, 
         atomic_write_json(stage / UPDATE_MANIFEST, {**manifest, "format": UPDATE_FORMAT, "kind": "full"}, mode=PARTY_FILE_MODE)
 
 
-def write_lora_update(factors: dict[str, tuple[torch.Tensor, torch.Tensor]], out_dir: Path, manifest: dict[str, Any]) -> None:
-    """The low-rank factors instead: Delta'(W) = B @ A for every adapted weight W."""
+def checkpoint_names(model: torch.nn.Module, names: list[str]) -> dict[str, str]:
+    """Loaded name -> on-disk name for tensors transformers only renames on load (Pythia's
+    ``lm_head`` is ``embed_out`` on disk). Raises MPUError for a tensor it fuses (MoE experts):
+    a low-rank factor of a fused tensor has no single on-disk name."""
+    if not isinstance(model, PreTrainedModel):
+        return {name: name for name in names}
+    state, mapping = model.state_dict(), {}
+    for name in names:
+        if name not in state:
+            raise MPUError(f"LoRA factor of {name}: the trained model has no such tensor")
+        try:
+            reverted = revert_weight_conversion(model, {name: state[name]})
+        except Exception as err:  # a converter that cannot split a placeholder: a fused tensor
+            raise MPUError(f"LoRA factor of {name}: transformers fuses this tensor on load ({type(err).__name__}); "
+                           f"return the full update instead of --return-lora") from None
+        if len(reverted) != 1:
+            raise MPUError(f"LoRA factor of {name}: it is {len(reverted)} tensors on disk; return the full update instead")
+        mapping[name] = next(iter(reverted))
+    return mapping
+
+
+def write_lora_update(factors: dict[str, tuple[torch.Tensor, torch.Tensor]], out_dir: Path, manifest: dict[str, Any],
+                      model: torch.nn.Module | None = None) -> None:
+    """The low-rank factors instead: Delta'(W) = B @ A for every adapted weight W, named as W is
+    on disk when ``model`` (the trained model, to read transformers' renamings from) is given."""
+    if model is not None:
+        names = checkpoint_names(model, list(factors))
+        factors = {names[name]: value for name, value in factors.items()}
     with staging_dir(out_dir, replace=True) as stage:
         writer = ShardedWriter(stage)
         tensors = {}

@@ -14,6 +14,8 @@ from typing import Any, Sequence
 
 import torch
 
+from mpu.errors import InputError, MPUError
+
 
 IGNORE_INDEX = -100
 logger = logging.getLogger(__name__)
@@ -42,7 +44,11 @@ def load_qa_rows(path: str | Path, required: Sequence[str] = ("question", "answe
         validate_fields(path, numbered, ("text",))
         from mpu.experiments.sources import text_rows_to_qa
 
-        rows = text_rows_to_qa([row for _, row in numbered], *text_chunks)
+        try:
+            rows = text_rows_to_qa([row for _, row in numbered], *text_chunks)
+        except MPUError as err:
+            raise InputError(path, f"read as raw text ({len(numbered)} strings), but {err}; a QA file needs "
+                                   f"one JSON object per row with the fields {', '.join(required)}") from None
         logger.info("%s: %d text rows read as %d chunks of %d words (the first %d the prompt)",
                     path, len(numbered), len(rows), text_chunks[0], text_chunks[1])
         return rows

@@ -11,7 +11,11 @@ Definitions (SPEC §9, matching OpenUnlearning):
 - token-wise metrics (exact_memorization, extraction_strength, MinK, MinK++, GradNorm) leave out a
   final EOS label, as OpenUnlearning does;
 - MIA scores are "higher = less member-like"; AUC uses label 0 for forget (members) and 1 for
-  holdout, so a model that memorised the forget set has AUC near 1.
+  holdout, so a model that memorised the forget set has AUC near 1;
+- a metric over several answers per item (``answer_key`` naming a list, e.g. the perturbed answers)
+  first averages over the item's answers, then over items (OpenUnlearning's ``aggregate_to_1D``);
+- ``question_key`` (probability, rouge, exact_memorization, extraction_strength) asks the row's
+  ``question_key`` field instead of its ``question`` (e.g. ``paraphrased_question``).
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from mpu.eval.context import EvalContext, MetricUnavailable, mcq_answer_index, mcq_mode
+from mpu.eval.context import EvalContext, EvalDataset, MetricUnavailable, mcq_answer_index, mcq_mode
 from mpu.eval.engine import TokenStats
+from mpu.errors import MPUError
 from mpu.registry import Registry
 
 METRICS: Registry = Registry("metric")
@@ -44,11 +49,75 @@ def _items_mean(value) -> float:
     return float(np.mean(value)) if isinstance(value, list) else float(value)
 
 
+def with_question(ctx: EvalContext, data: str, question_key: str | None) -> str:
+    """The name of ``data`` with each row's ``question`` replaced by its ``question_key`` field (the
+    dataset itself when ``question_key`` is None or ``"question"``). The variant is added to the
+    context once, so its passes are cached like any dataset's.
+
+    Raises MetricUnavailable naming the dataset, the row and the key when a row lacks a non-empty
+    string under ``question_key``.
+    """
+    if not question_key or question_key == "question":
+        return data
+    name = f"{data}[question={question_key}]"
+    if name not in ctx.datasets:
+        dataset = ctx.dataset(data)
+        rows = []
+        for i, row in enumerate(dataset.rows):
+            question = row.get(question_key)
+            if not isinstance(question, str) or not question.strip():
+                raise MetricUnavailable(f"{data} row {i} has no {question_key!r} question (keys: {', '.join(row)})")
+            rows.append({**row, "question": question})
+        ctx.datasets[name] = EvalDataset(name, dataset.kind, rows, icl=dataset.icl, mode=dataset.mode,
+                                         subject=dataset.subject)
+    return name
+
+
+def check_answers(ctx: EvalContext, data: str, answer_key: str | None) -> None:
+    """Every row of ``data`` holds a usable ``answer_key``: a string, or a non-empty list of strings.
+
+    Raises MetricUnavailable when a row lacks the field (a copy without perturbed answers: the metric is
+    skipped with the reason), and MPUError naming the dataset, row and key when the value is not text,
+    an empty list, or a list written as text (a CSV cell ``["a", "b"]`` is one string: scoring it would
+    silently score the brackets and quotes as one answer).
+    """
+    if not answer_key:
+        return
+    for i, row in enumerate(ctx.dataset(data).rows):
+        if answer_key not in row or row[answer_key] is None:
+            raise MetricUnavailable(f"{data} row {i} has no {answer_key!r} (keys: {', '.join(row)})")
+        value = row[answer_key]
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("[") and text.endswith("]") and _parses_as_list(text):
+                raise MPUError(f"{data} row {i}: {answer_key!r} is a list written as text ({text[:40]}...); "
+                               "store the file as JSON lines, a JSON array or parquet so that it stays a list")
+        elif not isinstance(value, list) or not value or not all(isinstance(one, str) for one in value):
+            raise MPUError(f"{data} row {i}: {answer_key!r} must be a string or a non-empty list of strings, "
+                           f"got {type(value).__name__} {str(value)[:40]!r}")
+
+
+def _parses_as_list(text: str) -> bool:
+    import ast
+    import json
+
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            return isinstance(parse(text), list)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            continue
+    return False
+
+
 # --- probabilities -------------------------------------------------------------------------------
 
 @METRICS.register("probability")
-def probability(ctx: EvalContext, data: str, answer_key: str | None = None, **_) -> dict:
-    """Q_A_Prob: the length-normalised answer probability exp(-mean NLL), per item and averaged."""
+def probability(ctx: EvalContext, data: str, answer_key: str | None = None, question_key: str | None = None,
+                **_) -> dict:
+    """Q_A_Prob: the length-normalised answer probability exp(-mean NLL), per item and averaged (an item
+    with several answers under ``answer_key`` counts with the mean of its answers' probabilities)."""
+    data = with_question(ctx, data, question_key)
+    check_answers(ctx, data, answer_key)
     by_index = {}
     for i, stats in enumerate(ctx.stats(data, answer_key)):
         if isinstance(stats, list):
@@ -71,15 +140,35 @@ def probability_w_options(ctx: EvalContext, pre_compute: dict, **_) -> dict:
     return {"agg_value": _mean(v["prob"] for v in by_index.values()), "value_by_index": by_index}
 
 
+TRUTH_RATIO_AGGREGATIONS = ("loss_mean", "prob_mean")
+
+
+def _answers_prob(result: dict, aggregation: str) -> float:
+    """One item's probability from its answers' results: exp(-mean of the mean NLLs) (``loss_mean``,
+    OpenUnlearning's default: the geometric mean of the probabilities) or the arithmetic mean of the
+    probabilities exp(-mean NLL) (``prob_mean``). Identical for a single answer."""
+    losses = result["avg_loss"] if isinstance(result["avg_loss"], list) else [result["avg_loss"]]
+    if aggregation == "loss_mean":
+        return math.exp(-float(np.mean(losses)))
+    return float(np.mean(np.exp(-np.asarray(losses, dtype=float))))
+
+
 @METRICS.register("truth_ratio")
-def truth_ratio(ctx: EvalContext, pre_compute: dict, aggregator: str = "closer_to_1_better", **_) -> dict:
-    """TR = p_wrong / p_correct with p = exp(-mean NLL) and p_wrong from the mean of the perturbed
-    answers' mean NLLs. Forget: mean(min(TR, 1/TR)); elsewhere: mean(max(0, 1 - TR))."""
+def truth_ratio(ctx: EvalContext, pre_compute: dict, aggregator: str = "closer_to_1_better",
+                aggregation: str = "loss_mean", **_) -> dict:
+    """TR = p_wrong / (p_correct + 1e-10) per item, with p = exp(-mean NLL) and, over an item's several
+    (perturbed) answers, ``aggregation``: ``loss_mean`` (default) p = exp(-mean of their mean NLLs),
+    ``prob_mean`` p = mean of their p. ``aggregator``: ``closer_to_1_better`` (forget)
+    mean(min(TR, 1/(TR + 1e-10))); ``true_better`` (elsewhere) mean(max(0, 1 - TR)).
+
+    Raises ValueError on an unknown ``aggregator`` or ``aggregation``."""
+    if aggregation not in TRUTH_RATIO_AGGREGATIONS:
+        raise ValueError(f"unknown truth ratio aggregation {aggregation!r}; known: {', '.join(TRUTH_RATIO_AGGREGATIONS)}")
     correct, wrong = pre_compute["correct"]["value_by_index"], pre_compute["wrong"]["value_by_index"]
     by_index = {}
     for index in correct:
-        p_correct = math.exp(-_items_mean(correct[index]["avg_loss"]))
-        p_wrong = math.exp(-_items_mean(wrong[index]["avg_loss"]))
+        p_correct = _answers_prob(correct[index], aggregation)
+        p_wrong = _answers_prob(wrong[index], aggregation)
         by_index[index] = {"score": p_wrong / (p_correct + EPS)}
     scores = np.array([v["score"] for v in by_index.values()])
     if aggregator == "closer_to_1_better":
@@ -120,14 +209,26 @@ def hm_aggregate(ctx: EvalContext, pre_compute: dict, **_) -> dict:
 
 # --- generation ---------------------------------------------------------------------------------
 
+ROUGE_TYPES = ("rouge1_recall", "rougeL_f1", "rougeL_recall")
+
+
 @METRICS.register("rouge")
 def rouge(ctx: EvalContext, data: str, rouge_type: str = "rougeL_recall", answer_key: str | None = None,
-          max_new_tokens: int = 200, stopwords: list[str] | tuple = (), **_) -> dict:
-    """ROUGE of greedy generations against the ground truth (rouge_score with the stemmer)."""
+          max_new_tokens: int = 200, stopwords: list[str] | tuple = (), question_key: str | None = None,
+          **_) -> dict:
+    """ROUGE of greedy generations against the ground truth (rouge_score with the stemmer).
+
+    When ``answer_key`` names a list of answers (e.g. the perturbed answers), the one generation is
+    scored against each and the item's score is their mean (lists in ``value_by_index``), as
+    OpenUnlearning does. Raises ValueError on an unknown ``rouge_type``."""
     from rouge_score import rouge_scorer
 
     from mpu.eval.encoding import ground_truth
 
+    if rouge_type not in ROUGE_TYPES:
+        raise ValueError(f"unknown rouge_type {rouge_type!r}; known: {', '.join(ROUGE_TYPES)}")
+    data = with_question(ctx, data, question_key)
+    check_answers(ctx, data, answer_key)
     dataset = ctx.dataset(data)
     generations = ctx.generations(data, max_new_tokens, tuple(stopwords))
     prompts = ctx.prompts(data)
@@ -135,18 +236,17 @@ def rouge(ctx: EvalContext, data: str, rouge_type: str = "rougeL_recall", answer
     by_index = {}
     for i, (row, generation) in enumerate(zip(dataset.rows, generations)):
         truth = ground_truth(dataset.kind, row, answer_key)
-        if isinstance(truth, list):
-            truth = truth[0]
-        scores = scorer.score(truth, generation)
-        by_index[str(i)] = {
-            "rouge1_recall": scores["rouge1"].recall,
-            "rougeL_f1": scores["rougeL"].fmeasure,
-            "rougeL_recall": scores["rougeL"].recall,
-            "input": ctx.decode(prompts[i]),
-            "ground_truth": truth,
-            "generation": generation,
+        scored = [scorer.score(one, generation) for one in (truth if isinstance(truth, list) else [truth])]
+        values = {
+            "rouge1_recall": [s["rouge1"].recall for s in scored],
+            "rougeL_f1": [s["rougeL"].fmeasure for s in scored],
+            "rougeL_recall": [s["rougeL"].recall for s in scored],
         }
-    return {"agg_value": _mean(v[rouge_type] for v in by_index.values()), "value_by_index": by_index}
+        if not isinstance(truth, list):
+            values = {key: value[0] for key, value in values.items()}
+        by_index[str(i)] = {**values, "input": ctx.decode(prompts[i]), "ground_truth": truth, "generation": generation}
+    return {"agg_value": _mean(_items_mean(v[rouge_type]) for v in by_index.values() if v[rouge_type] != []),
+            "value_by_index": by_index}
 
 
 # --- memorisation -------------------------------------------------------------------------------
@@ -156,13 +256,30 @@ def _body(ctx: EvalContext, stats: TokenStats) -> TokenStats:
 
 
 @METRICS.register("exact_memorization")
-def exact_memorization(ctx: EvalContext, data: str, answer_key: str | None = None, **_) -> dict:
-    """Fraction of answer tokens whose teacher-forced argmax equals the label."""
+def exact_memorization(ctx: EvalContext, data: str, answer_key: str | None = None, question_key: str | None = None,
+                       **_) -> dict:
+    """Fraction of answer tokens whose teacher-forced argmax equals the label (per answer; a list of
+    answers gives a list, averaged per item)."""
+    def em(stats: TokenStats) -> float | None:
+        body = _body(ctx, stats)
+        return float(body.correct.mean()) if len(body.correct) else None
+
+    return _per_answer(ctx, data, answer_key, question_key, em)
+
+
+def _per_answer(ctx: EvalContext, data: str, answer_key: str | None, question_key: str | None, score) -> dict:
+    """``score(TokenStats)`` per row (a list for a row with several answers), and the mean over rows
+    of each row's mean (rows without a score left out)."""
+    data = with_question(ctx, data, question_key)
+    check_answers(ctx, data, answer_key)
     by_index = {}
     for i, stats in enumerate(ctx.stats(data, answer_key)):
-        body = _body(ctx, stats)
-        by_index[str(i)] = {"score": float(body.correct.mean()) if len(body.correct) else None}
-    return {"agg_value": _mean(v["score"] for v in by_index.values()), "value_by_index": by_index}
+        by_index[str(i)] = {"score": [score(s) for s in stats] if isinstance(stats, list) else score(stats)}
+
+    def item(value):
+        return _mean(value) if isinstance(value, list) else value
+
+    return {"agg_value": _mean(item(v["score"]) for v in by_index.values()), "value_by_index": by_index}
 
 
 def extraction_strength_of(correct: np.ndarray) -> float:
@@ -179,11 +296,10 @@ def extraction_strength_of(correct: np.ndarray) -> float:
 
 
 @METRICS.register("extraction_strength")
-def extraction_strength(ctx: EvalContext, data: str, answer_key: str | None = None, **_) -> dict:
-    by_index = {}
-    for i, stats in enumerate(ctx.stats(data, answer_key)):
-        by_index[str(i)] = {"score": extraction_strength_of(_body(ctx, stats).correct)}
-    return {"agg_value": _mean(v["score"] for v in by_index.values()), "value_by_index": by_index}
+def extraction_strength(ctx: EvalContext, data: str, answer_key: str | None = None, question_key: str | None = None,
+                        **_) -> dict:
+    """Per item :func:`extraction_strength_of` the teacher-forced argmax hits, averaged."""
+    return _per_answer(ctx, data, answer_key, question_key, lambda stats: extraction_strength_of(_body(ctx, stats).correct))
 
 
 # --- membership inference -----------------------------------------------------------------------
@@ -276,6 +392,22 @@ def privleak(ctx: EvalContext, pre_compute: dict, reference_logs: dict | None = 
     result = {"agg_value": ((1 - score) - (1 - ref)) / ((1 - ref) + EPS) * 100}
     if not reference:
         result["note"] = f"no retain model logs; AUC_retain taken as {ref_value}"
+    return result
+
+
+@METRICS.register("rel_diff")
+def rel_diff(ctx: EvalContext, pre_compute: dict, reference_logs: dict | None = None, ref_value: float = 0.5,
+             **_) -> dict:
+    """(score - ref) / (ref + 1e-10) * 100: the relative difference, in percent, of a pre-computed
+    aggregate (``pre_compute`` access name ``forget``) from the retain model's (``reference_logs``
+    access name ``retain``); without the retain model's logs ref = ``ref_value``. privleak is this on
+    1 - AUC (MUSE reports MIA AUCs that way round). None when the score is None."""
+    score = pre_compute["forget"]["agg_value"]
+    reference = (reference_logs or {}).get("retain")
+    ref = reference["agg_value"] if reference else ref_value
+    result = {"agg_value": None if score is None or ref is None else (score - ref) / (ref + EPS) * 100}
+    if not reference:
+        result["note"] = f"no retain model logs; reference value taken as {ref_value}"
     return result
 
 

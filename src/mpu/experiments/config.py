@@ -130,8 +130,12 @@ def training_settings(trainer: dict, epochs: float, seed: int):
     if unknown:
         raise MPUError(f"unknown config key trainer.{unknown[0]}; valid keys: hparams, method, schedule, training")
     method = trainer.get("method")
-    if not method or method not in METHODS.names():
+    if not method or not isinstance(method, str):
         raise MPUError(f"trainer.method must be one of {', '.join(METHODS.names())}, got {method!r}")
+    try:
+        method = METHODS.canonical(method)  # npo, grad_ascent -> NPO, GradAscent; a typo gets a suggestion
+    except MPUError as err:
+        raise MPUError(f"trainer.method: {err}") from None
     hparams = method_hparams(method, trainer.get("hparams") or {}, {key: "trainer.hparams" for key in trainer.get("hparams") or {}})
     given = dict(trainer.get("training") or {})
     if given.pop("epochs", None) is not None:

@@ -41,8 +41,10 @@ def _baseline(settings: ExperimentSettings, prepared: Prepared, out: Path) -> di
     with tempfile.TemporaryDirectory(prefix="mpu-baseline-") as scratch:
         result = run_unlearning(model, tokenizer, prepared.forget_rows, prepared.retain_rows, settings.method,
                                 settings.hparams, settings.training, scratch)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    from mpu.checkpoint import save_model
+
+    Path(out).mkdir(parents=True, exist_ok=True)
+    save_model(model, tokenizer, out)   # allow-listed files only: no metadata of the target
     losses = result.losses
     return {"steps": result.steps, "train_seconds": round(result.seconds, 3),
             "loss": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None}}

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import torch
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_callback import PrinterCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from mpu.data.qa import IGNORE_INDEX
 from mpu.methods import losses
@@ -106,6 +106,8 @@ class UnlearnTrainer(Trainer):
         self._parts: dict[str, list[tuple[int, bool, torch.Tensor]]] = {}
         self._items: StepItems | None = None
         self.remove_callback(PrinterCallback)
+        if self.pop_callback(ProgressCallback) is not None:   # present only when the bar is on
+            self.add_callback(_BarWithLoss())
         self.add_callback(_LogToLogger())
 
     # ---- forward passes ----
@@ -243,6 +245,16 @@ class StepItems(dict):
             return super().__getitem__(key)
         except KeyError:
             raise KeyError(f"no count of {key!r} in this step (counted: {', '.join(sorted(self))})") from None
+
+
+class _BarWithLoss(ProgressCallback):
+    """The Trainer's progress bar (on by default: ``--no-progress-bar`` turns it off) with the latest
+    loss beside it, instead of one printed log dict per logging step."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        bar = getattr(self, "training_bar", None)
+        if bar is not None and logs and "loss" in logs:
+            bar.set_postfix(loss=logs["loss"], refresh=False)
 
 
 class _LogToLogger(TrainerCallback):

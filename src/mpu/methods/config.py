@@ -86,8 +86,9 @@ def methods_table() -> str:
 def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     """Add --method, --config, --hp, one flag per hyperparameter and one per TrainingOptions field."""
     group = parser.add_argument_group("unlearning method")
-    group.add_argument("--method", dest=_HP + "method", metavar="NAME", choices=METHODS.names(),
-                       help=f"one of: {', '.join(METHODS.names())} (or 'method:' in --config)")
+    group.add_argument("--method", dest=_HP + "method", metavar="NAME",
+                       help=f"one of: {', '.join(METHODS.names())}, in any case, '_'/'-' ignored "
+                            "(or 'method:' in --config)")
     group.add_argument("--config", dest=_HP + "config", metavar="YAML",
                        help="method config file (keys: method, hparams, training); flags override it")
     group.add_argument("--hp", dest=_HP + "pairs", metavar="KEY=VALUE", action="append", default=[],
@@ -129,6 +130,7 @@ def options_from_args(args: argparse.Namespace) -> tuple[str, Any, TrainingOptio
     method = values.get(_HP + "method") or config["method"]
     if not method:
         raise MPUError("choose a method with --method NAME (or 'method:' in --config)")
+    method = METHODS.canonical(method)  # as users type it: npo, grad_ascent -> NPO, GradAscent
     cls = METHODS.get(method)
     source = f"--config {config_path}"
 

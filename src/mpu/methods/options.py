@@ -58,7 +58,7 @@ class TrainingOptions:
     lora_target_modules: Union[str, list[str]] = field(
         default="all-linear", metadata=_help("modules that get adapters: 'all-linear' or comma-separated names")
     )
-    progress_bar: bool = field(default=False, metadata=_help("show the Trainer's tqdm progress bar"))
+    progress_bar: bool = field(default=True, metadata=_help("show the Trainer's tqdm progress bar (--no-progress-bar: quiet, for logs)"))
 
     def __post_init__(self):
         if isinstance(self.lora_target_modules, str) and "," in self.lora_target_modules:

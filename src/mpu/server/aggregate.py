@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoConfig
 
-from mpu.checkpoint import CheckpointReader, ShardedWriter, copy_model_files, layer_groups, staging_dir
+from mpu.checkpoint import CheckpointReader, ShardedWriter, copy_model_files, staging_dir
 from mpu.errors import InputError, MPUError
 from mpu.reparam import get_adapter
 from mpu.server import randomness
@@ -68,7 +68,8 @@ def aggregate(workdir: str | Path, returns_dir: str | Path, *, progress: bool = 
     new_rel = f"models/round-{round_number}"
     with staging_dir(work.path / new_rel, replace=True) as stage:
         writer = ShardedWriter(stage)
-        for layer, names in tqdm(layer_groups(model.names()), desc=f"aggregate round {round_number}", disable=not progress):
+        # The same block groups as publish drew its transforms for (the model's blocks, any family).
+        for layer, names in tqdm(adapter.block_groups(model.names()), desc=f"aggregate round {round_number}", disable=not progress):
             transforms = [None] * len(updates)
             if layer is not None:
                 transforms = [adapter.sample(layer, randomness.generator(secret, "reparam", f"layer.{layer}", u.copy_id)) for u in updates]

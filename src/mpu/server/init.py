@@ -3,6 +3,7 @@ store theta as the float32 master copy of round 0."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -18,12 +19,38 @@ from mpu.server.config import ServerConfig
 from mpu.server.workdir import ServerState, Workdir
 
 MASTER_DTYPE = torch.float32
+log = logging.getLogger(__name__)
+
+
+def insecure_choices(config: ServerConfig) -> list[str]:
+    """One sentence per setting of ``config`` that weakens what the copies hide (docs/privacy.md):
+    no noise, noise that cancels exactly across copies, public alphas, seeded (not secret)
+    randomness, no reparameterisation. Empty for the default settings. ``init_server`` logs each as
+    a warning when the run starts, so an insecure choice is announced when it is made."""
+    choices = []
+    if config.kappa == 0:
+        choices.append("kappa = 0: the published copies carry NO noise; every copy is the model itself (only "
+                       "reparameterised), so the client gets the weights. Use kappa > 0 (default 0.01) outside controls")
+    elif config.independent_noise == 0:
+        choices.append("independent noise tau = 0 (the paper's setting): the copies' noise cancels exactly, so a client "
+                       "holding all copies recovers the weights (docs/privacy.md); the default is tau = 1")
+    if config.alpha_mode != "secret":
+        choices.append(f"alphas = {config.alpha_mode} (public): the client knows each copy's noise multiplier; the default "
+                       "draws them secretly")
+    if config.fixed_seed is not None:
+        choices.append(f"fixed seed {config.fixed_seed}: noise, alphas and transforms follow from the seed (reproducible, NOT "
+                       "secret); for experiments and tests only")
+    if not config.reparam.enabled:
+        choices.append("no reparameterisation: the copies are published in the model's own coordinates")
+    return choices
 
 
 def init_server(workdir: str | Path, model: str, base: str | None, config: ServerConfig, progress: bool = True) -> ServerState:
     work = Workdir(workdir)
     if work.path.exists() and any(work.path.iterdir()):
         raise InputError(work.path, "work directory exists and is not empty")
+    for choice in insecure_choices(config):
+        log.warning("insecure setting: %s", choice)
     model_dir = resolve_model_dir(model)
     reader = CheckpointReader(model_dir)
     hf_config = AutoConfig.from_pretrained(model_dir)

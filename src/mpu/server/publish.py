@@ -1,6 +1,9 @@
 """Pre-Process (SPEC §2): publish m noisy, secretly reparameterised copies c_k = T_k(theta + eps_k).
 
-Streams one block at a time: memory holds one block's tensors times m, never m models.
+Streams one block at a time: memory holds one block's tensors times m, never m models. Blocks come
+from the model's module tree (``Adapter.block_groups``), so noise and sigma follow the transformer
+blocks of every family; a tensor that is in no block and no known tensor of the model is refused
+before anything is written, never published as it is.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoConfig
 
-from mpu.checkpoint import CheckpointReader, ShardedWriter, atomic_write_json, copy_model_files, dir_sha256, layer_groups, staging_dir
+from mpu.checkpoint import CheckpointReader, ShardedWriter, atomic_write_json, copy_model_files, dir_sha256, staging_dir
 from mpu.errors import MPUError
 from mpu.reparam import Adapter, get_adapter
 from mpu.server import randomness
@@ -27,6 +30,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "mpu-publication/1"
+OUTSIDE_BLOCKS = "outside the transformer blocks (noise_scope 'blocks')"
 WARN_FRACTION = 0.5  # warn when rounding to the publish dtype removes more than half of the noise
 
 
@@ -56,6 +60,9 @@ class PublishReport:
     blocks: list[BlockNoise] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     transforms: list[str] = field(default_factory=list)
+    # Tensors published without noise although kappa > 0, with the reason: outside the blocks under
+    # noise_scope "blocks" (embeddings, positions, final norm, head), or a group equal to the base.
+    clean: dict[str, str] = field(default_factory=dict)
 
 
 def publish(workdir: str | Path, out_dir: str | Path, *, replace: bool = False, progress: bool = True, device: str | None = None) -> PublishReport:
@@ -71,6 +78,7 @@ def publish(workdir: str | Path, out_dir: str | Path, *, replace: bool = False, 
     base = CheckpointReader(state.base) if state.base else None
     adapter = get_adapter(AutoConfig.from_pretrained(work.model_path(state)), config.reparam)
     adapter.check_names(reader.names())
+    groups = adapter.block_groups(reader.names())  # refuses, before anything is written, a tensor it cannot place
     publish_dtype = dtype_from_name(state.source_dtype if config.publish_dtype == "source" else config.publish_dtype)
     if config.fixed_seed is not None:
         log.warning("fixed-seed mode: the copies' randomness is reproducible from the seed and NOT secret")
@@ -79,7 +87,7 @@ def publish(workdir: str | Path, out_dir: str | Path, *, replace: bool = False, 
     job = _Job(config, secret, alphas, adapter, publish_dtype, torch.device(device) if device else default_device())
     with staging_dir(out_dir, replace=replace) as stage:
         copy_dirs = [stage / f"copy-{k}" for k in range(1, config.copies + 1)]
-        model_norm = _write_copies(job, reader, base, copy_dirs, report, progress)
+        model_norm = _write_copies(job, reader, base, groups, copy_dirs, report, progress)
         for path in copy_dirs:
             copy_model_files(work.model_path(state), path, {"dtype": str(publish_dtype).removeprefix("torch.")})
         copies = [{"id": k, "path": f"copy-{k}", "sha256": dir_sha256(path)} for k, path in enumerate(copy_dirs, start=1)]
@@ -94,7 +102,12 @@ def publish(workdir: str | Path, out_dir: str | Path, *, replace: bool = False, 
         }
         atomic_write_json(stage / MANIFEST, manifest)
     report.copies = copies
-    report.warnings = _rounding_warnings(report.blocks, manifest["dtype"])
+    outside = {name: why for name, why in report.clean.items() if why == OUTSIDE_BLOCKS}
+    if outside:  # the configured scope (the paper's), so logged, not a warning
+        log.info("kappa=%s, noise_scope 'blocks': %d tensor(s) outside the blocks published without noise: %s",
+                 config.kappa, len(outside), ", ".join(outside))
+    unexpected = {name: why for name, why in report.clean.items() if why != OUTSIDE_BLOCKS}
+    report.warnings = _clean_warnings(unexpected, config.kappa) + _rounding_warnings(report.blocks, manifest["dtype"])
     for warning in report.warnings:
         log.warning(warning)
     state.published = {
@@ -107,14 +120,21 @@ def publish(workdir: str | Path, out_dir: str | Path, *, replace: bool = False, 
     return report
 
 
-def _write_copies(job: "_Job", reader: CheckpointReader, base: CheckpointReader | None, copy_dirs: list[Path], report: PublishReport, progress: bool) -> float:
-    """Streams the model group by group into the m copies; returns ||theta||."""
+def _write_copies(job: "_Job", reader: CheckpointReader, base: CheckpointReader | None, groups: list[tuple[int | None, list[str]]],
+                  copy_dirs: list[Path], report: PublishReport, progress: bool) -> float:
+    """Streams the model group by group (``Adapter.block_groups``) into the m copies; returns ||theta||.
+    Records in ``report.clean`` every tensor published without noise while kappa > 0."""
     m = len(copy_dirs)
     writers = [ShardedWriter(path) for path in copy_dirs]
     model_norm_sq = 0.0
-    for layer, names in tqdm(layer_groups(reader.names()), desc=f"publish round {report.round}", disable=not progress):
+    for layer, names in tqdm(groups, desc=f"publish round {report.round}", disable=not progress):
         noisy = job.config.kappa > 0 and (layer is not None or job.config.noise_scope == "all")
         sigma = job.config.kappa * _group_rms(reader, base, names) if noisy else 0.0
+        if job.config.kappa > 0 and sigma == 0:
+            reason = (OUTSIDE_BLOCKS if not noisy
+                      else "equal to the base model (task vector zero), nothing to hide" if base is not None
+                      else "all zero")
+            report.clean.update({name: reason for name in names})
         transforms = [None] * m
         if layer is not None:
             transforms = [job.adapter.sample(layer, randomness.generator(job.secret, "reparam", f"layer.{layer}", k)) for k in range(1, m + 1)]
@@ -133,6 +153,18 @@ def _write_copies(job: "_Job", reader: CheckpointReader, base: CheckpointReader 
     for writer in writers:
         writer.finish()
     return model_norm_sq**0.5
+
+
+def _clean_warnings(clean: dict[str, str], kappa: float) -> list[str]:
+    """One warning per reason, naming the tensors published without noise at kappa > 0."""
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in clean.items():
+        by_reason.setdefault(reason, []).append(name)
+    return [
+        f"kappa={kappa} but {len(names)} tensor(s) published without noise, {reason}: {', '.join(names[:10])}"
+        f"{' ...' if len(names) > 10 else ''}"
+        for reason, names in by_reason.items()
+    ]
 
 
 def _rounding_warnings(blocks: list[BlockNoise], dtype: str) -> list[str]:

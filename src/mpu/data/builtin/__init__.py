@@ -40,6 +40,22 @@ class BuildConfig:
     vocab_size: int = 2048
 
 
+# The sizes of the built-in dataset each entry point uses by default, in one place (docs/data.md).
+# Every size builds its own cached dataset (and tokenizer), and `mpu eval` finds a model's own one.
+SIZE_PRESETS: dict[str, dict[str, int]] = {
+    "demo": {"authors": 40},           # `mpu demo`: a cold run in minutes on a CPU
+    "experiment": {"authors": 100},    # the Hydra experiments (experiment/unlearn/{tofu/default,muse/builtin}.yaml)
+    "full": {},                        # `mpu data build`, `mpu finetune` and `mpu eval` without --data: 200 authors
+}
+
+
+def preset_config(name: str, seed: int = 0) -> "BuildConfig":
+    """The :class:`BuildConfig` of :data:`SIZE_PRESETS`' ``name``; MPUError for an unknown name."""
+    if name not in SIZE_PRESETS:
+        raise MPUError(f"unknown size preset {name!r}; known: {', '.join(SIZE_PRESETS)}")
+    return BuildConfig(seed=seed, **SIZE_PRESETS[name])
+
+
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8", newline="\n") as handle:
