@@ -14,7 +14,7 @@ import pytest
 import torch
 import transformers
 
-from mpu.reparam import Adapter, ReparamOptions
+from mpu.reparam import ReparamOptions
 from mpu.server.config import ServerConfig
 from mpu.server.init import init_server
 from mpu.server.publish import publish
@@ -29,15 +29,6 @@ CONFIGS = {
                                                   num_attention_heads=4, max_position_embeddings=64, rotary_pct=0.25),
                  "gpt_neox.layers.0.attention.query_key_value.weight"),
 }
-
-
-# The other half of issue 14 (the server placing blocks from the module tree, the client diffing under
-# the copy's on-disk names) arrives with ``Adapter.block_groups``. Before it, GPT-2 and Falcon blocks
-# (transformer.h.N) are published untransformed and Pythia's embed_out is missing from a trained copy;
-# these marks expect exactly that, and vanish once it is there.
-HAS_BLOCK_LAYOUT = hasattr(Adapter, "block_groups")
-NEEDS_BLOCK_LAYOUT = pytest.mark.xfail(not HAS_BLOCK_LAYOUT, reason="needs blocks from the module tree (issue 14)", strict=True)
-NEEDS_ONDISK_NAMES = pytest.mark.xfail(not HAS_BLOCK_LAYOUT, reason="needs the client to use on-disk names (issue 14)", strict=True)
 
 
 def mpu(*args) -> subprocess.CompletedProcess:
@@ -66,7 +57,7 @@ def max_logit_diff(a, b, vocab: int) -> float:
     return (a(input_ids=ids).logits - b(input_ids=ids).logits).abs().max().item()
 
 
-@pytest.mark.parametrize("family", [pytest.param("gpt2", marks=NEEDS_BLOCK_LAYOUT), "gpt_neox"])
+@pytest.mark.parametrize("family", sorted(CONFIGS))
 def test_published_copy_is_reparameterised_and_preserves_the_function(family, tmp_path, tiny_tokenizer):
     model_dir = tmp_path / "model"
     probe = build(family, tiny_tokenizer, model_dir)
@@ -77,7 +68,7 @@ def test_published_copy_is_reparameterised_and_preserves_the_function(family, tm
     assert not torch.equal(original.state_dict()[probe], copy.state_dict()[probe])
 
 
-@pytest.mark.parametrize("family", ["gpt2", pytest.param("gpt_neox", marks=NEEDS_ONDISK_NAMES)])
+@pytest.mark.parametrize("family", sorted(CONFIGS))
 def test_cli_round_trip(family, tmp_path, tiny_tokenizer, forget_file):
     model_dir, server, outbox, returns = tmp_path / "model", tmp_path / "server", tmp_path / "outbox", tmp_path / "returns"
     probe = build(family, tiny_tokenizer, model_dir)
@@ -95,10 +86,7 @@ def test_cli_round_trip(family, tmp_path, tiny_tokenizer, forget_file):
     assert max_logit_diff(exported, original, len(tiny_tokenizer)) < 5.0
 
 
-@pytest.mark.parametrize(
-    "family",
-    [pytest.param(f, marks=NEEDS_BLOCK_LAYOUT) if f.startswith(("gpt2", "falcon")) else f for f in sorted(FAMILIES)],
-)
+@pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_server_publishes_function_preserving_copies(family, tmp_path):
     """In process (fast): init + publish at kappa = 0 with every transform on; each copy computes the
     private model's function on a left-padded batch, and every block tensor with a rule has moved."""
@@ -128,14 +116,11 @@ def test_server_publishes_function_preserving_copies(family, tmp_path):
 
 # Every other family: the server in process, both copies trained by one `mpu client unlearn` -------------
 
+# MoE: transformers fuses the experts on load, so the client must diff under the checkpoint's names.
 ROUND_TRIP = ["falcon-40b", "granite", "mixtral", "opt", "phi", "qwen2_moe", "qwen3_moe", "stablelm"]
-# MoE experts are fused on load, so the trained model's names differ from the checkpoint's.
-NEEDS_ISSUE14_SERVER_AND_CLIENT = ("mixtral", "qwen2_moe", "qwen3_moe")
 
 
-@pytest.mark.parametrize(
-    "family", [pytest.param(f, marks=NEEDS_ONDISK_NAMES) if f.startswith(NEEDS_ISSUE14_SERVER_AND_CLIENT) else f for f in ROUND_TRIP]
-)
+@pytest.mark.parametrize("family", ROUND_TRIP)
 def test_round_trip_per_family(family, tmp_path, tiny_tokenizer, forget_file):
     from mpu.server.aggregate import aggregate
     from mpu.server.export import export
