@@ -9,6 +9,7 @@ biases, parallel blocks) with random, non-default norm weights and biases.
 from __future__ import annotations
 
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -280,3 +281,13 @@ def test_checkpoints_saved_from_the_base_model_are_understood(family_name, prefi
     assert max_diff(fam.model, copy) < 1e-4
     moved = [n for n in bare if adapter.layer_of(n) is not None and not adapter.rules[adapter._suffix(n)].is_identity]
     assert moved
+
+
+def test_readme_lists_every_registered_family():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    paragraph = readme[readme.index("Supported architectures"):]
+    paragraph = paragraph[: paragraph.index("\n\n")]
+    listed = set(re.findall(r"`([a-z0-9_]+)`", paragraph))
+    assert set(ARCHITECTURES.names()) <= listed, set(ARCHITECTURES.names()) - listed
+    model_types = listed & set(transformers.CONFIG_MAPPING.keys())  # the backticked words that are families
+    assert model_types <= set(ARCHITECTURES.names()), model_types - set(ARCHITECTURES.names())
