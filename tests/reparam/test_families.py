@@ -291,3 +291,48 @@ def test_readme_lists_every_registered_family():
     assert set(ARCHITECTURES.names()) <= listed, set(ARCHITECTURES.names()) - listed
     model_types = listed & set(transformers.CONFIG_MAPPING.keys())  # the backticked words that are families
     assert model_types <= set(ARCHITECTURES.names()), model_types - set(ARCHITECTURES.names())
+
+
+# Real sizes (one block, meta device: no memory) ------------------------------------------------
+
+REAL = {  # the published configs' shapes, one block
+    "gpt2": (transformers.GPT2Config, dict(n_embd=768, n_head=12, n_layer=1)),
+    "pythia-160m": (transformers.GPTNeoXConfig, dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072,
+                                                     rotary_pct=0.25, num_hidden_layers=1)),
+    "phi-1_5": (transformers.PhiConfig, dict(hidden_size=2048, num_attention_heads=32, intermediate_size=8192,
+                                             partial_rotary_factor=0.5, num_hidden_layers=1)),
+    "opt-125m": (transformers.OPTConfig, dict(hidden_size=768, num_attention_heads=12, ffn_dim=3072, num_hidden_layers=1)),
+    "falcon-7b": (transformers.FalconConfig, dict(hidden_size=4544, num_attention_heads=71, multi_query=True,
+                                                  parallel_attn=True, num_hidden_layers=1)),
+    "falcon-40b": (transformers.FalconConfig, dict(hidden_size=8192, num_attention_heads=128, num_kv_heads=8,
+                                                   new_decoder_architecture=True, num_hidden_layers=1)),
+    "stablelm-2-1_6b": (transformers.StableLmConfig, dict(hidden_size=2048, num_attention_heads=32, num_key_value_heads=32,
+                                                          intermediate_size=5632, partial_rotary_factor=0.25,
+                                                          use_qkv_bias=True, num_hidden_layers=1)),
+    "granite-3.0-2b": (transformers.GraniteConfig, dict(hidden_size=2048, num_attention_heads=32, num_key_value_heads=8,
+                                                        intermediate_size=8192, num_hidden_layers=1)),
+    "mixtral-8x7b": (transformers.MixtralConfig, dict(hidden_size=4096, num_attention_heads=32, num_key_value_heads=8,
+                                                      intermediate_size=14336, num_local_experts=8, num_hidden_layers=1)),
+    "qwen3-30b-a3b": (transformers.Qwen3MoeConfig, dict(hidden_size=2048, num_attention_heads=32, num_key_value_heads=4,
+                                                        head_dim=128, moe_intermediate_size=768, num_experts=128,
+                                                        num_hidden_layers=1)),
+}
+
+
+@pytest.mark.parametrize("real", sorted(REAL))
+def test_real_sizes_fit_the_rules(real):
+    """Every block tensor of the real shapes (on the meta device) is understood and transformed with
+    its shape; MoE expert tensors, fused on load, are left to the checkpoint-name tests above."""
+    cls, kwargs = REAL[real]
+    config = cls(vocab_size=V, **kwargs)
+    with torch.device("meta"):
+        state = transformers.AutoModelForCausalLM.from_config(config).state_dict()
+    adapter = get_adapter(config, OPTIONS["all"])
+    transform = adapter.sample(0, torch.Generator().manual_seed(0))
+    # Loaded names equal the checkpoint's except MoE experts (fused) and Mixtral's block_sparse_moe (now mlp).
+    renamed = ".mlp." if config.model_type == "mixtral" else ".experts."
+    block = {n: t for n, t in state.items() if adapter.layer_of(n) == 0 and ".experts." not in n and renamed not in n}
+    assert block
+    adapter.check_names(block)
+    for name, tensor in block.items():
+        assert adapter.apply(transform, name, tensor).shape == tensor.shape, name
