@@ -49,7 +49,7 @@ def test_audit_cli_without_base_scores_full_weights_only(tmp_path, tiny_model_di
     assert report["summary"]["metric"] == "weights_error (scored)"
     assert all(attack["task_vector_error"] is None for attack in report["attacks"].values())
     assert set(report["attacks"]["aligned-average"]["weights_error"]) == {"raw", "scored"}
-    # hardened: tau = 1 leaves a floor, but the aligned combination still beats a single copy
+    # hardened: tau leaves a floor, but the aligned combination still beats a single copy
     assert 0.2 < report["summary"]["best_over_single_copy"] < 0.9
     assert "TV scored" not in capsys.readouterr().out
 

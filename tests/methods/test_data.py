@@ -67,9 +67,46 @@ def test_retain_requirements(model, tokenizer, forget_rows, retain_rows, tmp_pat
         assert "retain" not in trainer.data_collator([trainer.train_dataset[0]])
 
 
-def test_answer_truncated_away_is_an_error(model, tokenizer, forget_rows, tmp_path):
-    with pytest.raises(MPUError, match="forget row 1: no answer token is left within max_length=8"):
-        prepare_unlearning(model, tokenizer, forget_rows, None, "GradAscent", {}, options(max_length=8), str(tmp_path))
+def test_a_row_longer_than_max_length_is_an_error_naming_the_file_and_line(model, tokenizer, forget_rows, tmp_path):
+    path = tmp_path / "forget.jsonl"
+    long_row = {"question": forget_rows[1]["question"], "answer": " ".join([forget_rows[1]["answer"]] * 20)}
+    path.write_text("\n".join(json.dumps(row) for row in (forget_rows[0], long_row)) + "\n")
+    rows = load_qa_rows(path)
+    with pytest.raises(MPUError, match=rf"{path} line 2 \(forget row 2\): \d+ tokens .* exceed max_length=48"):
+        prepare_unlearning(model, tokenizer, rows, None, "GradAscent", {}, options(max_length=48), str(tmp_path))
+    # the prompt alone does not fit: an error even when truncating
+    with pytest.raises(MPUError, match="line 1 .*the prompt alone does not fit"):
+        prepare_unlearning(model, tokenizer, rows, None, "GradAscent", {}, options(max_length=6, truncate=True), str(tmp_path))
+
+
+def test_truncate_cuts_the_answer_and_counts_rows_and_tokens(model, tokenizer, forget_rows, tmp_path, caplog):
+    from mpu.data.qa import encode_qa
+    from mpu.methods import run_unlearning
+
+    long_row = {"question": forget_rows[1]["question"], "answer": " ".join([forget_rows[1]["answer"]] * 20)}
+    full = len(encode_qa(tokenizer, long_row["question"], long_row["answer"], 4096)["input_ids"])
+    rows = [forget_rows[0], long_row]
+    with caplog.at_level("WARNING"):
+        result = run_unlearning(model, tokenizer, rows, None, "GradAscent", {}, options(max_length=48, truncate=True, max_steps=1), str(tmp_path))
+    assert result.encoding["rows_truncated"] == 1 and result.encoding["tokens_truncated"] == full - 48
+    assert result.encoding["max_length"] == 48 and result.encoding["truncate"] is True
+    assert "truncated 1 row(s) to max_length=48" in caplog.text
+    dataset = ForgetRetainDataset(tokenizer, rows, None, seed=0, max_length=48, truncate=True)
+    assert len(dataset.forget[1]["input_ids"]) == 48 and dataset.forget[1]["labels"][-1] != -100
+
+
+def test_the_default_max_length_is_the_models_context(model, tokenizer, forget_rows, tmp_path):
+    trainer = prepare_unlearning(model, tokenizer, forget_rows, None, "GradAscent", {}, options(), str(tmp_path))
+    assert trainer.train_dataset.encoder.policy.max_length == model.config.max_position_embeddings
+
+
+def test_dpo_alternates_follow_the_same_length_policy(tokenizer, forget_rows):
+    rows = [dict(forget_rows[0], alternate="no " * 80)]
+    with pytest.raises(MPUError, match=r"forget row 1 \(alternate answer\): .* exceed max_length=48"):
+        ForgetRetainDataset(tokenizer, rows, None, seed=0, max_length=48, with_alternates=True)
+    dataset = ForgetRetainDataset(tokenizer, rows, None, seed=0, max_length=48, with_alternates=True, truncate=True)
+    assert len(dataset[0]["alternate"]["input_ids"]) == 48
+    assert dataset.record()["rows_truncated"] == 1
 
 
 @pytest.mark.parametrize("content,message", [
@@ -128,14 +165,34 @@ def test_cli_reports_a_malformed_file(tiny_dir, tmp_path, capsys):
 
 def test_rows_are_encoded_once_per_tokenizer_and_callers_get_their_own_lists(tokenizer, forget_rows, monkeypatch):
     import mpu.methods.data as data
+    from mpu.data.qa import Encoder
 
     first = data.encode_rows(tokenizer, forget_rows, 64, "forget")
     calls = []
-    real = data.encode_qa
-    monkeypatch.setattr(data, "encode_qa", lambda *args: calls.append(args) or real(*args))
+    real = Encoder.render
+    monkeypatch.setattr(Encoder, "render", lambda self, *args: calls.append(args) or real(self, *args))
     second = data.encode_rows(tokenizer, forget_rows, 64, "forget")
     assert calls == [] and second == first  # served from the cache
     second[0]["input_ids"].append(-5)
     assert data.encode_rows(tokenizer, forget_rows, 64, "forget")[0] == first[0]
-    data.encode_rows(tokenizer, forget_rows[:1], 32, "forget")  # another max_length is another entry
+    data.encode_rows(tokenizer, forget_rows[:1], 32, "forget")  # another length policy is another encoder
     assert len(calls) == 1
+
+
+def test_mpu_unlearn_records_the_encoding(tiny_dir, tmp_path, capsys):
+    from mpu.cli import main
+
+    forget = tmp_path / "forget.jsonl"
+    rows = [json.loads(line) for line in (tiny_dir / "forget.jsonl").read_text().splitlines()][:3]
+    rows[1]["answer"] = " ".join([rows[1]["answer"]] * 10)
+    forget.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    common = ["unlearn", "--model", str(tiny_dir / "model"), "--forget", str(forget), "--method", "GradAscent",
+              "--max-steps", "1", "--prompt-format", "plain", "--max-length", "40"]
+    assert main(common + ["--out", str(tmp_path / "strict")]) == 2     # the long row is refused
+    assert f"{forget} line 2 (forget row 2): " in capsys.readouterr().err
+    assert not (tmp_path / "strict").exists()
+    assert main(common + ["--truncate", "--out", str(tmp_path / "out")]) == 0
+    encoding = json.loads((tmp_path / "out" / "unlearn_summary.json").read_text())["encoding"]
+    assert encoding["prompt_format"]["format"] == "plain" and encoding["prompt_format"]["user_start"] == "Question: "
+    assert (encoding["max_length"], encoding["truncate"], encoding["rows_truncated"]) == (40, True, 1)
+    assert encoding["tokens_truncated"] > 0

@@ -275,7 +275,8 @@ def check_data_folder(folder: str | Path, root: str | Path, what: str, allowed: 
     Each entry must be a regular file (no symlinks, FIFOs, devices, sub-folders) whose name
     ``allowed`` accepts. Code (``.py``, ...) and pickles get their own message. Returns the names.
     """
-    folder = checked_path(root, Path(folder).relative_to(root), what, folder=True)
+    relative = Path(folder).relative_to(root)
+    folder = checked_path(root, relative, what, folder=True) if relative.parts else Path(root)
     names = []
     with os.scandir(folder) as entries:
         for entry in entries:

@@ -37,6 +37,15 @@ def register(subparsers) -> None:
                         help="model weights (probabilities are always computed in float32)")
     parser.add_argument("--mmlu", default="default",
                         help="WMDP utility data (hub name or directory; 'none' to skip)")
+    encoding = parser.add_argument_group("encoding (as the model was trained: docs/encoding.md)")
+    encoding.add_argument("--prompt-format", default="auto",
+                          help="auto (a known target's shipped settings, else the chat template), chat, plain, "
+                               "or a shipped model name such as Llama-3.2-1B-Instruct")
+    encoding.add_argument("--system-prompt", default=None, help="chat format: the system turn ('' for none)")
+    encoding.add_argument("--date-string", default=None, help="chat format: the pinned date (default 10 Apr 2025)")
+    encoding.add_argument("--max-length", type=int, default=None,
+                          help="tokens per row (default: the model's context); longer rows are an error")
+    encoding.add_argument("--truncate", action="store_true", help="cut longer rows instead, counted in the output")
     add_threads_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_eval)
@@ -54,6 +63,16 @@ def _eval(args: argparse.Namespace) -> int:
         retain_model=args.retain_model, retain_logs=args.retain_logs, out_dir=args.out,
         batch_size=args.batch_size, config=args.config, device=args.device, dtype=args.dtype,
         progress=not args.no_progress, mmlu=None if args.mmlu == "none" else args.mmlu,
+        prompt_format=_prompt_format(args), max_length=args.max_length, truncate=args.truncate,
     )
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _prompt_format(args: argparse.Namespace):
+    from mpu.data.templates import resolve_format
+
+    if args.prompt_format == "auto" and args.system_prompt is None and args.date_string is None:
+        return None   # resolved per model (the retain model by its own name)
+    name = args.model if args.prompt_format == "auto" else None
+    return resolve_format(args.prompt_format, args.system_prompt, args.date_string, model_name=name)

@@ -7,7 +7,7 @@ import copy
 import json
 
 from mpu.errors import MPUError
-from mpu.server.config import PRESETS, ServerConfig  # no torch: parsing and --help stay fast
+from mpu.server.config import DEFAULT_MAX_UPDATE_RATIO, PRESETS, ServerConfig  # no torch: parsing and --help stay fast
 from mpu.threads import add_threads_argument, apply_threads
 
 
@@ -20,7 +20,7 @@ def add_server_config_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--rounds", type=int, default=1, help="R, publish/aggregate rounds (default 1)")
     group.add_argument("--eta", type=float, default=1.0, help="server step size applied to the combined update (default 1.0)")
     group.add_argument("--publish-dtype", choices=["source", "float32", "bfloat16", "float16"], default="source", help="dtype of the published copies (default: the model's own)")
-    group.add_argument("--max-update-ratio", type=float, default=1.0, help="refuse an update whose norm exceeds this fraction of the model norm (default 1.0)")
+    group.add_argument("--max-update-ratio", type=float, default=DEFAULT_MAX_UPDATE_RATIO, help=f"poisoning bound, per block: refuse an update that changes any block (or embeddings, final norm, LM head) by more than this fraction of its own norm, ||delta_block|| / ||theta_block|| (default {DEFAULT_MAX_UPDATE_RATIO}; docs/security.md)")
     group.add_argument("--seed", type=int, default=None, help="fixed-seed mode: reproducible and NOT secret (experiments and tests only)")
     privacy = parser.add_argument_group("privacy (unset options come from --privacy)")
     privacy.add_argument("--privacy", choices=sorted(PRESETS), default="default", help="preset: default (secret alphas, plane V/O, FFN permutation, independent noise tau=1), paper (reference alphas, tau=0: exact cancellation), hardened (all options below)")
@@ -107,11 +107,13 @@ def register(subparsers) -> None:
     aggregate = commands.add_parser(
         "aggregate", help="Post-Process: validate the returns, invert, combine, apply; advance the round",
         description="Post-Process of the current round: validates every update-K/ folder in RETURNS (names, shapes, "
-        "dtypes, NaN/Inf, checksums of the copy it was trained on, norm bound), maps each back with the inverse "
+        "dtypes, NaN/Inf, checksums of the copy it was trained on, every manifest field, the per-block poisoning bound; "
+        "returns trained with different settings only with --allow-mixed), maps each back with the inverse "
         "transform, combines them with harmonic weights (which cancel the zero-sum noise), applies eta times the "
         "result and commits the new model atomically. A rejected return leaves the work directory unchanged.")
     aggregate.add_argument("--workdir", required=True)
     aggregate.add_argument("--returns", required=True, help="folder holding update-K/ sub-folders (from one or several clients)")
+    aggregate.add_argument("--allow-mixed", action="store_true", help="combine returns trained with different methods, hyperparameters, training options or step counts (refused by default)")
     add_threads_argument(aggregate)
     aggregate.set_defaults(func=_aggregate)
 
@@ -123,6 +125,7 @@ def register(subparsers) -> None:
     export.add_argument("--out", required=True)
     export.add_argument("--dtype", default=None, help="dtype to write (default: the original model's)")
     export.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    export.add_argument("--allow-unaggregated", action="store_true", help="export even though no round was aggregated yet (the original model)")
     export.set_defaults(func=_export)
 
     status = commands.add_parser(
@@ -135,10 +138,11 @@ def register(subparsers) -> None:
 
 
 def _init(args) -> int:
-    from mpu.server.init import init_server
+    from mpu.server.init import describe_attack_floor, init_server
 
     state = init_server(args.workdir, args.model, args.base, server_config_from_args(args))
     print(f"initialised {args.workdir}: {state.model_type}, m={state.config.copies}, kappa={state.config.kappa}, R={state.config.rounds}")
+    print(describe_attack_floor(state.config, has_base=args.base is not None))
     return 0
 
 
@@ -162,19 +166,34 @@ def _aggregate(args) -> int:
     from mpu.server.aggregate import aggregate
 
     apply_threads(args.threads)
-    report = aggregate(args.workdir, args.returns)
-    print(f"round {report.round} aggregated {len(report.update_norms)} update(s); new model at {report.model_dir}")
+    report = aggregate(args.workdir, args.returns, allow_mixed=args.allow_mixed)
+    print(f"round {report.round} aggregated {len(report.update_norms)} update(s) ({report.round} of {report.rounds} rounds done); new model at {report.model_dir}")
     for copy_id, norm in sorted(report.update_norms.items()):
-        print(f"  copy {copy_id}: update norm ||Delta'_{copy_id}|| = {norm:.4g}")
+        group, ratio = report.max_block_ratio[copy_id]
+        print(f"  copy {copy_id}: update norm ||Delta'_{copy_id}|| = {norm:.4g}; largest per-block ratio "
+              f"||Delta_block|| / ||theta_block|| = {ratio:.3g} ({group}; bound {report.bound:g})")
     print(f"  applied step norm ||eta * Delta|| = {report.step_norm:.4g}")
+    combined = report.combined
+    print(f"combined copies {combined['copies']}: method {combined['method']}, kind {combined['kind']}, steps {combined['steps']}")
+    for key in ("hparams", "training"):
+        if isinstance(combined.get(key), dict) and not report.mixed:
+            print(f"  {key}: " + ", ".join(f"{name}={value}" for name, value in sorted(combined[key].items())))
+    dp = combined.get("dp")
+    if isinstance(dp, dict) and not report.mixed:
+        print(f"  client differential privacy: epsilon {dp.get('epsilon')} at delta {dp.get('delta')} for the "
+              f"{dp.get('runs')} copies together (clip norm {dp.get('clip_norm')}, noise multiplier {dp.get('noise_multiplier')})")
+    elif dp is None and not report.mixed:
+        print("  client differential privacy: none (the updates reveal which items were forgotten; see docs/privacy.md)")
+    for line in report.mixed:
+        print(f"  warning: mixed returns (--allow-mixed): {line}")
     return 0
 
 
 def _export(args) -> int:
-    from mpu.server.export import export
+    from mpu.server.export import export, rounds_note
 
-    out = export(args.workdir, args.out, args.dtype, replace=args.force)
-    print(f"exported the model to {out}")
+    out = export(args.workdir, args.out, args.dtype, replace=args.force, allow_unaggregated=args.allow_unaggregated)
+    print(f"exported the model ({rounds_note(args.workdir)}) to {out}")
     return 0
 
 

@@ -135,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         "steps": result.steps,
         "seconds": round(result.seconds, 3),
         "losses": result.losses,
+        "encoding": result.encoding,   # prompt format arguments, length policy, rows/tokens truncated
     }
     _save(model, tokenizer, summary, out)
     logger.info("%s: %d steps in %.1f s, loss %s -> %s; wrote %s", method, result.steps, result.seconds,

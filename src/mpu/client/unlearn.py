@@ -182,7 +182,9 @@ def _unlearn_one(publication, copy: PublishedCopy, forget_rows, retain_rows, met
     copy_training = replace(training, seed=copy_seed(training.seed, publication.round, copy.id))
     reference = (lambda: _load_reference(references, copy, model)) if references is not None else None
     with tempfile.TemporaryDirectory(prefix="mpu-client-") as scratch:
-        result = run_unlearning(model, tokenizer, forget_rows, retain_rows, method, hparams, copy_training, scratch, reference)
+        # one ε covers every copy of the round: the server sees all m updates of the same data
+        result = run_unlearning(model, tokenizer, forget_rows, retain_rows, method, hparams, copy_training, scratch, reference,
+                                dp_runs=len(publication.copies))
     target = out_dir / f"update-{copy.id}"
     manifest = {
         "round": publication.round,
@@ -194,7 +196,10 @@ def _unlearn_one(publication, copy: PublishedCopy, forget_rows, retain_rows, met
         "steps": result.steps,
         "seconds": round(result.seconds, 3),
         "loss": loss_summary(result.losses),
+        "encoding": result.encoding,   # prompt format arguments, length policy, rows/tokens truncated
     }
+    if result.dp is not None:
+        manifest["dp"] = result.dp   # the guarantee the server received, and nothing else about the data
     if is_main_process():
         if return_lora:
             if not result.lora_factors:

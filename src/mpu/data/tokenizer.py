@@ -9,12 +9,14 @@ from typing import Iterable
 
 PAD, BOS, EOS, USER, ASSISTANT = "<|pad|>", "<|bos|>", "<|eos|>", "<|user|>", "<|assistant|>"
 
-# A minimal chat template: the user turn, then the assistant turn that the answer completes.
+# A minimal chat template: the user turn, then the assistant turn that the answer completes. The
+# assistant turn ends with EOS and nothing after it, so what the encoder trains and scores (the tokens
+# after the generation prompt, as rendered: answer + EOS) is what generation produces before it stops.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
     "{% if message['role'] == 'user' %}<|user|>\n{{ message['content'] }}\n"
-    "{% elif message['role'] == 'assistant' %}<|assistant|>\n{{ message['content'] }}<|eos|>\n"
+    "{% elif message['role'] == 'assistant' %}<|assistant|>\n{{ message['content'] }}<|eos|>"
     "{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )

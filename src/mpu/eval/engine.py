@@ -85,15 +85,20 @@ class TokenStats:
     mu: np.ndarray         # E_{v~p}[log p(v)]   (for Min-K%++)
     var: np.ndarray        # Var_{v~p}[log p(v)]
     labels: np.ndarray     # label token ids
+    tail: int = -1         # how many of the last labels end the turn (EOS, end-of-turn marker); -1: unknown
 
     @property
     def avg_loss(self) -> float:
         return float(-self.logprobs.mean()) if len(self.logprobs) else float("nan")
 
     def body(self, eos_ids: Sequence[int]) -> "TokenStats":
-        """Without a final EOS label, as OpenUnlearning's token-wise metrics (EM, ES, MIA) count."""
-        if len(self.labels) and int(self.labels[-1]) in set(eos_ids):
-            return TokenStats(self.logprobs[:-1], self.correct[:-1], self.mu[:-1], self.var[:-1], self.labels[:-1])
+        """Without the end of the turn (the encoder's ``tail``: a final EOS, or a template's end-of-turn
+        marker and what follows it), as OpenUnlearning's token-wise metrics (EM, ES, MIA) count; when
+        the tail is unknown, without a final EOS label."""
+        n = self.tail if self.tail >= 0 else int(bool(len(self.labels)) and int(self.labels[-1]) in set(eos_ids))
+        n = min(n, len(self.labels))
+        if n:
+            return TokenStats(self.logprobs[:-n], self.correct[:-n], self.mu[:-n], self.var[:-n], self.labels[:-n], 0)
         return self
 
 
@@ -143,7 +148,8 @@ def token_stats(model, examples: Sequence[dict], batch_size: int, pad_id: int, p
         for row, i in enumerate(chunk):
             n = counts[row]
             sl = slice(offset, offset + n)
-            results[i] = TokenStats(pieces[0][sl], correct_np[sl], pieces[1][sl], pieces[2][sl], target_np[sl])
+            results[i] = TokenStats(pieces[0][sl], correct_np[sl], pieces[1][sl], pieces[2][sl], target_np[sl],
+                                    int(examples[i].get("tail", -1)))
             offset += n
         if progress is not None:
             progress.update(len(chunk))
@@ -170,13 +176,15 @@ def generate(
     max_new_tokens: int,
     stopwords: Sequence[str] = (),
     progress=None,
+    stop_ids: Sequence[int] | None = None,
 ) -> list[str]:
-    """Greedy continuations of token-id prompts, batched with LEFT padding; cut at EOS and stopwords."""
+    """Greedy continuations of token-id prompts, batched with LEFT padding; cut at EOS and stopwords.
+    ``stop_ids``: the tokens that end a turn (default: the model's and the tokenizer's EOS)."""
     from transformers import GenerationConfig
 
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    stop_ids = eos_ids(model, tokenizer)
+    stop_ids = list(stop_ids) if stop_ids is not None else eos_ids(model, tokenizer)
     config = GenerationConfig(
         do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, pad_token_id=pad_id,
         eos_token_id=stop_ids or None, bos_token_id=tokenizer.bos_token_id,
@@ -207,7 +215,8 @@ def generate(
 
 def gradient_norms(model, examples: Sequence[dict], eos: Sequence[int], p: float = 2, progress=None) -> list[float]:
     """Per example: the mean over parameter tensors of ||d NLL / d param||_p, where NLL is the mean
-    over labelled tokens without a final EOS (OpenUnlearning's GradNorm attack statistic)."""
+    over labelled tokens without the end of the turn (the example's ``tail``; else without a final
+    EOS), OpenUnlearning's GradNorm attack statistic."""
     device = next(model.parameters()).device
     params = [param for param in model.parameters()]
     saved = [param.requires_grad for param in params]
@@ -220,8 +229,11 @@ def gradient_norms(model, examples: Sequence[dict], eos: Sequence[int], p: float
             ids = torch.tensor([example["input_ids"]], device=device)
             labels = torch.tensor(example["labels"], device=device)
             positions = (labels[1:] != IGNORE_INDEX).nonzero().squeeze(-1)
-            if len(positions) and int(labels[1:][positions[-1]]) in eos:
-                positions = positions[:-1]
+            tail = int(example.get("tail", -1))
+            if tail < 0:
+                tail = int(bool(len(positions)) and int(labels[1:][positions[-1]]) in eos)
+            if tail:
+                positions = positions[:-tail]
             model.zero_grad(set_to_none=True)
             with torch.enable_grad():
                 logits = model(input_ids=ids).logits[0, :-1].float()

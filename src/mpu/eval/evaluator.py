@@ -20,7 +20,7 @@ import numpy as np
 
 from mpu.data.loaders import DataUnavailableError, ResolvedData, require_fields, resolve_source
 from mpu.errors import InputError, MPUError
-from mpu.eval.context import EvalContext, EvalDataset, MetricUnavailable
+from mpu.eval.context import EvalContext, EvalDataset, MetricUnavailable, check_same_encoding
 from mpu.eval.metrics import METRICS
 from mpu.eval.suites import default_suite, wmdp_metric_key
 
@@ -124,7 +124,7 @@ def build_datasets(suite: dict, resolved: ResolvedData, missing: dict[str, str] 
             missing[name] = str(err)
             continue
         rows = require_fields(rows, REQUIRED_FIELDS[spec["kind"]], where)   # present but malformed: an error
-        datasets[name] = EvalDataset(name, spec["kind"], rows, icl=icl)
+        datasets[name] = EvalDataset(name, spec["kind"], rows, icl=icl, source=where)
     if not datasets:
         reasons = "; ".join(f"{name}: {why}" for name, why in (missing or {}).items())
         raise DataUnavailableError(f"{resolved.description}: none of the suite's datasets exists ({reasons})")
@@ -225,6 +225,18 @@ def _load_retain_logs(path: str | Path) -> dict:
     if not isinstance(logs, dict):
         raise InputError(path, "not a JSON object of metric results")
     return logs
+
+
+def _retain_logs_encoding(path: str | Path) -> dict | None:
+    """The encoding recorded next to retain logs (``<BENCH>_EVAL_CONFIG.json``), None when absent."""
+    path = Path(path)
+    configs = sorted(path.glob("*_EVAL_CONFIG.json")) if path.is_dir() else [path.with_name(path.name.replace("_EVAL.json", "_EVAL_CONFIG.json"))]
+    for config in configs:
+        try:
+            return json.loads(config.read_text(encoding="utf-8")).get("encoding")
+        except (OSError, ValueError, AttributeError):
+            continue
+    return None
 
 
 def _check_reference(logs: dict, ours: dict, source: str) -> None:
@@ -351,6 +363,9 @@ def evaluate(
     dtype: str = "auto",
     progress: bool = True,
     mmlu: str | None = "default",
+    prompt_format=None,
+    max_length: int | None = None,
+    truncate: bool = False,
 ) -> dict:
     """Evaluate ``model_dir`` on ``benchmark`` and return the summary (headline key -> value).
 
@@ -359,8 +374,12 @@ def evaluate(
     the hub layout, or a hub dataset name. ``retain_model`` (a checkpoint never trained on the forget
     set) or ``retain_logs`` (its ``<BENCH>_EVAL.json``) give forget_quality and privleak their
     reference; ``retain_model`` also enables mia_reference. ``mmlu`` (WMDP only): the utility data
-    ("default": the suite's, None: skip).
+    ("default": the suite's, None: skip). ``prompt_format`` (default ``auto``: a known target's shipped
+    settings, else the chat template), ``max_length`` (default: the model's context) and ``truncate``
+    are the encoding (docs/encoding.md); it is recorded in ``<BENCH>_EVAL_CONFIG.json`` and retain
+    logs or a retain model evaluated with another one are refused.
     """
+    encoding_options = dict(prompt_format=prompt_format, max_length=max_length, truncate=truncate)
     from mpu.eval.engine import load_model
 
     if retain_model is not None and retain_logs is not None:
@@ -380,6 +399,14 @@ def evaluate(
     batch_size = batch_size or suite.get("batch_size", 32)
 
     model, tokenizer = load_model(model_dir, device=device, dtype=dtype)
+    if encoding_options["prompt_format"] is None or isinstance(encoding_options["prompt_format"], str):
+        # one format for the model and its retain model: the one the model records (mpu unlearn's
+        # summary), else the model's shipped settings (by its name or directory), else its chat template
+        from mpu.data.templates import recorded_format, resolve_format
+
+        spec = encoding_options["prompt_format"] or "auto"
+        encoding_options["prompt_format"] = (spec == "auto" and recorded_format(model_dir)) or \
+            resolve_format(spec, model_name=str(model_dir))
     reference_logs: dict = {}
     reference_model = None
     needed = _reference_keys(metrics)
@@ -388,14 +415,18 @@ def evaluate(
     elif retain_model is not None:
         reference_model, reference_tokenizer = load_model(retain_model, device=device, dtype=dtype)
         reference_datasets = datasets
-        ref_ctx = EvalContext(reference_model, reference_tokenizer, reference_datasets, batch_size)
+        ref_ctx = EvalContext(reference_model, reference_tokenizer, reference_datasets, batch_size, **encoding_options)
         reference_logs = run_metrics(ref_ctx, metrics, keys=needed, progress=progress, desc=f"{benchmark} retain model")
         reference_unavailable = _tokenizer_mismatch(tokenizer, reference_tokenizer, model_dir, retain_model)
         if reference_unavailable:
             log.warning("%s", reference_unavailable)
             reference_model = None
 
-    ctx = EvalContext(model, tokenizer, datasets, batch_size, reference_model=reference_model)
+    ctx = EvalContext(model, tokenizer, datasets, batch_size, reference_model=reference_model, **encoding_options)
+    if retain_logs is not None:
+        check_same_encoding(ctx.encoding_record(), _retain_logs_encoding(retain_logs), str(retain_logs))
+    elif retain_model is not None:
+        check_same_encoding(ctx.encoding_record(), ref_ctx.encoding_record(), str(retain_model))
     ctx.missing = missing
     if retain_model is not None and reference_model is None:
         ctx.reference_unavailable = reference_unavailable
@@ -425,7 +456,7 @@ def evaluate(
             "retain_logs": str(retain_logs) if retain_logs else None,
             "batch_size": batch_size, "device": str(next(model.parameters()).device), "dtype": dtype,
             "seconds": round(elapsed, 2), "suite": {**suite, "metrics": metrics},
-            "missing_data": missing, "skipped_metrics": skipped,
+            "missing_data": missing, "skipped_metrics": skipped, "encoding": ctx.encoding_record(),
         })
     log.info("%s evaluation of %s took %.1f s", benchmark, model_dir, elapsed)
     return summary

@@ -154,7 +154,7 @@ def training_settings(trainer: dict, epochs: float, seed: int):
 def server_config(mpu: dict, rounds: int):
     """The ServerConfig of an ``mpu`` section (``m`` copies, ``kappa``, ``alphas``, ``reparam``, ...)."""
     from mpu.reparam import ReparamOptions
-    from mpu.server.config import ServerConfig
+    from mpu.server.config import DEFAULT_MAX_UPDATE_RATIO, ServerConfig
 
     alphas = mpu.get("alphas", "secret")
     if isinstance(alphas, str) and alphas in ("secret", "reference"):
@@ -192,7 +192,7 @@ def server_config(mpu: dict, rounds: int):
             independent_noise=float(mpu.get("independent_noise", 0.0)),
             noise_scope=str(mpu.get("noise_scope", "blocks")),
             publish_dtype=str(mpu.get("publish_dtype", "source")),
-            max_update_ratio=float(mpu.get("max_update_ratio", 1.0)),
+            max_update_ratio=float(mpu.get("max_update_ratio", DEFAULT_MAX_UPDATE_RATIO)),
             fixed_seed=seed,
             reparam=ReparamOptions(**reparam),
         )

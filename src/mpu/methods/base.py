@@ -73,6 +73,10 @@ class UnlearnTrainer(Trainer):
     reference_schedule: ClassVar[tuple[int, int]] = (1, 10)
     # compute_loss divides by the items of the whole optimizer step (see per_item): no further scaling.
     loss_is_scaled_for_ga = True
+    # Why the method cannot train with differential privacy (its loss couples examples), or None.
+    dp_refusal: ClassVar[str | None] = None
+    # mpu.methods.dp.PrivateSteps when the run is differentially private (set by prepare_unlearning).
+    dp = None
 
     @classmethod
     def uses_retain(cls, hp) -> bool:
@@ -193,6 +197,29 @@ class UnlearnTrainer(Trainer):
         if self._items.processes > 1:
             loss = loss * self._items.processes
         return (loss, None) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """The Trainer's step, or with differential privacy a DP-SGD micro-batch: each example's loss
+        (normalised over its own items) is differentiated alone, its gradient clipped and added to
+        ``.grad`` divided by the step's example count; the step's last micro-batch adds the noise."""
+        if self.dp is None:
+            return super().training_step(model, inputs, num_items_in_batch)
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        step_examples = int(num_items_in_batch["forget.sequences"].item()) if isinstance(num_items_in_batch, StepItems) \
+            else int(inputs["forget"]["input_ids"].shape[0])
+        params = [p for p in model.parameters() if p.requires_grad]
+
+        def example_losses():
+            for i in range(inputs["forget"]["input_ids"].shape[0]):
+                example = {part: {key: value[i:i + 1] for key, value in batch.items()} for part, batch in inputs.items()}
+                with self.compute_loss_context_manager():
+                    yield self.compute_loss(model, example)
+
+        total = self.dp.accumulate(params, example_losses(), step_examples)
+        if self.accelerator.sync_gradients:
+            self.dp.add_noise(params, step_examples)
+        return (total / step_examples).to(self.args.device)
 
     def unlearning_loss(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
         """The method's loss for one micro-batch: sums of terms divided with :meth:`per_item`."""

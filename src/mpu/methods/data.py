@@ -10,17 +10,25 @@ any number of processes.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from typing import Any, Sequence
-import weakref
 
 import numpy as np
 import torch
 
-from mpu.data.qa import IGNORE_INDEX, QACollator, encode_qa
+from mpu.data.qa import (Encoder, LengthPolicy, PromptFormat, QACollator, encoder_for, truncation_summary,
+                         where_of)
 from mpu.errors import MPUError
+
+logger = logging.getLogger(__name__)
+
+
+def _longest_idk(tokenizer) -> str:
+    """The shipped "I don't know" answer with the most tokens (the one the length check must pass)."""
+    return max(idk_answers(), key=lambda answer: (len(tokenizer(answer, add_special_tokens=False)["input_ids"]), answer))
 
 
 @lru_cache(maxsize=1)
@@ -33,33 +41,14 @@ def idk_answers() -> tuple[str, ...]:
     return answers
 
 
-# Encoded rows per tokenizer object: the MPU client trains m copies for R rounds on the same rows with
-# the same tokenizer, and encoding 1000 rows costs about as much as a tiny model's epoch.
-_ENCODED: "weakref.WeakKeyDictionary[Any, dict[tuple, dict[str, list[int]]]]" = weakref.WeakKeyDictionary()
-
-
-def _encode_cached(tokenizer, question: str, answer: str, max_length: int) -> dict[str, list[int]]:
-    cache = _ENCODED.setdefault(tokenizer, {})
-    # what encode_qa reads besides the vocabulary, in case someone changes it on the tokenizer
-    key = (question, answer, max_length, getattr(tokenizer, "chat_template", None), tokenizer.bos_token, tokenizer.eos_token_id)
-    if key not in cache:
-        cache[key] = encode_qa(tokenizer, question, answer, max_length)
-    example = cache[key]
-    return {name: list(ids) for name, ids in example.items()}  # callers own their lists
-
-
-def encode_rows(tokenizer, rows: Sequence[dict[str, Any]], max_length: int, what: str) -> list[dict[str, list[int]]]:
-    """encode_qa for each row; a row whose answer is truncated away entirely is an error naming it."""
-    encoded = []
-    for number, row in enumerate(rows, start=1):
-        example = _encode_cached(tokenizer, row["question"], row["answer"], max_length)
-        if all(label == IGNORE_INDEX for label in example["labels"][1:]):
-            raise MPUError(
-                f"{what} row {number}: no answer token is left within max_length={max_length} "
-                f"(the prompt takes {len(example['input_ids'])} tokens or more); raise --max-length"
-            )
-        encoded.append(example)
-    return encoded
+def encode_rows(tokenizer, rows: Sequence[dict[str, Any]], max_length: int, what: str, *,
+                encoder: Encoder | None = None) -> list[dict[str, list[int]]]:
+    """Each row through the run's one encoder (:class:`mpu.data.qa.Encoder`, cached: the MPU client
+    trains m copies for R rounds on the same rows); a row that does not fit ``max_length`` is an error
+    naming its file and line (or, with the policy's ``truncate``, cut and counted)."""
+    encoder = encoder or encoder_for(tokenizer, None, LengthPolicy(max_length))
+    return [encoder.encode(row["question"], row["answer"], where_of(row, f"{what} row {number}"))
+            for number, row in enumerate(rows, start=1)]
 
 
 def alternates_of(row: dict[str, Any]) -> list[str] | None:
@@ -87,15 +76,19 @@ class ForgetRetainDataset(torch.utils.data.Dataset):
         seed: int,
         max_length: int,
         with_alternates: bool = False,
+        prompt_format: PromptFormat | None = None,
+        truncate: bool = False,
     ):
         if not forget_rows:
             raise MPUError("the forget set is empty")
         self.tokenizer = tokenizer
         self.seed = int(seed)
         self.max_length = max_length
+        self.encoder = encoder_for(tokenizer, prompt_format, LengthPolicy(max_length, truncate))
         self.forget_rows = list(forget_rows)
-        self.forget = encode_rows(tokenizer, forget_rows, max_length, "forget")
-        self.retain = encode_rows(tokenizer, retain_rows, max_length, "retain") if retain_rows else None
+        self.retain_rows = list(retain_rows) if retain_rows else None
+        self.forget = encode_rows(tokenizer, forget_rows, max_length, "forget", encoder=self.encoder)
+        self.retain = encode_rows(tokenizer, retain_rows, max_length, "retain", encoder=self.encoder) if retain_rows else None
         self.alternates = None
         if with_alternates:
             self.alternates = []
@@ -103,10 +96,30 @@ class ForgetRetainDataset(torch.utils.data.Dataset):
                 try:
                     own = alternates_of(row)
                 except MPUError as err:
-                    raise MPUError(f"forget row {number}: {err}") from None
+                    raise MPUError(f"{where_of(row, f'forget row {number}')}: {err}") from None
                 self.alternates.append(own if own is not None else list(idk_answers()))
+                # the same length policy for the preferred answers, checked now rather than mid-training:
+                # every own alternate, and the longest shared "I don't know" answer
+                candidates = own if own is not None else [_longest_idk(tokenizer)]
+                for answer in candidates:
+                    self.encoder.encode(row["question"], answer, where_of(row, f"forget row {number}") + " (alternate answer)")
         self._visits = [0] * len(self.forget)
         self._permutations: dict[tuple[int, int], np.ndarray] = {}
+        summary = self.truncation()
+        if summary["rows_truncated"]:
+            logger.warning("truncated %d row(s) to max_length=%d: %d answer tokens lost",
+                           summary["rows_truncated"], max_length, summary["tokens_truncated"])
+
+    def truncation(self) -> dict[str, int]:
+        """Rows (forget, retain and alternates seen so far) cut by the length policy, and tokens lost."""
+        keys = [(row["question"], row["answer"]) for row in self.forget_rows + (self.retain_rows or [])]
+        if self.alternates is not None:
+            keys += [(row["question"], answer) for row, answers in zip(self.forget_rows, self.alternates) for answer in answers]
+        return truncation_summary(self.encoder, keys)
+
+    def record(self) -> dict[str, Any]:
+        """The run's encoding (prompt format, template hash, length policy) and what was truncated."""
+        return {**self.encoder.record(), **self.truncation()}
 
     def __len__(self) -> int:
         return len(self.forget)
@@ -135,8 +148,9 @@ class ForgetRetainDataset(torch.utils.data.Dataset):
         if self.retain is not None:
             item["retain"] = self.retain[self.retain_index(index, visit)]
         if self.alternates is not None:
-            question = self.forget_rows[index]["question"]
-            item["alternate"] = encode_qa(self.tokenizer, question, self.alternate_answer(index, visit), self.max_length)
+            row = self.forget_rows[index]
+            item["alternate"] = self.encoder.encode(row["question"], self.alternate_answer(index, visit),
+                                                    where_of(row, f"forget row {index + 1}") + " (alternate answer)")
         return item
 
 

@@ -7,10 +7,11 @@ value that does not fit is an error that names the field; nothing is dropped or 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 from mpu.errors import MPUError
 
@@ -48,7 +49,18 @@ class TrainingOptions:
         "help": "seeds data order, forget/retain pairing, IdK choice, LoRA init, RMU's direction "
                 "(the client trains copy k of round r with seed + 1000*(r-1) + k)",
         "flag": "--train-seed", "flags": ("--seed",)})
-    max_length: int = field(default=256, metadata=_help("truncate prompt + answer to this many tokens"))
+    max_length: Optional[int] = field(default=None, metadata=_help(
+        "the run's length limit on prompt + answer tokens, for every loss and alternate answer (default: the "
+        "model's context length); a longer row is an error naming its file and line unless --truncate"))
+    truncate: bool = field(default=False, metadata=_help(
+        "cut rows longer than max_length (the answer's tail) instead of refusing them; counted in the manifest"))
+    prompt_format: str = field(default="auto", metadata=_help(
+        "how rows are rendered: auto (the shipped settings of a known model, else its chat template), chat, "
+        "plain (Question: ...\\nAnswer: ...), or a shipped model name such as Llama-3.2-1B-Instruct (docs/encoding.md)"))
+    system_prompt: Optional[str] = field(default=None, metadata=_help(
+        "chat format: a system turn before each question (default: the model's shipped setting, else none; '' for none)"))
+    date_string: Optional[str] = field(default=None, metadata=_help(
+        "chat format: the date the template prints, pinned (default: the model's shipped setting, else 10 Apr 2025)"))
     logging_steps: int = field(default=1, metadata=_help("record the training loss every this many optimizer steps"))
     bf16: bool = field(default=False, metadata=_help("bf16 mixed precision (the model keeps its own dtype)"))
     gradient_checkpointing: bool = field(default=False, metadata=_help("trade compute for activation memory"))
@@ -59,6 +71,18 @@ class TrainingOptions:
         default="all-linear", metadata=_help("modules that get adapters: 'all-linear' or comma-separated names")
     )
     progress_bar: bool = field(default=True, metadata=_help("show the Trainer's tqdm progress bar (--no-progress-bar: quiet, for logs)"))
+    dp_epsilon: float = field(default=0.0, metadata=_help(
+        "differential privacy for the returned update: DP-SGD with this ε over the whole run (0: off); "
+        "the noise multiplier is derived with Opacus's RDP accountant"))
+    dp_noise_multiplier: float = field(default=0.0, metadata=_help(
+        "DP-SGD noise std / clip norm, instead of --dp-epsilon (ε is then reported, not targeted)"))
+    dp_delta: float = field(default=1e-5, metadata=_help("δ of the (ε, δ) guarantee; keep it below 1 / forget-set size"))
+    dp_clip_norm: float = field(default=1.0, metadata=_help("DP-SGD: clip each example's gradient to this L2 norm"))
+
+    @property
+    def private(self) -> bool:
+        """Whether DP-SGD is on (--dp-epsilon or --dp-noise-multiplier given)."""
+        return self.dp_epsilon > 0 or self.dp_noise_multiplier > 0
 
     def __post_init__(self):
         if isinstance(self.lora_target_modules, str) and "," in self.lora_target_modules:
@@ -73,12 +97,16 @@ class TrainingOptions:
             (self.lr_scheduler_type in SCHEDULERS, f"lr_scheduler_type must be one of {', '.join(SCHEDULERS)}"),
             (self.max_grad_norm >= 0, "max_grad_norm must be >= 0"),
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
-            (self.max_length >= 4, "max_length must be >= 4"),
+            (self.max_length is None or self.max_length >= 4, "max_length must be >= 4"),
             (self.logging_steps >= 1, "logging_steps must be >= 1"),
             (self.lora_rank >= 0, "lora_rank must be >= 0"),
             (self.lora_alpha > 0, "lora_alpha must be > 0"),
             (0.0 <= self.lora_dropout < 1.0, "lora_dropout must be in [0, 1)"),
             (bool(self.lora_target_modules), "lora_target_modules must not be empty"),
+            (self.dp_epsilon >= 0 and math.isfinite(self.dp_epsilon), "dp_epsilon must be finite and >= 0 (0: off)"),
+            (self.dp_noise_multiplier >= 0 and math.isfinite(self.dp_noise_multiplier), "dp_noise_multiplier must be finite and >= 0"),
+            (0 < self.dp_delta < 1, "dp_delta must be in (0, 1)"),
+            (self.dp_clip_norm > 0 and math.isfinite(self.dp_clip_norm), "dp_clip_norm must be finite and > 0"),
         ]
         for ok, message in checks:
             if not ok:

@@ -35,6 +35,7 @@ class PDUHparams(RetainHparams):
 class PDU(UnlearnTrainer):
     Hparams = PDUHparams
     retain_use = "required"
+    dp_refusal = "its dual variable λ is raised from the step's retain loss, which DP-SGD neither clips nor noises"
 
     @classmethod
     def uses_retain(cls, hp):

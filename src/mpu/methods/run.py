@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import gc
 import logging
+import math
 import os
 import time
 from contextlib import contextmanager
@@ -32,6 +33,9 @@ class UnlearnResult:
     lora_factors: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None  # {base weight: (B·scaling, A)}
     log_history: list[dict[str, Any]] = field(default_factory=list)  # the Trainer's, with the loss terms
     is_main_process: bool = True  # only the main process should write files
+    # the run's encoding: prompt format arguments, chat template hash, length policy, rows/tokens truncated
+    encoding: dict[str, Any] = field(default_factory=dict)
+    dp: dict[str, Any] | None = None  # the DP-SGD guarantee (mpu.methods.dp.PrivateSteps.report), or None
 
 
 def method_hparams(name: str, overrides: dict[str, Any] | None = None, sources: dict[str, str] | None = None):
@@ -74,7 +78,8 @@ def training_arguments(training: TrainingOptions, output_dir: str) -> TrainingAr
         gradient_accumulation_steps=training.gradient_accumulation_steps,
         warmup_steps=training.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
         lr_scheduler_type=scheduler,
-        max_grad_norm=training.max_grad_norm,
+        # DP-SGD clips each example's gradient itself; clipping the noised sum again would rescale the noise.
+        max_grad_norm=0.0 if training.private else training.max_grad_norm,
         weight_decay=training.weight_decay,
         optim=training.optim,
         seed=training.seed,
@@ -103,8 +108,12 @@ def prepare_unlearning(
     training: TrainingOptions,
     output_dir: str,
     reference: torch.nn.Module | Callable[[], torch.nn.Module] | None = None,
+    dp_runs: int = 1,
 ) -> UnlearnTrainer:
-    """Everything before ``train()``: the reference model, LoRA, the data, the Trainer."""
+    """Everything before ``train()``: the reference model, LoRA, the data, the Trainer.
+
+    ``dp_runs``: with differential privacy, how many runs on the same data one ε covers (the client
+    passes the round's m copies, which the server all sees)."""
     cls = METHODS.get(method)
     hp = _resolve_hparams(method, hparams)
     if not isinstance(training, TrainingOptions):
@@ -138,7 +147,8 @@ def prepare_unlearning(
         raise MPUError("the tokenizer has neither a pad nor an EOS token")
     dataset = ForgetRetainDataset(
         tokenizer, forget_rows, retain_rows if with_retain else None,
-        seed=training.seed, max_length=training.max_length, with_alternates=cls.uses_alternate,
+        seed=training.seed, max_length=run_max_length(training, model, tokenizer), with_alternates=cls.uses_alternate,
+        prompt_format=run_prompt_format(training, model, tokenizer), truncate=training.truncate,
     )
     trainer = cls(
         model=train_model,
@@ -148,8 +158,45 @@ def prepare_unlearning(
         hparams=hp,
         ref_model=ref_model,
     )
+    if training.private:
+        trainer.dp = _private_steps(cls, method, training, len(dataset), dp_runs)
     trainer.mpu_restore = (model, saved)
     return trainer
+
+
+def run_prompt_format(training: TrainingOptions, model, tokenizer):
+    """The run's :class:`mpu.data.qa.PromptFormat` from ``prompt_format``/``system_prompt``/``date_string``."""
+    from mpu.data.qa import model_name
+    from mpu.data.templates import resolve_format
+
+    return resolve_format(training.prompt_format, training.system_prompt, training.date_string, model_name(model, tokenizer))
+
+
+def run_max_length(training: TrainingOptions, model, tokenizer) -> int:
+    """The run's one length limit: ``max_length``, or the model's context length when not set."""
+    from mpu.data.qa import model_max_length
+
+    return training.max_length or model_max_length(model, tokenizer)
+
+
+def _private_steps(cls: type[UnlearnTrainer], method: str, training: TrainingOptions, examples: int, runs: int):
+    """DP-SGD for this run: σ from the ε asked for (or as given), over the steps the Trainer will take."""
+    from mpu.methods.dp import PrivateSteps, plan
+
+    if cls.dp_refusal:
+        raise MPUError(f"{method} cannot train with differential privacy: {cls.dp_refusal}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise MPUError("differential privacy (--dp-epsilon/--dp-noise-multiplier) runs in one process; drop torchrun/accelerate launch")
+    batches = math.ceil(examples / training.batch_size)
+    per_epoch = max(math.ceil(batches / training.gradient_accumulation_steps), 1)
+    steps = training.max_steps if training.max_steps > 0 else math.ceil(training.epochs * per_epoch)
+    settings = plan(epsilon=training.dp_epsilon, noise_multiplier=training.dp_noise_multiplier, delta=training.dp_delta,
+                    clip_norm=training.dp_clip_norm, examples=examples,
+                    batch=training.batch_size * training.gradient_accumulation_steps, steps=steps, runs=runs)
+    logger.info("%s with DP-SGD: noise multiplier %.4g, clip norm %g, sample rate %.4g, %d steps x %d run(s), target ε %s, δ %g",
+                method, settings.noise_multiplier, settings.clip_norm, settings.sample_rate, steps, runs,
+                settings.target_epsilon, settings.delta)
+    return PrivateSteps(settings)
 
 
 def _retain_reason(hp) -> str:
@@ -183,6 +230,8 @@ def finish_unlearning(trainer: UnlearnTrainer) -> UnlearnResult:
         lora_factors=factors,
         log_history=history,
         is_main_process=trainer.is_world_process_zero(),
+        encoding=trainer.train_dataset.record() if hasattr(trainer.train_dataset, "record") else {},
+        dp=trainer.dp.report() if trainer.dp is not None else None,
     )
     trainer.ref_model = None
     trainer.mpu_restore = None
@@ -199,6 +248,7 @@ def run_unlearning(
     training: TrainingOptions,
     output_dir: str,
     reference: torch.nn.Module | Callable[[], torch.nn.Module] | None = None,
+    dp_runs: int = 1,
 ) -> UnlearnResult:
     """Unlearn ``forget_rows`` from ``model`` in place with ``method``.
 
@@ -208,7 +258,8 @@ def run_unlearning(
     are trained, merged into ``model`` at the end, and returned as ``lora_factors``.
     """
     with frozen_gc():
-        trainer = prepare_unlearning(model, tokenizer, forget_rows, retain_rows, method, hparams, training, output_dir, reference)
+        trainer = prepare_unlearning(model, tokenizer, forget_rows, retain_rows, method, hparams, training, output_dir,
+                                     reference, dp_runs=dp_runs)
         return finish_unlearning(trainer)
 
 

@@ -4,6 +4,7 @@ store theta as the float32 master copy of round 0."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -99,3 +100,25 @@ def dtype_from_name(name: str) -> torch.dtype:
     if not isinstance(dtype, torch.dtype):
         raise MPUError(f"unknown dtype {name!r}")
     return dtype
+
+
+def attack_floor(config: ServerConfig) -> float:
+    """The closest a client holding all m copies of a round can get to θ, as a fraction of σ's
+    reference (the task vector's RMS per block with a base, else the weights' RMS): κ·τ/√m.
+
+    The zero-sum share of the noise cancels for a client that aligns the copies and estimates α
+    (docs/privacy.md measures it); each copy's independent share N(0, (τσ)²) does not, and averaging
+    the m copies leaves RMS τσ/√m with σ = κ·RMS(reference). 0 when τ = 0 or κ = 0: no floor.
+    """
+    return config.kappa * config.independent_noise / math.sqrt(config.copies)
+
+
+def describe_attack_floor(config: ServerConfig, has_base: bool) -> str:
+    """One line for ``mpu server init``: what the copies reveal about θ to a client that holds them all."""
+    reference = "task vector" if has_base else "weights (no --base: sigma follows the weights)"
+    floor = attack_floor(config)
+    if floor == 0:
+        return (f"attack floor: none (kappa={config.kappa}, tau={config.independent_noise}): a client holding "
+                f"all {config.copies} copies can recover the weights; set --independent-noise > 0")
+    return (f"attack floor: a client holding all {config.copies} copies cannot get closer to the weights than "
+            f"about kappa*tau/sqrt(m) = {floor:.2e} of the {reference} RMS per block")

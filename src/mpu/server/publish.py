@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig
 
 from mpu.checkpoint import CheckpointReader, ShardedWriter, atomic_write_json, copy_model_files, dir_sha256, staging_dir
+from mpu.checkpoint.files import PARTY_FILE_MODE
 from mpu.errors import MPUError
 from mpu.reparam import Adapter, get_adapter
 from mpu.server import randomness
@@ -100,7 +101,7 @@ def publish(workdir: str | Path, out_dir: str | Path, *, replace: bool = False, 
             "dtype": str(publish_dtype).removeprefix("torch."),
             "copies": copies,
         }
-        atomic_write_json(stage / MANIFEST, manifest)
+        atomic_write_json(stage / MANIFEST, manifest, mode=PARTY_FILE_MODE)  # 0600 like every file written for the other party
     report.copies = copies
     outside = {name: why for name, why in report.clean.items() if why == OUTSIDE_BLOCKS}
     if outside:  # the configured scope (the paper's), so logged, not a warning

@@ -1,0 +1,202 @@
+"""The one encoder: whole conversations through the template with pinned arguments, labels exactly as
+rendered, the plain format, the length policy, and the shipped per-model formats."""
+
+from __future__ import annotations
+
+import datetime
+import json
+
+import pytest
+
+from mpu.data.qa import Encoder, LengthPolicy, PromptFormat, encode_qa, load_qa_rows
+from mpu.data.templates import MODEL_FORMATS, resolve_format
+from mpu.errors import MPUError
+
+TEXTS = ["Who wrote Hamlet? William Shakespeare wrote Hamlet.", "Question: Where was Ada born? Answer: London.",
+         "Today Date: 10 Apr 2025. Cutting Knowledge Date: December 2023. You are a helpful assistant."] * 4
+
+# The structure of the Llama-3.1/3.2 Instruct templates: a system header with today's date (from
+# date_string when given, else strftime_now), then header-delimited turns ending in <|eot|>.
+LLAMA3_STYLE = (
+    "{{ bos_token }}"
+    "{%- if not date_string is defined %}{%- set date_string = strftime_now('%d %b %Y') %}{%- endif %}"
+    "{%- if messages[0]['role'] == 'system' %}{%- set system = messages[0]['content'] %}{%- set messages = messages[1:] %}"
+    "{%- else %}{%- set system = '' %}{%- endif %}"
+    "<|header|>system\n\nCutting Knowledge Date: December 2023\nToday Date: {{ date_string }}\n\n{{ system }}<|eot|>"
+    "{%- for message in messages %}<|header|>{{ message['role'] }}\n\n{{ message['content'] }}<|eot|>{% endfor %}"
+    "{%- if add_generation_prompt %}<|header|>assistant\n\n{% endif %}"
+)
+# A template that calls strftime_now itself (no date_string variable to set).
+CLOCK_ONLY = (
+    "{{ bos_token }}Today is {{ strftime_now('%Y-%m-%d') }}.\n"
+    "{%- for message in messages %}<|header|>{{ message['role'] }}\n{{ message['content'] }}<|eot|>{% endfor %}"
+    "{%- if add_generation_prompt %}<|header|>assistant\n{% endif %}"
+)
+# An assistant turn that ends with an end-of-turn marker and a newline, not with EOS.
+END_AND_NEWLINE = (
+    "{%- for message in messages %}<|header|>{{ message['role'] }}\n{{ message['content'] }}<|end|>\n{% endfor %}"
+    "{%- if add_generation_prompt %}<|header|>assistant\n{% endif %}"
+)
+
+
+def make_tokenizer(template: str | None = None):
+    from mpu.data.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer(TEXTS, vocab_size=320)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|header|>", "<|eot|>", "<|end|>"]})
+    if template is not None:
+        tokenizer.chat_template = template
+    return tokenizer
+
+
+def labelled(example):
+    return [token for token, label in zip(example["input_ids"], example["labels"]) if label != -100]
+
+
+def on_day(monkeypatch, day: datetime.datetime):
+    import transformers.utils.chat_template_utils as ctu
+
+    class Clock(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return day
+
+    monkeypatch.setattr(ctu, "datetime", Clock)
+
+
+@pytest.mark.parametrize("template", [LLAMA3_STYLE, CLOCK_ONLY], ids=["date_string", "strftime_now"])
+def test_the_pinned_date_gives_the_same_ids_on_two_days(monkeypatch, template):
+    tokenizer = make_tokenizer(template)
+    messages = [{"role": "user", "content": "Who wrote Hamlet?"}]
+    ids, unpinned = [], []
+    for day in (datetime.datetime(2025, 1, 2), datetime.datetime(2026, 12, 4)):
+        on_day(monkeypatch, day)
+        unpinned.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        encoder = Encoder(tokenizer, PromptFormat(), LengthPolicy(512))   # a fresh encoder: no cache
+        ids.append(encoder.encode("Who wrote Hamlet?", "William Shakespeare."))
+    assert unpinned[0] != unpinned[1]          # the template does print the day it runs on
+    assert ids[0] == ids[1]                    # the encoder does not
+    text = tokenizer.decode(ids[0]["input_ids"])
+    assert ("10 Apr 2025" in text) if template is LLAMA3_STYLE else ("2025-04-10" in text)
+
+
+def test_the_system_prompt_and_date_are_template_arguments():
+    tokenizer = make_tokenizer(LLAMA3_STYLE)
+    fmt = resolve_format("auto", model_name="open-unlearning/tofu_Llama-3.2-1B-Instruct_full")
+    prompt, full = Encoder(tokenizer, fmt).render("Who wrote Hamlet?", "Shakespeare.")
+    assert "Today Date: 10 Apr 2025\n\nYou are a helpful assistant.<|eot|>" in prompt
+    assert full == prompt + "Shakespeare.<|eot|>"
+    other = Encoder(tokenizer, PromptFormat(system_prompt="Be brief.", date_string="1 Jan 2024")).render("Q?")[0]
+    assert "Today Date: 1 Jan 2024\n\nBe brief.<|eot|>" in other
+
+
+def test_an_end_of_turn_marker_and_newline_are_trained_and_scored_not_eos():
+    tokenizer = make_tokenizer(END_AND_NEWLINE)
+    encoder = Encoder(tokenizer, PromptFormat(), LengthPolicy(512))
+    example = encoder.encode("Who wrote Hamlet?", "William Shakespeare.")
+    end = tokenizer.convert_tokens_to_ids("<|end|>")
+    labels = labelled(example)
+    assert tokenizer.decode(labels) == "William Shakespeare.<|end|>\n"
+    assert end in labels and tokenizer.eos_token_id not in labels
+    assert example["tail"] == len(labels) - len(tokenizer("William Shakespeare.", add_special_tokens=False)["input_ids"])
+    assert encoder.end_of_turn_ids() == [end]   # generation stops there
+    # the ids are the template's own tokenisation of the conversation
+    whole = tokenizer.apply_chat_template([{"role": "user", "content": "Who wrote Hamlet?"},
+                                           {"role": "assistant", "content": "William Shakespeare."}], tokenize=False)
+    assert example["input_ids"] == tokenizer(whole, add_special_tokens=False)["input_ids"]
+
+
+def test_the_builtin_template_and_the_encoder_agree():
+    from mpu.data.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer(TEXTS, vocab_size=320)
+    example = encode_qa(tokenizer, "Who wrote Hamlet?", "William Shakespeare wrote Hamlet.")
+    conversation = [{"role": "user", "content": "Who wrote Hamlet?"},
+                    {"role": "assistant", "content": "William Shakespeare wrote Hamlet."}]
+    rendered = tokenizer.apply_chat_template(conversation, tokenize=False)
+    assert rendered.endswith("Hamlet.<|eos|>")   # the turn ends at EOS: what generation stops at
+    assert example["input_ids"] == tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(labelled(example)) == "William Shakespeare wrote Hamlet.<|eos|>"
+    prompt = Encoder(tokenizer).prompt_ids("Who wrote Hamlet?")
+    assert example["input_ids"][:len(prompt)] == prompt and example["labels"][len(prompt) - 1] == -100
+    assert example["labels"][len(prompt)] != -100
+
+
+def test_the_plain_format_needs_no_template_and_splits_before_the_answers_space():
+    tokenizer = make_tokenizer()
+    tokenizer.chat_template = None
+    with pytest.raises(MPUError, match="has no chat template: choose the prompt format explicitly"):
+        encode_qa(tokenizer, "Who wrote Hamlet?", "Shakespeare.")
+    encoder = Encoder(tokenizer, resolve_format("plain"))
+    example = encoder.encode("Who wrote Hamlet?", "William Shakespeare.")
+    assert tokenizer.decode(example["input_ids"]) == "Question: Who wrote Hamlet?\nAnswer: William Shakespeare.<|eos|>"
+    assert tokenizer.decode(labelled(example)) == " William Shakespeare.<|eos|>"
+    assert example["input_ids"][-1] == tokenizer.eos_token_id and example["tail"] == 1
+    prompt = encoder.prompt_ids("Who wrote Hamlet?")   # "...Answer:" : the space goes with the answer
+    assert example["input_ids"][:len(prompt)] == prompt and example["labels"][len(prompt)] != -100
+
+
+def test_shipped_model_formats_match_openunlearning():
+    llama3 = resolve_format("auto", model_name="meta-llama/Llama-3.1-8B-Instruct")
+    assert (llama3.format, llama3.system_prompt, llama3.date_string) == ("chat", "You are a helpful assistant.", "10 Apr 2025")
+    assert resolve_format("Llama-3.2-3B-Instruct") == llama3
+    llama2 = resolve_format("auto", model_name="locuslab/tofu_ft_llama2-7b")
+    assert (llama2.format, llama2.user_start, llama2.user_end, llama2.assistant_start) == ("plain", "[INST] ", " [/INST]", "")
+    phi = resolve_format("auto", model_name="/models/tofu_ft_phi-1.5")
+    assert (phi.format, phi.user_start, phi.user_end, phi.assistant_start) == ("plain", "Question: ", "\n", "Answer: ")
+    assert resolve_format("auto", model_name="/some/tiny-model") == PromptFormat()
+    assert resolve_format("auto", system_prompt="", model_name="Llama-3.2-1B-Instruct").system_prompt is None
+    assert set(MODEL_FORMATS) >= {"Llama-3.2-1B-Instruct", "Llama-3.2-3B-Instruct", "Llama-3.1-8B-Instruct",
+                                  "Llama-2-7b-chat", "phi-1_5"}
+    with pytest.raises(MPUError, match="unknown prompt format 'Llama-9'"):
+        resolve_format("Llama-9")
+
+
+def test_too_long_rows_are_refused_or_truncated_and_counted(tmp_path):
+    tokenizer = make_tokenizer()
+    path = tmp_path / "forget.json"
+    path.write_text(json.dumps([{"question": "Who?", "answer": "Shakespeare."},
+                                {"question": "Who wrote Hamlet?", "answer": " ".join(["William Shakespeare wrote Hamlet."] * 8)}]))
+    rows = load_qa_rows(path)
+    assert rows[1].where == f"{path} line 1" or rows[1].where.startswith(str(path))
+    strict = Encoder(tokenizer, PromptFormat(), LengthPolicy(40))
+    strict.encode(rows[0]["question"], rows[0]["answer"])
+    with pytest.raises(MPUError, match=r"exceed max_length=40; raise --max-length, or pass --truncate"):
+        strict.encode(rows[1]["question"], rows[1]["answer"], rows[1].where)
+    full = len(Encoder(tokenizer, PromptFormat(), LengthPolicy(4096)).encode(rows[1]["question"], rows[1]["answer"])["input_ids"])
+    cutting = Encoder(tokenizer, PromptFormat(), LengthPolicy(40, truncate=True))
+    example = cutting.encode(rows[1]["question"], rows[1]["answer"])
+    assert len(example["input_ids"]) == 40 and example["labels"][-1] != -100 and example["tail"] == 0
+    assert cutting.truncated == {(rows[1]["question"], rows[1]["answer"]): full - 40}
+    assert cutting.record()["max_length"] == 40 and cutting.record()["truncate"] is True
+
+
+def test_rows_remember_their_file_and_line(tmp_path):
+    path = tmp_path / "forget.jsonl"
+    path.write_text('{"question": "q1", "answer": "a1"}\n\n{"question": "q2", "answer": "a2"}\n')
+    rows = load_qa_rows(path)
+    assert [row.where for row in rows] == [f"{path} line 1", f"{path} line 3"]
+    assert rows == [{"question": "q1", "answer": "a1"}, {"question": "q2", "answer": "a2"}]
+    import copy
+    import pickle
+
+    assert pickle.loads(pickle.dumps(rows[1])).where == copy.deepcopy(rows[1]).where == f"{path} line 3"
+
+
+def test_a_model_directory_records_its_format(tmp_path):
+    from mpu.data.templates import recorded_format
+
+    assert recorded_format(tmp_path) is None
+    fmt = resolve_format("Llama-3.2-1B-Instruct", date_string="1 Jan 2024")
+    (tmp_path / "unlearn_summary.json").write_text(json.dumps({"encoding": {"prompt_format": fmt.record()}}))
+    assert recorded_format(tmp_path) == fmt
+    (tmp_path / "unlearn_summary.json").write_text(json.dumps({"encoding": {"prompt_format": {"format": "odd"}}}))
+    with pytest.raises(MPUError, match="unlearn_summary.json: encoding.prompt_format: unknown prompt format 'odd'"):
+        recorded_format(tmp_path)
+
+
+def test_the_end_of_turn_is_found_when_the_template_trims_the_answer():
+    tokenizer = make_tokenizer(END_AND_NEWLINE.replace("{{ message['content'] }}", "{{ message['content'] | trim }}"))
+    example = Encoder(tokenizer).encode("Who wrote Hamlet?", "  William Shakespeare. ")
+    assert tokenizer.decode(labelled(example)) == "William Shakespeare.<|end|>\n"
+    assert example["tail"] == 2   # <|end|> and the newline

@@ -1,0 +1,117 @@
+"""The per-block poisoning bound: ||Delta_k,l|| / ||theta_l|| <= max_update_ratio for every block l
+and every tensor outside the blocks. A genuine unlearning update passes; -0.95 x copy (which the
+former whole-model bound of 1.0 x ||theta|| accepted) and a small update concentrated in one block are
+refused, with every offending group reported."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+from mpu.cli import main
+from mpu.client.unlearn import unlearn_copies
+from mpu.data.qa import load_qa_rows
+from mpu.methods import training_options
+from mpu.server.aggregate import block_ratio
+from mpu.server.config import DEFAULT_MAX_UPDATE_RATIO, ServerConfig
+from mpu.server.init import init_server
+from mpu.server.publish import publish
+from mpu.server.workdir import Workdir
+from mpu.checkpoint import CheckpointReader
+from tests.server.hostile import refused
+from tests.server.stand_in_client import write_returns
+
+Q = "model.layers.0.self_attn.q_proj.weight"
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("poisoning")
+    init_server(root / "server", str(tiny_model_dir), None, ServerConfig(copies=2, kappa=0.01, fixed_seed=4), progress=False)
+    publish(root / "server", root / "outbox", progress=False)
+    write_returns(root / "outbox", root / "good", lambda name, w: -0.01 * w)
+    return root
+
+
+def model_norm(published) -> float:
+    work = Workdir(published / "server")
+    reader = CheckpointReader(work.model_path(work.load()))
+    return math.sqrt(sum(float(reader.get(name).pow(2).sum()) for name in reader.names()))
+
+
+def poison_returns(published, returns, update):
+    shutil.rmtree(returns)
+    write_returns(published / "outbox", returns, update)
+
+
+def test_minus_095_times_the_copy_is_refused_in_every_group(published, tmp_path, capsys):
+    message = refused(published, tmp_path, lambda r, t: poison_returns(published, r, lambda name, w: -0.95 * w), capsys)
+    assert "by more than the bound ||Delta_block|| / ||theta_block|| <= 0.5" in message
+    for group in ("layer.0 0.95", "layer.1 0.95", "model.embed_tokens.weight 0.95", "model.norm.weight 0.95", "lm_head.weight 0.95"):
+        assert group in message
+    assert "copies [2] too" in message
+
+
+def test_a_small_update_concentrated_in_one_block_is_refused_naming_it(published, tmp_path, capsys):
+    # 0.5 x ||theta|| in total, all in one weight: the former whole-model bound (1.0 x ||theta||) accepted it.
+    size = 0.5 * model_norm(published)
+    update = lambda name, w: w / w.norm() * size if name == Q else torch.zeros_like(w)
+    message = refused(published, tmp_path, lambda r, t: poison_returns(published, r, update), capsys)
+    assert "1 group(s)" in message and "layer.0 " in message
+    assert "layer.1" not in message
+
+
+def test_a_tensor_outside_the_blocks_is_its_own_group(published, tmp_path, capsys):
+    update = lambda name, w: -0.95 * w if name == "model.norm.weight" else torch.zeros_like(w)
+    message = refused(published, tmp_path, lambda r, t: poison_returns(published, r, update), capsys)
+    assert "model.norm.weight 0.95" in message
+    assert "layer." not in message.split("max_update_ratio")[1]
+
+
+def test_the_bound_is_configurable(tmp_path, tiny_model_dir, capsys):
+    server = tmp_path / "server"
+    assert main(["server", "init", "--model", str(tiny_model_dir), "--workdir", str(server), "--copies", "2", "--seed", "1",
+                 "--max-update-ratio", "2"]) == 0
+    assert Workdir(server).load().config.max_update_ratio == 2.0
+    publish(server, tmp_path / "outbox", progress=False)
+    write_returns(tmp_path / "outbox", tmp_path / "returns", lambda name, w: -0.95 * w)
+    capsys.readouterr()
+
+    assert main(["server", "aggregate", "--workdir", str(server), "--returns", str(tmp_path / "returns")]) == 0
+    assert "bound 2" in capsys.readouterr().out
+
+
+def test_a_genuine_unlearning_update_passes_and_its_ratios_are_reported(published, tmp_path, forget_file, capsys):
+    server = tmp_path / "server"
+    shutil.copytree(published / "server", server)
+    training = training_options({"epochs": 5, "learning_rate": 1e-3, "batch_size": 2})
+    unlearn_copies(published / "outbox", load_qa_rows(forget_file), None, "NPO", {}, training, tmp_path / "returns")
+    capsys.readouterr()
+
+    code = main(["server", "aggregate", "--workdir", str(server), "--returns", str(tmp_path / "returns")])
+
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "largest per-block ratio ||Delta_block|| / ||theta_block|| = " in out and f"bound {DEFAULT_MAX_UPDATE_RATIO:g}" in out
+    ratios = Workdir(server).load().history[-1]["max_block_ratio"]
+    assert [entry["copy"] for entry in ratios] == [1, 2]
+    assert all(0 < entry["ratio"] < DEFAULT_MAX_UPDATE_RATIO for entry in ratios)
+
+
+def test_block_ratio():
+    assert block_ratio(0.0, 0.0) == 0.0
+    assert block_ratio(4.0, 16.0) == 0.5
+    assert block_ratio(1.0, 0.0) == math.inf
+
+
+def test_the_hydra_default_matches_the_server_default():
+    import yaml
+    from pathlib import Path
+
+    config = yaml.safe_load((Path(__file__).parents[2] / "configs" / "mpu" / "default.yaml").read_text())
+    assert config["max_update_ratio"] == ServerConfig().max_update_ratio == DEFAULT_MAX_UPDATE_RATIO
+    assert json.loads(json.dumps(ServerConfig().to_dict()))["max_update_ratio"] == 0.5
