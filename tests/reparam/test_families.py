@@ -193,7 +193,7 @@ def test_every_projection_changes(family):
     """With every switch on, every tensor with a non-trivial rule differs from the original."""
     adapter = get_adapter(family.config, OPTIONS["all"])
     copied = transform_checkpoint(adapter, family.state, sample_all(adapter, seed=5))
-    moved = [n for n in family.state if adapter.layer_of(n) is not None and not adapter.rules[adapter._suffix(n)].is_identity]
+    moved = [n for n in family.state if adapter.layer_of(n) is not None and not adapter.rules[adapter.block_suffix(n)].is_identity]
     assert moved
     for name in moved:
         assert not torch.equal(copied[name], family.state[name]), name
@@ -261,7 +261,7 @@ def test_lora_factors_transform_like_their_product(family, inverse):
 def test_same_seed_same_transform(family):
     adapter = get_adapter(family.config, OPTIONS["all"])
     first, second = sample_all(adapter, seed=9), sample_all(adapter, seed=9)
-    name = next(n for n in family.state if adapter.layer_of(n) == 0 and not adapter.rules[adapter._suffix(n)].is_identity)
+    name = next(n for n in family.state if adapter.layer_of(n) == 0 and not adapter.rules[adapter.block_suffix(n)].is_identity)
     tensor = family.state[name]
     assert torch.equal(adapter.apply(first[0], name, tensor), adapter.apply(second[0], name, tensor))
     assert not torch.equal(adapter.apply(first[0], name, tensor), adapter.apply(sample_all(adapter, seed=10)[0], name, tensor))
@@ -279,7 +279,7 @@ def test_checkpoints_saved_from_the_base_model_are_understood(family_name, prefi
     transforms = sample_all(adapter, seed=3)
     copy = load_transformed(fam.dir, tmp_path / "bare", transform_checkpoint(adapter, bare, transforms))
     assert max_diff(fam.model, copy) < 1e-4
-    moved = [n for n in bare if adapter.layer_of(n) is not None and not adapter.rules[adapter._suffix(n)].is_identity]
+    moved = [n for n in bare if adapter.layer_of(n) is not None and not adapter.rules[adapter.block_suffix(n)].is_identity]
     assert moved
 
 

@@ -108,7 +108,7 @@ def test_server_publishes_function_preserving_copies(family, tmp_path):
     published = {}
     for shard in sorted((tmp_path / "outbox" / "copy-1").glob("*.safetensors")):
         published.update(load_file(str(shard)))
-    moved = [n for n in private if adapter.layer_of(n) is not None and not adapter.rules[adapter._suffix(n)].is_identity]
+    moved = [n for n in private if adapter.layer_of(n) is not None and not adapter.rules[adapter.block_suffix(n)].is_identity]
     assert moved
     for name in moved:
         assert not torch.equal(published[name], private[name]), name

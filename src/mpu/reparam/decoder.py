@@ -199,7 +199,7 @@ class DecoderAdapter(Adapter):
         match = self._block_re.match(self._canonical(name))
         return int(match.group(1)) if match else None
 
-    def _suffix(self, name: str) -> str:
+    def block_suffix(self, name: str) -> str:
         """The part of a block name after ``<block_prefix><l>.``."""
         if self.block_prefix == "model.layers.":
             return name.split(".", 3)[3]
@@ -355,7 +355,7 @@ class DecoderAdapter(Adapter):
         layer = self.layer_of(name)
         if layer is None:
             return self._canonical(name) in self.non_block_names
-        return layer < self.num_layers and self._suffix(name) in self.rules
+        return layer < self.num_layers and self.block_suffix(name) in self.rules
 
     def sample(self, layer: int, generator: torch.Generator) -> LayerTransform:
         self._check_sample_args(layer, generator)
@@ -446,7 +446,7 @@ class DecoderAdapter(Adapter):
             return None
         if layer != transform.layer:
             raise ValueError(f"{name} belongs to layer {layer}, but the transform was drawn for layer {transform.layer}")
-        rule = self.rules.get(self._suffix(name)) if layer < self.num_layers else None
+        rule = self.rules.get(self.block_suffix(name)) if layer < self.num_layers else None
         if rule is None:
             raise UnsupportedArchitectureError(
                 f"the {self.family} reparameterisation adapter does not understand parameter {name}"
