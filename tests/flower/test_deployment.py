@@ -9,13 +9,16 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from mpu.checkpoint import CheckpointReader
+from mpu.flower.combine import OWNERS_FILE
 from mpu.flower import APP_DIR
 from mpu.server.config import ServerConfig
 from mpu.server.init import init_server
 from mpu.server.workdir import Workdir
+from tests.conftest import FACTS, write_jsonl
 from tests.flower.cluster import LoopbackFederation
 
 TRAINING = {"epochs": 1, "learning_rate": 1e-3}
@@ -62,3 +65,47 @@ def test_one_owner_two_copies_over_flower_matches_the_cli(tmp_path, tiny_model_d
     assert any(cli_update.get(name).abs().max() > 0 for name in cli_update.names())
     flower_manifest = json.loads((over_flower / "update-1" / "update.json").read_text())
     assert flower_manifest["copy_sha256"] == json.loads((outbox / "manifest.json").read_text())["copies"][0]["sha256"]
+
+
+@pytest.mark.slow
+def test_two_owners_three_copies_two_rounds_over_flower(tmp_path, tiny_model_dir, forget_file):
+    # arrange: two data owners with forget sets of 3 and 2 rows, each named only in its own node config
+    second_forget = write_jsonl(tmp_path / "forget-2.jsonl", [{"question": q, "answer": a} for q, a in FACTS[3:5]])
+    server, model_out, exchange = tmp_path / "server", tmp_path / "model", tmp_path / "exchange"
+    init_server(server, str(tiny_model_dir), None, ServerConfig(copies=3, kappa=0.05, rounds=2), progress=False)
+    run_config = tmp_path / "run.toml"
+    write_run_config(run_config, workdir=str(server), out=str(model_out), exchange=str(exchange), owners=2, timeout=300.0,
+                     method="GradAscent", training=json.dumps(TRAINING))
+    run_config.write_text(run_config.read_text() + "keep-exchange = true\n")
+
+    # act
+    with LoopbackFederation(tmp_path / "flower", [f'forget="{forget_file}"', f'forget="{second_forget}"']) as federation:
+        result = federation.run(APP_DIR, run_config, timeout=600)
+        logs = federation.logs()
+
+    # assert: both rounds done, each round combined both owners' updates by forget-set size
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\n{logs}"
+    state = Workdir(server).load()
+    assert state.rounds_done == 2, f"{result.stdout}\n{logs}"
+    for round_number in (1, 2):
+        owners = json.loads((exchange / f"round-{round_number}" / "returns" / OWNERS_FILE).read_text())["owners"]
+        assert sorted(owner["forget_rows"] for owner in owners) == [2, 3]
+        assert sorted(owner["weight"] for owner in owners) == [0.4, 0.6]
+        assert sorted(p.name for p in (exchange / f"round-{round_number}" / "returns").glob("update-*")) == ["update-1", "update-2", "update-3"]
+    assert not torch.equal(CheckpointReader(model_out).get("lm_head.weight"), CheckpointReader(tiny_model_dir).get("lm_head.weight"))
+
+
+@pytest.mark.slow
+def test_an_owner_without_a_forget_file_fails_the_round_and_nothing_is_aggregated(tmp_path, tiny_model_dir):
+    server = tmp_path / "server"
+    init_server(server, str(tiny_model_dir), None, ServerConfig(copies=2, kappa=0.05, rounds=1), progress=False)
+    run_config = tmp_path / "run.toml"
+    write_run_config(run_config, workdir=str(server), out=str(tmp_path / "model"), owners=1, timeout=120.0)
+
+    with LoopbackFederation(tmp_path / "flower", ['retain="/nowhere"']) as federation:
+        result = federation.run(APP_DIR, run_config, timeout=240)
+
+    state = Workdir(server).load()
+    assert state.rounds_done == 0
+    assert not (tmp_path / "model").exists()
+    assert "forget is required" in result.stdout + result.stderr
