@@ -44,6 +44,7 @@ def test_one_owner_two_copies_over_flower_matches_the_cli(tmp_path, tiny_model_d
 
     # assert: the round is done and the model exported, as with the CLI
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\n{logs}"
+    print("\n".join(line for line in result.stdout.splitlines() if "mpu.flower" in line or "round 1" in line or "wall seconds" in line))
     state = Workdir(server).load()
     assert state.rounds_done == 1 and state.finished, f"{result.stdout}\n{logs}"
     exported, original = CheckpointReader(model_out), CheckpointReader(tiny_model_dir)

@@ -138,6 +138,7 @@ def run_rounds(grid: Grid, run: FlowerRun) -> dict[str, float]:
                     for node in nodes]
         log.info("round %d: sending %d bytes of copies to %d data owner(s)", round_number, record_bytes(publication), len(nodes))
         replies = {reply.metadata.src_node_id: reply for reply in grid.send_and_receive(messages, timeout=run.timeout)}
+        log.info("round %d: %d repl(ies) received in %.2f s", round_number, len(replies), time.perf_counter() - started)
         owner_dirs, sizes = [], []
         for index, node in enumerate(nodes, start=1):
             returns, size = _owner_returns(replies.get(node), node, folder / f"owner-{index}")
@@ -164,6 +165,7 @@ def run_rounds(grid: Grid, run: FlowerRun) -> dict[str, float]:
         log.info("exported the model to %s", run.out)
     if not run.keep_exchange:
         shutil.rmtree(exchange, ignore_errors=True)
+    log.info("MPU over Flower done, wall seconds: %s", ", ".join(f"{phase} {seconds:.2f}" for phase, seconds in timings.items()))
     return timings
 
 
