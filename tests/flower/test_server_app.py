@@ -1,0 +1,30 @@
+"""The ServerApp's run config: what it refuses before any round starts."""
+
+from __future__ import annotations
+
+import pytest
+
+from mpu.errors import MPUError
+from mpu.flower.server_app import FlowerRun
+
+
+def test_a_complete_run_config_is_read_with_its_types(tmp_path):
+    run = FlowerRun.from_run_config({"workdir": str(tmp_path / "s"), "out": str(tmp_path / "m"), "owners": 2, "timeout": 5,
+                                     "keep-exchange": True, "method": "NPO", "training": '{"epochs": 1}'})
+    assert (run.workdir, run.out, run.owners, run.timeout, run.keep_exchange) == (tmp_path / "s", tmp_path / "m", 2, 5.0, True)
+    assert run.exchange is None
+    assert dict(run.job()) == {"method": "NPO", "hparams": "{}", "training": '{"epochs": 1}'}
+
+
+@pytest.mark.parametrize("config, reason", [
+    ({}, "workdir is required"),
+    ({"workdir": "relative/server"}, "must be an absolute path"),
+    ({"workdir": "/s", "out": "model"}, "must be an absolute path"),
+    ({"workdir": "/s", "owners": 0}, "owners must be >= 1"),
+    ({"workdir": "/s", "timeout": 0}, "timeout must be > 0"),
+    ({"workdir": "/s", "training": "{epochs: 1}"}, "training is not JSON"),
+    ({"workdir": "/s", "hparams": "[1]"}, "hparams must be a JSON object"),
+])
+def test_an_invalid_run_config_is_refused_naming_the_key(config, reason):
+    with pytest.raises(MPUError, match=reason):
+        FlowerRun.from_run_config(config)
