@@ -38,6 +38,7 @@ from mpu.audit.alphas import AlphaEstimate, combined_noise_std, estimate_alphas,
 from mpu.checkpoint import CheckpointReader, ShardedWriter, copy_model_files, layer_groups
 from mpu.client.inbox import read_publication
 from mpu.errors import InputError, MPUError
+from mpu.protocol import PUBLICATION_MANIFEST
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def run_audit(
     copies = sorted(publication.copies, key=lambda c: c.id)
     m = len(copies)
     if m < 2:
-        raise InputError(Path(inbox) / "manifest.json", f"needs at least 2 copies, the manifest lists {m}")
+        raise InputError(Path(inbox) / PUBLICATION_MANIFEST, f"needs at least 2 copies, the manifest lists {m}")
     if verify:
         for copy in copies:
             copy.verify()
@@ -186,8 +187,8 @@ def run_audit(
         "inbox": str(inbox),
         "round": publication.round,
         "copies": [copy.id for copy in copies],
-        "architecture": publication.manifest.get("architecture"),
-        "dtype": publication.manifest.get("dtype"),
+        "architecture": publication.manifest.architecture,
+        "dtype": publication.manifest.dtype,
         "reference": str(reference) if reference else None,
         "base": str(base) if base else None,
         "scored": theta is not None,
