@@ -6,7 +6,6 @@ schedule moved into ``mpu.protocol``)."""
 from __future__ import annotations
 
 import hashlib
-import math
 from pathlib import Path
 
 import torch
@@ -25,9 +24,10 @@ def formula_llama(path: Path) -> Path:
                          num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
     model = LlamaForCausalLM(config)
     with torch.no_grad():
-        for i, (_, param) in enumerate(sorted(model.named_parameters())):
+        for i, (name, param) in enumerate(sorted(model.named_parameters())):
             index = torch.arange(param.numel(), dtype=torch.float64)
-            param.copy_((0.05 * torch.sin(0.37 * index + i)).reshape(param.shape).to(torch.float32) + ("norm" in _ and 1.0 or 0.0))
+            values = (0.05 * torch.sin(0.37 * index + i)).reshape(param.shape).to(torch.float32)
+            param.copy_(values + (1.0 if "norm" in name else 0.0))
     model.save_pretrained(path)
     return path
 
