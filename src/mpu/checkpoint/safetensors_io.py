@@ -147,9 +147,6 @@ class CheckpointReader:
     def numel(self) -> int:
         return sum(torch.Size(shape).numel() for _, shape in self._meta.values())
 
-    def nbytes(self) -> int:
-        return sum(torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size() for dtype, shape in self._meta.values())
-
     def get(self, name: str, device: str | torch.device = "cpu") -> torch.Tensor:
         if name not in self._meta:
             raise KeyError(name)
