@@ -114,7 +114,7 @@ def aggregate(workdir: str | Path, returns_dir: str | Path, *, progress: bool = 
     state = work.load()
     config = state.config
     published = state.published
-    if not published or published["round"] != state.current_round:
+    if published is None or published.round != state.current_round:
         raise MPUError(f"round {state.current_round} has not been published; run `mpu server publish` first")
     round_number = state.current_round
     model = CheckpointReader(work.model_path(state))

@@ -25,7 +25,7 @@ from mpu.reparam import Adapter, get_adapter
 from mpu.server.config import ServerConfig
 from mpu.server.init import dtype_from_name
 from mpu.server.noise import alphas_for_round, default_device, independent_noise, rms, sum_sq, zero_sum_noise
-from mpu.server.workdir import Workdir
+from mpu.server.workdir import PublishedRound, Workdir
 
 log = logging.getLogger(__name__)
 
@@ -122,12 +122,7 @@ def publish(workdir: str | Path, out_dir: str | Path, *, replace: bool = False, 
     report.warnings = _clean_warnings(unexpected, config.kappa) + _rounding_warnings(report.blocks, manifest.dtype)
     for warning in report.warnings:
         log.warning(warning)
-    state.published = {
-        "round": round_number,
-        "publication_id": manifest.publication_id,
-        "copies": [{"id": copy.id, "sha256": copy.sha256} for copy in manifest.copies],
-        "model_norm": model_norm,
-    }
+    state.published = PublishedRound(round_number, manifest.publication_id, {copy.id: copy.sha256 for copy in manifest.copies}, model_norm)
     work.save(state)
     return report
 

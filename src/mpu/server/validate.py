@@ -33,6 +33,7 @@ from mpu.checkpoint import CheckpointReader, read_json
 from mpu.checkpoint.files import MAX_MANIFEST_BYTES, check_data_folder, checked_path, is_weight_file
 from mpu.errors import InputError
 from mpu.protocol import LORA_A, LORA_B, UPDATE_MANIFEST, UpdateManifest, lora_names, lora_weight, update_folder_copy_id
+from mpu.server.workdir import PublishedRound
 
 
 @dataclass
@@ -69,14 +70,14 @@ class ReturnedUpdate:
         return self.reader.shard(stored) if stored in self.reader else self.path
 
 
-def find_returns(returns_dir: str | Path, published: dict[str, Any], expected: CheckpointReader) -> list[ReturnedUpdate]:
+def find_returns(returns_dir: str | Path, published: PublishedRound, expected: CheckpointReader) -> list[ReturnedUpdate]:
     """All checks that need no tensor values; returns one validated update per published copy, in
     copy order. Raises InputError naming the file and the reason."""
     returns_dir = Path(returns_dir)
     if not returns_dir.is_dir():
         raise InputError(returns_dir, "returns folder not found")
     folders = _update_folders(returns_dir)
-    known = {copy["id"]: copy["sha256"] for copy in published["copies"]}
+    known = published.copies
     manifests = {}
     for folder in folders:  # every path and manifest checked before any shard is opened
         check_data_folder(folder, returns_dir, "update folder", lambda name: name == UPDATE_MANIFEST or is_weight_file(name))
@@ -132,11 +133,11 @@ def _update_folders(returns_dir: Path) -> list[Path]:
     return sorted(folders, key=lambda path: update_folder_copy_id(path.name) if path != returns_dir else 0)
 
 
-def check_manifest(manifest: Any, path: Path, published: dict[str, Any]) -> UpdateManifest:
-    """An update manifest read from ``path``, validated for the round the server ``published``
-    (``{"round", "publication_id", ...}``): :meth:`UpdateManifest.from_json` with that round and
-    publication id. Raises InputError naming ``path`` and the reason; any unknown field is refused."""
-    return UpdateManifest.from_json(manifest, path, round=published["round"], publication_id=published.get("publication_id"))
+def check_manifest(manifest: Any, path: Path, published: PublishedRound) -> UpdateManifest:
+    """An update manifest read from ``path``, validated for the round the server ``published``:
+    :meth:`UpdateManifest.from_json` with that round and publication id. Raises InputError naming
+    ``path`` and the reason; any unknown field is refused."""
+    return UpdateManifest.from_json(manifest, path, round=published.round, publication_id=published.publication_id)
 
 
 def _check_tensors(update: ReturnedUpdate, expected: CheckpointReader) -> None:

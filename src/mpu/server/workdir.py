@@ -30,6 +30,32 @@ PRIVATE = 0o600
 FORMAT = "mpu-server-state/1"
 
 
+@dataclass(frozen=True)
+class PublishedRound:
+    """What the server published in the round in progress, as Post-Process needs it: the round, the
+    publication id of its manifest, each copy's sha256 by 1-based copy id, and ||theta|| (Frobenius
+    norm over every tensor) at publish time. Stored in ``state.json`` as
+    ``{"round", "publication_id", "copies": [{"id", "sha256"}], "model_norm"}``."""
+
+    round: int
+    publication_id: str | None
+    copies: dict[int, str]
+    model_norm: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``state.json`` form."""
+        return {"round": self.round, "publication_id": self.publication_id,
+                "copies": [{"id": copy_id, "sha256": sha256} for copy_id, sha256 in self.copies.items()],
+                "model_norm": self.model_norm}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PublishedRound":
+        """From the ``state.json`` form (the server's own file; ``publication_id`` and ``model_norm`` may
+        be absent in states written by early versions)."""
+        return cls(data["round"], data.get("publication_id"), {copy["id"]: copy["sha256"] for copy in data["copies"]},
+                   data.get("model_norm"))
+
+
 @dataclass
 class ServerState:
     config: ServerConfig
@@ -38,7 +64,7 @@ class ServerState:
     model_type: str
     base: str | None = None
     rounds_done: int = 0
-    published: dict[str, Any] | None = None  # {"round", "publication_id", "copies": [{"id", "sha256"}], "model_norm"}
+    published: PublishedRound | None = None  # the round in progress once published; None after aggregate
     history: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -59,7 +85,7 @@ class ServerState:
             "model_type": self.model_type,
             "base": self.base,
             "rounds_done": self.rounds_done,
-            "published": self.published,
+            "published": self.published.to_dict() if self.published is not None else None,
             "history": self.history,
         }
 
@@ -69,6 +95,8 @@ class ServerState:
             raise MPUError(f"unsupported server state format {data.get('format')!r}")
         data = {key: value for key, value in data.items() if key != "format"}
         data["config"] = ServerConfig.from_dict(data["config"])
+        if data.get("published") is not None:
+            data["published"] = PublishedRound.from_dict(data["published"])
         return cls(**data)
 
 
