@@ -49,6 +49,9 @@ SINGLE = "single-copy"
 
 @dataclass
 class Attack:
+    """One attack on the copies: its name, whether it aligns the copies first, and how it weights them
+    (``rule``: equal | reference | estimated | oracle; ``weights``/``alphas`` per copy where the rule fixes them)."""
+
     name: str
     aligned: bool
     rule: str  # equal | reference | estimated | oracle
@@ -59,6 +62,8 @@ class Attack:
 
 @dataclass
 class AuditResult:
+    """The audit's JSON-ready ``report``, the fitted alignments, and the folder of the recovered models (if kept)."""
+
     report: dict
     # copy id -> layer -> fitted map from that copy's coordinates to copy 1's
     alignments: dict[int, dict[int, LayerAlignment]] = field(default_factory=dict)
@@ -66,6 +71,7 @@ class AuditResult:
 
 
 def reference_alphas(m: int) -> list[float]:
+    """The paper's public alpha schedule for m copies: evenly spaced on [1, 2] (m >= 2)."""
     return [1.0 + k / (m - 1) for k in range(m)]
 
 
@@ -84,6 +90,9 @@ def run_audit(
     verify: bool = True,
     progress: bool = False,
 ) -> AuditResult:
+    """Run every attack a curious client could run on the publication in ``inbox`` and score it
+    against ``reference`` (theta, the server's model; optional) and ``base``. Raises InputError naming
+    the manifest for fewer than 2 copies, and whatever ``PublishedCopy.verify`` refuses when ``verify``."""
     publication = read_publication(inbox)
     copies = sorted(publication.copies, key=lambda c: c.id)
     m = len(copies)

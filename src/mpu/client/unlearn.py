@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class CopyResult:
+    """One copy's training: its 1-based id, the update folder, optimizer steps, wall seconds, the loss summary."""
+
     copy_id: int
     out_dir: Path
     steps: int

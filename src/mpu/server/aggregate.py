@@ -46,6 +46,9 @@ MAX_REPORTED_BLOCKS = 8
 
 @dataclass
 class AggregateReport:
+    """What one aggregation did: norms per copy, the step, the new model folder, the settings combined,
+    the largest per-block ratio of each copy against the bound, and the rounds planned."""
+
     round: int
     update_norms: dict[int, float]  # ||Delta'_k|| per copy
     step_norm: float  # ||eta * Delta||

@@ -58,6 +58,8 @@ class PublishedRound:
 
 @dataclass
 class ServerState:
+    """The server's round state: settings, the current model, the rounds done, what is published, the history."""
+
     config: ServerConfig
     model_dir: str  # relative to the work directory
     source_dtype: str  # dtype of the model the server started from, used by export
@@ -74,9 +76,11 @@ class ServerState:
 
     @property
     def finished(self) -> bool:
+        """Whether every planned round has been aggregated."""
         return self.rounds_done >= self.config.rounds
 
     def to_dict(self) -> dict[str, Any]:
+        """The ``state.json`` form, with its format tag."""
         return {
             "format": FORMAT,
             "config": self.config.to_dict(),
@@ -91,6 +95,7 @@ class ServerState:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ServerState":
+        """From the ``state.json`` form. Raises MPUError for another format tag."""
         if data.get("format") != FORMAT:
             raise MPUError(f"unsupported server state format {data.get('format')!r}")
         data = {key: value for key, value in data.items() if key != "format"}
@@ -101,30 +106,38 @@ class ServerState:
 
 
 class Workdir:
+    """The server's work directory (layout in the module docstring)."""
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
     @property
     def state_path(self) -> Path:
+        """``state.json``, the commit point."""
         return self.path / STATE_FILE
 
     @property
     def secrets_path(self) -> Path:
+        """``secrets.json``, one secret per round (mode 0600)."""
         return self.path / SECRETS_FILE
 
     def model_path(self, state: ServerState) -> Path:
+        """The folder of the current theta named by ``state``."""
         return self.path / state.model_dir
 
     def exists(self) -> bool:
+        """Whether the folder holds a server state."""
         return self.state_path.is_file()
 
     def load(self) -> ServerState:
+        """The saved state. Raises InputError when there is none, MPUError when others can read it."""
         if not self.exists():
             raise InputError(self.path, "not an mpu server work directory (no state.json); run `mpu server init` first")
         self._check_private(self.state_path)
         return ServerState.from_dict(read_json(self.state_path, "server state"))
 
     def save(self, state: ServerState) -> None:
+        """Write ``state`` atomically (mode 0600): the commit point of every command."""
         atomic_write_json(self.state_path, state.to_dict(), mode=PRIVATE)
 
     def round_secret(self, round_number: int, fixed_seed: int | None, *, create: bool) -> bytes:
