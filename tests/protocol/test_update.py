@@ -84,3 +84,17 @@ def test_without_a_server_round_the_manifest_bounds_itself():
     assert UpdateManifest.from_json(data, PATH).reference_round == 2
     with pytest.raises(InputError, match="'reference_round' must be in"):
         UpdateManifest.from_json(changed("reference_round", 3), PATH)
+
+
+def test_a_manifest_written_by_the_previous_release_is_read():
+    # as mpu 0c3312f's `mpu client unlearn` wrote update.json (key order included)
+    old = {"round": 1, "reference_round": 1, "publication_id": "9f0c2a1b33d4e5f6", "copy_id": 2, "copy_sha256": SHA,
+           "method": "GradAscent", "hparams": {"gamma": 1.0}, "training": {"epochs": 1, "learning_rate": 1e-05, "bf16": False},
+           "kind": "full", "steps": 4, "seconds": 0.512, "loss": {"first": 3.1, "last": 2.9, "min": 2.9, "mean": 3.0},
+           "encoding": {"prompt_format": {"template": "qa"}, "max_length": 512, "truncate": True, "rows_truncated": 0,
+                        "tokens_truncated": 0}, "format": "mpu-update/1"}
+
+    parsed = UpdateManifest.from_json(old, PATH, round=1, publication_id="9f0c2a1b33d4e5f6")
+
+    assert (parsed.copy_id, parsed.method, parsed.dp) == (2, "GradAscent", None)
+    assert parsed.to_json() == old
