@@ -85,7 +85,7 @@ class Aligner:
         o^T), gate and up rows, down columns; biases append as a column of their rows."""
         pieces: dict[str, list[torch.Tensor]] = {}
         for name in sorted(tensors):
-            rule = self.adapter.rules.get(name.split(".", 3)[3]) if self.adapter.layer_of(name) == layer else None
+            rule = self.adapter.rules.get(self.adapter.block_suffix(name)) if self.adapter.layer_of(name) == layer else None
             if rule is None:
                 continue
             x = tensors[name].to(F64)
