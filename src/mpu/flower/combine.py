@@ -26,14 +26,15 @@ owners agree); ``owners.json`` next to the update folders records the sizes and 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from mpu.checkpoint import CheckpointReader, ShardedWriter, atomic_write_json, layer_groups, staging_dir
 from mpu.checkpoint.files import PARTY_FILE_MODE
 from mpu.errors import InputError, MPUError
+from mpu.protocol import UPDATE_MANIFEST, UpdateManifest, update_folder
 
 AGREED = ("method", "kind", "hparams", "training", "dp")  # what every owner's update must share
 OWNERS_FILE = "owners.json"
@@ -58,7 +59,7 @@ def combine_returns(workdir: str | Path, owner_dirs: list[Path], sizes: list[int
     work = Workdir(workdir)
     state = work.load()
     published = state.published
-    if not published or published["round"] != state.current_round:
+    if published is None or published.round != state.current_round:
         raise MPUError(f"round {state.current_round} has not been published; nothing to combine")
     model = CheckpointReader(work.model_path(state))
     per_owner = [find_returns(folder, published, model) for folder in owner_dirs]
@@ -67,7 +68,7 @@ def combine_returns(workdir: str | Path, owner_dirs: list[Path], sizes: list[int
         for update, reference in zip(updates, first):
             if update.kind != "full":
                 raise InputError(update.manifest_path, "LoRA returns cannot be combined across data owners; return the full update")
-            differing = [key for key in AGREED if update.manifest.get(key) != reference.manifest.get(key)]
+            differing = [key for key in AGREED if getattr(update.manifest, key) != getattr(reference.manifest, key)]
             if differing:
                 raise InputError(update.manifest_path, f"trained with other {', '.join(differing)} than {reference.manifest_path}; "
                                                        "every data owner must run the same job")
@@ -76,7 +77,7 @@ def combine_returns(workdir: str | Path, owner_dirs: list[Path], sizes: list[int
     with staging_dir(out_dir) as stage:
         for k, reference in enumerate(first):
             updates = [owner[k] for owner in per_owner]
-            target = stage / f"update-{reference.copy_id}"
+            target = stage / update_folder(reference.copy_id)
             writer = ShardedWriter(target)
             for _, group in layer_groups(names):
                 tensors = {}
@@ -89,27 +90,28 @@ def combine_returns(workdir: str | Path, owner_dirs: list[Path], sizes: list[int
                     tensors[name] = total.contiguous()
                 writer.write_shard(tensors)
             writer.finish()
-            atomic_write_json(target / "update.json", combined_manifest([u.manifest for u in updates], weights), mode=PARTY_FILE_MODE)
+            atomic_write_json(target / UPDATE_MANIFEST, combined_manifest([u.manifest for u in updates], weights).to_json(),
+                              mode=PARTY_FILE_MODE)
         atomic_write_json(stage / OWNERS_FILE, {
-            "round": published["round"],
+            "round": published.round,
             "owners": [{"returns": str(folder), "forget_rows": size, "weight": weight}
                        for folder, size, weight in zip(owner_dirs, sizes, weights)],
         }, mode=PARTY_FILE_MODE)
     return Path(out_dir)
 
 
-def combined_manifest(manifests: list[dict[str, Any]], weights: list[float]) -> dict[str, Any]:
-    """The update manifest of a combined copy, in the schema :func:`check_manifest` accepts."""
-    combined = dict(manifests[0])
-    combined["steps"] = sum(int(m["steps"]) for m in manifests)
-    if all("seconds" in m for m in manifests):
-        combined["seconds"] = round(sum(float(m["seconds"]) for m in manifests), 3)
-    if all(isinstance(m.get("loss"), dict) for m in manifests):
+def combined_manifest(manifests: list[UpdateManifest], weights: list[float]) -> UpdateManifest:
+    """The update manifest of a combined copy: the first owner's, with ``steps`` and ``seconds`` summed,
+    ``loss`` the weighted mean (a key None when any owner's is), ``encoding`` dropped unless all agree."""
+    first = manifests[0]
+    seconds = None
+    if all(m.seconds is not None for m in manifests):
+        seconds = round(sum(float(m.seconds) for m in manifests), 3)
+    loss = None
+    if all(isinstance(m.loss, dict) for m in manifests):
         loss = {}
-        for key in manifests[0]["loss"]:
-            values = [m["loss"].get(key) for m in manifests]
+        for key in first.loss:
+            values = [m.loss.get(key) for m in manifests]
             loss[key] = None if any(v is None for v in values) else sum(w * v for w, v in zip(weights, values))
-        combined["loss"] = loss
-    if any(m.get("encoding") != manifests[0].get("encoding") for m in manifests):
-        combined.pop("encoding", None)
-    return combined
+    encoding = first.encoding if all(m.encoding == first.encoding for m in manifests) else None
+    return dataclasses.replace(first, steps=sum(m.steps for m in manifests), seconds=seconds, loss=loss, encoding=encoding)
