@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from mpu.errors import MPUError
 from mpu.flower.server_app import FlowerRun
@@ -28,3 +29,15 @@ def test_a_complete_run_config_is_read_with_its_types(tmp_path):
 def test_an_invalid_run_config_is_refused_naming_the_key(config, reason):
     with pytest.raises(MPUError, match=reason):
         FlowerRun.from_run_config(config)
+
+
+def test_an_owner_may_return_at_most_m_float32_updates_of_the_model(tmp_path, tiny_model_dir):
+    from mpu.checkpoint import CheckpointReader
+    from mpu.flower.server_app import returns_limit
+    from mpu.server.config import ServerConfig
+    from mpu.server.init import init_server
+
+    init_server(tmp_path / "server", str(tiny_model_dir), None, ServerConfig(copies=3), progress=False)
+    model = CheckpointReader(tiny_model_dir)
+    elements = sum(torch.Size(model.shape(name)).numel() for name in model.names())
+    assert returns_limit(tmp_path / "server") == 3 * (4 * elements + 2**20)

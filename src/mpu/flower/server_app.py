@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -140,8 +141,9 @@ def run_rounds(grid: Grid, run: FlowerRun) -> dict[str, float]:
         replies = {reply.metadata.src_node_id: reply for reply in grid.send_and_receive(messages, timeout=run.timeout)}
         log.info("round %d: %d repl(ies) received in %.2f s", round_number, len(replies), time.perf_counter() - started)
         owner_dirs, sizes = [], []
+        limit = returns_limit(run.workdir)
         for index, node in enumerate(nodes, start=1):
-            returns, size = _owner_returns(replies.get(node), node, folder / f"owner-{index}")
+            returns, size = _owner_returns(replies.get(node), node, folder / f"owner-{index}", limit)
             owner_dirs.append(returns)
             sizes.append(size)
         timings["exchange"] += time.perf_counter() - started
@@ -181,7 +183,21 @@ def wait_for_owners(grid: Grid, owners: int, timeout: float) -> list[int]:
         time.sleep(1.0)
 
 
-def _owner_returns(reply: Message | None, node: int, target: Path) -> tuple[Path, int]:
+def returns_limit(workdir: Path) -> int:
+    """The most bytes one owner's returns may hold: m dense float32 updates of the current model plus
+    1 MiB per copy for the manifest, index and safetensors headers. A larger reply is refused before
+    anything is written (a full update is the largest return; LoRA factors are smaller)."""
+    from mpu.checkpoint import CheckpointReader
+    from mpu.server.workdir import Workdir
+
+    work = Workdir(workdir)
+    state = work.load()
+    model = CheckpointReader(work.model_path(state))
+    elements = sum(math.prod(model.shape(name)) for name in model.names())
+    return state.config.copies * (4 * elements + (1 << 20))
+
+
+def _owner_returns(reply: Message | None, node: int, target: Path, max_bytes: int) -> tuple[Path, int]:
     """Write one owner's reply as a returns folder; its forget-set size. MPUError/InputError otherwise."""
     if reply is None:
         raise MPUError(f"data owner node {node} did not reply in time")
@@ -193,4 +209,4 @@ def _owner_returns(reply: Message | None, node: int, target: Path) -> tuple[Path
     size = content.config_records[OWNER].get("forget_rows")
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise InputError(target, f"reply of node {node}: forget_rows must be a positive integer, got {size!r}")
-    return record_to_folder(content.array_records[RETURNS], target, what=f"returns of node {node}"), size
+    return record_to_folder(content.array_records[RETURNS], target, max_bytes=max_bytes, what=f"returns of node {node}"), size
