@@ -41,3 +41,31 @@ def test_an_owner_may_return_at_most_m_float32_updates_of_the_model(tmp_path, ti
     model = CheckpointReader(tiny_model_dir)
     elements = sum(torch.Size(model.shape(name)).numel() for name in model.names())
     assert returns_limit(tmp_path / "server") == 3 * (4 * elements + 2**20)
+
+
+def reply(files: dict[str, bytes], forget_rows):
+    """A stand-in for an owner's reply Message (a real one needs a run): its content and no error."""
+    from types import SimpleNamespace
+
+    from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+    from mpu.flower.files import FILE_STYPE
+
+    returns = ArrayRecord({key: Array(dtype="uint8", shape=(len(data),), stype=FILE_STYPE, data=data) for key, data in files.items()})
+    content = RecordDict({"returns": returns, "owner": ConfigRecord({"forget_rows": forget_rows})})
+    return SimpleNamespace(has_error=lambda: False, content=content)
+
+
+def test_an_owner_reply_is_written_as_a_returns_folder_within_its_limits(tmp_path):
+    from mpu.errors import InputError
+    from mpu.flower.server_app import _owner_returns
+
+    folder, size = _owner_returns(reply({"update-1/update.json": b"{}"}, 4), 9, tmp_path / "ok", max_bytes=2)
+    assert size == 4 and (folder / "update-1" / "update.json").read_bytes() == b"{}"
+    with pytest.raises(InputError, match="more than 2 bytes"):
+        _owner_returns(reply({"update-1/update.json": b"{ }"}, 4), 9, tmp_path / "big", max_bytes=2)
+    with pytest.raises(InputError, match="forget_rows must be a positive integer"):
+        _owner_returns(reply({"update-1/update.json": b"{}"}, 0), 9, tmp_path / "zero", max_bytes=2)
+    with pytest.raises(MPUError, match="did not reply"):
+        _owner_returns(None, 9, tmp_path / "none", max_bytes=2)
+    assert not any((tmp_path / name).exists() for name in ("big", "zero", "none"))
