@@ -5,7 +5,7 @@ the MPU ServerApp sends a publication); the ClientApp writes them as a folder, r
 replies with them (as an owner replies with its returns). Everything on 127.0.0.1; the processes'
 peak resident memory is sampled every 0.2 s.
 
-    PYTHONPATH=src python -m tests.flower.transfer_benchmark --mib 256 --files 2
+    PYTHONPATH=src python -m benchmarks.flower_transfer --mib 256 --files 2
 
 prints the bytes, the round trip, and the peak RSS of SuperLink, SuperNode, ServerApp and ClientApp.
 """
@@ -83,7 +83,7 @@ def main() -> None:
     (app / "pyproject.toml").write_text(
         '[project]\nname = "mpu-transfer-benchmark"\nversion = "0.1.0"\ndependencies = ["flwr>=1.42,<2"]\n\n'
         '[tool.flwr.app]\npublisher = "mpu"\n\n[tool.flwr.app.components]\n'
-        'serverapp = "tests.flower.transfer_benchmark:server_app"\nclientapp = "tests.flower.transfer_benchmark:client_app"\n\n'
+        'serverapp = "benchmarks.flower_transfer:server_app"\nclientapp = "benchmarks.flower_transfer:client_app"\n\n'
         '[tool.flwr.app.config]\nfolder = ""\n')
     (root / "run.toml").write_text(f"folder = {json.dumps(str(payload))}\n")
     peak: dict[str, float] = {}
