@@ -51,8 +51,8 @@ def mpu_updates(target: Path, forget, training, kappa: float, reparam: bool, roo
     from transformers import AutoConfig
 
     from mpu.client.unlearn import unlearn_copies
+    from mpu.protocol import RoundKeys, update_folder
     from mpu.reparam import ReparamOptions, get_adapter
-    from mpu.server import randomness
     from mpu.server.config import ServerConfig
     from mpu.server.init import init_server
     from mpu.server.noise import alphas_for_round, harmonic_weights
@@ -64,14 +64,15 @@ def mpu_updates(target: Path, forget, training, kappa: float, reparam: bool, roo
     publish(root / "server", root / "outbox", progress=False)
     unlearn_copies(root / "outbox", forget, None, "GradAscent", {}, training, root / "returns")
     secret = Workdir(root / "server").round_secret(1, config.fixed_seed, create=False)
+    keys = RoundKeys(secret)
     adapter = get_adapter(AutoConfig.from_pretrained(target), config.reparam)
     mapped = []
-    for k in range(1, config.copies + 1):
-        update = tensors(root / "returns" / f"update-{k}")
+    for copy_id in range(1, config.copies + 1):
+        update = tensors(root / "returns" / update_folder(copy_id))
         for name, value in update.items():
             layer = adapter.layer_of(name)
             if layer is not None:
-                transform = adapter.sample(layer, randomness.generator(secret, "reparam", f"layer.{layer}", k))
+                transform = adapter.sample(layer, keys.transform(copy_id, layer))
                 update[name] = adapter.apply(transform, name, value, inverse=True)
         mapped.append(update)
     average = {n: sum(u[n] for u in mapped) / len(mapped) for n in mapped[0]}

@@ -95,6 +95,7 @@ def check_preservation(layers: int) -> None:
 
 def check_protocol(layers: int, root: Path, run_client: bool) -> None:
     from mpu.checkpoint import CheckpointReader, ShardedWriter, dir_sha256, layer_groups
+    from mpu.protocol import PUBLICATION_MANIFEST, UPDATE_MANIFEST, PublicationManifest, UpdateManifest, update_folder
     from mpu.server.aggregate import aggregate
     from mpu.server.config import ServerConfig
     from mpu.server.init import init_server
@@ -113,17 +114,19 @@ def check_protocol(layers: int, root: Path, run_client: bool) -> None:
     timings["publish_m3_bf16"] = time.perf_counter() - start
     worst = min(block.changed for block in report.blocks)
     log(f"[protocol] bf16 publish at kappa=0.01: noise survives in >= {worst:.1%} of values per block; warnings: {len(report.warnings)}")
-    manifest = json.loads((root / "outbox" / "manifest.json").read_text())
+    path = root / "outbox" / PUBLICATION_MANIFEST
+    publication = PublicationManifest.from_json(json.loads(path.read_text()), path)
     start = time.perf_counter()
-    for copy in manifest["copies"]:
-        reader = CheckpointReader(root / "outbox" / copy["path"])
-        writer = ShardedWriter(root / "returns" / f"update-{copy['id']}")
+    for copy in publication.copies:
+        reader = CheckpointReader(root / "outbox" / copy.path)
+        out = root / "returns" / update_folder(copy.id)
+        writer = ShardedWriter(out)
         for _, names in layer_groups(reader.names()):
             writer.write_shard({name: 1e-5 * torch.randn(reader.shape(name)) for name in names})
         writer.finish()
-        (root / "returns" / f"update-{copy['id']}" / "update.json").write_text(json.dumps({
-            "format": "mpu-update/1", "kind": "full", "round": 1, "copy_id": copy["id"],
-            "copy_sha256": dir_sha256(root / "outbox" / copy["path"]), "method": "stand-in", "steps": 0}))
+        manifest = UpdateManifest(kind="full", round=publication.round, copy_id=copy.id,
+                                  copy_sha256=dir_sha256(root / "outbox" / copy.path), method="stand-in", steps=0)
+        (out / UPDATE_MANIFEST).write_text(json.dumps(manifest.to_json()))
     timings["write_stand_in_returns"] = time.perf_counter() - start
     start = time.perf_counter()
     aggregate(root / "server", root / "returns", progress=False)

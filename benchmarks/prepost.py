@@ -162,19 +162,21 @@ def measure(step: str, args) -> dict:
 def write_returns(args) -> None:
     """Stand-in client returns (small random updates) for the aggregate step."""
     from mpu.checkpoint import CheckpointReader, ShardedWriter, dir_sha256, layer_groups
+    from mpu.protocol import PUBLICATION_MANIFEST, UPDATE_MANIFEST, PublicationManifest, UpdateManifest, update_folder
 
-    manifest = json.loads((args.workdir / "outbox" / "manifest.json").read_text())
-    for copy in manifest["copies"]:
-        copy_dir = args.workdir / "outbox" / copy["path"]
+    path = args.workdir / "outbox" / PUBLICATION_MANIFEST
+    publication = PublicationManifest.from_json(json.loads(path.read_text()), path)
+    for copy in publication.copies:
+        copy_dir = args.workdir / "outbox" / copy.path
         reader = CheckpointReader(copy_dir)
-        writer = ShardedWriter(args.workdir / "returns" / f"update-{copy['id']}")
+        out = args.workdir / "returns" / update_folder(copy.id)
+        writer = ShardedWriter(out)
         for _, names in layer_groups(reader.names()):
             writer.write_shard({name: 1e-4 * torch.randn(reader.shape(name)) for name in names})
         writer.finish()
-        (args.workdir / "returns" / f"update-{copy['id']}" / "update.json").write_text(json.dumps({
-            "format": "mpu-update/1", "kind": "full", "round": manifest["round"], "copy_id": copy["id"],
-            "copy_sha256": dir_sha256(copy_dir), "method": "benchmark", "steps": 0,
-        }))
+        manifest = UpdateManifest(kind="full", round=publication.round, copy_id=copy.id, copy_sha256=dir_sha256(copy_dir),
+                                  method="benchmark", steps=0)
+        (out / UPDATE_MANIFEST).write_text(json.dumps(manifest.to_json()))
 
 
 def main() -> None:

@@ -4,6 +4,8 @@ The package is organised by who does what in the protocol:
 
 - ``server/``     the model owner: secrets, noise, Pre-Process (publish), validation,
                   Post-Process (aggregate), round state;
+- ``protocol/``   what both parties share: the file layout, the publication and update manifests,
+                  the per-round key schedule (``RoundKeys``);
 - ``client/``     the data owner: load a published copy, unlearn on it, write the update;
 - ``reparam/``    secret function-preserving transforms, one adapter per architecture family;
 - ``methods/``    unlearning methods on a shared HF Trainer base (know nothing of MPU);

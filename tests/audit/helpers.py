@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig
 
+from mpu.protocol import RoundKeys
 from mpu.reparam import get_adapter
-from mpu.server import randomness
 from mpu.server.config import ServerConfig
 from mpu.server.init import init_server
 from mpu.server.noise import alphas_for_round
@@ -32,9 +32,9 @@ def true_transforms(server: Path, model_dir) -> dict[int, dict[int, object]]:
     """copy k -> layer -> the LayerTransform the server drew (regenerated from secrets.json)."""
     state = Workdir(server).load()
     adapter = get_adapter(AutoConfig.from_pretrained(model_dir), state.config.reparam)
-    secret = round_secret(server)
+    keys = RoundKeys(round_secret(server))
     layers = AutoConfig.from_pretrained(model_dir).num_hidden_layers
-    return {k: {l: adapter.sample(l, randomness.generator(secret, "reparam", f"layer.{l}", k)) for l in range(layers)}
+    return {k: {l: adapter.sample(l, keys.transform(k, l)) for l in range(layers)}
             for k in range(1, state.config.copies + 1)}
 
 

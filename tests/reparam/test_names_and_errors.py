@@ -30,11 +30,11 @@ def test_every_tiny_model_is_understood(case):
 
 
 def test_unknown_architecture_names_model_type_supported_ones_and_the_way_out():
-    config = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2)
+    config = transformers.GPTJConfig(n_layer=1, n_embd=32, n_head=2)
     with pytest.raises(UnsupportedArchitectureError) as err:
         get_adapter(config, ReparamOptions())
     message = str(err.value)
-    assert "gpt2" in message and "llama" in message and "--no-reparam" in message
+    assert "gptj" in message and "llama" in message and "--no-reparam" in message
 
 
 def test_disabled_gives_identity_for_any_architecture():

@@ -4,14 +4,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
+from mpu.protocol import RoundKeys
 from mpu.server import randomness
 from mpu.server.config import ServerConfig
 from mpu.server.noise import alphas_for_round, harmonic_weights, zero_sum_noise
 
 
 def generators(m: int, seed: int = 0):
-    secret = randomness.new_round_secret(seed, 1)
-    return [randomness.generator(secret, "noise", "w", k) for k in range(1, m + 1)]
+    return RoundKeys(randomness.new_round_secret(seed, 1)).noise_generators(m, "w")
 
 
 @settings(max_examples=25, deadline=None)
@@ -76,8 +76,8 @@ def test_round_secrets_come_from_a_csprng_unless_a_seed_is_fixed():
 
 
 def test_generators_are_independent_per_name_and_copy():
-    secret = b"s" * 16
-    draw = lambda name, k: torch.randn(4, generator=randomness.generator(secret, "noise", name, k))
+    keys = RoundKeys(b"s" * 16)
+    draw = lambda name, k: torch.randn(4, generator=keys.noise(k, name))
     assert torch.equal(draw("a", 1), draw("a", 1))
     assert not torch.equal(draw("a", 1), draw("a", 2))
     assert not torch.equal(draw("a", 1), draw("b", 1))

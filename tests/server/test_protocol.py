@@ -166,12 +166,12 @@ def test_secrets_stay_private_and_never_reach_the_outbox(tmp_path, tiny_model_di
         reader = CheckpointReader(copy)
         assert all(reader.metadata(name) == {"format": "pt"} for name in reader.names())
     # nor do the transforms: no permutation of this round appears as text anywhere
+    from mpu.protocol import RoundKeys
     from mpu.reparam import get_adapter
-    from mpu.server import randomness
     from transformers import AutoConfig
 
     adapter = get_adapter(AutoConfig.from_pretrained(tiny_model_dir), config.reparam)
     for k in (1, 2, 3):
-        drawn = adapter.sample(0, randomness.generator(bytes.fromhex(secret_hex), "reparam", "layer.0", k))
+        drawn = adapter.sample(0, RoundKeys(bytes.fromhex(secret_hex)).transform(k, 0))
         for perm in (drawn.ffn_perm, drawn.kv_perm):
             assert json.dumps(perm.tolist()) not in text and str(perm.tolist()) not in text

@@ -1,4 +1,4 @@
-"""Privacy audit (SPEC §7): what a curious client can recover from one round's published copies.
+"""Privacy audit: what a curious client can recover from one round's published copies.
 
     result = run_audit(outbox, reference=model_dir, base=base_dir)   # AuditResult
     print(format_table(result.report)); json.dump(result.report, ...)

@@ -1,8 +1,8 @@
 """Aligning one model's coordinates to another's: what a curious client runs on the published copies.
 
 Every copy is ``c_k = T_k(theta + eps_k)`` with T_k a secret, function-preserving change of
-coordinates (SPEC §3). The transforms come from a public family (the adapters in ``mpu.reparam``),
-so two copies of one round differ by ``T_1 T_k^-1`` plus noise, and that relative transform can be
+coordinates (per block: RoPE-plane rotations, V/O rotations, head and FFN permutations). The
+transforms come from a public family (the adapters in ``mpu.reparam``), so two copies of one round differ by ``T_1 T_k^-1`` plus noise, and that relative transform can be
 fitted from the weights alone:
 
 - **FFN units**: each unit is a gate row, an up row and a down column. Cosine similarity of those
@@ -85,7 +85,7 @@ class Aligner:
         o^T), gate and up rows, down columns; biases append as a column of their rows."""
         pieces: dict[str, list[torch.Tensor]] = {}
         for name in sorted(tensors):
-            rule = self.adapter.rules.get(name.split(".", 3)[3]) if self.adapter.layer_of(name) == layer else None
+            rule = self.adapter.rules.get(self.adapter.block_suffix(name)) if self.adapter.layer_of(name) == layer else None
             if rule is None:
                 continue
             x = tensors[name].to(F64)

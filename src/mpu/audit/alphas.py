@@ -1,9 +1,9 @@
 """The alpha_k of a round, estimated from the copies alone, and the combination weights.
 
 After alignment, copy k is ``theta + alpha_k eps0_k`` (in copy 1's coordinates), where the eps0_k
-are the zero-sum draws of SPEC §2: each element has variance sigma^2 and two different copies'
-draws have correlation -1/(m-1). So the squared distance of two aligned copies is, summed over
-all N perturbed elements (sigma varies per block, alpha does not)::
+are the zero-sum draws of Pre-Process, sqrt(m/(m-1)) (z_k - mean_j z_j) with z_k ~ N(0, sigma^2):
+each element has variance sigma^2 and two different copies' draws have correlation -1/(m-1). So
+the squared distance of two aligned copies is, summed over all N perturbed elements (sigma varies per block, alpha does not)::
 
     ||c_i - c_j||^2 = S (alpha_i^2 + alpha_j^2 + 2 alpha_i alpha_j / (m - 1)),   S = sum N_l sigma_l^2
 

@@ -38,6 +38,7 @@ from mpu.audit.alphas import AlphaEstimate, combined_noise_std, estimate_alphas,
 from mpu.checkpoint import CheckpointReader, ShardedWriter, copy_model_files, layer_groups
 from mpu.client.inbox import read_publication
 from mpu.errors import InputError, MPUError
+from mpu.protocol import PUBLICATION_MANIFEST
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,9 @@ SINGLE = "single-copy"
 
 @dataclass
 class Attack:
+    """One attack on the copies: its name, whether it aligns the copies first, and how it weights them
+    (``rule``: equal | reference | estimated | oracle; ``weights``/``alphas`` per copy where the rule fixes them)."""
+
     name: str
     aligned: bool
     rule: str  # equal | reference | estimated | oracle
@@ -58,6 +62,8 @@ class Attack:
 
 @dataclass
 class AuditResult:
+    """The audit's JSON-ready ``report``, the fitted alignments, and the folder of the recovered models (if kept)."""
+
     report: dict
     # copy id -> layer -> fitted map from that copy's coordinates to copy 1's
     alignments: dict[int, dict[int, LayerAlignment]] = field(default_factory=dict)
@@ -65,6 +71,7 @@ class AuditResult:
 
 
 def reference_alphas(m: int) -> list[float]:
+    """The paper's public alpha schedule for m copies: evenly spaced on [1, 2] (m >= 2)."""
     return [1.0 + k / (m - 1) for k in range(m)]
 
 
@@ -83,11 +90,14 @@ def run_audit(
     verify: bool = True,
     progress: bool = False,
 ) -> AuditResult:
+    """Run every attack a curious client could run on the publication in ``inbox`` and score it
+    against ``reference`` (theta, the server's model; optional) and ``base``. Raises InputError naming
+    the manifest for fewer than 2 copies, and whatever ``PublishedCopy.verify`` refuses when ``verify``."""
     publication = read_publication(inbox)
     copies = sorted(publication.copies, key=lambda c: c.id)
     m = len(copies)
     if m < 2:
-        raise InputError(Path(inbox) / "manifest.json", f"needs at least 2 copies, the manifest lists {m}")
+        raise InputError(Path(inbox) / PUBLICATION_MANIFEST, f"needs at least 2 copies, the manifest lists {m}")
     if verify:
         for copy in copies:
             copy.verify()
@@ -186,8 +196,8 @@ def run_audit(
         "inbox": str(inbox),
         "round": publication.round,
         "copies": [copy.id for copy in copies],
-        "architecture": publication.manifest.get("architecture"),
-        "dtype": publication.manifest.get("dtype"),
+        "architecture": publication.manifest.architecture,
+        "dtype": publication.manifest.dtype,
         "reference": str(reference) if reference else None,
         "base": str(base) if base else None,
         "scored": theta is not None,

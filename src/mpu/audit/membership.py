@@ -38,25 +38,26 @@ def server_updates(workdir: str | Path, returns_dir: str | Path, round_number: i
     """The server's view of one round: its harmonic weights and each copy's update mapped back with
     T_k^-1 (theta's coordinates), exactly as Post-Process computes them. Server-side code: it reads
     the round secret."""
+    from mpu.protocol import RoundKeys, update_folder
     from mpu.reparam import get_adapter
-    from mpu.server import randomness
     from mpu.server.noise import alphas_for_round, harmonic_weights
     from mpu.server.workdir import Workdir
 
     work = Workdir(workdir)
     state = work.load()
     secret = work.round_secret(round_number, state.config.fixed_seed, create=False)
+    keys = RoundKeys(secret)
     weights = harmonic_weights(alphas_for_round(state.config, secret))
     adapter = get_adapter(AutoConfig.from_pretrained(work.model_path(state)), state.config.reparam)
     updates = []
-    for k in range(1, state.config.copies + 1):
-        reader = CheckpointReader(Path(returns_dir) / f"update-{k}")
+    for copy_id in range(1, state.config.copies + 1):
+        reader = CheckpointReader(Path(returns_dir) / update_folder(copy_id))
         mapped = {}
         for name in reader.names():
             delta = reader.get(name).to(torch.float32)
             layer = adapter.layer_of(name)
             if layer is not None:
-                transform = adapter.sample(layer, randomness.generator(secret, "reparam", f"layer.{layer}", k))
+                transform = adapter.sample(layer, keys.transform(copy_id, layer))
                 delta = adapter.apply(transform, name, delta, inverse=True)
             mapped[name] = delta
         updates.append(mapped)

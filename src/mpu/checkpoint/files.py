@@ -211,7 +211,9 @@ def architecture_config(config: Any, path: Path) -> dict[str, Any]:
     if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
         raise InputError(path, f"model_type {model_type!r} is not an architecture transformers knows (remote code is never used)")
     config_class = CONFIG_MAPPING[model_type]
-    known = set(config_class().to_dict())
+    # head_dim: some classes (Qwen3-MoE) leave it out of their defaults, yet their models read an explicit
+    # one (Qwen3-30B-A3B: 128, not hidden/heads = 64); dropping it would change the architecture.
+    known = set(config_class().to_dict()) | {"head_dim"}
     try:
         loaded = config_class.from_dict({key: value for key, value in config.items() if key not in DROPPED_CONFIG_KEYS}).to_dict()
     except Exception as err:  # transformers validates values with many exception types

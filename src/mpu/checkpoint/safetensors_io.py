@@ -129,15 +129,19 @@ class CheckpointReader:
         return name in self._meta
 
     def names(self) -> list[str]:
+        """Every tensor name of the checkpoint, sorted."""
         return sorted(self._meta)
 
     def dtype(self, name: str) -> torch.dtype:
+        """The stored dtype of tensor ``name`` (from the header; KeyError for an unknown name)."""
         return self._meta[name][0]
 
     def shape(self, name: str) -> tuple[int, ...]:
+        """The stored shape of tensor ``name`` (from the header; KeyError for an unknown name)."""
         return self._meta[name][1]
 
     def shard(self, name: str) -> Path:
+        """The weight file that holds tensor ``name`` (for error messages)."""
         return self._shard_of[name]
 
     def shards(self) -> list[Path]:
@@ -145,12 +149,11 @@ class CheckpointReader:
         return sorted(set(self._shard_of.values()))
 
     def numel(self) -> int:
+        """The number of elements over all tensors."""
         return sum(torch.Size(shape).numel() for _, shape in self._meta.values())
 
-    def nbytes(self) -> int:
-        return sum(torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size() for dtype, shape in self._meta.values())
-
     def get(self, name: str, device: str | torch.device = "cpu") -> torch.Tensor:
+        """Tensor ``name`` in its stored dtype on ``device``, read from its shard. KeyError for an unknown name."""
         if name not in self._meta:
             raise KeyError(name)
         # A handle per read: an open handle keeps every page it touched mapped (and counted in
@@ -218,6 +221,8 @@ class ShardedWriter:
         self._total_size = 0
 
     def write_shard(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Write ``tensors`` (moved to the CPU) as the next shard; nothing for an empty dict. Raises
+        ValueError for a name an earlier shard already holds."""
         if not tensors:
             return
         duplicate = sorted(set(tensors) & set(self._weight_map))

@@ -207,7 +207,7 @@ def _status(args) -> int:
         "rounds": state.config.rounds,
         "copies": state.config.copies,
         "kappa": state.config.kappa,
-        "published_round": state.published["round"] if state.published else None,
+        "published_round": state.published.round if state.published else None,
         "history": state.history,
     }
     if args.json:

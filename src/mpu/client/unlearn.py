@@ -16,17 +16,20 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mpu.checkpoint import read_json
 from mpu.checkpoint.files import MAX_MANIFEST_BYTES
-from mpu.client.inbox import MANIFEST, Publication, PublishedCopy, read_publication
+from mpu.client.inbox import Publication, PublishedCopy, read_publication
+from mpu.client.update import loss_summary, write_dense_update, write_lora_update
 from mpu.errors import InputError, MPUError
-from mpu.client.update import UPDATE_MANIFEST, loss_summary, write_dense_update, write_lora_update
 from mpu.methods import TrainingOptions, run_unlearning
 from mpu.methods.run import frozen_gc, method_hparams
+from mpu.protocol import PUBLICATION_MANIFEST, UPDATE_MANIFEST, UpdateManifest, update_folder
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class CopyResult:
+    """One copy's training: its 1-based id, the update folder, optimizer steps, wall seconds, the loss summary."""
+
     copy_id: int
     out_dir: Path
     steps: int
@@ -68,7 +71,7 @@ def unlearn_copies(
     out_dir = Path(out_dir)
     results, todo = [], []
     for copy in publication.select(copy_ids):
-        finished = _existing_update(out_dir / f"update-{copy.id}", publication, copy, job, overwrite=overwrite, resume=resume)
+        finished = _existing_update(out_dir / update_folder(copy.id), publication, copy, job, overwrite=overwrite, resume=resume)
         if finished is not None:
             results.append(finished)
         else:
@@ -152,10 +155,10 @@ def _load_model(copy_dir: Path) -> torch.nn.Module:
 
 def _reference_publication(reference_inbox, publication) -> Publication:
     references = read_publication(reference_inbox)
-    manifest = references.inbox / MANIFEST
-    if references.manifest.get("architecture") != publication.manifest.get("architecture"):
-        raise InputError(manifest, f"reference publication is a {references.manifest.get('architecture')} model, "
-                                   f"this round's copies are {publication.manifest.get('architecture')}")
+    manifest = references.inbox / PUBLICATION_MANIFEST
+    if references.manifest.architecture != publication.manifest.architecture:
+        raise InputError(manifest, f"reference publication is a {references.manifest.architecture} model, "
+                                   f"this round's copies are {publication.manifest.architecture}")
     if references.round > publication.round:
         raise InputError(manifest, f"reference publication is from round {references.round}, after this round ({publication.round})")
     return references
@@ -185,21 +188,20 @@ def _unlearn_one(publication, copy: PublishedCopy, forget_rows, retain_rows, met
         # one ε covers every copy of the round: the server sees all m updates of the same data
         result = run_unlearning(model, tokenizer, forget_rows, retain_rows, method, hparams, copy_training, scratch, reference,
                                 dp_runs=len(publication.copies))
-    target = out_dir / f"update-{copy.id}"
-    manifest = {
-        "round": publication.round,
-        "reference_round": references.round if references is not None else publication.round,
-        "publication_id": publication.publication_id,
-        "copy_id": copy.id,
-        "copy_sha256": copy.sha256,
-        **job,
-        "steps": result.steps,
-        "seconds": round(result.seconds, 3),
-        "loss": loss_summary(result.losses),
-        "encoding": result.encoding,   # prompt format arguments, length policy, rows/tokens truncated
-    }
-    if result.dp is not None:
-        manifest["dp"] = result.dp   # the guarantee the server received, and nothing else about the data
+    target = out_dir / update_folder(copy.id)
+    manifest = UpdateManifest(
+        round=publication.round,
+        reference_round=references.round if references is not None else publication.round,
+        publication_id=publication.publication_id,
+        copy_id=copy.id,
+        copy_sha256=copy.sha256,
+        **job,   # method, hparams, training, kind
+        steps=result.steps,
+        seconds=round(result.seconds, 3),
+        loss=loss_summary(result.losses),
+        encoding=result.encoding,   # prompt format arguments, length policy, rows/tokens truncated
+        dp=result.dp,   # the guarantee the server received (None without DP-SGD), and nothing else about the data
+    )
     if is_main_process():
         if return_lora:
             if not result.lora_factors:
@@ -207,8 +209,8 @@ def _unlearn_one(publication, copy: PublishedCopy, forget_rows, retain_rows, met
             write_lora_update(result.lora_factors, target, manifest, model)
         else:
             write_dense_update(model, copy.path, target, manifest)
-        log.info("copy %d: %d steps, loss %s -> %s, wrote %s", copy.id, result.steps, manifest["loss"]["first"], manifest["loss"]["last"], target)
-    return CopyResult(copy.id, target, result.steps, result.seconds, manifest["loss"])
+        log.info("copy %d: %d steps, loss %s -> %s, wrote %s", copy.id, result.steps, manifest.loss["first"], manifest.loss["last"], target)
+    return CopyResult(copy.id, target, result.steps, result.seconds, manifest.loss)
 
 
 ROUND_SEED_STRIDE = 1000  # seeds of one round: seed + round offset + copy id (1..m), distinct across rounds for m <= 1000

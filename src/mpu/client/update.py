@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,7 @@ from transformers.core_model_loading import revert_weight_conversion
 from mpu.checkpoint import CheckpointReader, ShardedWriter, atomic_write_json, layer_groups, staging_dir
 from mpu.checkpoint.files import PARTY_FILE_MODE
 from mpu.errors import MPUError
-
-UPDATE_MANIFEST = "update.json"
-UPDATE_FORMAT = "mpu-update/1"
+from mpu.protocol import UPDATE_FORMAT, UPDATE_MANIFEST, UpdateManifest, lora_names
 
 
 def checkpoint_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -31,9 +30,10 @@ def checkpoint_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return revert_weight_conversion(model, state)
 
 
-def write_dense_update(trained: torch.nn.Module, copy_dir: Path, out_dir: Path, manifest: dict[str, Any]) -> None:
+def write_dense_update(trained: torch.nn.Module, copy_dir: Path, out_dir: Path, manifest: UpdateManifest | dict[str, Any]) -> None:
     """Delta' per tensor of the copy's checkpoint, under the copy's own names and shapes, streamed
-    against the copy's files so the client never needs a second model-sized buffer.
+    against the copy's files so the client never needs a second model-sized buffer. ``out_dir`` gets
+    the float32 safetensors and ``update.json``: ``manifest`` with ``kind: full`` and the format tag.
 
     Raises MPUError naming the tensors when the trained model, saved as transformers saves it, lacks
     a tensor of the copy or has it in another shape.
@@ -52,7 +52,7 @@ def write_dense_update(trained: torch.nn.Module, copy_dir: Path, out_dir: Path, 
         for _, names in layer_groups(copy.names()):
             writer.write_shard({name: params[name].detach().to("cpu", torch.float32) - copy.get(name).to(torch.float32) for name in names})
         writer.finish()
-        atomic_write_json(stage / UPDATE_MANIFEST, {**manifest, "format": UPDATE_FORMAT, "kind": "full"}, mode=PARTY_FILE_MODE)
+        atomic_write_json(stage / UPDATE_MANIFEST, _manifest_json(manifest, "full"), mode=PARTY_FILE_MODE)
 
 
 def checkpoint_names(model: torch.nn.Module, names: list[str]) -> dict[str, str]:
@@ -76,10 +76,11 @@ def checkpoint_names(model: torch.nn.Module, names: list[str]) -> dict[str, str]
     return mapping
 
 
-def write_lora_update(factors: dict[str, tuple[torch.Tensor, torch.Tensor]], out_dir: Path, manifest: dict[str, Any],
+def write_lora_update(factors: dict[str, tuple[torch.Tensor, torch.Tensor]], out_dir: Path, manifest: UpdateManifest | dict[str, Any],
                       model: torch.nn.Module | None = None) -> None:
     """The low-rank factors instead: Delta'(W) = B @ A for every adapted weight W, named as W is
-    on disk when ``model`` (the trained model, to read transformers' renamings from) is given."""
+    on disk when ``model`` (the trained model, to read transformers' renamings from) is given.
+    ``factors``: weight name -> (B (out x r), A (r x in)); ``update.json`` gets ``kind: lora``."""
     if model is not None:
         names = checkpoint_names(model, list(factors))
         factors = {names[name]: value for name, value in factors.items()}
@@ -87,11 +88,19 @@ def write_lora_update(factors: dict[str, tuple[torch.Tensor, torch.Tensor]], out
         writer = ShardedWriter(stage)
         tensors = {}
         for name, (lora_b, lora_a) in sorted(factors.items()):
-            tensors[f"{name}.lora_B"] = lora_b.detach().to("cpu", torch.float32).contiguous()
-            tensors[f"{name}.lora_A"] = lora_a.detach().to("cpu", torch.float32).contiguous()
+            name_a, name_b = lora_names(name)
+            tensors[name_b] = lora_b.detach().to("cpu", torch.float32).contiguous()
+            tensors[name_a] = lora_a.detach().to("cpu", torch.float32).contiguous()
         writer.write_shard(tensors)
         writer.finish()
-        atomic_write_json(stage / UPDATE_MANIFEST, {**manifest, "format": UPDATE_FORMAT, "kind": "lora"}, mode=PARTY_FILE_MODE)
+        atomic_write_json(stage / UPDATE_MANIFEST, _manifest_json(manifest, "lora"), mode=PARTY_FILE_MODE)
+
+
+def _manifest_json(manifest: UpdateManifest | dict[str, Any], kind: str) -> dict[str, Any]:
+    """``update.json``'s content: the manifest with this ``kind`` and the format tag."""
+    if isinstance(manifest, UpdateManifest):
+        return dataclasses.replace(manifest, kind=kind).to_json()
+    return {**manifest, "format": UPDATE_FORMAT, "kind": kind}
 
 
 def loss_summary(losses: list[float]) -> dict[str, float | None]:

@@ -68,12 +68,6 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def training_flag(name: str) -> str:
-    """The command-line flag of a TrainingOptions field (``seed`` -> ``--train-seed``)."""
-    f = {f.name: f for f in dataclasses.fields(TrainingOptions)}[name]
-    return f.metadata.get("flag", _flag(name))
-
-
 def methods_table() -> str:
     lines = ["methods, their hyperparameters and defaults (set with the flags above, --hp KEY=VALUE or --config):"]
     for method in METHODS.names():

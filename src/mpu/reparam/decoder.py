@@ -17,7 +17,8 @@ operation is one of the two row operations in ``maths.py``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Iterable, Union
 
 import torch
@@ -53,24 +54,49 @@ class Geometry:
         return self.n_heads // self.n_kv
 
     @classmethod
-    def from_config(cls, config: transformers.PretrainedConfig, partial_rotary: bool) -> "Geometry":
+    def from_config(
+        cls,
+        config: transformers.PretrainedConfig,
+        partial_rotary: bool,
+        *,
+        rope: bool = True,
+        n_kv: int | None = None,
+        intermediate: int | None = None,
+    ) -> "Geometry":
+        """``rope=False``: no rotary embedding (learned positions, ALiBi): rotary_dim is 0 and the whole
+        head is free for any orthogonal map. ``n_kv``/``intermediate`` override the config's names
+        (``num_key_value_heads``, ``intermediate_size``) for families that call them differently."""
         n_heads = int(config.num_attention_heads)
-        n_kv = int(getattr(config, "num_key_value_heads", None) or n_heads)
+        n_kv = int(n_kv or getattr(config, "num_key_value_heads", None) or n_heads)
         # Always the explicit head_dim when there is one (Gemma: hidden / heads would be wrong).
         head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // n_heads)
-        rotary_dim = _rotary_dim(config, head_dim) if partial_rotary else head_dim
-        geometry = cls(n_heads, n_kv, head_dim, rotary_dim, int(config.intermediate_size))
-        geometry._validate(config)
+        if not rope:
+            rotary_dim = 0
+        else:
+            rotary_dim = _rotary_dim(config, head_dim) if partial_rotary else head_dim
+        intermediate = int(intermediate if intermediate is not None else config.intermediate_size)
+        geometry = cls(n_heads, n_kv, head_dim, rotary_dim, intermediate)
+        geometry._validate(config, rope)
         return geometry
 
-    def _validate(self, config) -> None:
+    def _validate(self, config, rope: bool = True) -> None:
         problems = []
         if self.n_kv < 1 or self.n_heads % self.n_kv:
             problems.append(f"num_attention_heads={self.n_heads} is not a multiple of num_key_value_heads={self.n_kv}")
-        if self.rotary_dim % 2 or not 0 < self.rotary_dim <= self.head_dim:
+        if self.rotary_dim % 2 or not (0 if not rope else 1) <= self.rotary_dim <= self.head_dim:
             problems.append(f"rotary dim {self.rotary_dim} must be even and in (0, head_dim={self.head_dim}]")
         if problems:
             raise UnsupportedArchitectureError(f"{config.model_type}: cannot reparameterise: " + "; ".join(problems))
+
+
+def interleaved_order(n_heads: int, head_dim: int, parts: int) -> torch.Tensor:
+    """row_order for fused rows stored per head as [part 0, part 1, ...] (GPT-NeoX, Falcon MHA).
+
+    Stored row ``(h * parts + p) * head_dim + a`` is row ``p * H * head_dim + h * head_dim + a`` of the
+    segment-major layout [part 0 of all heads | part 1 of all heads | ...].
+    """
+    stored = torch.arange(n_heads * parts * head_dim).reshape(n_heads, parts, head_dim)
+    return stored.permute(1, 0, 2).reshape(-1)
 
 
 def _rotary_dim(config: transformers.PretrainedConfig, head_dim: int) -> int:
@@ -98,6 +124,9 @@ class UnitRole:
     label: str
     power: int  # unit i is scaled by s_i ** power: gate 0, up +1, down (columns) -1
     size: int
+    # Which FFN's permutation/scales act on these units: "ffn" (LayerTransform.ffn_perm/ffn_scale) or a
+    # key of the transform's ``units`` dict (mixture-of-experts: one FFN per expert, see moe.py).
+    key: str = "ffn"
 
 
 Role = Union[HeadRole, UnitRole]
@@ -105,10 +134,18 @@ Role = Union[HeadRole, UnitRole]
 
 @dataclass(frozen=True)
 class Rule:
-    """How one parameter transforms: row segments (concatenated along dim 0) and a column role."""
+    """How one parameter transforms: row segments (concatenated along dim 0) and a column role.
+
+    ``transposed``: the tensor is stored as (in, out) (GPT-2's Conv1D): rows and columns above refer
+    to the (out, in) matrix ``tensor.T``. ``row_order``: the stored rows are a permutation of the
+    concatenated segments (fused projections interleaved per head, e.g. GPT-NeoX [q0 k0 v0 q1 ...]):
+    segment-major row r is stored row ``row_order[r]``.
+    """
 
     rows: tuple[Role, ...] = ()
     cols: Role | None = None
+    transposed: bool = False
+    row_order: torch.Tensor | None = field(default=None, compare=False)
 
     @property
     def is_identity(self) -> bool:
@@ -128,12 +165,54 @@ class DecoderAdapter(Adapter):
     # Only models whose apply_rotary_pos_emb splits q into q_rot / q_pass honour partial_rotary_factor
     # (Phi-3); the others rotate the whole head whatever the config says.
     partial_rotary: bool = False
+    # Families with other layouts (GPT-2, GPT-NeoX, OPT, Falcon, ...) set these:
+    # the prefix of block names, "<prefix><l>.<suffix>"; "model.layers." defers to Adapter.layer_of.
+    block_prefix: str = "model.layers."
+    # Checkpoints saved from the bare base model (the hub's gpt2: "h.0.attn.c_attn.weight", "wte.weight")
+    # lack the base model's prefix ("transformer."); such names are read with it, as transformers loads them.
+    base_prefix: str = ""
+    # Block-external tensors T leaves alone (embeddings, final norm, head).
+    non_block_names: frozenset[str] = NON_BLOCK_NAMES
+    # Block norms with a bias (LayerNorm): the bias, like the weight, acts on the hidden state.
+    norm_bias: bool = False
+    # Whether the FFN commutes with a positive per-unit scale: True for gated FFNs (linear in up) and
+    # ReLU (relu(s x) = s relu(x), s > 0); False for GELU, where ffn_scaling is skipped.
+    ffn_scalable: bool = True
+    # Whether the model rotates q/k by RoPE; without it (learned positions, ALiBi) any orthogonal map
+    # per KV head preserves q.k.
+    rope: bool = True
 
     def __init__(self, config: transformers.PretrainedConfig, options: ReparamOptions):
         super().__init__(config, options)
-        self.geometry = Geometry.from_config(config, self.partial_rotary)
+        self.geometry = self._geometry()
         self.roles = self._roles()
         self.rules = self._block_rules()
+        self._block_re = re.compile(r"^" + re.escape(self.block_prefix) + r"(\d+)\.(.+)$")
+
+    def _geometry(self) -> Geometry:
+        return Geometry.from_config(self.config, self.partial_rotary, rope=self.rope)
+
+    def layer_of(self, name: str) -> int | None:
+        """Block index of a ``<block_prefix><l>.<...>`` name, else None."""
+        if self.block_prefix == "model.layers.":
+            return super().layer_of(name)
+        match = self._block_re.match(self._canonical(name))
+        return int(match.group(1)) if match else None
+
+    def block_suffix(self, name: str) -> str:
+        """The part of a block name after ``<block_prefix><l>.``."""
+        if self.block_prefix == "model.layers.":
+            return name.split(".", 3)[3]
+        match = self._block_re.match(self._canonical(name))
+        return match.group(2) if match else name
+
+    def _canonical(self, name: str) -> str:
+        """``name`` with the base-model prefix when it lacks it and only the prefixed name is known."""
+        if not self.base_prefix or name.startswith(self.base_prefix):
+            return name
+        prefixed = self.base_prefix + name
+        known = self._block_re.match(prefixed) is not None or prefixed in self.non_block_names
+        return prefixed if known else name
 
     # Layout ----------------------------------------------------------------------------------
 
@@ -173,19 +252,33 @@ class DecoderAdapter(Adapter):
             modules |= {m for m in self._linears() if m.startswith("mlp.")}
         return modules
 
+    def _transposed_modules(self) -> set[str]:
+        """Linear modules stored as (in, out), like GPT-2's Conv1D."""
+        return set()
+
+    def _row_orders(self) -> dict[str, torch.Tensor]:
+        """Fused modules whose stored rows interleave their segments: module -> row_order (see Rule)."""
+        return {}
+
     def _block_rules(self) -> dict[str, Rule]:
         """Every name inside a block that this adapter understands (the suffix after model.layers.<l>.)."""
         rules: dict[str, Rule] = {}
         biased = self._bias_modules()
+        transposed, orders = self._transposed_modules(), self._row_orders()
         for module, (row_labels, col_label) in self._linears().items():
             rows = tuple(self.roles[label] for label in row_labels)
-            rules[f"{module}.weight"] = Rule(rows, self.roles[col_label] if col_label else None)
+            order = orders.get(module)
+            rules[f"{module}.weight"] = Rule(
+                rows, self.roles[col_label] if col_label else None, module in transposed, order
+            )
             if module in biased:
                 # A bias lives in the output space: it follows the rows, and a column transform
                 # (o_proj, down_proj) leaves it alone.
-                rules[f"{module}.bias"] = Rule(rows)
+                rules[f"{module}.bias"] = Rule(rows, row_order=order)
         for norm in self.block_norms:
             rules[f"{norm}.weight"] = Rule()
+            if self.norm_bias:
+                rules[f"{norm}.bias"] = Rule()
         if self.qk_norm == "per_head":
             # Shared by all heads, so head permutations leave it alone; sign flips commute with it.
             rules["self_attn.q_norm.weight"] = Rule()
@@ -205,6 +298,8 @@ class DecoderAdapter(Adapter):
         heads = f"shared by its {g.group} query head(s)"
         if not o.qk_rotation:
             qk = "QK: not transformed (qk_rotation off)"
+        elif not self.rope:
+            qk = f"QK: a Haar-random orthogonal {g.head_dim}x{g.head_dim} per KV head (no RoPE), {heads}"
         elif self.qk_norm:
             where = "per-head q_norm/k_norm" if self.qk_norm == "per_head" else "q_norm/k_norm over the projection"
             qk = f"QK: plane sign flips only ({where}): each of the {half} RoPE planes of a KV head is rotated by 0 or pi"
@@ -220,11 +315,13 @@ class DecoderAdapter(Adapter):
         )
         if o.ffn_permutation:
             lines.append(f"FFN: permutation of the {g.intermediate} intermediate units (gate/up rows, down columns)")
-        if o.ffn_scaling:
+        if o.ffn_scaling and not self.ffn_scalable:
+            lines.append("FFN: no scaling (the activation is not positively homogeneous)")
+        elif o.ffn_scaling:
             lines.append(f"FFN: up row i scaled by s_i, down column i by 1/s_i, s_i = exp(U(-ln r, ln r)), r = {o.ffn_scale_range:g}")
         if not (o.ffn_permutation or o.ffn_scaling):
             lines.append("FFN: not transformed")
-        biased = sorted(m.split(".")[-1] for m in self._bias_modules())
+        biased = sorted({m.split(".")[-1] for m in self._bias_modules()})
         if biased:
             lines.append(f"biases of {', '.join(biased)}: transformed with their rows (column transforms leave them alone)")
         if self.qk_norm == "full":
@@ -239,7 +336,8 @@ class DecoderAdapter(Adapter):
         if o.vo == "haar":
             return f"V/O: an independent Haar-random orthogonal {g.head_dim}x{g.head_dim} per KV head (V rows, O columns)"
         if o.qk_rotation and not self.qk_norm:
-            return "V/O: the same plane rotation as that KV group's QK (V rows, O columns)"
+            what = "orthogonal" if not self.rope else "plane rotation"
+            return f"V/O: the same {what} as that KV group's QK (V rows, O columns)"
         return "V/O: an independent random plane rotation per KV head (V rows, O columns)"
 
     def check_names(self, names: Iterable[str]) -> None:
@@ -256,8 +354,8 @@ class DecoderAdapter(Adapter):
     def _understands(self, name: str) -> bool:
         layer = self.layer_of(name)
         if layer is None:
-            return name in NON_BLOCK_NAMES
-        return layer < self.num_layers and name.split(".", 3)[3] in self.rules
+            return self._canonical(name) in self.non_block_names
+        return layer < self.num_layers and self.block_suffix(name) in self.rules
 
     def sample(self, layer: int, generator: torch.Generator) -> LayerTransform:
         self._check_sample_args(layer, generator)
@@ -274,7 +372,8 @@ class DecoderAdapter(Adapter):
         kv_perm = torch.randperm(g.n_kv, generator=generator) if o.kv_permutation else None
         ffn_perm = torch.randperm(g.intermediate, generator=generator) if o.ffn_permutation else None
         ffn_scale = (
-            maths.log_uniform_scales(g.intermediate, o.ffn_scale_range, generator) if o.ffn_scaling else None
+            maths.log_uniform_scales(g.intermediate, o.ffn_scale_range, generator)
+            if o.ffn_scaling and self.ffn_scalable else None
         )
         return LayerTransform(layer, qk=qk, vo=vo, kv_perm=kv_perm, ffn_perm=ffn_perm, ffn_scale=ffn_scale)
 
@@ -300,8 +399,14 @@ class DecoderAdapter(Adapter):
         if rule is None or rule.is_identity:
             return tensor
         x = tensor.to(_compute_dtype(tensor))
-        x = self._row_transform(transform, rule.rows, x, inverse, name)
+        if rule.transposed:
+            if x.dim() != 2:
+                raise MPUError(f"{name}: a transposed (Conv1D) weight must be a matrix, got shape {tuple(x.shape)}")
+            x = x.T
+        x = self._ordered_rows(transform, rule, x, inverse, name)
         x = self._col_transform(transform, rule.cols, x, inverse, name)
+        if rule.transposed:
+            x = x.T.contiguous()
         return x.to(tensor.dtype)
 
     def apply_lora(
@@ -320,7 +425,15 @@ class DecoderAdapter(Adapter):
         rule = self._rule_for(transform, name)
         if rule is None or rule.is_identity:
             return lora_B, lora_A
-        new_B = self._row_transform(transform, rule.rows, lora_B.to(_compute_dtype(lora_B)), inverse, name).to(lora_B.dtype)
+        if rule.transposed:
+            # Stored M = B @ A is (in, out); its transpose A^T @ B^T is the (out, in) matrix the rule
+            # describes, with factors (A^T, B^T). Transform those, then transpose back.
+            new_b, new_a = self._lora_factors(transform, rule, lora_A.T, lora_B.T, inverse, name)
+            return new_a.T.contiguous(), new_b.T.contiguous()
+        return self._lora_factors(transform, rule, lora_B, lora_A, inverse, name)
+
+    def _lora_factors(self, transform, rule: Rule, lora_B, lora_A, inverse: bool, name: str):
+        new_B = self._ordered_rows(transform, rule, lora_B.to(_compute_dtype(lora_B)), inverse, name).to(lora_B.dtype)
         new_A = self._col_transform(transform, rule.cols, lora_A.to(_compute_dtype(lora_A)), inverse, name).to(lora_A.dtype)
         return new_B, new_A
 
@@ -333,12 +446,28 @@ class DecoderAdapter(Adapter):
             return None
         if layer != transform.layer:
             raise ValueError(f"{name} belongs to layer {layer}, but the transform was drawn for layer {transform.layer}")
-        rule = self.rules.get(name.split(".", 3)[3]) if layer < self.num_layers else None
+        rule = self.rules.get(self.block_suffix(name)) if layer < self.num_layers else None
         if rule is None:
             raise UnsupportedArchitectureError(
                 f"the {self.family} reparameterisation adapter does not understand parameter {name}"
             )
         return rule
+
+    def _ordered_rows(self, t: LayerTransform, rule: Rule, x, inverse: bool, name: str):
+        """The rule's row transform, with interleaved fused rows gathered into segments and back."""
+        if rule.row_order is None or not rule.rows:
+            return self._row_transform(t, rule.rows, x, inverse, name)
+        order = rule.row_order.to(x.device)
+        if x.dim() == 0 or x.shape[0] != order.numel():
+            raise MPUError(f"{name}: has {tuple(x.shape)}, but the config implies {order.numel()} fused rows")
+        x = self._row_transform(t, rule.rows, x.index_select(0, order), inverse, name)
+        return x.index_select(0, torch.argsort(order))
+
+    def _unit_params(self, t: LayerTransform, role: UnitRole):
+        """(permutation, scales) of the FFN a unit role belongs to."""
+        if role.key == "ffn":
+            return t.ffn_perm, t.ffn_scale
+        return t.units[role.key]
 
     def _row_transform(self, t: LayerTransform, roles: tuple[Role, ...], x, inverse: bool, name: str):
         """Apply the row roles to consecutive row slices of x (one slice unless the projection is fused)."""
@@ -363,14 +492,16 @@ class DecoderAdapter(Adapter):
         if x.shape[1] != role.size:
             raise MPUError(f"{name}: has {tuple(x.shape)}, but the config implies {role.size} columns ({role.label})")
         if isinstance(role, UnitRole):
-            return maths.unit_transform(x, t.ffn_perm, t.ffn_scale, role.power, inverse, columns=True)
+            perm, scale = self._unit_params(t, role)
+            return maths.unit_transform(x, perm, scale, role.power, inverse, columns=True)
         g = self.geometry
         mats = {"qk": t.qk, "vo": t.vo, None: None}[role.matrix]
         return maths.head_transform(x, g.n_kv, role.group, g.head_dim, mats, t.kv_perm, inverse, columns=True)
 
     def _role_rows(self, t: LayerTransform, role: Role, x: torch.Tensor, inverse: bool) -> torch.Tensor:
         if isinstance(role, UnitRole):
-            return maths.unit_transform(x, t.ffn_perm, t.ffn_scale, role.power, inverse)
+            perm, scale = self._unit_params(t, role)
+            return maths.unit_transform(x, perm, scale, role.power, inverse)
         g = self.geometry
         mats = {"qk": t.qk, "vo": t.vo, None: None}[role.matrix]
         # O columns take vo[j]^T; as a row transform of O^T that is vo[j] again, the same as V rows.

@@ -1,4 +1,4 @@
-"""Post-Process (SPEC §5): map each update back with T_k^-1, combine with harmonic weights, apply.
+"""Post-Process: map each update back with T_k^-1, combine with harmonic weights, apply.
 
     Delta_k = T_k^-1(Delta'_k)                       (transforms regenerated from the round secret)
     Delta   = sum_k (1/alpha_k) Delta_k / sum_k (1/alpha_k)     (float32, one tensor at a time)
@@ -31,8 +31,8 @@ from transformers import AutoConfig
 
 from mpu.checkpoint import CheckpointReader, ShardedWriter, copy_model_files, staging_dir
 from mpu.errors import InputError, MPUError
+from mpu.protocol import RoundKeys
 from mpu.reparam import get_adapter
-from mpu.server import randomness
 from mpu.server.noise import alphas_for_round, default_device, harmonic_weights, sum_sq
 from mpu.server.validate import ReturnedUpdate, find_returns
 from mpu.server.workdir import Workdir
@@ -46,6 +46,9 @@ MAX_REPORTED_BLOCKS = 8
 
 @dataclass
 class AggregateReport:
+    """What one aggregation did: norms per copy, the step, the new model folder, the settings combined,
+    the largest per-block ratio of each copy against the bound, and the rounds planned."""
+
     round: int
     update_norms: dict[int, float]  # ||Delta'_k|| per copy
     step_norm: float  # ||eta * Delta||
@@ -63,7 +66,7 @@ def combined_settings(updates: list[ReturnedUpdate]) -> tuple[dict[str, Any], li
     combined: dict[str, Any] = {"copies": [update.copy_id for update in updates]}
     mixed = []
     for key in COMPARED:
-        values = [update.manifest.get(key) for update in updates]
+        values = [getattr(update.manifest, key) for update in updates]
         if all(value == values[0] for value in values):
             combined[key] = values[0]
             continue
@@ -114,7 +117,7 @@ def aggregate(workdir: str | Path, returns_dir: str | Path, *, progress: bool = 
     state = work.load()
     config = state.config
     published = state.published
-    if not published or published["round"] != state.current_round:
+    if published is None or published.round != state.current_round:
         raise MPUError(f"round {state.current_round} has not been published; run `mpu server publish` first")
     round_number = state.current_round
     model = CheckpointReader(work.model_path(state))
@@ -126,6 +129,7 @@ def aggregate(workdir: str | Path, returns_dir: str | Path, *, progress: bool = 
     for line in mixed:
         log.warning("combining returns trained with different settings: %s", line)
     secret = work.round_secret(round_number, config.fixed_seed, create=False)
+    keys = RoundKeys(secret)
     weights = harmonic_weights(alphas_for_round(config, secret))
     adapter = get_adapter(AutoConfig.from_pretrained(work.model_path(state)), config.reparam)
     bound = config.max_update_ratio
@@ -142,7 +146,7 @@ def aggregate(workdir: str | Path, returns_dir: str | Path, *, progress: bool = 
         for layer, names in tqdm(adapter.block_groups(model.names()), desc=f"aggregate round {round_number}", disable=not progress):
             transforms = [None] * len(updates)
             if layer is not None:
-                transforms = [adapter.sample(layer, randomness.generator(secret, "reparam", f"layer.{layer}", u.copy_id)) for u in updates]
+                transforms = [adapter.sample(layer, keys.transform(u.copy_id, layer)) for u in updates]
             new_tensors = {}
             theta_sq, block_sq = 0.0, [0.0] * len(updates)
             for name in names:
@@ -186,7 +190,7 @@ def aggregate(workdir: str | Path, returns_dir: str | Path, *, progress: bool = 
         "round": round_number,
         "update_norms": [math.sqrt(n) for n in norms_sq],
         "step_norm": math.sqrt(step_sq),
-        "methods": sorted({str(u.manifest["method"]) for u in updates}),
+        "methods": sorted({str(u.manifest.method) for u in updates}),
         "combined": combined,
         "mixed": mixed,
         "max_block_ratio": [{"copy": u.copy_id, "group": g, "ratio": r} for u, (g, r) in zip(updates, largest)],

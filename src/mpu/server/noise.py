@@ -6,18 +6,23 @@ import math
 
 import torch
 
-from mpu.server import randomness
+from mpu.protocol import RoundKeys
 from mpu.server.config import ServerConfig
 
 
 def alphas_for_round(config: ServerConfig, secret: bytes) -> list[float]:
-    """alpha_k per copy. Secret mode draws them from the round secret, so they are fresh each round."""
+    """alpha_k for copies k = 1..m, in copy order (element i is copy i + 1's).
+
+    ``reference``: evenly spaced on [1, 2]; ``list``: the configured ones; ``secret``: drawn from the
+    round secret (:meth:`RoundKeys.alpha`), so they are fresh each round.
+    """
     m = config.copies
     if config.alpha_mode == "reference":
         return [1.0 + k / (m - 1) for k in range(m)]
     if config.alpha_mode == "list":
         return [float(alpha) for alpha in config.alphas]
-    return [1.0 + (config.alpha_max - 1.0) * randomness.uniform(secret, "alpha", k) for k in range(1, m + 1)]
+    keys = RoundKeys(secret)
+    return [keys.alpha(copy_id, config.alpha_max) for copy_id in range(1, m + 1)]
 
 
 def harmonic_weights(alphas: list[float]) -> list[float]:
@@ -53,4 +58,5 @@ def default_device() -> torch.device:
 
 
 def rms(sum_of_squares: float, count: int) -> float:
+    """sqrt(sum_of_squares / count), 0 for no elements."""
     return math.sqrt(sum_of_squares / count) if count else 0.0

@@ -1,4 +1,4 @@
-"""Pre-Process (SPEC §2): publish m noisy, secretly reparameterised copies c_k = T_k(theta + eps_k).
+"""Pre-Process: publish m noisy, secretly reparameterised copies c_k = T_k(theta + eps_k), k = 1..m.
 
 Streams one block at a time: memory holds one block's tensors times m, never m models. Blocks come
 from the model's module tree (``Adapter.block_groups``), so noise and sigma follow the transformer
@@ -20,17 +20,15 @@ from transformers import AutoConfig
 from mpu.checkpoint import CheckpointReader, ShardedWriter, atomic_write_json, copy_model_files, dir_sha256, staging_dir
 from mpu.checkpoint.files import PARTY_FILE_MODE
 from mpu.errors import MPUError
+from mpu.protocol import PUBLICATION_MANIFEST, CopyEntry, PublicationManifest, RoundKeys, copy_folder
 from mpu.reparam import Adapter, get_adapter
-from mpu.server import randomness
 from mpu.server.config import ServerConfig
 from mpu.server.init import dtype_from_name
 from mpu.server.noise import alphas_for_round, default_device, independent_noise, rms, sum_sq, zero_sum_noise
-from mpu.server.workdir import Workdir
+from mpu.server.workdir import PublishedRound, Workdir
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = "mpu-publication/1"
 OUTSIDE_BLOCKS = "outside the transformer blocks (noise_scope 'blocks')"
 WARN_FRACTION = 0.5  # warn when rounding to the publish dtype removes more than half of the noise
 
@@ -55,6 +53,10 @@ class BlockNoise:
 
 @dataclass
 class PublishReport:
+    """What one publication did: the round, the outbox, the copies as the manifest lists them
+    (``{"id", "path", "sha256"}``), the intended and effective noise per block, the warnings, the
+    transforms applied, and the tensors published without noise (name -> reason)."""
+
     round: int
     out_dir: Path
     copies: list[dict]
@@ -67,6 +69,15 @@ class PublishReport:
 
 
 def publish(workdir: str | Path, out_dir: str | Path, *, replace: bool = False, progress: bool = True, device: str | None = None) -> PublishReport:
+    """Pre-Process of the current round: write ``out_dir/manifest.json`` and ``out_dir/copy-1 ... copy-m``.
+
+    Draws (or, on a re-run, reuses) the round's secret, adds alpha-scaled zero-sum noise (plus the
+    independent share) to every tensor in scope, applies the secret reparameterisation T_k per block,
+    casts to the publish dtype and records what was published in the server state. ``out_dir`` is
+    built in a staging folder and appears whole or not at all; an existing one is refused unless
+    ``replace``. ``device``: where the arithmetic runs (default: the GPU when there is one).
+    Raises MPUError when every round is done, InputError for a model the adapter cannot place.
+    """
     work = Workdir(workdir)
     state = work.load()
     config = state.config
@@ -85,38 +96,33 @@ def publish(workdir: str | Path, out_dir: str | Path, *, replace: bool = False, 
         log.warning("fixed-seed mode: the copies' randomness is reproducible from the seed and NOT secret")
 
     report = PublishReport(round=round_number, out_dir=Path(out_dir), copies=[], transforms=adapter.describe())
-    job = _Job(config, secret, alphas, adapter, publish_dtype, torch.device(device) if device else default_device())
+    job = _Job(config, RoundKeys(secret), alphas, adapter, publish_dtype, torch.device(device) if device else default_device())
+    copy_ids = range(1, config.copies + 1)
     with staging_dir(out_dir, replace=replace) as stage:
-        copy_dirs = [stage / f"copy-{k}" for k in range(1, config.copies + 1)]
+        copy_dirs = [stage / copy_folder(copy_id) for copy_id in copy_ids]
         model_norm = _write_copies(job, reader, base, groups, copy_dirs, report, progress)
         for path in copy_dirs:
             copy_model_files(work.model_path(state), path, {"dtype": str(publish_dtype).removeprefix("torch.")})
-        copies = [{"id": k, "path": f"copy-{k}", "sha256": dir_sha256(path)} for k, path in enumerate(copy_dirs, start=1)]
-        manifest = {
-            "format": MANIFEST_FORMAT,
-            "round": round_number,
-            "rounds": config.rounds,
-            "publication_id": csprng.token_hex(8),
-            "architecture": state.model_type,
-            "dtype": str(publish_dtype).removeprefix("torch."),
-            "copies": copies,
-        }
-        atomic_write_json(stage / MANIFEST, manifest, mode=PARTY_FILE_MODE)  # 0600 like every file written for the other party
-    report.copies = copies
+        manifest = PublicationManifest(
+            round=round_number,
+            rounds=config.rounds,
+            publication_id=csprng.token_hex(8),
+            architecture=state.model_type,
+            dtype=str(publish_dtype).removeprefix("torch."),
+            copies=tuple(CopyEntry(copy_id, path.name, dir_sha256(path)) for copy_id, path in zip(copy_ids, copy_dirs)),
+        )
+        # 0600 like every file written for the other party
+        atomic_write_json(stage / PUBLICATION_MANIFEST, manifest.to_json(), mode=PARTY_FILE_MODE)
+    report.copies = [copy.to_json() for copy in manifest.copies]
     outside = {name: why for name, why in report.clean.items() if why == OUTSIDE_BLOCKS}
     if outside:  # the configured scope (the paper's), so logged, not a warning
         log.info("kappa=%s, noise_scope 'blocks': %d tensor(s) outside the blocks published without noise: %s",
                  config.kappa, len(outside), ", ".join(outside))
     unexpected = {name: why for name, why in report.clean.items() if why != OUTSIDE_BLOCKS}
-    report.warnings = _clean_warnings(unexpected, config.kappa) + _rounding_warnings(report.blocks, manifest["dtype"])
+    report.warnings = _clean_warnings(unexpected, config.kappa) + _rounding_warnings(report.blocks, manifest.dtype)
     for warning in report.warnings:
         log.warning(warning)
-    state.published = {
-        "round": round_number,
-        "publication_id": manifest["publication_id"],
-        "copies": [{"id": c["id"], "sha256": c["sha256"]} for c in copies],
-        "model_norm": model_norm,
-    }
+    state.published = PublishedRound(round_number, manifest.publication_id, {copy.id: copy.sha256 for copy in manifest.copies}, model_norm)
     work.save(state)
     return report
 
@@ -124,7 +130,8 @@ def publish(workdir: str | Path, out_dir: str | Path, *, replace: bool = False, 
 def _write_copies(job: "_Job", reader: CheckpointReader, base: CheckpointReader | None, groups: list[tuple[int | None, list[str]]],
                   copy_dirs: list[Path], report: PublishReport, progress: bool) -> float:
     """Streams the model group by group (``Adapter.block_groups``) into the m copies; returns ||theta||.
-    Records in ``report.clean`` every tensor published without noise while kappa > 0."""
+    Records in ``report.clean`` every tensor published without noise while kappa > 0. ``copy_dirs[i]``
+    receives copy i + 1."""
     m = len(copy_dirs)
     writers = [ShardedWriter(path) for path in copy_dirs]
     model_norm_sq = 0.0
@@ -138,7 +145,7 @@ def _write_copies(job: "_Job", reader: CheckpointReader, base: CheckpointReader 
             report.clean.update({name: reason for name in names})
         transforms = [None] * m
         if layer is not None:
-            transforms = [job.adapter.sample(layer, randomness.generator(job.secret, "reparam", f"layer.{layer}", k)) for k in range(1, m + 1)]
+            transforms = [job.adapter.sample(layer, job.keys.transform(copy_id, layer)) for copy_id in range(1, m + 1)]
         stats = _NoiseStats()
         outputs = [{} for _ in range(m)]
         for name in names:
@@ -182,8 +189,8 @@ class _Job:
     """What every tensor of one publication needs."""
 
     config: ServerConfig
-    secret: bytes
-    alphas: list[float]
+    keys: RoundKeys
+    alphas: list[float]  # alphas[i]: copy i + 1's
     adapter: Adapter
     dtype: torch.dtype
     device: torch.device
@@ -198,17 +205,19 @@ class _NoiseStats:
 
 
 def _perturbed_copies(job: _Job, name: str, theta: torch.Tensor, sigma: float, transforms: list, stats: _NoiseStats) -> list[torch.Tensor]:
-    """c_k = T_k(theta + eps_k) for k = 1..m, cast to the publish dtype."""
+    """c_k = T_k(theta + eps_k) for k = 1..m, cast to the publish dtype; element i is copy i + 1's
+    (``transforms`` likewise)."""
     m = len(job.alphas)
     if sigma == 0:
         return [_transform(job.adapter, transforms[k], name, theta).to(job.dtype) for k in range(m)]
-    noise = zero_sum_noise(theta.shape, sigma, [randomness.generator(job.secret, "noise", name, k, job.device) for k in range(1, m + 1)])
+    noise = zero_sum_noise(theta.shape, sigma, job.keys.noise_generators(m, name, job.device))
     copies = []
     for k in range(m):
+        copy_id = k + 1
         eps = noise[k].mul_(job.alphas[k])
         if job.config.independent_noise > 0:
             scale = job.config.independent_noise * sigma
-            eps += independent_noise(theta.shape, scale, randomness.generator(job.secret, "independent-noise", name, k + 1, job.device))
+            eps += independent_noise(theta.shape, scale, job.keys.independent_noise(copy_id, name, job.device))
         intended = sum_sq(eps)
         stats.intended_sq += intended
         stats.count += theta.numel()

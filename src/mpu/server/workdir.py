@@ -30,15 +30,43 @@ PRIVATE = 0o600
 FORMAT = "mpu-server-state/1"
 
 
+@dataclass(frozen=True)
+class PublishedRound:
+    """What the server published in the round in progress, as Post-Process needs it: the round, the
+    publication id of its manifest, each copy's sha256 by 1-based copy id, and ||theta|| (Frobenius
+    norm over every tensor) at publish time. Stored in ``state.json`` as
+    ``{"round", "publication_id", "copies": [{"id", "sha256"}], "model_norm"}``."""
+
+    round: int
+    publication_id: str | None
+    copies: dict[int, str]
+    model_norm: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``state.json`` form."""
+        return {"round": self.round, "publication_id": self.publication_id,
+                "copies": [{"id": copy_id, "sha256": sha256} for copy_id, sha256 in self.copies.items()],
+                "model_norm": self.model_norm}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PublishedRound":
+        """From the ``state.json`` form (the server's own file; ``publication_id`` and ``model_norm`` may
+        be absent in states written by early versions)."""
+        return cls(data["round"], data.get("publication_id"), {copy["id"]: copy["sha256"] for copy in data["copies"]},
+                   data.get("model_norm"))
+
+
 @dataclass
 class ServerState:
+    """The server's round state: settings, the current model, the rounds done, what is published, the history."""
+
     config: ServerConfig
     model_dir: str  # relative to the work directory
     source_dtype: str  # dtype of the model the server started from, used by export
     model_type: str
     base: str | None = None
     rounds_done: int = 0
-    published: dict[str, Any] | None = None  # {"round", "publication_id", "copies": [{"id", "sha256"}], "model_norm"}
+    published: PublishedRound | None = None  # the round in progress once published; None after aggregate
     history: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -48,9 +76,11 @@ class ServerState:
 
     @property
     def finished(self) -> bool:
+        """Whether every planned round has been aggregated."""
         return self.rounds_done >= self.config.rounds
 
     def to_dict(self) -> dict[str, Any]:
+        """The ``state.json`` form, with its format tag."""
         return {
             "format": FORMAT,
             "config": self.config.to_dict(),
@@ -59,44 +89,55 @@ class ServerState:
             "model_type": self.model_type,
             "base": self.base,
             "rounds_done": self.rounds_done,
-            "published": self.published,
+            "published": self.published.to_dict() if self.published is not None else None,
             "history": self.history,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ServerState":
+        """From the ``state.json`` form. Raises MPUError for another format tag."""
         if data.get("format") != FORMAT:
             raise MPUError(f"unsupported server state format {data.get('format')!r}")
         data = {key: value for key, value in data.items() if key != "format"}
         data["config"] = ServerConfig.from_dict(data["config"])
+        if data.get("published") is not None:
+            data["published"] = PublishedRound.from_dict(data["published"])
         return cls(**data)
 
 
 class Workdir:
+    """The server's work directory (layout in the module docstring)."""
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
     @property
     def state_path(self) -> Path:
+        """``state.json``, the commit point."""
         return self.path / STATE_FILE
 
     @property
     def secrets_path(self) -> Path:
+        """``secrets.json``, one secret per round (mode 0600)."""
         return self.path / SECRETS_FILE
 
     def model_path(self, state: ServerState) -> Path:
+        """The folder of the current theta named by ``state``."""
         return self.path / state.model_dir
 
     def exists(self) -> bool:
+        """Whether the folder holds a server state."""
         return self.state_path.is_file()
 
     def load(self) -> ServerState:
+        """The saved state. Raises InputError when there is none, MPUError when others can read it."""
         if not self.exists():
             raise InputError(self.path, "not an mpu server work directory (no state.json); run `mpu server init` first")
         self._check_private(self.state_path)
         return ServerState.from_dict(read_json(self.state_path, "server state"))
 
     def save(self, state: ServerState) -> None:
+        """Write ``state`` atomically (mode 0600): the commit point of every command."""
         atomic_write_json(self.state_path, state.to_dict(), mode=PRIVATE)
 
     def round_secret(self, round_number: int, fixed_seed: int | None, *, create: bool) -> bytes:
