@@ -49,6 +49,9 @@ def parse_args(argv=None):
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--finetune-lr", type=float, default=5e-4,
+                        help="target/retain fine-tuning lr from the base (5e-4 keeps model utility > 0 on the tiny "
+                             "target; the demo's 1e-3 memorises harder and scores utility 0)")
     parser.add_argument("--threads", type=int, default=1)
     return parser.parse_args(argv)
 
@@ -109,21 +112,23 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from mpu.data.builtin import BuildConfig, cache_root, ensure_builtin
+    from mpu.data.builtin import SIZE_PRESETS, BuildConfig, cache_root, ensure_builtin
     from mpu.data.qa import load_qa_rows
     from mpu.eval import evaluate
-    from mpu.finetune import finetune
+    from mpu.finetune import ensure_base, finetune
     from mpu.methods import METHODS, training_options
     from mpu.run import run_mpu
     from mpu.server.config import ServerConfig
 
-    data = ensure_builtin(BuildConfig(seed=args.seed, authors=args.authors))
+    data = ensure_builtin(BuildConfig(seed=args.seed, **{**SIZE_PRESETS["demo"], "authors": args.authors}))
     percent = int(args.forget_split[-2:])
     retain_split = "retain" + str(100 - percent).zfill(2)
-    models = cache_root() / "models" / data.name
-    target, retain = models / "target", models / retain_split
-    finetune(data, "tofu", "full", target, seed=args.seed, progress=False)
-    finetune(data, "tofu", retain_split, retain, seed=args.seed, progress=False)
+    # the demo's paper regime: a base, target and retain fine-tuned from it, sigma from the task vector
+    models = cache_root() / "models" / data.name / f"dp-frontier-lr{args.finetune_lr:g}"
+    target, retain = models / "target-from-base", models / f"{retain_split}-from-base"
+    base = ensure_base(data, "tofu", seed=args.seed, progress=False)
+    for split, path in (("full", target), (retain_split, retain)):
+        finetune(data, "tofu", split, path, lr=args.finetune_lr, seed=args.seed, progress=False, base=base)
     forget = load_qa_rows(data / "tofu" / f"{args.forget_split}.json")
     retain_rows = load_qa_rows(data / "tofu" / f"{retain_split}.json")
     holdout = load_qa_rows(data / "tofu" / f"holdout{percent:02d}.json")
@@ -146,7 +151,7 @@ def main(argv=None) -> int:
             with tempfile.TemporaryDirectory() as scratch:
                 scratch = Path(scratch)
                 started = time.perf_counter()
-                model_dir = run_mpu(str(target), None, server, forget, used, method, {}, training, scratch / "server",
+                model_dir = run_mpu(str(target), str(base), server, forget, used, method, {}, training, scratch / "server",
                                     scratch / "model", keep_exchange=True, progress=False, timings=timings)
                 seconds = time.perf_counter() - started
                 manifest = json.loads((scratch / "server-exchange" / "round-1" / "returns" / "update-1" / "update.json").read_text())
