@@ -45,9 +45,9 @@ def register(subparsers) -> None:
 
 def _unlearn(args) -> int:
     from mpu.cli.unlearn import learning_rate_hint
-    from mpu.client.unlearn import is_main_process, unlearn_copies
+    from mpu.client.unlearn import is_main_process, unlearn_publication
     from mpu.data.qa import load_qa_rows
-    from mpu.methods import options_from_args
+    from mpu.methods import UnlearnJob, options_from_args
 
     apply_threads(args.threads)
     method, hparams, training = options_from_args(args)
@@ -57,8 +57,9 @@ def _unlearn(args) -> int:
     hint = learning_rate_hint(copies[0], training.learning_rate) if copies else None
     if hint and is_main_process():
         print(hint, file=sys.stderr)
-    results = unlearn_copies(args.inbox, forget, retain, method, hparams, training, args.out, args.copy, args.return_lora,
-                             reference_inbox=args.reference_inbox, overwrite=args.overwrite, resume=args.resume)
+    job = UnlearnJob(method, hparams, training, forget, retain)
+    results = unlearn_publication(args.inbox, job, args.out, copy_ids=args.copy, return_lora=args.return_lora,
+                                  reference_inbox=args.reference_inbox, overwrite=args.overwrite, resume=args.resume)
     if not is_main_process():
         return 0  # under torchrun every rank trains; rank 0 reports
     for result in results:
