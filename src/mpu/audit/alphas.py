@@ -27,12 +27,17 @@ from mpu.server.combine import combined_noise_std, harmonic_weights, noise_covar
 
 @dataclass
 class AlphaEstimate:
+    """The fitted alphas (None when not identifiable, with the reason in ``note``) and the fit's RMS
+    relative misfit."""
+
     alphas: list[float] | None  # scaled so that the smallest is 1 (the scale is not identifiable)
     relative_residual: float | None  # RMS relative misfit of the distance model
     note: str = ""
 
 
 def model_distances(beta: np.ndarray) -> np.ndarray:
+    """The m x m matrix of modelled squared distances (in units of S) for the noise multipliers ``beta``
+    (shape (m,)): beta_i^2 + beta_j^2 + 2 beta_i beta_j / (m - 1) (the diagonal is not a distance)."""
     m = len(beta)
     return beta[:, None] ** 2 + beta[None, :] ** 2 + 2 * beta[:, None] * beta[None, :] / (m - 1)
 

@@ -11,11 +11,13 @@ from mpu.threads import add_threads_argument, apply_threads
 
 
 def add_client_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--forget`` (required) and ``--retain``: question/answer row files in any supported format."""
     parser.add_argument("--forget", required=True, help="forget set: question/answer rows as JSON lines, a JSON array, CSV, parquet, a `datasets` folder or a hub-layout folder")
     parser.add_argument("--retain", default=None, help="retain set, same format (needed by methods with a retain term)")
 
 
 def register(subparsers) -> None:
+    """Add ``mpu client unlearn`` to the CLI's subcommands."""
 
     client = subparsers.add_parser("client", help="data owner: unlearn on the published copies", description="The data owner's side of MPU. Nothing but the updates and a loss summary leaves the client.")
     commands = client.add_subparsers(dest="client_command", metavar="SUBCOMMAND", required=True)

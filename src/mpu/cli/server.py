@@ -41,6 +41,8 @@ def add_server_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def server_config_from_args(args: argparse.Namespace) -> ServerConfig:
+    """The ServerConfig of the parsed flags: the --privacy preset, overridden by every privacy flag that
+    was given. Raises MPUError for settings ServerConfig refuses (naming the reason)."""
     from mpu.reparam import ReparamOptions
 
     preset = copy.deepcopy(PRESETS[args.privacy])
@@ -79,6 +81,7 @@ def _parse_alphas(text: str) -> dict:
 
 
 def register(subparsers) -> None:
+    """Add ``mpu server init|publish|aggregate|export|status`` to the CLI's subcommands."""
     server = subparsers.add_parser("server", help="model owner: init, publish copies, aggregate updates, export", description="The model owner's side of MPU. A round is: publish -> (client trains) -> aggregate.")
     commands = server.add_subparsers(dest="server_command", metavar="SUBCOMMAND", required=True)
 

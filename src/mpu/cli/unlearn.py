@@ -26,6 +26,7 @@ SUMMARY = "unlearn_summary.json"  # this run's method, settings, steps and losse
 
 
 def register(subparsers) -> None:
+    """Add ``mpu unlearn`` to the CLI's subcommands (method flags are added lazily)."""
     parser = subparsers.add_parser(
         "unlearn",
         help="noise-free baseline: unlearn a forget set from one model (no MPU)",

@@ -39,6 +39,8 @@ class CombineRule(Protocol):
     description: str
 
     def weights(self, alphas: Sequence[float], tau: float) -> list[float]:
+        """w_1..w_m for the positive noise multipliers ``alphas`` (copy order) and the independent share
+        ``tau`` >= 0 (in units of the block's sigma); they sum to 1."""
         ...
 
 
