@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from mpu.checkpoint import CheckpointReader, ShardedWriter
 from mpu.errors import InputError
 from mpu.protocol import RoundKeys
+from mpu.reparam import Adapter
 from mpu.server.combine import DEFAULT_COMBINE, CombineRule
 from mpu.server.noise import sum_sq
 from mpu.server.validate import ReturnedUpdate, find_returns  # noqa: F401  (find_returns: re-exported for callers)
@@ -137,17 +138,32 @@ class CombinedStep:
     step_sq: float = 0.0
 
 
-def write_combined(model: CheckpointReader, updates: list[ReturnedUpdate], adapter, keys: RoundKeys, weights: list[float],
-                   eta: float, bound: float, stage: Path, device: torch.device, *, desc: str = "aggregate",
-                   progress: bool = True) -> CombinedStep:
+@dataclass
+class Combination:
+    """What every group of one Post-Process needs: the model's ``adapter``, the round's ``keys`` (the
+    transforms T_k are regenerated from them), ``weights[k]`` for ``updates[k]``, the server rate
+    ``eta``, the per-block ``bound`` (max_update_ratio) and the ``device`` the arithmetic runs on."""
+
+    adapter: Adapter
+    keys: RoundKeys
+    weights: list[float]
+    eta: float
+    bound: float
+    device: torch.device
+
+
+def write_combined(combination: Combination, model: CheckpointReader, updates: list[ReturnedUpdate], stage: Path, *,
+                   desc: str = "aggregate", progress: bool = True) -> CombinedStep:
     """Stream theta + eta sum_k w_k T_k^-1(Delta'_k) group by group into sharded files in ``stage``.
 
-    ``weights[k]`` belongs to ``updates[k]``; transforms come from ``keys`` (the same block groups as
-    publish drew them for, ``Adapter.block_groups``). Each tensor is read, combined and written in
-    float32 on ``device``, one group at a time. Once any group is above ``bound`` nothing more is
-    written (the groups are still measured, so the refusal can list them all); the caller refuses with
-    :func:`refuse_above_bound` and drops ``stage``. Raises InputError for a Delta'_k with NaN/Inf.
+    The groups are the ones publish drew its transforms for (``Adapter.block_groups``). Each tensor is
+    read, combined and written in float32 on ``combination.device``, one group at a time. Once any
+    group is above the bound nothing more is written (the groups are still measured, so the refusal
+    can list them all); the caller refuses with :func:`refuse_above_bound` and drops ``stage``.
+    Raises InputError for a Delta'_k with NaN/Inf.
     """
+    adapter, keys, weights, eta, bound, device = (combination.adapter, combination.keys, combination.weights,
+                                                  combination.eta, combination.bound, combination.device)
     step = CombinedStep([0.0] * len(updates), [("", 0.0)] * len(updates), [[] for _ in updates])
     writer = ShardedWriter(stage)
     for layer, names in tqdm(adapter.block_groups(model.names()), desc=desc, disable=not progress):

@@ -30,7 +30,7 @@ from mpu.checkpoint.files import PARTY_FILE_MODE
 from mpu.errors import InputError, MPUError
 from mpu.protocol import PUBLICATION_MANIFEST, CopyEntry, PublicationManifest, RoundKeys, copy_folder
 from mpu.reparam import get_adapter
-from mpu.server.aggregate import AggregateReport, combined_settings, find_returns, refuse_above_bound, write_combined
+from mpu.server.aggregate import AggregateReport, Combination, combined_settings, find_returns, refuse_above_bound, write_combined
 from mpu.server.combine import DEFAULT_COMBINE, CombineRule, get_combine
 from mpu.server.init import dtype_from_name
 from mpu.server.noise import alphas_for_round, default_device
@@ -146,8 +146,8 @@ class Round:
 
         new_rel = f"models/round-{round_number}"
         with staging_dir(self.work.path / new_rel, replace=True) as stage:
-            step = write_combined(model, updates, adapter, RoundKeys(secret), weights, config.eta, config.max_update_ratio,
-                                  stage, self.device, desc=f"aggregate round {round_number}", progress=self.progress)
+            combination = Combination(adapter, RoundKeys(secret), weights, config.eta, config.max_update_ratio, self.device)
+            step = write_combined(combination, model, updates, stage, desc=f"aggregate round {round_number}", progress=self.progress)
             refuse_above_bound(updates, step.above, config.max_update_ratio)  # before the commit: the stage is dropped
             copy_model_files(self.work.model_path(state), stage)
 
