@@ -37,7 +37,10 @@ from mpu.server.noise import alphas_for_round, default_device
 from mpu.server.publish import OUTSIDE_BLOCKS, PublishReport, _clean_warnings, _Job, _rounding_warnings, _write_copies
 from mpu.server.workdir import PublishedRound, Workdir
 
-log = logging.getLogger(__name__)
+# Each step logs under its own module's name, as it did before the round became an object, so that
+# ``logging.getLogger("mpu.server.publish")`` still filters Pre-Process's messages.
+publish_log = logging.getLogger("mpu.server.publish")
+aggregate_log = logging.getLogger("mpu.server.aggregate")
 
 
 class Round:
@@ -76,7 +79,7 @@ class Round:
         dtype = dtype_from_name(state.source_dtype if config.publish_dtype == "source" else config.publish_dtype)
         dtype_name = str(dtype).removeprefix("torch.")
         if config.fixed_seed is not None:
-            log.warning("fixed-seed mode: the copies' randomness is reproducible from the seed and NOT secret")
+            publish_log.warning("fixed-seed mode: the copies' randomness is reproducible from the seed and NOT secret")
 
         report = PublishReport(round=round_number, out_dir=Path(out_dir), copies=[], transforms=adapter.describe())
         job = _Job(config, RoundKeys(secret), alphas_for_round(config, secret), adapter, dtype, self.device)
@@ -104,12 +107,12 @@ class Round:
         """Log the tensors published without noise and fill ``report.warnings`` (and log them)."""
         outside = {name: why for name, why in report.clean.items() if why == OUTSIDE_BLOCKS}
         if outside:  # the configured scope (the paper's), so logged, not a warning
-            log.info("kappa=%s, noise_scope 'blocks': %d tensor(s) outside the blocks published without noise: %s",
+            publish_log.info("kappa=%s, noise_scope 'blocks': %d tensor(s) outside the blocks published without noise: %s",
                      kappa, len(outside), ", ".join(outside))
         unexpected = {name: why for name, why in report.clean.items() if why != OUTSIDE_BLOCKS}
         report.warnings = _clean_warnings(unexpected, kappa) + _rounding_warnings(report.blocks, dtype)
         for warning in report.warnings:
-            log.warning(warning)
+            publish_log.warning(warning)
 
     def aggregate(self, returns_dir: str | Path, *, combine: str | CombineRule = DEFAULT_COMBINE,
                   allow_mixed: bool = False) -> AggregateReport:
@@ -137,7 +140,7 @@ class Round:
             raise InputError(returns_dir, "returns were trained with different settings (" + "; ".join(mixed)
                              + "); combine them only on purpose, with --allow-mixed")
         for line in mixed:
-            log.warning("combining returns trained with different settings: %s", line)
+            aggregate_log.warning("combining returns trained with different settings: %s", line)
         secret = self.work.round_secret(round_number, config.fixed_seed, create=False)
         alphas = alphas_for_round(config, secret)
         # find_returns gives every published copy, in copy order: weights[k] is updates[k]'s, as alphas[k] is
