@@ -1,4 +1,4 @@
-"""The alpha_k of a round, estimated from the copies alone, and the combination weights.
+"""The alpha_k of a round, estimated from the copies alone (the combination weights: :mod:`mpu.server.combine`).
 
 After alignment, copy k is ``theta + alpha_k eps0_k`` (in copy 1's coordinates), where the eps0_k
 are the zero-sum draws of Pre-Process, sqrt(m/(m-1)) (z_k - mean_j z_j) with z_k ~ N(0, sigma^2):
@@ -22,7 +22,7 @@ from scipy.optimize import least_squares
 
 # The combination weights and the noise covariance have one home, the server's combination rules; the
 # audit's best linear attack uses the same formulas.
-from mpu.server.combine import combined_noise_std, harmonic_weights, noise_covariance, optimal_weights  # noqa: F401
+from mpu.server.combine import combined_noise_std, harmonic_weights, optimal_weights  # noqa: F401
 
 
 @dataclass

@@ -110,11 +110,6 @@ def update_settings(job: UnlearnJob, return_lora: bool = False) -> dict:
     return settings
 
 
-def job_settings(method: str, hparams, training: TrainingOptions, return_lora: bool = False) -> dict:
-    """:func:`update_settings` of ``UnlearnJob(method, hparams, training)`` (the positional form)."""
-    return update_settings(UnlearnJob(method, hparams, training), return_lora)
-
-
 def _existing_update(target: Path, publication: Publication, copy: PublishedCopy, settings: dict, *, overwrite: bool, resume: bool) -> CopyResult | None:
     """None when ``target`` may be (re)written; the finished copy's result when ``resume`` skips it.
     Raises InputError when ``target`` exists and neither flag allows going on."""
