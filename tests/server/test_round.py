@@ -125,6 +125,8 @@ def test_the_cli_takes_combine_and_refuses_an_unknown_rule(tmp_path, tiny_model_
     assert "combination rule variance-optimal" in capsys.readouterr().out
     state = json.loads((tmp_path / "server" / "state.json").read_text())
     assert state["history"][-1]["combine"]["rule"] == "variance-optimal"
+    assert main(["server", "status", "--workdir", str(tmp_path / "server")]) == 0
+    assert "combined with the variance-optimal rule" in capsys.readouterr().out
 
 
 def test_one_round_object_runs_every_round(tmp_path, tiny_model_dir):

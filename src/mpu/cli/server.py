@@ -250,5 +250,6 @@ def status_summary(public: dict) -> str:
         norms = ", ".join(f"{norm:.4g}" for norm in entry.get("update_norms", []))
         methods = ", ".join(entry.get("methods", [])) or "?"
         lines.append(f"round {entry.get('round')}: {len(entry.get('update_norms', []))} update(s) by {methods}, "
-                     f"update norms [{norms}], step norm {entry.get('step_norm', float('nan')):.4g}")
+                     f"update norms [{norms}], step norm {entry.get('step_norm', float('nan')):.4g}"
+                     + (f", combined with the {entry['combine']['rule']} rule" if isinstance(entry.get("combine"), dict) else ""))
     return "\n".join(lines)
