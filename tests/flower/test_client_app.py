@@ -1,0 +1,61 @@
+"""The ClientApp's work on one message, in-process: the owner's files from its node config, the
+publication checked and unlearned as by `mpu client unlearn`, round 1's copies kept as reference."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from flwr.app import ConfigRecord, RecordDict
+
+from mpu.errors import InputError, MPUError
+from mpu.flower.client_app import unlearn_message
+from mpu.flower.files import folder_to_record, record_to_folder
+from mpu.server.aggregate import aggregate
+from mpu.server.config import ServerConfig
+from mpu.server.init import init_server
+from mpu.server.publish import publish
+
+JOB = ConfigRecord({"method": "GradAscent", "hparams": "{}", "training": json.dumps({"epochs": 1, "learning_rate": 1e-3})})
+
+
+def message(outbox) -> RecordDict:
+    return RecordDict({"publication": folder_to_record(outbox), "job": JOB})
+
+
+def update_manifest(reply: RecordDict, copy: int) -> dict:
+    return json.loads(reply.array_records["returns"][f"update-{copy}/update.json"].data)
+
+
+def test_round_one_copies_are_the_reference_of_round_two_with_a_state_dir(tmp_path, tiny_model_dir, forget_file):
+    server = tmp_path / "server"
+    init_server(server, str(tiny_model_dir), None, ServerConfig(copies=2, kappa=0.05, rounds=2, fixed_seed=3), progress=False)
+    (tmp_path / "state").mkdir()
+    node = {"forget": str(forget_file), "state-dir": str(tmp_path / "state")}
+
+    publish(server, tmp_path / "outbox-1", progress=False)
+    first = unlearn_message(message(tmp_path / "outbox-1"), node, run_id=7)
+    aggregate(server, record_to_folder(first.array_records["returns"], tmp_path / "returns-1"), progress=False)
+    publish(server, tmp_path / "outbox-2", progress=False)
+    second = unlearn_message(message(tmp_path / "outbox-2"), node, run_id=7)
+    without_state = unlearn_message(message(tmp_path / "outbox-2"), {"forget": str(forget_file)}, run_id=7)
+
+    assert first.config_records["owner"]["forget_rows"] == 3 and first.config_records["owner"]["steps"] > 0
+    assert {key.split("/")[0] for key in first.array_records["returns"]} == {"update-1", "update-2"}
+    assert {"update-1/update.json", "update-2/update.json"} <= set(first.array_records["returns"])
+    assert update_manifest(first, 1)["reference_round"] == 1
+    assert update_manifest(second, 1)["round"] == 2 and update_manifest(second, 1)["reference_round"] == 1
+    assert update_manifest(without_state, 1)["reference_round"] == 2
+    assert (tmp_path / "state" / "run-7" / "reference" / "manifest.json").read_bytes() == (tmp_path / "outbox-1" / "manifest.json").read_bytes()
+
+
+@pytest.mark.parametrize("node, error, reason", [
+    ({}, MPUError, "forget is required"),
+    ({"forget": "forget.jsonl"}, MPUError, "must be an absolute path"),
+    ({"forget": "/nowhere/forget.jsonl"}, InputError, "not found"),
+])
+def test_a_node_config_without_a_usable_forget_file_is_refused(tmp_path, node, error, reason):
+    (tmp_path / "outbox").mkdir()
+    (tmp_path / "outbox" / "manifest.json").write_text("{}")
+    with pytest.raises(error, match=reason):
+        unlearn_message(message(tmp_path / "outbox"), node)
