@@ -103,9 +103,9 @@ def test_each_copy_and_each_round_trains_with_its_own_data_seed(tmp_path, tiny_m
     import mpu.client.unlearn as client_unlearn
 
     seeds = []
-    real_run = client_unlearn.run_unlearning
-    monkeypatch.setattr(client_unlearn, "run_unlearning",
-                        lambda *args, **kwargs: seeds.append(args[6].seed) or real_run(*args, **kwargs))
+    real_run = client_unlearn.UnlearnJob.run
+    monkeypatch.setattr(client_unlearn.UnlearnJob, "run",
+                        lambda job, *args, **kwargs: seeds.append(job.training.seed) or real_run(job, *args, **kwargs))
     init_server(tmp_path / "server", str(tiny_model_dir), None, ServerConfig(copies=2, kappa=0.05, rounds=2, fixed_seed=4), progress=False)
     training = training_options({"epochs": 1, "learning_rate": 1e-4, "seed": 7})
     for round_number in (1, 2):

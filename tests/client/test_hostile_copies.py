@@ -148,7 +148,7 @@ def test_a_hostile_publication_is_refused_before_anything_is_loaded(case, outbox
     import mpu.client.unlearn as client_unlearn
 
     trained = []
-    monkeypatch.setattr(client_unlearn, "run_unlearning", lambda *a, **k: trained.append(1))
+    monkeypatch.setattr(client_unlearn.UnlearnJob, "run", lambda *a, **k: trained.append(1))
 
     code = run_client(inbox, tmp_path / "returns", forget_file)
 

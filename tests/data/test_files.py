@@ -134,8 +134,8 @@ def test_every_command_reads_a_json_array_and_a_csv(tmp_path, command, monkeypat
         seen["args"] = args
         raise Stop
 
-    target = {"client": (client_cli, "mpu.client.unlearn.unlearn_copies"),
-              "unlearn": (unlearn_cli, "mpu.cli.unlearn.load_model_and_tokenizer"),
+    target = {"client": (client_cli, "mpu.client.unlearn.unlearn_publication"),
+              "unlearn": (unlearn_cli, "mpu.methods.job.load_model_and_tokenizer"),
               "run": (run_cli, "mpu.run.run_mpu")}[command][1]
     monkeypatch.setattr(target, capture)
     argv = {"client": ["client", "unlearn", "--inbox", str(tmp_path), "--out", str(tmp_path / "o")],
@@ -144,5 +144,6 @@ def test_every_command_reads_a_json_array_and_a_csv(tmp_path, command, monkeypat
     with pytest.raises(Stop):
         main(argv + ["--forget", str(paths["json_array"]), "--retain", str(paths["csv"]), "--method", "GradDiff"])
     if command != "unlearn":
-        forget, retain = seen["args"][1:3] if command == "client" else seen["args"][3:5]
+        job = seen["args"][1] if command == "client" else None
+        forget, retain = (job.forget_rows, job.retain_rows) if command == "client" else seen["args"][3:5]
         assert forget == ROWS and retain == ROWS

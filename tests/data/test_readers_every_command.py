@@ -61,6 +61,14 @@ def _capture(seen, forget_at, retain_at):
     return capture
 
 
+def _capture_job(seen, job_at):
+    """Stops the command where it hands its UnlearnJob (argument ``job_at``) on, keeping its rows."""
+    def capture(*args, **kwargs):
+        seen["forget"], seen["retain"] = args[job_at].forget_rows, args[job_at].retain_rows
+        raise Stop
+    return capture
+
+
 def rows_through(command, forget, retain, tmp_path, monkeypatch):
     """(forget rows, retain rows) as ``command`` received them from the files ``forget`` and ``retain``."""
     from mpu.cli import main
@@ -68,11 +76,11 @@ def rows_through(command, forget, retain, tmp_path, monkeypatch):
     seen: dict = {}
     common = ["--forget", str(forget), "--retain", str(retain), "--method", "graddiff"]
     if command == "client":
-        monkeypatch.setattr("mpu.client.unlearn.unlearn_copies", _capture(seen, 1, 2))
+        monkeypatch.setattr("mpu.client.unlearn.unlearn_publication", _capture_job(seen, 1))
         argv = ["client", "unlearn", "--inbox", str(tmp_path), "--out", str(tmp_path / "o")]
     elif command == "unlearn":
-        monkeypatch.setattr("mpu.cli.unlearn.load_model_and_tokenizer", lambda *a, **k: (None, None))
-        monkeypatch.setattr("mpu.methods.run_unlearning", _capture(seen, 2, 3))
+        monkeypatch.setattr("mpu.methods.job.load_model_and_tokenizer", lambda *a, **k: (None, None))
+        monkeypatch.setattr("mpu.methods.job.UnlearnJob.run", _capture_job(seen, 0))
         argv = ["unlearn", "--model", str(tmp_path), "--out", str(tmp_path / "o")]
     elif command == "run":
         monkeypatch.setattr("mpu.run.run_mpu", _capture(seen, 3, 4))

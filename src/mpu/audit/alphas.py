@@ -1,4 +1,4 @@
-"""The alpha_k of a round, estimated from the copies alone, and the combination weights.
+"""The alpha_k of a round, estimated from the copies alone (the combination weights: :mod:`mpu.server.combine`).
 
 After alignment, copy k is ``theta + alpha_k eps0_k`` (in copy 1's coordinates), where the eps0_k
 are the zero-sum draws of Pre-Process, sqrt(m/(m-1)) (z_k - mean_j z_j) with z_k ~ N(0, sigma^2):
@@ -20,25 +20,24 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import least_squares
 
+# The combination weights and the noise covariance have one home, the server's combination rules; the
+# audit's best linear attack uses the same formulas.
+from mpu.server.combine import combined_noise_std, harmonic_weights, optimal_weights  # noqa: F401
+
 
 @dataclass
 class AlphaEstimate:
+    """The fitted alphas (None when not identifiable, with the reason in ``note``) and the fit's RMS
+    relative misfit."""
+
     alphas: list[float] | None  # scaled so that the smallest is 1 (the scale is not identifiable)
     relative_residual: float | None  # RMS relative misfit of the distance model
     note: str = ""
 
 
-def noise_covariance(alphas, tau: float = 0.0) -> np.ndarray:
-    """Per-element covariance of the copies' noise in units of sigma^2:
-    diag(alpha) C diag(alpha) + tau^2 I, C_kk = 1, C_jk = -1/(m-1)."""
-    a = np.asarray(alphas, dtype=float)
-    m = len(a)
-    c = np.full((m, m), -1.0 / (m - 1))
-    np.fill_diagonal(c, 1.0)
-    return a[:, None] * c * a[None, :] + tau**2 * np.eye(m)
-
-
 def model_distances(beta: np.ndarray) -> np.ndarray:
+    """The m x m matrix of modelled squared distances (in units of S) for the noise multipliers ``beta``
+    (shape (m,)): beta_i^2 + beta_j^2 + 2 beta_i beta_j / (m - 1) (the diagonal is not a distance)."""
     m = len(beta)
     return beta[:, None] ** 2 + beta[None, :] ** 2 + 2 * beta[:, None] * beta[None, :] / (m - 1)
 
@@ -69,24 +68,3 @@ def estimate_alphas(distances: np.ndarray) -> AlphaEstimate:
     beta = best.x
     rms = float(np.sqrt(np.mean(best.fun**2)))
     return AlphaEstimate([float(b / beta.min()) for b in beta], rms)
-
-
-def harmonic_weights(alphas) -> list[float]:
-    inverse = 1.0 / np.asarray(alphas, dtype=float)
-    return (inverse / inverse.sum()).tolist()
-
-
-def optimal_weights(alphas, tau: float = 0.0) -> list[float]:
-    """The weights (summing to 1) that minimise the variance of the combined noise, given alpha
-    and the independent share tau: Sigma^-1 1 / (1^T Sigma^-1 1). With tau = 0 the harmonic ones."""
-    if tau <= 0:
-        return harmonic_weights(alphas)
-    sigma = noise_covariance(alphas, tau)
-    x = np.linalg.solve(sigma, np.ones(len(alphas)))
-    return (x / x.sum()).tolist()
-
-
-def combined_noise_std(weights, alphas, tau: float = 0.0) -> float:
-    """Per-element std of sum_k w_k eps_k in units of sigma."""
-    w = np.asarray(weights, dtype=float)
-    return float(np.sqrt(max(w @ noise_covariance(alphas, tau) @ w, 0.0)))

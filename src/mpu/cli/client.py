@@ -11,11 +11,13 @@ from mpu.threads import add_threads_argument, apply_threads
 
 
 def add_client_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--forget`` (required) and ``--retain``: question/answer row files in any supported format."""
     parser.add_argument("--forget", required=True, help="forget set: question/answer rows as JSON lines, a JSON array, CSV, parquet, a `datasets` folder or a hub-layout folder")
     parser.add_argument("--retain", default=None, help="retain set, same format (needed by methods with a retain term)")
 
 
 def register(subparsers) -> None:
+    """Add ``mpu client unlearn`` to the CLI's subcommands."""
 
     client = subparsers.add_parser("client", help="data owner: unlearn on the published copies", description="The data owner's side of MPU. Nothing but the updates and a loss summary leaves the client.")
     commands = client.add_subparsers(dest="client_command", metavar="SUBCOMMAND", required=True)
@@ -45,9 +47,9 @@ def register(subparsers) -> None:
 
 def _unlearn(args) -> int:
     from mpu.cli.unlearn import learning_rate_hint
-    from mpu.client.unlearn import is_main_process, unlearn_copies
+    from mpu.client.unlearn import is_main_process, unlearn_publication
     from mpu.data.qa import load_qa_rows
-    from mpu.methods import options_from_args
+    from mpu.methods import UnlearnJob, options_from_args
 
     apply_threads(args.threads)
     method, hparams, training = options_from_args(args)
@@ -57,8 +59,9 @@ def _unlearn(args) -> int:
     hint = learning_rate_hint(copies[0], training.learning_rate) if copies else None
     if hint and is_main_process():
         print(hint, file=sys.stderr)
-    results = unlearn_copies(args.inbox, forget, retain, method, hparams, training, args.out, args.copy, args.return_lora,
-                             reference_inbox=args.reference_inbox, overwrite=args.overwrite, resume=args.resume)
+    job = UnlearnJob(method, hparams, training, forget, retain)
+    results = unlearn_publication(args.inbox, job, args.out, copy_ids=args.copy, return_lora=args.return_lora,
+                                  reference_inbox=args.reference_inbox, overwrite=args.overwrite, resume=args.resume)
     if not is_main_process():
         return 0  # under torchrun every rank trains; rank 0 reports
     for result in results:

@@ -7,6 +7,7 @@ import copy
 import json
 
 from mpu.errors import MPUError
+from mpu.server.combine import COMBINE_RULES, DEFAULT_COMBINE, combine_help  # no torch either
 from mpu.server.config import DEFAULT_MAX_UPDATE_RATIO, PRESETS, ServerConfig  # no torch: parsing and --help stay fast
 from mpu.threads import add_threads_argument, apply_threads
 
@@ -40,6 +41,8 @@ def add_server_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def server_config_from_args(args: argparse.Namespace) -> ServerConfig:
+    """The ServerConfig of the parsed flags: the --privacy preset, overridden by every privacy flag that
+    was given. Raises MPUError for settings ServerConfig refuses (naming the reason)."""
     from mpu.reparam import ReparamOptions
 
     preset = copy.deepcopy(PRESETS[args.privacy])
@@ -78,6 +81,7 @@ def _parse_alphas(text: str) -> dict:
 
 
 def register(subparsers) -> None:
+    """Add ``mpu server init|publish|aggregate|export|status`` to the CLI's subcommands."""
     server = subparsers.add_parser("server", help="model owner: init, publish copies, aggregate updates, export", description="The model owner's side of MPU. A round is: publish -> (client trains) -> aggregate.")
     commands = server.add_subparsers(dest="server_command", metavar="SUBCOMMAND", required=True)
 
@@ -109,10 +113,13 @@ def register(subparsers) -> None:
         description="Post-Process of the current round: validates every update-K/ folder in RETURNS (names, shapes, "
         "dtypes, NaN/Inf, checksums of the copy it was trained on, every manifest field, the per-block poisoning bound; "
         "returns trained with different settings only with --allow-mixed), maps each back with the inverse "
-        "transform, combines them with harmonic weights (which cancel the zero-sum noise), applies eta times the "
-        "result and commits the new model atomically. A rejected return leaves the work directory unchanged.")
+        "transform, combines them with the --combine rule (default: harmonic weights, which cancel the zero-sum noise), "
+        "applies eta times the result and commits the new model atomically; the rule and its weights are recorded in "
+        "the round's history. A rejected return leaves the work directory unchanged.")
     aggregate.add_argument("--workdir", required=True)
     aggregate.add_argument("--returns", required=True, help="folder holding update-K/ sub-folders (from one or several clients)")
+    aggregate.add_argument("--combine", default=DEFAULT_COMBINE, type=_combine_rule, metavar="RULE",
+                           help=f"how the updates are weighted (default {DEFAULT_COMBINE}): {combine_help()}")
     aggregate.add_argument("--allow-mixed", action="store_true", help="combine returns trained with different methods, hyperparameters, training options or step counts (refused by default)")
     add_threads_argument(aggregate)
     aggregate.set_defaults(func=_aggregate)
@@ -166,13 +173,14 @@ def _aggregate(args) -> int:
     from mpu.server.aggregate import aggregate
 
     apply_threads(args.threads)
-    report = aggregate(args.workdir, args.returns, allow_mixed=args.allow_mixed)
+    report = aggregate(args.workdir, args.returns, allow_mixed=args.allow_mixed, combine=args.combine)
     print(f"round {report.round} aggregated {len(report.update_norms)} update(s) ({report.round} of {report.rounds} rounds done); new model at {report.model_dir}")
     for copy_id, norm in sorted(report.update_norms.items()):
         group, ratio = report.max_block_ratio[copy_id]
         print(f"  copy {copy_id}: update norm ||Delta'_{copy_id}|| = {norm:.4g}; largest per-block ratio "
               f"||Delta_block|| / ||theta_block|| = {ratio:.3g} ({group}; bound {report.bound:g})")
-    print(f"  applied step norm ||eta * Delta|| = {report.step_norm:.4g}")
+    weights = ", ".join(f"{report.weights[copy_id]:.4g}" for copy_id in sorted(report.weights))
+    print(f"  applied step norm ||eta * Delta|| = {report.step_norm:.4g}; combination rule {report.combine}, weights [{weights}]")
     combined = report.combined
     print(f"combined copies {combined['copies']}: method {combined['method']}, kind {combined['kind']}, steps {combined['steps']}")
     for key in ("hparams", "training"):
@@ -187,6 +195,15 @@ def _aggregate(args) -> int:
     for line in report.mixed:
         print(f"  warning: mixed returns (--allow-mixed): {line}")
     return 0
+
+
+def _combine_rule(name: str) -> str:
+    """``--combine``'s value as registered; an unknown name is refused by argparse (exit 2) with the
+    registry's message, which lists the known rules."""
+    try:
+        return COMBINE_RULES.canonical(name)
+    except MPUError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _export(args) -> int:
@@ -233,5 +250,6 @@ def status_summary(public: dict) -> str:
         norms = ", ".join(f"{norm:.4g}" for norm in entry.get("update_norms", []))
         methods = ", ".join(entry.get("methods", [])) or "?"
         lines.append(f"round {entry.get('round')}: {len(entry.get('update_norms', []))} update(s) by {methods}, "
-                     f"update norms [{norms}], step norm {entry.get('step_norm', float('nan')):.4g}")
+                     f"update norms [{norms}], step norm {entry.get('step_norm', float('nan')):.4g}"
+                     + (f", combined with the {entry['combine']['rule']} rule" if isinstance(entry.get("combine"), dict) else ""))
     return "\n".join(lines)

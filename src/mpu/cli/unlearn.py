@@ -9,26 +9,24 @@ process trains, only the main one writes ``--out``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from mpu.cli._lazy import add_method_arguments_lazily
-from mpu.errors import InputError, MPUError
+from mpu.errors import MPUError
 from mpu.threads import add_threads_argument, apply_threads
 
 logger = logging.getLogger(__name__)
 
-DTYPES = ("float32", "bfloat16", "float16", "auto")
+DTYPES = ("float32", "bfloat16", "float16", "auto")  # mpu.methods.job.DTYPES (not imported: parsing stays free of torch)
 SUMMARY = "unlearn_summary.json"  # this run's method, settings, steps and losses, beside the model files
 
 
 def register(subparsers) -> None:
+    """Add ``mpu unlearn`` to the CLI's subcommands (method flags are added lazily)."""
     parser = subparsers.add_parser(
         "unlearn",
         help="noise-free baseline: unlearn a forget set from one model (no MPU)",
@@ -88,24 +86,11 @@ def learning_rate_hint(model_dir: str | Path, learning_rate: float) -> str | Non
             "(per-method rates in docs/results.md): set --learning-rate")
 
 
-def load_model_and_tokenizer(path: str | Path, dtype: str = "float32"):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise InputError(path, "not a Hugging Face model directory (no config.json)")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype if dtype == "auto" else getattr(torch, dtype))
-    except (OSError, ValueError) as err:
-        raise InputError(path, f"cannot load the model or its tokenizer ({err})") from None
-    return model, tokenizer
-
-
 def run(args: argparse.Namespace) -> int:
+    """``mpu unlearn``: refuse an existing --out unless --overwrite, read the rows, then
+    :func:`mpu.methods.unlearn_model` (load, unlearn, save with ``unlearn_summary.json``)."""
     from mpu.data.qa import load_qa_rows
-    from mpu.methods import options_from_args, run_unlearning
+    from mpu.methods import UnlearnJob, options_from_args, unlearn_model
 
     apply_threads(args.threads)
     method, hparams, training = options_from_args(args)
@@ -115,50 +100,15 @@ def run(args: argparse.Namespace) -> int:
     forget = load_qa_rows(args.forget)
     retain = load_qa_rows(args.retain) if args.retain else None
     hint = learning_rate_hint(args.model, training.learning_rate)
-    if hint and int(os.environ.get("RANK", "0")) == 0:
+    main = int(os.environ.get("RANK", "0")) == 0  # one line per run, not per process
+    if hint and main:
         print(hint, file=sys.stderr)
-    model, tokenizer = load_model_and_tokenizer(args.model, args.dtype)
-    if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per process
+    if main:
         logger.info("unlearning %d forget rows%s with %s: %s", len(forget),
                     f" ({len(retain)} retain rows)" if retain else "", method, hparams)
-    with tempfile.TemporaryDirectory(prefix="mpu-unlearn-") as scratch:
-        result = run_unlearning(model, tokenizer, forget, retain, method, hparams, training, scratch)
-    if not result.is_main_process:
-        return 0
-    summary = {
-        "method": method,
-        "hparams": dataclasses.asdict(hparams),
-        "training": dataclasses.asdict(training),
-        "base_model": str(args.model),
-        "forget_rows": len(forget),
-        "retain_rows": len(retain) if retain else 0,
-        "steps": result.steps,
-        "seconds": round(result.seconds, 3),
-        "losses": result.losses,
-        "encoding": result.encoding,   # prompt format arguments, length policy, rows/tokens truncated
-    }
-    _save(model, tokenizer, summary, out)
-    logger.info("%s: %d steps in %.1f s, loss %s -> %s; wrote %s", method, result.steps, result.seconds,
-                f"{result.losses[0]:.4f}" if result.losses else "-", f"{result.losses[-1]:.4f}" if result.losses else "-", out)
+    job = UnlearnJob(method, hparams, training, forget, retain)
+    result = unlearn_model(args.model, job, out, dtype=args.dtype, summary={"base_model": str(args.model)})
+    if result.is_main_process:
+        logger.info("%s: %d steps in %.1f s, loss %s -> %s; wrote %s", method, result.steps, result.seconds,
+                    f"{result.losses[0]:.4f}" if result.losses else "-", f"{result.losses[-1]:.4f}" if result.losses else "-", out)
     return 0
-
-
-def _save(model, tokenizer, summary: dict, out: Path) -> None:
-    """Write to a sibling temporary folder, then rename, so --out is either complete or absent.
-
-    The folder holds the weights, config and tokenizer (:func:`mpu.checkpoint.save_model`: nothing of
-    ``--model``'s own metadata, such as its ``mpu_finetune.json`` or custom config keys) and this run's
-    ``unlearn_summary.json``."""
-    from mpu.checkpoint import save_model
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        save_model(model, tokenizer, tmp)   # only the allow-listed model files: no metadata of --model
-        (tmp / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -1,10 +1,13 @@
-"""``mpu client unlearn``: run one unlearning method on each published copy, independently."""
+"""``mpu client unlearn``: run one unlearning job on each published copy, independently.
+
+:func:`unlearn_publication` takes an :class:`mpu.methods.UnlearnJob` (method, hyperparameters,
+training options, forget and retain rows) and trains every selected copy of a publication with its own
+run of it; :func:`unlearn_copies` is the positional form of the same call.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import json
 import logging
 import os
 import tempfile
@@ -19,8 +22,9 @@ from mpu.checkpoint.files import MAX_MANIFEST_BYTES
 from mpu.client.inbox import Publication, PublishedCopy, read_publication
 from mpu.client.update import loss_summary, write_dense_update, write_lora_update
 from mpu.errors import InputError, MPUError
-from mpu.methods import TrainingOptions, run_unlearning
-from mpu.methods.run import frozen_gc, method_hparams
+from mpu.methods import TrainingOptions
+from mpu.methods.job import UnlearnJob
+from mpu.methods.run import frozen_gc
 from mpu.protocol import PUBLICATION_MANIFEST, UPDATE_MANIFEST, UpdateManifest, update_folder
 
 log = logging.getLogger(__name__)
@@ -38,22 +42,15 @@ class CopyResult:
     skipped: bool = False  # --resume found this copy's update already finished
 
 
-def unlearn_copies(
-    inbox: str | Path,
-    forget_rows: list[dict],
-    retain_rows: list[dict] | None,
-    method: str,
-    hparams,
-    training: TrainingOptions,
-    out_dir: str | Path,
-    copy_ids: list[int] | None = None,
-    return_lora: bool = False,
-    reference_inbox: str | Path | None = None,
-    *,
-    overwrite: bool = False,
-    resume: bool = False,
-) -> list[CopyResult]:
-    """Train each selected copy of the publication in ``inbox`` and write its update under ``out_dir``.
+def unlearn_publication(inbox: str | Path, job: UnlearnJob, out_dir: str | Path, *, copy_ids: list[int] | None = None,
+                        return_lora: bool = False, reference_inbox: str | Path | None = None, overwrite: bool = False,
+                        resume: bool = False) -> list[CopyResult]:
+    """Run ``job`` on each selected copy of the publication in ``inbox`` and write its update under ``out_dir``.
+
+    Each copy is an independent run of ``job``: its own training seed (:func:`copy_seed`), DP-SGD's
+    epsilon counted over the round's m copies, and ``job.reference`` replaced by the copy's reference
+    (below). ``copy_ids``: the 1-based copies to train (default: all). ``return_lora``: return the
+    LoRA factors instead of the dense Delta' (needs ``training.lora_rank > 0``).
 
     ``reference_inbox``: an earlier publication of the same run (normally round 1's). Reference-model
     methods then compare copy k with copy k *as received in that round* instead of with this round's
@@ -63,15 +60,17 @@ def unlearn_copies(
 
     An existing ``update-K`` folder is refused (InputError) unless ``overwrite``; with ``resume`` a
     copy whose finished update is for this publication, method and settings is skipped. Every copy
-    (and reference copy) is checked before anything is loaded or trained (``PublishedCopy.verify``).
+    (and reference copy) is checked before anything is loaded or trained (``PublishedCopy.verify``);
+    a hostile publication raises InputError naming the file. Returns one result per selected copy,
+    in copy order.
     """
     publication = read_publication(inbox)
     references = _reference_publication(reference_inbox, publication) if reference_inbox is not None else None
-    job = job_settings(method, hparams, training, return_lora)
+    settings = update_settings(job, return_lora)
     out_dir = Path(out_dir)
     results, todo = [], []
     for copy in publication.select(copy_ids):
-        finished = _existing_update(out_dir / update_folder(copy.id), publication, copy, job, overwrite=overwrite, resume=resume)
+        finished = _existing_update(out_dir / update_folder(copy.id), publication, copy, settings, overwrite=overwrite, resume=resume)
         if finished is not None:
             results.append(finished)
         else:
@@ -83,8 +82,18 @@ def unlearn_copies(
             _reference_copy(references, copy).verify()
     with frozen_gc():
         for copy in todo:
-            results.append(_unlearn_one(publication, copy, forget_rows, retain_rows, method, hparams, training, out_dir, return_lora, references, job))
+            results.append(_unlearn_one(publication, copy, job, out_dir, return_lora, references, settings))
     return sorted(results, key=lambda result: result.copy_id)
+
+
+def unlearn_copies(inbox: str | Path, forget_rows: list[dict], retain_rows: list[dict] | None, method: str, hparams,
+                   training: TrainingOptions, out_dir: str | Path, copy_ids: list[int] | None = None, return_lora: bool = False,
+                   reference_inbox: str | Path | None = None, *, overwrite: bool = False, resume: bool = False) -> list[CopyResult]:
+    """The positional form of :func:`unlearn_publication`, kept for its callers: the job is
+    ``UnlearnJob(method, hparams, training, forget_rows, retain_rows)``."""
+    job = UnlearnJob(method, hparams, training, forget_rows, retain_rows)
+    return unlearn_publication(inbox, job, out_dir, copy_ids=copy_ids, return_lora=return_lora, reference_inbox=reference_inbox,
+                               overwrite=overwrite, resume=resume)
 
 
 # Training options that do not change the update (only its logging, speed or memory), left out of the
@@ -92,15 +101,16 @@ def unlearn_copies(
 UNCOMPARED_TRAINING = ("seed", "progress_bar", "logging_steps", "gradient_checkpointing")
 
 
-def job_settings(method: str, hparams, training: TrainingOptions, return_lora: bool = False) -> dict:
-    """What an update records of how it was trained: method, hyperparameters, training options."""
-    resolved = method_hparams(method, hparams) if hparams is None or isinstance(hparams, dict) else hparams
-    options = {key: value for key, value in dataclasses.asdict(training).items() if key not in UNCOMPARED_TRAINING}
-    job = {"method": method, "hparams": dataclasses.asdict(resolved), "training": options, "kind": "lora" if return_lora else "full"}
-    return json.loads(json.dumps(job))  # as the manifest will hold it (tuples become lists)
+def update_settings(job: UnlearnJob, return_lora: bool = False) -> dict:
+    """What an update records of how it was trained, as the manifest will hold it: ``method``,
+    ``hparams`` (resolved), ``training`` (without ``UNCOMPARED_TRAINING``) and ``kind`` (full | lora)."""
+    settings = job.settings()
+    settings["training"] = {key: value for key, value in settings["training"].items() if key not in UNCOMPARED_TRAINING}
+    settings["kind"] = "lora" if return_lora else "full"
+    return settings
 
 
-def _existing_update(target: Path, publication: Publication, copy: PublishedCopy, job: dict, *, overwrite: bool, resume: bool) -> CopyResult | None:
+def _existing_update(target: Path, publication: Publication, copy: PublishedCopy, settings: dict, *, overwrite: bool, resume: bool) -> CopyResult | None:
     """None when ``target`` may be (re)written; the finished copy's result when ``resume`` skips it.
     Raises InputError when ``target`` exists and neither flag allows going on."""
     if not os.path.lexists(target):
@@ -112,7 +122,7 @@ def _existing_update(target: Path, publication: Publication, copy: PublishedCopy
         pass
     same = (isinstance(manifest, dict) and manifest.get("publication_id") == publication.publication_id
             and manifest.get("copy_sha256") == copy.sha256 and manifest.get("round") == publication.round
-            and {key: manifest.get(key) for key in job} == job)
+            and {key: manifest.get(key) for key in settings} == settings)
     if resume and same:
         log.info("copy %d: finished update in %s, skipped (--resume)", copy.id, target)
         return CopyResult(copy.id, target, int(manifest.get("steps", 0)), float(manifest.get("seconds", 0.0)), manifest.get("loss", {}), skipped=True)
@@ -178,16 +188,18 @@ def _load_reference(references: Publication, copy: PublishedCopy, model) -> torc
     return reference
 
 
-def _unlearn_one(publication, copy: PublishedCopy, forget_rows, retain_rows, method, hparams, training, out_dir, return_lora,
-                 references: Publication | None, job: dict) -> CopyResult:
+def _unlearn_one(publication: Publication, copy: PublishedCopy, job: UnlearnJob, out_dir: Path, return_lora: bool,
+                 references: Publication | None, settings: dict) -> CopyResult:
+    """Train copy ``copy`` with its own run of ``job`` and write ``out_dir/update-<id>`` (main process only)."""
     model = _load_model(copy.path)
     tokenizer = _tokenizer(copy.path)
-    copy_training = replace(training, seed=copy_seed(training.seed, publication.round, copy.id))
-    reference = (lambda: _load_reference(references, copy, model)) if references is not None else None
+    copy_job = replace(
+        job, training=replace(job.training, seed=copy_seed(job.training.seed, publication.round, copy.id)),
+        reference=(lambda: _load_reference(references, copy, model)) if references is not None else None,
+        dp_runs=len(publication.copies),  # one epsilon covers every copy of the round: the server sees all m updates of the same data
+    )
     with tempfile.TemporaryDirectory(prefix="mpu-client-") as scratch:
-        # one ε covers every copy of the round: the server sees all m updates of the same data
-        result = run_unlearning(model, tokenizer, forget_rows, retain_rows, method, hparams, copy_training, scratch, reference,
-                                dp_runs=len(publication.copies))
+        result = copy_job.run(model, tokenizer, scratch)
     target = out_dir / update_folder(copy.id)
     manifest = UpdateManifest(
         round=publication.round,
@@ -195,7 +207,7 @@ def _unlearn_one(publication, copy: PublishedCopy, forget_rows, retain_rows, met
         publication_id=publication.publication_id,
         copy_id=copy.id,
         copy_sha256=copy.sha256,
-        **job,   # method, hparams, training, kind
+        **settings,   # method, hparams, training, kind
         steps=result.steps,
         seconds=round(result.seconds, 3),
         loss=loss_summary(result.losses),

@@ -6,8 +6,12 @@ API::
     METHODS                                   # Registry: name -> UnlearnTrainer subclass
     TrainingOptions                           # dataclass of Trainer settings (epochs, learning_rate, LoRA, ...)
     method_hparams(name, overrides)           # validated hyperparameter dataclass of one method
-    run_unlearning(model, tokenizer, forget_rows, retain_rows, method, hparams, training, output_dir)
+    UnlearnJob(method, hparams, training, forget_rows, retain_rows, reference)
+                                              # one run's inputs; .run(model, tokenizer, scratch_dir)
                                               # -> UnlearnResult(steps, losses, seconds, lora_factors, ...)
+    unlearn_model(model_dir, job, out_dir)    # the noise-free baseline: load, unlearn, save
+    run_unlearning(model, tokenizer, forget_rows, retain_rows, method, hparams, training, output_dir)
+                                              # the positional form of UnlearnJob(...).run
     add_method_arguments(parser)              # --method, --config, --hp, per-hyperparameter and training flags
     options_from_args(args)                   # -> (method, hparams, TrainingOptions); config < command line
 
@@ -25,12 +29,14 @@ from mpu.methods.run import (
     run_unlearning,
     training_arguments,
 )
+from mpu.methods.job import UnlearnJob, unlearn_model
 from mpu.methods.config import add_method_arguments, load_method_config, methods_table, options_from_args
 
 __all__ = [
     "METHODS",
     "RetainHparams",
     "TrainingOptions",
+    "UnlearnJob",
     "UnlearnResult",
     "UnlearnTrainer",
     "add_method_arguments",
@@ -43,4 +49,5 @@ __all__ = [
     "run_unlearning",
     "training_arguments",
     "training_options",
+    "unlearn_model",
 ]

@@ -1,8 +1,12 @@
-"""Run one unlearning method on one model: what ``mpu unlearn`` and ``mpu client unlearn`` both call."""
+"""Run one unlearning method on one model: the Trainer settings, the training step and its result.
+
+The run's inputs are one value, :class:`mpu.methods.job.UnlearnJob`; this module holds what it uses
+(``training_arguments``, the prompt format and length policy, DP-SGD's plan, ``finish_unlearning``,
+``frozen_gc``) and the positional adapters ``prepare_unlearning``/``run_unlearning``.
+"""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import gc
 import logging
@@ -14,12 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
-from transformers import TrainingArguments, set_seed
+from transformers import TrainingArguments
 
 from mpu.errors import MPUError
 from mpu.methods.base import METHODS, UnlearnTrainer
-from mpu.methods.data import ForgetRetainCollator, ForgetRetainDataset
-from mpu.methods.lora import add_lora, lora_factors, merge_lora
+from mpu.methods.lora import lora_factors, merge_lora
 from mpu.methods.options import TrainingOptions, build_dataclass
 
 logger = logging.getLogger(__name__)
@@ -27,6 +30,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class UnlearnResult:
+    """What one run did: optimizer ``steps``, the training loss per logging step, the training wall time
+    in seconds, the merged LoRA factors (with ``lora_rank > 0``), the Trainer's log history, whether this
+    process writes files, the rows' encoding record and the DP-SGD guarantee."""
+
     steps: int
     losses: list[float]  # the training loss at each logging step
     seconds: float  # wall time of training (data preparation and model loading excluded)
@@ -58,6 +65,10 @@ def _resolve_hparams(method: str, hparams):
 
 
 def training_arguments(training: TrainingOptions, output_dir: str) -> TrainingArguments:
+    """The Hugging Face ``TrainingArguments`` of ``training``, with ``output_dir`` as the Trainer's scratch
+    folder (nothing is saved there: no checkpoints, no reports). Adds warmup to a constant schedule
+    when ``warmup_ratio > 0``, turns off the Trainer's clipping under DP-SGD (which clips per example),
+    and sets up gloo when several CPU processes train together."""
     scheduler = training.lr_scheduler_type
     if training.warmup_ratio > 0 and scheduler == "constant":
         scheduler = "constant_with_warmup"  # "constant" alone ignores warmup
@@ -110,58 +121,11 @@ def prepare_unlearning(
     reference: torch.nn.Module | Callable[[], torch.nn.Module] | None = None,
     dp_runs: int = 1,
 ) -> UnlearnTrainer:
-    """Everything before ``train()``: the reference model, LoRA, the data, the Trainer.
+    """Everything before ``train()``: :meth:`mpu.methods.job.UnlearnJob.prepare` of the job these
+    arguments describe (kept for callers of the positional form)."""
+    from mpu.methods.job import UnlearnJob
 
-    ``dp_runs``: with differential privacy, how many runs on the same data one ε covers (the client
-    passes the round's m copies, which the server all sees)."""
-    cls = METHODS.get(method)
-    hp = _resolve_hparams(method, hparams)
-    if not isinstance(training, TrainingOptions):
-        raise TypeError(f"training must be TrainingOptions, got {type(training).__name__}")
-    retain_rows = list(retain_rows or [])
-    if cls.needs_retain(hp) and not retain_rows:
-        raise MPUError(f"{method} needs retain data ({_retain_reason(hp)}); give a retain set (--retain)")
-    with_retain = bool(retain_rows) and cls.uses_retain(hp)
-    if retain_rows and not with_retain:
-        logger.warning("%s: the retain set is not used (%s)", method, "the method has no retain term" if cls.retain_use == "none" else "alpha=0")
-    elif not retain_rows and cls.uses_retain(hp):
-        logger.warning("%s: no retain set, so the retain term (alpha=%s) is left out", method, hp.alpha)
-
-    set_seed(training.seed)
-    ref_model = None
-    if cls.needs_reference(hp, with_retain):
-        # The reference is the model as received, frozen: copied before anything touches it. A given
-        # reference replaces the copy; only its function matters (logits, residual activations).
-        if reference is None:
-            ref_model = copy.deepcopy(model)
-        else:  # a callable loads it only for methods that need it
-            ref_model = reference if isinstance(reference, torch.nn.Module) else reference()
-    saved = {"requires_grad": {n: p.requires_grad for n, p in model.named_parameters()}, "training": model.training}
-    train_model = add_lora(model, training) if training.lora_rank > 0 else model
-    cls.prepare_model(train_model, hp)
-    if not any(p.requires_grad for p in train_model.parameters()):
-        raise MPUError(f"{method}: no parameter is trainable")
-
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad_id is None:
-        raise MPUError("the tokenizer has neither a pad nor an EOS token")
-    dataset = ForgetRetainDataset(
-        tokenizer, forget_rows, retain_rows if with_retain else None,
-        seed=training.seed, max_length=run_max_length(training, model, tokenizer), with_alternates=cls.uses_alternate,
-        prompt_format=run_prompt_format(training, model, tokenizer), truncate=training.truncate,
-    )
-    trainer = cls(
-        model=train_model,
-        args=training_arguments(training, output_dir),
-        train_dataset=dataset,
-        data_collator=ForgetRetainCollator(pad_id),
-        hparams=hp,
-        ref_model=ref_model,
-    )
-    if training.private:
-        trainer.dp = _private_steps(cls, method, training, len(dataset), dp_runs)
-    trainer.mpu_restore = (model, saved)
-    return trainer
+    return UnlearnJob(method, hparams, training, forget_rows, retain_rows, reference, dp_runs).prepare(model, tokenizer, output_dir)
 
 
 def run_prompt_format(training: TrainingOptions, model, tokenizer):
@@ -250,17 +214,17 @@ def run_unlearning(
     reference: torch.nn.Module | Callable[[], torch.nn.Module] | None = None,
     dp_runs: int = 1,
 ) -> UnlearnResult:
-    """Unlearn ``forget_rows`` from ``model`` in place with ``method``.
+    """Unlearn ``forget_rows`` from ``model`` in place with ``method``: :meth:`mpu.methods.job.UnlearnJob.run`
+    of the job these arguments describe (kept for callers of the positional form).
 
     Reference-model methods (NPO, DPO, UNDIAL, the KL retain loss, RMU's retain activations) compare with
-    a frozen deep copy of ``model`` taken here, at the start, or with ``reference`` (a model, or a
-    callable that loads one) when given. With ``training.lora_rank > 0`` LoRA adapters
-    are trained, merged into ``model`` at the end, and returned as ``lora_factors``.
+    a frozen deep copy of ``model`` taken at the start, or with ``reference`` (a model, or a callable
+    that loads one) when given. With ``training.lora_rank > 0`` LoRA adapters are trained, merged into
+    ``model`` at the end, and returned as ``lora_factors``.
     """
-    with frozen_gc():
-        trainer = prepare_unlearning(model, tokenizer, forget_rows, retain_rows, method, hparams, training, output_dir,
-                                     reference, dp_runs=dp_runs)
-        return finish_unlearning(trainer)
+    from mpu.methods.job import UnlearnJob
+
+    return UnlearnJob(method, hparams, training, forget_rows, retain_rows, reference, dp_runs).run(model, tokenizer, output_dir)
 
 
 _FREEZE_DEPTH = 0  # how many frozen_gc() blocks are open; only the outermost one collects and freezes

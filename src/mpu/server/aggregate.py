@@ -1,8 +1,12 @@
-"""Post-Process: map each update back with T_k^-1, combine with harmonic weights, apply.
+"""Post-Process: map each update back with T_k^-1, combine with the round's weights, apply.
 
     Delta_k = T_k^-1(Delta'_k)                       (transforms regenerated from the round secret)
-    Delta   = sum_k (1/alpha_k) Delta_k / sum_k (1/alpha_k)     (float32, one tensor at a time)
+    Delta   = sum_k w_k Delta_k                      (float32, one tensor at a time)
     theta  <- theta + eta * Delta
+
+The weights w_k come from the combination rule (:mod:`mpu.server.combine`): by default the harmonic
+ones, w_k = (1/alpha_k) / sum_j (1/alpha_j), which cancel the zero-sum noise. The round's steps are
+:meth:`mpu.server.round.Round.aggregate`; this module holds the streaming and the checks.
 
 Before anything is written, every return passes :func:`mpu.server.validate.find_returns` (paths,
 manifest fields, headers, names, shapes) and the returns must have been trained alike (method,
@@ -27,15 +31,14 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoConfig
 
-from mpu.checkpoint import CheckpointReader, ShardedWriter, copy_model_files, staging_dir
-from mpu.errors import InputError, MPUError
+from mpu.checkpoint import CheckpointReader, ShardedWriter
+from mpu.errors import InputError
 from mpu.protocol import RoundKeys
-from mpu.reparam import get_adapter
-from mpu.server.noise import alphas_for_round, default_device, harmonic_weights, sum_sq
-from mpu.server.validate import ReturnedUpdate, find_returns
-from mpu.server.workdir import Workdir
+from mpu.reparam import Adapter
+from mpu.server.combine import DEFAULT_COMBINE, CombineRule
+from mpu.server.noise import sum_sq
+from mpu.server.validate import ReturnedUpdate, find_returns  # noqa: F401  (find_returns: re-exported for callers)
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,8 @@ MAX_REPORTED_BLOCKS = 8
 @dataclass
 class AggregateReport:
     """What one aggregation did: norms per copy, the step, the new model folder, the settings combined,
-    the largest per-block ratio of each copy against the bound, and the rounds planned."""
+    the largest per-block ratio of each copy against the bound, the rounds planned, and the
+    combination rule with its weights."""
 
     round: int
     update_norms: dict[int, float]  # ||Delta'_k|| per copy
@@ -58,6 +62,8 @@ class AggregateReport:
     max_block_ratio: dict[int, tuple[str, float]] = field(default_factory=dict)  # copy -> (group, ratio)
     bound: float = 0.0  # max_update_ratio
     rounds: int = 1  # rounds planned
+    combine: str = DEFAULT_COMBINE  # the combination rule's name
+    weights: dict[int, float] = field(default_factory=dict)  # copy -> w_k
 
 
 def combined_settings(updates: list[ReturnedUpdate]) -> tuple[dict[str, Any], list[str]]:
@@ -106,100 +112,104 @@ def _finite_sum_sq(delta: torch.Tensor, update: ReturnedUpdate, name: str) -> fl
 
 
 def aggregate(workdir: str | Path, returns_dir: str | Path, *, progress: bool = True, device: str | None = None,
-              allow_mixed: bool = False) -> AggregateReport:
-    """Validate the returns in ``returns_dir``, combine them and advance the round.
+              allow_mixed: bool = False, combine: "str | CombineRule" = DEFAULT_COMBINE) -> AggregateReport:
+    """Post-Process of the current round: :meth:`mpu.server.round.Round.aggregate` on ``workdir``.
 
-    Raises InputError (naming the file and the reason; the work directory unchanged) for any return
+    ``returns_dir``: the folder of ``update-K`` sub-folders; ``combine``: the combination rule's name
+    (:data:`mpu.server.combine.COMBINE_RULES`) or a rule object; ``device``: where the arithmetic runs
+    (default: the GPU when there is one). Raises MPUError when the round is not published or the rule
+    unknown, InputError (naming the file and the reason; the work directory unchanged) for any return
     :func:`find_returns` refuses, for returns trained with different settings unless ``allow_mixed``,
     for NaN/Inf, and for a Delta_k above the per-block bound (listing every group above it).
     """
-    work = Workdir(workdir)
-    state = work.load()
-    config = state.config
-    published = state.published
-    if published is None or published.round != state.current_round:
-        raise MPUError(f"round {state.current_round} has not been published; run `mpu server publish` first")
-    round_number = state.current_round
-    model = CheckpointReader(work.model_path(state))
-    updates = find_returns(returns_dir, published, model)
-    combined, mixed = combined_settings(updates)
-    if mixed and not allow_mixed:
-        raise InputError(returns_dir, "returns were trained with different settings (" + "; ".join(mixed)
-                         + "); combine them only on purpose, with --allow-mixed")
-    for line in mixed:
-        log.warning("combining returns trained with different settings: %s", line)
-    secret = work.round_secret(round_number, config.fixed_seed, create=False)
-    keys = RoundKeys(secret)
-    weights = harmonic_weights(alphas_for_round(config, secret))
-    adapter = get_adapter(AutoConfig.from_pretrained(work.model_path(state)), config.reparam)
-    bound = config.max_update_ratio
-    device = torch.device(device) if device else default_device()
+    from mpu.server.round import Round
 
-    norms_sq = [0.0] * len(updates)
-    largest: list[tuple[str, float]] = [("", 0.0)] * len(updates)
-    above: list[list[tuple[str, float]]] = [[] for _ in updates]
-    step_sq = 0.0
-    new_rel = f"models/round-{round_number}"
-    with staging_dir(work.path / new_rel, replace=True) as stage:
-        writer = ShardedWriter(stage)
-        # The same block groups as publish drew its transforms for (the model's blocks, any family).
-        for layer, names in tqdm(adapter.block_groups(model.names()), desc=f"aggregate round {round_number}", disable=not progress):
-            transforms = [None] * len(updates)
-            if layer is not None:
-                transforms = [adapter.sample(layer, keys.transform(u.copy_id, layer)) for u in updates]
-            new_tensors = {}
-            theta_sq, block_sq = 0.0, [0.0] * len(updates)
-            for name in names:
-                theta = model.get(name, device).to(torch.float32)
-                theta_sq += sum_sq(theta)
-                step = None
-                for k, update in enumerate(updates):
-                    delta = update.dense(name, theta.shape).to(device)
-                    norms_sq[k] += _finite_sum_sq(delta, update, name)
-                    if transforms[k] is not None:
-                        delta = adapter.apply(transforms[k], name, delta, inverse=True)
-                    block_sq[k] += sum_sq(delta)
-                    if step is None:
-                        step = delta.mul(weights[k] * config.eta)
-                    else:
-                        step.add_(delta, alpha=weights[k] * config.eta)
-                step_sq += sum_sq(step)
-                new_tensors[name] = theta.add_(step)
-            group = block_label(layer, names)
-            for k in range(len(updates)):
-                ratio = block_ratio(block_sq[k], theta_sq)
-                if not ratio <= largest[k][1]:
-                    largest[k] = (group, ratio)
-                if not ratio <= bound:
-                    above[k].append((group, ratio))
-            if not any(above):  # after a refusal nothing more is written; the groups are still measured
-                writer.write_shard(new_tensors)
-        # Checked before the new model is committed: the staging folder is dropped on error.
-        for update, groups in zip(updates, above):
-            if groups:
-                listed = ", ".join(f"{group} {ratio:.3g}" for group, ratio in groups[:MAX_REPORTED_BLOCKS])
-                more = f" and {len(groups) - MAX_REPORTED_BLOCKS} more" if len(groups) > MAX_REPORTED_BLOCKS else ""
-                others = [u.copy_id for u, g in zip(updates, above) if g and u is not update]
-                raise InputError(update.path, f"update changes {len(groups)} group(s) by more than the bound "
-                                              f"||Delta_block|| / ||theta_block|| <= {bound:g} (max_update_ratio): {listed}{more}"
-                                              + (f"; copies {others} too" if others else ""))
-        writer.finish()
-        copy_model_files(work.model_path(state), stage)
+    return Round(workdir, progress=progress, device=device).aggregate(returns_dir, combine=combine, allow_mixed=allow_mixed)
 
-    state.history.append({
-        "round": round_number,
-        "update_norms": [math.sqrt(n) for n in norms_sq],
-        "step_norm": math.sqrt(step_sq),
-        "methods": sorted({str(u.manifest.method) for u in updates}),
-        "combined": combined,
-        "mixed": mixed,
-        "max_block_ratio": [{"copy": u.copy_id, "group": g, "ratio": r} for u, (g, r) in zip(updates, largest)],
-    })
-    state.rounds_done = round_number
-    state.model_dir = new_rel
-    state.published = None
-    work.save(state)  # the commit point
-    work.clean_stale(state)
-    return AggregateReport(round_number, {u.copy_id: math.sqrt(n) for u, n in zip(updates, norms_sq)}, math.sqrt(step_sq),
-                           work.path / new_rel, combined, mixed, {u.copy_id: largest[k] for k, u in enumerate(updates)},
-                           bound, config.rounds)
+
+@dataclass
+class CombinedStep:
+    """What streaming the combination measured: per copy (in ``updates`` order) ||Delta'_k||^2, the group
+    with the largest ratio ||Delta_k,l|| / ||theta_l|| and every group above the bound; ||eta Delta||^2."""
+
+    norms_sq: list[float]
+    largest: list[tuple[str, float]]
+    above: list[list[tuple[str, float]]]
+    step_sq: float = 0.0
+
+
+@dataclass
+class Combination:
+    """What every group of one Post-Process needs: the model's ``adapter``, the round's ``keys`` (the
+    transforms T_k are regenerated from them), ``weights[k]`` for ``updates[k]``, the server rate
+    ``eta``, the per-block ``bound`` (max_update_ratio) and the ``device`` the arithmetic runs on."""
+
+    adapter: Adapter
+    keys: RoundKeys
+    weights: list[float]
+    eta: float
+    bound: float
+    device: torch.device
+
+
+def write_combined(combination: Combination, model: CheckpointReader, updates: list[ReturnedUpdate], stage: Path, *,
+                   desc: str = "aggregate", progress: bool = True) -> CombinedStep:
+    """Stream theta + eta sum_k w_k T_k^-1(Delta'_k) group by group into sharded files in ``stage``.
+
+    The groups are the ones publish drew its transforms for (``Adapter.block_groups``). Each tensor is
+    read, combined and written in float32 on ``combination.device``, one group at a time. Once any
+    group is above the bound nothing more is written (the groups are still measured, so the refusal
+    can list them all); the caller refuses with :func:`refuse_above_bound` and drops ``stage``.
+    Raises InputError for a Delta'_k with NaN/Inf.
+    """
+    adapter, keys, weights, eta, bound, device = (combination.adapter, combination.keys, combination.weights,
+                                                  combination.eta, combination.bound, combination.device)
+    step = CombinedStep([0.0] * len(updates), [("", 0.0)] * len(updates), [[] for _ in updates])
+    writer = ShardedWriter(stage)
+    for layer, names in tqdm(adapter.block_groups(model.names()), desc=desc, disable=not progress):
+        transforms = [None] * len(updates)
+        if layer is not None:
+            transforms = [adapter.sample(layer, keys.transform(u.copy_id, layer)) for u in updates]
+        new_tensors = {}
+        theta_sq, block_sq = 0.0, [0.0] * len(updates)
+        for name in names:
+            theta = model.get(name, device).to(torch.float32)
+            theta_sq += sum_sq(theta)
+            change = None
+            for k, update in enumerate(updates):
+                delta = update.dense(name, theta.shape).to(device)
+                step.norms_sq[k] += _finite_sum_sq(delta, update, name)
+                if transforms[k] is not None:
+                    delta = adapter.apply(transforms[k], name, delta, inverse=True)
+                block_sq[k] += sum_sq(delta)
+                if change is None:
+                    change = delta.mul(weights[k] * eta)
+                else:
+                    change.add_(delta, alpha=weights[k] * eta)
+            step.step_sq += sum_sq(change)
+            new_tensors[name] = theta.add_(change)
+        group = block_label(layer, names)
+        for k in range(len(updates)):
+            ratio = block_ratio(block_sq[k], theta_sq)
+            if not ratio <= step.largest[k][1]:
+                step.largest[k] = (group, ratio)
+            if not ratio <= bound:
+                step.above[k].append((group, ratio))
+        if not any(step.above):  # after a refusal nothing more is written; the groups are still measured
+            writer.write_shard(new_tensors)
+    writer.finish()
+    return step
+
+
+def refuse_above_bound(updates: list[ReturnedUpdate], above: list[list[tuple[str, float]]], bound: float) -> None:
+    """Raise InputError naming the first update with a group above ``bound`` (``above[k]``: update k's
+    groups and ratios), up to MAX_REPORTED_BLOCKS of its groups and the other copies above it; None
+    when no group is above."""
+    for update, groups in zip(updates, above):
+        if groups:
+            listed = ", ".join(f"{group} {ratio:.3g}" for group, ratio in groups[:MAX_REPORTED_BLOCKS])
+            more = f" and {len(groups) - MAX_REPORTED_BLOCKS} more" if len(groups) > MAX_REPORTED_BLOCKS else ""
+            others = [u.copy_id for u, g in zip(updates, above) if g and u is not update]
+            raise InputError(update.path, f"update changes {len(groups)} group(s) by more than the bound "
+                                          f"||Delta_block|| / ||theta_block|| <= {bound:g} (max_update_ratio): {listed}{more}"
+                                          + (f"; copies {others} too" if others else ""))

@@ -7,6 +7,7 @@ import math
 import torch
 
 from mpu.protocol import RoundKeys
+from mpu.server.combine import harmonic_weights  # noqa: F401  (its home is mpu.server.combine; kept importable here)
 from mpu.server.config import ServerConfig
 
 
@@ -23,13 +24,6 @@ def alphas_for_round(config: ServerConfig, secret: bytes) -> list[float]:
         return [float(alpha) for alpha in config.alphas]
     keys = RoundKeys(secret)
     return [keys.alpha(copy_id, config.alpha_max) for copy_id in range(1, m + 1)]
-
-
-def harmonic_weights(alphas: list[float]) -> list[float]:
-    """w_k = (1/alpha_k) / sum_j (1/alpha_j): then sum_k w_k eps_k = 0 exactly for zero-sum eps0."""
-    inverse = [1.0 / alpha for alpha in alphas]
-    total = sum(inverse)
-    return [value / total for value in inverse]
 
 
 def zero_sum_noise(shape: torch.Size, sigma: float, generators: list[torch.Generator]) -> torch.Tensor:

@@ -3,29 +3,24 @@
 Streams one block at a time: memory holds one block's tensors times m, never m models. Blocks come
 from the model's module tree (``Adapter.block_groups``), so noise and sigma follow the transformer
 blocks of every family; a tensor that is in no block and no known tensor of the model is refused
-before anything is written, never published as it is.
+before anything is written, never published as it is. The round's steps are
+:meth:`mpu.server.round.Round.publish`; this module holds the noise and the streaming.
 """
 
 from __future__ import annotations
 
 import logging
-import secrets as csprng
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoConfig
 
-from mpu.checkpoint import CheckpointReader, ShardedWriter, atomic_write_json, copy_model_files, dir_sha256, staging_dir
-from mpu.checkpoint.files import PARTY_FILE_MODE
-from mpu.errors import MPUError
-from mpu.protocol import PUBLICATION_MANIFEST, CopyEntry, PublicationManifest, RoundKeys, copy_folder
-from mpu.reparam import Adapter, get_adapter
+from mpu.checkpoint import CheckpointReader, ShardedWriter
+from mpu.protocol import RoundKeys
+from mpu.reparam import Adapter
 from mpu.server.config import ServerConfig
-from mpu.server.init import dtype_from_name
-from mpu.server.noise import alphas_for_round, default_device, independent_noise, rms, sum_sq, zero_sum_noise
-from mpu.server.workdir import PublishedRound, Workdir
+from mpu.server.noise import independent_noise, rms, sum_sq, zero_sum_noise
 
 log = logging.getLogger(__name__)
 
@@ -69,62 +64,16 @@ class PublishReport:
 
 
 def publish(workdir: str | Path, out_dir: str | Path, *, replace: bool = False, progress: bool = True, device: str | None = None) -> PublishReport:
-    """Pre-Process of the current round: write ``out_dir/manifest.json`` and ``out_dir/copy-1 ... copy-m``.
+    """Pre-Process of the current round: :meth:`mpu.server.round.Round.publish` on ``workdir``.
 
-    Draws (or, on a re-run, reuses) the round's secret, adds alpha-scaled zero-sum noise (plus the
-    independent share) to every tensor in scope, applies the secret reparameterisation T_k per block,
-    casts to the publish dtype and records what was published in the server state. ``out_dir`` is
-    built in a staging folder and appears whole or not at all; an existing one is refused unless
-    ``replace``. ``device``: where the arithmetic runs (default: the GPU when there is one).
-    Raises MPUError when every round is done, InputError for a model the adapter cannot place.
+    Writes ``out_dir/manifest.json`` and ``out_dir/copy-1 ... copy-m`` (built in a staging folder; an
+    existing ``out_dir`` is refused unless ``replace``) and records the publication in the server state.
+    ``device``: where the arithmetic runs (default: the GPU when there is one). Raises MPUError when
+    every round is done, InputError for a model the adapter cannot place.
     """
-    work = Workdir(workdir)
-    state = work.load()
-    config = state.config
-    if state.finished:
-        raise MPUError(f"all {config.rounds} rounds are done; run `mpu server export`")
-    round_number = state.current_round
-    secret = work.round_secret(round_number, config.fixed_seed, create=True)
-    alphas = alphas_for_round(config, secret)
-    reader = CheckpointReader(work.model_path(state))
-    base = CheckpointReader(state.base) if state.base else None
-    adapter = get_adapter(AutoConfig.from_pretrained(work.model_path(state)), config.reparam)
-    adapter.check_names(reader.names())
-    groups = adapter.block_groups(reader.names())  # refuses, before anything is written, a tensor it cannot place
-    publish_dtype = dtype_from_name(state.source_dtype if config.publish_dtype == "source" else config.publish_dtype)
-    if config.fixed_seed is not None:
-        log.warning("fixed-seed mode: the copies' randomness is reproducible from the seed and NOT secret")
+    from mpu.server.round import Round
 
-    report = PublishReport(round=round_number, out_dir=Path(out_dir), copies=[], transforms=adapter.describe())
-    job = _Job(config, RoundKeys(secret), alphas, adapter, publish_dtype, torch.device(device) if device else default_device())
-    copy_ids = range(1, config.copies + 1)
-    with staging_dir(out_dir, replace=replace) as stage:
-        copy_dirs = [stage / copy_folder(copy_id) for copy_id in copy_ids]
-        model_norm = _write_copies(job, reader, base, groups, copy_dirs, report, progress)
-        for path in copy_dirs:
-            copy_model_files(work.model_path(state), path, {"dtype": str(publish_dtype).removeprefix("torch.")})
-        manifest = PublicationManifest(
-            round=round_number,
-            rounds=config.rounds,
-            publication_id=csprng.token_hex(8),
-            architecture=state.model_type,
-            dtype=str(publish_dtype).removeprefix("torch."),
-            copies=tuple(CopyEntry(copy_id, path.name, dir_sha256(path)) for copy_id, path in zip(copy_ids, copy_dirs)),
-        )
-        # 0600 like every file written for the other party
-        atomic_write_json(stage / PUBLICATION_MANIFEST, manifest.to_json(), mode=PARTY_FILE_MODE)
-    report.copies = [copy.to_json() for copy in manifest.copies]
-    outside = {name: why for name, why in report.clean.items() if why == OUTSIDE_BLOCKS}
-    if outside:  # the configured scope (the paper's), so logged, not a warning
-        log.info("kappa=%s, noise_scope 'blocks': %d tensor(s) outside the blocks published without noise: %s",
-                 config.kappa, len(outside), ", ".join(outside))
-    unexpected = {name: why for name, why in report.clean.items() if why != OUTSIDE_BLOCKS}
-    report.warnings = _clean_warnings(unexpected, config.kappa) + _rounding_warnings(report.blocks, manifest.dtype)
-    for warning in report.warnings:
-        log.warning(warning)
-    state.published = PublishedRound(round_number, manifest.publication_id, {copy.id: copy.sha256 for copy in manifest.copies}, model_norm)
-    work.save(state)
-    return report
+    return Round(workdir, progress=progress, device=device).publish(out_dir, replace=replace)
 
 
 def _write_copies(job: "_Job", reader: CheckpointReader, base: CheckpointReader | None, groups: list[tuple[int | None, list[str]]],
