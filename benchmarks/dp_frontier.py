@@ -138,6 +138,9 @@ def main(argv=None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
+    # the starting point: the target itself (no unlearning)
+    target_summary = evaluate(target, "tofu", data, forget_split=args.forget_split, retain_model=retain, progress=False)
+    print(json.dumps({"target": {k: target_summary.get(k) for k in ("model_utility", "forget_Q_A_ROUGE", "forget_quality")}}), flush=True)
     for method in args.methods.split(","):
         for eps_text in args.epsilons.split(","):
             epsilon = math.inf if eps_text.strip() == "inf" else float(eps_text)
@@ -159,32 +162,34 @@ def main(argv=None) -> int:
                 summary = evaluate(model_dir, "tofu", data, forget_split=args.forget_split, retain_model=retain, progress=False)
             row = {"method": method, "epsilon": eps_text.strip(), "dp": manifest.get("dp"), "best_auc": mia["best_auc"],
                    "membership": mia["by_update_and_test"], "forget_quality": summary.get("forget_quality"),
-                   "model_utility": summary.get("model_utility"), "client_train_seconds": round(timings["client_train"], 2),
-                   "run_seconds": round(seconds, 1)}
+                   "model_utility": summary.get("model_utility"), "forget_Q_A_ROUGE": summary.get("forget_Q_A_ROUGE"),
+                   "forget_Q_A_Prob": summary.get("forget_Q_A_Prob"), "summary": summary,
+                   "client_train_seconds": round(timings["client_train"], 2), "run_seconds": round(seconds, 1)}
             results.append(row)
-            print(json.dumps({k: v for k, v in row.items() if k != "membership"}), flush=True)
-    (args.out / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=2))
-    table = format_table(results)
+            print(json.dumps({k: v for k, v in row.items() if k not in ("membership", "summary")}), flush=True)
+    (args.out / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                                       "target": target_summary, "results": results}, indent=2))
+    table = format_table(results, target_summary)
     (args.out / "table.md").write_text(table + "\n")
     print(table)
     return 0
 
 
-def format_table(results: list[dict]) -> str:
-    lines = ["| method | ε | σ | best membership AUC | forget quality | model utility | MU cost | client time × |",
+def format_table(results: list[dict], target: dict) -> str:
+    """Markdown: per method and ε, the server's best membership AUC next to what the unlearning did."""
+    def fmt(value, spec=".3g"):
+        return "—" if value is None else format(value, spec)
+
+    lines = [f"Target before unlearning: model utility {fmt(target.get('model_utility'))}, forget ROUGE "
+             f"{fmt(target.get('forget_Q_A_ROUGE'))}.", "",
+             "| method | ε (all m copies) | σ | best membership AUC | forget ROUGE | forget quality | model utility | client time × |",
              "|---|---|---|---|---|---|---|---|"]
     for row in results:
-        base = next(r for r in results if r["method"] == row["method"] and r["epsilon"] == "inf") if any(
-            r["method"] == row["method"] and r["epsilon"] == "inf" for r in results) else None
-        cost = time_ratio = "—"
-        if base and base["model_utility"] and row["model_utility"] is not None:
-            cost = f"{100 * (base['model_utility'] - row['model_utility']) / base['model_utility']:+.1f} %"
-        if base and base["client_train_seconds"]:
-            time_ratio = f"{row['client_train_seconds'] / base['client_train_seconds']:.2f}"
+        base = next((r for r in results if r["method"] == row["method"] and r["epsilon"] == "inf"), None)
+        ratio = f"{row['client_train_seconds'] / base['client_train_seconds']:.2f}" if base and base["client_train_seconds"] else "—"
         sigma = f"{row['dp']['noise_multiplier']:.3g}" if row["dp"] else "—"
-        fq = "—" if row["forget_quality"] is None else f"{row['forget_quality']:.3g}"
-        mu = "—" if row["model_utility"] is None else f"{row['model_utility']:.3g}"
-        lines.append(f"| {row['method']} | {row['epsilon']} | {sigma} | {row['best_auc']:.3f} | {fq} | {mu} | {cost} | {time_ratio} |")
+        lines.append(f"| {row['method']} | {row['epsilon']} | {sigma} | {row['best_auc']:.3f} | {fmt(row.get('forget_Q_A_ROUGE'))} | "
+                     f"{fmt(row['forget_quality'])} | {fmt(row['model_utility'])} | {ratio} |")
     return "\n".join(lines)
 
 

@@ -131,19 +131,10 @@ def run_demo(config: DemoConfig, progress: bool = True) -> dict:
 
 def _baseline(config: DemoConfig, target: Path, forget_rows, retain_rows, out: Path) -> Path:
     """Noise-free unlearning of the target with the same method and settings as the MPU client."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from mpu.methods.job import UnlearnJob, unlearn_model
 
-    from mpu.methods import run_unlearning
-
-    model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(target)
-    with tempfile.TemporaryDirectory() as scratch:
-        run_unlearning(model, tokenizer, forget_rows, retain_rows, config.method, {}, _training(config), scratch)
-    from mpu.checkpoint import save_model
-
-    Path(out).mkdir(parents=True, exist_ok=True)
-    save_model(model, tokenizer, out)   # allow-listed files only: no metadata of the target
+    job = UnlearnJob(config.method, {}, _training(config), forget_rows, retain_rows)
+    unlearn_model(target, job, out)   # allow-listed files only: no metadata of the target
     return out
 
 

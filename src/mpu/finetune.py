@@ -213,6 +213,10 @@ def training_data(source, benchmark: str, split: str, manifest: dict | None = No
     return TrainingData([("text", rows)], [f"{corpus}/train" for corpus in corpora])
 
 
+class NoGeneralData(MPUError):
+    """The data has nothing to train a base model on (a MUSE copy, a TOFU copy without real_authors)."""
+
+
 def base_training_data(data_dir: str | Path, benchmark: str, source=None, manifest: dict | None = None) -> TrainingData:
     """The base model's data: general knowledge, none of the benchmark's fictitious entities.
 
@@ -249,7 +253,7 @@ def base_training_data(data_dir: str | Path, benchmark: str, source=None, manife
                 continue
         if rows:
             return TrainingData([("qa", rows)], ["real_authors", "world_facts"])
-    raise MPUError(f"{data_dir}: no general data to train a {benchmark} base model on (the built-in benchmark and "
+    raise NoGeneralData(f"{data_dir}: no general data to train a {benchmark} base model on (the built-in benchmark and "
                    "TOFU copies with real_authors/world_facts have some); pass --base DIR (a model) or --base none")
 
 
@@ -452,8 +456,16 @@ def finetune(
         data = training_data(source, benchmark, split, manifest)
         defaults = TRAIN_DEFAULTS[benchmark]
         if base == "auto":
-            base = ensure_base(data_dir, benchmark, model_config=model_config, seed=seed, progress=progress,
-                               device=device, threads=threads)
+            try:
+                base_training_data(data_dir, benchmark, source, manifest)
+            except NoGeneralData as err:
+                # "auto": a base where the data has general knowledge to build one; else from scratch, said aloud
+                log.warning("%s; training %s from scratch (no base model: the server's noise will scale with the "
+                            "whole weights unless you pass a base to `mpu server init --base`)", err, split)
+                base = None
+            else:
+                base = ensure_base(data_dir, benchmark, model_config=model_config, seed=seed, progress=progress,
+                                   device=device, threads=threads)
         if base not in (None, "none"):
             base_dir = Path(base)
             base_record = read_record(base_dir)

@@ -196,3 +196,18 @@ def test_cpu_release_preset_sets_size_and_recipe(bench, tmp_path):
         finetune(bench, "tofu", "full", tmp_path / "q", preset="gpu-huge", progress=False)
     with pytest.raises(MPUError, match="either a preset or a model configuration"):
         finetune(bench, "tofu", "full", tmp_path / "q", preset="cpu-release", model_config=MICRO, progress=False)
+
+
+def test_auto_base_on_data_without_general_knowledge_trains_from_scratch_and_says_so(tmp_path, caplog):
+    """A MUSE copy has no real_authors/world_facts: `--base auto` falls back to no base, with a warning."""
+    from tests.data.releases import make_muse_release
+
+    from mpu.finetune import finetune
+
+    data = make_muse_release(tmp_path / "MUSE-News")
+    with caplog.at_level("WARNING", logger="mpu.finetune"):
+        metrics = finetune(data, "muse", "full", tmp_path / "model", epochs=1, progress=False, base="auto",
+                           model_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                                         "num_attention_heads": 2, "num_key_value_heads": 1})
+    assert metrics["base"] is None
+    assert "no general data" in caplog.text and "from scratch" in caplog.text

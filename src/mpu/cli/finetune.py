@@ -30,7 +30,8 @@ def register(subparsers) -> None:
                              "the forget split (default %(default)s)")
     parser.add_argument("--base", default="auto",
                         help="for full/retainNN: auto (the dataset's base model, trained and cached under "
-                             "$MPU_CACHE/models on first use), a directory from `mpu finetune --split base`, or "
+                             "$MPU_CACHE/models on first use; from scratch, with a warning, when the data has no "
+                             "general data to build one, e.g. a MUSE copy), a directory from `mpu finetune --split base`, or "
                              "none (from scratch, no task vector: the server's noise then scales with the whole "
                              "weights) (default %(default)s)")
     parser.add_argument("--out", required=True, help="model directory")

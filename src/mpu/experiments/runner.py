@@ -31,20 +31,10 @@ def _write_json(path: Path, payload: Any) -> None:
 
 def _baseline(settings: ExperimentSettings, prepared: Prepared, out: Path) -> dict[str, Any]:
     """The method on the target itself, R*E epochs: exactly what ``mpu unlearn`` runs."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from mpu.methods.job import UnlearnJob, unlearn_model
 
-    from mpu.methods import run_unlearning
-
-    model = AutoModelForCausalLM.from_pretrained(prepared.target, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(prepared.target)
-    with tempfile.TemporaryDirectory(prefix="mpu-baseline-") as scratch:
-        result = run_unlearning(model, tokenizer, prepared.forget_rows, prepared.retain_rows, settings.method,
-                                settings.hparams, settings.training, scratch)
-    from mpu.checkpoint import save_model
-
-    Path(out).mkdir(parents=True, exist_ok=True)
-    save_model(model, tokenizer, out)   # allow-listed files only: no metadata of the target
+    job = UnlearnJob(settings.method, settings.hparams, settings.training, prepared.forget_rows, prepared.retain_rows)
+    result = unlearn_model(prepared.target, job, out)   # allow-listed files only: no metadata of the target
     losses = result.losses
     return {"steps": result.steps, "train_seconds": round(result.seconds, 3),
             "loss": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None}}
