@@ -37,7 +37,9 @@ def test_frozen_gc_leaves_a_callers_own_freeze_alone():
         frozen_by_caller = gc.get_freeze_count()
         with frozen_gc():
             pass
-        assert gc.get_freeze_count() == frozen_by_caller  # not unfrozen behind the caller's back
+        # not unfrozen behind the caller's back (an unfreeze empties the permanent generation); a few frozen
+        # objects may be freed meanwhile by other threads of the test session, so the count may shrink a little
+        assert 0.99 * frozen_by_caller <= gc.get_freeze_count() <= frozen_by_caller
     finally:
         gc.unfreeze()
 
