@@ -233,3 +233,15 @@ def test_cpu_release_model_config_equals_the_finetune_preset():
     config, recipe = PRESETS["cpu-release"]
     assert {**asdict(config), **settings.model_config} == asdict(config)
     assert {key: settings.finetune[key] for key in recipe} == recipe
+
+
+def test_an_mpu_key_left_out_keeps_the_server_configs_default():
+    # The config reader has no defaults of its own: ServerConfig's are the only ones (once, the reader's
+    # independent_noise default was 0.0 where ServerConfig's is 1.0).
+    from mpu.experiments.config import server_config
+
+    assert server_config({}, rounds=1) == ServerConfig()
+    assert server_config({"m": 4, "seed": 3, "alphas": "reference"}, rounds=2) == ServerConfig(
+        copies=4, fixed_seed=3, alpha_mode="reference", rounds=2)
+    with pytest.raises(MPUError, match="mpu.m: copies must be >= 2"):
+        server_config({"m": 1}, rounds=1)

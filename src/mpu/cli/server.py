@@ -4,34 +4,28 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 
 from mpu.errors import MPUError
 from mpu.server.combine import COMBINE_RULES, DEFAULT_COMBINE, combine_help  # no torch either
-from mpu.server.config import DEFAULT_MAX_UPDATE_RATIO, PRESETS, ServerConfig  # no torch: parsing and --help stay fast
+from mpu.flags import add_dataclass_arguments, coerce, flag_name, given_values  # no torch either
+from mpu.server.config import PRESETS, ServerConfig  # no torch: parsing and --help stay fast
 from mpu.threads import add_threads_argument, apply_threads
 
 
+_SV = "mpu_server__"  # argparse dest prefix of the ServerConfig flags
+
+
 def add_server_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """The settings fixed at init; ``mpu run`` takes the same ones. Privacy options left unset
-    come from the --privacy preset."""
-    group = parser.add_argument_group("MPU settings")
-    group.add_argument("--copies", "-m", type=int, default=3, help="m, perturbed copies per round (default 3)")
-    group.add_argument("--kappa", type=float, default=0.01, help="noise ratio: sigma_l = kappa * RMS of block l's task vector (default 0.01)")
-    group.add_argument("--rounds", type=int, default=1, help="R, publish/aggregate rounds (default 1)")
-    group.add_argument("--eta", type=float, default=1.0, help="server step size applied to the combined update (default 1.0)")
-    group.add_argument("--publish-dtype", choices=["source", "float32", "bfloat16", "float16"], default="source", help="dtype of the published copies (default: the model's own)")
-    group.add_argument("--max-update-ratio", type=float, default=DEFAULT_MAX_UPDATE_RATIO, help=f"poisoning bound, per block: refuse an update that changes any block (or embeddings, final norm, LM head) by more than this fraction of its own norm, ||delta_block|| / ||theta_block|| (default {DEFAULT_MAX_UPDATE_RATIO}; docs/security.md)")
-    group.add_argument("--seed", type=int, default=None, help="fixed-seed mode: reproducible and NOT secret (experiments and tests only)")
-    privacy = parser.add_argument_group("privacy (unset options come from --privacy)")
-    privacy.add_argument("--privacy", choices=sorted(PRESETS), default="default", help="preset: default (secret alphas, plane V/O, FFN permutation, independent noise tau=1), paper (reference alphas, tau=0: exact cancellation), hardened (all options below)")
-    privacy.add_argument(
-        "--alphas", default=None,
-        help="noise multipliers: 'secret' (CSPRNG, fresh each round), 'reference' (evenly on [1,2], the paper's), or a list like 1,1.5,2",
-    )
-    privacy.add_argument("--alpha-max", type=float, default=None, help="secret alphas are uniform on [1, ALPHA_MAX] (default 2)")
-    privacy.add_argument("--noise-scope", choices=["blocks", "all"], default=None, help="perturb transformer blocks only (paper) or also embeddings, final norm and LM head")
-    privacy.add_argument("--independent-noise", type=float, default=None, metavar="TAU", help="per-copy noise N(0, (TAU*sigma)^2) that no combination of copies cancels (default 1; 0 = the paper's exact cancellation)")
+    """The settings fixed at init; ``mpu run`` takes the same ones. One flag per ServerConfig field,
+    generated from the dataclass (its help and default); privacy options left unset come from the
+    --privacy preset, everything else unset from ServerConfig's defaults."""
+    group = parser.add_argument_group("MPU settings (unset privacy options come from --privacy)")
+    add_dataclass_arguments(parser, group, ServerConfig, _SV)
+    group.add_argument("--privacy", choices=sorted(PRESETS), default="default", help="preset: default (secret alphas, plane V/O, FFN permutation, independent noise tau=1), paper (reference alphas, tau=0: exact cancellation), hardened (all options below)")
+    # ReparamOptions is imported with torch (mpu.reparam), which --help must not load: its flags stay here.
+    privacy = parser.add_argument_group("reparameterisation (unset options come from --privacy)")
     privacy.add_argument("--no-reparam", action="store_true", help="publish copies without reparameterisation (weaker privacy)")
     privacy.add_argument("--no-qk-rotation", action="store_true", help="do not rotate RoPE planes of Q/K")
     privacy.add_argument("--vo", choices=["plane", "haar", "none"], default=None, help="V/O transform: the paper's plane rotation, a Haar-random orthogonal per KV head, or none")
@@ -41,21 +35,26 @@ def add_server_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def server_config_from_args(args: argparse.Namespace) -> ServerConfig:
-    """The ServerConfig of the parsed flags: the --privacy preset, overridden by every privacy flag that
-    was given. Raises MPUError for settings ServerConfig refuses (naming the reason)."""
+    """The ServerConfig of the parsed flags: the --privacy preset, overridden by every flag that was
+    given, each converted to its field's type. Raises MPUError for a value of the wrong type or a
+    setting ServerConfig refuses (naming the flag or the reason)."""
+    import typing
+
     from mpu.reparam import ReparamOptions
 
     preset = copy.deepcopy(PRESETS[args.privacy])
     reparam = preset.pop("reparam", {})
-    settings = dict(
-        copies=args.copies, kappa=args.kappa, rounds=args.rounds, eta=args.eta, publish_dtype=args.publish_dtype,
-        max_update_ratio=args.max_update_ratio, fixed_seed=args.seed, **preset,
-    )
-    if args.alphas is not None:
-        settings.update(_parse_alphas(args.alphas))
-    for key in ("alpha_max", "noise_scope", "independent_noise"):
-        if getattr(args, key) is not None:
-            settings[key] = getattr(args, key)
+    settings = dict(preset)
+    hints = typing.get_type_hints(ServerConfig, localns={"ReparamOptions": ReparamOptions})
+    for name, value in given_values(args, _SV).items():
+        if name == "alphas":
+            settings.update(_parse_alphas(value))
+            continue
+        try:
+            settings[name] = coerce(value, hints[name])
+        except ValueError as err:
+            flag = next(f.metadata.get("flag") or flag_name(f.name) for f in dataclasses.fields(ServerConfig) if f.name == name)
+            raise MPUError(f"{flag}: {err}") from None
     for key in ("vo", "kv_permutation", "ffn_scaling"):
         if getattr(args, key) is not None:
             reparam[key] = getattr(args, key)

@@ -155,15 +155,37 @@ def training_settings(trainer: dict, epochs: float, seed: int):
     return method, hparams, training_options(training, sources)
 
 
-def server_config(mpu: dict, rounds: int):
-    """The ServerConfig of an ``mpu`` section (``m`` copies, ``kappa``, ``alphas``, ``reparam``, ...)."""
-    from mpu.reparam import ReparamOptions
-    from mpu.server.config import DEFAULT_MAX_UPDATE_RATIO, ServerConfig
+# The ``mpu`` config keys that are ServerConfig fields under another name; the others keep theirs.
+SERVER_FIELDS = {"m": "copies", "seed": "fixed_seed"}
+_SERVER_KEYS = ("m", "kappa", "eta", "alpha_max", "independent_noise", "noise_scope", "publish_dtype", "max_update_ratio", "seed")
 
-    alphas = mpu.get("alphas", "secret")
+
+def server_config(mpu: dict, rounds: int):
+    """The ServerConfig of an ``mpu`` section (``m`` copies, ``kappa``, ``alphas``, ``reparam``, ...).
+
+    A key that is absent (or null) keeps ServerConfig's default: the dataclass is the one place a
+    default is written. Every value is converted to its field's type; a value of the wrong type or one
+    that ServerConfig refuses is an ``MPUError`` naming the ``mpu.<key>``."""
+    import typing
+
+    from mpu.flags import coerce
+    from mpu.reparam import ReparamOptions
+    from mpu.server.config import ServerConfig
+
+    settings: dict[str, Any] = {"rounds": rounds}
+    hints = typing.get_type_hints(ServerConfig, localns={"ReparamOptions": ReparamOptions})
+    for key in _SERVER_KEYS:
+        if mpu.get(key) is None:
+            continue
+        name = SERVER_FIELDS.get(key, key)
+        try:
+            settings[name] = coerce(mpu[key], hints[name])
+        except ValueError as err:
+            raise MPUError(f"mpu.{key}: {err}") from None
+    alphas = mpu.get("alphas")
     if isinstance(alphas, str) and alphas in ("secret", "reference"):
-        alpha_mode, alpha_list = alphas, None
-    else:
+        settings["alpha_mode"] = alphas
+    elif alphas is not None:
         if isinstance(alphas, str):
             try:
                 alphas = [float(value) for value in alphas.split(",") if value.strip()]
@@ -171,7 +193,7 @@ def server_config(mpu: dict, rounds: int):
                 raise MPUError(f"mpu.alphas must be secret, reference or a list of numbers, got {alphas!r}") from None
         if not isinstance(alphas, (list, tuple)) or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in alphas):
             raise MPUError(f"mpu.alphas must be secret, reference or a list of numbers, got {alphas!r}")
-        alpha_mode, alpha_list = "list", [float(a) for a in alphas]
+        settings.update(alpha_mode="list", alphas=[float(a) for a in alphas])
     reparam = mpu.get("reparam") or {}
     if reparam is False:
         reparam = {"enabled": False}
@@ -181,27 +203,15 @@ def server_config(mpu: dict, rounds: int):
     unknown = sorted(set(reparam) - names)
     if unknown:
         raise MPUError(f"unknown config key mpu.reparam.{unknown[0]}; valid keys: {', '.join(sorted(names))}")
-    seed = mpu.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise MPUError(f"mpu.seed must be an integer or null, got {seed!r}")
     try:
-        return ServerConfig(
-            copies=_positive_int(mpu.get("m"), "mpu.m", 2),
-            kappa=float(mpu.get("kappa")),
-            rounds=rounds,
-            eta=float(mpu.get("eta", 1.0)),
-            alpha_mode=alpha_mode,
-            alphas=alpha_list,
-            alpha_max=float(mpu.get("alpha_max", 2.0)),
-            independent_noise=float(mpu.get("independent_noise", 0.0)),
-            noise_scope=str(mpu.get("noise_scope", "blocks")),
-            publish_dtype=str(mpu.get("publish_dtype", "source")),
-            max_update_ratio=float(mpu.get("max_update_ratio", DEFAULT_MAX_UPDATE_RATIO)),
-            fixed_seed=seed,
-            reparam=ReparamOptions(**reparam),
-        )
+        return ServerConfig(**settings, reparam=ReparamOptions(**reparam))
     except (TypeError, ValueError) as err:
-        raise MPUError(f"mpu: {err}") from None
+        # ServerConfig's messages start with the field's name: name the config key instead.
+        field_name = str(err).split(" ", 1)[0]
+        if field_name not in {f.name for f in dataclasses.fields(ServerConfig)}:
+            raise MPUError(f"mpu: {err}") from None
+        key = {name: key for key, name in SERVER_FIELDS.items()}.get(field_name, field_name)
+        raise MPUError(f"mpu.{key}: {err}") from None
 
 
 def settings_from_config(cfg) -> ExperimentSettings:

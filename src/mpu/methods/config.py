@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mpu.errors import InputError, MPUError
+from mpu.flags import add_dataclass_arguments, flag_name, given_values
 from mpu.methods.base import METHODS
 from mpu.methods.options import TrainingOptions, describe_defaults, training_options
 from mpu.methods.run import method_hparams
@@ -64,10 +65,6 @@ def _hparam_fields() -> dict[str, list[tuple[str, dataclasses.Field]]]:
     return by_name
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def methods_table() -> str:
     lines = ["methods, their hyperparameters and defaults (set with the flags above, --hp KEY=VALUE or --config):"]
     for method in METHODS.names():
@@ -95,20 +92,9 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
             default = getattr(METHODS.get(method).Hparams(), name)
             by_help.setdefault(f.metadata.get("help", name), []).append(f"{method}={default}")
         text = "; ".join(f"{help_text} [{', '.join(defaults)}]" for help_text, defaults in by_help.items())
-        group.add_argument(_flag(name), dest=_HP + name, metavar="V", default=argparse.SUPPRESS, help=text.replace("%", "%%"))
+        group.add_argument(flag_name(name), dest=_HP + name, metavar="V", default=argparse.SUPPRESS, help=text.replace("%", "%%"))
 
-    group = parser.add_argument_group("training")
-    defaults = TrainingOptions()
-    for f in dataclasses.fields(TrainingOptions):
-        # The main flag must be free; aliases (--lr, --seed, ...) are added only where the caller's parser
-        # has not taken them (e.g. `mpu run` has the server's --seed: training's is --train-seed there).
-        flags = [f.metadata.get("flag", _flag(f.name))]
-        flags += [alias for alias in f.metadata.get("flags", ()) if alias not in parser._option_string_actions]
-        help_text = f"{f.metadata.get('help', '')} (default: {getattr(defaults, f.name)})".replace("%", "%%")
-        if f.type in (bool, "bool"):
-            group.add_argument(*flags, dest=_TR + f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
-        else:
-            group.add_argument(*flags, dest=_TR + f.name, metavar="V", default=argparse.SUPPRESS, help=help_text)
+    add_dataclass_arguments(parser, parser.add_argument_group("training"), TrainingOptions, _TR)
 
     table = methods_table()
     parser.epilog = f"{parser.epilog}\n\n{table}" if parser.epilog else table
@@ -140,7 +126,7 @@ def options_from_args(args: argparse.Namespace) -> tuple[str, Any, TrainingOptio
         if key.startswith(_HP) and key[len(_HP):] not in ("method", "config", "pairs"):
             name = key[len(_HP):]
             if name in cli and cli[name] != value:
-                raise MPUError(f"hyperparameter {name!r} given twice ({_flag(name)} {value} and --hp {name}={cli[name]})")
+                raise MPUError(f"hyperparameter {name!r} given twice ({flag_name(name)} {value} and --hp {name}={cli[name]})")
             cli[name] = value
     hparams.update(cli)
     sources.update({key: "the command line" for key in cli})
@@ -149,8 +135,7 @@ def options_from_args(args: argparse.Namespace) -> tuple[str, Any, TrainingOptio
     tsources = {key: f"{method}'s defaults" for key in training}
     training.update(config["training"])
     tsources.update({key: source for key in config["training"]})
-    for key, value in values.items():
-        if key.startswith(_TR):
-            training[key[len(_TR):]] = value
-            tsources[key[len(_TR):]] = "the command line"
+    given = given_values(args, _TR)
+    training.update(given)
+    tsources.update({key: "the command line" for key in given})
     return method, method_hparams(method, hparams, sources), training_options(training, tsources)

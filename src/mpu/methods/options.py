@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 from mpu.errors import MPUError
+from mpu.flags import coerce, field_default as _default  # noqa: F401  (coerce: used here and re-exported)
 
 SCHEDULERS = (
     "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
@@ -117,73 +117,6 @@ def field_types(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def coerce(value: Any, hint: Any) -> Any:
-    """Convert ``value`` (a YAML value or a command-line string) to ``hint``; ValueError if it doesn't fit."""
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        options = typing.get_args(hint)
-        if type(None) in options and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
-            return None
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return coerce(value, option)
-            except ValueError:
-                continue
-        raise ValueError(f"expected {_type_name(hint)}, got {value!r}")
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        if isinstance(value, str):
-            value = [part.strip() for part in value.split(",") if part.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"expected a list, got {value!r}")
-        return [coerce(element, item) for element in value]
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
-            return value.lower() in ("true", "yes", "1", "on")
-        raise ValueError(f"expected true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, bool):
-            raise ValueError(f"expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                pass
-        raise ValueError(f"expected an integer, got {value!r}")
-    if hint is float:
-        if isinstance(value, bool):
-            raise ValueError(f"expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-        raise ValueError(f"expected a number, got {value!r}")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise ValueError(f"expected a string, got {value!r}")
-    raise TypeError(f"no conversion to {hint!r}")
-
-
-def _type_name(hint: Any) -> str:
-    if typing.get_origin(hint) in (Union, types.UnionType):
-        return " or ".join(_type_name(option) for option in typing.get_args(hint))
-    if hint is type(None):
-        return "null"
-    return getattr(hint, "__name__", str(hint))
-
-
 def build_dataclass(cls, overrides: dict[str, Any], what: str, sources: dict[str, str] | None = None):
     """``cls(**overrides)`` with every value converted to its field's type. Unknown keys, values of the
     wrong type and failed ``__post_init__`` checks become an ``MPUError`` that names the key."""
@@ -220,11 +153,3 @@ def describe_defaults(obj_or_cls) -> str:
         value = getattr(obj_or_cls, f.name) if not isinstance(obj_or_cls, type) else _default(f)
         parts.append(f"{f.name}={value}")
     return " ".join(parts) if parts else "(no hyperparameters)"
-
-
-def _default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return f.default_factory()  # type: ignore[misc]
-    return "(required)"

@@ -50,21 +50,25 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class ServerConfig:
-    copies: int = field(default=3, metadata={"help": "m, the number of perturbed copies per round (>= 2)"})
+    copies: int = field(default=3, metadata={"help": "m, the number of perturbed copies per round (>= 2)", "flags": ("-m",)})
     kappa: float = field(default=0.01, metadata={"help": "noise ratio: sigma_l = kappa * RMS(task vector of block l)"})
     rounds: int = field(default=1, metadata={"help": "R, the number of publish/aggregate rounds"})
     eta: float = field(default=1.0, metadata={"help": "server step size: theta += eta * harmonic mean of the updates"})
-    alpha_mode: str = field(default="secret", metadata={"help": "secret (CSPRNG, fresh each round) | reference (1..2 evenly) | list"})
-    alphas: list[float] | None = field(default=None, metadata={"help": "explicit alpha_k, one per copy (alpha_mode=list)"})
+    alpha_mode: str = field(default="secret", metadata={"help": "secret (CSPRNG, fresh each round) | reference (1..2 evenly) | list", "flag": None})  # set by --alphas
+    alphas: list[float] | None = field(default=None, metadata={
+        "help": "explicit alpha_k, one per copy (alpha_mode=list)",
+        "flag_help": "noise multipliers: 'secret' (CSPRNG, fresh each round), 'reference' (evenly on [1,2], the paper's), "
+                     "or a list like 1,1.5,2", "flag_default": "secret", "metavar": "ALPHAS"})
     alpha_max: float = field(default=2.0, metadata={"help": "secret alphas are uniform on [1, alpha_max]"})
     # Default 1.0, not the paper's 0: without it a client holding all copies recovers theta to ~1e-6
     # of the task vector (docs/privacy.md); at kappa = 0.01 it cost no measurable utility.
-    independent_noise: float = field(default=1.0, metadata={"help": "tau: each copy also gets independent N(0, (tau*sigma)^2) noise that no combination of copies cancels (0: the paper's exact cancellation)"})
-    noise_scope: str = field(default="blocks", metadata={"help": "blocks: transformer blocks only (paper); all: also embeddings, final norm, LM head"})
-    publish_dtype: str = field(default="source", metadata={"help": "dtype of published copies; 'source' keeps the model's own"})
-    max_update_ratio: float = field(default=DEFAULT_MAX_UPDATE_RATIO, metadata={"help": "poisoning bound, per block: refuse an update Delta_k with ||Delta_k,l|| > max_update_ratio * ||theta_l|| for any block l (embeddings, final norm and LM head each their own group)"})
-    fixed_seed: int | None = field(default=None, metadata={"help": "reproducible (NOT secret) randomness, for experiments and tests"})
-    reparam: ReparamOptions = field(default_factory=_reparam_options)
+    independent_noise: float = field(default=1.0, metadata={"metavar": "TAU", "help": "tau: each copy also gets independent N(0, (tau*sigma)^2) noise that no combination of copies cancels (0: the paper's exact cancellation)"})
+    noise_scope: str = field(default="blocks", metadata={"choices": NOISE_SCOPES, "help": "blocks: transformer blocks only (paper); all: also embeddings, final norm, LM head"})
+    publish_dtype: str = field(default="source", metadata={"choices": PUBLISH_DTYPES, "help": "dtype of published copies; 'source' keeps the model's own"})
+    max_update_ratio: float = field(default=DEFAULT_MAX_UPDATE_RATIO, metadata={"help": "poisoning bound, per block: refuse an update Delta_k with ||Delta_k,l|| > max_update_ratio * ||theta_l|| for any block l (embeddings, final norm and LM head each their own group; docs/security.md)"})
+    fixed_seed: int | None = field(default=None, metadata={"help": "reproducible (NOT secret) randomness, for experiments and tests", "flag": "--seed"})
+    # The reparameterisation flags (--no-reparam, --vo, ...) are cli/server.py's: ReparamOptions lives with torch.
+    reparam: ReparamOptions = field(default_factory=_reparam_options, metadata={"flag": None})
 
     def __post_init__(self):
         if isinstance(self.reparam, dict):
