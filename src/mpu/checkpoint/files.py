@@ -102,7 +102,7 @@ def staging_dir(final: str | Path, *, replace: bool = False) -> Iterator[Path]:
     """
     final = Path(final)
     if final.exists() and not replace:
-        raise InputError(final, "already exists (remove it or choose another path)")
+        raise InputError(final, "already exists (remove it, choose another path, or replace it with the command's --force or --overwrite)")
     final.parent.mkdir(parents=True, exist_ok=True)
     stage = final.with_name(f".{final.name}.partial-{secrets.token_hex(4)}")
     stage.mkdir()

@@ -15,8 +15,10 @@ def resolve_model_dir(name_or_path: str) -> Path:
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
-    if path.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+    if path.exists():
         raise MPUError(f"{name_or_path}: not a model directory")
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise MPUError(f"{name_or_path}: no such model directory")
     return _download(name_or_path)
 
 

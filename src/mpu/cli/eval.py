@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
+from mpu.errors import MPUError
 from mpu.threads import add_threads_argument, apply_threads
 
 
@@ -56,6 +58,9 @@ def _eval(args: argparse.Namespace) -> int:
     from mpu.eval.evaluator import model_data
 
     apply_threads(args.threads)
+    model = Path(args.model)
+    if model.is_dir() and not (model / "config.json").is_file():   # before the data is looked for
+        raise MPUError(f"{model}: not a model directory (no config.json)")
     data, note = model_data(args.model, args.benchmark, args.data)
     print(note, file=sys.stderr)
     summary = evaluate(

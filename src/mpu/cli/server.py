@@ -179,7 +179,9 @@ def _aggregate(args) -> int:
         print(f"  copy {copy_id}: update norm ||Delta'_{copy_id}|| = {norm:.4g}; largest per-block ratio "
               f"||Delta_block|| / ||theta_block|| = {ratio:.3g} ({group}; bound {report.bound:g})")
     weights = ", ".join(f"{report.weights[copy_id]:.4g}" for copy_id in sorted(report.weights))
-    print(f"  applied step norm ||eta * Delta|| = {report.step_norm:.4g}; combination rule {report.combine}, weights [{weights}]")
+    # the weights reveal the ratios of the secret alphas: printed on the owner's terminal, never in `status`
+    print(f"  applied step norm ||eta * Delta|| = {report.step_norm:.4g}; combination rule {report.combine}, "
+          f"weights [{weights}] (secret: they give the ratios of the alphas)")
     combined = report.combined
     print(f"combined copies {combined['copies']}: method {combined['method']}, kind {combined['kind']}, steps {combined['steps']}")
     for key in ("hparams", "training"):
@@ -224,13 +226,22 @@ def _status(args) -> int:
         "copies": state.config.copies,
         "kappa": state.config.kappa,
         "published_round": state.published.round if state.published else None,
-        "history": state.history,
+        # the combination weights stay out: harmonic weights are proportional to 1/alpha_k, which is secret
+        "history": [public_history(entry) for entry in state.history],
     }
     if args.json:
         print(json.dumps(public, indent=2))
     else:
         print(status_summary(public))
     return 0
+
+
+def public_history(entry: dict) -> dict:
+    """A round's history entry without the combination weights (they give every ratio of the secret α's)."""
+    entry = dict(entry)
+    if isinstance(entry.get("combine"), dict):
+        entry["combine"] = {key: value for key, value in entry["combine"].items() if key != "weights"}
+    return entry
 
 
 def status_summary(public: dict) -> str:

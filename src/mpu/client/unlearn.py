@@ -66,6 +66,10 @@ def unlearn_publication(inbox: str | Path, job: UnlearnJob, out_dir: str | Path,
     """
     publication = read_publication(inbox)
     references = _reference_publication(reference_inbox, publication) if reference_inbox is not None else None
+    if references is None and publication.round > 1 and _uses_reference(job):
+        log.warning("%s compares with a reference model, and this is round %d: without --reference-inbox (round 1's "
+                    "publication) the reference is this round's copy, already partly unlearned, so the method "
+                    "forgets less than noise-free unlearning would", job.method, publication.round)
     settings = update_settings(job, return_lora)
     out_dir = Path(out_dir)
     results, todo = [], []
@@ -161,6 +165,14 @@ def _load_model(copy_dir: Path) -> torch.nn.Module:
         return AutoModelForCausalLM.from_pretrained(copy_dir, dtype=torch.float32, trust_remote_code=False)
     except Exception as err:  # a config or weights that transformers rejects
         raise InputError(copy_dir, f"cannot load the model ({type(err).__name__}: {str(err)[:300]})") from None
+
+
+def _uses_reference(job: UnlearnJob) -> bool:
+    """Whether the job's method compares with a reference model (with or without a retain term)."""
+    from mpu.methods import METHODS
+
+    cls, hp = METHODS.get(job.method), job.resolved_hparams()
+    return cls.needs_reference(hp, with_retain=True) or cls.needs_reference(hp, with_retain=False)
 
 
 def _reference_publication(reference_inbox, publication) -> Publication:

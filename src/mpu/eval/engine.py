@@ -59,7 +59,10 @@ def load_model(model_dir: str | Path, device: str | torch.device | None = None, 
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype, **extra)
     except (OSError, ValueError) as err:
-        raise MPUError(f"cannot load a causal LM from {model_dir}: {str(err).splitlines()[0]}") from None
+        if not (Path(model_dir) / "config.json").is_file():
+            raise MPUError(f"{model_dir}: not a model directory (no config.json)") from None
+        reason = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        raise MPUError(f"cannot load a causal LM from {model_dir}: {reason[:500]}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device)

@@ -130,7 +130,12 @@ class Round:
         state = self.work.load()
         config = state.config
         published = state.published
+        if state.finished:
+            raise MPUError(f"all {config.rounds} rounds are aggregated; run `mpu server export`")
         if published is None or published.round != state.current_round:
+            if state.rounds_done > 0:
+                raise MPUError(f"round {state.rounds_done} is already aggregated and round {state.current_round} has "
+                               "not been published; run `mpu server publish` for the next round")
             raise MPUError(f"round {state.current_round} has not been published; run `mpu server publish` first")
         round_number = state.current_round
         model = CheckpointReader(self.work.model_path(state))
