@@ -123,6 +123,7 @@ def test_eval_says_which_data_it_used(tmp_path, capsys, missing, monkeypatch):
 
     model = tmp_path / "model"
     model.mkdir()
+    (model / "config.json").write_text("{}")   # a model folder by its look; the data record fails first
     if missing == "recorded":
         (model / "mpu_finetune.json").write_text(json.dumps({"data": str(tmp_path / "gone"), "metrics": {"benchmark": "tofu"}}))
         assert main(["eval", "--model", str(model), "--out", str(tmp_path / "e")]) == 2
