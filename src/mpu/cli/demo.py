@@ -19,14 +19,15 @@ def register(subparsers) -> None:
     demo.add_argument("--out", default="runs/demo", help="where summary.json, report.png and the models go")
     demo.add_argument("--authors", type=int, default=SIZE_PRESETS["demo"]["authors"],
                       help="fictitious authors (10 QA each); the default (size preset 'demo', docs/data.md) keeps a cold run short on a CPU")
-    demo.add_argument("--forget-split", default="forget10", choices=["forget01", "forget05", "forget10"])
+    demo.add_argument("--forget-split", default="forget10", choices=["forget01", "forget05", "forget10"],
+                      help="the share of the authors to forget (TOFU's split names)")
     demo.add_argument("--method", default="NPO", help="unlearning method (any of `mpu unlearn --help`)")
     demo.add_argument("--epochs", type=float, default=5, help="unlearning epochs")
     demo.add_argument("--learning-rate", type=float, default=1e-3, help="unlearning learning rate (tiny models need far more than 1B ones)")
     demo.add_argument("--copies", type=int, default=3, help="MPU copies m")
     demo.add_argument("--kappa", type=float, default=0.01, help="MPU noise ratio")
-    demo.add_argument("--finetune-epochs", type=float, default=None, help="epochs for fine-tuning the base into the tiny target/retain models (default: calibrated)")
-    demo.add_argument("--base-epochs", type=float, default=None, help="epochs of the tiny base model on the general data (default: calibrated)")
+    demo.add_argument("--finetune-epochs", type=float, default=None, help="epochs for fine-tuning the base into the tiny target/retain models (None: the calibrated recipe)")
+    demo.add_argument("--base-epochs", type=float, default=None, help="epochs of the tiny base model on the general data (None: the calibrated recipe)")
     demo.add_argument("--seed", type=int, default=0,
                       help="seeds the data, the tiny models, the data order and the server's randomness: identical runs print identical tables")
     demo.add_argument("--secret", action="store_true",

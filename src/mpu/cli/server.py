@@ -17,6 +17,9 @@ from mpu.threads import add_threads_argument, apply_threads
 _SV = "mpu_server__"  # argparse dest prefix of the ServerConfig flags
 
 
+# One wording for every subcommand's --workdir.
+WORKDIR_HELP = "server work directory made by `mpu server init` (private: the round secrets live here, mode 0600)"
+
 def add_server_config_arguments(parser: argparse.ArgumentParser) -> None:
     """The settings fixed at init; ``mpu run`` takes the same ones. One flag per ServerConfig field,
     generated from the dataclass (its help and default); privacy options left unset come from the
@@ -91,7 +94,7 @@ def register(subparsers) -> None:
         "paper preset, a fixed seed, --no-reparam) are announced as warnings.")
     init.add_argument("--model", required=True, help="the fine-tuned model: a local HF directory or a hub id")
     init.add_argument("--base", default=None, help="the public base model it was fine-tuned from (noise scale from the task vector); optional")
-    init.add_argument("--workdir", required=True, help="server work directory (private: secrets live here, mode 0600)")
+    init.add_argument("--workdir", required=True, help=WORKDIR_HELP)
     add_server_config_arguments(init)
     init.set_defaults(func=_init)
 
@@ -101,7 +104,7 @@ def register(subparsers) -> None:
         "checksums) and OUT/copy-1 ... copy-m, each a plain Hugging Face model folder holding a noisy, secretly "
         "reparameterised copy of the model (weights, config, tokenizer; nothing else of the model's folder). Hand OUT "
         "to the client; the secrets stay in the work directory. Prints the noise actually present per block.")
-    publish.add_argument("--workdir", required=True)
+    publish.add_argument("--workdir", required=True, help=WORKDIR_HELP)
     publish.add_argument("--out", required=True, help="outbox folder to create: manifest.json, copy-1 ... copy-m")
     publish.add_argument("--force", action="store_true", help="replace OUT if it exists")
     add_threads_argument(publish)
@@ -115,7 +118,7 @@ def register(subparsers) -> None:
         "transform, combines them with the --combine rule (default: harmonic weights, which cancel the zero-sum noise), "
         "applies eta times the result and commits the new model atomically; the rule and its weights are recorded in "
         "the round's history. A rejected return leaves the work directory unchanged.")
-    aggregate.add_argument("--workdir", required=True)
+    aggregate.add_argument("--workdir", required=True, help=WORKDIR_HELP)
     aggregate.add_argument("--returns", required=True, help="folder holding update-K/ sub-folders (from one or several clients)")
     aggregate.add_argument("--combine", default=DEFAULT_COMBINE, type=_combine_rule, metavar="RULE",
                            help=f"how the updates are weighted (default {DEFAULT_COMBINE}): {combine_help()}")
@@ -127,7 +130,7 @@ def register(subparsers) -> None:
         "export", help="write the current (unlearned) model as a plain HF checkpoint",
         description="Writes the work directory's current model to OUT as a plain Hugging Face checkpoint (safetensors "
         "weights in the original dtype, config, tokenizer; nothing else of the original model's folder).")
-    export.add_argument("--workdir", required=True)
+    export.add_argument("--workdir", required=True, help=WORKDIR_HELP)
     export.add_argument("--out", required=True)
     export.add_argument("--dtype", default=None, help="dtype to write (default: the original model's)")
     export.add_argument("--force", action="store_true", help="replace OUT if it exists")
@@ -138,7 +141,7 @@ def register(subparsers) -> None:
         "status", help="print the round state (no secrets)",
         description="Prints the model, the MPU settings, the rounds done and planned, whether the current round is "
         "published, and each aggregated round's update and step norms. Nothing secret is printed.")
-    status.add_argument("--workdir", required=True)
+    status.add_argument("--workdir", required=True, help=WORKDIR_HELP)
     status.add_argument("--json", action="store_true", help="print the state as JSON (for scripts) instead of the summary")
     status.set_defaults(func=_status)
 
