@@ -71,7 +71,7 @@ def run_mpu(
 
     ``reference``: "first" keeps round 1's publication on the client side and uses its copies as the
     reference of reference-model methods in every round (fixed reference, like noise-free
-    unlearning); "round" uses each round's own copies (SPEC section 4 read per round).
+    unlearning); "round" uses each round's own copies (the reference model read per round).
 
     ``timings``: a dict that receives the wall seconds of each phase (``PHASES``, summed over rounds),
     the client's training seconds (``client_train``) and its optimizer steps (``steps``);

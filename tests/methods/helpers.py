@@ -135,7 +135,7 @@ def logits_of(model, batch) -> torch.Tensor:
 
 @torch.no_grad()
 def mean_answer_nll(model, tokenizer, rows) -> float:
-    """Mean over rows of each row's mean answer-token NLL (length-normalised, as SPEC §9's p)."""
+    """Mean over rows of each row's mean answer-token NLL (length-normalised, as OpenUnlearning's probability)."""
     batch = batch_of(tokenizer, rows)
     logits = logits_of(model, batch)
     nll, length = per_sequence_nll(logits, batch["labels"]), per_sequence_length(batch["labels"])

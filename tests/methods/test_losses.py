@@ -1,4 +1,4 @@
-"""Each method's loss on a fixed batch equals its SPEC §4 formula, computed here independently (float64,
+"""Each method's loss on a fixed batch equals its paper's formula, computed here independently (float64,
 explicit softmax and loops; mpu.methods.losses is not used). The trained model is nudged away from the
 reference first, so reference terms are not trivially zero."""
 

@@ -1,4 +1,4 @@
-"""The check that holds it all (SPEC §3): T preserves the function, T^-1 undoes T, T changes weights."""
+"""The check that holds it all : T preserves the function, T^-1 undoes T, T changes weights."""
 
 import copy
 

@@ -1,4 +1,4 @@
-"""SPEC §8: every malformed return is refused with the file and the reason, and the server's work
+"""Every malformed return is refused with the file and the reason, and the server's work
 directory is byte-identical afterwards."""
 
 from __future__ import annotations

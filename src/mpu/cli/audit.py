@@ -1,4 +1,4 @@
-"""``mpu audit`` — what a curious client can recover from one round's published copies (SPEC §7)."""
+"""``mpu audit`` — what a curious client can recover from one round's published copies."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ A metric is called as ``fn(ctx, **settings)`` and returns ``{"agg_value": ..., "
 results of other metrics (``pre_compute``: access name -> result) and results read from the retain
 model's logs (``reference_logs``: access name -> result or None).
 
-Definitions (SPEC §9, matching OpenUnlearning):
+Definitions (matching OpenUnlearning):
 - p = exp(-mean NLL over the answer tokens, EOS included);
 - token-wise metrics (exact_memorization, extraction_strength, MinK, MinK++, GradNorm) leave out a
   final EOS label, as OpenUnlearning does;

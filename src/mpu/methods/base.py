@@ -63,7 +63,7 @@ class UnlearnTrainer(Trainer):
 
     Class attributes a method sets: ``Hparams`` (its dataclass), ``retain_use`` ("none", "optional" or
     "required"), ``uses_alternate`` (DPO), ``training_defaults`` (TrainingOptions fields it changes) and
-    ``reference_schedule`` (SPEC §4's (R, E) for MPU runs).
+    ``reference_schedule`` (the paper's reference (R, E) for MPU runs).
     """
 
     Hparams: ClassVar[type] = NoHparams

@@ -30,7 +30,7 @@ class TrainingOptions:
     """How a method trains: the Hugging Face Trainer settings that an unlearning run uses.
 
     The defaults are OpenUnlearning's for billion-parameter models (learning rate 1e-5); tiny models
-    need a much larger learning rate (see ENVIRONMENT.md). A method may change a default through its
+    need a much larger learning rate (about 1e-3 for the built-in ~1M-parameter models). A method may change a default through its
     ``training_defaults`` (UNDIAL: learning rate 1e-4), which :func:`mpu.methods.options_from_args` applies
     below the config file and the command line.
     """

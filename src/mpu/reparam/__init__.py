@@ -1,4 +1,4 @@
-"""Secret, function-preserving reparameterisation T_k of a causal LM (SPEC §3).
+"""Secret, function-preserving reparameterisation T_k of a causal LM.
 
 One adapter per architecture family, looked up by ``config.model_type``:
 ``get_adapter(config, ReparamOptions())``. See ``base.py`` for how the server uses it.

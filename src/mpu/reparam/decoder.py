@@ -1,6 +1,6 @@
 """The shared adapter for Llama-style RoPE decoders (gated FFN, q/k/v/o attention, RMSNorms).
 
-The maths (SPEC §3), per layer and per copy:
+The maths, per layer and per copy:
 
 - QK: for KV head j an orthogonal A_j that commutes with RoPE (rotations inside rotate_half
   planes; a Haar block on partial-rotary pass-through dims). k rows of head j -> A_j @ rows; q rows of
@@ -31,7 +31,7 @@ from mpu.reparam.options import ReparamOptions
 
 F64 = torch.float64
 
-# Block-external tensors that T leaves alone (SPEC §2: published as they are).
+# Block-external tensors that T leaves alone (published as they are).
 # rotary_emb.inv_freq appears in some older checkpoints; HF recomputes it and ignores the stored copy.
 NON_BLOCK_NAMES = frozenset(
     {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight", "model.rotary_emb.inv_freq"}

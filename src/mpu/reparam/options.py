@@ -1,4 +1,4 @@
-"""User-facing switches for the secret reparameterisation T_k (SPEC §3)."""
+"""User-facing switches for the secret reparameterisation T_k."""
 
 from __future__ import annotations
 
