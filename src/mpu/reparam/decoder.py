@@ -30,6 +30,8 @@ from mpu.reparam.base import Adapter, LayerTransform
 from mpu.reparam.options import ReparamOptions
 
 F64 = torch.float64
+# Activations f with f(s x) = s f(x) for s > 0: only these allow FFN scaling without a gate.
+HOMOGENEOUS_ACTIVATIONS = frozenset({"relu"})
 
 # Block-external tensors that T leaves alone (published as they are).
 # rotary_emb.inv_freq appears in some older checkpoints; HF recomputes it and ignores the stored copy.
@@ -178,12 +180,17 @@ class DecoderAdapter(Adapter):
     # Whether the FFN commutes with a positive per-unit scale: True for gated FFNs (linear in up) and
     # ReLU (relu(s x) = s relu(x), s > 0); False for GELU, where ffn_scaling is skipped.
     ffn_scalable: bool = True
+    # The config key naming the FFN activation (families without a gated FFN); FFN scaling is allowed
+    # only for a positively homogeneous one (HOMOGENEOUS_ACTIVATIONS). None: keep ffn_scalable as set.
+    activation_key: str | None = None
     # Whether the model rotates q/k by RoPE; without it (learned positions, ALiBi) any orthogonal map
     # per KV head preserves q.k.
     rope: bool = True
 
     def __init__(self, config: transformers.PretrainedConfig, options: ReparamOptions):
         super().__init__(config, options)
+        if self.activation_key is not None:
+            self.ffn_scalable = getattr(config, self.activation_key, None) in HOMOGENEOUS_ACTIVATIONS
         self.geometry = self._geometry()
         self.roles = self._roles()
         self.rules = self._block_rules()

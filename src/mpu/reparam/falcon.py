@@ -28,7 +28,6 @@ import torch
 
 from mpu.reparam.base import ARCHITECTURES, LayerTransform
 from mpu.reparam.decoder import DecoderAdapter, Geometry, interleaved_order
-from mpu.reparam.gpt2 import HOMOGENEOUS_ACTIVATIONS
 
 
 def grouped_order(n_kv: int, group: int, head_dim: int) -> torch.Tensor:
@@ -41,6 +40,7 @@ def grouped_order(n_kv: int, group: int, head_dim: int) -> torch.Tensor:
 @ARCHITECTURES.register("falcon")
 class FalconAdapter(DecoderAdapter):
     family = "falcon"
+    activation_key = "activation"
     block_prefix = "transformer.h."
     base_prefix = "transformer."
     non_block_names = frozenset(
@@ -52,7 +52,6 @@ class FalconAdapter(DecoderAdapter):
     def __init__(self, config, options):
         self.rope = not getattr(config, "alibi", False)
         super().__init__(config, options)
-        self.ffn_scalable = getattr(config, "activation", None) in HOMOGENEOUS_ACTIVATIONS
 
     def _geometry(self) -> Geometry:
         c = self.config

@@ -24,8 +24,6 @@ from __future__ import annotations
 from mpu.reparam.base import ARCHITECTURES
 from mpu.reparam.decoder import DecoderAdapter, Geometry, Rule
 
-# Activations f with f(s x) = s f(x) for s > 0: only these allow FFN scaling without a gate.
-HOMOGENEOUS_ACTIVATIONS = frozenset({"relu"})
 
 
 @ARCHITECTURES.register("gpt2")
@@ -40,10 +38,7 @@ class GPT2Adapter(DecoderAdapter):
     block_norms = ("ln_1", "ln_2")
     norm_bias = True
     rope = False
-
-    def __init__(self, config, options):
-        super().__init__(config, options)
-        self.ffn_scalable = getattr(config, "activation_function", None) in HOMOGENEOUS_ACTIVATIONS
+    activation_key = "activation_function"
 
     def _geometry(self) -> Geometry:
         inner = getattr(self.config, "n_inner", None) or 4 * int(self.config.hidden_size)

@@ -21,12 +21,12 @@ import torch
 
 from mpu.reparam.base import ARCHITECTURES
 from mpu.reparam.decoder import DecoderAdapter, Rule, interleaved_order
-from mpu.reparam.gpt2 import HOMOGENEOUS_ACTIVATIONS
 
 
 @ARCHITECTURES.register("gpt_neox")
 class GPTNeoXAdapter(DecoderAdapter):
     family = "gpt_neox"
+    activation_key = "hidden_act"
     block_prefix = "gpt_neox.layers."
     base_prefix = "gpt_neox."
     non_block_names = frozenset(
@@ -36,10 +36,6 @@ class GPTNeoXAdapter(DecoderAdapter):
     block_norms = ("input_layernorm", "post_attention_layernorm")
     norm_bias = True
     partial_rotary = True
-
-    def __init__(self, config, options):
-        super().__init__(config, options)
-        self.ffn_scalable = getattr(config, "hidden_act", None) in HOMOGENEOUS_ACTIVATIONS
 
     def _linears(self) -> dict[str, tuple[tuple[str, ...], str | None]]:
         return {

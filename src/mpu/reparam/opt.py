@@ -18,12 +18,12 @@ from __future__ import annotations
 
 from mpu.reparam.base import ARCHITECTURES
 from mpu.reparam.decoder import DecoderAdapter, Geometry
-from mpu.reparam.gpt2 import HOMOGENEOUS_ACTIVATIONS
 
 
 @ARCHITECTURES.register("opt")
 class OPTAdapter(DecoderAdapter):
     family = "opt"
+    activation_key = "activation_function"
     block_prefix = "model.decoder.layers."
     base_prefix = "model."
     non_block_names = frozenset(
@@ -34,10 +34,6 @@ class OPTAdapter(DecoderAdapter):
     block_norms = ("self_attn_layer_norm", "final_layer_norm")
     norm_bias = True
     rope = False
-
-    def __init__(self, config, options):
-        super().__init__(config, options)
-        self.ffn_scalable = getattr(config, "activation_function", None) in HOMOGENEOUS_ACTIVATIONS
 
     def _geometry(self) -> Geometry:
         return Geometry.from_config(self.config, False, rope=False, intermediate=int(self.config.ffn_dim))

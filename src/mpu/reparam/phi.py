@@ -23,12 +23,12 @@ from __future__ import annotations
 from mpu.errors import UnsupportedArchitectureError
 from mpu.reparam.base import ARCHITECTURES
 from mpu.reparam.decoder import DecoderAdapter
-from mpu.reparam.gpt2 import HOMOGENEOUS_ACTIVATIONS
 
 
 @ARCHITECTURES.register("phi")
 class PhiAdapter(DecoderAdapter):
     family = "phi"
+    activation_key = "hidden_act"
     non_block_names = frozenset(
         {"model.embed_tokens.weight", "model.final_layernorm.weight", "model.final_layernorm.bias",
          "lm_head.weight", "lm_head.bias"}
@@ -45,7 +45,6 @@ class PhiAdapter(DecoderAdapter):
                 "use --no-reparam to publish without reparameterisation"
             )
         super().__init__(config, options)
-        self.ffn_scalable = getattr(config, "hidden_act", None) in HOMOGENEOUS_ACTIVATIONS
 
     def _linears(self) -> dict[str, tuple[tuple[str, ...], str | None]]:
         return {
