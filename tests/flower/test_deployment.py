@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from mpu.checkpoint import CheckpointReader
-from mpu.flower.combine import OWNERS_FILE
+from mpu.flower.owners import OWNERS_FILE
 from mpu.flower import APP_DIR
 from mpu.server.config import ServerConfig
 from mpu.server.init import init_server

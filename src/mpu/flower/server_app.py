@@ -8,7 +8,7 @@ directory (made beforehand with ``mpu server init``, which holds every privacy s
    :mod:`mpu.flower.files`; ``"job"``: the unlearning method and its settings, from the run config);
 3. each owner's reply (``"returns"``: its ``update-K`` folders; ``"owner"``: its forget-set size) is
    written as a returns folder and checked by :func:`mpu.server.validate.find_returns`;
-4. with several owners, :func:`mpu.flower.combine.combine_returns` writes one returns folder of
+4. with several owners, :func:`mpu.flower.owners.combine_returns` writes one returns folder of
    forget-size-weighted updates per copy; :func:`mpu.server.aggregate.aggregate` then applies
    T_k^-1 and the harmonic combination as for a single client.
 
@@ -115,7 +115,7 @@ def run_rounds(grid: Grid, run: FlowerRun) -> dict[str, float]:
     Raises MPUError when fewer than ``run.owners`` nodes connect within ``run.timeout``, when an
     owner replies with an error or without its returns, and whatever publish/aggregate/export raise.
     """
-    from mpu.flower.combine import combine_returns
+    from mpu.flower.owners import combine_returns
     from mpu.server.aggregate import aggregate
     from mpu.server.export import export
     from mpu.server.publish import publish

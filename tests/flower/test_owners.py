@@ -10,7 +10,7 @@ import torch
 
 from mpu.checkpoint import CheckpointReader
 from mpu.errors import InputError
-from mpu.flower.combine import OWNERS_FILE, combine_returns, owner_weights
+from mpu.flower.owners import OWNERS_FILE, combine_returns, owner_weights
 from mpu.server.aggregate import aggregate
 from mpu.server.config import ServerConfig
 from mpu.server.init import init_server
