@@ -100,7 +100,7 @@ def train(model, tokenizer, rows, epochs, lr, out: Path, seed: int = 0) -> dict:
     from transformers import Trainer, TrainingArguments
 
     from mpu.data.qa import QACollator, encode_qa
-    from mpu.finetune import token_accuracy
+    from mpu.experiments.finetune import token_accuracy
 
     examples = [encode_qa(tokenizer, r["question"], r["answer"]) for r in rows]
     args = TrainingArguments(
@@ -121,7 +121,7 @@ def prepare(out: Path) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from mpu.data.builtin import build_benchmark
-    from mpu.finetune import TinyLlamaConfig
+    from mpu.experiments.finetune import TinyLlamaConfig
 
     data, base_dir, theta_dir = out / "data", out / "models" / "base", out / "models" / "theta"
     record = out / "models" / "models.json"

@@ -91,7 +91,7 @@ def main() -> None:
 
     from mpu.data.builtin import BuildConfig, cache_root, ensure_builtin
     from mpu.data.qa import load_qa_rows
-    from mpu.finetune import finetune
+    from mpu.experiments.finetune import finetune
     from mpu.methods import training_options
 
     data = ensure_builtin(BuildConfig(authors=args.authors))

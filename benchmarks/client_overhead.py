@@ -11,7 +11,7 @@ a shared machine reaches 3x between identical runs, so only ratios inside one ru
 
 - baseline: load the target, ``run_unlearning`` for R*E epochs, save the checkpoint (what
   ``mpu unlearn`` / ``src/train.py mpu.enabled=false`` does);
-- MPU: :func:`mpu.run.run_mpu` itself (``init_server`` -> R x (``publish`` -> ``unlearn_copies`` ->
+- MPU: :func:`mpu.experiments.two_party.run_mpu` itself (``init_server`` -> R x (``publish`` -> ``unlearn_copies`` ->
   ``aggregate``) -> ``export``), with its per-phase timings: Pre-Process, client, Post-Process and I/O.
 
 ratio = MPU wall / (m x baseline wall). The client's training itself is m x R x E epochs, the same
@@ -42,7 +42,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 def tiny_model(root: Path, authors: int, scratch: Path, hidden_size: int | None = None, layers: int | None = None) -> tuple[Path, str]:
     """The cached built-in tiny target, or a random model of its architecture (or of a given width and depth)."""
     from mpu.data.builtin import cache_root
-    from mpu.finetune import RECORD
+    from mpu.experiments.finetune import RECORD
 
     cached = cache_root() / "models" / root.name / "target"
     sized = hidden_size is not None or layers is not None
@@ -51,7 +51,7 @@ def tiny_model(root: Path, authors: int, scratch: Path, hidden_size: int | None 
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from mpu.finetune import TinyLlamaConfig
+    from mpu.experiments.finetune import TinyLlamaConfig
     from dataclasses import asdict
 
     tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
@@ -92,8 +92,8 @@ def time_baseline(model_dir: Path, forget, retain, method, hparams, training, ou
 
 
 def time_mpu(model_dir: Path, server, forget, retain, method, hparams, training, scratch: Path) -> dict:
-    """mpu.run.run_mpu itself (default client reference: round 1's copies), with its per-phase timings."""
-    from mpu.run import run_mpu
+    """mpu.experiments.two_party.run_mpu itself (default client reference: round 1's copies), with its per-phase timings."""
+    from mpu.experiments.two_party import run_mpu
 
     parts: dict[str, float] = {}
     started = time.perf_counter()

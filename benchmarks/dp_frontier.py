@@ -115,9 +115,9 @@ def main(argv=None) -> int:
     from mpu.data.builtin import SIZE_PRESETS, BuildConfig, cache_root, ensure_builtin
     from mpu.data.qa import load_qa_rows
     from mpu.eval import evaluate
-    from mpu.finetune import ensure_base, finetune
+    from mpu.experiments.finetune import ensure_base, finetune
     from mpu.methods import METHODS, training_options
-    from mpu.run import run_mpu
+    from mpu.experiments.two_party import run_mpu
     from mpu.server.config import ServerConfig
 
     data = ensure_builtin(BuildConfig(seed=args.seed, **{**SIZE_PRESETS["demo"], "authors": args.authors}))

@@ -67,7 +67,7 @@ def main() -> None:
     from mpu.checkpoint import CheckpointReader
     from mpu.data.builtin import BuildConfig, cache_root, ensure_builtin
     from mpu.data.qa import load_qa_rows
-    from mpu.finetune import finetune
+    from mpu.experiments.finetune import finetune
     from mpu.methods import METHODS, run_unlearning, training_options
     from mpu.reparam import get_adapter
     from mpu.server.config import ServerConfig

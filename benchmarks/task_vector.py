@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--authors", type=int, default=40)
     parser.add_argument("--lr", type=float, nargs="+", default=[1e-3])
     parser.add_argument("--epochs", type=float, default=None, help="fine-tuning epochs (default: FROM_BASE's)")
-    parser.add_argument("--preset", default="tiny", help="model size (mpu.finetune.PRESETS): tiny or cpu-release")
+    parser.add_argument("--preset", default="tiny", help="model size (mpu.experiments.finetune.PRESETS): tiny or cpu-release")
     args = parser.parse_args(argv)
     out = Path(args.out)
     os.environ.setdefault("MPU_CACHE", str(out / "cache"))
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     from mpu.data.builtin import build_benchmark
     from mpu.eval import evaluate
-    from mpu.finetune import PRESETS, ensure_base, finetune, read_record
+    from mpu.experiments.finetune import PRESETS, ensure_base, finetune, read_record
 
     data = out / f"builtin-a{args.authors}"
     if not (data / "manifest.json").is_file():

@@ -9,8 +9,8 @@ import matplotlib.pyplot as plt
 import pytest
 from matplotlib.patches import Rectangle
 
-from mpu.demo import COLUMNS, plot
-from mpu.report import demo_figure
+from mpu.experiments.demo import COLUMNS, plot
+from mpu.experiments.report import demo_figure
 
 SUMMARY = {
     "models": {

@@ -11,7 +11,7 @@ import pytest
 from mpu.checkpoint import save_model
 from mpu.cli import build_parser, main
 from mpu.data.builtin import SIZE_PRESETS, BuildConfig, ensure_builtin, preset_config
-from mpu.demo import DemoConfig
+from mpu.experiments.demo import DemoConfig
 from mpu.errors import MPUError
 from mpu.eval.evaluator import model_data
 
@@ -44,7 +44,7 @@ def test_eval_finds_an_exported_models_dataset_by_its_tokenizer_and_says_so(tmp_
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mpu.finetune import finetune
+    from mpu.experiments.finetune import finetune
 
     small, other = two_cached_datasets
     target = tmp_path / "target"

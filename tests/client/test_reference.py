@@ -12,7 +12,7 @@ from mpu.client.unlearn import unlearn_copies
 from mpu.data.qa import load_qa_rows
 from mpu.errors import InputError
 from mpu.methods import training_options
-from mpu.run import run_mpu
+from mpu.experiments.two_party import run_mpu
 from mpu.server.aggregate import aggregate
 from mpu.server.config import ServerConfig
 from mpu.server.init import init_server

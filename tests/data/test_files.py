@@ -136,7 +136,7 @@ def test_every_command_reads_a_json_array_and_a_csv(tmp_path, command, monkeypat
 
     target = {"client": (client_cli, "mpu.client.unlearn.unlearn_publication"),
               "unlearn": (unlearn_cli, "mpu.methods.job.load_model_and_tokenizer"),
-              "run": (run_cli, "mpu.run.run_mpu")}[command][1]
+              "run": (run_cli, "mpu.experiments.two_party.run_mpu")}[command][1]
     monkeypatch.setattr(target, capture)
     argv = {"client": ["client", "unlearn", "--inbox", str(tmp_path), "--out", str(tmp_path / "o")],
             "unlearn": ["unlearn", "--model", str(tmp_path), "--out", str(tmp_path / "o")],

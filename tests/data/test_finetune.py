@@ -11,7 +11,7 @@ from mpu.cli import main
 from mpu.data.builtin import build_benchmark
 from mpu.data.loaders import LocalSource
 from mpu.errors import MPUError
-from mpu.finetune import (
+from mpu.experiments.finetune import (
     TRAIN_DEFAULTS,
     TinyLlamaConfig,
     base_training_data,
@@ -86,7 +86,7 @@ def test_trains_saves_and_reuses_by_fingerprint(bench, tmp_path):
 
 
 def test_cli_finetune(bench, tmp_path, capsys, monkeypatch):
-    import mpu.finetune as module
+    import mpu.experiments.finetune as module
 
     monkeypatch.setattr(module, "TinyLlamaConfig", lambda: TinyLlamaConfig(**MICRO))
     assert main(["finetune", "--data", str(bench), "--benchmark", "wmdp", "--split", "retain", "--out",
@@ -111,7 +111,7 @@ def test_model_config_file_matches_the_defaults():
     config = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[2] / "configs/model/tiny-llama.yaml"))
     assert config["config"] == asdict(TinyLlamaConfig())
     assert config["train"] == {name: asdict(value) for name, value in TRAIN_DEFAULTS.items()}
-    from mpu.finetune import BASE_DEFAULTS, FROM_BASE
+    from mpu.experiments.finetune import BASE_DEFAULTS, FROM_BASE
 
     assert config["base_train"] == asdict(BASE_DEFAULTS)
     assert config["from_base"] == {name: asdict(value) for name, value in FROM_BASE.items()}
@@ -166,7 +166,7 @@ def test_target_is_the_base_fine_tuned(bench, tmp_path, monkeypatch):
 
 
 def test_cli_finetune_base_then_target(bench, tmp_path, capsys, monkeypatch):
-    import mpu.finetune as module
+    import mpu.experiments.finetune as module
 
     monkeypatch.setenv("MPU_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(module, "TinyLlamaConfig", lambda **kw: TinyLlamaConfig(**{**MICRO, **kw}))
@@ -183,7 +183,7 @@ def test_cli_finetune_base_then_target(bench, tmp_path, capsys, monkeypatch):
 
 
 def test_cpu_release_preset_sets_size_and_recipe(bench, tmp_path):
-    from mpu.finetune import PRESETS
+    from mpu.experiments.finetune import PRESETS
 
     config, recipe = PRESETS["cpu-release"]
     metrics = finetune(bench, "tofu", "retain90", tmp_path / "p", preset="cpu-release", epochs=0.1, progress=False,
@@ -202,10 +202,10 @@ def test_auto_base_on_data_without_general_knowledge_trains_from_scratch_and_say
     """A MUSE copy has no real_authors/world_facts: `--base auto` falls back to no base, with a warning."""
     from tests.data.releases import make_muse_release
 
-    from mpu.finetune import finetune
+    from mpu.experiments.finetune import finetune
 
     data = make_muse_release(tmp_path / "MUSE-News")
-    with caplog.at_level("WARNING", logger="mpu.finetune"):
+    with caplog.at_level("WARNING", logger="mpu.experiments.finetune"):
         metrics = finetune(data, "muse", "full", tmp_path / "model", epochs=1, progress=False, base="auto",
                            model_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
                                          "num_attention_heads": 2, "num_key_value_heads": 1})

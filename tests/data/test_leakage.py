@@ -24,7 +24,7 @@ import pytest
 from mpu.data.builtin import build_benchmark
 from mpu.data.loaders import resolve_source
 from mpu.eval.evaluator import build_datasets, build_wmdp, load_suite
-from mpu.finetune import base_training_data, training_data
+from mpu.experiments.finetune import base_training_data, training_data
 from tests.data.releases import make_muse_release, make_tofu_release
 
 # suite dataset -> (key field, never trained / only by the full model)

@@ -83,7 +83,7 @@ def rows_through(command, forget, retain, tmp_path, monkeypatch):
         monkeypatch.setattr("mpu.methods.job.UnlearnJob.run", _capture_job(seen, 0))
         argv = ["unlearn", "--model", str(tmp_path), "--out", str(tmp_path / "o")]
     elif command == "run":
-        monkeypatch.setattr("mpu.run.run_mpu", _capture(seen, 3, 4))
+        monkeypatch.setattr("mpu.experiments.two_party.run_mpu", _capture(seen, 3, 4))
         argv = ["run", "--model", str(tmp_path), "--out", str(tmp_path / "o")]
     else:  # an experiment config's data section (what `python src/train.py` / Hydra passes)
         from mpu.experiments.sources import prepare
@@ -158,7 +158,7 @@ def test_eval_reads_a_local_copy_in_every_format(tmp_path, fmt):
 def test_finetune_reads_a_local_copy_in_every_format(tmp_path, fmt):
     """`mpu finetune --data DIR` on a TOFU copy: the ``full`` and ``retain90`` configs in ``fmt``."""
     from mpu.data.loaders import LocalSource
-    from mpu.finetune import training_data
+    from mpu.experiments.finetune import training_data
 
     write(tmp_path / "tofu", "full", fmt, LISTS if fmt != "csv" else ROWS)
     write(tmp_path / "tofu", "retain90", fmt, ROWS[1:])

@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import ks_2samp
 
 from mpu.cli import main
-from mpu.demo import COLUMNS, DemoConfig, format_table, verdict
+from mpu.experiments.demo import COLUMNS, DemoConfig, format_table, verdict
 
 ARGS = ["--authors", "20", "--base-epochs", "1", "--finetune-epochs", "3", "--epochs", "1", "--copies", "2"]
 
@@ -58,7 +58,7 @@ def test_the_weights_control_is_labelled(tmp_path):
     summary = {"models": {"MPU": {}}, "sigma": None}
     with pytest.raises(ValueError, match="sigma_reference"):
         DemoConfig(out_dir=tmp_path, sigma_reference="theta")
-    from mpu.demo import SIGMA_REFERENCES
+    from mpu.experiments.demo import SIGMA_REFERENCES
 
     summary["sigma"] = SIGMA_REFERENCES["weights"]
     assert "CONTROL" in format_table(summary).splitlines()[0]

@@ -40,7 +40,7 @@ def fast_bench(tmp_path_factory):
 
 
 def _train(bench, benchmark, split, out, **kwargs):
-    from mpu.finetune import finetune
+    from mpu.experiments.finetune import finetune
 
     with one_thread():
         return finetune(bench, benchmark, split, out, progress=False, **kwargs)

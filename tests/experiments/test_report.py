@@ -37,7 +37,7 @@ def scaled(summary: dict, factor: float) -> dict:
 
 
 def expected_degradation(metric: str, base: float, mpu: float) -> float:
-    """The definition, written out independently of mpu.report."""
+    """The definition, written out independently of mpu.experiments.report."""
     if metric == "forget_quality":
         return (math.log10(base) - math.log10(mpu)) / abs(math.log10(base)) * 100
     if metric == "model_utility":
@@ -138,7 +138,7 @@ def test_report_errors(tmp_path, capsys):
 
 
 def test_degradation_edge_cases():
-    from mpu.report import degradation
+    from mpu.experiments.report import degradation
 
     assert degradation("model_utility", 0.0, 0.1) is None
     assert degradation("forget_quality", 1.0, 0.5) is None  # log10(1) = 0

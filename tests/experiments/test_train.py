@@ -57,14 +57,14 @@ def test_override_mpu_m_reaches_the_server_and_the_outbox(tmp_path, tiny_model_d
 def test_sigma_follows_the_task_vector_by_default(tmp_path, tiny_model_dir, forget_file, retain_file, monkeypatch):
     """Without mpu.sigma_reference the noise is a fraction of theta - theta_base: the base reaches the
     server, and run.json says so; without a base that is an error naming both ways out."""
-    import mpu.run
+    import mpu.experiments.two_party
 
     overrides = [o for o in local_overrides(tiny_model_dir, forget_file, retain_file) if "sigma_reference" not in o]
     with pytest.raises(MPUError, match="model.base.*mpu.sigma_reference=weights"):
         settings_from_config(compose_config(overrides)[0])
     seen = []
-    real_init = mpu.run.init_server
-    monkeypatch.setattr(mpu.run, "init_server", lambda work, model, base, config, **kw: seen.append(base) or real_init(work, model, base, config, **kw))
+    real_init = mpu.experiments.two_party.init_server
+    monkeypatch.setattr(mpu.experiments.two_party, "init_server", lambda work, model, base, config, **kw: seen.append(base) or real_init(work, model, base, config, **kw))
     cfg, _ = compose_config(overrides + [f"model.base={tiny_model_dir}"])
     record = run_experiment(cfg, tmp_path / "tv")
     assert seen == [str(tiny_model_dir)] and record["sigma_reference"].startswith("task-vector")
@@ -226,7 +226,7 @@ def test_real_model_experiments_fail_on_a_cpu_naming_the_option(experiment, tmp_
 def test_cpu_release_model_config_equals_the_finetune_preset():
     from dataclasses import asdict
 
-    from mpu.finetune import PRESETS
+    from mpu.experiments.finetune import PRESETS
 
     cfg, _ = compose_config(["model=tiny-llama-cpu-release"])
     settings = settings_from_config(cfg)

@@ -6,7 +6,7 @@ import gc
 
 import pytest
 
-from mpu.methods.run import frozen_gc
+from mpu.methods.training import frozen_gc
 
 
 def test_frozen_gc_freezes_once_for_nested_blocks_and_unfreezes_at_the_end():
@@ -47,7 +47,7 @@ def test_frozen_gc_leaves_a_callers_own_freeze_alone():
 def test_run_mpu_collects_and_freezes_once_for_all_rounds_and_copies(tmp_path, tiny_model_dir, forget_file, monkeypatch):
     from mpu.data.qa import load_qa_rows
     from mpu.methods import training_options
-    from mpu.run import run_mpu
+    from mpu.experiments.two_party import run_mpu
     from mpu.server.config import ServerConfig
 
     freezes = []

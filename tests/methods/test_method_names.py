@@ -52,7 +52,7 @@ def test_experiment_trainer_method_is_matched_and_typos_suggested():
 
 
 def test_demo_resolves_the_method_before_training(tmp_path, capsys):
-    from mpu.demo import DemoConfig
+    from mpu.experiments.demo import DemoConfig
 
     assert DemoConfig(method="grad_ascent").method == "GradAscent"
     assert main(["demo", "--method", "NPOO", "--out", str(tmp_path / "demo")]) == 2

@@ -41,7 +41,7 @@ def register(subparsers) -> None:
 
 
 def _demo(args) -> int:
-    from mpu.demo import DemoConfig, format_table, randomness_note, run_demo
+    from mpu.experiments.demo import DemoConfig, format_table, randomness_note, run_demo
     from mpu.errors import MPUError
 
     apply_threads(args.threads)

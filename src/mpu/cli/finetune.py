@@ -9,7 +9,7 @@ from mpu.threads import add_threads_argument, apply_threads
 
 
 def register(subparsers) -> None:
-    from mpu.finetune import SPLITS
+    from mpu.experiments.finetune import SPLITS
 
     parser = subparsers.add_parser(
         "finetune",
@@ -54,7 +54,7 @@ def register(subparsers) -> None:
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    from mpu.finetune import finetune
+    from mpu.experiments.finetune import finetune
 
     threads = apply_threads(args.threads)
     metrics = finetune(args.data, args.benchmark, args.split, args.out, epochs=args.epochs, lr=args.lr,

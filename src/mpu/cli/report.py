@@ -24,7 +24,7 @@ def register(subparsers) -> None:
 
 
 def _report(args) -> int:
-    from mpu.report import markdown, report
+    from mpu.experiments.report import markdown, report
 
     metrics = [name.strip() for name in args.metrics.split(",") if name.strip()] if args.metrics else None
     built, paths = report(args.runs, args.out, metrics)

@@ -46,7 +46,7 @@ def _run(args) -> int:
     from mpu.cli.server import server_config_from_args
     from mpu.data.qa import load_qa_rows
     from mpu.methods import options_from_args
-    from mpu.run import run_mpu
+    from mpu.experiments.two_party import run_mpu
 
     apply_threads(args.threads)
     config = server_config_from_args(args)
@@ -54,7 +54,7 @@ def _run(args) -> int:
     forget = load_qa_rows(args.forget)
     retain = load_qa_rows(args.retain) if args.retain else None
     from mpu.cli.unlearn import learning_rate_hint
-    from mpu.run import resolve_sigma_base
+    from mpu.experiments.two_party import resolve_sigma_base
 
     hint = learning_rate_hint(args.model, training.learning_rate)   # None for hub ids and large models
     if hint:

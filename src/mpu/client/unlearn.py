@@ -24,7 +24,7 @@ from mpu.client.update import loss_summary, write_dense_update, write_lora_updat
 from mpu.errors import InputError, MPUError
 from mpu.methods import TrainingOptions
 from mpu.methods.job import UnlearnJob
-from mpu.methods.run import frozen_gc
+from mpu.methods.training import frozen_gc
 from mpu.protocol import PUBLICATION_MANIFEST, UPDATE_MANIFEST, UpdateManifest, update_folder
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ API::
     evaluate_experiment(cfg, out_dir)                 # src/eval.py: evaluate one checkpoint
     read_run(run_dir)                                 # run.json + the summary, for reports
 
-Nothing here knows more of MPU than :func:`mpu.run.run_mpu` and the server's ``ServerConfig``; the
+Nothing here knows more of MPU than :func:`mpu.experiments.two_party.run_mpu` and the server's ``ServerConfig``; the
 noise-free baseline calls :func:`mpu.methods.run_unlearning` exactly as ``mpu unlearn`` does.
 """
 

@@ -41,8 +41,8 @@ def _baseline(settings: ExperimentSettings, prepared: Prepared, out: Path) -> di
 
 
 def _mpu(settings: ExperimentSettings, prepared: Prepared, out: Path, run_dir: Path) -> dict[str, Any]:
-    """R rounds of publish -> client -> aggregate through files (:func:`mpu.run.run_mpu`)."""
-    from mpu.run import run_mpu
+    """R rounds of publish -> client -> aggregate through files (:func:`mpu.experiments.two_party.run_mpu`)."""
+    from mpu.experiments.two_party import run_mpu
     from mpu.server.workdir import Workdir
 
     keep = settings.keep_server or settings.keep_exchange

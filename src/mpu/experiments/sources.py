@@ -14,7 +14,7 @@ from mpu.experiments.config import BUILTIN, ExperimentSettings
 
 log = logging.getLogger(__name__)
 
-# model.train.<bench> keys that mpu.finetune.finetune takes; the others must keep its defaults.
+# model.train.<bench> keys that mpu.experiments.finetune.finetune takes; the others must keep its defaults.
 _FINETUNE_ARGS = {"epochs": "epochs", "learning_rate": "lr", "batch_size": "batch_size", "seed": "seed"}
 
 
@@ -73,7 +73,7 @@ def builtin_root(settings: ExperimentSettings) -> Path:
 
 def builtin_base(settings: ExperimentSettings, root: Path) -> Path:
     """The built-in base model (general data, no fictitious entity), cached as ``mpu demo`` caches it."""
-    from mpu.finetune import ensure_base
+    from mpu.experiments.finetune import ensure_base
 
     return ensure_base(root, settings.benchmark, model_config=settings.model_config, progress=settings.progress)
 
@@ -82,7 +82,7 @@ def builtin_model(settings: ExperimentSettings, root: Path, split: str, name: st
     """The tiny model fine-tuned from ``base`` (None: trained from scratch) on ``split`` of the
     built-in benchmark, cached as ``mpu demo`` caches it."""
     from mpu.data.builtin import cache_root
-    from mpu.finetune import FROM_BASE, TRAIN_DEFAULTS, finetune
+    from mpu.experiments.finetune import FROM_BASE, TRAIN_DEFAULTS, finetune
 
     defaults = (FROM_BASE if base else TRAIN_DEFAULTS)[settings.benchmark]
     section = "from_base" if base else "train"

@@ -21,7 +21,7 @@ Methods: GradAscent, GradDiff, NPO, SimNPO, DPO, RMU, UNDIAL, SatImp, WGA, CEU, 
 from mpu.methods.base import METHODS, RetainHparams, UnlearnTrainer
 from mpu.methods import ceu, dpo, grad_ascent, grad_diff, npo, pdu, rmu, satimp, simnpo, undial, wga  # noqa: F401  (registers)
 from mpu.methods.options import TrainingOptions, training_options
-from mpu.methods.run import (
+from mpu.methods.training import (
     UnlearnResult,
     finish_unlearning,
     method_hparams,

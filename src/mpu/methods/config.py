@@ -22,7 +22,7 @@ from mpu.errors import InputError, MPUError
 from mpu.flags import add_dataclass_arguments, flag_name, given_values
 from mpu.methods.base import METHODS
 from mpu.methods.options import TrainingOptions, describe_defaults, training_options
-from mpu.methods.run import method_hparams
+from mpu.methods.training import method_hparams
 
 CONFIG_KEYS = ("method", "hparams", "training")
 _HP = "mpu_hp__"  # argparse dest prefixes, so that a caller's own arguments never collide

@@ -34,7 +34,7 @@ from mpu.methods.base import METHODS, UnlearnTrainer
 from mpu.methods.data import ForgetRetainCollator, ForgetRetainDataset
 from mpu.methods.lora import add_lora
 from mpu.methods.options import TrainingOptions
-from mpu.methods.run import (
+from mpu.methods.training import (
     UnlearnResult, _private_steps, _resolve_hparams, _retain_reason, finish_unlearning, frozen_gc, run_max_length,
     run_prompt_format, training_arguments,
 )
@@ -91,7 +91,7 @@ class UnlearnJob:
 
     def prepare(self, model: torch.nn.Module, tokenizer, output_dir: str | Path) -> UnlearnTrainer:
         """Everything before ``train()``: the reference model, LoRA, the data, the Trainer (its scratch
-        folder ``output_dir``, where nothing is saved). :func:`mpu.methods.run.finish_unlearning` trains.
+        folder ``output_dir``, where nothing is saved). :func:`mpu.methods.training.finish_unlearning` trains.
 
         Raises MPUError when the method needs retain rows and has none, when no parameter is trainable,
         when the tokenizer has neither a pad nor an EOS token, and for DP-SGD settings the method or the
@@ -143,7 +143,7 @@ class UnlearnJob:
 
     def run(self, model: torch.nn.Module, tokenizer, output_dir: str | Path) -> UnlearnResult:
         """Unlearn the forget rows from ``model`` in place: :meth:`prepare`, ``train()``, merge LoRA, put
-        the model's flags back (:func:`mpu.methods.run.finish_unlearning`). With ``training.lora_rank > 0``
+        the model's flags back (:func:`mpu.methods.training.finish_unlearning`). With ``training.lora_rank > 0``
         the adapters are merged into ``model`` and returned as ``lora_factors``. Raises as :meth:`prepare`."""
         with frozen_gc():
             return finish_unlearning(self.prepare(model, tokenizer, output_dir))

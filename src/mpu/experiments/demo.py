@@ -74,7 +74,7 @@ def run_demo(config: DemoConfig, progress: bool = True) -> dict:
     from mpu.data.builtin import BuildConfig, cache_root, ensure_builtin
     from mpu.data.qa import load_qa_rows
     from mpu.eval import evaluate
-    from mpu.finetune import ensure_base, finetune, read_record
+    from mpu.experiments.finetune import ensure_base, finetune, read_record
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -139,7 +139,7 @@ def _baseline(config: DemoConfig, target: Path, forget_rows, retain_rows, out: P
 
 
 def _mpu(config: DemoConfig, target: Path, base: Path | None, forget_rows, retain_rows, out: Path, progress: bool) -> Path:
-    from mpu.run import run_mpu
+    from mpu.experiments.two_party import run_mpu
     from mpu.server.config import ServerConfig
 
     # The default privacy settings (secret alphas, tau = 1, reparameterisation on); the randomness comes
@@ -209,7 +209,7 @@ def _fmt(value) -> str:
 
 def plot(summary: dict, path: Path) -> None:
     """report.png: which direction is better, the retain model as the goal, n/a for missing values
-    (:func:`mpu.report.demo_figure`)."""
-    from mpu.report import plot_demo
+    (:func:`mpu.experiments.report.demo_figure`)."""
+    from mpu.experiments.report import plot_demo
 
     plot_demo(summary, path, COLUMNS)

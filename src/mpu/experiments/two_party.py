@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mpu.client import CLIENT_REFERENCES
 from mpu.client.unlearn import unlearn_copies
-from mpu.methods.run import frozen_gc
+from mpu.methods.training import frozen_gc
 from mpu.server.aggregate import aggregate
 from mpu.server.config import ServerConfig
 from mpu.server.export import export
@@ -36,7 +36,7 @@ def resolve_sigma_base(model: str, base: str | None, sigma_reference: str = "tas
     if sigma_reference == "weights":
         return None, "sigma reference: weights (kappa * RMS(theta); a harsher control than the paper's task vector)"
     if base is None:
-        from mpu.finetune import read_record
+        from mpu.experiments.finetune import read_record
 
         recorded = (read_record(model) or {}).get("base") if Path(model).is_dir() else None
         if recorded and Path(recorded).is_dir():

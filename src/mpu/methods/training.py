@@ -239,7 +239,7 @@ def frozen_gc():
     which stay collectable); unfreeze at the end.
 
     Re-entrant: an inner block does nothing, so a caller that runs many trainings in one process
-    (:func:`mpu.run.run_mpu`: R rounds of m copies) wraps all of them and pays the full collection once.
+    (:func:`mpu.experiments.two_party.run_mpu`: R rounds of m copies) wraps all of them and pays the full collection once.
     :func:`run_unlearning` uses it too, so the noise-free baseline gets the same treatment. A process
     that froze objects itself is left alone: unfreezing at the end would undo its freeze. The nesting
     count is module state: use it from one thread (as the Trainer itself must be)."""

@@ -6,7 +6,7 @@ import time
 
 from mpu.data.qa import load_qa_rows
 from mpu.methods import training_options
-from mpu.run import PHASES, run_mpu
+from mpu.experiments.two_party import PHASES, run_mpu
 from mpu.server.config import ServerConfig
 
 
@@ -30,7 +30,7 @@ def test_sigma_base_is_given_recorded_or_a_labelled_fallback(tmp_path):
     whole weights with a label saying so; --sigma-reference weights is the labelled control."""
     import json
 
-    from mpu.run import resolve_sigma_base
+    from mpu.experiments.two_party import resolve_sigma_base
 
     model, base = tmp_path / "model", tmp_path / "base"
     model.mkdir()
