@@ -34,6 +34,7 @@ hold runs are refused unless ``--overwrite`` removes them first, so no stale run
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import shutil
@@ -57,16 +58,29 @@ EVAL = [
 
 GROUPS = ["baseline", "mpu-k0.01", "mpu-k0.1", "control-k0", "control-k0-noreparam", "control-moving-reference",
           "control-weights"]
+# The paper's regime and its one control (the default of --groups): noise-free reference, MPU at both kappas, kappa = 0.
+PAPER_GROUPS = ["baseline", "mpu-k0.01", "mpu-k0.1", "control-k0"]
+CALIBRATION = "calibration"
+# The learning-rate rule (docs/results.md): per method, the largest of this grid at which the noise-free
+# baseline (seed 0, the calibration split) keeps model_utility >= UTILITY_SHARE of the target's.
+LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+UTILITY_SHARE = 0.9
+LEARNING_RATES = "learning_rates.json"
 SPLITS = ("forget01", "forget05", "forget10")
 SIGMA_REFERENCES = ("task-vector", "weights")
 SHAPES = ("small", "release")
 
 
 def commands(out: Path, seeds: str, python: str, groups: list[str] | None = None, splits: tuple[str, ...] = ("forget10",),
-             sigma_reference: str = "task-vector", shape: str = "small") -> list[tuple[float, list[str]]]:
+             sigma_reference: str = "task-vector", shape: str = "small", authors: int | None = None,
+             learning_rates: dict[str, float] | None = None, lr_grid: tuple[float, ...] | None = None,
+             ) -> list[tuple[float, list[str]]]:
     """(estimated cost, argv) for every multirun of ``groups`` (default: all) on each forget split in
-    ``splits`` (runs under ``out/<split>/<group>/<method>``); longest first. Raises ``ValueError`` for
-    an unknown split, sigma reference or shape."""
+    ``splits`` (runs under ``out/<split>/<group>/<method>``); longest first. ``authors`` sets the
+    built-in benchmark's size (default: the experiment's), ``learning_rates`` a per-method learning
+    rate (default: the experiment's ``tiny_learning_rates``). The ``calibration`` group runs each
+    method's noise-free baseline at every rate of ``lr_grid`` (default ``LR_GRID``), seed 0. Raises
+    ``ValueError`` for an unknown split, sigma reference or shape."""
     for split in splits:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
@@ -78,19 +92,27 @@ def commands(out: Path, seeds: str, python: str, groups: list[str] | None = None
     regime = [f"mpu.sigma_reference={sigma_reference}"]
     if shape == "release":
         regime += ["benchmark.shape=release", "model=tiny-llama-cpu-release"]
+    if authors is not None:
+        regime.append(f"benchmark.authors={authors}")
 
     def add(folder: str, method: str, cost: float, *overrides: str) -> None:
-        if groups is not None and folder not in groups:
+        if (folder not in groups) if groups is not None else folder == CALIBRATION:
             return
+        rate = [] if folder == CALIBRATION or not (learning_rates or {}).get(method) else \
+            [f"trainer.training.learning_rate={learning_rates[method]:g}"]
         for split in splits:
             data = [f"data.forget_split={split}", f"data.retain_split=retain{100 - int(split[-2:])}"]
-            argv = [python, "src/train.py", "-m", f"hydra.sweep.dir={out / split / folder / method}", f"trainer={method}",
-                    "threads=1", "save_model=false", *data, *regime, *overrides, *EVAL]
+            where = out / CALIBRATION / split / method if folder == CALIBRATION else out / split / folder / method
+            argv = [python, "src/train.py", "-m", f"hydra.sweep.dir={where}", f"trainer={method}",
+                    "threads=1", "save_model=false", *data, *regime, *rate, *overrides, *EVAL]
             jobs.append((cost, argv))
 
     n_seeds = len(seeds.split(","))
+    grid = ",".join(f"{rate:g}" for rate in (lr_grid or LR_GRID))
     for method in METHODS:
         rounds = 10 if method in MANY_ROUNDS else 2
+        add(CALIBRATION, method, 20 * len(grid.split(",")), "mpu.enabled=false", "seed=0",
+            f"trainer.training.learning_rate={grid}")
         add("baseline", method, 20 * n_seeds, "mpu.enabled=false", f"seed={seeds}")
         for kappa in ("0.01", "0.1"):
             add(f"mpu-k{kappa}", method, 10 * rounds * n_seeds, f"mpu.kappa={kappa}", f"seed={seeds}")
@@ -104,14 +126,129 @@ def commands(out: Path, seeds: str, python: str, groups: list[str] | None = None
     return sorted(jobs, key=lambda job: -job[0])
 
 
+def expected_runs(argv: list[str]) -> int:
+    """How many runs a Hydra multirun ``argv`` makes: the product of its comma-separated sweeps."""
+    count = 1
+    for arg in argv[3:]:
+        if "=" in arg and not arg.startswith(("hydra.", "~")):
+            count *= len(arg.split("=", 1)[1].split(","))
+    return count
+
+
+def finished_runs(folder: Path) -> list[dict]:
+    """The run.json records under ``folder`` of runs that finished and were evaluated."""
+    records = []
+    for path in sorted(folder.rglob("run.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if record.get("status") == "done" and record.get("summary"):
+            records.append(record)
+    return records
+
+
+def sweep_dir(argv: list[str]) -> Path:
+    return Path(next(arg for arg in argv if arg.startswith("hydra.sweep.dir=")).split("=", 1)[1])
+
+
+def choose_learning_rates(out: Path, split: str) -> dict[str, dict]:
+    """The rule applied to ``out/calibration/<split>`` (apart from OUT/<split>, which `mpu report` reads): per method, the largest learning rate whose
+    noise-free baseline keeps model_utility >= UTILITY_SHARE x the target's (the smallest rate of
+    the grid when none does). Returns {method: {"learning_rate", "utility", "target_utility",
+    "forget_Q_A_ROUGE", "grid": {rate: utility}}}."""
+    chosen: dict[str, dict] = {}
+    for method in METHODS:
+        records = finished_runs(out / CALIBRATION / split / method)
+        if not records:
+            continue
+        target = (records[0].get("reference") or {}).get("target", {}).get("model_utility")
+        grid = {float(r["training"]["learning_rate"]): r["summary"] for r in records}
+        passing = [rate for rate, summary in grid.items()
+                   if target is not None and (summary.get("model_utility") or 0) >= UTILITY_SHARE * target]
+        rate = max(passing) if passing else min(grid)
+        chosen[method] = {"learning_rate": rate, "utility": grid[rate].get("model_utility"), "target_utility": target,
+                          "forget_Q_A_ROUGE": grid[rate].get("forget_Q_A_ROUGE"),
+                          "grid": {f"{r:g}": grid[r].get("model_utility") for r in sorted(grid)},
+                          "grid_forget_rouge": {f"{r:g}": grid[r].get("forget_Q_A_ROUGE") for r in sorted(grid)}}
+    return chosen
+
+
+BEGIN, END = "<!-- claim-sweep:begin (generated by benchmarks/claim_sweep.py) -->", "<!-- claim-sweep:end -->"
+
+
+def headline(out: Path, splits: tuple[str, ...], docs_results: Path) -> str:
+    """The generated part of docs/results.md: per split, `mpu report` into docs/results/claim-<split>/ and
+    a table per method and kappa (average degradation, seed spread, below 1 %?, the key metrics)."""
+    from mpu.experiments.report import report
+
+    lines = []
+    rates = out / LEARNING_RATES
+    if rates.is_file():
+        chosen = json.loads(rates.read_text(encoding="utf-8"))
+        lines += [f"**Learning rates** (the rule, {chosen.get('rule', '?')}; calibrated on {chosen.get('split', '?')}):", "",
+                  "| method | lr | baseline utility at lr | target utility | utility per grid rate | forget ROUGE per grid rate |",
+                  "|---|---|---|---|---|---|"]
+        for method, row in chosen.get("methods", {}).items():
+            grid = ", ".join(f"{rate}: {value:.3f}" for rate, value in row["grid"].items() if value is not None)
+            rouge = ", ".join(f"{rate}: {value:.2f}" for rate, value in row.get("grid_forget_rouge", {}).items()
+                              if value is not None)
+            lines.append(f"| {method} | {row['learning_rate']:g} | {row['utility']:.3f} | {row['target_utility']:.3f} | {grid} | {rouge} |")
+        lines.append("")
+    for split in splits:
+        folder = out / split
+        if not folder.is_dir():
+            continue
+        result, _ = report([folder], docs_results / f"claim-{split}")
+        target = result.references.get("target", {})
+        retain = result.references.get("retain", {})
+        lines += [f"### {split}", "",
+                  f"Target: model utility {target.get('model_utility', float('nan')):.3f}, forget ROUGE "
+                  f"{target.get('forget_Q_A_ROUGE', float('nan')):.3f}, forget quality {target.get('forget_quality', float('nan')):.3g}. "
+                  f"Retain model: model utility {retain.get('model_utility', float('nan')):.3f}, forget ROUGE "
+                  f"{retain.get('forget_Q_A_ROUGE', float('nan')):.3f}.", "",
+                  "| method | κ | seeds | avg degradation | ± seeds | < 1 %? | Δ model_utility | Δ forget_quality | "
+                  "Δ forget ROUGE | baseline utility / forget ROUGE | MPU utility / forget ROUGE |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for row in result.rows:
+            if row.variant:
+                continue
+            below = "n/a" if row.average is None else ("yes" if row.average < 1 else "no")
+            label = f"{row.kappa:g}" + (" (control)" if row.kappa == 0 else "")
+            spread = "n/a" if row.average_std is None else f"{row.average_std:.2f}"
+            pct = lambda value: "n/a" if value is None else f"{value:+.2f} %"
+            num = lambda value: "n/a" if value is None else f"{value:.3f}"
+            lines.append(f"| {row.method} | {label} | {','.join(map(str, row.seeds))} | {pct(row.average)} | {spread} | "
+                         f"{below} | {pct(row.degradation.get('model_utility'))} | {pct(row.degradation.get('forget_quality'))} | "
+                         f"{pct(row.degradation.get('forget_Q_A_ROUGE'))} | {num(row.baseline.get('model_utility'))} / "
+                         f"{num(row.baseline.get('forget_Q_A_ROUGE'))} | {num(row.mpu.get('model_utility'))} / "
+                         f"{num(row.mpu.get('forget_Q_A_ROUGE'))} |")
+        lines += ["", f"{len(result.runs)} runs; per run and per metric: [docs/results/claim-{split}/report.md]"
+                  f"(results/claim-{split}/report.md).", ""]
+        if result.unmatched:
+            lines += [f"Not compared ({len(result.unmatched)}): " + "; ".join(result.unmatched[:5]), ""]
+    return "\n".join(lines)
+
+
+def write_docs(docs: Path, text: str) -> None:
+    """Replace the generated block of ``docs`` (between BEGIN and END) by ``text``; raises ValueError
+    when the markers are missing."""
+    page = docs.read_text(encoding="utf-8")
+    if BEGIN not in page or END not in page:
+        raise ValueError(f"{docs}: no generated block ({BEGIN} ... {END})")
+    head, rest = page.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    docs.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}", encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", default="runs/claim", help="sweep root; `mpu report OUT` reads it")
     parser.add_argument("--seeds", default="0,1,2", help="seeds of every run (baselines, MPU and controls)")
     parser.add_argument("--workers", type=int, default=1, help="multiruns at once (one torch thread each)")
-    parser.add_argument("--groups", default=",".join(GROUPS),
-                        help="comma-separated sweep folders to run, e.g. to redo the MPU runs after a client change "
-                             "while keeping the baselines")
+    parser.add_argument("--groups", default=",".join(PAPER_GROUPS),
+                        help=f"comma-separated sweep folders to run, from {', '.join(GROUPS + [CALIBRATION])}; e.g. to redo "
+                             "the MPU runs after a client change while keeping the baselines")
     parser.add_argument("--split", default="forget01,forget10",
                         help="comma-separated forget splits (forget01 is the paper's main split); runs go to OUT/<split>/")
     parser.add_argument("--sigma-reference", choices=SIGMA_REFERENCES, default="task-vector",
@@ -119,42 +256,70 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", choices=SHAPES, default="small",
                         help="built-in data: small (10 short QA per author, the 1M model) or release (the real release's "
                              "shape, with the cpu-release model preset)")
+    parser.add_argument("--authors", type=int, default=None, help="built-in benchmark size (default: the experiment's, 100)")
+    parser.add_argument("--calibrate", default=None, metavar="SPLIT",
+                        help="first run the learning-rate calibration (noise-free baselines, seed 0, every rate of the grid) on "
+                             "SPLIT, write OUT/learning_rates.json by the rule, and use those rates for the sweep")
+    parser.add_argument("--lr-grid", default=",".join(f"{rate:g}" for rate in LR_GRID),
+                        help="comma-separated learning rates the calibration tries")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep multiruns whose folder already holds all their finished runs; redo the others")
     parser.add_argument("--overwrite", action="store_true", help="remove the selected folders' earlier runs first")
+    parser.add_argument("--docs", default=None,
+                        help="after the runs, `mpu report` each split into docs/results/claim-<split>/ and regenerate the "
+                             "generated block of this page (e.g. docs/results.md)")
+    parser.add_argument("--report-only", action="store_true", help="run nothing; only regenerate --docs from OUT")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be >= 1")
     groups = [group.strip() for group in args.groups.split(",") if group.strip()]
-    unknown = sorted(set(groups) - set(GROUPS))
+    unknown = sorted(set(groups) - set(GROUPS) - {CALIBRATION})
     if unknown or not groups:
-        parser.error(f"--groups: unknown {unknown or 'empty list'}; choose from {', '.join(GROUPS)}")
+        parser.error(f"--groups: unknown {unknown or 'empty list'}; choose from {', '.join(GROUPS + [CALIBRATION])}")
+    if args.resume and args.overwrite:
+        parser.error("--resume keeps finished runs, --overwrite removes them: choose one")
 
     root = Path(__file__).resolve().parents[1]
     out = Path(args.out)
     splits = tuple(split.strip() for split in args.split.split(",") if split.strip())
+    docs = Path(args.docs) if args.docs else None
+    if args.report_only:
+        if docs is None:
+            parser.error("--report-only needs --docs")
+        write_docs(docs, headline(out, splits, docs.parent / "results"))
+        return 0
+    started = time.perf_counter()
+    rates_file = out / LEARNING_RATES
     try:
-        jobs = commands(out, args.seeds, sys.executable, groups, splits, args.sigma_reference, args.shape)
+        if args.calibrate:
+            grid = tuple(float(rate) for rate in args.lr_grid.split(","))
+            calibration = commands(out, "0", sys.executable, [CALIBRATION], (args.calibrate,), args.sigma_reference,
+                                   args.shape, args.authors, lr_grid=grid)
+        learning_rates = None
+        if rates_file.is_file():
+            learning_rates = {m: row["learning_rate"] for m, row in json.loads(rates_file.read_text())["methods"].items()}
+        jobs = commands(out, args.seeds, sys.executable, groups, splits, args.sigma_reference, args.shape, args.authors,
+                        learning_rates)
     except ValueError as err:
         parser.error(str(err))
     if args.dry_run:
-        for _, job in jobs:
+        for _, job in (calibration if args.calibrate else []) + jobs:
             print(shlex.join(job))
         return 0
-    earlier = [out / split / group for split in splits for group in groups
-               if (out / split / group).is_dir() and any((out / split / group).iterdir())]
-    if earlier and not args.overwrite:
-        parser.error(f"{', '.join(map(str, earlier))} already hold runs; `mpu report` would mix them with the new ones. "
-                     "Pass --overwrite to remove them first, or choose another --out")
-    for folder in earlier:
-        shutil.rmtree(folder)
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
 
     def run(cost_job) -> int:
         _, job = cost_job
-        split, folder, method = Path(job[3].split("=", 1)[1]).parts[-3:]  # hydra.sweep.dir=OUT/SPLIT/FOLDER/METHOD
-        log = logs / f"{split}-{folder}-{method}.log"
+        folder = sweep_dir(job)
+        split, group, method = folder.parts[-3:]
+        if args.resume and len(finished_runs(folder)) >= expected_runs(job):
+            print(f"[{time.perf_counter() - started:7.0f}s] done {split}/{group}/{method} (kept)", flush=True)
+            return 0
+        if folder.exists():
+            shutil.rmtree(folder)   # an unfinished multirun (resume) or an earlier one (overwrite): redone whole
+        log = logs / f"{split}-{group}-{method}.log"
         with open(log, "w") as handle:
             handle.write(shlex.join(job) + "\n")
             handle.flush()
@@ -163,11 +328,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.perf_counter() - started:7.0f}s] {'ok  ' if code == 0 else 'FAIL'} {shlex.join(job[3:5])} ({log})", flush=True)
         return code
 
-    with ThreadPoolExecutor(max_workers=args.workers) as pool:
-        codes = list(pool.map(run, jobs))
-    failed = sum(code != 0 for code in codes)
-    print(f"{len(jobs) - failed}/{len(jobs)} multiruns succeeded in {time.perf_counter() - started:.0f}s; "
-          f"next: mpu report {out}/<split> --out docs/results/<split> for each of {', '.join(splits)}")
+    def launch(selected) -> int:
+        folders = {sweep_dir(job) for _, job in selected}
+        earlier = sorted(folder for folder in folders if folder.is_dir() and any(folder.iterdir()))
+        if earlier and not (args.overwrite or args.resume):
+            parser.error(f"{', '.join(map(str, earlier))} already hold runs; `mpu report` would mix them with the new ones. "
+                         "Pass --overwrite to remove them first, --resume to keep the finished ones, or choose another --out")
+        with ThreadPoolExecutor(max_workers=args.workers) as pool:
+            return sum(code != 0 for code in pool.map(run, selected))
+
+    failed = 0
+    if args.calibrate:
+        failed += launch(calibration)
+        chosen = choose_learning_rates(out, args.calibrate)
+        rates_file.write_text(json.dumps({"split": args.calibrate, "rule": f"largest of {list(grid)} with baseline "
+                                          f"model_utility >= {UTILITY_SHARE} x target's (seed 0)", "methods": chosen},
+                                         indent=2) + "\n", encoding="utf-8")
+        print("learning rates: " + ", ".join(f"{m} {row['learning_rate']:g}" for m, row in chosen.items()), flush=True)
+        jobs = commands(out, args.seeds, sys.executable, groups, splits, args.sigma_reference, args.shape, args.authors,
+                        {m: row["learning_rate"] for m, row in chosen.items()})
+        jobs = [job for job in jobs if sweep_dir(job[1]).parts[-3] != CALIBRATION]
+    failed += launch(jobs)
+    total = len(jobs) + (len(calibration) if args.calibrate else 0)
+    print(f"{total - failed}/{total} multiruns succeeded in {time.perf_counter() - started:.0f}s", flush=True)
+    if docs is not None:
+        write_docs(docs, headline(out, splits, docs.parent / "results"))
+        print(f"regenerated {docs} and {docs.parent / 'results'}/claim-<split>/", flush=True)
     return 1 if failed else 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -24,8 +25,61 @@ def folders(jobs) -> set[str]:
 
 def test_every_run_folder_is_a_named_group(sweep, tmp_path):
     jobs = sweep.commands(tmp_path, "0,1,2", "python")
-    assert folders(jobs) == set(sweep.GROUPS)
+    assert folders(jobs) == set(sweep.GROUPS)   # the calibration only when asked for
     assert len(jobs) == 8 * 6 + 3  # 8 methods x 6 groups, plus the moving-reference control of NPO, DPO, UNDIAL
+
+
+def test_the_calibration_tries_the_grid_apart_and_the_sweep_uses_its_rates(sweep, tmp_path):
+    calibration = sweep.commands(tmp_path, "0,1,2", "python", [sweep.CALIBRATION], ("forget10",), lr_grid=(3e-4, 1e-3))
+    assert len(calibration) == 8
+    for _, argv in calibration:
+        assert "seed=0" in argv and "mpu.enabled=false" in argv and "trainer.training.learning_rate=0.0003,0.001" in argv
+        assert sweep.sweep_dir(argv).parts[-3:-1] == ("calibration", "forget10")  # not under OUT/forget10 (mpu report)
+        assert sweep.expected_runs(argv) == 2
+    jobs = sweep.commands(tmp_path, "0,1,2", "python", ["baseline"], authors=100, learning_rates={"NPO": 3e-3})
+    npo = next(argv for _, argv in jobs if "trainer=NPO" in argv)
+    assert "trainer.training.learning_rate=0.003" in npo and "benchmark.authors=100" in npo
+    assert not any(a.startswith("trainer.training.learning_rate") for _, argv in jobs if "trainer=DPO" in argv for a in argv)
+    assert sweep.expected_runs(npo) == 3
+
+
+def test_the_rule_picks_the_largest_rate_that_keeps_90_percent_of_the_utility(sweep, tmp_path):
+    def run(rate, utility):
+        folder = tmp_path / "calibration" / "forget10" / "NPO" / f"{rate:g}"
+        folder.mkdir(parents=True)
+        (folder / "run.json").write_text(json.dumps({
+            "status": "done", "training": {"learning_rate": rate}, "summary": {"model_utility": utility},
+            "reference": {"target": {"model_utility": 0.5}}}))
+    run(3e-4, 0.49)
+    run(1e-3, 0.46)   # >= 0.45: kept
+    run(3e-3, 0.30)
+    chosen = sweep.choose_learning_rates(tmp_path, "forget10")
+    assert chosen["NPO"]["learning_rate"] == 1e-3 and set(chosen) == {"NPO"}
+
+
+def test_resume_keeps_finished_multiruns_and_redoes_the_rest(sweep, tmp_path, monkeypatch):
+    finished = tmp_path / "forget10" / "baseline" / "NPO"
+    for seed in range(3):
+        (finished / str(seed)).mkdir(parents=True)
+        (finished / str(seed) / "run.json").write_text(json.dumps({"status": "done", "summary": {"model_utility": 1}}))
+    partial = tmp_path / "forget10" / "baseline" / "DPO" / "0"
+    partial.mkdir(parents=True)
+    (partial / "run.json").write_text(json.dumps({"status": "running"}))
+    launched = []
+    monkeypatch.setattr(sweep.subprocess, "call", lambda argv, **kwargs: launched.append(argv) or 0)
+    assert sweep.main(["--out", str(tmp_path), "--groups", "baseline", "--split", "forget10", "--resume"]) == 0
+    assert len(launched) == 7 and not any("trainer=NPO" in argv for argv in launched)
+    assert (finished / "2" / "run.json").is_file() and not partial.exists()
+
+
+def test_the_docs_block_is_regenerated_between_its_markers(sweep, tmp_path):
+    page = tmp_path / "results.md"
+    page.write_text(f"# Title\nkept\n{sweep.BEGIN}\nold table\n{sweep.END}\nkept too\n")
+    sweep.write_docs(page, "new table")
+    assert page.read_text() == f"# Title\nkept\n{sweep.BEGIN}\nnew table\n{sweep.END}\nkept too\n"
+    (tmp_path / "bare.md").write_text("no markers")
+    with pytest.raises(ValueError, match="no generated block"):
+        sweep.write_docs(tmp_path / "bare.md", "x")
 
 
 def test_the_paper_regime_on_forget01_and_forget10(sweep, tmp_path):
@@ -66,7 +120,7 @@ def test_a_rerun_refuses_folders_that_hold_runs_unless_told_to_overwrite(sweep, 
     kept.mkdir(parents=True)
     with pytest.raises(SystemExit):
         sweep.main(["--out", str(tmp_path), "--groups", "mpu-k0.1", "--split", "forget10"])
-    assert "mpu-k0.1 already hold runs" in capsys.readouterr().err
+    assert "NPO already hold runs" in capsys.readouterr().err
     assert stale.is_dir()  # nothing removed without --overwrite
 
     launched = []

@@ -36,7 +36,7 @@ from mpu.errors import MPUError
 
 log = logging.getLogger(__name__)
 
-FINETUNE_VERSION = 1
+FINETUNE_VERSION = 2
 RECORD = "mpu_finetune.json"
 BENCHMARKS = ("tofu", "muse", "wmdp")
 SPLITS = ("base", "full", "retain90", "retain95", "retain99")
@@ -68,6 +68,8 @@ class TrainConfig:
     lr_scheduler: str = "cosine"
     seed: int = 0
     min_steps: int = 0  # raise the default epochs until at least this many optimizer steps
+    rehearsal: str = "none"  # fine-tuning from a base: also replay its data ("none", "knowledge", "base"; REHEARSAL)
+    freeze_embeddings: bool = False  # fine-tuning from a base: keep the (tied) embeddings at the base's
 
 
 # Calibrated on 2 CPU cores so that the models memorise their training answers (> 95% answer tokens;
@@ -104,6 +106,16 @@ PRESETS = {
                         intermediate_size=640),
         {"epochs": 30, "learning_rate": 2e-3, "batch_size": 32},
     ),
+}
+
+
+# What a fine-tuning from a base replays of the base's own training data (rehearsal, alongside the
+# benchmark split; the same for target and retain model, so that they still differ only by the forget data).
+REHEARSAL = {
+    "none": (),
+    "knowledge": ("knowledge",),             # the real_authors/world_facts QA
+    "qa": ("knowledge", "general_qa"),       # plus the general topics' QA
+    "base": ("knowledge", "general_qa", "general_corpus"),  # everything the base trained on
 }
 
 
@@ -217,7 +229,8 @@ class NoGeneralData(MPUError):
     """The data has nothing to train a base model on (a MUSE copy, a TOFU copy without real_authors)."""
 
 
-def base_training_data(data_dir: str | Path, benchmark: str, source=None, manifest: dict | None = None) -> TrainingData:
+def base_training_data(data_dir: str | Path, benchmark: str, source=None, manifest: dict | None = None,
+                       parts: tuple[str, ...] = ("knowledge", "general_qa", "general_corpus")) -> TrainingData:
     """The base model's data: general knowledge, none of the benchmark's fictitious entities.
 
     - the built-in benchmark: its general corpus (articles, loss on every token) and QA about the
@@ -226,6 +239,9 @@ def base_training_data(data_dir: str | Path, benchmark: str, source=None, manife
       they are never in a target/retain fine-tuning split (tests/data/test_leakage.py);
     - a local TOFU-format copy: its real_authors and world_facts QA;
     - anything else: an ``MPUError`` (no general data: pass a base model directory, or none).
+
+    ``parts`` selects among "knowledge" (real_authors/world_facts QA), "general_qa" and
+    "general_corpus" (the built-in general topics); a rehearsal (``REHEARSAL``) replays some of them.
     """
     from mpu.data.loaders import LocalSource
 
@@ -234,19 +250,25 @@ def base_training_data(data_dir: str | Path, benchmark: str, source=None, manife
         general = manifest["general"]
         root = LocalSource(data_dir / general["path"])
         tofu = LocalSource(data_dir / manifest["tofu"]["path"])
-        knowledge = [{"question": r["question"], "answer": r["answer"]}
-                     for name in ("real_authors", "world_facts") for r in tofu.rows(name, "train")]
-        qa = [{"question": r["question"], "answer": r["answer"]} for r in root.rows(general["qa"], "train")]
-        texts = [{"text": r["text"]} for r in root.rows(general["corpus"], "train")]
-        return TrainingData([("qa", knowledge + qa), ("text", texts)],
-                            ["tofu/real_authors", "tofu/world_facts", f"general/{general['qa']}", f"general/{general['corpus']}"])
+        qa, texts, sources = [], [], []
+        if "knowledge" in parts:
+            qa += [{"question": r["question"], "answer": r["answer"]}
+                   for name in ("real_authors", "world_facts") for r in tofu.rows(name, "train")]
+            sources += ["tofu/real_authors", "tofu/world_facts"]
+        if "general_qa" in parts:
+            qa += [{"question": r["question"], "answer": r["answer"]} for r in root.rows(general["qa"], "train")]
+            sources.append(f"general/{general['qa']}")
+        if "general_corpus" in parts:
+            texts = [{"text": r["text"]} for r in root.rows(general["corpus"], "train")]
+            sources.append(f"general/{general['corpus']}")
+        return TrainingData([(kind, rows) for kind, rows in (("qa", qa), ("text", texts)) if rows], sources)
     if manifest:
         raise MPUError(f"{data_dir}: built-in benchmark of an older version without general data; rebuild it "
                        "(`mpu data build`) or pass --base none")
     if benchmark == "tofu":
         source = source or LocalSource(data_dir)
         rows = []
-        for name in ("real_authors", "world_facts"):
+        for name in ("real_authors", "world_facts") if "knowledge" in parts else ():
             try:
                 rows += [{"question": r["question"], "answer": r["answer"]} for r in source.rows(name, "train")]
             except MPUError:
@@ -403,6 +425,8 @@ def finetune(
     threads: int | None = None,
     base: str | Path | None = None,
     preset: str | None = None,
+    rehearsal: str | None = None,
+    freeze_embeddings: bool | None = None,
 ) -> dict:
     """Train (or reuse) a tiny Llama on ``benchmark``/``split`` of ``data_dir`` and save it to
     ``out_dir``. Returns the metrics: answer_token_accuracy, exact_match, train_loss,
@@ -416,6 +440,10 @@ def finetune(
     written by ``finetune(split="base")`` (its model configuration and tokenizer are used; the
     defaults are ``FROM_BASE``). Raises ``MPUError`` for a base of another tokenizer or a
     ``model_config`` that contradicts the base's.
+
+    ``rehearsal`` (a key of ``REHEARSAL``) and ``freeze_embeddings`` override the recipe's
+    (``FROM_BASE``) when fine-tuning from a base; without a base they must be left out. The accuracy
+    metrics are over the split's own examples; ``rehearsal_token_accuracy`` over the replayed ones.
 
     ``preset`` (a key of ``PRESETS``) sets the model configuration and the default epochs, learning
     rate and batch size at once (explicit arguments still win); it cannot be combined with
@@ -479,6 +507,12 @@ def finetune(
             model_config = base_config
             defaults = FROM_BASE[benchmark]
 
+    if base_dir is None and (rehearsal not in (None, "none") or freeze_embeddings):
+        raise MPUError("rehearsal and frozen embeddings are fine-tuning options: they need a base model (--base)")
+    rehearsal = rehearsal if rehearsal is not None else defaults.rehearsal
+    if rehearsal not in REHEARSAL:
+        raise MPUError(f"unknown rehearsal {rehearsal!r}; known: {', '.join(REHEARSAL)}")
+    freeze_embeddings = defaults.freeze_embeddings if freeze_embeddings is None else bool(freeze_embeddings)
     model_config = model_config or TinyLlamaConfig()
     tokenizer = dataset_tokenizer(data_dir, benchmark, source, manifest)
     if base_dir is not None:
@@ -488,6 +522,11 @@ def finetune(
             raise MPUError(f"{base_dir}: the base model's tokenizer is not {data_dir}'s; train the base on the same data "
                            "(`mpu finetune --split base --data ...`)")
     examples = encode_training(tokenizer, data, model_config.max_position_embeddings)
+    n_split = len(examples)
+    if rehearsal != "none":
+        replay = base_training_data(data_dir, benchmark, source, manifest, parts=REHEARSAL[rehearsal])
+        examples += encode_training(tokenizer, replay, model_config.max_position_embeddings)
+        data = TrainingData(data.parts + replay.parts, data.sources + [f"rehearsal:{name}" for name in replay.sources])
     batch_size = batch_size or defaults.batch_size
     if epochs is None:
         steps_per_epoch = math.ceil(len(examples) / batch_size)
@@ -497,7 +536,7 @@ def finetune(
         learning_rate=lr if lr is not None else defaults.learning_rate,
         batch_size=batch_size,
         warmup_ratio=defaults.warmup_ratio, weight_decay=defaults.weight_decay,
-        lr_scheduler=defaults.lr_scheduler, seed=seed,
+        lr_scheduler=defaults.lr_scheduler, seed=seed, rehearsal=rehearsal, freeze_embeddings=freeze_embeddings,
     )
     fingerprint = _fingerprint(examples, model_config, train_config, "general" if split == BASE_SPLIT else benchmark,
                                split, base_record["fingerprint"] if base_record else None)
@@ -525,6 +564,8 @@ def finetune(
             attn_implementation="eager",  # 2-3x faster than sdpa for such small models on CPU
         )
         model = LlamaForCausalLM(config)
+    if train_config.freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)  # tied: the LM head stays the base's too
     n_params = sum(p.numel() for p in model.parameters())
     log.info("training a %.2fM-parameter model on %d %s examples (%s/%s) for %s epochs",
              n_params / 1e6, len(examples), data.kinds, benchmark, split, train_config.epochs)
@@ -559,13 +600,17 @@ def finetune(
         result = trainer.train()
         train_seconds = time.perf_counter() - started
         model.eval()
-        accuracy = token_accuracy(model, examples, 64, tokenizer.pad_token_id)
+        accuracy = token_accuracy(model, examples[:n_split], 64, tokenizer.pad_token_id)
+        if n_split < len(examples):
+            accuracy["rehearsal_token_accuracy"] = token_accuracy(
+                model, examples[n_split:], 64, tokenizer.pad_token_id)["answer_token_accuracy"]
         metrics = {
             **accuracy,
             "train_loss": float(result.training_loss),
             "train_seconds": round(train_seconds, 2),
             "n_params": n_params,
             "n_examples": len(examples),
+            "n_rehearsal_examples": len(examples) - n_split,
             "n_train_tokens": sum(len(e["input_ids"]) for e in examples),
             "benchmark": benchmark,
             "split": split,
