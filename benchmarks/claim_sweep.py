@@ -123,7 +123,16 @@ def commands(out: Path, seeds: str, python: str, groups: list[str] | None = None
         if sigma_reference == "task-vector":
             add("control-weights", method, 20 * rounds * n_seeds, "mpu.kappa=0.01,0.1", "mpu.sigma_reference=weights",
                 f"seed={seeds}")
-    return sorted(jobs, key=lambda job: -job[0])
+    order = {split: number for number, split in enumerate(splits)}
+    rank = {group: number for number, group in enumerate([CALIBRATION] + GROUPS)}
+
+    def key(job):   # split by split (forget01 first), then group by group (baselines first), longest first
+        folder = sweep_dir(job[1])
+        group = CALIBRATION if folder.parts[-3] == CALIBRATION else folder.parts[-2]
+        split = next(arg for arg in job[1] if arg.startswith("data.forget_split=")).split("=", 1)[1]
+        return order[split], rank[group], -job[0]
+
+    return sorted(jobs, key=key)
 
 
 def expected_runs(argv: list[str]) -> int:

@@ -88,7 +88,7 @@ BASE_DEFAULTS = TrainConfig(epochs=15, learning_rate=3e-3, batch_size=32)
 # from scratch, so that the task vector stays a small part of the weights while the answers are
 # memorised (docs/results.md reports RMS(theta - theta_base) / RMS(theta) per block).
 FROM_BASE = {
-    "tofu": TrainConfig(epochs=40, learning_rate=1e-3),
+    "tofu": TrainConfig(epochs=40, learning_rate=1e-3, rehearsal="knowledge"),
     "muse": TrainConfig(epochs=40, learning_rate=1e-3, batch_size=16, min_steps=600),
     "wmdp": TrainConfig(epochs=40, learning_rate=1e-3, batch_size=8, min_steps=800),
 }
