@@ -165,6 +165,41 @@ def test_target_is_the_base_fine_tuned(bench, tmp_path, monkeypatch):
         torch.set_num_threads(saved)
 
 
+def test_fine_tuning_from_the_base_replays_its_knowledge_for_target_and_retain_alike(bench, tmp_path, monkeypatch):
+    """Rehearsal (FROM_BASE["tofu"].rehearsal = "knowledge"): target and retain model both also train on the
+    base's real_authors/world_facts QA, so that they keep the base's knowledge and still differ only by the
+    forget data; without a base there is nothing to replay."""
+    from mpu.experiments.finetune import FROM_BASE
+
+    monkeypatch.setenv("MPU_CACHE", str(tmp_path / "cache"))
+    assert FROM_BASE["tofu"].rehearsal == "knowledge" and not FROM_BASE["tofu"].freeze_embeddings
+    saved = torch.get_num_threads()
+    try:
+        finetune(bench, "tofu", "base", tmp_path / "base", epochs=1, model_config=MICRO, progress=False, threads=1)
+        knowledge = 5 + 5   # real_authors + world_facts of the fixture
+        runs = {split: finetune(bench, "tofu", split, tmp_path / split, epochs=1, base=tmp_path / "base", progress=False)
+                for split in ("full", "retain90")}
+        for split, metrics in runs.items():
+            record = read_record(tmp_path / split)
+            assert metrics["n_rehearsal_examples"] == knowledge
+            assert metrics["n_examples"] == len(training_data(LocalSource(bench / "tofu"), "tofu", split).rows) + knowledge
+            assert record["sources"] == [split, "rehearsal:tofu/real_authors", "rehearsal:tofu/world_facts"]
+            assert record["train_config"]["rehearsal"] == "knowledge" and 0 <= metrics["rehearsal_token_accuracy"] <= 1
+        plain = finetune(bench, "tofu", "full", tmp_path / "plain", epochs=1, base=tmp_path / "base", rehearsal="none",
+                         progress=False)
+        assert plain["n_rehearsal_examples"] == 0 and plain["fingerprint"] != runs["full"]["fingerprint"]
+        frozen = finetune(bench, "tofu", "full", tmp_path / "frozen", epochs=1, base=tmp_path / "base",
+                          freeze_embeddings=True, progress=False)
+        assert frozen["task_vector_ratio"]["embed_tokens"] == 0 and frozen["task_vector_ratio"]["layers.0"] > 0
+        with pytest.raises(MPUError, match="unknown rehearsal"):
+            finetune(bench, "tofu", "full", tmp_path / "x", epochs=1, base=tmp_path / "base", rehearsal="all", progress=False)
+        with pytest.raises(MPUError, match="need a base model"):
+            finetune(bench, "tofu", "full", tmp_path / "x", epochs=1, base="none", rehearsal="knowledge", progress=False,
+                     model_config=MICRO)
+    finally:
+        torch.set_num_threads(saved)
+
+
 def test_cli_finetune_base_then_target(bench, tmp_path, capsys, monkeypatch):
     import mpu.experiments.finetune as module
 
