@@ -212,6 +212,11 @@ def test_cli_finetune_base_then_target(bench, tmp_path, capsys, monkeypatch):
                  str(tmp_path / "t"), "--epochs", "1", "--no-progress"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["base"] == str((tmp_path / "b").resolve()) and "layers.0" in metrics["task_vector_ratio"]
+    assert metrics["n_rehearsal_examples"] == 10   # the default replays the base's ra/wf QA
+    assert main(["finetune", "--data", str(bench), "--split", "full", "--base", str(tmp_path / "b"), "--out",
+                 str(tmp_path / "t2"), "--epochs", "1", "--no-progress", "--rehearsal", "none", "--freeze-embeddings"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["n_rehearsal_examples"] == 0 and metrics["task_vector_ratio"]["embed_tokens"] == 0
     assert main(["finetune", "--data", str(bench), "--split", "base", "--base", str(tmp_path / "b"), "--out",
                  str(tmp_path / "x"), "--no-progress"]) == 2
     assert "leave --base out" in capsys.readouterr().err

@@ -45,6 +45,14 @@ def register(subparsers) -> None:
     parser.add_argument("--epochs", type=float, default=None, help="default: calibrated per benchmark")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: calibrated per benchmark)")
     parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--rehearsal", choices=("none", "knowledge", "qa", "base"), default=None,
+                        help="fine-tuning from a base: what of the base's own training data is replayed alongside the "
+                             "split, for target and retain model alike (knowledge: its real_authors/world_facts QA, so "
+                             "that the tiny target keeps what model utility's ra/wf parts test; qa: plus the general "
+                             "QA; base: everything the base trained on; none). Default: knowledge for TOFU, none for "
+                             "MUSE/WMDP")
+    parser.add_argument("--freeze-embeddings", action="store_true", default=None,
+                        help="fine-tuning from a base: keep the (tied) embeddings at the base's")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     add_threads_argument(parser)
@@ -60,6 +68,7 @@ def _finetune(args: argparse.Namespace) -> int:
     metrics = finetune(args.data, args.benchmark, args.split, args.out, epochs=args.epochs, lr=args.lr,
                        batch_size=args.batch_size, seed=args.seed, force=args.force,
                        progress=not args.no_progress, device=args.device, threads=threads,
-                       base=None if args.split == "base" and args.base == "auto" else args.base, preset=args.preset)
+                       base=None if args.split == "base" and args.base == "auto" else args.base, preset=args.preset,
+                       rehearsal=args.rehearsal, freeze_embeddings=args.freeze_embeddings)
     print(json.dumps(metrics, indent=2))
     return 0
