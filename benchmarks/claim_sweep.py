@@ -126,11 +126,16 @@ def commands(out: Path, seeds: str, python: str, groups: list[str] | None = None
     order = {split: number for number, split in enumerate(splits)}
     rank = {group: number for number, group in enumerate([CALIBRATION] + GROUPS)}
 
-    def key(job):   # split by split (forget01 first), then group by group (baselines first), longest first
+    def key(job):
+        """Split by split (forget01 first); within a split method by method, the cheap (R = 2) ones first, each
+        method's groups together (baseline, then MPU), the controls after all methods: a sweep cut short still
+        holds complete method rows."""
         folder = sweep_dir(job[1])
         group = CALIBRATION if folder.parts[-3] == CALIBRATION else folder.parts[-2]
         split = next(arg for arg in job[1] if arg.startswith("data.forget_split=")).split("=", 1)[1]
-        return order[split], rank[group], -job[0]
+        method = folder.parts[-1]
+        return (order[split], group != CALIBRATION, group.startswith("control"), method in MANY_ROUNDS, METHODS.index(method),
+                rank[group])
 
     return sorted(jobs, key=key)
 
