@@ -1,19 +1,20 @@
 """The sweep behind docs/results.md: MPU against the noise-free baseline on the built-in benchmark.
 
-    python benchmarks/claim_sweep.py --out runs/claim --workers 2 --split forget01,forget10   # the paper's regime
-    mpu report runs/claim/forget01 --out docs/results/forget01
-    mpu report runs/claim/forget10 --out docs/results/forget10
+    python benchmarks/claim_sweep.py --out runs/claim --split forget01,forget10 --calibrate forget10 --resume \
+        --docs docs/results.md        # the paper's regime: runs, reports and the page, in one command
 
 The paper's regime is the default: the built-in target and retain model are a base model (general
-data, no fictitious author) fine-tuned on the benchmark, and the server's noise is a fraction of the
-task vector, sigma_l = kappa * RMS(theta_l - theta_base,l) (``mpu.sigma_reference=task-vector``).
-``--sigma-reference weights`` reruns everything with sigma_l = kappa * RMS(theta_l) (no base): the
-harsher regime of the earlier results, a CONTROL; the ``control-weights`` group runs just its MPU cells
-next to the paper's. ``--shape release`` uses data of the real release's shape with the cpu-release
-model preset (much slower).
+data, no fictitious author) fine-tuned on the benchmark (replaying the base's real-author/world-fact
+QA), and the server's noise is a fraction of the task vector, sigma_l = kappa * RMS(theta_l -
+theta_base,l) (``mpu.sigma_reference=task-vector``). ``--sigma-reference weights`` reruns everything
+with sigma_l = kappa * RMS(theta_l) (no base): the harsher regime of the earlier results, a CONTROL;
+the ``control-weights`` group runs just its MPU cells next to the paper's. ``--shape release`` uses
+data of the real release's shape with the cpu-release model preset (much slower). ``--authors``
+sets the benchmark's size (forget01 is one author at any size from 10 to 149 authors).
 
-It runs ``src/train.py`` Hydra multiruns (one per method and setting, so two workers can share the
-cores), each in its own sweep folder under ``--out/<split>/``:
+It runs ``src/train.py`` Hydra multiruns (one per method and setting), each in its own sweep folder
+under ``--out/<split>/``, split by split and method by method (the cheap methods first, the controls
+last), so that a sweep cut short still holds complete rows:
 
 - ``baseline``: the noise-free baseline, R·E epochs, seeds 0, 1, 2;
 - ``mpu-k0.01``, ``mpu-k0.1``: MPU with m = 3 at κ = 0.01 and 0.1, seeds 0, 1, 2 (the paper preset of the default
@@ -25,10 +26,20 @@ cores), each in its own sweep folder under ``--out/<split>/``:
   against the default fixed reference (round 1's copies);
 - ``control-weights``: κ = 0.01 and 0.1 with σ from the whole weights (no base): the old, harsher regime.
 
-The learning rate of each method is the experiment's calibrated one (``tiny_learning_rates`` in
-configs/experiment/unlearn/tofu/default.yaml). ``--dry-run`` prints the commands. ``--groups`` redoes
-some folders only (e.g. everything but ``baseline`` after a client change); folders that already
-hold runs are refused unless ``--overwrite`` removes them first, so no stale run reaches the report.
+The default ``--groups`` are the first four (the paper's regime and its κ = 0 control).
+
+Learning rates: ``--calibrate SPLIT`` first runs every method's noise-free baseline (seed 0) at each
+rate of ``--lr-grid`` under ``OUT/calibration/SPLIT/`` and applies the documented rule (the largest
+rate whose baseline keeps model_utility >= 90 % of the target's) into ``OUT/learning_rates.json``,
+which this and later sweeps in the same ``--out`` pass to every run. Without it, each method uses the
+experiment's ``tiny_learning_rates`` (configs/experiment/unlearn/tofu/default.yaml).
+
+Restarts: folders that already hold runs are refused unless ``--overwrite`` removes them first (so
+no stale run reaches the report), or ``--resume`` keeps every multirun whose runs all finished and
+redoes the others. The tiny models and the target/retain evaluations are cached under
+``$MPU_CACHE``. ``--docs PAGE`` then writes `mpu report` of each split to
+``docs/results/claim-<split>/`` and regenerates the block of PAGE between the claim-sweep markers
+(``--report-only`` does just that). ``--dry-run`` prints the commands.
 """
 
 from __future__ import annotations
