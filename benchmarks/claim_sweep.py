@@ -160,15 +160,17 @@ def expected_runs(argv: list[str]) -> int:
     return count
 
 
-def finished_runs(folder: Path) -> list[dict]:
-    """The run.json records under ``folder`` of runs that finished and were evaluated."""
+def finished_runs(folder: Path, learning_rate: float | None = None) -> list[dict]:
+    """The run.json records under ``folder`` of runs that finished and were evaluated (at
+    ``learning_rate``, when given: a run at another rate is stale)."""
     records = []
     for path in sorted(folder.rglob("run.json")):
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if record.get("status") == "done" and record.get("summary"):
+        if record.get("status") == "done" and record.get("summary") and (
+                learning_rate is None or (record.get("training") or {}).get("learning_rate") == learning_rate):
             records.append(record)
     return records
 
@@ -339,7 +341,9 @@ def main(argv: list[str] | None = None) -> int:
         _, job = cost_job
         folder = sweep_dir(job)
         split, group, method = folder.parts[-3:]
-        if args.resume and len(finished_runs(folder)) >= expected_runs(job):
+        rates = [arg.split("=", 1)[1] for arg in job if arg.startswith("trainer.training.learning_rate=")]
+        rate = float(rates[-1]) if rates and "," not in rates[-1] else None
+        if args.resume and len(finished_runs(folder, rate)) >= expected_runs(job):
             print(f"[{time.perf_counter() - started:7.0f}s] done {split}/{group}/{method} (kept)", flush=True)
             return 0
         if folder.exists():

@@ -61,7 +61,8 @@ def test_resume_keeps_finished_multiruns_and_redoes_the_rest(sweep, tmp_path, mo
     finished = tmp_path / "forget10" / "baseline" / "NPO"
     for seed in range(3):
         (finished / str(seed)).mkdir(parents=True)
-        (finished / str(seed) / "run.json").write_text(json.dumps({"status": "done", "summary": {"model_utility": 1}}))
+        (finished / str(seed) / "run.json").write_text(json.dumps({"status": "done", "summary": {"model_utility": 1},
+                                                                   "training": {"learning_rate": 0.001}}))
     partial = tmp_path / "forget10" / "baseline" / "DPO" / "0"
     partial.mkdir(parents=True)
     (partial / "run.json").write_text(json.dumps({"status": "running"}))
@@ -70,6 +71,12 @@ def test_resume_keeps_finished_multiruns_and_redoes_the_rest(sweep, tmp_path, mo
     assert sweep.main(["--out", str(tmp_path), "--groups", "baseline", "--split", "forget10", "--resume"]) == 0
     assert len(launched) == 7 and not any("trainer=NPO" in argv for argv in launched)
     assert (finished / "2" / "run.json").is_file() and not partial.exists()
+    # runs at another learning rate than the calibrated one are stale: redone
+    (tmp_path / "learning_rates.json").write_text(json.dumps({"methods": {"NPO": {"learning_rate": 0.003}}}))
+    launched.clear()
+    assert sweep.main(["--out", str(tmp_path), "--groups", "baseline", "--split", "forget10", "--resume"]) == 0
+    assert any("trainer=NPO" in argv and "trainer.training.learning_rate=0.003" in argv for argv in launched)
+    assert not finished.exists()
 
 
 def test_the_docs_block_is_regenerated_between_its_markers(sweep, tmp_path):
