@@ -158,5 +158,6 @@ def test_the_headline_states_per_method_and_kappa_whether_the_degradation_is_bel
     rows = {line.split(" | ")[1]: line for line in text.splitlines() if line.startswith("| NPO")}
     assert "+0.00 %" in rows["0.01"] and "| yes |" in rows["0.01"]
     assert "+10.00 %" in rows["0.1"] and "| no |" in rows["0.1"]
+    assert "| no | +12.50 % |" in rows["0.1"]   # without forget_quality: (0 + 50 + 0 + 0) / 4
     assert "Target: model utility 0.860" in text and "### forget10" not in text   # a split with no runs is left out
     assert (tmp_path / "docs" / "results" / "claim-forget01" / "report.md").is_file()
