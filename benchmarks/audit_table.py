@@ -471,6 +471,16 @@ def cost_table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def cost_summary(record: dict) -> str:
+    """:func:`cost_table` of a cost.json, after a line with theta's own values when recorded."""
+    theta = record.get("theta_utility")
+    head = ""
+    if theta:
+        head = (f"θ before unlearning: forget NLL {theta['forget_nll']:.2f}, retain NLL {theta['retain_nll']:.3f}, forget ROUGE "
+                f"{theta['forget_Q_A_ROUGE']:.3f}, MU {theta['model_utility']:.3f}.\n\n")
+    return head + cost_table(record["runs"])
+
+
 def run_cost(args, out: Path) -> int:
     """--cost: default vs hardened preset for each method x kappa x seed, resumable (OUT/cost.json)."""
     info = prepare(out)
@@ -482,6 +492,8 @@ def run_cost(args, out: Path) -> int:
     path = out / "cost.json"
     record = json.loads(path.read_text()) if path.is_file() else {"runs": []}
     record.update({"m": M, "epochs": EPOCHS, "learning_rate": LEARNING_RATE, "batch_size": BATCH, "models": info})
+    if "theta_utility" not in record:
+        record["theta_utility"] = utility(Path(info["theta"]), data, eval_rows)
     done = {(r["method"], r["preset"], float(r["kappa"]), int(r["seed"])) for r in record["runs"]}
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(COST_METHODS)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -500,7 +512,7 @@ def run_cost(args, out: Path) -> int:
                     path.write_text(json.dumps(record, indent=1))
     record["seconds"] = round(record.get("seconds", 0) + time.perf_counter() - started, 1)
     path.write_text(json.dumps(record, indent=1))
-    table = cost_table(record["runs"])
+    table = cost_summary(record)
     (out / "cost.md").write_text(table + "\n")
     print(table)
     return 0
@@ -526,7 +538,7 @@ def main(argv=None) -> int:
     parser.add_argument("--kappas", default="0.01,0.1", help="--cost: comma-separated kappas")
     args = parser.parse_args(argv)
     if args.table_only and args.cost:
-        table = cost_table(json.loads((Path(args.out) / "cost.json").read_text())["runs"])
+        table = cost_summary(json.loads((Path(args.out) / "cost.json").read_text()))
         (Path(args.out) / "cost.md").write_text(table + "\n")
         print(table)
         return 0

@@ -203,7 +203,7 @@ def render(name: str, data: dict, figures: Path, page: Path) -> str:
         plot = plot_weights(points, m, figures / "hardened_frontier.png")
         return f"![gain against τ]({_relative(plot, page)})\n\n" + weights_table(points, m)
     if name == "hardened-cost":
-        return _bench("audit_table").cost_table(data["runs"])
+        return _bench("audit_table").cost_summary(data)
     if name in ("dp-frontier", "dp-large"):
         plot = plot_dp({name: data}, figures / f"{name.replace('-', '_')}.png")
         return f"![membership AUC and model utility against ε]({_relative(plot, page)})\n\n" + dp_table(data)

@@ -47,7 +47,7 @@ def fake_outputs(root: Path) -> dict[str, Path]:
     runs = [{"method": m, "preset": p, "kappa": k, "seed": s, "forget_nll": 1.0 + (p == "hardened") * 0.25, "retain_nll": 0.1,
              "forget_Q_A_ROUGE": 0.3, "model_utility": 0.8 - (p == "hardened") * 0.015}
             for m in ("GradDiff", "NPO") for p in ("default", "hardened") for k in (0.01, 0.1) for s in (0, 1)]
-    (cost / "cost.json").write_text(json.dumps({"runs": runs}))
+    (cost / "cost.json").write_text(json.dumps({"runs": runs, "theta_utility": {**utility(0.61, 0.02), "forget_Q_A_ROUGE": 0.98}}))
     for folder, auc in ((dp, 0.812), (large, 0.577)):
         results = [{"method": m, "epsilon": e, "dp": None if e == "inf" else {"noise_multiplier": 1.39}, "best_auc": auc if e != "inf" else 0.99,
                     "best_auc_by_test": {"lira": auc}, "forget_Q_A_ROUGE": 0.3, "forget_quality": None, "forget_nll": 2.0,
@@ -92,6 +92,7 @@ def test_every_part_is_filled_and_both_plots_written(report, tmp_path):
     assert "| hardened, kappa = 0.01, tau = 4 |" in between(text, "audit-table")
     assert "| GradDiff | 0.1 | 2 |" in between(text, "hardened-cost") and "+0.250 ± 0.000" in between(text, "hardened-cost")
     assert "-0.015 ± 0.000" in between(text, "hardened-cost")
+    assert "θ before unlearning: forget NLL 0.61" in between(text, "hardened-cost")
     assert "| NPO | 8 | 1.39 | 0.812 | 0.812 |" in between(text, "dp-frontier")
     assert "| GradDiff | 1 | 1.39 | 0.577 | 0.577 |" in between(text, "dp-large")
     for name in ("hardened_frontier.png", "dp_frontier.png", "dp_large.png"):
