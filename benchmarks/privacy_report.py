@@ -98,14 +98,17 @@ def plot_weights(points: list[dict], m: int, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for kappa in sorted({p["kappa"] for p in points}):
+    styles = [("o", "-", 9), ("x", "--", 7), ("s", ":", 5)]  # distinct: the curves coincide when gain depends on τ only
+    for i, kappa in enumerate(sorted({p["kappa"] for p in points})):
         line = [p for p in points if p["kappa"] == kappa]
-        ax.plot([p["tau"] for p in line], [p["gain"] for p in line], marker="o", label=f"κ = {kappa:g}")
+        marker, style, size = styles[i % len(styles)]
+        ax.plot([p["tau"] for p in line], [p["gain"] for p in line], marker=marker, linestyle=style, markersize=size,
+                label=f"κ = {kappa:g}")
     ax.axhline(1 / math.sqrt(m), color="grey", linestyle="--", label=f"ceiling 1/√m (m = {m})")
     ax.axhline(0.5, color="tab:red", linestyle=":", label="goal 0.5")
     ax.set_xlabel("independent noise share τ")
     ax.set_ylabel("best m-copy error ÷ one copy's")
-    ax.set_title("Model owner: hardened preset against the best client attack")
+    ax.set_title("Model owner: hardened preset vs the best client attack", fontsize=10)
     ax.set_ylim(0, 0.7)
     ax.legend(fontsize=8)
     fig.tight_layout()
