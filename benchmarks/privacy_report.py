@@ -183,7 +183,7 @@ def commands(args) -> dict[str, list[list[str]]]:
                 "dp-large": [large + ["--forget-authors", "4", "--methods", "NPO", "--epsilons", "inf,8", "--epochs", "1", "--shadows", "2"]]}
     return {"audit-table": [audit],
             "hardened-cost": [cost],
-            "dp-frontier": [dp + ["--methods", "NPO,GradDiff", "--epsilons", "inf,8,4,1"]],
+            "dp-frontier": [dp + ["--methods", "NPO,GradDiff", "--epsilons", "inf,8,1"]],
             "dp-large": [large + ["--forget-authors", "20", "--methods", "NPO,GradDiff", "--epsilons", "inf,16,8", "--epochs", "2",
                                   "--batch-size", "64", "--shadows", "2"]]}
 
