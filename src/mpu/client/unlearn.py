@@ -79,8 +79,8 @@ def unlearn_publication(inbox: str | Path, job: UnlearnJob, out_dir: str | Path,
             results.append(finished)
         else:
             todo.append(copy)
-    for copy in todo:  # all checks before the first copy is loaded
-        copy.verify()
+    publication.verify(todo)  # all checks before the first copy is loaded
+    for copy in todo:
         _tokenizer(copy.path)
         if references is not None:
             _reference_copy(references, copy).verify()
