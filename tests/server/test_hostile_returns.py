@@ -128,7 +128,7 @@ MANIFESTS = {
     "dp unknown key": ({"dp": {"clipped_examples": 3}}, "field 'dp' has unknown keys ['clipped_examples']"),
     "dp long accountant": ({"dp": {"accountant": "x" * 100}}, "field 'dp.accountant' must be a string of at most 64"),
     "hparams odd key": ({"hparams": {"a b": 1}}, "has a setting named"),
-    "training NaN": ({"training": {"learning_rate": float("nan")}}, "setting training.learning_rate is not finite"),
+    "training NaN": ({"training": {"learning_rate": float("nan")}}, "holds NaN, which is not JSON"),
     "training long list": ({"training": {"lora_target_modules": ["q"] * 100}}, "100 items"),
     "loss not numbers": ({"loss": {"first": "low"}}, "field 'loss.first' must be a finite number"),
     "loss extra key": ({"loss": {"per_example": [1, 2]}}, "field 'loss' must be an object"),

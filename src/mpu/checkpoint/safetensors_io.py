@@ -63,6 +63,7 @@ class CheckpointReader:
             raise InputError(self.dir, "checkpoint directory not found")
         self.max_tensors = max_tensors
         self._shard_of = self._map_shards()
+        self._files = set(self._shard_of.values()) or {self.dir / SINGLE_FILE}  # a model.safetensors of no tensors is still read
         self._meta: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
         declared = 0
         for shard in sorted(set(self._shard_of.values())):
@@ -146,7 +147,7 @@ class CheckpointReader:
 
     def shards(self) -> list[Path]:
         """Every weight file the checkpoint reads (the index's shards, or ``model.safetensors``)."""
-        return sorted(set(self._shard_of.values()))
+        return sorted(self._files)
 
     def numel(self) -> int:
         """The number of elements over all tensors."""
