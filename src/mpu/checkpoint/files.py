@@ -79,14 +79,26 @@ def read_json(path: str | Path, what: str = "JSON file", max_bytes: int | None =
     """Parse a JSON file we did not write ourselves; every failure names the file.
 
     Refuses a symlink, a FIFO or a device (reading a FIFO would block forever) and, with
-    ``max_bytes``, a file larger than that before reading it.
+    ``max_bytes``, a file larger than that before reading it. The checks apply to the file actually
+    read: it is opened without following a final symlink and without blocking, then checked through
+    its descriptor, so a file swapped for a link or a FIFO after an earlier check is refused too.
     """
     path = Path(path)
     info = _lstat(path, what)
     _require_regular(path, info, what)
-    if max_bytes is not None and info.st_size > max_bytes:
-        raise InputError(path, f"{what} is {info.st_size} bytes, more than the {max_bytes} allowed")
-    return parse_json(path.read_bytes(), path, what)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as err:
+        raise InputError(path, f"{what} cannot be read ({err.strerror}; a symbolic link is never followed)") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        _require_regular(path, info, what)
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise InputError(path, f"{what} is {info.st_size} bytes, more than the {max_bytes} allowed")
+        raw = handle.read(max_bytes + 1 if max_bytes is not None else -1)
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise InputError(path, f"{what} grew past the {max_bytes} bytes allowed while it was read")
+    return parse_json(raw, path, what)
 
 
 def parse_json(raw: bytes, path: str | Path, what: str = "JSON file") -> Any:
