@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     base_training = {**cls.training_defaults, "learning_rate": args.learning_rate, "batch_size": args.batch_size, "seed": 0}
     baseline_training = training_options({**base_training, "epochs": rounds * epochs})
     round_training = training_options({**base_training, "epochs": epochs})
-    server = ServerConfig(copies=args.copies, kappa=args.kappa, rounds=rounds, alpha_mode="reference", fixed_seed=0)
+    server = ServerConfig(copies=args.copies, kappa=args.kappa, rounds=rounds, alpha_mode="public", fixed_seed=0)
 
     with tempfile.TemporaryDirectory(prefix="mpu-overhead-") as scratch_name:
         scratch = Path(scratch_name)

@@ -21,7 +21,7 @@ ATTACKS = {"average", "harmonic-reference", "harmonic-estimated", "aligned-avera
 
 
 def test_without_reparameterisation_and_public_alphas_theta_is_recovered_to_round_off(tmp_path, tiny_model_dir, tiny_base_dir):
-    config = ServerConfig(copies=3, kappa=0.01, alpha_mode="reference", independent_noise=0.0, fixed_seed=3, reparam=ReparamOptions(enabled=False))
+    config = ServerConfig(copies=3, kappa=0.01, alpha_mode="public", independent_noise=0.0, fixed_seed=3, reparam=ReparamOptions(enabled=False))
     _, outbox = publish_round(tmp_path, tiny_model_dir, tiny_base_dir, config)
 
     report = run_audit(outbox, tiny_model_dir, tiny_base_dir, logit_sequences=4).report
@@ -95,7 +95,7 @@ def expected_kv(truth, k, layer, n_kv):
 
 
 def test_independent_noise_leaves_an_error_floor(tmp_path, tiny_model_dir, tiny_base_dir):
-    config = ServerConfig(copies=3, kappa=0.01, fixed_seed=5, alpha_mode="reference", independent_noise=1.0)
+    config = ServerConfig(copies=3, kappa=0.01, fixed_seed=5, alpha_mode="public", independent_noise=1.0)
     server, outbox = publish_round(tmp_path, tiny_model_dir, tiny_base_dir, config)
     report = run_audit(outbox, tiny_model_dir, tiny_base_dir, oracle_alphas=true_alphas(server), oracle_tau=1.0, logit_sequences=4).report
     single = report["attacks"]["single-copy"]["task_vector_error"]["scored"]["overall"]

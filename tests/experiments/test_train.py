@@ -119,7 +119,7 @@ def test_every_experiment_composes(experiment):
 def check_real(experiment, method, settings):
     assert (settings.rounds, settings.epochs_per_round) == REFERENCE[method] == METHODS.get(method).reference_schedule
     assert settings.training.epochs == REFERENCE[method][1]
-    assert settings.server.copies == 3 and settings.server.kappa == 0.1 and settings.server.alpha_mode == "reference"
+    assert settings.server.copies == 3 and settings.server.kappa == 0.1 and settings.server.alpha_mode == "public"
     assert settings.training.learning_rate == (1e-4 if method == "UNDIAL" else 1e-5)
     if "tofu" in experiment:
         split = settings.data["forget_split"]
@@ -241,7 +241,7 @@ def test_an_mpu_key_left_out_keeps_the_server_configs_default():
     from mpu.experiments.config import server_config
 
     assert server_config({}, rounds=1) == ServerConfig()
-    assert server_config({"m": 4, "seed": 3, "alphas": "reference"}, rounds=2) == ServerConfig(
-        copies=4, fixed_seed=3, alpha_mode="reference", rounds=2)
+    assert server_config({"m": 4, "seed": 3, "alphas": "reference"}, rounds=2) == ServerConfig(  # old name read
+        copies=4, fixed_seed=3, alpha_mode="public", rounds=2)
     with pytest.raises(MPUError, match="mpu.m: copies must be >= 2"):
         server_config({"m": 1}, rounds=1)

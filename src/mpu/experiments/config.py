@@ -183,16 +183,16 @@ def server_config(mpu: dict, rounds: int):
         except ValueError as err:
             raise MPUError(f"mpu.{key}: {err}") from None
     alphas = mpu.get("alphas")
-    if isinstance(alphas, str) and alphas in ("secret", "reference"):
-        settings["alpha_mode"] = alphas
+    if isinstance(alphas, str) and alphas in ("secret", "public", "reference"):  # reference: public's old name
+        settings["alpha_mode"] = "public" if alphas == "reference" else alphas
     elif alphas is not None:
         if isinstance(alphas, str):
             try:
                 alphas = [float(value) for value in alphas.split(",") if value.strip()]
             except ValueError:
-                raise MPUError(f"mpu.alphas must be secret, reference or a list of numbers, got {alphas!r}") from None
+                raise MPUError(f"mpu.alphas must be secret, public or a list of numbers, got {alphas!r}") from None
         if not isinstance(alphas, (list, tuple)) or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in alphas):
-            raise MPUError(f"mpu.alphas must be secret, reference or a list of numbers, got {alphas!r}")
+            raise MPUError(f"mpu.alphas must be secret, public or a list of numbers, got {alphas!r}")
         settings.update(alpha_mode="list", alphas=[float(a) for a in alphas])
     reparam = mpu.get("reparam") or {}
     if reparam is False:

@@ -36,7 +36,7 @@ def insecure_choices(config: ServerConfig) -> list[str]:
         choices.append("independent noise tau = 0 (the paper's setting): the copies' noise cancels exactly, so a client "
                        "holding all copies recovers the weights (docs/privacy.md); the default is tau = 1")
     if config.alpha_mode != "secret":
-        choices.append(f"alphas = {config.alpha_mode} (public): the client knows each copy's noise multiplier; the default "
+        choices.append(f"alphas = {config.alpha_mode}, not secret: the client knows each copy's noise multiplier; the default "
                        "draws them secretly")
     if config.fixed_seed is not None:
         choices.append(f"fixed seed {config.fixed_seed}: noise, alphas and transforms follow from the seed (reproducible, NOT "

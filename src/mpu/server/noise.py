@@ -14,11 +14,11 @@ from mpu.server.config import ServerConfig
 def alphas_for_round(config: ServerConfig, secret: bytes) -> list[float]:
     """alpha_k for copies k = 1..m, in copy order (element i is copy i + 1's).
 
-    ``reference``: evenly spaced on [1, 2]; ``list``: the configured ones; ``secret``: drawn from the
+    ``public``: the paper's public schedule, evenly spaced on [1, 2]; ``list``: the configured ones; ``secret``: drawn from the
     round secret (:meth:`RoundKeys.alpha`), so they are fresh each round.
     """
     m = config.copies
-    if config.alpha_mode == "reference":
+    if config.alpha_mode == "public":
         return [1.0 + k / (m - 1) for k in range(m)]
     if config.alpha_mode == "list":
         return [float(alpha) for alpha in config.alphas]
