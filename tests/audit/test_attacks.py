@@ -16,7 +16,7 @@ from mpu.server.config import ServerConfig
 from tests.audit.helpers import publish_round, relative_truth, true_alphas, true_transforms
 
 HARDENED = ReparamOptions(vo="haar", kv_permutation=True, ffn_scaling=True)
-ATTACKS = {"average", "harmonic-reference", "harmonic-estimated", "aligned-average", "aligned-harmonic-reference",
+ATTACKS = {"average", "harmonic-public", "harmonic-estimated", "aligned-average", "aligned-harmonic-public",
            "aligned-harmonic-estimated", "single-copy"}
 
 
@@ -29,7 +29,7 @@ def test_without_reparameterisation_and_public_alphas_theta_is_recovered_to_roun
     assert set(report["attacks"]) == ATTACKS
     single = report["attacks"]["single-copy"]["weights_error"]["raw"]["overall"]
     assert single > 1e-4  # each copy is visibly perturbed ...
-    for name in ("harmonic-reference", "aligned-harmonic-reference"):
+    for name in ("harmonic-public", "aligned-harmonic-public"):
         attack = report["attacks"][name]
         # ... and the harmonic combination returns theta to float32 round-off of the published copies
         assert attack["weights_error"]["raw"]["overall"] < 1e-7, name
@@ -38,7 +38,7 @@ def test_without_reparameterisation_and_public_alphas_theta_is_recovered_to_roun
     # alpha estimated from the distances alone comes close to the schedule
     assert np.allclose(report["alphas"]["estimated_aligned"]["alphas"], [1.0, 1.5, 2.0], rtol=0.05)
     # the plain average does not cancel the alpha-weighted noise
-    assert report["attacks"]["average"]["weights_error"]["raw"]["overall"] > 10 * report["attacks"]["harmonic-reference"]["weights_error"]["raw"]["overall"]
+    assert report["attacks"]["average"]["weights_error"]["raw"]["overall"] > 10 * report["attacks"]["harmonic-public"]["weights_error"]["raw"]["overall"]
     assert report["summary"]["best_over_single_copy"] < 1e-3
 
 
