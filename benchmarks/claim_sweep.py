@@ -17,7 +17,7 @@ cores), each in its own sweep folder under ``--out/<split>/``:
 
 - ``baseline``: the noise-free baseline, R·E epochs, seeds 0, 1, 2;
 - ``mpu-k0.01``, ``mpu-k0.1``: MPU with m = 3 at κ = 0.01 and 0.1, seeds 0, 1, 2 (the paper preset of the default
-  experiment: the public α schedule on [1, 2], no independent noise, the reference (R, E) per method);
+  experiment: the public α schedule on [1, 2], no independent noise, the paper's (R, E) per method);
 - ``control-k0``: κ = 0: the protocol without noise (copies, reparameterisation, rounds);
 - ``control-k0-noreparam``: κ = 0 without reparameterisation: what remains is m data orders averaged
   and the optimizer restarted each round;

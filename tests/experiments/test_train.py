@@ -21,7 +21,7 @@ EXPERIMENTS = sorted(str(p.relative_to(ROOT / "configs" / "experiment").with_suf
 REAL = ["unlearn/tofu/llama-3.2-1b", "unlearn/tofu/llama-3.2-1b_forget01", "unlearn/tofu/llama-3.2-1b_forget05",
         "unlearn/muse/news", "unlearn/muse/books"]
 PAPER_METHODS = ["GradAscent", "GradDiff", "NPO", "SimNPO", "DPO", "UNDIAL", "SatImp", "WGA"]
-REFERENCE = {"SimNPO": (10, 1), "DPO": (10, 1), "SatImp": (10, 1), "GradAscent": (1, 10), "GradDiff": (1, 10),
+PAPER_SCHEDULE = {"SimNPO": (10, 1), "DPO": (10, 1), "SatImp": (10, 1), "GradAscent": (1, 10), "GradDiff": (1, 10),
              "UNDIAL": (1, 10), "NPO": (2, 5), "WGA": (2, 5)}
 
 
@@ -117,8 +117,8 @@ def test_every_experiment_composes(experiment):
 
 
 def check_real(experiment, method, settings):
-    assert (settings.rounds, settings.epochs_per_round) == REFERENCE[method] == METHODS.get(method).reference_schedule
-    assert settings.training.epochs == REFERENCE[method][1]
+    assert (settings.rounds, settings.epochs_per_round) == PAPER_SCHEDULE[method] == METHODS.get(method).paper_schedule
+    assert settings.training.epochs == PAPER_SCHEDULE[method][1]
     assert settings.server.copies == 3 and settings.server.kappa == 0.1 and settings.server.alpha_mode == "public"
     assert settings.training.learning_rate == (1e-4 if method == "UNDIAL" else 1e-5)
     if "tofu" in experiment:
@@ -133,7 +133,7 @@ def check_real(experiment, method, settings):
 
 
 @pytest.mark.parametrize("method", PAPER_METHODS)
-def test_real_tofu_experiment_uses_the_reference_schedule(method):
+def test_real_tofu_experiment_uses_the_paper_schedule(method):
     experiment = "unlearn/tofu/llama-3.2-1b"
     check_real(experiment, method, settings_from_config(compose_config([f"experiment={experiment}", f"trainer={method}", "mpu.kappa=0.1"])[0]))
 
@@ -157,7 +157,7 @@ def test_other_trainer_configs_match_the_method_registry():
         cfg, _ = compose_config([f"trainer={method}"])
         settings = settings_from_config(cfg)
         assert settings.method == method
-        assert (settings.rounds, settings.epochs_per_round) == METHODS.get(method).reference_schedule
+        assert (settings.rounds, settings.epochs_per_round) == METHODS.get(method).paper_schedule
 
 
 @pytest.mark.parametrize("preset", ["default", "paper", "hardened"])
