@@ -28,7 +28,7 @@ PAPER_SCHEDULE = {"SimNPO": (10, 1), "DPO": (10, 1), "SatImp": (10, 1), "GradAsc
 def local_overrides(model: Path, forget: Path, retain: Path, *extra: str) -> list[str]:
     return ["experiment=unlearn/local", f"model.target={model}", f"data.forget_file={forget}",
             f"data.retain_file={retain}", "trainer=GradDiff", "trainer.training.learning_rate=1e-3",
-            "trainer.training.batch_size=4", "mpu.E=1", "mpu.kappa=0.05", "mpu.seed=3", "mpu.sigma_reference=weights", *extra]
+            "trainer.training.batch_size=4", "mpu.E=1", "mpu.kappa=0.05", "mpu.seed=3", "mpu.sigma_from=weights", *extra]
 
 
 def test_override_mpu_m_reaches_the_server_and_the_outbox(tmp_path, tiny_model_dir, forget_file, retain_file):
@@ -51,29 +51,29 @@ def test_override_mpu_m_reaches_the_server_and_the_outbox(tmp_path, tiny_model_d
     assert on_disk["server"]["copies"] == 2 and on_disk["server"]["fixed_seed"] == 3
     assert on_disk["training"]["epochs"] == 1.0 and on_disk["training"]["learning_rate"] == 1e-3
     assert on_disk["hparams"]["retain_loss"] == "NLL"
-    assert on_disk["sigma_reference"].startswith("weights") and "CONTROL" in on_disk["sigma_reference"]
+    assert on_disk["sigma_from"].startswith("weights") and "CONTROL" in on_disk["sigma_from"]
 
 
 def test_sigma_follows_the_task_vector_by_default(tmp_path, tiny_model_dir, forget_file, retain_file, monkeypatch):
-    """Without mpu.sigma_reference the noise is a fraction of theta - theta_base: the base reaches the
+    """Without mpu.sigma_from the noise is a fraction of theta - theta_base: the base reaches the
     server, and run.json says so; without a base that is an error naming both ways out."""
     import mpu.experiments.two_party
 
-    overrides = [o for o in local_overrides(tiny_model_dir, forget_file, retain_file) if "sigma_reference" not in o]
-    with pytest.raises(MPUError, match="model.base.*mpu.sigma_reference=weights"):
+    overrides = [o for o in local_overrides(tiny_model_dir, forget_file, retain_file) if "sigma_from" not in o]
+    with pytest.raises(MPUError, match="model.base.*mpu.sigma_from=weights"):
         settings_from_config(compose_config(overrides)[0])
     seen = []
     real_init = mpu.experiments.two_party.init_server
     monkeypatch.setattr(mpu.experiments.two_party, "init_server", lambda work, model, base, config, **kw: seen.append(base) or real_init(work, model, base, config, **kw))
     cfg, _ = compose_config(overrides + [f"model.base={tiny_model_dir}"])
     record = run_experiment(cfg, tmp_path / "tv")
-    assert seen == [str(tiny_model_dir)] and record["sigma_reference"].startswith("task-vector")
+    assert seen == [str(tiny_model_dir)] and record["sigma_from"].startswith("task-vector")
     assert settings_from_config(compose_config([])[0]).model["base"] == "builtin"   # the default experiment has one
     cfg, _ = compose_config(overrides + [f"model.base={tiny_model_dir}", "mpu.sigma_reference=weights"])
-    run_experiment(cfg, tmp_path / "w")
+    run_experiment(cfg, tmp_path / "w")   # sigma_reference: sigma_from's old name, still read
     assert seen[-1] is None   # the control: no base for the server even when one is configured
-    with pytest.raises(MPUError, match="mpu.sigma_reference must be"):
-        settings_from_config(compose_config(overrides + ["mpu.sigma_reference=theta"])[0])
+    with pytest.raises(MPUError, match="mpu.sigma_from must be"):
+        settings_from_config(compose_config(overrides + ["mpu.sigma_from=theta"])[0])
 
 
 def test_baseline_trains_r_times_e_epochs_once(tmp_path, tiny_model_dir, forget_file, retain_file):

@@ -25,7 +25,9 @@ def register(subparsers) -> None:
     run.add_argument("--base", default=None,
                      help="the base model it was fine-tuned from; sigma is a fraction of the task vector theta - theta_base "
                           "(default: the base `mpu finetune` recorded in the model directory, if any)")
-    run.add_argument("--sigma-reference", choices=["task-vector", "weights"], default="task-vector",
+    run.add_argument("--sigma-reference", choices=["task-vector", "weights"], dest="sigma_from", default=argparse.SUPPRESS,
+                      help=argparse.SUPPRESS)  # --sigma-from's old name
+    run.add_argument("--sigma-from", choices=["task-vector", "weights"], default="task-vector",
                      help="task-vector: sigma_l = kappa * RMS(theta_l - theta_base,l) (the paper; needs a base, given or recorded, "
                           "else falls back to weights with a warning); weights: sigma_l = kappa * RMS(theta_l), no base "
                           "(harsher; a control)")
@@ -59,7 +61,7 @@ def _run(args) -> int:
     hint = learning_rate_hint(args.model, training.learning_rate)   # None for hub ids and large models
     if hint:
         print(hint, file=sys.stderr)
-    base, label = resolve_sigma_base(args.model, args.base, args.sigma_reference)
+    base, label = resolve_sigma_base(args.model, args.base, args.sigma_from)
     with tempfile.TemporaryDirectory(prefix="mpu-run-") as scratch:
         workdir = args.workdir or f"{scratch}/server"
         out = run_mpu(args.model, base, config, forget, retain, method, hparams, training, workdir, args.out, args.keep_exchange,

@@ -20,9 +20,9 @@ CONFIG_DIR = Path(os.environ.get("MPU_CONFIGS") or Path(__file__).resolve().pare
 MPU_KEYS = {
     "enabled", "m", "kappa", "R", "E", "eta", "alphas", "alpha_max", "independent_noise", "noise_scope",
     "publish_dtype", "max_update_ratio", "seed", "reparam", "keep_exchange", "keep_server", "client_reference",
-    "sigma_reference",
+    "sigma_from", "sigma_reference",  # sigma_reference: sigma_from's old name, still read
 }
-SIGMA_REFERENCES = ("task-vector", "weights")
+SIGMA_FROM = ("task-vector", "weights")
 DATA_KEYS = {"source", "forget_split", "retain_split", "forget_file", "retain_file", "text_chunk_words", "text_prompt_words"}
 MODEL_KEYS = {"target", "retain", "base"}
 EVALUATION_KEYS = {"enabled", "batch_size", "device", "dtype", "reference_models"}
@@ -105,7 +105,7 @@ class ExperimentSettings:
     keep_server: bool = False
     client_reference: str = "first"  # reference of reference-model methods: round 1's copies, or each round's
     finetune_from_base: dict[str, Any] | None = None  # ... when fine-tuned from the base (model.from_base.<bench>)
-    sigma_reference: str = "task-vector"  # noise scale: kappa * RMS of the task vector (needs model.base) or of the weights
+    sigma_from: str = "task-vector"  # noise scale: kappa * RMS of the task vector (needs model.base) or of the weights
     method_config: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -322,20 +322,21 @@ def settings_from_config(cfg) -> ExperimentSettings:
         keep_exchange=bool(mpu.get("keep_exchange", False)),
         keep_server=bool(mpu.get("keep_server", False)),
         client_reference=_client_reference(mpu.get("client_reference", "first")),
-        sigma_reference=_sigma_reference(mpu.get("sigma_reference", "task-vector"), enabled, model["base"]),
+        sigma_from=_sigma_from(mpu.get("sigma_reference") or mpu.get("sigma_from", "task-vector"), enabled, model["base"]),
         method_config=method_config,
     )
 
 
-def _sigma_reference(value, enabled: bool, base: str | None) -> str:
-    """mpu.sigma_reference, checked: the task vector (the paper's scale) needs model.base."""
-    if value not in SIGMA_REFERENCES:
-        raise MPUError(f"mpu.sigma_reference must be task-vector (sigma from theta - theta_base) or weights "
+def _sigma_from(value, enabled: bool, base: str | None) -> str:
+    """mpu.sigma_from (or its old name mpu.sigma_reference, which wins when set), checked: the task vector
+    (the paper's scale) needs model.base. Raises MPUError for another value or a missing base."""
+    if value not in SIGMA_FROM:
+        raise MPUError(f"mpu.sigma_from must be task-vector (sigma from theta - theta_base) or weights "
                        f"(sigma from theta, a harsher control), got {value!r}")
     if enabled and value == "task-vector" and not base:
-        raise MPUError("mpu.sigma_reference=task-vector scales the noise by the task vector theta - theta_base and needs "
+        raise MPUError("mpu.sigma_from=task-vector scales the noise by the task vector theta - theta_base and needs "
                        "model.base (a directory or hub id; builtin for the built-in models); set model.base=..., or "
-                       "mpu.sigma_reference=weights for sigma from the whole weights (a harsher control)")
+                       "mpu.sigma_from=weights for sigma from the whole weights (a harsher control)")
     return value
 
 

@@ -49,7 +49,7 @@ def _mpu(settings: ExperimentSettings, prepared: Prepared, out: Path, run_dir: P
     scratch = None if keep else tempfile.TemporaryDirectory(prefix="mpu-experiment-")
     workdir = (run_dir if keep else Path(scratch.name)) / "server"
     try:
-        base = prepared.base if settings.sigma_reference == "task-vector" else None
+        base = prepared.base if settings.sigma_from == "task-vector" else None
         run_mpu(prepared.target, base, settings.server, prepared.forget_rows, prepared.retain_rows,
                 settings.method, settings.hparams, settings.training, workdir, out,
                 keep_exchange=settings.keep_exchange, progress=settings.progress,
@@ -66,7 +66,7 @@ def _mpu(settings: ExperimentSettings, prepared: Prepared, out: Path, run_dir: P
 
 def sigma_label(settings: ExperimentSettings) -> str:
     """run.json's statement of what the noise scale was a fraction of."""
-    if settings.sigma_reference == "task-vector":
+    if settings.sigma_from == "task-vector":
         return "task-vector: sigma_l = kappa * RMS(theta_l - theta_base,l) (the paper)"
     return "weights: sigma_l = kappa * RMS(theta_l), no base (CONTROL, harsher than the paper)"
 
@@ -180,7 +180,7 @@ def run_experiment(cfg, run_dir: str | Path, experiment: str | None = None, over
         "training": dataclasses.asdict(settings.training),
         "server": settings.server.to_dict() if settings.server is not None else None,
         "client_reference": settings.client_reference if settings.server is not None else None,
-        "sigma_reference": sigma_label(settings) if settings.server is not None else None,
+        "sigma_from": sigma_label(settings) if settings.server is not None else None,
         "config": to_plain(cfg),
     }
     _write_json(run_dir / RUN_FILE, record)

@@ -21,20 +21,20 @@ from mpu.server.publish import publish
 log = logging.getLogger(__name__)
 
 
-SIGMA_REFERENCES = ("task-vector", "weights")
+SIGMA_FROM = ("task-vector", "weights")
 
 
-def resolve_sigma_base(model: str, base: str | None, sigma_reference: str = "task-vector") -> tuple[str | None, str]:
+def resolve_sigma_base(model: str, base: str | None, sigma_from: str = "task-vector") -> tuple[str | None, str]:
     """The base model to give the server, and a label for every report of the run.
 
     ``task-vector`` (default): ``base`` if given, else the base ``mpu finetune`` recorded in the model
     directory's mpu_finetune.json; sigma_l = kappa * RMS(theta_l - theta_base,l). Without either, it
     falls back to the whole weights and the label says so. ``weights``: no base, sigma_l = kappa *
-    RMS(theta_l), labelled as the harsher control. Raises ``ValueError`` for an unknown reference."""
-    if sigma_reference not in SIGMA_REFERENCES:
-        raise ValueError(f"sigma_reference must be one of {', '.join(SIGMA_REFERENCES)}, got {sigma_reference!r}")
-    if sigma_reference == "weights":
-        return None, "sigma reference: weights (kappa * RMS(theta); a harsher control than the paper's task vector)"
+    RMS(theta_l), labelled as the harsher control. Raises ``ValueError`` for an unknown ``sigma_from``."""
+    if sigma_from not in SIGMA_FROM:
+        raise ValueError(f"sigma_from must be one of {', '.join(SIGMA_FROM)}, got {sigma_from!r}")
+    if sigma_from == "weights":
+        return None, "sigma from: weights (kappa * RMS(theta); a harsher control than the paper's task vector)"
     if base is None:
         from mpu.experiments.finetune import read_record
 
@@ -43,9 +43,9 @@ def resolve_sigma_base(model: str, base: str | None, sigma_reference: str = "tas
             base = recorded
     if base is None:
         log.warning("no base model given (--base) or recorded by mpu finetune: sigma falls back to the whole weights")
-        return None, ("sigma reference: weights (no base model given or recorded; pass --base for the task vector, "
-                      "or --sigma-reference weights to choose this)")
-    return base, f"sigma reference: task vector against {base}"
+        return None, ("sigma from: weights (no base model given or recorded; pass --base for the task vector, "
+                      "or --sigma-from weights to choose this)")
+    return base, f"sigma from: task vector against {base}"
 
 
 PHASES = ("init", "publish", "client", "aggregate", "export", "cleanup")  # what ``timings`` adds up
