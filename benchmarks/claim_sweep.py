@@ -21,8 +21,8 @@ cores), each in its own sweep folder under ``--out/<split>/``:
 - ``control-k0``: κ = 0: the protocol without noise (copies, reparameterisation, rounds);
 - ``control-k0-noreparam``: κ = 0 without reparameterisation: what remains is m data orders averaged
   and the optimizer restarted each round;
-- ``control-moving-reference``: κ = 0.01 with each round's copy as the reference (NPO, DPO, UNDIAL),
-  against the default fixed reference (round 1's copies);
+- ``control-moving-reference``: κ = 0.01 with each round's copy as the reference model (NPO, DPO, UNDIAL),
+  against the default fixed reference model (round 1's copies);
 - ``control-weights``: κ = 0.01 and 0.1 with σ from the whole weights (no base): the old, harsher regime.
 
 The learning rate of each method is the experiment's calibrated one (``tiny_learning_rates`` in
@@ -97,7 +97,7 @@ def commands(out: Path, seeds: str, python: str, groups: list[str] | None = None
         add("control-k0", method, 10 * rounds * n_seeds, "mpu.kappa=0", f"seed={seeds}")
         add("control-k0-noreparam", method, 10 * rounds * n_seeds, "mpu.kappa=0", "mpu.reparam.enabled=false", f"seed={seeds}")
         if method in REFERENCE_METHODS:
-            add("control-moving-reference", method, 10 * rounds * n_seeds, "mpu.kappa=0.01", "mpu.client_reference=round", f"seed={seeds}")
+            add("control-moving-reference", method, 10 * rounds * n_seeds, "mpu.kappa=0.01", "mpu.reference_model_round=round", f"seed={seeds}")
         if sigma_from == "task-vector":
             add("control-weights", method, 20 * rounds * n_seeds, "mpu.kappa=0.01,0.1", "mpu.sigma_from=weights",
                 f"seed={seeds}")

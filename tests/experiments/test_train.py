@@ -144,7 +144,7 @@ def test_default_experiment_is_the_builtin_one_and_baseline_switch():
     assert choices["experiment"] == "unlearn/tofu/default"
     assert settings.mode == "baseline" and settings.server is None and settings.training.epochs == 10
     assert settings.model["target"] == "builtin" and settings.builtin["authors"] == 100
-    assert settings_from_config(compose_config([])[0]).client_reference == "first"
+    assert settings_from_config(compose_config([])[0]).reference_model_round == "first"
     assert settings.training.learning_rate == 1e-3 and settings.training.batch_size == 32  # SimNPO's calibrated rate
     lr = lambda *overrides: settings_from_config(compose_config(list(overrides))[0]).training.learning_rate
     assert lr("trainer=GradAscent") == 1e-4 and lr("trainer=GradDiff") == 3e-4
@@ -179,8 +179,10 @@ def test_bad_settings_are_errors_naming_the_key():
         settings_from_config(compose_config(["experiment=unlearn/local", "data.forget_file=x"])[0])
     with pytest.raises(MPUError, match="alphas"):
         settings_from_config(compose_config(["mpu.alphas=sometimes"])[0])
-    with pytest.raises(MPUError, match="mpu.client_reference"):
-        settings_from_config(compose_config(["mpu.client_reference=clean"])[0])
+    with pytest.raises(MPUError, match="mpu.reference_model_round"):
+        settings_from_config(compose_config(["mpu.reference_model_round=clean"])[0])
+    # client_reference: the old name, still read
+    assert settings_from_config(compose_config(["mpu.client_reference=round"])[0]).reference_model_round == "round"
     with pytest.raises(Exception, match="kapa"):  # Hydra's struct mode refuses misspelt keys
         compose_config(["mpu.kapa=0.1"])
 

@@ -12,14 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from mpu.client import CLIENT_REFERENCES
+from mpu.client import REFERENCE_MODEL_ROUNDS
 from mpu.errors import MPUError
 
 CONFIG_DIR = Path(os.environ.get("MPU_CONFIGS") or Path(__file__).resolve().parents[3] / "configs")
 
 MPU_KEYS = {
     "enabled", "m", "kappa", "R", "E", "eta", "alphas", "alpha_max", "independent_noise", "noise_scope",
-    "publish_dtype", "max_update_ratio", "seed", "reparam", "keep_exchange", "keep_server", "client_reference",
+    "publish_dtype", "max_update_ratio", "seed", "reparam", "keep_exchange", "keep_server",
+    "reference_model_round", "client_reference",  # client_reference: reference_model_round's old name, still read
     "sigma_from", "sigma_reference",  # sigma_reference: sigma_from's old name, still read
 }
 SIGMA_FROM = ("task-vector", "weights")
@@ -103,7 +104,7 @@ class ExperimentSettings:
     threads: int | None = None
     keep_exchange: bool = False
     keep_server: bool = False
-    client_reference: str = "first"  # reference of reference-model methods: round 1's copies, or each round's
+    reference_model_round: str = "first"  # whose copy is the reference model: round 1's, or each round's own
     finetune_from_base: dict[str, Any] | None = None  # ... when fine-tuned from the base (model.from_base.<bench>)
     sigma_from: str = "task-vector"  # noise scale: kappa * RMS of the task vector (needs model.base) or of the weights
     method_config: dict[str, Any] = field(default_factory=dict)
@@ -321,7 +322,7 @@ def settings_from_config(cfg) -> ExperimentSettings:
         threads=threads,
         keep_exchange=bool(mpu.get("keep_exchange", False)),
         keep_server=bool(mpu.get("keep_server", False)),
-        client_reference=_client_reference(mpu.get("client_reference", "first")),
+        reference_model_round=_reference_model_round(mpu.get("client_reference") or mpu.get("reference_model_round", "first")),
         sigma_from=_sigma_from(mpu.get("sigma_reference") or mpu.get("sigma_from", "task-vector"), enabled, model["base"]),
         method_config=method_config,
     )
@@ -340,7 +341,9 @@ def _sigma_from(value, enabled: bool, base: str | None) -> str:
     return value
 
 
-def _client_reference(value) -> str:
-    if value not in CLIENT_REFERENCES:
-        raise MPUError(f"mpu.client_reference must be first (round 1's copies) or round (each round's copy), got {value!r}")
+def _reference_model_round(value) -> str:
+    """mpu.reference_model_round (or its old name mpu.client_reference, which wins when set), checked.
+    Raises MPUError for a value other than first or round."""
+    if value not in REFERENCE_MODEL_ROUNDS:
+        raise MPUError(f"mpu.reference_model_round must be first (round 1's copies) or round (each round's copy), got {value!r}")
     return value

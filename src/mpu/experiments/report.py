@@ -111,13 +111,14 @@ def _match_key(record: dict) -> tuple:
 
 def variant(record: dict) -> str:
     """What sets an MPU run apart from the default protocol, as a short label ("" for the default):
-    controls such as the reparameterisation switched off or a reference that moves every round."""
+    controls such as the reparameterisation switched off or a reference model that moves every round."""
     labels = []
     reparam = (record.get("server") or {}).get("reparam") or {}
     if reparam.get("enabled") is False:
         labels.append("no reparam")
-    if record.get("client_reference") == "round":
-        labels.append("reference per round")
+    # reference_model_round: client_reference in runs recorded before the rename
+    if record.get("reference_model_round", record.get("client_reference")) == "round":
+        labels.append("reference model per round")
     return ", ".join(labels)
 
 

@@ -53,7 +53,7 @@ def _mpu(settings: ExperimentSettings, prepared: Prepared, out: Path, run_dir: P
         run_mpu(prepared.target, base, settings.server, prepared.forget_rows, prepared.retain_rows,
                 settings.method, settings.hparams, settings.training, workdir, out,
                 keep_exchange=settings.keep_exchange, progress=settings.progress,
-                reference=settings.client_reference)
+                reference_model_round=settings.reference_model_round)
         state = Workdir(workdir).load()
         history = [dict(entry) for entry in state.history]
     finally:
@@ -179,7 +179,7 @@ def run_experiment(cfg, run_dir: str | Path, experiment: str | None = None, over
         "hparams": dataclasses.asdict(settings.hparams),
         "training": dataclasses.asdict(settings.training),
         "server": settings.server.to_dict() if settings.server is not None else None,
-        "client_reference": settings.client_reference if settings.server is not None else None,
+        "reference_model_round": settings.reference_model_round if settings.server is not None else None,
         "sigma_from": sigma_label(settings) if settings.server is not None else None,
         "config": to_plain(cfg),
     }
