@@ -187,6 +187,13 @@ def test_bad_settings_are_errors_naming_the_key():
         compose_config(["mpu.kapa=0.1"])
 
 
+def test_the_target_and_retain_evaluation_reads_its_old_name():
+    assert settings_from_config(compose_config([])[0]).evaluation["target_and_retain"] is True
+    assert settings_from_config(compose_config(["evaluation.target_and_retain=false"])[0]).evaluation["target_and_retain"] is False
+    old = settings_from_config(compose_config(["+evaluation.reference_models=false"])[0]).evaluation
+    assert old["target_and_retain"] is False and "reference_models" not in old
+
+
 def test_builtin_muse_experiment_trains_its_own_models_and_unlearns_text_chunks(tmp_path, monkeypatch):
     from mpu.experiments import sources
 

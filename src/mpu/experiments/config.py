@@ -26,7 +26,7 @@ MPU_KEYS = {
 SIGMA_FROM = ("task-vector", "weights")
 DATA_KEYS = {"source", "forget_split", "retain_split", "forget_file", "retain_file", "text_chunk_words", "text_prompt_words"}
 MODEL_KEYS = {"target", "retain", "base"}
-EVALUATION_KEYS = {"enabled", "batch_size", "device", "dtype", "reference_models"}
+EVALUATION_KEYS = {"enabled", "batch_size", "device", "dtype", "target_and_retain", "reference_models"}  # reference_models: old name
 BUILTIN = "builtin"
 
 
@@ -290,7 +290,9 @@ def settings_from_config(cfg) -> ExperimentSettings:
 
     evaluation = dict(_section(plain, "evaluation", EVALUATION_KEYS, required=False))
     evaluation.setdefault("enabled", True)
-    evaluation.setdefault("reference_models", True)
+    if "reference_models" in evaluation:  # target_and_retain's old name: still read, and wins when set
+        evaluation["target_and_retain"] = evaluation.pop("reference_models")
+    evaluation.setdefault("target_and_retain", True)
     evaluation.setdefault("dtype", "auto")
     for key in ("save_model", "progress"):
         if key in plain and not isinstance(plain[key], bool):

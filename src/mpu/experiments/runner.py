@@ -117,7 +117,7 @@ def _evaluate(settings: ExperimentSettings, prepared: Prepared, model_dir: str, 
     )
 
 
-def reference_summaries(settings: ExperimentSettings, prepared: Prepared) -> dict[str, dict]:
+def target_and_retain_summaries(settings: ExperimentSettings, prepared: Prepared) -> dict[str, dict]:
     """The target's and retain model's summaries on the same suite, evaluated once and cached under
     ``$MPU_CACHE/evals`` (keyed by model, its fingerprint, data, split and suite)."""
     from mpu.data.builtin import cache_root
@@ -209,10 +209,10 @@ def run_experiment(cfg, run_dir: str | Path, experiment: str | None = None, over
             step = time.perf_counter()
             record["summary"] = _evaluate(settings, prepared, str(model_dir), run_dir, prepared.retain)
             seconds["eval"] = time.perf_counter() - step
-            if settings.evaluation.get("reference_models", True):
+            if settings.evaluation.get("target_and_retain", True):
                 step = time.perf_counter()
-                record["reference"] = reference_summaries(settings, prepared)
-                seconds["eval_reference"] = time.perf_counter() - step
+                record["target_and_retain"] = target_and_retain_summaries(settings, prepared)
+                seconds["eval_target_and_retain"] = time.perf_counter() - step
     finally:
         if scratch is not None:
             scratch.cleanup()
