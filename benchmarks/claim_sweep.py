@@ -44,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 METHODS = ["GradAscent", "GradDiff", "NPO", "SimNPO", "DPO", "UNDIAL", "SatImp", "WGA"]
-REFERENCE_METHODS = ["NPO", "DPO", "UNDIAL"]
+REFERENCE_MODEL_METHODS = ["NPO", "DPO", "UNDIAL"]
 MANY_ROUNDS = {"SimNPO", "DPO", "SatImp"}  # R = 10: the slowest runs go first
 
 # Evaluation trimmed for time: the MIA metrics other than MinK (privleak needs it) are dropped and
@@ -96,7 +96,7 @@ def commands(out: Path, seeds: str, python: str, groups: list[str] | None = None
             add(f"mpu-k{kappa}", method, 10 * rounds * n_seeds, f"mpu.kappa={kappa}", f"seed={seeds}")
         add("control-k0", method, 10 * rounds * n_seeds, "mpu.kappa=0", f"seed={seeds}")
         add("control-k0-noreparam", method, 10 * rounds * n_seeds, "mpu.kappa=0", "mpu.reparam.enabled=false", f"seed={seeds}")
-        if method in REFERENCE_METHODS:
+        if method in REFERENCE_MODEL_METHODS:
             add("control-moving-reference", method, 10 * rounds * n_seeds, "mpu.kappa=0.01", "mpu.reference_model_round=round", f"seed={seeds}")
         if sigma_from == "task-vector":
             add("control-weights", method, 20 * rounds * n_seeds, "mpu.kappa=0.01,0.1", "mpu.sigma_from=weights",

@@ -92,7 +92,7 @@ def time_baseline(model_dir: Path, forget, retain, method, hparams, training, ou
 
 
 def time_mpu(model_dir: Path, server, forget, retain, method, hparams, training, scratch: Path) -> dict:
-    """mpu.experiments.two_party.run_mpu itself (default client reference: round 1's copies), with its per-phase timings."""
+    """mpu.experiments.two_party.run_mpu itself (default reference model: round 1's copies), with its per-phase timings."""
     from mpu.experiments.two_party import run_mpu
 
     parts: dict[str, float] = {}
