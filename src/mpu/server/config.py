@@ -103,8 +103,11 @@ class ServerConfig:
             raise ValueError(f"max_update_ratio must be > 0, got {self.max_update_ratio}")
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field as plain JSON values (``reparam`` as a dict): what ``state.json`` stores."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ServerConfig":
+        """The inverse of :meth:`to_dict`, with the same checks as the constructor (ValueError naming
+        the field); old spellings (alpha_mode "reference") are read."""
         return cls(**data)
