@@ -15,6 +15,7 @@ Each result is compared with theta three ways: ``raw`` (as it is: in copy 1's co
 aligned attacks), ``scored`` (after aligning it to theta with the same alignment code: a scorer's
 step that uses theta), and ``base_aligned`` (after aligning it to the public base instead: what a
 client can do without theta). Logits need no alignment: every copy computes the same function.
+The scoring itself is in ``scoring.py``.
 
 Memory: one layer group of the m copies at a time, plus the recovered models written to a scratch
 folder (needed for the logit comparison).
@@ -37,6 +38,7 @@ from transformers import AutoConfig
 
 from mpu.audit.align import Aligner, LayerAlignment
 from mpu.audit.alphas import AlphaEstimate, combined_noise_std, estimate_alphas, harmonic_weights, optimal_weights
+from mpu.audit.scoring import SINGLE, Scores, logit_scores, mean_entries, scorer_agreement, summarise
 from mpu.checkpoint import CheckpointReader, ShardedWriter, copy_model_files, layer_groups
 from mpu.client.inbox import Publication, PublishedCopy, read_publication
 from mpu.errors import InputError, MPUError
@@ -46,7 +48,6 @@ log = logging.getLogger(__name__)
 
 F64 = torch.float64
 FORMAT = "mpu-audit/2"  # /2: true_weights, public_schedule, anchor_copy, harmonic-public (were reference*)
-SINGLE = "single-copy"
 
 
 @dataclass
@@ -157,7 +158,7 @@ def run_audit(
         logits = {}
         if theta is not None:
             models = [(a.name, scratch / a.name) for a in attacks] + [(f"copy-{c.id}", c.path) for c in published.copies]
-            logits = _logit_scores(true_weights, models, published.config, logit_sequences, logit_length, seed)
+            logits = logit_scores(true_weights, models, published.config, logit_sequences, logit_length, seed)
 
     report = {
         **_header_json(inbox, published, true_weights, base, scored=theta is not None),
@@ -167,7 +168,7 @@ def run_audit(
     }
     if theta is not None:
         report["attacks"][SINGLE] = _single_copy_entry(published.copies, scores, logits)
-        report["summary"] = _summary(report)
+        report["summary"] = summarise(report)
     return AuditResult(_finite(report), alignment.fits, Path(keep_recovered) if keep_recovered else None)
 
 
@@ -260,14 +261,14 @@ def _scratch_folder(keep: str | Path | None) -> Iterator[Path]:
 
 
 def _recover_and_score(published: _Published, alignment: _Alignment, attacks: list[Attack], theta, base_reader,
-                       scratch: Path, progress: bool) -> tuple[_Scores, dict[int, dict[int, LayerAlignment]]]:
+                       scratch: Path, progress: bool) -> tuple[Scores, dict[int, dict[int, LayerAlignment]]]:
     """Combine the copies with every attack's weights group by group, write each recovered model to
     ``scratch/<attack>`` (float32, copy 1's config), and, when theta is given, score every attack and
     every single copy. Returns the scores and the scorer's fits of each copy to theta (copy id ->
     layer -> fit; empty without theta)."""
     copies = published.copies
     writers = {attack.name: ShardedWriter(scratch / attack.name) for attack in attacks}
-    scores = _Scores()
+    scores = Scores()
     scorer_fits: dict[int, dict[int, LayerAlignment]] = {copy.id: {} for copy in copies}
     for layer, group in tqdm(published.groups, desc="audit: attack", disable=not progress):
         tensors = published.read(group)
@@ -321,7 +322,7 @@ def _alphas_json(m: int, est_raw: AlphaEstimate, est_aligned: AlphaEstimate | No
     }
 
 
-def _attack_entries(attacks: list[Attack], scores: _Scores | None, logits: dict, oracle_alphas, oracle_tau: float) -> dict:
+def _attack_entries(attacks: list[Attack], scores: Scores | None, logits: dict, oracle_alphas, oracle_tau: float) -> dict:
     """The report's row per attack: its weights and alphas, the oracle's expected noise (in units of
     sigma), and, when scored (``scores`` given), its errors and logit agreement."""
     entries = {}
@@ -338,10 +339,10 @@ def _attack_entries(attacks: list[Attack], scores: _Scores | None, logits: dict,
     return entries
 
 
-def _single_copy_entry(copies: list[PublishedCopy], scores: _Scores, logits: dict) -> dict:
+def _single_copy_entry(copies: list[PublishedCopy], scores: Scores, logits: dict) -> dict:
     """The scale every attack is read against: each copy scored alone, and their mean."""
     per_copy = {str(copy.id): {**scores.result(f"copy-{copy.id}"), "logits": logits[f"copy-{copy.id}"]} for copy in copies}
-    return {**_mean_entries(list(per_copy.values())), "per_copy": per_copy,
+    return {**mean_entries(list(per_copy.values())), "per_copy": per_copy,
             "note": "a single copy, for scale (mean over the copies)"}
 
 
@@ -386,108 +387,6 @@ def _add_distances(total: np.ndarray, tensors: list[dict[str, torch.Tensor]]) ->
             total[j, i] += value
 
 
-class _Scores:
-    """Squared errors per (attack, view, block), and the norms they are divided by."""
-
-    VIEWS = ("raw", "scored", "base_aligned")
-
-    def __init__(self):
-        self.norm = {}  # block -> ||theta||^2
-        self.task = {}  # block -> ||theta - base||^2
-        self.err: dict[str, dict[str, dict[str, float]]] = {}
-
-    def add_norms(self, block, truth, base_t) -> None:
-        self.norm[block] = sum(float(t.square().sum()) for t in truth.values())
-        if base_t is not None:
-            self.task[block] = sum(float((truth[n] - base_t[n]).square().sum()) for n in truth)
-
-    def add(self, key, block, layer, recovered, truth, base_t, aligner) -> LayerAlignment | None:
-        views = self.err.setdefault(key, {view: {} for view in self.VIEWS})
-        views["raw"][block] = _sq_err(recovered, truth)
-        fit = None
-        if aligner is not None and layer is not None:
-            fit = aligner.fit(layer, truth, recovered)
-            views["scored"][block] = _sq_err(aligner.apply(fit.transform, recovered), truth)
-            if base_t is not None:
-                to_base = aligner.fit(layer, base_t, recovered)
-                views["base_aligned"][block] = _sq_err(aligner.apply(to_base.transform, recovered), truth)
-        else:
-            views["scored"][block] = views["raw"][block]
-            if base_t is not None:
-                views["base_aligned"][block] = views["raw"][block]
-        return fit
-
-    def result(self, key) -> dict:
-        out = {"weights_error": {}, "task_vector_error": {} if self.task else None}
-        for view, blocks in self.err[key].items():
-            if not blocks:
-                continue
-            out["weights_error"][view] = _relative_errors(blocks, self.norm)
-            if self.task:
-                out["task_vector_error"][view] = _relative_errors(blocks, self.task)
-        return out
-
-
-def _sq_err(x: dict, y: dict) -> float:
-    return sum(float((x[n].to(F64) - y[n]).square().sum()) for n in y)
-
-
-def _relative_errors(errors: dict[str, float], norms: dict[str, float]) -> dict:
-    blocks = {block: (math.sqrt(e / norms[block]) if norms.get(block) else (0.0 if e == 0 else math.inf)) for block, e in errors.items()}
-    total_norm = sum(norms[b] for b in errors)
-    overall = math.sqrt(sum(errors.values()) / total_norm) if total_norm else 0.0
-    return {"overall": overall, "blocks": blocks}
-
-
-def _mean_entries(entries: list[dict]) -> dict:
-    """Element-wise mean of nested dicts of numbers (the single-copy row)."""
-    first = entries[0]
-    if isinstance(first, dict):
-        return {key: _mean_entries([e[key] for e in entries]) for key in first if all(isinstance(e, dict) and key in e for e in entries)}
-    if first is None:
-        return None
-    return float(np.mean(entries))
-
-
-def _logit_scores(true_weights, models, config, sequences: int, length: int, seed: int) -> dict:
-    """Top-1 agreement and mean KL(theta || model) on random token sequences (no alignment needed:
-    every copy and every aligned combination computes a function close to theta's)."""
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # one "Loading weights" bar per model is noise here
-    try:
-        with torch.no_grad():
-            return _compare_logits(true_weights, models, config, sequences, length, seed)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
-def _compare_logits(true_weights, models, config, sequences: int, length: int, seed: int) -> dict:
-    from transformers import AutoModelForCausalLM
-
-    generator = torch.Generator().manual_seed(seed)
-    vocab = int(config.vocab_size)
-    length = min(length, int(getattr(config, "max_position_embeddings", length) or length))
-    tokens = torch.randint(0, vocab, (sequences, length), generator=generator)
-
-    def log_probs(path):
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-        logits = torch.cat([model(input_ids=batch).logits.to(F64) for batch in tokens.split(8)])
-        return torch.log_softmax(logits, dim=-1)
-
-    ref = log_probs(true_weights)
-    ref_top = ref.argmax(-1)
-    results = {}
-    for name, path in models:
-        other = log_probs(path)
-        kl = (ref.exp() * (ref - other)).sum(-1)
-        results[name] = {"top1_agreement": float((other.argmax(-1) == ref_top).double().mean()), "mean_kl": float(kl.mean()),
-                         "max_kl": float(kl.max())}
-    return results
-
-
 def _finite(value):
     """JSON has no inf/NaN: write them as null."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -510,42 +409,6 @@ def _alignment_json(aligner, note, alignments, scorer_fits, copies) -> dict:
             entry["residual_before"] = float(np.mean([fit.residual_before for fit in layers.values()]))
             entry["residual_after"] = float(np.mean([fit.residual_after for fit in layers.values()]))
         if scorer_fits:
-            entry["agreement_with_scorer"] = _agreement(layers, scorer_fits[copies[0].id], scorer_fits[copy.id])
+            entry["agreement_with_scorer"] = scorer_agreement(layers, scorer_fits[copies[0].id], scorer_fits[copy.id])
         out["per_copy"][str(copy.id)] = entry
     return out
-
-
-def _agreement(fits, to_theta_1, to_theta_k) -> dict:
-    """How often the client's copy-k -> copy-1 matching equals the one implied by the scorer's
-    alignments of both copies to theta (FFN units and KV groups)."""
-    ffn, kv = [], []
-    for layer, fit in fits.items():
-        t, v1, vk = fit.transform, to_theta_1.get(layer), to_theta_k.get(layer)
-        if v1 is None or vk is None:
-            continue
-        if t.ffn_perm is not None and v1.transform.ffn_perm is not None and vk.transform.ffn_perm is not None:
-            implied = vk.transform.ffn_perm[torch.argsort(v1.transform.ffn_perm)]
-            ffn.append(float((implied == t.ffn_perm).double().mean()))
-        if t.kv_perm is not None and v1.transform.kv_perm is not None and vk.transform.kv_perm is not None:
-            implied = vk.transform.kv_perm[torch.argsort(v1.transform.kv_perm)]
-            kv.append(float((implied == t.kv_perm).double().mean()))
-    return {"ffn_units": float(np.mean(ffn)) if ffn else None, "kv_groups": float(np.mean(kv)) if kv else None}
-
-
-def _summary(report: dict) -> dict:
-    attacks = {name: entry for name, entry in report["attacks"].items() if name != SINGLE}
-    has_task = report["attacks"][SINGLE].get("task_vector_error") is not None
-    metric = "task_vector_error" if has_task else "weights_error"
-    single = report["attacks"][SINGLE][metric]["scored"]["overall"]
-    client_attacks = {name: e for name, e in attacks.items() if "oracle" not in name}
-    best = min(client_attacks, key=lambda name: client_attacks[name][metric]["scored"]["overall"])
-    best_err = client_attacks[best][metric]["scored"]["overall"]
-    return {
-        "metric": f"{metric} (scored)",
-        "single_copy": single,
-        "best_attack": best,
-        "best_error": best_err,
-        "best_over_single_copy": best_err / single if single else None,
-        "best_top1_agreement": client_attacks[best]["logits"]["top1_agreement"],
-        "single_copy_top1_agreement": report["attacks"][SINGLE]["logits"]["top1_agreement"],
-    }
