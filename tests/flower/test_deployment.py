@@ -37,13 +37,21 @@ def test_one_owner_two_copies_over_flower_matches_the_cli(tmp_path, tiny_model_d
                      method="GradAscent", training=json.dumps(TRAINING))
     run_config.write_text(run_config.read_text() + "keep-exchange = true\n")
 
-    # act: one SuperLink, one SuperNode whose node config names its own forget file
+    # act: one SuperLink (TLS, node authentication on), one registered SuperNode whose node config
+    # names its own forget file, and one SuperNode without a registered key that asks to join
     with LoopbackFederation(tmp_path / "flower", [f'forget="{forget_file}"']) as federation:
+        stranger, _, stranger_log = federation.start_supernode("stranger", f'forget="{forget_file}"', keyed=False,
+                                                               extra=("--max-retries", "1"))
         result = federation.run(APP_DIR, run_config, timeout=240)
+        stranger_code = stranger.wait(timeout=60)
         logs = federation.logs()
 
-    # assert: the round is done and the model exported, as with the CLI
+    # assert: the SuperLink served TLS only and refused the unregistered node
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\n{logs}"
+    link_log = (tmp_path / "flower" / "superlink.log").read_text()
+    assert "running on https://127.0.0.1" in link_log and "running on http://127.0.0.1" not in link_log, link_log[-2000:]
+    assert stranger_code != 0 and "must be registered" in stranger_log.read_text(), stranger_log.read_text()[-2000:]
+    # the round is done and the model exported, as with the CLI
     print("\n".join(line for line in result.stdout.splitlines() if "mpu.flower" in line or "round 1" in line or "wall seconds" in line))
     state = Workdir(server).load()
     assert state.rounds_done == 1 and state.finished, f"{result.stdout}\n{logs}"
