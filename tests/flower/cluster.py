@@ -7,6 +7,8 @@ throwaway CA's certificate for 127.0.0.1 and admits only registered SuperNodes
 (``--enable-supernode-auth``); each SuperNode verifies the SuperLink against that CA
 (``--root-certificates``) and signs its requests with its own EC key, whose public half was
 registered with ``flwr supernode register``. ``secure=False`` runs everything ``--insecure``.
+``simulation=True`` starts a SuperLink with Flower's simulation runtime (Ray) and no SuperNodes:
+``run(..., federation_config="num-supernodes=2")`` then simulates them on this machine.
 """
 
 from __future__ import annotations
@@ -32,6 +34,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def descendants(roots: set[int]) -> list[int]:
+    """Every live process below ``roots`` (read from /proc; empty where there is no /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], list(roots)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -47,11 +66,13 @@ def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: floa
 class LoopbackFederation:
     """``with LoopbackFederation(tmp, [node_config, ...]) as fed: fed.run(app_dir, run_config_toml)``."""
 
-    def __init__(self, root: Path, node_configs: list[str], start_timeout: float = 60.0, secure: bool = True):
+    def __init__(self, root: Path, node_configs: list[str], start_timeout: float = 60.0, secure: bool = True,
+                 simulation: bool = False):
         self.root = root
         self.node_configs = node_configs
         self.start_timeout = start_timeout
-        self.secure = secure
+        self.secure = secure and not simulation
+        self.simulation = simulation
         self.processes: list[subprocess.Popen] = []
         self.credentials = root / "credentials"  # fresh for each federation, under the test's tmp_path
         self.home = root / "flwr-home"
@@ -73,6 +94,8 @@ class LoopbackFederation:
         self.home.mkdir(parents=True, exist_ok=True)
         connection = f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\naddress = "127.0.0.1:{self.port}"\n'
         link_args = ["flower-superlink", "--host", "127.0.0.1", "--port", str(self.port), "--disable-runtime-dependency-installation"]
+        if self.simulation:
+            link_args.append("--simulation")
         if self.secure:
             certificates = make_server_certificates(self.credentials / "superlink")
             connection += f'root-certificates = "{certificates.ca}"\n'
@@ -119,15 +142,24 @@ class LoopbackFederation:
             raise RuntimeError(f"flwr {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
         return result
 
-    def run(self, app_dir: Path, run_config: Path, timeout: float) -> subprocess.CompletedProcess:
-        """``flwr run APP loopback --stream --run-config FILE``; waits for the run's end (bounded)."""
-        return subprocess.run([str(BIN / "flwr"), "run", str(app_dir), "loopback", "--stream", "--run-config", str(run_config)],
+    def run(self, app_dir: Path, run_config: Path, timeout: float, federation_config: str = "") -> subprocess.CompletedProcess:
+        """``flwr run APP loopback --stream --run-config FILE [--federation-config ...]``; waits for the run's end (bounded)."""
+        extra = ["--federation-config", federation_config] if federation_config else []
+        return subprocess.run([str(BIN / "flwr"), "run", str(app_dir), "loopback", "--stream", "--run-config", str(run_config), *extra],
                               capture_output=True, text=True, env=self.env, cwd=self.root, timeout=timeout)
 
     def logs(self) -> str:
         return "\n".join(f"--- {path.name}\n{path.read_text()[-4000:]}" for path in sorted(self.root.glob("*.log")))
 
     def stop(self) -> None:
+        # The SuperLink/SuperNode start their SuperExec (and, in simulation, Ray) in sessions of their
+        # own: collect every descendant first, while the parent links still exist, and stop those too.
+        started = {process.pid for process in self.processes}
+        for pid in descendants(started):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
         for process in reversed(self.processes):
             if process.poll() is None:
                 try:

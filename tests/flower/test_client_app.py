@@ -59,3 +59,19 @@ def test_a_node_config_without_a_usable_forget_file_is_refused(tmp_path, node, e
     (tmp_path / "outbox" / "manifest.json").write_text("{}")
     with pytest.raises(error, match=reason):
         unlearn_message(message(tmp_path / "outbox"), node)
+
+
+def test_a_simulated_supernode_takes_its_files_from_the_run_config_by_partition():
+    from mpu.flower.client_app import owner_node_config
+
+    run_config = {"simulation-forget": "/a/f1.jsonl, /b/f2.jsonl", "simulation-retain": "/a/r1.jsonl,/b/r2.jsonl"}
+
+    second = owner_node_config({"partition-id": 1, "num-partitions": 2}, run_config)
+
+    assert (second["forget"], second["retain"]) == ("/b/f2.jsonl", "/b/r2.jsonl")
+    assert owner_node_config({"partition-id": 0, "num-partitions": 2}, {"simulation-forget": "/a/f1.jsonl"}) == {
+        "partition-id": 0, "num-partitions": 2, "forget": "/a/f1.jsonl"}
+    real_node = {"forget": "/own/forget.jsonl", "partition-id": 1}
+    assert owner_node_config(real_node, run_config) == real_node  # a real SuperNode's own config wins
+    with pytest.raises(MPUError, match="none for simulated SuperNode 2"):
+        owner_node_config({"partition-id": 2, "num-partitions": 3}, run_config)

@@ -12,7 +12,9 @@ Flower's mechanism for private per-node settings. On each ``train`` message the 
    (``"owner"``: ``forget_rows``, ``steps``), which the server needs to weight several owners.
 
 The unlearning job (method, hyperparameters, training options) comes from the server's message;
-node config keys ``threads`` (torch threads) and ``retain`` are optional. With ``state-dir`` (an
+node config keys ``threads`` (torch threads) and ``retain`` are optional. In Flower's simulation
+engine the virtual SuperNodes have no such config; :func:`owner_node_config` then takes the files
+from the run config. With ``state-dir`` (an
 existing folder of the owner's), round 1's publication of each Flower run is kept there
 (``run-<run id>/reference``) and used as the reference publication of the later rounds of that run,
 as ``mpu client unlearn --reference-inbox`` and ``mpu run`` do: reference-model methods (NPO, DPO,
@@ -41,8 +43,33 @@ app = ClientApp()
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Flower's entry point for one round's publication."""
-    content = unlearn_message(msg.content, dict(context.node_config), run_id=msg.metadata.run_id)
+    node_config = owner_node_config(dict(context.node_config), dict(context.run_config))
+    content = unlearn_message(msg.content, node_config, run_id=msg.metadata.run_id)
     return Message(content, reply_to=msg)
+
+
+SIMULATION_KEYS = {"forget": "simulation-forget", "retain": "simulation-retain"}
+
+
+def owner_node_config(node_config: dict, run_config: dict) -> dict:
+    """The data owner's settings: the SuperNode's node config as given, except in Flower's simulation
+    engine, whose virtual SuperNodes have only ``partition-id`` and ``num-partitions``. There (no
+    ``forget`` key but a ``partition-id``) node i takes the i-th entry of the run config's
+    comma-separated ``simulation-forget`` (and ``simulation-retain``) lists: everything runs on one
+    machine, so the files are not private to a node anyway. MPUError when the list has no entry i."""
+    if "forget" in node_config or "partition-id" not in node_config or not str(run_config.get("simulation-forget", "")):
+        return node_config
+    index = int(node_config["partition-id"])
+    resolved = dict(node_config)
+    for key, list_key in SIMULATION_KEYS.items():
+        entries = [entry.strip() for entry in str(run_config.get(list_key, "") or "").split(",") if entry.strip()]
+        if not entries:
+            continue
+        if index >= len(entries):
+            raise MPUError(f"run config: {list_key} lists {len(entries)} file(s), none for simulated SuperNode {index} "
+                           f"(num-partitions {node_config.get('num-partitions')})")
+        resolved[key] = entries[index]
+    return resolved
 
 
 def unlearn_message(content: RecordDict, node_config: dict, run_id: int = 0) -> RecordDict:
