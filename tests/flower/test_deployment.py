@@ -118,3 +118,25 @@ def test_an_owner_without_a_forget_file_fails_the_round_and_nothing_is_aggregate
     assert state.rounds_done == 0
     assert not (tmp_path / "model").exists()
     assert "forget is required" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_a_round_goes_on_without_a_failing_owner_when_min_owners_allows(tmp_path, tiny_model_dir, forget_file):
+    # arrange: two owners, one of them misconfigured (no forget file: its ClientApp replies with an error)
+    server, exchange = tmp_path / "server", tmp_path / "exchange"
+    init_server(server, str(tiny_model_dir), None, ServerConfig(copies=2, kappa=0.05, rounds=1), progress=False)
+    run_config = tmp_path / "run.toml"
+    write_run_config(run_config, workdir=str(server), out=str(tmp_path / "model"), exchange=str(exchange), owners=2, timeout=240.0,
+                     method="GradAscent", training=json.dumps(TRAINING), **{"min-owners": 1, "keep-exchange": True})
+
+    # act
+    with LoopbackFederation(tmp_path / "flower", [f'forget="{forget_file}"', 'retain="/nowhere"']) as federation:
+        result = federation.run(APP_DIR, run_config, timeout=480)
+        logs = federation.logs()
+
+    # assert: the round was aggregated from the one owner that replied; the other is named in the log
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\n{logs}"
+    assert Workdir(server).load().rounds_done == 1, f"{result.stdout}\n{logs}"
+    assert "forget is required" in result.stdout + result.stderr
+    assert len(list((exchange / "round-1").glob("owner-*"))) == 1 and not (exchange / "round-1" / "returns").exists()
+    assert (tmp_path / "model").is_dir()
