@@ -164,24 +164,15 @@ def server_config(mpu: dict, rounds: int):
     """The ServerConfig of an ``mpu`` section (``m`` copies, ``kappa``, ``alphas``, ``reparam``, ...).
 
     A key that is absent (or null) keeps ServerConfig's default: the dataclass is the one place a
-    default is written. Every value is converted to its field's type; a value of the wrong type or one
-    that ServerConfig refuses is an ``MPUError`` naming the ``mpu.<key>``."""
-    import typing
-
-    from mpu.flags import coerce
-    from mpu.reparam import ReparamOptions
+    default is written. Every value is typed by its field; a value of the wrong type or one that
+    ServerConfig refuses is an ``MPUError`` naming the ``mpu.<key>``."""
+    from mpu.flags import FieldError, build_dataclass
     from mpu.server.config import ServerConfig
 
     settings: dict[str, Any] = {"rounds": rounds}
-    hints = typing.get_type_hints(ServerConfig, localns={"ReparamOptions": ReparamOptions})
     for key in _SERVER_KEYS:
-        if mpu.get(key) is None:
-            continue
-        name = SERVER_FIELDS.get(key, key)
-        try:
-            settings[name] = coerce(mpu[key], hints[name])
-        except ValueError as err:
-            raise MPUError(f"mpu.{key}: {err}") from None
+        if mpu.get(key) is not None:
+            settings[SERVER_FIELDS.get(key, key)] = mpu[key]
     alphas = mpu.get("alphas")
     if isinstance(alphas, str) and alphas in ("secret", "reference"):
         settings["alpha_mode"] = alphas
@@ -199,19 +190,17 @@ def server_config(mpu: dict, rounds: int):
         reparam = {"enabled": False}
     if not isinstance(reparam, dict):
         raise MPUError(f"mpu.reparam must be a mapping of ReparamOptions fields, got {reparam!r}")
-    names = {f.name for f in dataclasses.fields(ReparamOptions)}
-    unknown = sorted(set(reparam) - names)
-    if unknown:
-        raise MPUError(f"unknown config key mpu.reparam.{unknown[0]}; valid keys: {', '.join(sorted(names))}")
+    settings["reparam"] = {key: value for key, value in reparam.items() if value is not None}
     try:
-        return ServerConfig(**settings, reparam=ReparamOptions(**reparam))
-    except (TypeError, ValueError) as err:
-        # ServerConfig's messages start with the field's name: name the config key instead.
-        field_name = str(err).split(" ", 1)[0]
-        if field_name not in {f.name for f in dataclasses.fields(ServerConfig)}:
-            raise MPUError(f"mpu: {err}") from None
-        key = {name: key for key, name in SERVER_FIELDS.items()}.get(field_name, field_name)
-        raise MPUError(f"mpu.{key}: {err}") from None
+        return build_dataclass(ServerConfig, settings)
+    except FieldError as err:
+        if err.key is None:  # ServerConfig's messages start with the field's name: name the config key instead
+            field_name = str(err).split(" ", 1)[0]
+            key = {name: key for key, name in SERVER_FIELDS.items()}.get(field_name, field_name)
+            raise MPUError(f"mpu.{key}: {err}" if field_name in settings else f"mpu: {err}") from None
+        top, _, rest = err.key.partition(".")
+        key = {name: key for key, name in SERVER_FIELDS.items()}.get(top, top) + (f".{rest}" if rest else "")
+        raise MPUError(f"unknown config key mpu.{key}" if err.unknown else f"mpu.{key}: {err}") from None
 
 
 def settings_from_config(cfg) -> ExperimentSettings:

@@ -1,19 +1,19 @@
 """Training options shared by every method, and the typed parsing that config files and flags go through.
 
-Every value from a YAML file or the command line is converted to the field's declared type here, and a
-value that does not fit is an error that names the field; nothing is dropped or guessed.
+Every value from a YAML file or the command line is typed against the field's declaration by OmegaConf
+(``mpu.flags.build_dataclass``), and a value that does not fit is an error that names the field;
+nothing is dropped or guessed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 from mpu.errors import MPUError
-from mpu.flags import coerce, field_default as _default  # noqa: F401  (coerce: used here and re-exported)
+from mpu.flags import FieldError, build_dataclass as _typed, field_default as _default
 
 SCHEDULERS = (
     "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
@@ -67,7 +67,9 @@ class TrainingOptions:
     lora_rank: int = field(default=0, metadata=_help("train LoRA adapters of this rank and merge them at the end (0: full fine-tuning)"))
     lora_alpha: float = field(default=16.0, metadata=_help("LoRA scaling numerator (scaling = alpha / rank)"))
     lora_dropout: float = field(default=0.0, metadata=_help("dropout on the LoRA branch"))
-    lora_target_modules: Union[str, list[str]] = field(
+    # str or list[str] ("all-linear", "q_proj,v_proj" or a YAML list): Any, because OmegaConf types no
+    # union of a string and a list; __post_init__ checks it.
+    lora_target_modules: Any = field(
         default="all-linear", metadata=_help("modules that get adapters: 'all-linear' or comma-separated names")
     )
     progress_bar: bool = field(default=True, metadata=_help("show the Trainer's tqdm progress bar (--no-progress-bar: quiet, for logs)"))
@@ -87,6 +89,11 @@ class TrainingOptions:
     def __post_init__(self):
         if isinstance(self.lora_target_modules, str) and "," in self.lora_target_modules:
             self.lora_target_modules = [name.strip() for name in self.lora_target_modules.split(",") if name.strip()]
+        elif isinstance(self.lora_target_modules, (list, tuple)):
+            self.lora_target_modules = list(self.lora_target_modules)
+        modules = self.lora_target_modules
+        if not (isinstance(modules, str) or (isinstance(modules, list) and all(isinstance(m, str) for m in modules))):
+            raise ValueError(f"lora_target_modules must be a string or a list of module names, got {modules!r}")
         checks = [
             (self.epochs > 0, "epochs must be > 0"),
             (self.max_steps == -1 or self.max_steps > 0, "max_steps must be -1 or > 0"),
@@ -113,32 +120,21 @@ class TrainingOptions:
                 raise ValueError(message)
 
 
-def field_types(cls) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def build_dataclass(cls, overrides: dict[str, Any], what: str, sources: dict[str, str] | None = None):
-    """``cls(**overrides)`` with every value converted to its field's type. Unknown keys, values of the
-    wrong type and failed ``__post_init__`` checks become an ``MPUError`` that names the key."""
+    """``cls`` with ``overrides`` over its defaults, each value typed by its field. Unknown keys, values
+    of the wrong type and failed ``__post_init__`` checks become an ``MPUError`` that names the key and,
+    from ``sources``, where it came from."""
     sources = sources or {}
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = [key for key in overrides if key not in names]
-    if unknown:
-        key = unknown[0]
-        where = f" (from {sources[key]})" if key in sources else ""
-        valid = ", ".join(names) if names else "(none: it takes no hyperparameters)"
-        raise MPUError(f"unknown {what} {key!r}{where}; valid keys: {valid}")
-    hints = field_types(cls)
-    values = {}
-    for key, value in overrides.items():
-        try:
-            values[key] = coerce(value, hints[key])
-        except ValueError as err:
-            where = f" (from {sources[key]})" if key in sources else ""
-            raise MPUError(f"{what} {key!r}{where}: {err}") from None
     try:
-        return cls(**values)
-    except ValueError as err:
+        return _typed(cls, overrides)
+    except FieldError as err:
+        where = f" (from {sources[err.key]})" if err.key in sources else ""
+        if err.unknown:
+            names = [f.name for f in dataclasses.fields(cls)]
+            valid = ", ".join(names) if names else "(none: it takes no hyperparameters)"
+            raise MPUError(f"unknown {what} {err.key!r}{where}; valid keys: {valid}") from None
+        if err.key is not None:
+            raise MPUError(f"{what} {err.key!r}{where}: {err}") from None
         raise MPUError(f"{what}s: {err}") from None
 
 
