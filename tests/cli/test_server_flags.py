@@ -58,7 +58,7 @@ def test_the_privacy_help_lists_each_presets_settings():
 
     assert "hardened (alpha_mode=secret, noise_scope=all, independent_noise=4.0, vo=haar, kv_permutation=True, " \
            "ffn_scaling=True)" in text
-    assert "paper (alpha_mode=reference, independent_noise=0.0" in text
+    assert "paper (alpha_mode=public, independent_noise=0.0" in text
 
 
 def test_every_historical_flag_and_alias_sets_its_field():
@@ -74,8 +74,9 @@ def test_every_historical_flag_and_alias_sets_its_field():
     reparam = config.reparam
     assert (reparam.enabled, reparam.qk_rotation, reparam.vo, reparam.kv_permutation, reparam.ffn_permutation,
             reparam.ffn_scaling) == (False, False, "haar", True, False, True)
-    assert config_of("--copies", "5", "--alphas", "reference").copies == 5
-    assert config_of("--alphas", "reference").alpha_mode == "reference"
+    assert config_of("--copies", "5", "--alphas", "public").copies == 5
+    assert config_of("--alphas", "public").alpha_mode == "public"
+    assert config_of("--alphas", "reference").alpha_mode == "public"  # the old name still works
 
 
 def test_a_preset_fills_only_the_flags_not_given():

@@ -78,7 +78,7 @@ def test_a_restated_default_is_found():
     # the check itself: a value equal to its default is reported, a different one or an interpolation is not
     defaults = run_defaults("paper")
 
-    found = restated_defaults({"mpu": {"m": 3, "kappa": 0.1, "alphas": "reference", "seed": "${seed}"},
+    found = restated_defaults({"mpu": {"m": 3, "kappa": 0.1, "alphas": "public", "seed": "${seed}"},
                                "data": {"text_chunk_words": 200}, "trainer": {"training": {"batch_size": 8}}}, defaults)
 
     assert found == ["mpu.m", "mpu.alphas", "data.text_chunk_words", "trainer.training.batch_size"]
@@ -93,9 +93,9 @@ def test_composing_without_choices_gives_the_dataclass_defaults():
     assert {key: plain[key] for key in ("seed", "save_model", "progress", "threads")} == \
         {key: getattr(RunConfig(), key) for key in ("seed", "save_model", "progress", "threads")}
     settings = settings_from_config(cfg)
-    assert settings.server == ServerConfig(rounds=METHODS.get("NPO").reference_schedule[0])
+    assert settings.server == ServerConfig(rounds=METHODS.get("NPO").paper_schedule[0])
     assert settings.hparams == METHODS.get("NPO").Hparams()
-    assert settings.training == dataclasses.replace(TrainingOptions(), epochs=METHODS.get("NPO").reference_schedule[1])
+    assert settings.training == dataclasses.replace(TrainingOptions(), epochs=METHODS.get("NPO").paper_schedule[1])
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -116,8 +116,8 @@ def test_every_method_is_a_trainer_option_with_its_defaults_and_schedule(method)
 
     cls = METHODS.get(method)
     assert (settings.method, settings.hparams) == (method, cls.Hparams())
-    assert (settings.rounds, settings.epochs_per_round) == cls.reference_schedule
-    assert settings.training == dataclasses.replace(TrainingOptions(), **{**cls.training_defaults, "epochs": cls.reference_schedule[1]})
+    assert (settings.rounds, settings.epochs_per_round) == cls.paper_schedule
+    assert settings.training == dataclasses.replace(TrainingOptions(), **{**cls.training_defaults, "epochs": cls.paper_schedule[1]})
 
 
 @pytest.mark.parametrize("override, message", [
@@ -148,8 +148,8 @@ def test_an_mpu_key_left_out_keeps_the_server_configs_default():
     # The config reader has no defaults of its own: ServerConfig's are the only ones (once, the reader's
     # independent_noise default was 0.0 where ServerConfig's is 1.0).
     assert server_config({}, rounds=1) == ServerConfig()
-    assert server_config({"m": 4, "seed": 3, "alphas": "reference"}, rounds=2) == ServerConfig(
-        copies=4, fixed_seed=3, alpha_mode="reference", rounds=2)
+    assert server_config({"m": 4, "seed": 3, "alphas": "public"}, rounds=2) == ServerConfig(
+        copies=4, fixed_seed=3, alpha_mode="public", rounds=2)
     assert server_config(as_dict(MpuConfig), rounds=1) == ServerConfig()
     with pytest.raises(MPUError, match="mpu.m: copies must be >= 2"):
         server_config({"m": 1}, rounds=1)

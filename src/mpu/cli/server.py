@@ -9,7 +9,7 @@ import json
 from mpu.errors import MPUError
 from mpu.server.combine import COMBINE_RULES, DEFAULT_COMBINE, combine_help  # no torch either
 from mpu.flags import FieldError, add_dataclass_arguments, build_dataclass, flag_of, given_values  # no torch either
-from mpu.server.config import PRESETS, ServerConfig  # no torch: parsing and --help stay fast
+from mpu.server.config import ALPHA_MODE_ALIASES, PRESETS, ServerConfig  # no torch: parsing and --help stay fast
 from mpu.threads import add_threads_argument, apply_threads
 
 
@@ -31,7 +31,7 @@ def add_server_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def describe_preset(name: str) -> str:
-    """``alpha_mode=reference, independent_noise=0.0, vo=plane, ...``: the settings preset ``name`` fixes."""
+    """``alpha_mode=public, independent_noise=0.0, vo=plane, ...``: the settings preset ``name`` fixes."""
     settings = dict(PRESETS[name])
     reparam = settings.pop("reparam", {})
     return ", ".join(f"{key}={value}" for key, value in {**settings, **reparam}.items())
@@ -54,12 +54,12 @@ def server_config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 
 def _parse_alphas(text: str) -> dict:
-    if text in ("secret", "reference"):
-        return {"alpha_mode": text, "alphas": None}
+    if text in ("secret", "public", "reference"):  # "reference": the public schedule's old name
+        return {"alpha_mode": ALPHA_MODE_ALIASES.get(text, text), "alphas": None}
     try:
         return {"alpha_mode": "list", "alphas": [float(value) for value in text.split(",")]}
     except ValueError:
-        raise MPUError(f"--alphas must be 'secret', 'reference' or numbers like 1,1.5,2; got {text!r}") from None
+        raise MPUError(f"--alphas must be 'secret', 'public' or numbers like 1,1.5,2; got {text!r}") from None
 
 
 def register(subparsers) -> None:

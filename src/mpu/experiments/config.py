@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from mpu.client import CLIENT_REFERENCES
+from mpu.client import REFERENCE_MODEL_ROUNDS
 from mpu.errors import MPUError
 
 CONFIG_DIR = Path(os.environ.get("MPU_CONFIGS") or Path(__file__).resolve().parents[3] / "configs")
 
-SIGMA_REFERENCES = ("task-vector", "weights")
+SIGMA_FROM = ("task-vector", "weights")
 MODEL_KEYS = ("target", "retain", "base")
 BUILTIN = "builtin"
 
@@ -85,9 +85,9 @@ class ExperimentSettings:
     threads: int | None
     keep_exchange: bool
     keep_server: bool
-    client_reference: str          # reference of reference-model methods: round 1's copies, or each round's
+    reference_model_round: str     # whose copy is the reference model: round 1's, or each round's own
     finetune_from_base: dict[str, Any] | None  # ... when fine-tuned from the base (model.from_base.<bench>)
-    sigma_reference: str           # noise scale: kappa * RMS of the task vector (needs model.base) or of the weights
+    sigma_from: str                # noise scale: kappa * RMS of the task vector (needs model.base) or of the weights
     method_config: dict[str, Any]
 
     @property
@@ -151,16 +151,16 @@ def server_config(mpu: dict, rounds: int):
         if f.name not in ("rounds", "alpha_mode", "alphas", "reparam") and mpu.get(key) is not None:
             settings[f.name] = mpu[key]
     alphas = mpu.get("alphas")
-    if isinstance(alphas, str) and alphas in ("secret", "reference"):
-        settings["alpha_mode"] = alphas
+    if isinstance(alphas, str) and alphas in ("secret", "public", "reference"):  # reference: public's old name
+        settings["alpha_mode"] = "public" if alphas == "reference" else alphas
     elif alphas is not None:
         if isinstance(alphas, str):
             try:
                 alphas = [float(value) for value in alphas.split(",") if value.strip()]
             except ValueError:
-                raise MPUError(f"mpu.alphas must be secret, reference or a list of numbers, got {alphas!r}") from None
+                raise MPUError(f"mpu.alphas must be secret, public or a list of numbers, got {alphas!r}") from None
         if not isinstance(alphas, (list, tuple)) or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in alphas):
-            raise MPUError(f"mpu.alphas must be secret, reference or a list of numbers, got {alphas!r}")
+            raise MPUError(f"mpu.alphas must be secret, public or a list of numbers, got {alphas!r}")
         settings.update(alpha_mode="list", alphas=[float(a) for a in alphas])
     reparam = mpu.get("reparam") or {}
     if reparam is False:
@@ -248,6 +248,10 @@ def settings_from_config(cfg) -> ExperimentSettings:
         finetune_from_base = dict(tuned) if tuned else None
         model_config = model_section.get("config") if isinstance(model_section.get("config"), dict) else None
 
+    evaluation = dict(plain["evaluation"])
+    old_name = evaluation.pop("reference_models")
+    if old_name is not None:   # target_and_retain's old name: still read, and wins when set
+        evaluation["target_and_retain"] = old_name
     threads = plain["threads"]
     if threads is not None:
         threads = _positive_int(threads, "threads")
@@ -269,31 +273,34 @@ def settings_from_config(cfg) -> ExperimentSettings:
         finetune_from_base=finetune_from_base,
         model_config=model_config,
         suite=suite,
-        evaluation=plain["evaluation"],
+        evaluation=evaluation,
         save_model=plain["save_model"],
         progress=plain["progress"],
         threads=threads,
         keep_exchange=mpu["keep_exchange"],
         keep_server=mpu["keep_server"],
-        client_reference=_client_reference(mpu["client_reference"]),
-        sigma_reference=_sigma_reference(mpu["sigma_reference"], enabled, model["base"]),
+        reference_model_round=_reference_model_round(mpu["client_reference"] or mpu["reference_model_round"]),
+        sigma_from=_sigma_from(mpu["sigma_reference"] or mpu["sigma_from"], enabled, model["base"]),
         method_config=method_config,
     )
 
 
-def _sigma_reference(value, enabled: bool, base: str | None) -> str:
-    """mpu.sigma_reference, checked: the task vector (the paper's scale) needs model.base."""
-    if value not in SIGMA_REFERENCES:
-        raise MPUError(f"mpu.sigma_reference must be task-vector (sigma from theta - theta_base) or weights "
+def _sigma_from(value, enabled: bool, base: str | None) -> str:
+    """mpu.sigma_from (or its old name mpu.sigma_reference, which wins when set), checked: the task vector
+    (the paper's scale) needs model.base. Raises MPUError for another value or a missing base."""
+    if value not in SIGMA_FROM:
+        raise MPUError(f"mpu.sigma_from must be task-vector (sigma from theta - theta_base) or weights "
                        f"(sigma from theta, a harsher control), got {value!r}")
     if enabled and value == "task-vector" and not base:
-        raise MPUError("mpu.sigma_reference=task-vector scales the noise by the task vector theta - theta_base and needs "
+        raise MPUError("mpu.sigma_from=task-vector scales the noise by the task vector theta - theta_base and needs "
                        "model.base (a directory or hub id; builtin for the built-in models); set model.base=..., or "
-                       "mpu.sigma_reference=weights for sigma from the whole weights (a harsher control)")
+                       "mpu.sigma_from=weights for sigma from the whole weights (a harsher control)")
     return value
 
 
-def _client_reference(value) -> str:
-    if value not in CLIENT_REFERENCES:
-        raise MPUError(f"mpu.client_reference must be first (round 1's copies) or round (each round's copy), got {value!r}")
+def _reference_model_round(value) -> str:
+    """mpu.reference_model_round (or its old name mpu.client_reference, which wins when set), checked.
+    Raises MPUError for a value other than first or round."""
+    if value not in REFERENCE_MODEL_ROUNDS:
+        raise MPUError(f"mpu.reference_model_round must be first (round 1's copies) or round (each round's copy), got {value!r}")
     return value

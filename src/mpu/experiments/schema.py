@@ -11,7 +11,7 @@ that hold each setting's one default, and registered in Hydra's ConfigStore.
 - ``trainer`` group: one option per registered method, ``trainer=NPO``: the method's hyperparameter
   dataclass with its defaults (``trainer.hparams``, typed: a misspelt hyperparameter is refused), the
   ``TrainingOptions`` it changes (``trainer.training``, over the method's ``training_defaults``) and its
-  reference schedule (``trainer.schedule.R``/``E``, from ``reference_schedule``).
+  schedule for MPU (``trainer.schedule.R``/``E``, from ``paper_schedule``).
 
 So a YAML file holds only choices: a value that differs from these defaults, or a group selection.
 """
@@ -70,14 +70,15 @@ class MpuConfig:
     enabled: bool = field(default=True, metadata={"help": "false: the noise-free baseline, the method once on the model for R*E epochs"})
     m: int = _from(ServerConfig, "copies")
     kappa: float = _from(ServerConfig, "kappa")
-    sigma_reference: str = field(default="task-vector", metadata={
+    sigma_from: str = field(default="task-vector", metadata={
         "help": "task-vector: sigma from theta - theta_base (the paper; needs model.base) | weights: sigma from theta, "
                 "no base (a harsher control, labelled in run.json)"})
-    R: int = field(default="${trainer.schedule.R}", metadata={"help": "rounds (default: the method's reference schedule)"})  # type: ignore[assignment]
+    sigma_reference: Optional[str] = field(default=None, metadata={"help": "sigma_from's old name: still read, and wins when set"})
+    R: int = field(default="${trainer.schedule.R}", metadata={"help": "rounds (default: the method's paper schedule, trainer.schedule)"})  # type: ignore[assignment]
     E: float = field(default="${trainer.schedule.E}", metadata={"help": "client epochs per round (default: the method's)"})  # type: ignore[assignment]
     eta: float = _from(ServerConfig, "eta")
     alphas: Any = field(default=ServerConfig.__dataclass_fields__["alpha_mode"].default, metadata={
-        "help": "secret (CSPRNG, fresh each round) | reference (evenly on [1, 2]) | a list, one per copy"})
+        "help": "secret (CSPRNG, fresh each round) | public (evenly on [1, 2], the paper's) | a list, one per copy"})
     alpha_max: float = _from(ServerConfig, "alpha_max")
     independent_noise: float = _from(ServerConfig, "independent_noise")
     noise_scope: str = _from(ServerConfig, "noise_scope")
@@ -85,16 +86,17 @@ class MpuConfig:
     max_update_ratio: float = _from(ServerConfig, "max_update_ratio")
     seed: Optional[int] = _from(ServerConfig, "fixed_seed")
     reparam: Reparam = field(default_factory=Reparam)  # type: ignore[valid-type]
-    client_reference: str = field(default="first", metadata={
+    reference_model_round: str = field(default="first", metadata={
         "help": "reference-model methods (NPO, DPO, UNDIAL) compare with round 1's copy K in every round (first: a fixed "
-                "reference, as noise-free) or with each round's own copy (round)"})
+                "reference model, as noise-free) or with each round's own copy (round)"})
+    client_reference: Optional[str] = field(default=None, metadata={"help": "reference_model_round's old name: still read, and wins when set"})
     keep_exchange: bool = field(default=False, metadata={"help": "keep each round's outbox and returns in the run dir"})
     keep_server: bool = field(default=False, metadata={"help": "keep the server work directory (state, secrets) in the run dir"})
 
 
 @dataclass
 class Schedule:
-    """The reference MPU schedule of a method: R rounds of E client epochs (R*E for the baseline)."""
+    """The paper's MPU schedule of a method: R rounds of E client epochs (R*E for the baseline)."""
 
     R: int = MISSING
     E: float = MISSING
@@ -132,7 +134,8 @@ class EvaluationConfig:
     batch_size: Optional[int] = field(default=None, metadata={"help": "null: the suite's"})
     device: Optional[str] = field(default=None, metadata={"help": "null: cuda when available"})
     dtype: str = "auto"
-    reference_models: bool = field(default=True, metadata={"help": "also evaluate (once, cached) the target and retain models"})
+    target_and_retain: bool = field(default=True, metadata={"help": "also evaluate (once, cached) the target and retain models"})
+    reference_models: Optional[bool] = field(default=None, metadata={"help": "target_and_retain's old name: still read, and wins when set"})
 
 
 @dataclass
@@ -165,11 +168,11 @@ def mpu_preset(name: str) -> MpuConfig:
 
 
 def trainer_node(method: str) -> TrainerConfig:
-    """The ``trainer`` option of a registered method: its hyperparameters' defaults and reference schedule."""
+    """The ``trainer`` option of a registered method: its hyperparameters' defaults and paper schedule."""
     from mpu.methods import METHODS
 
     cls = METHODS.get(method)
-    rounds, epochs = cls.reference_schedule
+    rounds, epochs = cls.paper_schedule
     return TrainerConfig(method=method, hparams=cls.Hparams(), schedule=Schedule(R=rounds, E=float(epochs)))
 
 
