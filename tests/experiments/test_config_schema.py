@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 from mpu.errors import MPUError
 from mpu.experiments import compose_config, settings_from_config
 from mpu.experiments.config import server_config, typed_config
-from mpu.experiments.schema import DataConfig, EvaluationConfig, MpuConfig, RunConfig, TrainerConfig, mpu_preset
+from mpu.experiments.schema import (DataConfig, EvaluationConfig, MpuConfig, RunConfig, TrainerConfig, builtin_benchmark,
+                                    mpu_preset)
 from mpu.methods import METHODS, TrainingOptions
 from mpu.server.config import PRESETS, ServerConfig
 
@@ -24,11 +25,13 @@ def as_dict(obj) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(obj))
 
 
-def run_defaults(mpu: str | None = None) -> dict:
+def run_defaults(mpu: str | None = None, benchmark: str = "builtin") -> dict:
     """The schema's value of every key an experiment (a ``_global_`` file) can set."""
     tree = as_dict(RunConfig)
     tree["mpu"] = as_dict(mpu_preset(mpu)) if mpu in PRESETS else as_dict(MpuConfig)
     tree["trainer"] = {"training": as_dict(TrainingOptions)}
+    if benchmark == "builtin":
+        tree["benchmark"] = as_dict(builtin_benchmark())
     return tree
 
 
@@ -41,11 +44,13 @@ def defaults_for(path: Path, data: dict) -> dict:
                 "training": dataclasses.asdict(dataclasses.replace(TrainingOptions(), **cls.training_defaults))}
     if group == "mpu":
         return as_dict(MpuConfig)
+    if group == "benchmark":
+        return as_dict(builtin_benchmark())
     picked = {}
     for entry in data.get("defaults") or []:
         if isinstance(entry, dict):
             picked.update({key.replace("override /", ""): value for key, value in entry.items()})
-    return run_defaults(picked.get("mpu"))
+    return run_defaults(picked.get("mpu"), picked.get("benchmark", "builtin"))
 
 
 def restated_defaults(values: dict, defaults: dict, prefix: str = "") -> list[str]:
@@ -62,7 +67,7 @@ def restated_defaults(values: dict, defaults: dict, prefix: str = "") -> list[st
     return found
 
 
-YAMLS = sorted(p for group in ("method", "mpu", "experiment") for p in (CONFIGS / group).rglob("*.yaml")) + \
+YAMLS = sorted(p for group in ("method", "mpu", "experiment", "benchmark") for p in (CONFIGS / group).rglob("*.yaml")) + \
     [CONFIGS / "train.yaml", CONFIGS / "eval.yaml"]
 
 
@@ -79,9 +84,10 @@ def test_a_restated_default_is_found():
     defaults = run_defaults("paper")
 
     found = restated_defaults({"mpu": {"m": 3, "kappa": 0.1, "alphas": "public", "seed": "${seed}"},
-                               "data": {"text_chunk_words": 200}, "trainer": {"training": {"batch_size": 8}}}, defaults)
+                               "data": {"text_chunk_words": 200}, "trainer": {"training": {"batch_size": 8}},
+                               "benchmark": {"authors": 200, "shape": "small"}}, defaults)
 
-    assert found == ["mpu.m", "mpu.alphas", "data.text_chunk_words", "trainer.training.batch_size"]
+    assert found == ["mpu.m", "mpu.alphas", "data.text_chunk_words", "trainer.training.batch_size", "benchmark.authors"]
 
 
 def test_composing_without_choices_gives_the_dataclass_defaults():
@@ -159,3 +165,13 @@ def test_trainer_node_fields_are_the_schema():
     assert {f.name for f in dataclasses.fields(TrainerConfig)} == {"method", "hparams", "training", "schedule"}
     training = {f.name for f in dataclasses.fields(TrainerConfig.__dataclass_fields__["training"].default_factory)}
     assert training == {f.name for f in dataclasses.fields(TrainingOptions)}
+
+
+def test_the_builtin_benchmark_group_is_build_configs_schema():
+    from mpu.data.builtin import BuildConfig
+
+    cfg, _ = compose_config(["~experiment", "+model.target=m", "+model.base=b"])
+
+    assert settings_from_config(cfg).builtin == dataclasses.asdict(BuildConfig())
+    with pytest.raises(Exception, match=r"benchmark\.autors"):
+        compose_config(["benchmark.autors=5"])

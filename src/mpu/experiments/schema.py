@@ -8,6 +8,8 @@ that hold each setting's one default, and registered in Hydra's ConfigStore.
   (``mpu.m`` is ``ServerConfig.copies``, ``mpu.seed`` its ``fixed_seed``); the options ``default``,
   ``paper`` and ``hardened`` are ``mpu.server.config.PRESETS`` (the presets of ``mpu server init
   --privacy``), ``baseline`` is ``configs/mpu/baseline.yaml``.
+- ``benchmark`` group: ``builtin`` extends ``benchmark/builtin_schema``, the fields and defaults of the
+  built-in benchmark's ``BuildConfig`` (``benchmark.autors=5`` is refused).
 - ``trainer`` group: one option per registered method, ``trainer=NPO``: the method's hyperparameter
   dataclass with its defaults (``trainer.hparams``, typed: a misspelt hyperparameter is refused), the
   ``TrainingOptions`` it changes (``trainer.training``, over the method's ``training_defaults``) and its
@@ -43,11 +45,12 @@ def _from(cls, name: str, **metadata: Any):
     return field(default=source.default, metadata=meta)
 
 
-def _thawed(cls):
-    """A mutable twin of frozen dataclass ``cls`` (same fields, types, defaults and help): Hydra merges
-    presets and command-line overrides into it, and OmegaConf makes a frozen dataclass's node read-only."""
+def _thawed(cls, *extra: tuple):
+    """A mutable twin of frozen dataclass ``cls`` (same fields, types, defaults and help; ``extra`` fields
+    first): Hydra merges presets and command-line overrides into it, and OmegaConf makes a frozen
+    dataclass's node read-only."""
     hints = typing.get_type_hints(cls)
-    return dataclasses.make_dataclass(cls.__name__, [(f.name, hints[f.name], _from(cls, f.name)) for f in dataclasses.fields(cls)])
+    return dataclasses.make_dataclass(cls.__name__, [*extra, *((f.name, hints[f.name], _from(cls, f.name)) for f in dataclasses.fields(cls))])
 
 
 def _unset(cls):
@@ -176,6 +179,13 @@ def trainer_node(method: str) -> TrainerConfig:
     return TrainerConfig(method=method, hparams=cls.Hparams(), schedule=Schedule(R=rounds, E=float(epochs)))
 
 
+def builtin_benchmark():
+    """The ``benchmark`` node of the built-in benchmark: ``name: builtin`` and BuildConfig's fields."""
+    from mpu.data.builtin import BuildConfig
+
+    return _thawed(BuildConfig, ("name", str, field(default="builtin")))
+
+
 _registered = False
 
 
@@ -194,4 +204,5 @@ def register_configs() -> None:
         store.store(group="mpu", name=name, node=mpu_preset(name))
     for method in METHODS.names():
         store.store(group="trainer", name=method, node=trainer_node(method))
+    store.store(group="benchmark", name="builtin_schema", node=builtin_benchmark())
     _registered = True
