@@ -40,7 +40,12 @@ app = ClientApp()
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Flower's entry point for one round's publication."""
+    """Flower's entry point for one round's publication (and, with secure aggregation, its SecAgg+ stages)."""
+    from mpu.flower import secagg  # --- secure aggregation hook (mpu.flower.secagg) ---
+    if secagg.is_stage_message(msg):
+        return secagg.stage(msg, context)
+    if secagg.requested(msg.content, dict(context.node_config)):
+        return Message(secagg.unlearn_and_keep(msg, context, unlearn_message), reply_to=msg)  # --- end of hook ---
     content = unlearn_message(msg.content, dict(context.node_config), run_id=msg.metadata.run_id)
     return Message(content, reply_to=msg)
 

@@ -64,6 +64,7 @@ class FlowerRun:
     method: str = "GradAscent"
     hparams: str = "{}"
     training: str = "{}"
+    secagg: Any = None  # mpu.flower.secagg.SecAggSettings when the run config says `secagg = true`
 
     @classmethod
     def from_run_config(cls, config: dict[str, Any]) -> "FlowerRun":
@@ -95,11 +96,14 @@ class FlowerRun:
                 raise MPUError(f"run config: {key} is not JSON ({err})") from None
             if not isinstance(value, dict):
                 raise MPUError(f"run config: {key} must be a JSON object, got {getattr(run, key)!r}")
+        from mpu.flower.secagg import SecAggSettings  # secure aggregation hook (mpu.flower.secagg)
+        run.secagg = SecAggSettings.from_run_config(config)
         return run
 
     def job(self) -> ConfigRecord:
         """The unlearning job as the owners receive it."""
-        return ConfigRecord({"method": self.method, "hparams": self.hparams, "training": self.training})
+        return ConfigRecord({"method": self.method, "hparams": self.hparams, "training": self.training,
+                             "secagg": self.secagg is not None})
 
 
 @app.main()
@@ -140,20 +144,25 @@ def run_rounds(grid: Grid, run: FlowerRun) -> dict[str, float]:
         log.info("round %d: sending %d bytes of copies to %d data owner(s)", round_number, record_bytes(publication), len(nodes))
         replies = {reply.metadata.src_node_id: reply for reply in grid.send_and_receive(messages, timeout=run.timeout)}
         log.info("round %d: %d repl(ies) received in %.2f s", round_number, len(replies), time.perf_counter() - started)
-        owner_dirs, sizes = [], []
-        limit = returns_limit(run.workdir)
-        for index, node in enumerate(nodes, start=1):
-            returns, size = _owner_returns(replies.get(node), node, folder / f"owner-{index}", limit)
-            owner_dirs.append(returns)
-            sizes.append(size)
-        timings["exchange"] += time.perf_counter() - started
+        if run.secagg is not None:  # --- secure aggregation hook: the replies hold manifests only ---
+            from mpu.flower.secagg import secure_returns
+            returns = secure_returns(grid, run, nodes, replies, folder, round_number)
+            timings["exchange"] += time.perf_counter() - started
+        else:  # --- end of hook ---
+            owner_dirs, sizes = [], []
+            limit = returns_limit(run.workdir)
+            for index, node in enumerate(nodes, start=1):
+                returns, size = _owner_returns(replies.get(node), node, folder / f"owner-{index}", limit)
+                owner_dirs.append(returns)
+                sizes.append(size)
+            timings["exchange"] += time.perf_counter() - started
 
-        started = time.perf_counter()
-        if len(owner_dirs) == 1:
-            returns = owner_dirs[0]
-        else:
-            returns = combine_returns(run.workdir, owner_dirs, sizes, folder / "returns")
-        timings["combine"] += time.perf_counter() - started
+            started = time.perf_counter()
+            if len(owner_dirs) == 1:
+                returns = owner_dirs[0]
+            else:
+                returns = combine_returns(run.workdir, owner_dirs, sizes, folder / "returns")
+            timings["combine"] += time.perf_counter() - started
         started = time.perf_counter()
         report = aggregate(run.workdir, returns, progress=False)
         timings["aggregate"] += time.perf_counter() - started
