@@ -103,7 +103,7 @@ class FlowerRun:
     def job(self) -> ConfigRecord:
         """The unlearning job as the owners receive it."""
         return ConfigRecord({"method": self.method, "hparams": self.hparams, "training": self.training,
-                             "secagg": self.secagg is not None})
+                             **({"secagg": True} if self.secagg is not None else {})})  # secure aggregation hook
 
 
 @app.main()
