@@ -94,7 +94,7 @@ def one_path(workdir: Path, outbox: Path, replies: dict, exchange: Path, setting
     from mpu.flower.secagg import InProcessGrid, secure_returns
     from mpu.flower.server_app import JOB as JOB_KEY
     from mpu.flower.server_app import OWNER, PUBLICATION, RETURNS, FlowerRun
-    config = {"workdir": str(workdir), "owners": len(NODES), "timeout": 600, **JOB, **({"secagg": True, **settings} if settings else {})}
+    config = {"workdir": str(workdir), "owners": len(NODES), "timeout": 600, **JOB, **({"secagg": True, **settings} if settings is not None else {})}
     run = FlowerRun.from_run_config(config)
     exchange.mkdir(parents=True)
     grid = InProcessGrid(handlers(replies, settings is not None))
