@@ -37,14 +37,14 @@ def update_of(node: int):
     return lambda name, weights: scale * 1e-3 * torch.sin(weights * (3.0 if node == 11 else 5.0))
 
 
-def stand_in_unlearn(node: int, keep: Path):
+def stand_in_unlearn(node: int, keep: Path, update=None):
     """The ClientApp's unlearn_message replaced by a stand-in owner: its update folder is also kept
     in ``keep`` (the test compares with it; the server never sees it)."""
     def unlearn(content: RecordDict, node_config: dict, run_id: int) -> RecordDict:
         with tempfile.TemporaryDirectory() as scratch:
             outbox = record_to_folder(content.array_records[PUBLICATION], Path(scratch) / "outbox")
             steps = {copy: {"steps": STEPS[node]} for copy in (1, 2)}
-            write_returns(outbox, keep, update_of(node), manifest_overrides=steps)
+            write_returns(outbox, keep, update or update_of(node), manifest_overrides=steps)
         return RecordDict({RETURNS: folder_to_record(keep), OWNER: ConfigRecord({"forget_rows": SIZES[node], "steps": 1})})
     return unlearn
 
@@ -144,12 +144,18 @@ def numbers_in(content: RecordDict):
                     yield bytes_to_ndarray(item).ravel()
 
 
-def test_an_owner_refuses_to_clip_and_the_round_is_not_aggregated(tmp_path, tiny_model_dir):
-    server = server_dir(tmp_path / "server", tiny_model_dir)
-    grid = secagg.InProcessGrid({node: owner_handler(stand_in_unlearn(node, tmp_path / f"kept-{node}")) for node in SIZES})
-    run = FlowerRun.from_run_config({"workdir": str(server), "owners": 2, "timeout": 60, "secagg": True, "secagg-clip": 1e-4})
+def nan_update(name, weights):
+    return torch.full_like(weights, float("nan"))
 
-    with pytest.raises(MPUError, match="secure aggregation halted.*above secagg-clip"):
+
+@pytest.mark.parametrize("clip, update, reason", [(1e-4, None, "above secagg-clip"), (8.0, nan_update, "NaN or Inf")])
+def test_an_owner_refuses_to_clip_or_send_nan_and_the_round_is_not_aggregated(tmp_path, tiny_model_dir, clip, update, reason):
+    server = server_dir(tmp_path / "server", tiny_model_dir)
+    grid = secagg.InProcessGrid({node: owner_handler(stand_in_unlearn(node, tmp_path / f"kept-{node}", update if node == 22 else None))
+                                 for node in SIZES})
+    run = FlowerRun.from_run_config({"workdir": str(server), "owners": 2, "timeout": 60, "secagg": True, "secagg-clip": clip})
+
+    with pytest.raises(MPUError, match=f"secure aggregation halted.*node 22.*{reason}"):
         run_rounds(grid, run)
     assert Workdir(server).load().current_round == 1 and Workdir(server).load().published is not None
 

@@ -323,6 +323,8 @@ def _masked_input(msg: Message, context: Context) -> Message:
     state = context.state.config_records[RECORD_KEY_STATE]
     clip, levels = float(state["clipping_range"]), int(state["target_range"])
     vectors = [pending[f"copy-{k}"].numpy() for k in range(1, int(info["copies"]) + 1)]
+    if not all(np.isfinite(vector).all() for vector in vectors):
+        raise MPUError("secure aggregation: the update holds NaN or Inf; nothing is sent (the server could not tell whose it was)")
     largest = max(float(np.abs(vector).max()) for vector in vectors)
     if largest > clip:
         raise MPUError(f"secure aggregation: a value of n_o * Delta' is {largest:.4g}, above secagg-clip {clip:g}; "
