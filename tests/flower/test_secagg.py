@@ -185,3 +185,50 @@ def test_levels_leave_room_for_the_sum_and_an_owner_may_require_secure_aggregati
         secagg.SecAggSettings(levels=2**30).levels_for(4)
     with pytest.raises(MPUError, match="requires secure aggregation"):
         secagg.requested(RecordDict({"job": ConfigRecord({"method": "GradAscent", "secagg": False})}), {"secagg": "required"})
+
+
+def tampered(handler, change):
+    """An owner whose phase-1 reply is changed by ``change(content)`` (a hostile or broken owner)."""
+    def wrapped(msg: Message, context) -> Message:
+        reply = handler(msg, context)
+        if not secagg.is_stage_message(msg):
+            change(reply.content)
+        return reply
+    return wrapped
+
+
+def other_digest(content):
+    content.config_records[secagg.LAYOUT]["digest"] = "0" * 64
+
+
+def extra_arrays(content):
+    content.array_records[RETURNS] = folder_to_record(Path(__file__).parent)
+
+
+def wrong_copy_checksum(content):
+    record = content.array_records[secagg.MANIFESTS]
+    manifest = json.loads(record["update-2/update.json"].data)
+    manifest["copy_sha256"] = "f" * 64
+    data = json.dumps(manifest).encode()
+    record["update-2/update.json"] = type(record["update-2/update.json"])(dtype="uint8", shape=(len(data),),
+                                                                          stype="mpu.file-bytes/1", data=data)
+
+
+@pytest.mark.parametrize("change, reason", [
+    (other_digest, "layout differs"),
+    (extra_arrays, "carries arrays besides its manifests"),
+    (wrong_copy_checksum, "does not name published copy 2"),
+])
+def test_a_hostile_phase_one_reply_is_refused_before_the_secure_sum(tmp_path, tiny_model_dir, change, reason):
+    from mpu.errors import InputError
+
+    server = server_dir(tmp_path / "server", tiny_model_dir)
+    handlers = {node: owner_handler(stand_in_unlearn(node, tmp_path / f"kept-{node}")) for node in SIZES}
+    handlers[22] = tampered(handlers[22], change)
+    grid = secagg.InProcessGrid(handlers)
+    run = FlowerRun.from_run_config({"workdir": str(server), "owners": 2, "timeout": 60, "secagg": True})
+
+    with pytest.raises(InputError, match=reason):
+        run_rounds(grid, run)
+    assert len(grid.received) == 2  # the two phase-1 replies: no SecAgg+ stage was started
+    assert Workdir(server).load().current_round == 1
