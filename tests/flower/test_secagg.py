@@ -170,8 +170,9 @@ def test_an_owner_refuses_to_reveal_a_dropped_owners_key_shares(tmp_path):
 
 
 @pytest.mark.parametrize("config, reason", [
-    ({"secagg": True, "secagg-clip": 0}, "secagg-clip"),
-    ({"secagg": True, "secagg-levels": 1}, "secagg-levels"),
+    ({"secagg": True, "owners": 2, "secagg-clip": 0}, "secagg-clip"),
+    ({"secagg": True, "owners": 2, "secagg-levels": 1}, "secagg-levels"),
+    ({"secagg": True, "owners": 1}, "owners >= 2"),
 ])
 def test_invalid_secagg_settings_are_refused(config, reason):
     with pytest.raises(MPUError, match=reason):

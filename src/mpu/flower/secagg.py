@@ -86,7 +86,7 @@ class SecAggSettings:
 
     @classmethod
     def from_run_config(cls, config: dict[str, Any]) -> "SecAggSettings | None":
-        """None unless ``secagg`` is true; MPUError naming the key for an invalid value."""
+        """None unless ``secagg`` is true; MPUError naming the key for an invalid value or fewer than 2 ``owners``."""
         if not _flag(config.get(SECAGG, False)):
             return None
         try:
@@ -95,6 +95,8 @@ class SecAggSettings:
             raise MPUError(f"run config: secagg-clip / secagg-levels: {err}") from None
         if not math.isfinite(clip) or clip <= 0:
             raise MPUError(f"run config: secagg-clip must be a finite number > 0, got {clip}")
+        if int(config.get("owners", 1)) < 2:
+            raise MPUError("run config: secagg needs owners >= 2 (the sum of one owner's update is that update)")
         if levels != 0 and not 2 <= levels <= MAX_LEVELS:
             raise MPUError(f"run config: secagg-levels must be 0 (automatic) or 2..{MAX_LEVELS}, got {levels}")
         return cls(clip=clip, levels=levels)
