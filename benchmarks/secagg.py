@@ -141,6 +141,7 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default="runs/audit_table", help="audit_table.py's output folder (models cached there)")
     parser.add_argument("--out", default="runs/secagg")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--a-rows", type=int, default=20, help="owner A's forget rows (the first of forget10's 40); B gets the rest")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("mpu", "transformers", "flwr"):
@@ -168,8 +169,11 @@ def main(argv=None) -> int:
     info = prepare(Path(args.models))
     data = Path(info["data"])
     forget, retain = qa_rows(data, "forget10"), qa_rows(data, "retain90")
-    owners = {NODES[0]: (forget[:20], retain[-40:-20]), NODES[1]: (forget[20:40], retain[-20:])}
-    rows = {"A": forget[:20], "B": forget[20:40], "holdout": qa_rows(data, "holdout10")}
+    split = args.a_rows
+    if not 1 <= split < 40:
+        parser.error("--a-rows must be between 1 and 39")
+    owners = {NODES[0]: (forget[:split], retain[-40:-20]), NODES[1]: (forget[split:40], retain[-20:])}
+    rows = {"A": forget[:split], "B": forget[split:40], "holdout": qa_rows(data, "holdout10")}
 
     # round 1 published once; every path works on a copy of this work directory
     init_server(out / "published", info["theta"], None, ServerConfig(copies=3, kappa=0.01, rounds=1, fixed_seed=1), progress=False)
@@ -190,13 +194,13 @@ def main(argv=None) -> int:
         unlearn_seconds[node] = round(time.perf_counter() - started, 2)
         log.info("owner %d unlearned in %.1f s", node, unlearn_seconds[node])
 
-    results = {"unlearn_seconds": unlearn_seconds, "paths": {}}
+    results = {"forget_rows": {"A": split, "B": 40 - split}, "unlearn_seconds": unlearn_seconds, "paths": {}}
     plain_dir = server("plain")
     plain = one_path(plain_dir, out / "outbox", replies, out / "plain-exchange", None)
     results["paths"]["plain"] = {key: plain[key] for key in ("seconds", "bytes_to_owners", "bytes_from_owners", "messages")}
     plain_vectors = {copy: flat(plain["returns"] / f"update-{copy}") for copy in (1, 2, 3)}
     largest = max(float(np.abs(v).max()) for v in plain_vectors.values())
-    fitted = float(f"{largest * 20 * 1.5:.2g}")  # n_o * |Delta'| with n_o = 20, with a margin
+    fitted = float(f"{largest * max(split, 40 - split) * 1.5:.2g}")  # n_o * |Delta'| for the larger owner, with a margin
     settings = {"default (clip 8, levels auto = 2**30)": {},
                 "Flower defaults (clip 8, levels 2**22)": {"secagg-levels": 2**22},
                 f"fitted clip {fitted:g}, levels auto": {"secagg-clip": fitted},

@@ -233,3 +233,17 @@ def test_a_hostile_phase_one_reply_is_refused_before_the_secure_sum(tmp_path, ti
         run_rounds(grid, run)
     assert len(grid.received) == 2  # the two phase-1 replies: no SecAgg+ stage was started
     assert Workdir(server).load().current_round == 1
+
+
+def test_an_owner_that_failed_to_unlearn_stops_the_round_naming_it(tmp_path, tiny_model_dir):
+    server = server_dir(tmp_path / "server", tiny_model_dir)
+
+    def broken(msg, context):
+        raise MPUError("forget file unreadable")
+
+    grid = secagg.InProcessGrid({11: owner_handler(stand_in_unlearn(11, tmp_path / "kept-11")), 22: broken})
+    run = FlowerRun.from_run_config({"workdir": str(server), "owners": 2, "timeout": 60, "secagg": True})
+
+    with pytest.raises(MPUError, match="1 of 2 data owner.*node 22: failed: .*forget file unreadable"):
+        run_rounds(grid, run)
+    assert Workdir(server).load().current_round == 1

@@ -345,7 +345,9 @@ def secure_returns(grid, run, nodes: list[int], replies: dict[int, Message], fol
     Each owner's manifests must pass :func:`mpu.server.validate.check_manifest` for this round, name
     every published copy with its checksum, be full updates and agree on the job (as
     :func:`mpu.flower.owners.combine_returns` demands); its layout digest must equal the server's.
-    Every owner must reply (MPUError naming the node otherwise). Returns the folder for ``aggregate``.
+    Owners without a usable reply are dropped only where ``run.min_owners`` allows it (at least 2 must
+    remain; without ``min_owners``, every owner must reply): MPUError naming them otherwise. Whoever
+    unlearned must then take part in every SecAgg+ stage. Returns the folder for ``aggregate``.
     """
     from mpu.checkpoint import CheckpointReader
     from mpu.flower.files import record_to_folder
@@ -362,13 +364,19 @@ def secure_returns(grid, run, nodes: list[int], replies: dict[int, Message], fol
         raise MPUError(f"round {round_number} has not been published; nothing to sum")
     entries = layout(CheckpointReader(work.model_path(state)))
     digest, elements = layout_digest(entries), layout_elements(entries)
+    dropped = [f"node {node}: " + ("no reply in time" if replies.get(node) is None else f"failed: {replies[node].error.reason}")
+               for node in nodes if replies.get(node) is None or replies[node].has_error()]
+    minimum = max(2, getattr(run, "min_owners", None) or len(nodes))  # a run config with min-owners may drop owners
+    indexed = [(index, node) for index, node in enumerate(nodes, start=1) if replies.get(node) is not None and not replies[node].has_error()]
+    if len(indexed) < minimum:
+        raise MPUError(f"round {round_number}: {len(indexed)} of {len(nodes)} data owner(s) unlearned, the secure sum needs "
+                       f"{minimum}; nothing aggregated: " + "; ".join(dropped))
+    for reason in dropped:
+        log.warning("round %d: dropped from the secure sum: %s", round_number, reason)
+    nodes = [node for _, node in indexed]
     per_owner: list[list] = []
-    for index, node in enumerate(nodes, start=1):
-        reply = replies.get(node)
-        if reply is None:
-            raise MPUError(f"data owner node {node} did not reply in time")
-        if reply.has_error():
-            raise MPUError(f"data owner node {node} failed: {reply.error.reason}")
+    for index, node in indexed:
+        reply = replies[node]
         target = folder / f"owner-{index}"
         content = reply.content
         if MANIFESTS not in content.array_records or LAYOUT not in content.config_records:
