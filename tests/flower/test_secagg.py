@@ -215,8 +215,15 @@ def wrong_copy_checksum(content):
                                                                           stype="mpu.file-bytes/1", data=data)
 
 
+def not_json(content):
+    record = content.array_records[secagg.MANIFESTS]
+    record["update-1/update.json"] = type(record["update-1/update.json"])(dtype="uint8", shape=(3,), stype="mpu.file-bytes/1",
+                                                                          data=b"{no")
+
+
 @pytest.mark.parametrize("change, reason", [
     (other_digest, "layout differs"),
+    (not_json, "update manifest"),
     (extra_arrays, "carries arrays besides its manifests"),
     (wrong_copy_checksum, "does not name published copy 2"),
 ])

@@ -349,7 +349,8 @@ def secure_returns(grid, run, nodes: list[int], replies: dict[int, Message], fol
     remain; without ``min_owners``, every owner must reply): MPUError naming them otherwise. Whoever
     unlearned must then take part in every SecAgg+ stage. Returns the folder for ``aggregate``.
     """
-    from mpu.checkpoint import CheckpointReader
+    from mpu.checkpoint import CheckpointReader, read_json
+    from mpu.checkpoint.files import MAX_MANIFEST_BYTES
     from mpu.flower.files import record_to_folder
     from mpu.flower.owners import AGREED
     from mpu.protocol import UPDATE_MANIFEST
@@ -393,7 +394,7 @@ def secure_returns(grid, run, nodes: list[int], replies: dict[int, Message], fol
             path = manifests_dir / f"update-{copy_id}" / UPDATE_MANIFEST
             if not path.is_file():
                 raise InputError(path, f"node {node}: no manifest for copy {copy_id}")
-            manifest = check_manifest(json.loads(path.read_text()), path, published)
+            manifest = check_manifest(read_json(path, "update manifest", MAX_MANIFEST_BYTES), path, published)
             if manifest.copy_id != copy_id or manifest.copy_sha256 != sha:
                 raise InputError(path, f"node {node}: manifest does not name published copy {copy_id} and its checksum")
             if manifest.kind != "full":
