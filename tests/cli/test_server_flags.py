@@ -50,8 +50,9 @@ def test_every_historical_flag_and_alias_sets_its_field():
     reparam = config.reparam
     assert (reparam.enabled, reparam.qk_rotation, reparam.vo, reparam.kv_permutation, reparam.ffn_permutation,
             reparam.ffn_scaling) == (False, False, "haar", True, False, True)
-    assert config_of("--copies", "5", "--alphas", "reference").copies == 5
-    assert config_of("--alphas", "reference").alpha_mode == "reference"
+    assert config_of("--copies", "5", "--alphas", "public").copies == 5
+    assert config_of("--alphas", "public").alpha_mode == "public"
+    assert config_of("--alphas", "reference").alpha_mode == "public"  # the old name still works
 
 
 def test_a_preset_fills_only_the_flags_not_given():

@@ -10,7 +10,7 @@ import json
 from mpu.errors import MPUError
 from mpu.server.combine import COMBINE_RULES, DEFAULT_COMBINE, combine_help  # no torch either
 from mpu.flags import add_dataclass_arguments, coerce, flag_name, given_values  # no torch either
-from mpu.server.config import PRESETS, ServerConfig  # no torch: parsing and --help stay fast
+from mpu.server.config import ALPHA_MODE_ALIASES, PRESETS, ServerConfig  # no torch: parsing and --help stay fast
 from mpu.threads import add_threads_argument, apply_threads
 
 
@@ -26,7 +26,7 @@ def add_server_config_arguments(parser: argparse.ArgumentParser) -> None:
     --privacy preset, everything else unset from ServerConfig's defaults."""
     group = parser.add_argument_group("MPU settings (unset privacy options come from --privacy)")
     add_dataclass_arguments(parser, group, ServerConfig, _SV)
-    group.add_argument("--privacy", choices=sorted(PRESETS), default="default", help="preset: default (secret alphas, plane V/O, FFN permutation, independent noise tau=1), paper (reference alphas, tau=0: exact cancellation), hardened (all options below)")
+    group.add_argument("--privacy", choices=sorted(PRESETS), default="default", help="preset: default (secret alphas, plane V/O, FFN permutation, independent noise tau=1), paper (public alphas, tau=0: exact cancellation), hardened (all options below)")
     # ReparamOptions is imported with torch (mpu.reparam), which --help must not load: its flags stay here.
     privacy = parser.add_argument_group("reparameterisation (unset options come from --privacy)")
     privacy.add_argument("--no-reparam", action="store_true", help="publish copies without reparameterisation (weaker privacy)")
@@ -74,12 +74,12 @@ def server_config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 
 def _parse_alphas(text: str) -> dict:
-    if text in ("secret", "reference"):
-        return {"alpha_mode": text, "alphas": None}
+    if text in ("secret", "public", "reference"):  # "reference": the public schedule's old name
+        return {"alpha_mode": ALPHA_MODE_ALIASES.get(text, text), "alphas": None}
     try:
         return {"alpha_mode": "list", "alphas": [float(value) for value in text.split(",")]}
     except ValueError:
-        raise MPUError(f"--alphas must be 'secret', 'reference' or numbers like 1,1.5,2; got {text!r}") from None
+        raise MPUError(f"--alphas must be 'secret', 'public' or numbers like 1,1.5,2; got {text!r}") from None
 
 
 def register(subparsers) -> None:

@@ -12,20 +12,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from mpu.client import CLIENT_REFERENCES
+from mpu.client import REFERENCE_MODEL_ROUNDS
 from mpu.errors import MPUError
 
 CONFIG_DIR = Path(os.environ.get("MPU_CONFIGS") or Path(__file__).resolve().parents[3] / "configs")
 
 MPU_KEYS = {
     "enabled", "m", "kappa", "R", "E", "eta", "alphas", "alpha_max", "independent_noise", "noise_scope",
-    "publish_dtype", "max_update_ratio", "seed", "reparam", "keep_exchange", "keep_server", "client_reference",
-    "sigma_reference",
+    "publish_dtype", "max_update_ratio", "seed", "reparam", "keep_exchange", "keep_server",
+    "reference_model_round", "client_reference",  # client_reference: reference_model_round's old name, still read
+    "sigma_from", "sigma_reference",  # sigma_reference: sigma_from's old name, still read
 }
-SIGMA_REFERENCES = ("task-vector", "weights")
+SIGMA_FROM = ("task-vector", "weights")
 DATA_KEYS = {"source", "forget_split", "retain_split", "forget_file", "retain_file", "text_chunk_words", "text_prompt_words"}
 MODEL_KEYS = {"target", "retain", "base"}
-EVALUATION_KEYS = {"enabled", "batch_size", "device", "dtype", "reference_models"}
+EVALUATION_KEYS = {"enabled", "batch_size", "device", "dtype", "target_and_retain", "reference_models"}  # reference_models: old name
 BUILTIN = "builtin"
 
 
@@ -103,9 +104,9 @@ class ExperimentSettings:
     threads: int | None = None
     keep_exchange: bool = False
     keep_server: bool = False
-    client_reference: str = "first"  # reference of reference-model methods: round 1's copies, or each round's
+    reference_model_round: str = "first"  # whose copy is the reference model: round 1's, or each round's own
     finetune_from_base: dict[str, Any] | None = None  # ... when fine-tuned from the base (model.from_base.<bench>)
-    sigma_reference: str = "task-vector"  # noise scale: kappa * RMS of the task vector (needs model.base) or of the weights
+    sigma_from: str = "task-vector"  # noise scale: kappa * RMS of the task vector (needs model.base) or of the weights
     method_config: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -183,16 +184,16 @@ def server_config(mpu: dict, rounds: int):
         except ValueError as err:
             raise MPUError(f"mpu.{key}: {err}") from None
     alphas = mpu.get("alphas")
-    if isinstance(alphas, str) and alphas in ("secret", "reference"):
-        settings["alpha_mode"] = alphas
+    if isinstance(alphas, str) and alphas in ("secret", "public", "reference"):  # reference: public's old name
+        settings["alpha_mode"] = "public" if alphas == "reference" else alphas
     elif alphas is not None:
         if isinstance(alphas, str):
             try:
                 alphas = [float(value) for value in alphas.split(",") if value.strip()]
             except ValueError:
-                raise MPUError(f"mpu.alphas must be secret, reference or a list of numbers, got {alphas!r}") from None
+                raise MPUError(f"mpu.alphas must be secret, public or a list of numbers, got {alphas!r}") from None
         if not isinstance(alphas, (list, tuple)) or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in alphas):
-            raise MPUError(f"mpu.alphas must be secret, reference or a list of numbers, got {alphas!r}")
+            raise MPUError(f"mpu.alphas must be secret, public or a list of numbers, got {alphas!r}")
         settings.update(alpha_mode="list", alphas=[float(a) for a in alphas])
     reparam = mpu.get("reparam") or {}
     if reparam is False:
@@ -289,7 +290,9 @@ def settings_from_config(cfg) -> ExperimentSettings:
 
     evaluation = dict(_section(plain, "evaluation", EVALUATION_KEYS, required=False))
     evaluation.setdefault("enabled", True)
-    evaluation.setdefault("reference_models", True)
+    if "reference_models" in evaluation:  # target_and_retain's old name: still read, and wins when set
+        evaluation["target_and_retain"] = evaluation.pop("reference_models")
+    evaluation.setdefault("target_and_retain", True)
     evaluation.setdefault("dtype", "auto")
     for key in ("save_model", "progress"):
         if key in plain and not isinstance(plain[key], bool):
@@ -321,25 +324,28 @@ def settings_from_config(cfg) -> ExperimentSettings:
         threads=threads,
         keep_exchange=bool(mpu.get("keep_exchange", False)),
         keep_server=bool(mpu.get("keep_server", False)),
-        client_reference=_client_reference(mpu.get("client_reference", "first")),
-        sigma_reference=_sigma_reference(mpu.get("sigma_reference", "task-vector"), enabled, model["base"]),
+        reference_model_round=_reference_model_round(mpu.get("client_reference") or mpu.get("reference_model_round", "first")),
+        sigma_from=_sigma_from(mpu.get("sigma_reference") or mpu.get("sigma_from", "task-vector"), enabled, model["base"]),
         method_config=method_config,
     )
 
 
-def _sigma_reference(value, enabled: bool, base: str | None) -> str:
-    """mpu.sigma_reference, checked: the task vector (the paper's scale) needs model.base."""
-    if value not in SIGMA_REFERENCES:
-        raise MPUError(f"mpu.sigma_reference must be task-vector (sigma from theta - theta_base) or weights "
+def _sigma_from(value, enabled: bool, base: str | None) -> str:
+    """mpu.sigma_from (or its old name mpu.sigma_reference, which wins when set), checked: the task vector
+    (the paper's scale) needs model.base. Raises MPUError for another value or a missing base."""
+    if value not in SIGMA_FROM:
+        raise MPUError(f"mpu.sigma_from must be task-vector (sigma from theta - theta_base) or weights "
                        f"(sigma from theta, a harsher control), got {value!r}")
     if enabled and value == "task-vector" and not base:
-        raise MPUError("mpu.sigma_reference=task-vector scales the noise by the task vector theta - theta_base and needs "
+        raise MPUError("mpu.sigma_from=task-vector scales the noise by the task vector theta - theta_base and needs "
                        "model.base (a directory or hub id; builtin for the built-in models); set model.base=..., or "
-                       "mpu.sigma_reference=weights for sigma from the whole weights (a harsher control)")
+                       "mpu.sigma_from=weights for sigma from the whole weights (a harsher control)")
     return value
 
 
-def _client_reference(value) -> str:
-    if value not in CLIENT_REFERENCES:
-        raise MPUError(f"mpu.client_reference must be first (round 1's copies) or round (each round's copy), got {value!r}")
+def _reference_model_round(value) -> str:
+    """mpu.reference_model_round (or its old name mpu.client_reference, which wins when set), checked.
+    Raises MPUError for a value other than first or round."""
+    if value not in REFERENCE_MODEL_ROUNDS:
+        raise MPUError(f"mpu.reference_model_round must be first (round 1's copies) or round (each round's copy), got {value!r}")
     return value

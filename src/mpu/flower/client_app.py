@@ -15,7 +15,7 @@ The unlearning job (method, hyperparameters, training options) comes from the se
 node config keys ``threads`` (torch threads) and ``retain`` are optional. With ``state-dir`` (an
 existing folder of the owner's), round 1's publication of each Flower run is kept there
 (``run-<run id>/reference``) and used as the reference publication of the later rounds of that run,
-as ``mpu client unlearn --reference-inbox`` and ``mpu run`` do: reference-model methods (NPO, DPO,
+as ``mpu client unlearn --reference-model-inbox`` and ``mpu run`` do: reference-model methods (NPO, DPO,
 ...) then compare copy k with copy k as first received, a fixed reference over the rounds. Without
 it each round's copies are their own reference. Any error is raised, and Flower returns it to the
 server as an error reply.
@@ -85,7 +85,7 @@ def unlearn_message(content: RecordDict, node_config: dict, run_id: int = 0) -> 
             elif kept.is_dir():
                 reference = kept
         results = unlearn_copies(inbox, forget_rows, retain_rows, method, hparams, training, Path(scratch) / "returns",
-                                 reference_inbox=reference)
+                                 reference_model_inbox=reference)
         returns = folder_to_record(Path(scratch) / "returns")
     owner = ConfigRecord({"forget_rows": len(forget_rows), "steps": sum(result.steps for result in results)})
     return RecordDict({RETURNS: returns, OWNER: owner})
