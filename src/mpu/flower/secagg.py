@@ -485,6 +485,7 @@ class _ErrorWatch:
         self.errors: list[str] = []
 
     def send_and_receive(self, messages, *, timeout: float | None = None):
+        """The grid's replies, unchanged; error replies' reasons are kept."""
         replies = list(self.grid.send_and_receive(messages, timeout=timeout))
         for reply in replies:
             if reply.has_error():
@@ -523,9 +524,12 @@ class InProcessGrid:
         self.bytes_down = 0
 
     def get_node_ids(self) -> list[int]:
+        """The owners' node ids, sorted (as ``Grid.get_node_ids``)."""
         return sorted(self.handlers)
 
     def send_and_receive(self, messages, *, timeout: float | None = None) -> list[Message]:
+        """Deliver each message to its node's handler, one after another; the replies in order. A
+        handler's exception becomes an error reply, as in Flower. ``timeout`` is ignored."""
         from flwr.app.error import Error
         from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 
