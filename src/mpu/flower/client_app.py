@@ -52,8 +52,16 @@ app = ClientApp()
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Flower's entry point for one round's publication."""
+    """Flower's entry point for one round's publication (and, with secure aggregation, its SecAgg+ stages)."""
+    from mpu.flower import secagg  # --- secure aggregation hook (mpu.flower.secagg) ---
+    if secagg.is_stage_message(msg):
+        return secagg.stage(msg, context)
+    # the owner's settings (its DP floor, its files; in simulation, the run config's per-node lists) hold
+    # with and without secure aggregation
     node_config = owner_node_config(dict(context.node_config), dict(context.run_config))
+    if secagg.requested(msg.content, node_config):
+        owner_unlearn = lambda content, _raw_config, run_id: unlearn_message(content, node_config, run_id=run_id)
+        return Message(secagg.unlearn_and_keep(msg, context, owner_unlearn), reply_to=msg)  # --- end of hook ---
     content = unlearn_message(msg.content, node_config, run_id=msg.metadata.run_id)
     return Message(content, reply_to=msg)
 

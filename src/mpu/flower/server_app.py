@@ -75,6 +75,7 @@ class FlowerRun:
     method: str = "GradAscent"
     hparams: str = "{}"
     training: str = "{}"
+    secagg: Any = None  # mpu.flower.secagg.SecAggSettings when the run config says `secagg = true`
 
     @classmethod
     def from_run_config(cls, config: dict[str, Any]) -> "FlowerRun":
@@ -115,11 +116,14 @@ class FlowerRun:
                 raise MPUError(f"run config: {key} is not JSON ({err})") from None
             if not isinstance(value, dict):
                 raise MPUError(f"run config: {key} must be a JSON object, got {getattr(run, key)!r}")
+        from mpu.flower.secagg import SecAggSettings  # secure aggregation hook (mpu.flower.secagg)
+        run.secagg = SecAggSettings.from_run_config(config)
         return run
 
     def job(self) -> ConfigRecord:
         """The unlearning job as the owners receive it."""
-        return ConfigRecord({"method": self.method, "hparams": self.hparams, "training": self.training})
+        return ConfigRecord({"method": self.method, "hparams": self.hparams, "training": self.training,
+                             **({"secagg": True} if self.secagg is not None else {})})  # secure aggregation hook
 
 
 @app.main()
@@ -189,6 +193,9 @@ def exchange(grid: Grid, nodes: list[int], run: FlowerRun, folder: Path, round_n
     log.info("round %d: sending %d bytes of copies to %d data owner(s)", round_number, record_bytes(publication), len(nodes))
     replies = {reply.metadata.src_node_id: reply for reply in grid.send_and_receive(messages, timeout=run.timeout)}
     log.info("round %d: %d repl(ies) received in %.2f s", round_number, len(replies), time.perf_counter() - started)
+    if run.secagg is not None:  # --- secure aggregation hook: the replies hold manifests only ---
+        from mpu.flower.secagg import secure_returns
+        return secure_returns(grid, run, nodes, replies, folder, round_number)  # --- end of hook ---
     owner_dirs, sizes, dropped = [], [], []
     limit = returns_limit(run.workdir)
     for index, node in enumerate(nodes, start=1):
