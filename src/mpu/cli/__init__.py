@@ -17,6 +17,7 @@ import pkgutil
 import sys
 
 from mpu import __version__
+from mpu.cli._lazy import explain_defaults
 from mpu.errors import MPUError
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         module = importlib.import_module(f"{__name__}.{module_info.name}")
         module.register(subparsers)
+    explain_defaults(parser)
     return parser
 
 

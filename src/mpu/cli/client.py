@@ -13,7 +13,7 @@ from mpu.threads import add_threads_argument, apply_threads
 def add_client_data_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--forget`` (required) and ``--retain``: question/answer row files in any supported format."""
     parser.add_argument("--forget", required=True, help="forget set: question/answer rows as JSON lines, a JSON array, CSV, parquet, a `datasets` folder or a hub-layout folder")
-    parser.add_argument("--retain", default=None, help="retain set, same format (needed by methods with a retain term)")
+    parser.add_argument("--retain", default=None, help="retain set, same format (needed by GradDiff, RMU, PDU; without it other methods leave their retain term out)")
 
 
 def register(subparsers) -> None:
@@ -30,7 +30,7 @@ def register(subparsers) -> None:
     unlearn.add_argument("--inbox", required=True, help="the server's published folder (manifest.json, copy-1 ...)")
     add_client_data_arguments(unlearn)
     unlearn.add_argument("--out", required=True, help="folder for the returns (update-K/ per copy); gather several clients' into one")
-    unlearn.add_argument("--copy", type=int, action="append", default=None, help="train only this copy (repeatable), to spread copies over devices or machines")
+    unlearn.add_argument("--copy", type=int, action="append", default=None, help="train only this copy (repeatable), to spread copies over devices or machines (default: every copy)")
     unlearn.add_argument("--reference-inbox", default=None, metavar="DIR",
                          help="an earlier round's publication (keep round 1's): reference-model methods (NPO, DPO, UNDIAL, KL retain) "
                               "compare copy K with copy K of that round, so the reference stays fixed over rounds; "

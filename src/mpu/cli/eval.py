@@ -49,7 +49,8 @@ def register(subparsers) -> None:
                           help="tokens per row (default: the model's context); longer rows are an error")
     encoding.add_argument("--truncate", action="store_true", help="cut longer rows instead, counted in the output")
     add_threads_argument(parser)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress-bar", "--no-progress", dest="no_progress", action="store_true",
+                        help="no progress bars (for logs)")
     parser.set_defaults(func=_eval)
 
 
