@@ -55,18 +55,20 @@ def _unlearn(args) -> int:
     method, hparams, training = options_from_args(args)
     forget = load_qa_rows(args.forget)
     retain = load_qa_rows(args.retain) if args.retain else None
-    copies = sorted(Path(args.inbox).glob("copy-*"))
-    hint = learning_rate_hint(copies[0], training.learning_rate) if copies else None
-    if hint and is_main_process():
-        print(hint, file=sys.stderr)
     job = UnlearnJob(method, hparams, training, forget, retain)
+    # one line per copy comes from the library's log (mpu run and the Flower client print the same)
     results = unlearn_publication(args.inbox, job, args.out, copy_ids=args.copy, return_lora=args.return_lora,
                                   reference_inbox=args.reference_inbox, overwrite=args.overwrite, resume=args.resume)
     if not is_main_process():
         return 0  # under torchrun every rank trains; rank 0 reports
-    for result in results:
-        if result.skipped:
-            print(f"copy {result.copy_id}: finished update in {result.out_dir}, skipped (--resume)")
-            continue
-        print(f"copy {result.copy_id}: {result.steps} steps in {result.seconds:.1f}s, loss {result.loss['first']} -> {result.loss['last']}; wrote {result.out_dir}")
+    trained = [result for result in results if not result.skipped]
+    copies = ", ".join(str(result.copy_id) for result in results)
+    skipped = f"; {len(results) - len(trained)} of them finished before, skipped by --resume" if len(trained) < len(results) else ""
+    print(f"{len(results)} update(s) in {args.out} (copies {copies}{skipped}): return the folder to the model owner "
+          f"(mpu server aggregate --returns {args.out})")
+    # After the run, not before: a failure elsewhere gets its own message without this one in front of it.
+    copies_dirs = sorted(Path(args.inbox).glob("copy-*"))
+    hint = learning_rate_hint(copies_dirs[0], training.learning_rate) if trained and copies_dirs else None
+    if hint:
+        print(hint, file=sys.stderr)
     return 0

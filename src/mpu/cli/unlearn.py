@@ -99,10 +99,7 @@ def run(args: argparse.Namespace) -> int:
         raise MPUError(f"{out} exists; pass --overwrite to replace it")
     forget = load_qa_rows(args.forget)
     retain = load_qa_rows(args.retain) if args.retain else None
-    hint = learning_rate_hint(args.model, training.learning_rate)
     main = int(os.environ.get("RANK", "0")) == 0  # one line per run, not per process
-    if hint and main:
-        print(hint, file=sys.stderr)
     if main:
         logger.info("unlearning %d forget rows%s with %s: %s", len(forget),
                     f" ({len(retain)} retain rows)" if retain else "", method, hparams)
@@ -110,5 +107,9 @@ def run(args: argparse.Namespace) -> int:
     result = unlearn_model(args.model, job, out, dtype=args.dtype, summary={"base_model": str(args.model)})
     if result.is_main_process:
         logger.info("%s: %d steps in %.1f s, loss %s -> %s; wrote %s", method, result.steps, result.seconds,
-                    f"{result.losses[0]:.4f}" if result.losses else "-", f"{result.losses[-1]:.4f}" if result.losses else "-", out)
+                    f"{result.losses[0]:.4g}" if result.losses else "-", f"{result.losses[-1]:.4g}" if result.losses else "-", out)
+        # After the run, not before: a failure elsewhere gets its own message without this one in front of it.
+        hint = learning_rate_hint(args.model, training.learning_rate)
+        if hint:
+            print(hint, file=sys.stderr)
     return 0
