@@ -19,7 +19,8 @@ def register(subparsers) -> None:
         "<BENCH>_SUMMARY.json (headline values) under OpenUnlearning's key names.",
     )
     parser.add_argument("--model", required=True, help="HF checkpoint directory")
-    parser.add_argument("--benchmark", choices=("tofu", "muse", "wmdp"), default="tofu")
+    parser.add_argument("--benchmark", choices=("tofu", "muse", "wmdp"), default="tofu",
+                        help="which benchmark's metrics and data layout (default: tofu)")
     parser.add_argument("--data", default=None,
                         help="local directory in the hub layout, or a hub dataset name (e.g. locuslab/TOFU); "
                         "default: the data the model was trained on (recorded in its mpu_finetune.json, or the cached "
@@ -32,7 +33,8 @@ def register(subparsers) -> None:
                            help="checkpoint never trained on the forget set (forget_quality, privleak, mia_reference)")
     reference.add_argument("--retain-logs", default=None, help="the retain model's <BENCH>_EVAL.json")
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="rows per forward pass (default: the suite's batch_size, 32 in configs/eval/)")
     parser.add_argument("--config", default=None, help="suite YAML (e.g. configs/eval/tofu.yaml) to override")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
