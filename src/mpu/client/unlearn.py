@@ -25,8 +25,9 @@ from mpu.client.update import loss_summary, write_dense_update, write_lora_updat
 from mpu.errors import InputError, MPUError
 from mpu.methods import TrainingOptions
 from mpu.methods.job import UnlearnJob
-from mpu.methods.training import frozen_gc, quiet_transformers
+from mpu.methods.training import frozen_gc
 from mpu.protocol import PUBLICATION_MANIFEST, UPDATE_MANIFEST, UpdateManifest, update_folder
+from mpu.quiet import quiet_transformers
 
 log = logging.getLogger(__name__)
 

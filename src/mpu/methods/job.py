@@ -35,9 +35,10 @@ from mpu.methods.data import ForgetRetainCollator, ForgetRetainDataset
 from mpu.methods.lora import add_lora
 from mpu.methods.options import TrainingOptions
 from mpu.methods.training import (
-    UnlearnResult, _private_steps, _resolve_hparams, _retain_reason, finish_unlearning, frozen_gc, quiet_transformers,
-    run_max_length, run_prompt_format, training_arguments,
+    UnlearnResult, _private_steps, _resolve_hparams, _retain_reason, finish_unlearning, frozen_gc, run_max_length,
+    run_prompt_format, training_arguments,
 )
+from mpu.quiet import quiet_transformers
 
 logger = logging.getLogger(__name__)
 

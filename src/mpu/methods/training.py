@@ -2,7 +2,7 @@
 
 The run's inputs are one value, :class:`mpu.methods.job.UnlearnJob`; this module holds what it uses
 (``training_arguments``, the prompt format and length policy, DP-SGD's plan, ``finish_unlearning``,
-``frozen_gc``, ``quiet_transformers``) and the positional adapters ``prepare_unlearning``/``run_unlearning``.
+``frozen_gc``) and the positional adapters ``prepare_unlearning``/``run_unlearning``.
 """
 
 from __future__ import annotations
@@ -225,26 +225,6 @@ def run_unlearning(
     from mpu.methods.job import UnlearnJob
 
     return UnlearnJob(method, hparams, training, forget_rows, retain_rows, reference, dp_runs).run(model, tokenizer, output_dir)
-
-
-@contextmanager
-def quiet_transformers(warnings: bool = True):
-    """transformers' own progress bars ("Loading weights", "Writing model shards") off while mpu loads or
-    saves a model as a step it reports itself, through transformers' logging API; the Trainer's training
-    bar is a different one and stays. ``warnings=False`` also hides transformers' warnings (for models
-    mpu made and checked itself, such as the published copies). Restores the previous settings."""
-    from transformers.utils import logging as hf_logging
-
-    bars, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
-    hf_logging.disable_progress_bar()
-    if not warnings:
-        hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 _FREEZE_DEPTH = 0  # how many frozen_gc() blocks are open; only the outermost one collects and freezes
