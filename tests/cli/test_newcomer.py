@@ -143,3 +143,68 @@ def test_a_csv_with_another_separator_is_named_with_the_fix(separator, tiny_mode
     err = capsys.readouterr().err
     assert str(forget) in err and f"separated by {separator!r}" in err and "','" in err
     assert not (tmp_path / "u").exists()
+
+
+# --- typos and wrong paths ---------------------------------------------------------------------------
+
+def test_a_mistyped_command_or_flag_gets_the_closest_name_and_the_subcommand(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sever", "init"])
+    assert exit_info.value.code == 2 and "did you mean 'server'?" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["server", "innit"])
+    assert "mpu server: error: unknown command 'innit'; did you mean 'init'?" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["server", "init", "--model", "M", "--workdir", "S", "--copy", "3"])
+    err = capsys.readouterr().err
+    assert "mpu server init: error: unrecognized arguments: --copy 3; did you mean --copies?" in err
+    assert "usage: mpu server init" in err   # the subcommand's usage, not the top-level one
+    with pytest.raises(SystemExit):
+        main(["client", "unlearn", "--inbox", "I", "--forget", "F", "--out", "U", "--metod", "NPO"])
+    assert "did you mean --method?" in capsys.readouterr().err
+
+
+def test_errors_name_the_whole_subcommand(tmp_path, capsys):
+    assert main(["server", "status", "--workdir", str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err.startswith("mpu server status: error: ")
+
+
+def test_a_wrong_inbox_says_which_folder_to_pass(outbox, forget_file, tmp_path, capsys):
+    def unlearn(inbox) -> str:
+        assert main(["client", "unlearn", "--inbox", str(inbox), "--forget", str(forget_file), "--method", "NPO",
+                     "--out", str(tmp_path / "u")]) == 2
+        return capsys.readouterr().err
+
+    err = unlearn(tmp_path / "typo")
+    assert "no such folder" in err and "mpu server publish --out" in err
+    workdir = outbox.parent / "s"
+    assert "the server's work directory" in unlearn(workdir)
+    err = unlearn(outbox / "copy-1")
+    assert "one copy of a publication" in err and str(outbox) in err
+    assert not (tmp_path / "u").exists()
+
+
+def test_a_wrong_model_says_what_to_pass(outbox, tiny_model_dir, forget_file, tmp_path, capsys):
+    def unlearn(model) -> str:
+        assert main(["unlearn", "--model", str(model), "--forget", str(forget_file), "--method", "GradAscent",
+                     "--out", str(tmp_path / "u")]) == 2
+        return capsys.readouterr().err
+
+    assert "hf download org/model --local-dir DIR" in unlearn("org/model")
+    assert "a file; pass the model's folder" in unlearn(tiny_model_dir / "config.json")
+    err = unlearn(outbox)
+    assert "mpu client unlearn --inbox" in err and err.count("\n") == 1   # the message alone, nothing before it
+
+
+def test_eval_checks_the_model_and_the_split_before_announcing_data(tmp_path, tiny_model_dir, capsys):
+    assert main(["eval", "--model", str(tmp_path / "typo"), "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert "no such model directory" in err and "data:" not in err
+    assert main(["eval", "--model", str(tiny_model_dir), "--forget-split", "forget11", "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean forget10?" in err and "data:" not in err
+
+
+def test_report_on_a_folder_without_runs_says_what_it_reads(tmp_path, capsys):
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert "python src/train.py" in capsys.readouterr().err

@@ -16,6 +16,26 @@ def add_client_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retain", default=None, help="retain set, same format (needed by GradDiff, RMU, PDU; without it other methods leave their retain term out)")
 
 
+def check_inbox(inbox: str) -> None:
+    """Refuse an ``--inbox`` that is not a publication with a message that says what to pass instead:
+    a missing folder, the server's work directory (which a data owner should never hold), a single copy."""
+    from mpu.errors import MPUError
+
+    path = Path(inbox)
+    wanted = "pass the folder that `mpu server publish --out` wrote (manifest.json, copy-1 ...)"
+    if not path.is_dir():
+        raise MPUError(f"--inbox {path}: no such folder; {wanted}")
+    if (path / "manifest.json").is_file():
+        return
+    if (path / "state.json").is_file():
+        raise MPUError(f"--inbox {path}: this is the server's work directory (private: it holds the secrets), "
+                       f"not a publication; {wanted}")
+    if (path / "config.json").is_file() and (path.parent / "manifest.json").is_file():
+        raise MPUError(f"--inbox {path}: this is one copy of a publication; pass its folder {path.parent} "
+                       "(and --copy K to train only copy K)")
+    raise MPUError(f"--inbox {path}: no manifest.json in it; {wanted}")
+
+
 def register(subparsers) -> None:
     """Add ``mpu client unlearn`` to the CLI's subcommands."""
 
@@ -55,6 +75,7 @@ def _unlearn(args) -> int:
     method, hparams, training = options_from_args(args)
     forget = load_qa_rows(args.forget)
     retain = load_qa_rows(args.retain) if args.retain else None
+    check_inbox(args.inbox)
     job = UnlearnJob(method, hparams, training, forget, retain)
     # one line per copy comes from the library's log (mpu run and the Flower client print the same)
     results = unlearn_publication(args.inbox, job, args.out, copy_ids=args.copy, return_lora=args.return_lora,

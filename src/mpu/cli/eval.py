@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 from pathlib import Path
 
 from mpu.errors import MPUError
 from mpu.threads import add_threads_argument, apply_threads
+
+TOFU_FORGET_SPLITS = ("forget01", "forget05", "forget10")  # the release's, and the built-in benchmark's
 
 
 def register(subparsers) -> None:
@@ -62,8 +65,15 @@ def _eval(args: argparse.Namespace) -> int:
 
     apply_threads(args.threads)
     model = Path(args.model)
-    if model.is_dir() and not (model / "config.json").is_file():   # before the data is looked for
+    # before the data is looked for and announced: a wrong --model gets its own message alone
+    if model.is_dir() and not (model / "config.json").is_file():
         raise MPUError(f"{model}: not a model directory (no config.json)")
+    if not model.exists() and (args.model.count("/") != 1 or args.model.startswith((".", "/", "~"))):
+        raise MPUError(f"{model}: no such model directory (--model takes a local model folder or a hub id like owner/name)")
+    if args.forget_split and args.benchmark == "tofu" and not args.config and args.forget_split not in TOFU_FORGET_SPLITS:
+        close = difflib.get_close_matches(args.forget_split, TOFU_FORGET_SPLITS, n=1)
+        raise MPUError(f"--forget-split {args.forget_split}: TOFU's forget splits are {', '.join(TOFU_FORGET_SPLITS)}"
+                       + (f"; did you mean {close[0]}?" if close else ""))
     data, note = model_data(args.model, args.benchmark, args.data)
     print(note, file=sys.stderr)
     summary = evaluate(
