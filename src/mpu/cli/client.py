@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -23,10 +24,10 @@ def check_inbox(inbox: str) -> None:
 
     path = Path(inbox)
     wanted = "pass the folder that `mpu server publish --out` wrote (manifest.json, copy-1 ...)"
-    if not path.is_dir():
+    if not os.path.lexists(path):
         raise MPUError(f"--inbox {path}: no such folder; {wanted}")
-    if (path / "manifest.json").is_file():
-        return
+    if not path.is_dir() or os.path.lexists(path / "manifest.json"):
+        return   # the publication reader checks everything else (links, FIFOs, every field) and names the file
     if (path / "state.json").is_file():
         raise MPUError(f"--inbox {path}: this is the server's work directory (private: it holds the secrets), "
                        f"not a publication; {wanted}")
@@ -77,15 +78,16 @@ def _unlearn(args) -> int:
     retain = load_qa_rows(args.retain) if args.retain else None
     check_inbox(args.inbox)
     job = UnlearnJob(method, hparams, training, forget, retain)
-    # one line per copy comes from the library's log (mpu run and the Flower client print the same)
     results = unlearn_publication(args.inbox, job, args.out, copy_ids=args.copy, return_lora=args.return_lora,
                                   reference_inbox=args.reference_inbox, overwrite=args.overwrite, resume=args.resume)
     if not is_main_process():
         return 0  # under torchrun every rank trains; rank 0 reports
     trained = [result for result in results if not result.skipped]
+    for result in results:
+        if result.skipped:   # a trained copy's line is the library's log line (mpu run and Flower show the same)
+            print(f"copy {result.copy_id}: finished update in {result.out_dir}, skipped (--resume)")
     copies = ", ".join(str(result.copy_id) for result in results)
-    skipped = f"; {len(results) - len(trained)} of them finished before, skipped by --resume" if len(trained) < len(results) else ""
-    print(f"{len(results)} update(s) in {args.out} (copies {copies}{skipped}): return the folder to the model owner "
+    print(f"{len(results)} update(s) in {args.out} (copies {copies}): return the folder to the model owner "
           f"(mpu server aggregate --returns {args.out})")
     # After the run, not before: a failure elsewhere gets its own message without this one in front of it.
     copies_dirs = sorted(Path(args.inbox).glob("copy-*"))

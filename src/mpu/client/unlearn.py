@@ -172,7 +172,7 @@ def _existing_update(target: Path, publication: Publication, copy: PublishedCopy
             and manifest.get("copy_sha256") == copy.sha256 and manifest.get("round") == publication.round
             and {key: manifest.get(key) for key in settings} == settings)
     if resume and same:
-        log.info("copy %d: finished update in %s, skipped (--resume)", copy.id, target)
+        log.debug("copy %d: finished update in %s, skipped (--resume)", copy.id, target)   # the caller reports it
         return CopyResult(copy.id, target, int(manifest.get("steps", 0)), float(manifest.get("seconds", 0.0)), manifest.get("loss", {}), skipped=True)
     if overwrite:
         return None
