@@ -208,3 +208,23 @@ def test_eval_checks_the_model_and_the_split_before_announcing_data(tmp_path, ti
 def test_report_on_a_folder_without_runs_says_what_it_reads(tmp_path, capsys):
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     assert "python src/train.py" in capsys.readouterr().err
+
+
+# --- the README matches the code -----------------------------------------------------------------------
+
+def test_every_flag_the_readme_shows_exists():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    parser = build_parser()
+    checked = 0
+    for line in readme.splitlines():
+        line = line.split("#")[0].strip().lstrip("`").split("`")[0]   # a command, or one quoted in prose
+        if not line.startswith("mpu ") or "--" not in line:
+            continue
+        _, handler = __import__("mpu.cli", fromlist=["_subcommand"])._subcommand(parser, line.split()[1:])
+        handler.format_help()   # populates the method flags
+        for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", line):
+            assert flag in handler._option_string_actions, (flag, line)
+            checked += 1
+    assert checked > 40
