@@ -1,11 +1,11 @@
 """The audit: run the attacks a curious client could run on one round's published copies, and score them.
 
-Only the copies and the public manifest feed the attacks. ``reference`` (theta) and ``base``
-(theta_base) are used to score, and ``base`` also for one client-side step (aligning the result to the
+Only the copies and the public manifest feed the attacks. ``true_weights`` (theta, the server's model
+the attacker tries to reconstruct) and ``base`` (theta_base) are used to score, and ``base`` also for one client-side step (aligning the result to the
 public base model, which a client usually has too). Attacks:
 
 - ``average``: the plain mean of the copies;
-- ``harmonic-reference``: weights 1/alpha_k with the paper's public schedule alpha_k = 1 + (k-1)/(m-1);
+- ``harmonic-public``: weights 1/alpha_k with the paper's public schedule alpha_k = 1 + (k-1)/(m-1);
 - ``harmonic-estimated``: weights 1/alpha_k with alpha estimated from the copies' pairwise distances;
 - ``aligned-*``: the same after aligning every copy to copy 1's coordinates (``align.py``);
 - ``aligned-oracle`` (only when the true alphas/tau are given, for scoring): the best linear
@@ -43,18 +43,18 @@ from mpu.protocol import PUBLICATION_MANIFEST
 log = logging.getLogger(__name__)
 
 F64 = torch.float64
-FORMAT = "mpu-audit/1"
+FORMAT = "mpu-audit/2"  # /2: true_weights, public_schedule, anchor_copy, harmonic-public (were reference*)
 SINGLE = "single-copy"
 
 
 @dataclass
 class Attack:
     """One attack on the copies: its name, whether it aligns the copies first, and how it weights them
-    (``rule``: equal | reference | estimated | oracle; ``weights``/``alphas`` per copy where the rule fixes them)."""
+    (``rule``: equal | public | estimated | oracle; ``weights``/``alphas`` per copy where the rule fixes them)."""
 
     name: str
     aligned: bool
-    rule: str  # equal | reference | estimated | oracle
+    rule: str  # equal | public | estimated | oracle
     weights: list[float] | None = None
     alphas: list[float] | None = None
     note: str = ""
@@ -70,16 +70,17 @@ class AuditResult:
     recovered_dir: Path | None = None
 
 
-def reference_alphas(m: int) -> list[float]:
+def public_alphas(m: int) -> list[float]:
     """The paper's public alpha schedule for m copies: evenly spaced on [1, 2] (m >= 2)."""
     return [1.0 + k / (m - 1) for k in range(m)]
 
 
 def run_audit(
     inbox: str | Path,
-    reference: str | Path | None = None,
+    true_weights: str | Path | None = None,
     base: str | Path | None = None,
     *,
+    reference: str | Path | None = None,
     align: bool = True,
     oracle_alphas: list[float] | None = None,
     oracle_tau: float = 0.0,
@@ -91,8 +92,14 @@ def run_audit(
     progress: bool = False,
 ) -> AuditResult:
     """Run every attack a curious client could run on the publication in ``inbox`` and score it
-    against ``reference`` (theta, the server's model; optional) and ``base``. Raises InputError naming
-    the manifest for fewer than 2 copies, and whatever ``PublishedCopy.verify`` refuses when ``verify``."""
+    against ``true_weights`` (theta, the server's model, a checkpoint folder; optional) and ``base``.
+    ``reference`` is ``true_weights``' old, deprecated name. Raises InputError naming the manifest for
+    fewer than 2 copies, MPUError when both ``true_weights`` and ``reference`` are given, and whatever
+    ``PublishedCopy.verify`` refuses when ``verify``."""
+    if reference is not None:
+        if true_weights is not None:
+            raise MPUError("give true_weights, not also its old name reference")
+        true_weights = reference
     publication = read_publication(inbox)
     copies = sorted(publication.copies, key=lambda c: c.id)
     m = len(copies)
@@ -105,7 +112,7 @@ def run_audit(
     names = readers[0].names()
     for copy, reader in zip(copies[1:], readers[1:]):
         _check_same(readers[0], reader, copy.path)
-    theta = _open_scorer(reference, readers[0], "reference") if reference else None
+    theta = _open_scorer(true_weights, readers[0], "true weights") if true_weights else None
     base_reader = _open_scorer(base, readers[0], "base") if base else None
     config = AutoConfig.from_pretrained(copies[0].path)
 
@@ -132,17 +139,17 @@ def run_audit(
         _add_distances(dist_raw, tensors)
         _add_distances(dist_aligned, aligned)
 
-    alpha_ref = reference_alphas(m)
+    alpha_public = public_alphas(m)
     est_raw, est_aligned = estimate_alphas(dist_raw), estimate_alphas(dist_aligned)
     attacks = [
         Attack("average", False, "equal", [1.0 / m] * m),
-        Attack("harmonic-reference", False, "reference", harmonic_weights(alpha_ref), alpha_ref),
+        Attack("harmonic-public", False, "public", harmonic_weights(alpha_public), alpha_public),
         _estimated_attack("harmonic-estimated", False, est_raw, m),
     ]
     if aligner is not None:
         attacks += [
             Attack("aligned-average", True, "equal", [1.0 / m] * m),
-            Attack("aligned-harmonic-reference", True, "reference", harmonic_weights(alpha_ref), alpha_ref),
+            Attack("aligned-harmonic-public", True, "public", harmonic_weights(alpha_public), alpha_public),
             _estimated_attack("aligned-harmonic-estimated", True, est_aligned, m),
         ]
         if oracle_alphas is not None:
@@ -185,7 +192,7 @@ def run_audit(
 
         logits = {}
         if theta is not None:
-            logits = _logit_scores(reference, [(a.name, scratch / a.name) for a in attacks] + [(f"copy-{c.id}", c.path) for c in copies],
+            logits = _logit_scores(true_weights, [(a.name, scratch / a.name) for a in attacks] + [(f"copy-{c.id}", c.path) for c in copies],
                                    config, logit_sequences, logit_length, seed)
     finally:
         if scratch_ctx is not None:
@@ -198,11 +205,11 @@ def run_audit(
         "copies": [copy.id for copy in copies],
         "architecture": publication.manifest.architecture,
         "dtype": publication.manifest.dtype,
-        "reference": str(reference) if reference else None,
+        "true_weights": str(true_weights) if true_weights else None,
         "base": str(base) if base else None,
         "scored": theta is not None,
         "alphas": {
-            "reference_schedule": alpha_ref,
+            "public_schedule": alpha_public,
             "estimated_unaligned": _alpha_json(est_raw),
             "estimated_aligned": _alpha_json(est_aligned) if aligner else None,
             "oracle": {"alphas": list(oracle_alphas), "tau": oracle_tau} if oracle_alphas is not None else None,
@@ -338,7 +345,7 @@ def _mean_entries(entries: list[dict]) -> dict:
     return float(np.mean(entries))
 
 
-def _logit_scores(reference, models, config, sequences: int, length: int, seed: int) -> dict:
+def _logit_scores(true_weights, models, config, sequences: int, length: int, seed: int) -> dict:
     """Top-1 agreement and mean KL(theta || model) on random token sequences (no alignment needed:
     every copy and every aligned combination computes a function close to theta's)."""
     from transformers.utils import logging as hf_logging
@@ -347,13 +354,13 @@ def _logit_scores(reference, models, config, sequences: int, length: int, seed: 
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per model is noise here
     try:
         with torch.no_grad():
-            return _compare_logits(reference, models, config, sequences, length, seed)
+            return _compare_logits(true_weights, models, config, sequences, length, seed)
     finally:
         if bars:
             hf_logging.enable_progress_bar()
 
 
-def _compare_logits(reference, models, config, sequences: int, length: int, seed: int) -> dict:
+def _compare_logits(true_weights, models, config, sequences: int, length: int, seed: int) -> dict:
     from transformers import AutoModelForCausalLM
 
     generator = torch.Generator().manual_seed(seed)
@@ -366,7 +373,7 @@ def _compare_logits(reference, models, config, sequences: int, length: int, seed
         logits = torch.cat([model(input_ids=batch).logits.to(F64) for batch in tokens.split(8)])
         return torch.log_softmax(logits, dim=-1)
 
-    ref = log_probs(reference)
+    ref = log_probs(true_weights)
     ref_top = ref.argmax(-1)
     results = {}
     for name, path in models:
@@ -391,7 +398,7 @@ def _finite(value):
 def _alignment_json(aligner, note, alignments, scorer_fits, copies) -> dict:
     if aligner is None:
         return {"available": False, "note": note}
-    out = {"available": True, "reference_copy": copies[0].id, "per_copy": {}}
+    out = {"available": True, "anchor_copy": copies[0].id, "per_copy": {}}
     for copy in copies[1:]:
         layers = alignments[copy.id]
         entry = {"layers": {str(layer): fit.summary() for layer, fit in sorted(layers.items())}}

@@ -52,7 +52,9 @@ def register(subparsers) -> None:
     add_client_data_arguments(unlearn)
     unlearn.add_argument("--out", required=True, help="folder for the returns (update-K/ per copy); gather several clients' into one")
     unlearn.add_argument("--copy", type=int, action="append", default=None, help="train only this copy (repeatable), to spread copies over devices or machines (default: every copy)")
-    unlearn.add_argument("--reference-inbox", default=None, metavar="DIR",
+    unlearn.add_argument("--reference-inbox", dest="reference_model_inbox", default=argparse.SUPPRESS,
+                         help=argparse.SUPPRESS)  # --reference-model-inbox's old name
+    unlearn.add_argument("--reference-model-inbox", default=None, metavar="DIR",
                          help="an earlier round's publication (keep round 1's): reference-model methods (NPO, DPO, UNDIAL, KL retain) "
                               "compare copy K with copy K of that round, so the reference stays fixed over rounds; "
                               "default: this round's copy")
@@ -79,7 +81,7 @@ def _unlearn(args) -> int:
     check_inbox(args.inbox)
     job = UnlearnJob(method, hparams, training, forget, retain)
     results = unlearn_publication(args.inbox, job, args.out, copy_ids=args.copy, return_lora=args.return_lora,
-                                  reference_inbox=args.reference_inbox, overwrite=args.overwrite, resume=args.resume)
+                                  reference_model_inbox=args.reference_model_inbox, overwrite=args.overwrite, resume=args.resume)
     if not is_main_process():
         return 0  # under torchrun every rank trains; rank 0 reports
     trained = [result for result in results if not result.skipped]

@@ -31,10 +31,10 @@ def register(subparsers) -> None:
                         "the data used is printed")
     parser.add_argument("--forget-split", default=None,
                         help="TOFU forget split: forget01, forget05 or forget10 (default: forget10, or --config's)")
-    reference = parser.add_mutually_exclusive_group()
-    reference.add_argument("--retain-model", default=None,
+    retain = parser.add_mutually_exclusive_group()  # the retain model, or its logs
+    retain.add_argument("--retain-model", default=None,
                            help="checkpoint never trained on the forget set (forget_quality, privleak, mia_reference)")
-    reference.add_argument("--retain-logs", default=None, help="the retain model's <BENCH>_EVAL.json")
+    retain.add_argument("--retain-logs", default=None, help="the retain model's <BENCH>_EVAL.json")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="rows per forward pass (default: the suite's batch_size, 32 in configs/eval/)")

@@ -45,16 +45,16 @@ class CopyResult:
 
 
 def unlearn_publication(inbox: str | Path, job: UnlearnJob, out_dir: str | Path, *, copy_ids: list[int] | None = None,
-                        return_lora: bool = False, reference_inbox: str | Path | None = None, overwrite: bool = False,
+                        return_lora: bool = False, reference_model_inbox: str | Path | None = None, overwrite: bool = False,
                         resume: bool = False) -> list[CopyResult]:
     """Run ``job`` on each selected copy of the publication in ``inbox`` and write its update under ``out_dir``.
 
     Each copy is an independent run of ``job``: its own training seed (:func:`copy_seed`), DP-SGD's
     epsilon counted over the round's m copies, and ``job.reference`` replaced by the copy's reference
-    (below). ``copy_ids``: the 1-based copies to train (default: all). ``return_lora``: return the
+    model (below). ``copy_ids``: the 1-based copies to train (default: all). ``return_lora``: return the
     LoRA factors instead of the dense Delta' (needs ``training.lora_rank > 0``).
 
-    ``reference_inbox``: an earlier publication of the same run (normally round 1's). Reference-model
+    ``reference_model_inbox``: an earlier publication of the same run (normally round 1's). Reference-model
     methods then compare copy k with copy k *as received in that round* instead of with this round's
     copy, so the reference stays fixed across rounds as in noise-free unlearning, where it is the
     original model. Without it, every round's reference is that round's copy and multi-round methods
@@ -62,14 +62,14 @@ def unlearn_publication(inbox: str | Path, job: UnlearnJob, out_dir: str | Path,
 
     An existing ``update-K`` folder is refused (InputError) unless ``overwrite``; with ``resume`` a
     copy whose finished update is for this publication, method and settings is skipped. Every copy
-    (and reference copy) is checked before anything is loaded or trained (``PublishedCopy.verify``);
+    (and reference-model copy) is checked before anything is loaded or trained (``PublishedCopy.verify``);
     a hostile publication raises InputError naming the file. Returns one result per selected copy,
     in copy order.
     """
     publication = read_publication(inbox)
-    references = _reference_publication(reference_inbox, publication) if reference_inbox is not None else None
+    references = _reference_publication(reference_model_inbox, publication) if reference_model_inbox is not None else None
     if references is None and publication.round > 1 and _uses_reference(job):
-        log.warning("%s compares with a reference model, and this is round %d: without --reference-inbox (round 1's "
+        log.warning("%s compares with a reference model, and this is round %d: without --reference-model-inbox (round 1's "
                     "publication) the reference is this round's copy, already partly unlearned, so the method "
                     "forgets less than noise-free unlearning would", job.method, publication.round)
     settings = update_settings(job, return_lora)
@@ -136,11 +136,11 @@ def once_per_run(logger_name: str):
 
 def unlearn_copies(inbox: str | Path, forget_rows: list[dict], retain_rows: list[dict] | None, method: str, hparams,
                    training: TrainingOptions, out_dir: str | Path, copy_ids: list[int] | None = None, return_lora: bool = False,
-                   reference_inbox: str | Path | None = None, *, overwrite: bool = False, resume: bool = False) -> list[CopyResult]:
+                   reference_model_inbox: str | Path | None = None, *, overwrite: bool = False, resume: bool = False) -> list[CopyResult]:
     """The positional form of :func:`unlearn_publication`, kept for its callers: the job is
     ``UnlearnJob(method, hparams, training, forget_rows, retain_rows)``."""
     job = UnlearnJob(method, hparams, training, forget_rows, retain_rows)
-    return unlearn_publication(inbox, job, out_dir, copy_ids=copy_ids, return_lora=return_lora, reference_inbox=reference_inbox,
+    return unlearn_publication(inbox, job, out_dir, copy_ids=copy_ids, return_lora=return_lora, reference_model_inbox=reference_model_inbox,
                                overwrite=overwrite, resume=resume)
 
 
@@ -221,8 +221,8 @@ def _uses_reference(job: UnlearnJob) -> bool:
     return cls.needs_reference(hp, with_retain=True) or cls.needs_reference(hp, with_retain=False)
 
 
-def _reference_publication(reference_inbox, publication) -> Publication:
-    references = read_publication(reference_inbox)
+def _reference_publication(reference_model_inbox, publication) -> Publication:
+    references = read_publication(reference_model_inbox)
     manifest = references.inbox / PUBLICATION_MANIFEST
     if references.manifest.architecture != publication.manifest.architecture:
         raise InputError(manifest, f"reference publication is a {references.manifest.architecture} model, "

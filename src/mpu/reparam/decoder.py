@@ -151,6 +151,7 @@ class Rule:
 
     @property
     def is_identity(self) -> bool:
+        """True when the rule transforms neither the rows nor the columns of its tensor."""
         return not self.rows and self.cols is None
 
 
@@ -300,6 +301,8 @@ class DecoderAdapter(Adapter):
     # Public API ------------------------------------------------------------------------------
 
     def describe(self) -> list[str]:
+        """One line per part (QK, V/O, heads, FFN, biases, what stays unchanged) for these options and this
+        model's geometry (head_dim, rotary dims, KV groups, intermediate size), as ``mpu server init`` prints."""
         g, o = self.geometry, self.options
         half, n_pass = g.rotary_dim // 2, g.head_dim - g.rotary_dim
         heads = f"shared by its {g.group} query head(s)"
@@ -348,6 +351,9 @@ class DecoderAdapter(Adapter):
         return "V/O: an independent random plane rotation per KV head (V rows, O columns)"
 
     def check_names(self, names: Iterable[str]) -> None:
+        """Raise UnsupportedArchitectureError listing every parameter in ``names`` that no rule covers (a
+        block tensor with an unknown suffix or layer, or an unknown tensor outside the blocks), so that
+        no copy is published half-transformed. TypeError for a single string instead of an iterable."""
         if isinstance(names, str):
             raise TypeError("check_names() takes an iterable of names, not one string")
         unknown = [name for name in names if not self._understands(name)]
@@ -365,6 +371,13 @@ class DecoderAdapter(Adapter):
         return layer < self.num_layers and self.block_suffix(name) in self.rules
 
     def sample(self, layer: int, generator: torch.Generator) -> LayerTransform:
+        """Draw layer ``layer``'s transform from ``generator`` in a fixed order, only for the enabled parts:
+        QK (per KV head an orthogonal ``[head_dim, head_dim]`` that commutes with RoPE, stored
+        ``[H_kv, head_dim, head_dim]``: uniform rotations of the rotary_dim/2 planes, sign flips only with
+        QK-norm, Haar without RoPE or on pass-through dims), V/O (the QK draw, a fresh plane rotation, or
+        Haar), the KV group permutation ``[H_kv]``, the FFN permutation and scales ``[intermediate]``. The same seed and
+        options give the same transform. Raises ValueError for a layer outside [0, num_layers) or a
+        generator that is not a CPU ``torch.Generator``."""
         self._check_sample_args(layer, generator)
         g, o = self.geometry, self.options
         # Draws happen in a fixed order, and only for enabled parts: same seed + options -> same T.
