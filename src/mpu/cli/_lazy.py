@@ -61,9 +61,9 @@ class RawDescriptionDefaultsFormatter(argparse.RawDescriptionHelpFormatter, Defa
     """:class:`DefaultsFormatter`, description and epilog (the methods table) with their line breaks."""
 
 
-_READABLE = {
-    argparse.HelpFormatter: RequiredFormatter,
-    argparse.RawDescriptionHelpFormatter: RawDescriptionRequiredFormatter,
+_READABLE = {   # one reading for every subcommand: required flags say so, real defaults are shown
+    argparse.HelpFormatter: DefaultsFormatter,
+    argparse.RawDescriptionHelpFormatter: RawDescriptionDefaultsFormatter,
     argparse.ArgumentDefaultsHelpFormatter: DefaultsFormatter,
 }
 

@@ -43,7 +43,8 @@ def register(subparsers) -> None:
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                         help="model weights (probabilities are always computed in float32)")
     parser.add_argument("--mmlu", default="default",
-                        help="WMDP utility data (hub name or directory; 'none' to skip)")
+                        help="WMDP utility data: a hub name or directory, 'none' to skip, or 'default': the suite's "
+                             "(configs/eval/wmdp.yaml; the built-in benchmark's own MMLU-style set for built-in data)")
     encoding = parser.add_argument_group("encoding (as the model was trained: docs/encoding.md)")
     encoding.add_argument("--prompt-format", default="auto",
                           help="auto (a known target's shipped settings, else the chat template), chat, plain, "
