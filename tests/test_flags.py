@@ -67,7 +67,8 @@ def test_an_alias_the_parser_already_has_is_left_to_it():
 def test_the_help_is_the_fields_help_and_default():
     text = parser_with_toy().format_help()
 
-    assert "how many (default: 3)" in text and "which mode (default: a)" in text and "a seed (default: None)" in text
+    assert "how many (default: 3)" in text and "which mode (default: a)" in text
+    assert "a seed\n" in text and "(default: None)" not in text   # None: the help says what leaving the flag out means
 
 
 def test_a_nested_dataclass_gets_its_fields_flags_in_its_group_and_a_nested_mapping():

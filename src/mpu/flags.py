@@ -2,7 +2,7 @@
 from flags or YAML files are typed and checked against the fields by OmegaConf.
 
 Each field becomes one flag (``--field-name``), its help text the field's ``metadata["help"]`` followed
-by the field's default. ``metadata`` may also set ``flag`` (the main flag; ``None``: no flag),
+by the field's default (none for a default of None: the help says what leaving the flag out means). ``metadata`` may also set ``flag`` (the main flag; ``None``: no flag),
 ``flags`` (aliases, added only where the parser has not taken them), ``choices``, ``metavar``,
 ``flag_help`` and ``flag_default`` (the help and default of the flag where they read differently
 from the field's). A ``bool`` field becomes ``--name/--no-name``. A field that is itself a dataclass
@@ -69,7 +69,10 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, group, cls, dest_pr
         flags = [meta.get("flag") or flag_name(f.name)]
         # The main flag must be free; aliases (--lr, --seed, -m, ...) only where the parser has not taken them.
         flags += [alias for alias in meta.get("flags", ()) if alias not in parser._option_string_actions]
-        help_text = f"{meta.get('flag_help', meta.get('help', ''))} (default: {meta.get('flag_default', field_default(f))})".replace("%", "%%")
+        help_text, default = meta.get("flag_help", meta.get("help", "")), meta.get("flag_default", field_default(f))
+        if default is not None:   # None: the help says what leaving the flag out means
+            help_text += f" (default: {default})"
+        help_text = help_text.replace("%", "%%")
         options: dict[str, Any] = {"dest": dest_prefix + f.name, "default": argparse.SUPPRESS, "help": help_text}
         if f.type in (bool, "bool"):
             options["action"] = argparse.BooleanOptionalAction

@@ -81,7 +81,7 @@ class TrainingOptions:
     lora_target_modules: Any = field(
         default="all-linear", metadata=_help("modules that get adapters: 'all-linear' or comma-separated names")
     )
-    progress_bar: bool = field(default=True, metadata=_help("show the Trainer's tqdm progress bar (--no-progress-bar: quiet, for logs)"))
+    progress_bar: bool = field(default=True, metadata=_help("show the Trainer's tqdm progress bar (--no-progress-bar: quiet, for logs)", "--progress"))
     dp_epsilon: float = field(default=0.0, metadata=_help(
         "differential privacy for the returned update: DP-SGD with this ε over the whole run (0: off); "
         "the noise multiplier is derived with Opacus's RDP accountant"))
