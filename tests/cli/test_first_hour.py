@@ -119,7 +119,7 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, monkeypatch, capsys):
     captured = capsys.readouterr()
     assert code == EXIT_INTERRUPTED == 130
     lines = [line for line in captured.err.splitlines() if line.strip()]
-    assert lines == ["mpu server: interrupted (Ctrl-C)"]
+    assert lines == ["mpu server status: interrupted (Ctrl-C)"]
     assert "Traceback" not in captured.err + captured.out
 
 

@@ -60,13 +60,14 @@ def _run(args) -> int:
     from mpu.cli.unlearn import learning_rate_hint
     from mpu.experiments.two_party import resolve_sigma_base
 
-    hint = learning_rate_hint(args.model, training.learning_rate)   # None for hub ids and large models
-    if hint:
-        print(hint, file=sys.stderr)
     base, label = resolve_sigma_base(args.model, args.base, args.sigma_from)
     with tempfile.TemporaryDirectory(prefix="mpu-run-") as scratch:
         workdir = args.workdir or f"{scratch}/server"
         out = run_mpu(args.model, base, config, forget, retain, method, hparams, training, workdir, args.out, args.keep_exchange,
                       reference_model_round=args.reference_model_round)
     print(f"MPU done ({config.rounds} rounds, m={config.copies}, kappa={config.kappa}, {label}); unlearned model at {out}")
+    # After the run, not before: a failure elsewhere gets its own message without this one in front of it.
+    hint = learning_rate_hint(args.model, training.learning_rate)   # None for hub ids and large models
+    if hint:
+        print(hint, file=sys.stderr)
     return 0

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import json
 
 from mpu.errors import MPUError
 from mpu.server.combine import COMBINE_RULES, DEFAULT_COMBINE, combine_help  # no torch either
-from mpu.flags import add_dataclass_arguments, coerce, flag_name, given_values  # no torch either
+from mpu.flags import FieldError, add_dataclass_arguments, build_dataclass, flag_of, given_values  # no torch either
 from mpu.server.config import ALPHA_MODE_ALIASES, PRESETS, ServerConfig  # no torch: parsing and --help stay fast
 from mpu.threads import add_threads_argument, apply_threads
 
@@ -21,56 +20,37 @@ _SV = "mpu_server__"  # argparse dest prefix of the ServerConfig flags
 WORKDIR_HELP = "server work directory made by `mpu server init` (private: the round secrets live here, mode 0600)"
 
 def add_server_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """The settings fixed at init; ``mpu run`` takes the same ones. One flag per ServerConfig field,
-    generated from the dataclass (its help and default); privacy options left unset come from the
-    --privacy preset, everything else unset from ServerConfig's defaults."""
+    """The settings fixed at init; ``mpu run`` takes the same ones. One flag per field of ServerConfig and
+    of its ReparamOptions, generated from the dataclasses (help, default, choices, aliases); ``--privacy``
+    lists each preset's settings as PRESETS holds them. Options left unset come from the --privacy
+    preset, everything else unset from the dataclasses' defaults."""
     group = parser.add_argument_group("MPU settings (unset privacy options come from --privacy)")
+    group.add_argument("--privacy", choices=sorted(PRESETS), default="default", help="preset: " + "; ".join(
+        f"{name} ({describe_preset(name) or 'the defaults below'})" for name in PRESETS))
     add_dataclass_arguments(parser, group, ServerConfig, _SV)
-    group.add_argument("--privacy", choices=sorted(PRESETS), default="default", help="preset: default (secret alphas, plane V/O, FFN permutation, independent noise tau=1), paper (public alphas, tau=0: exact cancellation), hardened (all options below)")
-    # ReparamOptions is imported with torch (mpu.reparam), which --help must not load: its flags stay here.
-    privacy = parser.add_argument_group("reparameterisation (unset options come from --privacy)")
-    privacy.add_argument("--no-reparam", action="store_true", help="publish copies without reparameterisation (weaker privacy)")
-    privacy.add_argument("--no-qk-rotation", action="store_true", help="do not rotate RoPE planes of Q/K")
-    privacy.add_argument("--vo", choices=["plane", "haar", "none"], default=None, help="V/O transform: the paper's plane rotation, a Haar-random orthogonal per KV head, or none")
-    privacy.add_argument("--kv-permutation", action=argparse.BooleanOptionalAction, default=None, help="permute whole KV groups with their query heads")
-    privacy.add_argument("--no-ffn-permutation", action="store_true", help="do not permute FFN intermediate units")
-    privacy.add_argument("--ffn-scaling", action=argparse.BooleanOptionalAction, default=None, help="scale FFN up rows by s_i and down columns by 1/s_i")
+
+
+def describe_preset(name: str) -> str:
+    """``alpha_mode=public, independent_noise=0.0, vo=plane, ...``: the settings preset ``name`` fixes."""
+    settings = dict(PRESETS[name])
+    reparam = settings.pop("reparam", {})
+    return ", ".join(f"{key}={value}" for key, value in {**settings, **reparam}.items())
 
 
 def server_config_from_args(args: argparse.Namespace) -> ServerConfig:
     """The ServerConfig of the parsed flags: the --privacy preset, overridden by every flag that was
-    given, each converted to its field's type. Raises MPUError for a value of the wrong type or a
-    setting ServerConfig refuses (naming the flag or the reason)."""
-    import typing
-
-    from mpu.reparam import ReparamOptions
-
-    preset = copy.deepcopy(PRESETS[args.privacy])
-    reparam = preset.pop("reparam", {})
-    settings = dict(preset)
-    hints = typing.get_type_hints(ServerConfig, localns={"ReparamOptions": ReparamOptions})
-    for name, value in given_values(args, _SV).items():
-        if name == "alphas":
-            settings.update(_parse_alphas(value))
-            continue
-        try:
-            settings[name] = coerce(value, hints[name])
-        except ValueError as err:
-            flag = next(f.metadata.get("flag") or flag_name(f.name) for f in dataclasses.fields(ServerConfig) if f.name == name)
-            raise MPUError(f"{flag}: {err}") from None
-    for key in ("vo", "kv_permutation", "ffn_scaling"):
-        if getattr(args, key) is not None:
-            reparam[key] = getattr(args, key)
-    if args.no_reparam:
-        reparam["enabled"] = False
-    if args.no_qk_rotation:
-        reparam["qk_rotation"] = False
-    if args.no_ffn_permutation:
-        reparam["ffn_permutation"] = False
+    given, each typed by its field. Raises MPUError for a value of the wrong type (naming the flag) or
+    a setting ServerConfig refuses (its reason)."""
+    settings = copy.deepcopy(PRESETS[args.privacy])
+    given = given_values(args, _SV)
+    if "alphas" in given:
+        settings.update(_parse_alphas(given.pop("alphas")))
+    settings.setdefault("reparam", {}).update(given.pop("reparam", {}))
+    settings.update(given)
     try:
-        return ServerConfig(**settings, reparam=ReparamOptions(**reparam))
-    except ValueError as err:
-        raise MPUError(str(err)) from None
+        return build_dataclass(ServerConfig, settings)
+    except FieldError as err:
+        raise MPUError(f"{flag_of(ServerConfig, err.key)}: {err}" if err.key else str(err)) from None
 
 
 def _parse_alphas(text: str) -> dict:

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from mpu.methods import TrainingOptions
 from mpu.methods.job import UnlearnJob
 from mpu.methods.training import frozen_gc
 from mpu.protocol import PUBLICATION_MANIFEST, UPDATE_MANIFEST, UpdateManifest, update_folder
+from mpu.quiet import quiet_transformers
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +86,52 @@ def unlearn_publication(inbox: str | Path, job: UnlearnJob, out_dir: str | Path,
         _tokenizer(copy.path)
         if references is not None:
             _reference_copy(references, copy).verify()
-    with frozen_gc():
+    with frozen_gc(), once_per_run("mpu.methods"):   # a warning about the job (no retain set, ...) once, not once per copy
         for copy in todo:
             results.append(_unlearn_one(publication, copy, job, out_dir, return_lora, references, settings))
     return sorted(results, key=lambda result: result.copy_id)
+
+
+def _number(value) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def copy_line(copy_id: int, steps: int, seconds: float, loss: dict, target: Path) -> str:
+    """The one line that reports a trained copy: steps, seconds, first and last loss to 4 significant
+    digits, the update folder. E.g. ``copy 1: 5 steps in 2.3 s, loss 13.94 -> 1.262; wrote U/update-1``."""
+    return (f"copy {copy_id}: {steps} step{'' if steps == 1 else 's'} in {seconds:.1f} s, "
+            f"loss {_number(loss.get('first'))} -> {_number(loss.get('last'))}; wrote {target}")
+
+
+class _Once(logging.Filter):
+    """Lets each distinct message through once."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[tuple[str, int, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.levelno, record.getMessage())
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+@contextmanager
+def once_per_run(logger_name: str):
+    """Within the block, a message of logger ``logger_name`` (or a logger below it) that repeats word for
+    word is logged once: every copy runs the same job, so its warnings would otherwise come m times."""
+    once = _Once()
+    loggers = [logging.getLogger(logger_name)] + [logger for name, logger in logging.Logger.manager.loggerDict.items()
+                                                  if name.startswith(logger_name + ".") and isinstance(logger, logging.Logger)]
+    for logger in loggers:
+        logger.addFilter(once)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(once)
 
 
 def unlearn_copies(inbox: str | Path, forget_rows: list[dict], retain_rows: list[dict] | None, method: str, hparams,
@@ -128,7 +172,7 @@ def _existing_update(target: Path, publication: Publication, copy: PublishedCopy
             and manifest.get("copy_sha256") == copy.sha256 and manifest.get("round") == publication.round
             and {key: manifest.get(key) for key in settings} == settings)
     if resume and same:
-        log.info("copy %d: finished update in %s, skipped (--resume)", copy.id, target)
+        log.debug("copy %d: finished update in %s, skipped (--resume)", copy.id, target)   # the caller reports it
         return CopyResult(copy.id, target, int(manifest.get("steps", 0)), float(manifest.get("seconds", 0.0)), manifest.get("loss", {}), skipped=True)
     if overwrite:
         return None
@@ -153,7 +197,8 @@ def _tokenizer(copy_dir: Path):
         if len(_TOKENIZERS) >= 4:
             _TOKENIZERS.pop(next(iter(_TOKENIZERS)))
         try:
-            _TOKENIZERS[key] = AutoTokenizer.from_pretrained(copy_dir, trust_remote_code=False)
+            with quiet_transformers(warnings=False):   # the copy was checked; mpu reports each copy itself
+                _TOKENIZERS[key] = AutoTokenizer.from_pretrained(copy_dir, trust_remote_code=False)
         except Exception as err:  # tokenizers and transformers raise many types for a malformed file
             raise InputError(copy_dir, f"cannot load the tokenizer ({type(err).__name__}: {str(err)[:300]})") from None
     return _TOKENIZERS[key]
@@ -162,7 +207,8 @@ def _tokenizer(copy_dir: Path):
 def _load_model(copy_dir: Path) -> torch.nn.Module:
     """The copy's model, never running code shipped with it. Called after ``PublishedCopy.verify``."""
     try:
-        return AutoModelForCausalLM.from_pretrained(copy_dir, dtype=torch.float32, trust_remote_code=False)
+        with quiet_transformers(warnings=False):   # no "Loading weights" bar per copy: one log line per copy says what ran
+            return AutoModelForCausalLM.from_pretrained(copy_dir, dtype=torch.float32, trust_remote_code=False)
     except Exception as err:  # a config or weights that transformers rejects
         raise InputError(copy_dir, f"cannot load the model ({type(err).__name__}: {str(err)[:300]})") from None
 
@@ -233,7 +279,7 @@ def _unlearn_one(publication: Publication, copy: PublishedCopy, job: UnlearnJob,
             write_lora_update(result.lora_factors, target, manifest, model)
         else:
             write_dense_update(model, copy.path, target, manifest)
-        log.info("copy %d: %d steps, loss %s -> %s, wrote %s", copy.id, result.steps, manifest.loss["first"], manifest.loss["last"], target)
+        log.info("%s", copy_line(copy.id, result.steps, result.seconds, manifest.loss, target))
     return CopyResult(copy.id, target, result.steps, result.seconds, manifest.loss)
 
 

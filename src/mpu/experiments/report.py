@@ -99,7 +99,9 @@ def find_runs(paths: Iterable[str | Path]) -> list[tuple[Path, dict]]:
             if run_dir not in found:
                 found[run_dir] = read_run(run_dir)
     if not found:
-        raise MPUError(f"no {RUN_FILE} under {', '.join(str(p) for p in paths)}")
+        raise MPUError(f"no {RUN_FILE} under {', '.join(str(p) for p in paths)}: mpu report collects the run directories "
+                       f"that `python src/train.py` writes (each holds a {RUN_FILE}); `mpu demo` prints its own table "
+                       "(runs/demo/summary.json)")
     return sorted(found.items(), key=lambda item: str(item[0]))
 
 

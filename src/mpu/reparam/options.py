@@ -10,7 +10,8 @@ VO_MODES = ("plane", "haar", "none")
 
 @dataclass(frozen=True)
 class ReparamOptions:
-    """Which function-preserving transforms a copy gets. Every field has its help text in ``metadata``.
+    """Which function-preserving transforms a copy gets. Every field has its help text in ``metadata``,
+    and its ``mpu server init`` / ``mpu run`` flag is generated from the field (``mpu.flags``).
 
     The defaults match the paper (RoPE-plane rotations on Q/K, the same rotations on V/O, an FFN
     permutation); the other switches make a copy harder to align with the original at no cost in
@@ -20,7 +21,7 @@ class ReparamOptions:
     enabled: bool = field(
         default=True,
         metadata={"help": "Reparameterise the copies. False publishes them in the model's own coordinates "
-                          "(--no-reparam); the privacy report must then say so."},
+                          "(--no-reparam); the privacy report must then say so.", "flag": "--reparam"},
     )
     qk_rotation: bool = field(
         default=True,
@@ -31,7 +32,7 @@ class ReparamOptions:
         default="plane",
         metadata={"help": "V rows / O columns: 'plane' = plane rotations (the same as that KV group's QK "
                           "rotation where QK is rotated freely); 'haar' = an independent Haar-random "
-                          "orthogonal d_h x d_h per KV head; 'none' = leave V/O alone."},
+                          "orthogonal d_h x d_h per KV head; 'none' = leave V/O alone.", "choices": VO_MODES},
     )
     kv_permutation: bool = field(
         default=False,
@@ -49,7 +50,7 @@ class ReparamOptions:
     )
     ffn_scale_range: float = field(
         default=2.0,
-        metadata={"help": "With ffn_scaling, s_i = exp(U(-ln r, ln r)) for this r; must be >= 1."},
+        metadata={"help": "With ffn_scaling, s_i = exp(U(-ln r, ln r)) for this r; must be >= 1.", "metavar": "R"},
     )
 
     def __post_init__(self) -> None:

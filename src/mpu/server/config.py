@@ -4,18 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from mpu.reparam import ReparamOptions
-
-
-def _reparam_options(**options: Any) -> "ReparamOptions":
-    # Imported here, not at the top: ``mpu.reparam`` imports torch and transformers, and the CLI reads
-    # PRESETS while building its parser, which must answer ``--help`` without them.
-    from mpu.reparam import ReparamOptions
-
-    return ReparamOptions(**options)
+from mpu.reparam.options import ReparamOptions  # no torch: the CLI builds its flags from these dataclasses
 
 # The per-block poisoning bound ||Delta_l|| / ||theta_l||, measured with benchmarks/poisoning.py on the
 # built-in tiny model (docs/security.md has the table): genuine updates of the eleven methods at their
@@ -69,12 +60,13 @@ class ServerConfig:
     publish_dtype: str = field(default="source", metadata={"choices": PUBLISH_DTYPES, "help": "dtype of published copies; 'source' keeps the model's own"})
     max_update_ratio: float = field(default=DEFAULT_MAX_UPDATE_RATIO, metadata={"help": "poisoning bound, per block: refuse an update Delta_k with ||Delta_k,l|| > max_update_ratio * ||theta_l|| for any block l (embeddings, final norm and LM head each their own group; docs/security.md)"})
     fixed_seed: int | None = field(default=None, metadata={"help": "reproducible (NOT secret) randomness, for experiments and tests", "flag": "--seed"})
-    # The reparameterisation flags (--no-reparam, --vo, ...) are cli/server.py's: ReparamOptions lives with torch.
-    reparam: ReparamOptions = field(default_factory=_reparam_options, metadata={"flag": None})
+    reparam: ReparamOptions = field(default_factory=ReparamOptions, metadata={
+        "help": "the secret function-preserving transform T_k of each copy (ReparamOptions)",
+        "group": "reparameterisation (unset options come from --privacy)"})
 
     def __post_init__(self):
         if isinstance(self.reparam, dict):
-            self.reparam = _reparam_options(**self.reparam)
+            self.reparam = ReparamOptions(**self.reparam)
         if self.copies < 2:
             raise ValueError(f"copies must be >= 2 (zero-sum noise needs two), got {self.copies}")
         if self.kappa < 0:
