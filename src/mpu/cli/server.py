@@ -104,7 +104,8 @@ def register(subparsers) -> None:
         "reparameterised copy of the model (weights, config, tokenizer; nothing else of the model's folder). Hand OUT "
         "to the client; the secrets stay in the work directory. Prints the noise actually present per block.")
     publish.add_argument("--workdir", required=True, help=WORKDIR_HELP)
-    publish.add_argument("--out", required=True, help="outbox folder to create: manifest.json, copy-1 ... copy-m")
+    publish.add_argument("--out", required=True, help="outbox folder to create: manifest.json, copy-1 ... copy-m; hand it to the client "
+                         "(its `mpu client unlearn --inbox`)")
     publish.add_argument("--force", action="store_true", help="replace OUT if it exists")
     add_threads_argument(publish)
     add_progress_argument(publish)
@@ -119,7 +120,8 @@ def register(subparsers) -> None:
         "applies eta times the result and commits the new model atomically; the rule and its weights are recorded in "
         "the round's history. A rejected return leaves the work directory unchanged.")
     aggregate.add_argument("--workdir", required=True, help=WORKDIR_HELP)
-    aggregate.add_argument("--returns", required=True, help="folder holding update-K/ sub-folders (from one or several clients)")
+    aggregate.add_argument("--returns", required=True, help="folder holding update-K/ sub-folders: what `mpu client unlearn --out` wrote "
+                           "(gather several clients' into one)")
     aggregate.add_argument("--combine", default=DEFAULT_COMBINE, type=_combine_rule, metavar="RULE",
                            help=f"how the updates are weighted (default {DEFAULT_COMBINE}): {combine_help()}")
     aggregate.add_argument("--allow-mixed", action="store_true", help="combine returns trained with different methods, hyperparameters, training options or step counts (refused by default)")
@@ -130,11 +132,11 @@ def register(subparsers) -> None:
     export = commands.add_parser(
         "export", help="write the current (unlearned) model as a plain HF checkpoint",
         description="Writes the work directory's current model to OUT as a plain Hugging Face checkpoint (safetensors "
-        "weights in the original dtype, config, tokenizer; nothing else of the original model's folder).")
+        "weights in the original dtype or --dtype, config, tokenizer; nothing else of the original model's folder).")
     export.add_argument("--workdir", required=True, help=WORKDIR_HELP)
     export.add_argument("--out", required=True, help="folder to write the model to (new; --force replaces it): load it with "
                         "from_pretrained like any Hugging Face model")
-    export.add_argument("--dtype", default=None, help="dtype to write (default: the original model's)")
+    export.add_argument("--dtype", default=None, help="dtype to write: float32, bfloat16 or float16 (default: the original model's)")
     export.add_argument("--force", action="store_true", help="replace OUT if it exists")
     export.add_argument("--allow-unaggregated", action="store_true", help="export even though no round was aggregated yet (the original model)")
     add_progress_argument(export)
