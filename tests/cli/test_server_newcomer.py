@@ -170,6 +170,16 @@ def test_init_names_the_flag_of_a_path_that_is_no_model(flag, tmp_path, tiny_mod
         assert not (tmp_path / "w").exists()
 
 
+def test_init_takes_a_missing_path_in_an_existing_folder_for_a_typo_not_a_hub_id(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+
+    assert main(["server", "init", "--model", "models/typo", "--workdir", "w"]) == 2
+
+    assert "--model models/typo: no such model directory" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
+
+
 def test_init_on_an_existing_work_directory_says_what_to_do(tmp_path, tiny_model_dir, capsys):
     work = tmp_path / "w"
     assert main(["server", "init", "--model", str(tiny_model_dir), "--workdir", str(work), "--copies", "2"]) == 0

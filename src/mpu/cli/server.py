@@ -195,7 +195,9 @@ def check_model_argument(flag: str, value: str) -> None:
         return
     if path.exists():
         raise MPUError(f"{flag} {value}: a file, not a model directory; expected {MODEL_EXPECTED}")
-    if value.startswith((".", "/", "~")) or value.count("/") > 1 or value.endswith("/"):
+    # a hub id is org/name; a missing path whose folder exists here (models/typo) is a mistyped local path
+    if (value.startswith((".", "/", "~")) or value.count("/") > 1 or value.endswith("/")
+            or ("/" in value and path.parent.is_dir())):
         raise MPUError(f"{flag} {value}: no such model directory; expected {MODEL_EXPECTED}")
 
 
