@@ -20,7 +20,7 @@ def register(subparsers) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    audit.add_argument("--inbox", required=True, help="a published outbox: manifest.json and copy-1 ... copy-m")
+    audit.add_argument("--inbox", required=True, help="one round's publication: the folder `mpu server publish --out` wrote (manifest.json, copy-1 ... copy-m)")
     audit.add_argument("--true-weights", "--reference", dest="true_weights", default=None, metavar="MODEL_DIR",
                        help="theta, the server's model the attacks try to reconstruct (scoring only); without it nothing is "
                             "scored. --reference is its old name")
@@ -42,6 +42,9 @@ def _audit(args) -> int:
     from mpu.checkpoint import atomic_write_json
     from mpu.errors import MPUError
 
+    from mpu.cli.client import check_inbox   # the client's check: a wrong --inbox says what to pass
+
+    check_inbox(args.inbox)
     apply_threads(args.threads)
     oracle = None
     if args.oracle_alphas:

@@ -149,4 +149,20 @@ def options_from_args(args: argparse.Namespace) -> tuple[str, Any, TrainingOptio
     given = given_values(args, _TR)
     training.update(given)
     tsources.update({key: "the command line" for key in given})
+    _check_hparams_belong(method, hparams, sources)
     return method, method_hparams(method, hparams, sources), training_options(training, tsources)
+
+
+def _check_hparams_belong(method: str, hparams: dict[str, Any], sources: dict[str, str]) -> None:
+    """Refuse a hyperparameter that ``method`` does not take but other methods do (``--steering-coeff``
+    with NPO), naming those methods; a key no method takes is left to ``method_hparams``'s message."""
+    own = [f.name for f in dataclasses.fields(METHODS.get(method).Hparams)]
+    takers = _hparam_fields()
+    for key in hparams:
+        if key in own or key not in takers:
+            continue
+        methods = [name for name, _ in takers[key]]
+        where = f" (from {sources[key]})" if key in sources else ""
+        valid = ", ".join(own) if own else "(none: it takes no hyperparameters)"
+        raise MPUError(f"unknown {method} hyperparameter {key!r}{where}: only {', '.join(methods)} "
+                       f"{'takes' if len(methods) == 1 else 'take'} it (--method {methods[0]}); {method}'s valid keys: {valid}")

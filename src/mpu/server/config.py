@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from mpu.reparam.options import ReparamOptions  # no torch: the CLI builds its flags from these dataclasses
+from mpu.reparam.options import ReparamOptions, preset_default  # no torch: the CLI builds its flags from these dataclasses
 
 # The per-block poisoning bound ||Delta_l|| / ||theta_l||, measured with benchmarks/poisoning.py on the
 # built-in tiny model (docs/security.md has the table): genuine updates of the eleven methods at their
@@ -43,23 +43,25 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class ServerConfig:
-    copies: int = field(default=3, metadata={"help": "m, the number of perturbed copies per round (>= 2)", "flags": ("-m",)})
-    kappa: float = field(default=0.01, metadata={"help": "noise ratio: sigma_l = kappa * RMS(task vector of block l)"})
-    rounds: int = field(default=1, metadata={"help": "R, the number of publish/aggregate rounds"})
-    eta: float = field(default=1.0, metadata={"help": "server step size: theta += eta * harmonic mean of the updates"})
+    copies: int = field(default=3, metadata={"help": "m, the number of perturbed copies per round (>= 2)", "flags": ("-m",), "metavar": "M"})
+    kappa: float = field(default=0.01, metadata={"help": "noise ratio: sigma_l = kappa * RMS(task vector of block l; of the weights without --base)", "metavar": "KAPPA"})
+    rounds: int = field(default=1, metadata={"help": "R, the number of publish/aggregate rounds", "metavar": "R"})
+    eta: float = field(default=1.0, metadata={"help": "server step size: theta += eta * the combined update (--combine at aggregate)", "metavar": "ETA"})
     alpha_mode: str = field(default="secret", metadata={"help": "secret (CSPRNG, fresh each round) | public (evenly on [1, 2], the paper's schedule) | list", "flag": None})  # set by --alphas
     alphas: list[float] | None = field(default=None, metadata={
         "help": "explicit alpha_k, one per copy (alpha_mode=list)",
         "flag_help": "noise multipliers: 'secret' (CSPRNG, fresh each round), 'public' (evenly on [1,2], the paper's schedule; 'reference' is its old name), "
-                     "or a list like 1,1.5,2", "flag_default": "secret", "metavar": "ALPHAS"})
-    alpha_max: float = field(default=2.0, metadata={"help": "secret alphas are uniform on [1, alpha_max]"})
+                     "or a list like 1,1.5,2", "flag_default": preset_default("secret"), "metavar": "ALPHAS"})
+    alpha_max: float = field(default=2.0, metadata={"help": "secret alphas are uniform on [1, alpha_max]", "metavar": "A"})
     # Default 1.0, not the paper's 0: without it a client holding all copies recovers theta to ~1e-6
     # of the task vector (docs/privacy.md); at kappa = 0.01 it cost no measurable utility.
-    independent_noise: float = field(default=1.0, metadata={"metavar": "TAU", "help": "tau: each copy also gets independent N(0, (tau*sigma)^2) noise that no combination of copies cancels (0: the paper's exact cancellation)"})
-    noise_scope: str = field(default="blocks", metadata={"choices": NOISE_SCOPES, "help": "blocks: transformer blocks only (paper); all: also embeddings, final norm, LM head"})
+    independent_noise: float = field(default=1.0, metadata={"metavar": "TAU", "flag_default": preset_default(1.0), "help": "tau: each copy also gets independent N(0, (tau*sigma)^2) noise that no combination of copies cancels (0: the paper's exact cancellation)"})
+    noise_scope: str = field(default="blocks", metadata={"choices": NOISE_SCOPES, "flag_default": preset_default("blocks"), "help": "blocks: transformer blocks only (paper); all: also embeddings, final norm, LM head"})
     publish_dtype: str = field(default="source", metadata={"choices": PUBLISH_DTYPES, "help": "dtype of published copies; 'source' keeps the model's own"})
-    max_update_ratio: float = field(default=DEFAULT_MAX_UPDATE_RATIO, metadata={"help": "poisoning bound, per block: refuse an update Delta_k with ||Delta_k,l|| > max_update_ratio * ||theta_l|| for any block l (embeddings, final norm and LM head each their own group; docs/security.md)"})
-    fixed_seed: int | None = field(default=None, metadata={"help": "reproducible (NOT secret) randomness, for experiments and tests", "flag": "--seed"})
+    max_update_ratio: float = field(default=DEFAULT_MAX_UPDATE_RATIO, metadata={"help": "poisoning bound, per block: refuse an update Delta_k with ||Delta_k,l|| > max_update_ratio * ||theta_l|| for any block l (embeddings, final norm and LM head each their own group; docs/security.md)", "metavar": "RATIO"})
+    fixed_seed: int | None = field(default=None, metadata={
+        "help": "reproducible (NOT secret) noise, alphas and transforms, for experiments and tests only; left out (the "
+                "default), each round draws fresh secret randomness from the OS CSPRNG", "flag": "--seed", "metavar": "SEED"})
     reparam: ReparamOptions = field(default_factory=ReparamOptions, metadata={
         "help": "the secret function-preserving transform T_k of each copy (ReparamOptions)",
         "group": "reparameterisation (unset options come from --privacy)"})
