@@ -79,12 +79,12 @@ def check_preservation(layers: int) -> None:
     for label, options in (("paper", ReparamOptions()), ("hardened", ReparamOptions(vo="haar", kv_permutation=True, ffn_scaling=True))):
         model = build(layers, torch.float32)
         params = sum(p.numel() for p in model.parameters())
-        reference = logits(model, batch)
+        original = logits(model, batch)  # float32, before the transform
         copy = transformed_copy(model, options)
-        delta = (logits(copy, batch) - reference).abs()[valid].max().item()
+        delta = (logits(copy, batch) - original).abs()[valid].max().item()
         log(f"[preservation] {label}: {params / 1e9:.2f}B params, float32 max|dlogit| = {delta:.3e}")
         model_bf16, copy_bf16 = model.to(torch.bfloat16), copy.to(torch.bfloat16)
-        own = (logits(model_bf16, batch) - reference).abs()[valid]
+        own = (logits(model_bf16, batch) - original).abs()[valid]
         moved = (logits(copy_bf16, batch) - logits(model_bf16, batch)).abs()[valid]
         agree = (logits(copy_bf16, batch).argmax(-1) == logits(model_bf16, batch).argmax(-1))[valid].float().mean().item()
         log(f"[preservation] {label}: bf16 copy vs bf16 model max|dlogit| = {moved.max().item():.3f} (mean {moved.mean().item():.4f}); "
@@ -150,7 +150,7 @@ def check_client(root: Path) -> None:
     start = time.perf_counter()
     result = run_unlearning(model, tokenizer, rows, None, "GradAscent", {}, training, str(root / "trainer"))
     seconds = time.perf_counter() - start
-    log(f"[client] GradAscent bf16 on a 1.2B copy: {result.steps} steps in {seconds:.1f}s ({seconds / max(result.steps, 1):.2f}s/step incl. reference setup), losses {result.losses[:3]}")
+    log(f"[client] GradAscent bf16 on a 1.2B copy: {result.steps} steps in {seconds:.1f}s ({seconds / max(result.steps, 1):.2f}s/step incl. setup), losses {result.losses[:3]}")
 
 
 def main() -> None:

@@ -126,12 +126,9 @@ def test_bad_config_files(tmp_path):
 
 
 @pytest.mark.parametrize("name", METHODS.names())
-def test_shipped_config_holds_the_defaults(name):
-    path = CONFIGS / f"{name}.yaml"
-    method, hp, training = parse(["--config", str(path)])
-    assert method == name
-    assert hp == method_hparams(name, {})
-    assert training == dataclasses.replace(TrainingOptions(), **METHODS.get(name).training_defaults)
+def test_shipped_config_selects_its_method(name):
+    # the files hold choices only (tests/experiments/test_config_schema.py refuses a restated default)
+    assert parse(["--config", str(CONFIGS / f"{name}.yaml")])[0] == name
 
 
 def test_flags_coexist_with_a_callers_seed():

@@ -54,7 +54,7 @@ def test_plain_average_does_not_cancel_the_noise(tmp_path, tiny_model_dir):
     # noise survives the plain average (about kappa * 0.7 / m of the update); only the harmonic weights
     # cancel it, and the server must use them.
     c = 0.1
-    config = ServerConfig(copies=3, kappa=0.1, alpha_mode="reference", independent_noise=0.0, fixed_seed=3,
+    config = ServerConfig(copies=3, kappa=0.1, alpha_mode="public", independent_noise=0.0, fixed_seed=3,
                           reparam=ReparamOptions(enabled=False))
     init_server(tmp_path / "server", str(tiny_model_dir), None, config, progress=False)
     publish(tmp_path / "server", tmp_path / "outbox", progress=False)

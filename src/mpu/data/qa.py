@@ -385,11 +385,6 @@ def encoder_for(tokenizer, fmt: PromptFormat | None = None, policy: LengthPolicy
     return per_tokenizer[key]
 
 
-def format_prompt(tokenizer, question: str, fmt: PromptFormat | None = None) -> str:
-    """The text the model sees before the answer, under ``fmt`` (default: the chat template)."""
-    return encoder_for(tokenizer, fmt).render(question)[0]
-
-
 def encode_qa(tokenizer, question: str, answer: str, max_length: int = 2048, fmt: PromptFormat | None = None,
               truncate: bool = False, where: str = "a row") -> dict[str, list[int]]:
     """:meth:`Encoder.encode` with the cached encoder of ``tokenizer`` (default format: the chat template

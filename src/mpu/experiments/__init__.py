@@ -4,7 +4,7 @@ A composed config (``configs/train.yaml`` with its groups model, benchmark, trai
 experiment) goes in; a run directory comes out with
 
     run.json              what ran: baseline or MPU, method, kappa, m, R, E, seed, settings, per-round
-                          server record, timings, the summary and the target/retain reference summaries
+                          server record, timings, the summary and the target and retain models' summaries
     model/                the unlearned checkpoint (save_model=true)
     <BENCH>_SUMMARY.json  headline metrics (OpenUnlearning key names)
     <BENCH>_EVAL.json     every metric with value_by_index

@@ -49,11 +49,11 @@ def _mpu(settings: ExperimentSettings, prepared: Prepared, out: Path, run_dir: P
     scratch = None if keep else tempfile.TemporaryDirectory(prefix="mpu-experiment-")
     workdir = (run_dir if keep else Path(scratch.name)) / "server"
     try:
-        base = prepared.base if settings.sigma_reference == "task-vector" else None
+        base = prepared.base if settings.sigma_from == "task-vector" else None
         run_mpu(prepared.target, base, settings.server, prepared.forget_rows, prepared.retain_rows,
                 settings.method, settings.hparams, settings.training, workdir, out,
                 keep_exchange=settings.keep_exchange, progress=settings.progress,
-                reference=settings.client_reference)
+                reference_model_round=settings.reference_model_round)
         state = Workdir(workdir).load()
         history = [dict(entry) for entry in state.history]
     finally:
@@ -66,7 +66,7 @@ def _mpu(settings: ExperimentSettings, prepared: Prepared, out: Path, run_dir: P
 
 def sigma_label(settings: ExperimentSettings) -> str:
     """run.json's statement of what the noise scale was a fraction of."""
-    if settings.sigma_reference == "task-vector":
+    if settings.sigma_from == "task-vector":
         return "task-vector: sigma_l = kappa * RMS(theta_l - theta_base,l) (the paper)"
     return "weights: sigma_l = kappa * RMS(theta_l), no base (CONTROL, harsher than the paper)"
 
@@ -117,7 +117,7 @@ def _evaluate(settings: ExperimentSettings, prepared: Prepared, model_dir: str, 
     )
 
 
-def reference_summaries(settings: ExperimentSettings, prepared: Prepared) -> dict[str, dict]:
+def target_and_retain_summaries(settings: ExperimentSettings, prepared: Prepared) -> dict[str, dict]:
     """The target's and retain model's summaries on the same suite, evaluated once and cached under
     ``$MPU_CACHE/evals`` (keyed by model, its fingerprint, data, split and suite)."""
     from mpu.data.builtin import cache_root
@@ -179,8 +179,8 @@ def run_experiment(cfg, run_dir: str | Path, experiment: str | None = None, over
         "hparams": dataclasses.asdict(settings.hparams),
         "training": dataclasses.asdict(settings.training),
         "server": settings.server.to_dict() if settings.server is not None else None,
-        "client_reference": settings.client_reference if settings.server is not None else None,
-        "sigma_reference": sigma_label(settings) if settings.server is not None else None,
+        "reference_model_round": settings.reference_model_round if settings.server is not None else None,
+        "sigma_from": sigma_label(settings) if settings.server is not None else None,
         "config": to_plain(cfg),
     }
     _write_json(run_dir / RUN_FILE, record)
@@ -209,10 +209,10 @@ def run_experiment(cfg, run_dir: str | Path, experiment: str | None = None, over
             step = time.perf_counter()
             record["summary"] = _evaluate(settings, prepared, str(model_dir), run_dir, prepared.retain)
             seconds["eval"] = time.perf_counter() - step
-            if settings.evaluation.get("reference_models", True):
+            if settings.evaluation.get("target_and_retain", True):
                 step = time.perf_counter()
-                record["reference"] = reference_summaries(settings, prepared)
-                seconds["eval_reference"] = time.perf_counter() - step
+                record["target_and_retain"] = target_and_retain_summaries(settings, prepared)
+                seconds["eval_target_and_retain"] = time.perf_counter() - step
     finally:
         if scratch is not None:
             scratch.cleanup()

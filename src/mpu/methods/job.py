@@ -38,6 +38,7 @@ from mpu.methods.training import (
     UnlearnResult, _private_steps, _resolve_hparams, _retain_reason, finish_unlearning, frozen_gc, run_max_length,
     run_prompt_format, training_arguments,
 )
+from mpu.quiet import quiet_transformers
 
 logger = logging.getLogger(__name__)
 
@@ -159,8 +160,9 @@ def load_model_and_tokenizer(path: str | Path, dtype: str = "float32"):
     if not (path / "config.json").is_file():
         raise InputError(path, "not a Hugging Face model directory (no config.json)")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype if dtype == "auto" else getattr(torch, dtype))
+        with quiet_transformers():   # the caller reports the step; transformers' warnings stay
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype if dtype == "auto" else getattr(torch, dtype))
     except (OSError, ValueError) as err:
         raise InputError(path, f"cannot load the model or its tokenizer ({err})") from None
     return model, tokenizer
@@ -200,7 +202,8 @@ def save_unlearned(model, tokenizer, out: Path, summary: dict[str, Any] | None =
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        save_model(model, tokenizer, tmp)   # only the allow-listed model files: no metadata of the source
+        with quiet_transformers():   # no "Writing model shards" bar: the caller reports the saved model
+            save_model(model, tokenizer, tmp)   # only the allow-listed model files: no metadata of the source
         if summary is not None:
             (tmp / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
         if out.exists():
