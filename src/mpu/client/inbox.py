@@ -1,13 +1,15 @@
 """What the server published: the public manifest and the copies it lists, checked as hostile input.
 
-Before anything of a copy is loaded, the client checks (``PublishedCopy.verify``): the manifest's
+Before anything of a copy is loaded, the client checks (``Publication.verify``): the manifest's
 every field by type, range and length; that each copy folder is a real folder inside the inbox and
-holds only regular data files (weights, config, generation config, tokenizer: no code, no pickles,
-no symlinks, FIFOs or devices); that no config carries ``auto_map`` (the hook that would make
-transformers import Python shipped with the copy); that the files match the manifest's checksum; and
-that the weight headers declare no more tensors than the config's architecture has. Models and
-tokenizers are then loaded with ``trust_remote_code=False``.
-"""
+holds only regular, singly-linked data files of bounded size (weights, config, generation config,
+tokenizer: no code, no pickles, no symlinks, hard links, FIFOs or devices); that every JSON file is
+strict JSON and no config carries a key that makes transformers fetch or run code (``FORBIDDEN_KEYS``:
+``auto_map``, a hub attention kernel, a quantizer ...) or a key its architecture does not define; that
+the files match the manifest's checksum; that the weights hold exactly the architecture's tensors
+(shapes, float dtype, finite values; headers counted before parsing) before transformers allocates
+anything; and that all copies share one architecture. Models and tokenizers are then loaded with
+``trust_remote_code=False``."""
 
 from __future__ import annotations
 
