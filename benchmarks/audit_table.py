@@ -209,10 +209,10 @@ def weights_delta(a_dir: Path, b_dir: Path, theta_dir: Path) -> float:
 
 
 def method_options(method: str, seed: int = 0):
-    from mpu.methods import TrainingOptions, method_hparams
+    from mpu.methods import TrainingConfig, method_hparams
 
     hp = method_hparams(method, {"alpha": 1.0})
-    return hp, TrainingOptions(epochs=EPOCHS, learning_rate=LEARNING_RATE, batch_size=BATCH, seed=seed, logging_steps=5)
+    return hp, TrainingConfig(epochs=EPOCHS, learning_rate=LEARNING_RATE, batch_size=BATCH, seed=seed, logging_steps=5)
 
 
 def noise_free(info: dict, method: str, out: Path, forget, retain) -> Path:

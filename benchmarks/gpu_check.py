@@ -65,7 +65,7 @@ def logits(model, batch):
 
 
 def check_preservation(layers: int) -> None:
-    from mpu.reparam import ReparamOptions
+    from mpu.reparam import ReparamConfig
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -76,7 +76,7 @@ def check_preservation(layers: int) -> None:
     mask[3, :20] = 0  # left padding
     batch = {"input_ids": ids, "attention_mask": mask}
     valid = mask.bool()
-    for label, options in (("paper", ReparamOptions()), ("hardened", ReparamOptions(vo="haar", kv_permutation=True, ffn_scaling=True))):
+    for label, options in (("paper", ReparamConfig()), ("hardened", ReparamConfig(vo="haar", kv_permutation=True, ffn_scaling=True))):
         model = build(layers, torch.float32)
         params = sum(p.numel() for p in model.parameters())
         original = logits(model, batch)  # float32, before the transform
@@ -141,12 +141,12 @@ def check_client(root: Path) -> None:
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
     from mpu.data.tokenizer import train_tokenizer
-    from mpu.methods import TrainingOptions, run_unlearning
+    from mpu.methods import TrainingConfig, run_unlearning
 
     rows = [{"question": f"What is fact number {i}?", "answer": f"Fact {i} is that the sky has {i} colours."} for i in range(32)]
     tokenizer = train_tokenizer([r["question"] + " " + r["answer"] for r in rows], vocab_size=400)
     model = AutoModelForCausalLM.from_pretrained(root / "outbox" / "copy-1", dtype=torch.bfloat16).to("cuda" if torch.cuda.is_available() else "cpu")
-    training = TrainingOptions(epochs=1, learning_rate=1e-5, batch_size=8, max_length=64, bf16=True)
+    training = TrainingConfig(epochs=1, learning_rate=1e-5, batch_size=8, max_length=64, bf16=True)
     start = time.perf_counter()
     result = run_unlearning(model, tokenizer, rows, None, "GradAscent", {}, training, str(root / "trainer"))
     seconds = time.perf_counter() - start

@@ -22,12 +22,12 @@ import torch
 
 from mpu.audit import run_audit
 from mpu.checkpoint import CheckpointReader
-from mpu.reparam import ReparamOptions
+from mpu.reparam import ReparamConfig
 from mpu.server.config import ServerConfig
 from tests.audit.helpers import publish_round, true_alphas
 
 GOLDEN = Path(__file__).parent / "golden" / "attack_reports.json"
-HARDENED = ReparamOptions(vo="haar", kv_permutation=True, ffn_scaling=True)
+HARDENED = ReparamConfig(vo="haar", kv_permutation=True, ffn_scaling=True)
 
 # name -> (server config, audit arguments: which of theta/base to pass, and the rest)
 CASES = {

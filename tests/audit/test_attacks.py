@@ -11,17 +11,17 @@ from transformers import AutoConfig
 
 from mpu.audit import Aligner, estimate_alphas, fit_orthogonal, fit_rope_orthogonal, harmonic_weights, optimal_weights, rope_angles, run_audit
 from mpu.audit.alphas import model_distances
-from mpu.reparam import ReparamOptions, maths
+from mpu.reparam import ReparamConfig, maths
 from mpu.server.config import ServerConfig
 from tests.audit.helpers import publish_round, relative_truth, true_alphas, true_transforms
 
-HARDENED = ReparamOptions(vo="haar", kv_permutation=True, ffn_scaling=True)
+HARDENED = ReparamConfig(vo="haar", kv_permutation=True, ffn_scaling=True)
 ATTACKS = {"average", "harmonic-public", "harmonic-estimated", "aligned-average", "aligned-harmonic-public",
            "aligned-harmonic-estimated", "single-copy"}
 
 
 def test_without_reparameterisation_and_public_alphas_theta_is_recovered_to_round_off(tmp_path, tiny_model_dir, tiny_base_dir):
-    config = ServerConfig(copies=3, kappa=0.01, alpha_mode="public", independent_noise=0.0, fixed_seed=3, reparam=ReparamOptions(enabled=False))
+    config = ServerConfig(copies=3, kappa=0.01, alpha_mode="public", independent_noise=0.0, fixed_seed=3, reparam=ReparamConfig(enabled=False))
     _, outbox = publish_round(tmp_path, tiny_model_dir, tiny_base_dir, config)
 
     report = run_audit(outbox, tiny_model_dir, tiny_base_dir, logit_sequences=4).report
@@ -42,7 +42,7 @@ def test_without_reparameterisation_and_public_alphas_theta_is_recovered_to_roun
     assert report["summary"]["best_over_single_copy"] < 1e-3
 
 
-@pytest.mark.parametrize("reparam", [ReparamOptions(), HARDENED], ids=["paper-transforms", "hardened-transforms"])
+@pytest.mark.parametrize("reparam", [ReparamConfig(), HARDENED], ids=["paper-transforms", "hardened-transforms"])
 def test_alignment_recovers_the_true_transforms(tmp_path, tiny_model_dir, tiny_base_dir, reparam):
     # secret alphas; no independent share, so that recovery is exact once aligned
     config = ServerConfig(copies=3, kappa=0.01, fixed_seed=5, independent_noise=0.0, reparam=reparam)

@@ -1,4 +1,4 @@
-"""``mpu server init``'s settings flags are the fields of ServerConfig and of its ReparamOptions: every
+"""``mpu server init``'s settings flags are the fields of ServerConfig and of its ReparamConfig: every
 field has its flag, the help is the field's, an unset flag keeps the field's default, and every
 historical flag name still works."""
 
@@ -11,7 +11,7 @@ import pytest
 
 from mpu.cli.server import add_server_config_arguments, server_config_from_args
 from mpu.errors import MPUError
-from mpu.reparam import ReparamOptions
+from mpu.reparam import ReparamConfig
 from mpu.server.config import PRESETS, ServerConfig
 
 NOT_FLAGS = {"alpha_mode", "reparam"}   # alpha_mode is set by --alphas; reparam's fields have their flags
@@ -34,23 +34,23 @@ def test_no_flags_give_the_dataclass_defaults():
 def test_every_field_has_a_flag_with_the_fields_help():
     text = " ".join(server_parser().format_help().split())
 
-    fields = [f for f in dataclasses.fields(ServerConfig) if f.name not in NOT_FLAGS] + list(dataclasses.fields(ReparamOptions))
+    fields = [f for f in dataclasses.fields(ServerConfig) if f.name not in NOT_FLAGS] + list(dataclasses.fields(ReparamConfig))
     for f in fields:
         assert " ".join(f.metadata.get("flag_help", f.metadata["help"]).split()) in text, f.name
 
 
 def test_every_reparam_field_is_a_flag_that_overrides_the_preset():
-    # each ReparamOptions field set to a value that differs from both its default and the hardened preset's
+    # each ReparamConfig field set to a value that differs from both its default and the hardened preset's
     flipped = {"enabled": False, "qk_rotation": False, "vo": "none", "kv_permutation": False,
                "ffn_permutation": False, "ffn_scaling": False, "ffn_scale_range": 3.0}
-    assert set(flipped) == {f.name for f in dataclasses.fields(ReparamOptions)}
+    assert set(flipped) == {f.name for f in dataclasses.fields(ReparamConfig)}
     argv = ["--privacy", "hardened", "--no-reparam", "--no-qk-rotation", "--vo", "none", "--no-kv-permutation",
             "--no-ffn-permutation", "--no-ffn-scaling", "--ffn-scale-range", "3"]
 
     config = config_of(*argv)
 
     assert dataclasses.asdict(config.reparam) == flipped
-    assert config_of("--reparam", "--qk-rotation", "--ffn-permutation").reparam == ReparamOptions()
+    assert config_of("--reparam", "--qk-rotation", "--ffn-permutation").reparam == ReparamConfig()
 
 
 def test_the_privacy_help_lists_each_presets_settings():

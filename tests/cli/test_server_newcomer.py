@@ -14,7 +14,7 @@ import re
 import pytest
 
 from mpu.cli import build_parser, main
-from mpu.reparam import ReparamOptions
+from mpu.reparam import ReparamConfig
 from mpu.server.config import PRESETS, ServerConfig
 
 SERVER_COMMANDS = ("init", "publish", "aggregate", "export", "status")
@@ -128,10 +128,10 @@ def test_settings_flags_say_what_leaving_them_out_means():
     assert {"alpha_mode", "independent_noise", "noise_scope", "vo", "kv_permutation", "ffn_scaling"} <= preset_fields
     flags = {"alpha_mode": "--alphas"}
     server_fields = {f.name: f for f in dataclasses.fields(ServerConfig)}
-    for f in dataclasses.fields(ReparamOptions):
+    for f in dataclasses.fields(ReparamConfig):
         preset_fields.add(f.name)
     for name in preset_fields:
-        f = server_fields.get(name) or next(f for f in dataclasses.fields(ReparamOptions) if f.name == name)
+        f = server_fields.get(name) or next(f for f in dataclasses.fields(ReparamConfig) if f.name == name)
         flag = flags.get(name) or f.metadata.get("flag") or "--" + name.replace("_", "-")
         entry = _entry(text, flag)
         assert "the --privacy preset's value" in entry, flag

@@ -14,7 +14,7 @@ from mpu.experiments import compose_config, settings_from_config
 from mpu.experiments.config import server_config, typed_config
 from mpu.experiments.schema import (DataConfig, EvaluationConfig, MpuConfig, RunConfig, TrainerConfig, builtin_benchmark,
                                     mpu_preset)
-from mpu.methods import METHODS, TrainingOptions
+from mpu.methods import METHODS, TrainingConfig
 from mpu.server.config import PRESETS, ServerConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -29,7 +29,7 @@ def run_defaults(mpu: str | None = None, benchmark: str = "builtin") -> dict:
     """The schema's value of every key an experiment (a ``_global_`` file) can set."""
     tree = as_dict(RunConfig)
     tree["mpu"] = as_dict(mpu_preset(mpu)) if mpu in PRESETS else as_dict(MpuConfig)
-    tree["trainer"] = {"training": as_dict(TrainingOptions)}
+    tree["trainer"] = {"training": as_dict(TrainingConfig)}
     if benchmark == "builtin":
         tree["benchmark"] = as_dict(builtin_benchmark())
     return tree
@@ -41,7 +41,7 @@ def defaults_for(path: Path, data: dict) -> dict:
     if group == "method":
         cls = METHODS.get(data["method"])
         return {"method": None, "hparams": dataclasses.asdict(cls.Hparams()),
-                "training": dataclasses.asdict(dataclasses.replace(TrainingOptions(), **cls.training_defaults))}
+                "training": dataclasses.asdict(dataclasses.replace(TrainingConfig(), **cls.training_defaults))}
     if group == "mpu":
         return as_dict(MpuConfig)
     if group == "benchmark":
@@ -101,7 +101,7 @@ def test_composing_without_choices_gives_the_dataclass_defaults():
     settings = settings_from_config(cfg)
     assert settings.server == ServerConfig(rounds=METHODS.get("NPO").paper_schedule[0])
     assert settings.hparams == METHODS.get("NPO").Hparams()
-    assert settings.training == dataclasses.replace(TrainingOptions(), epochs=METHODS.get("NPO").paper_schedule[1])
+    assert settings.training == dataclasses.replace(TrainingConfig(), epochs=METHODS.get("NPO").paper_schedule[1])
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -123,7 +123,7 @@ def test_every_method_is_a_trainer_option_with_its_defaults_and_schedule(method)
     cls = METHODS.get(method)
     assert (settings.method, settings.hparams) == (method, cls.Hparams())
     assert (settings.rounds, settings.epochs_per_round) == cls.paper_schedule
-    assert settings.training == dataclasses.replace(TrainingOptions(), **{**cls.training_defaults, "epochs": cls.paper_schedule[1]})
+    assert settings.training == dataclasses.replace(TrainingConfig(), **{**cls.training_defaults, "epochs": cls.paper_schedule[1]})
 
 
 @pytest.mark.parametrize("override, message", [
@@ -164,7 +164,7 @@ def test_an_mpu_key_left_out_keeps_the_server_configs_default():
 def test_trainer_node_fields_are_the_schema():
     assert {f.name for f in dataclasses.fields(TrainerConfig)} == {"method", "hparams", "training", "schedule"}
     training = {f.name for f in dataclasses.fields(TrainerConfig.__dataclass_fields__["training"].default_factory)}
-    assert training == {f.name for f in dataclasses.fields(TrainingOptions)}
+    assert training == {f.name for f in dataclasses.fields(TrainingConfig)}
 
 
 def test_the_builtin_benchmark_group_is_build_configs_schema():

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mpu.errors import InputError, MPUError
-from mpu.methods import METHODS, TrainingOptions, add_method_arguments, method_hparams, options_from_args
+from mpu.methods import METHODS, TrainingConfig, add_method_arguments, method_hparams, options_from_args
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "method"
 
@@ -73,11 +73,11 @@ def test_strings_are_converted_to_the_field_type():
 
 def test_training_options_validate():
     with pytest.raises(ValueError, match="learning_rate"):
-        TrainingOptions(learning_rate=-1)
+        TrainingConfig(learning_rate=-1)
     with pytest.raises(ValueError, match="lr_scheduler_type"):
-        TrainingOptions(lr_scheduler_type="sawtooth")
-    assert TrainingOptions(lora_target_modules="q_proj, v_proj").lora_target_modules == ["q_proj", "v_proj"]
-    for f in dataclasses.fields(TrainingOptions):
+        TrainingConfig(lr_scheduler_type="sawtooth")
+    assert TrainingConfig(lora_target_modules="q_proj, v_proj").lora_target_modules == ["q_proj", "v_proj"]
+    for f in dataclasses.fields(TrainingConfig):
         assert f.metadata.get("help"), f.name
 
 

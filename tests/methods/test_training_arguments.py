@@ -1,4 +1,4 @@
-"""TrainingOptions is a thin view over transformers.TrainingArguments: each field that is a Trainer
+"""TrainingConfig is a thin view over transformers.TrainingArguments: each field that is a Trainer
 setting names it (metadata ``hf``), and training_arguments() passes exactly those values on."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 from transformers import TrainingArguments
 
-from mpu.methods import TrainingOptions, training_arguments
+from mpu.methods import TrainingConfig, training_arguments
 
 # one value per mapped field that differs from its default (and keeps the derived settings out of the way)
 CHANGED = {"epochs": 2.0, "max_steps": 3, "learning_rate": 2e-3, "batch_size": 3, "gradient_accumulation_steps": 2,
@@ -28,7 +28,7 @@ def value(args: TrainingArguments, name: str):
 
 
 def mapped() -> dict[str, str]:
-    return {f.name: f.metadata["hf"] for f in dataclasses.fields(TrainingOptions) if "hf" in f.metadata}
+    return {f.name: f.metadata["hf"] for f in dataclasses.fields(TrainingConfig) if "hf" in f.metadata}
 
 
 def test_every_mapped_name_is_a_training_arguments_field():
@@ -39,9 +39,9 @@ def test_every_mapped_name_is_a_training_arguments_field():
 
 def test_every_mapped_field_reaches_the_trainer(tmp_path):
     assert set(CHANGED) | NOT_ON_CPU == set(mapped()), "a mapped field without a test value"
-    options = TrainingOptions(**CHANGED)
+    options = TrainingConfig(**CHANGED)
     for name, changed in CHANGED.items():
-        assert changed != getattr(TrainingOptions(), name), name
+        assert changed != getattr(TrainingConfig(), name), name
 
     args = training_arguments(options, str(tmp_path))
 
@@ -60,13 +60,13 @@ def test_every_mapped_field_reaches_the_trainer(tmp_path):
     ({"progress_bar": True}, "disable_tqdm", False),
 ])
 def test_settings_that_follow_from_several_fields(options, name, expected, tmp_path):
-    args = training_arguments(TrainingOptions(**options), str(tmp_path))
+    args = training_arguments(TrainingConfig(**options), str(tmp_path))
 
     assert value(args, name) == expected
 
 
 def test_a_run_saves_and_reports_nothing(tmp_path):
-    args = training_arguments(TrainingOptions(), str(tmp_path))
+    args = training_arguments(TrainingConfig(), str(tmp_path))
 
     assert (value(args, "save_strategy"), value(args, "eval_strategy"), args.report_to) == ("no", "no", [])
     assert args.remove_unused_columns is False and args.output_dir == str(tmp_path)

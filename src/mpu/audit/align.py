@@ -34,7 +34,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from mpu.errors import MPUError, UnsupportedArchitectureError
-from mpu.reparam import LayerTransform, ReparamOptions, get_adapter
+from mpu.reparam import LayerTransform, ReparamConfig, get_adapter
 from mpu.reparam import maths
 from mpu.reparam.decoder import DecoderAdapter
 
@@ -73,7 +73,7 @@ class Aligner:
 
     def __init__(self, config):
         try:
-            adapter = get_adapter(config, ReparamOptions())
+            adapter = get_adapter(config, ReparamConfig())
         except UnsupportedArchitectureError as err:
             raise MPUError(f"alignment is not available for this architecture: {err}") from None
         if not isinstance(adapter, DecoderAdapter):

@@ -33,7 +33,7 @@ def add_progress_argument(parser: argparse.ArgumentParser, draws: str | None = N
 
 def add_server_config_arguments(parser: argparse.ArgumentParser) -> None:
     """The settings fixed at init; ``mpu run`` takes the same ones. One flag per field of ServerConfig and
-    of its ReparamOptions, generated from the dataclasses (help, default, choices, aliases); ``--privacy``
+    of its ReparamConfig, generated from the dataclasses (help, default, choices, aliases); ``--privacy``
     lists each preset's settings as PRESETS holds them. Options left unset come from the --privacy
     preset, everything else unset from the dataclasses' defaults."""
     group = parser.add_argument_group("MPU settings (unset privacy options come from --privacy)")

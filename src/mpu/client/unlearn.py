@@ -23,7 +23,7 @@ from mpu.checkpoint.files import MAX_MANIFEST_BYTES
 from mpu.client.inbox import Publication, PublishedCopy, read_publication
 from mpu.client.update import loss_summary, write_dense_update, write_lora_update
 from mpu.errors import InputError, MPUError
-from mpu.methods import TrainingOptions
+from mpu.methods import TrainingConfig
 from mpu.methods.job import UnlearnJob
 from mpu.methods.training import frozen_gc
 from mpu.protocol import PUBLICATION_MANIFEST, UPDATE_MANIFEST, UpdateManifest, update_folder
@@ -135,7 +135,7 @@ def once_per_run(logger_name: str):
 
 
 def unlearn_copies(inbox: str | Path, forget_rows: list[dict], retain_rows: list[dict] | None, method: str, hparams,
-                   training: TrainingOptions, out_dir: str | Path, copy_ids: list[int] | None = None, return_lora: bool = False,
+                   training: TrainingConfig, out_dir: str | Path, copy_ids: list[int] | None = None, return_lora: bool = False,
                    reference_model_inbox: str | Path | None = None, *, overwrite: bool = False, resume: bool = False) -> list[CopyResult]:
     """The positional form of :func:`unlearn_publication`, kept for its callers: the job is
     ``UnlearnJob(method, hparams, training, forget_rows, retain_rows)``."""

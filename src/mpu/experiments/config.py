@@ -60,14 +60,14 @@ def _positive_int(value: Any, key: str, minimum: int = 1) -> int:
 
 
 @dataclass
-class ExperimentSettings:
+class ExperimentConfig:
     """Everything one run needs, validated. Its values come from the composed config, whose defaults are
     the schema's (:mod:`mpu.experiments.schema`): none are written here."""
 
     mode: str                      # "mpu" or "baseline"
     method: str
     hparams: Any                   # the method's Hparams dataclass
-    training: Any                  # TrainingOptions; epochs = E (MPU, per round) or R*E (baseline)
+    training: Any                  # TrainingConfig; epochs = E (MPU, per round) or R*E (baseline)
     rounds: int                    # R
     epochs_per_round: float        # E
     seed: int
@@ -104,9 +104,9 @@ class ExperimentSettings:
 
 
 def training_settings(trainer: dict, epochs: float, seed: int):
-    """(method, hparams, TrainingOptions) of a ``trainer`` section, with ``epochs`` and ``seed`` set.
+    """(method, hparams, TrainingConfig) of a ``trainer`` section, with ``epochs`` and ``seed`` set.
 
-    Precedence, lowest first: TrainingOptions defaults < the method's ``training_defaults`` <
+    Precedence, lowest first: TrainingConfig defaults < the method's ``training_defaults`` <
     ``trainer.training``. The schedule owns ``epochs`` and the run owns ``seed``: setting them under
     ``trainer.training`` is an error rather than a value that would silently lose.
     """
@@ -166,7 +166,7 @@ def server_config(mpu: dict, rounds: int):
     if reparam is False:
         reparam = {"enabled": False}
     if not isinstance(reparam, dict):
-        raise MPUError(f"mpu.reparam must be a mapping of ReparamOptions fields, got {reparam!r}")
+        raise MPUError(f"mpu.reparam must be a mapping of ReparamConfig fields, got {reparam!r}")
     settings["reparam"] = {key: value for key, value in reparam.items() if value is not None}
     try:
         return build_dataclass(ServerConfig, settings)
@@ -200,8 +200,8 @@ def typed_config(cfg) -> dict[str, Any]:
         raise MPUError(f"config {key}: {str(err).splitlines()[0]}" if key else f"config: {err}") from None
 
 
-def settings_from_config(cfg) -> ExperimentSettings:
-    """Validate a composed config (DictConfig or plain dict) into :class:`ExperimentSettings`."""
+def settings_from_config(cfg) -> ExperimentConfig:
+    """Validate a composed config (DictConfig or plain dict) into :class:`ExperimentConfig`."""
     plain = typed_config(cfg)
     seed, mpu, enabled = plain["seed"], plain["mpu"], plain["mpu"]["enabled"]
     rounds = _positive_int(mpu["R"], "mpu.R")
@@ -256,7 +256,7 @@ def settings_from_config(cfg) -> ExperimentSettings:
     if threads is not None:
         threads = _positive_int(threads, "threads")
     method_config = {"method": method, "hparams": dataclasses.asdict(hparams), "training": dataclasses.asdict(training)}
-    return ExperimentSettings(
+    return ExperimentConfig(
         mode="mpu" if enabled else "baseline",
         method=method,
         hparams=hparams,
@@ -304,3 +304,7 @@ def _reference_model_round(value) -> str:
     if value not in REFERENCE_MODEL_ROUNDS:
         raise MPUError(f"mpu.reference_model_round must be first (round 1's copies) or round (each round's copy), got {value!r}")
     return value
+
+
+# The name before settings dataclasses were all called *Config (one suffix for one concept).
+ExperimentSettings = ExperimentConfig

@@ -4,7 +4,7 @@ that hold each setting's one default, and registered in Hydra's ConfigStore.
 - ``mpu_run`` (the root): ``seed``, ``data``, ``evaluation``, the ``mpu`` and ``trainer`` groups, ...
   ``configs/train.yaml`` lists it first in its defaults, so OmegaConf types every value and refuses an
   unknown key when the config is composed (``mpu.kapa=0.1`` is an error, not a new key).
-- ``mpu`` group: :class:`MpuConfig`, whose defaults are ``ServerConfig``'s and ``ReparamOptions``'s
+- ``mpu`` group: :class:`MpuConfig`, whose defaults are ``ServerConfig``'s and ``ReparamConfig``'s
   (``mpu.m`` is ``ServerConfig.copies``, ``mpu.seed`` its ``fixed_seed``); the options ``default``,
   ``paper`` and ``hardened`` are ``mpu.server.config.PRESETS`` (the presets of ``mpu server init
   --privacy``), ``baseline`` is ``configs/mpu/baseline.yaml``.
@@ -12,7 +12,7 @@ that hold each setting's one default, and registered in Hydra's ConfigStore.
   built-in benchmark's ``BuildConfig`` (``benchmark.autors=5`` is refused).
 - ``trainer`` group: one option per registered method, ``trainer=NPO``: the method's hyperparameter
   dataclass with its defaults (``trainer.hparams``, typed: a misspelt hyperparameter is refused), the
-  ``TrainingOptions`` it changes (``trainer.training``, over the method's ``training_defaults``) and its
+  ``TrainingConfig`` it changes (``trainer.training``, over the method's ``training_defaults``) and its
   schedule for MPU (``trainer.schedule.R``/``E``, from ``paper_schedule``).
 
 So a YAML file holds only choices: a value that differs from these defaults, or a group selection.
@@ -27,8 +27,8 @@ from typing import Any, Dict, Optional
 
 from omegaconf import MISSING
 
-from mpu.methods.options import TrainingOptions
-from mpu.reparam.options import ReparamOptions
+from mpu.methods.options import TrainingConfig
+from mpu.reparam.options import ReparamConfig
 from mpu.server.config import PRESETS, ServerConfig
 
 ROOT = "mpu_run"
@@ -56,14 +56,14 @@ def _thawed(cls, *extra: tuple):
 def _unset(cls):
     """A twin of dataclass ``cls`` whose every field is optional and defaults to None ("not set"): a node
     that takes any of ``cls``'s fields, typed, while a value left unset keeps the default chosen later
-    (the method's ``training_defaults``, then TrainingOptions')."""
+    (the method's ``training_defaults``, then TrainingConfig')."""
     hints = typing.get_type_hints(cls)
     return dataclasses.make_dataclass(f"{cls.__name__}Given", [
         (f.name, Optional[hints[f.name]], field(default=None, metadata=f.metadata)) for f in dataclasses.fields(cls)])
 
 
-Reparam = _thawed(ReparamOptions)
-TrainingGiven = _unset(TrainingOptions)
+Reparam = _thawed(ReparamConfig)
+TrainingGiven = _unset(TrainingConfig)
 
 
 @dataclass
@@ -107,7 +107,7 @@ class Schedule:
 
 @dataclass
 class TrainerConfig:
-    """The ``trainer`` node: a method, its hyperparameters, the TrainingOptions it changes, its schedule.
+    """The ``trainer`` node: a method, its hyperparameters, the TrainingConfig it changes, its schedule.
     ``training.epochs`` and ``training.seed`` belong to the schedule and to ``seed``."""
 
     method: str = MISSING

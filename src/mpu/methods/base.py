@@ -62,7 +62,7 @@ class UnlearnTrainer(Trainer):
     """A ``transformers.Trainer`` whose batches hold forget (and retain) examples.
 
     Class attributes a method sets: ``Hparams`` (its dataclass), ``retain_use`` ("none", "optional" or
-    "required"), ``uses_alternate`` (DPO), ``training_defaults`` (TrainingOptions fields it changes) and
+    "required"), ``uses_alternate`` (DPO), ``training_defaults`` (TrainingConfig fields it changes) and
     ``paper_schedule`` (the paper's (R, E): rounds, epochs per round, for MPU runs).
     """
 

@@ -1,6 +1,6 @@
 """Choosing a method and its settings: YAML config files and command-line flags.
 
-Precedence, lowest first: TrainingOptions defaults < the method's ``training_defaults`` < the config file
+Precedence, lowest first: TrainingConfig defaults < the method's ``training_defaults`` < the config file
 < the command line. A config file is plain YAML (loaded with OmegaConf, so ``${...}`` interpolation
 works), with only these top-level keys::
 
@@ -22,7 +22,7 @@ from typing import Any, Dict, Optional
 from mpu.errors import InputError, MPUError
 from mpu.flags import add_dataclass_arguments, flag_name, given_values
 from mpu.methods.base import METHODS
-from mpu.methods.options import TrainingOptions, describe_defaults, training_options
+from mpu.methods.options import TrainingConfig, describe_defaults, training_options
 from mpu.methods.training import method_hparams
 
 _HP = "mpu_hp__"  # argparse dest prefixes, so that a caller's own arguments never collide
@@ -86,7 +86,7 @@ def methods_table() -> str:
 
 
 def add_method_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add --method, --config, --hp, one flag per hyperparameter and one per TrainingOptions field."""
+    """Add --method, --config, --hp, one flag per hyperparameter and one per TrainingConfig field."""
     group = parser.add_argument_group("unlearning method")
     group.add_argument("--method", dest=_HP + "method", metavar="NAME",
                        help=f"one of: {', '.join(METHODS.names())}, in any case, '_'/'-' ignored "
@@ -105,7 +105,7 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
         text = "; ".join(f"{help_text} [{', '.join(defaults)}]" for help_text, defaults in by_help.items())
         group.add_argument(flag_name(name), dest=_HP + name, metavar="V", default=argparse.SUPPRESS, help=text.replace("%", "%%"))
 
-    add_dataclass_arguments(parser, parser.add_argument_group("training"), TrainingOptions, _TR)
+    add_dataclass_arguments(parser, parser.add_argument_group("training"), TrainingConfig, _TR)
 
     table = methods_table()
     parser.epilog = f"{parser.epilog}\n\n{table}" if parser.epilog else table
@@ -113,8 +113,8 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
         parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
-def options_from_args(args: argparse.Namespace) -> tuple[str, Any, TrainingOptions]:
-    """(method name, its validated hyperparameters, TrainingOptions) from parsed arguments."""
+def options_from_args(args: argparse.Namespace) -> tuple[str, Any, TrainingConfig]:
+    """(method name, its validated hyperparameters, TrainingConfig) from parsed arguments."""
     values = vars(args)
     config_path = values.get(_HP + "config")
     config = load_method_config(config_path) if config_path else {"method": None, "hparams": {}, "training": {}}

@@ -5,7 +5,7 @@ the training options, the forget and retain rows and, optionally, the reference 
 noise-free baseline (``mpu unlearn``, :func:`unlearn_model`) and the MPU client
 (:func:`mpu.client.unlearn.unlearn_publication`, one job per copy) run::
 
-    job = UnlearnJob("NPO", {"beta": 0.1}, TrainingOptions(epochs=2), forget_rows, retain_rows)
+    job = UnlearnJob("NPO", {"beta": 0.1}, TrainingConfig(epochs=2), forget_rows, retain_rows)
     result = job.run(model, tokenizer, scratch_dir)        # unlearns ``model`` in place -> UnlearnResult
     unlearn_model("target/", job, "unlearned/")            # load, unlearn, save (the noise-free baseline)
 
@@ -33,7 +33,7 @@ from mpu.errors import InputError, MPUError
 from mpu.methods.base import METHODS, UnlearnTrainer
 from mpu.methods.data import ForgetRetainCollator, ForgetRetainDataset
 from mpu.methods.lora import add_lora
-from mpu.methods.options import TrainingOptions
+from mpu.methods.options import TrainingConfig
 from mpu.methods.training import (
     UnlearnResult, _private_steps, _resolve_hparams, _retain_reason, finish_unlearning, frozen_gc, run_max_length,
     run_prompt_format, training_arguments,
@@ -60,12 +60,12 @@ class UnlearnJob:
     client trains the round's m copies on the same rows, and the server sees all m updates).
 
     Raises MPUError for an unknown method or hyperparameters that are not the method's, TypeError for
-    ``training`` that is not a TrainingOptions, ValueError for ``dp_runs`` below 1.
+    ``training`` that is not a TrainingConfig, ValueError for ``dp_runs`` below 1.
     """
 
     method: str
     hparams: Any = None
-    training: TrainingOptions = field(default_factory=TrainingOptions)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
     forget_rows: Sequence[dict[str, Any]] = ()
     retain_rows: Sequence[dict[str, Any]] | None = None
     reference: Any = None  # torch.nn.Module | Callable[[], torch.nn.Module] | None
@@ -73,8 +73,8 @@ class UnlearnJob:
 
     def __post_init__(self) -> None:
         METHODS.get(self.method)  # MPUError for an unknown name, before any model is loaded
-        if not isinstance(self.training, TrainingOptions):
-            raise TypeError(f"training must be TrainingOptions, got {type(self.training).__name__}")
+        if not isinstance(self.training, TrainingConfig):
+            raise TypeError(f"training must be TrainingConfig, got {type(self.training).__name__}")
         if not isinstance(self.dp_runs, int) or isinstance(self.dp_runs, bool) or self.dp_runs < 1:
             raise ValueError(f"dp_runs counts runs on the same data, an integer >= 1, got {self.dp_runs!r}")
 

@@ -28,7 +28,7 @@ def _help(text: str, *flags: str, hf: str | None = None) -> dict:
 
 
 @dataclass
-class TrainingOptions:
+class TrainingConfig:
     """How a method trains: the Hugging Face Trainer settings that an unlearning run uses.
 
     A thin view over ``transformers.TrainingArguments`` rather than a subclass (TRL's configs subclass
@@ -161,9 +161,9 @@ def build_dataclass(cls, overrides: dict[str, Any], what: str, sources: dict[str
         raise MPUError(f"{what}s: {err}") from None
 
 
-def training_options(overrides: dict[str, Any] | None = None, sources: dict[str, str] | None = None) -> TrainingOptions:
-    """A validated :class:`TrainingOptions` from a plain dict (e.g. a config file's ``training:`` section)."""
-    return build_dataclass(TrainingOptions, dict(overrides or {}), "training option", sources)
+def training_options(overrides: dict[str, Any] | None = None, sources: dict[str, str] | None = None) -> TrainingConfig:
+    """A validated :class:`TrainingConfig` from a plain dict (e.g. a config file's ``training:`` section)."""
+    return build_dataclass(TrainingConfig, dict(overrides or {}), "training option", sources)
 
 
 def describe_defaults(obj_or_cls) -> str:
@@ -172,3 +172,7 @@ def describe_defaults(obj_or_cls) -> str:
         value = getattr(obj_or_cls, f.name) if not isinstance(obj_or_cls, type) else _default(f)
         parts.append(f"{f.name}={value}")
     return " ".join(parts) if parts else "(no hyperparameters)"
+
+
+# The name before settings dataclasses were all called *Config (one suffix for one concept).
+TrainingOptions = TrainingConfig

@@ -23,7 +23,7 @@ from transformers import TrainingArguments
 from mpu.errors import MPUError
 from mpu.methods.base import METHODS, UnlearnTrainer
 from mpu.methods.lora import lora_factors, merge_lora
-from mpu.methods.options import TrainingOptions, build_dataclass
+from mpu.methods.options import TrainingConfig, build_dataclass
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +70,8 @@ RUN_ARGUMENTS = dict(logging_strategy="steps", save_strategy="no", eval_strategy
                      remove_unused_columns=False, dataloader_num_workers=0)
 
 
-def training_arguments(training: TrainingOptions, output_dir: str) -> TrainingArguments:
-    """The Hugging Face ``TrainingArguments`` of ``training`` (:meth:`TrainingOptions.hf_arguments`),
+def training_arguments(training: TrainingConfig, output_dir: str) -> TrainingArguments:
+    """The Hugging Face ``TrainingArguments`` of ``training`` (:meth:`TrainingConfig.hf_arguments`),
     with ``output_dir`` as the Trainer's scratch folder (nothing is saved there) and
     :data:`RUN_ARGUMENTS`; sets up gloo when several CPU processes train together."""
     arguments = training.hf_arguments()
@@ -92,7 +92,7 @@ def prepare_unlearning(
     retain_rows: Sequence[dict[str, Any]] | None,
     method: str,
     hparams,
-    training: TrainingOptions,
+    training: TrainingConfig,
     output_dir: str,
     reference: torch.nn.Module | Callable[[], torch.nn.Module] | None = None,
     dp_runs: int = 1,
@@ -104,7 +104,7 @@ def prepare_unlearning(
     return UnlearnJob(method, hparams, training, forget_rows, retain_rows, reference, dp_runs).prepare(model, tokenizer, output_dir)
 
 
-def run_prompt_format(training: TrainingOptions, model, tokenizer):
+def run_prompt_format(training: TrainingConfig, model, tokenizer):
     """The run's :class:`mpu.data.qa.PromptFormat` from ``prompt_format``/``system_prompt``/``date_string``."""
     from mpu.data.qa import model_name
     from mpu.data.templates import resolve_format
@@ -112,14 +112,14 @@ def run_prompt_format(training: TrainingOptions, model, tokenizer):
     return resolve_format(training.prompt_format, training.system_prompt, training.date_string, model_name(model, tokenizer))
 
 
-def run_max_length(training: TrainingOptions, model, tokenizer) -> int:
+def run_max_length(training: TrainingConfig, model, tokenizer) -> int:
     """The run's one length limit: ``max_length``, or the model's context length when not set."""
     from mpu.data.qa import model_max_length
 
     return training.max_length or model_max_length(model, tokenizer)
 
 
-def _private_steps(cls: type[UnlearnTrainer], method: str, training: TrainingOptions, examples: int, runs: int):
+def _private_steps(cls: type[UnlearnTrainer], method: str, training: TrainingConfig, examples: int, runs: int):
     """DP-SGD for this run: σ from the ε asked for (or as given), over the steps the Trainer will take."""
     from mpu.methods.dp import PrivateSteps, plan
 
@@ -185,7 +185,7 @@ def run_unlearning(
     retain_rows: list[dict] | None,
     method: str,
     hparams,
-    training: TrainingOptions,
+    training: TrainingConfig,
     output_dir: str,
     reference: torch.nn.Module | Callable[[], torch.nn.Module] | None = None,
     dp_runs: int = 1,

@@ -1,9 +1,9 @@
 """Secret, function-preserving reparameterisation T_k of a causal LM.
 
 One adapter per architecture family, looked up by ``config.model_type``:
-``get_adapter(config, ReparamOptions())``. See ``base.py`` for how the server uses it.
+``get_adapter(config, ReparamConfig())``. See ``base.py`` for how the server uses it.
 
-``ReparamOptions`` (the user-facing switches) is imported at once and needs neither torch nor
+``ReparamConfig`` (the user-facing switches) is imported at once and needs neither torch nor
 transformers, so the command line builds its flags from it and still answers ``--help`` fast. The
 adapters need torch: they are imported, and the architecture families registered, on the first use of
 any other name of this package (``get_adapter``, ``ARCHITECTURES``, ``Adapter``, ...).
@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from mpu.reparam.options import VO_MODES, ReparamOptions
+from mpu.reparam.options import VO_MODES, ReparamConfig, ReparamOptions
 
 _BASE_NAMES = ("ARCHITECTURES", "Adapter", "IdentityAdapter", "LayerTransform", "get_adapter")
 # Importing a family module registers its adapter.
@@ -25,6 +25,7 @@ __all__ = [
     "Adapter",
     "IdentityAdapter",
     "LayerTransform",
+    "ReparamConfig",
     "ReparamOptions",
     "VO_MODES",
     "get_adapter",

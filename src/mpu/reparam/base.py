@@ -26,7 +26,7 @@ from transformers.core_model_loading import WeightConverter, WeightRenaming, dot
 
 from mpu.errors import UnsupportedArchitectureError
 from mpu.registry import Registry
-from mpu.reparam.options import ReparamOptions
+from mpu.reparam.options import ReparamConfig
 
 # model_type -> adapter class (called as cls(config, options)). Families register in llama.py, phi3.py.
 ARCHITECTURES: Registry[type["Adapter"]] = Registry("architecture")
@@ -201,7 +201,7 @@ def _find_blocks(model: torch.nn.Module, config: transformers.PretrainedConfig, 
 class Adapter(ABC):
     """One architecture family's secret, function-preserving reparameterisation."""
 
-    def __init__(self, config: transformers.PretrainedConfig, options: ReparamOptions):
+    def __init__(self, config: transformers.PretrainedConfig, options: ReparamConfig):
         self.config = config
         self.options = options
         # A nested language model (VLMs) keeps its depth in the text config.
@@ -314,10 +314,10 @@ class IdentityAdapter(Adapter):
         return lora_B, lora_A
 
 
-def get_adapter(config: transformers.PretrainedConfig, options: ReparamOptions) -> Adapter:
+def get_adapter(config: transformers.PretrainedConfig, options: ReparamConfig) -> Adapter:
     """The adapter for ``config.model_type``; IdentityAdapter when ``options.enabled`` is False."""
-    if not isinstance(options, ReparamOptions):
-        raise TypeError(f"options must be ReparamOptions, got {type(options).__name__}")
+    if not isinstance(options, ReparamConfig):
+        raise TypeError(f"options must be ReparamConfig, got {type(options).__name__}")
     if not options.enabled:
         return IdentityAdapter(config, options)
     model_type = getattr(config, "model_type", None) or "(none)"

@@ -28,7 +28,7 @@ from mpu.reparam import maths
 from mpu.reparam.base import Adapter, LayerTransform
 # The layout vocabulary lives in layout.py; re-exported here, where the family adapters import it from.
 from mpu.reparam.layout import Geometry, HeadRole, Role, Rule, UnitRole, interleaved_order  # noqa: F401
-from mpu.reparam.options import ReparamOptions
+from mpu.reparam.options import ReparamConfig
 
 F64 = torch.float64
 # Activations f with f(s x) = s f(x) for s > 0: only these allow FFN scaling without a gate.
@@ -74,7 +74,7 @@ class DecoderAdapter(Adapter):
     # per KV head preserves q.k.
     rope: bool = True
 
-    def __init__(self, config: transformers.PretrainedConfig, options: ReparamOptions):
+    def __init__(self, config: transformers.PretrainedConfig, options: ReparamConfig):
         super().__init__(config, options)
         if self.activation_key is not None:
             self.ffn_scalable = getattr(config, self.activation_key, None) in HOMOGENEOUS_ACTIVATIONS

@@ -22,7 +22,7 @@ def _setting(default, metadata: dict):
 
 
 @dataclass(frozen=True)
-class ReparamOptions:
+class ReparamConfig:
     """Which function-preserving transforms a copy gets. Every field has its help text in ``metadata``,
     and its ``mpu server init`` / ``mpu run`` flag is generated from the field (``mpu.flags``).
 
@@ -70,9 +70,13 @@ class ReparamOptions:
         for name in ("enabled", "qk_rotation", "kv_permutation", "ffn_permutation", "ffn_scaling"):
             value = getattr(self, name)
             if not isinstance(value, bool):
-                raise ValueError(f"ReparamOptions.{name} must be True or False, got {value!r}")
+                raise ValueError(f"ReparamConfig.{name} must be True or False, got {value!r}")
         if self.vo not in VO_MODES:
-            raise ValueError(f"ReparamOptions.vo must be one of {', '.join(VO_MODES)}; got {self.vo!r}")
+            raise ValueError(f"ReparamConfig.vo must be one of {', '.join(VO_MODES)}; got {self.vo!r}")
         r = self.ffn_scale_range
         if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r < 1:
-            raise ValueError(f"ReparamOptions.ffn_scale_range must be a finite number >= 1, got {r!r}")
+            raise ValueError(f"ReparamConfig.ffn_scale_range must be a finite number >= 1, got {r!r}")
+
+
+# The name before settings dataclasses were all called *Config (one suffix for one concept).
+ReparamOptions = ReparamConfig

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from mpu.reparam.options import ReparamOptions, preset_default  # no torch: the CLI builds its flags from these dataclasses
+from mpu.reparam.options import ReparamConfig, preset_default  # no torch: the CLI builds its flags from these dataclasses
 
 # The per-block poisoning bound ||Delta_l|| / ||theta_l||, measured with benchmarks/poisoning.py on the
 # built-in tiny model (docs/security.md has the table): genuine updates of the eleven methods at their
@@ -62,13 +62,13 @@ class ServerConfig:
     fixed_seed: int | None = field(default=None, metadata={
         "help": "reproducible (NOT secret) noise, alphas and transforms, for experiments and tests only; left out (the "
                 "default), each round draws fresh secret randomness from the OS CSPRNG", "flag": "--seed", "metavar": "SEED"})
-    reparam: ReparamOptions = field(default_factory=ReparamOptions, metadata={
-        "help": "the secret function-preserving transform T_k of each copy (ReparamOptions)",
+    reparam: ReparamConfig = field(default_factory=ReparamConfig, metadata={
+        "help": "the secret function-preserving transform T_k of each copy (ReparamConfig)",
         "group": "reparameterisation (unset options come from --privacy)"})
 
     def __post_init__(self):
         if isinstance(self.reparam, dict):
-            self.reparam = ReparamOptions(**self.reparam)
+            self.reparam = ReparamConfig(**self.reparam)
         if self.copies < 2:
             raise ValueError(f"copies must be >= 2 (zero-sum noise needs two), got {self.copies}")
         if self.kappa < 0:
