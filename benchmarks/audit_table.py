@@ -53,11 +53,11 @@ METHODS = ("GradDiff", "NPO")
 
 # name -> (ServerConfig settings, label for the table). Unnamed settings keep ServerConfig's defaults
 # (secret alphas, plane V/O, FFN permutation, blocks only, tau 0).
-PAPER = {"alpha_mode": "reference", "reparam": {"vo": "plane", "kv_permutation": False, "ffn_scaling": False}}
+PAPER = {"alpha_mode": "public", "reparam": {"vo": "plane", "kv_permutation": False, "ffn_scaling": False}}
 HARDENED = {"alpha_mode": "secret", "noise_scope": "all", "reparam": {"vo": "haar", "kv_permutation": True, "ffn_scaling": True}}
 SETTINGS: dict[str, tuple[dict, str]] = {
     "mpu-kappa0": ({"kappa": 0.0}, "MPU without noise (kappa = 0), default transforms: control"),
-    "no-reparam": ({"alpha_mode": "reference", "reparam": {"enabled": False}}, "no reparameterisation, public alpha"),
+    "no-reparam": ({"alpha_mode": "public", "reparam": {"enabled": False}}, "no reparameterisation, public alpha"),
     "paper": (PAPER, "paper: public alpha, plane rotations, FFN permutation"),
     "paper-k0.1": ({**PAPER, "kappa": 0.1}, "paper, kappa = 0.1"),
     "default": ({"independent_noise": 0.0}, "secret alpha, tau = 0"),
@@ -210,10 +210,10 @@ def weights_delta(a_dir: Path, b_dir: Path, theta_dir: Path) -> float:
 
 
 def method_options(method: str, seed: int = 0):
-    from mpu.methods import TrainingOptions, method_hparams
+    from mpu.methods import TrainingConfig, method_hparams
 
     hp = method_hparams(method, {"alpha": 1.0})
-    return hp, TrainingOptions(epochs=EPOCHS, learning_rate=LEARNING_RATE, batch_size=BATCH, seed=seed, logging_steps=5)
+    return hp, TrainingConfig(epochs=EPOCHS, learning_rate=LEARNING_RATE, batch_size=BATCH, seed=seed, logging_steps=5)
 
 
 def noise_free(info: dict, method: str, out: Path, forget, retain) -> Path:
