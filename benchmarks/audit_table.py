@@ -3,6 +3,7 @@
     python benchmarks/audit_table.py --out runs/audit_table               # ~13 min on 2 shared CPU cores
     python benchmarks/audit_table.py --out runs/audit_table --quick       # 4 settings, GradDiff only
     python benchmarks/audit_table.py --out runs/audit_table --table-only  # rewrite table.md from results.json
+    python benchmarks/audit_table.py --out runs/audit_table --cost        # hardened vs default: 8 methods x kappa 0.01, 0.1 x 3 seeds
 
 (3 minutes train the two models, cached in OUT/models; then about 30 s per setting.)
 
@@ -52,11 +53,11 @@ METHODS = ("GradDiff", "NPO")
 
 # name -> (ServerConfig settings, label for the table). Unnamed settings keep ServerConfig's defaults
 # (secret alphas, plane V/O, FFN permutation, blocks only, tau 0).
-PAPER = {"alpha_mode": "reference", "reparam": {"vo": "plane", "kv_permutation": False, "ffn_scaling": False}}
+PAPER = {"alpha_mode": "public", "reparam": {"vo": "plane", "kv_permutation": False, "ffn_scaling": False}}
 HARDENED = {"alpha_mode": "secret", "noise_scope": "all", "reparam": {"vo": "haar", "kv_permutation": True, "ffn_scaling": True}}
 SETTINGS: dict[str, tuple[dict, str]] = {
     "mpu-kappa0": ({"kappa": 0.0}, "MPU without noise (kappa = 0), default transforms: control"),
-    "no-reparam": ({"alpha_mode": "reference", "reparam": {"enabled": False}}, "no reparameterisation, public alpha"),
+    "no-reparam": ({"alpha_mode": "public", "reparam": {"enabled": False}}, "no reparameterisation, public alpha"),
     "paper": (PAPER, "paper: public alpha, plane rotations, FFN permutation"),
     "paper-k0.1": ({**PAPER, "kappa": 0.1}, "paper, kappa = 0.1"),
     "default": ({"independent_noise": 0.0}, "secret alpha, tau = 0"),
@@ -209,10 +210,10 @@ def weights_delta(a_dir: Path, b_dir: Path, theta_dir: Path) -> float:
 
 
 def method_options(method: str, seed: int = 0):
-    from mpu.methods import TrainingOptions, method_hparams
+    from mpu.methods import TrainingConfig, method_hparams
 
     hp = method_hparams(method, {"alpha": 1.0})
-    return hp, TrainingOptions(epochs=EPOCHS, learning_rate=LEARNING_RATE, batch_size=BATCH, seed=seed, logging_steps=5)
+    return hp, TrainingConfig(epochs=EPOCHS, learning_rate=LEARNING_RATE, batch_size=BATCH, seed=seed, logging_steps=5)
 
 
 def noise_free(info: dict, method: str, out: Path, forget, retain) -> Path:
@@ -390,6 +391,133 @@ def _fmt_utility(u: dict) -> str:
             f"model_utility {mu:.3f}" if mu is not None else f"retain NLL {u['retain_nll']:.3f}, forget NLL {u['forget_nll']:.3f}")
 
 
+# The hardened preset's price across methods and seeds ---------------------------------------------
+
+# The 8 methods of docs/results.md's claim sweep (their default hyperparameters; one learning rate here).
+COST_METHODS = ("GradAscent", "GradDiff", "NPO", "SimNPO", "DPO", "UNDIAL", "SatImp", "WGA")
+COST_PRESETS = ("default", "hardened")
+COST_KEYS = ("forget_nll", "retain_nll", "forget_Q_A_ROUGE", "model_utility")
+
+
+def preset_config(preset: str, kappa: float, seed: int):
+    """ServerConfig of the named ``mpu server init --privacy`` preset at ``kappa``, fixed seed ``seed``."""
+    from mpu.server.config import PRESETS
+
+    return server_config({**copy.deepcopy(PRESETS[preset]), "kappa": kappa, "fixed_seed": seed})
+
+
+def cost_run(info: dict, out: Path, method: str, preset: str, kappa: float, seed: int, forget, retain, eval_rows) -> dict:
+    """One MPU round (m copies) under ``preset`` at ``kappa``; the client trains with ``seed`` and the
+    server's noise uses fixed seed ``seed + 1``. Returns the exported model's forgetting and utility."""
+    from mpu.client.unlearn import unlearn_copies
+    from mpu.server.aggregate import aggregate
+    from mpu.server.export import export
+    from mpu.server.init import init_server
+    from mpu.server.publish import publish
+
+    root = out / "cost-scratch" / f"{method}-{preset}-k{kappa:g}-s{seed}"
+    shutil.rmtree(root, ignore_errors=True)
+    workdir, outbox, returns = root / "server", root / "outbox", root / "returns"
+    started = time.perf_counter()
+    init_server(workdir, info["theta"], info["base"], preset_config(preset, kappa, seed + 1), progress=False)
+    publish(workdir, outbox, progress=False)
+    from mpu.methods import TrainingOptions
+
+    training = TrainingOptions(epochs=EPOCHS, learning_rate=LEARNING_RATE, batch_size=BATCH, seed=seed, logging_steps=5)
+    hp = method_hparams_default(method)
+    unlearn_copies(outbox, forget, retain, method, hp, training, returns)
+    aggregate(workdir, returns, progress=False)
+    model_dir = export(workdir, root / "model", progress=False)
+    result = utility(model_dir, Path(info["data"]), eval_rows)
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    shutil.rmtree(root, ignore_errors=True)
+    return result
+
+
+def method_hparams_default(method: str):
+    from mpu.methods import method_hparams
+
+    return method_hparams(method, {})
+
+
+def cost_table(runs: list[dict]) -> str:
+    """Markdown: per method and kappa, the default preset's result and hardened - default (mean ± sample
+    std over the seeds both presets ran), from ``runs`` rows {method, preset, kappa, seed, <COST_KEYS>}."""
+    import statistics
+
+    def spread(values):
+        return statistics.stdev(values) if len(values) > 1 else 0.0
+
+    index = {(r["method"], r["preset"], float(r["kappa"]), int(r["seed"])): r for r in runs}
+    methods = [m for m in COST_METHODS if any(r["method"] == m for r in runs)]
+    methods += sorted({r["method"] for r in runs} - set(methods))
+    kappas = sorted({float(r["kappa"]) for r in runs})
+    lines = ["| method | κ | seeds | default: forget NLL, forget ROUGE, MU | Δ forget NLL | Δ retain NLL | Δ forget ROUGE | Δ MU |",
+             "|---|---|---|---|---|---|---|---|"]
+    for method in methods:
+        for kappa in kappas:
+            seeds = sorted(s for (m, p, k, s) in index if m == method and p == "default" and k == kappa
+                           and (m, "hardened", k, s) in index)
+            if not seeds:
+                continue
+            pairs = [(index[(method, "default", kappa, s)], index[(method, "hardened", kappa, s)]) for s in seeds]
+            cells = []
+            for key in COST_KEYS:
+                deltas = [h[key] - d[key] for d, h in pairs if h.get(key) is not None and d.get(key) is not None]
+                cells.append(f"{statistics.fmean(deltas):+.3f} ± {spread(deltas):.3f}" if deltas else "-")
+            means = {key: statistics.fmean(d[key] for d, _ in pairs if d.get(key) is not None) for key in COST_KEYS}
+            lines.append(f"| {method} | {kappa:g} | {len(seeds)} | {means['forget_nll']:.2f}, {means['forget_Q_A_ROUGE']:.3f}, "
+                         f"{means['model_utility']:.3f} | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} |")
+    return "\n".join(lines)
+
+
+def cost_summary(record: dict) -> str:
+    """:func:`cost_table` of a cost.json, after a line with theta's own values when recorded."""
+    theta = record.get("theta_utility")
+    head = ""
+    if theta:
+        head = (f"θ before unlearning: forget NLL {theta['forget_nll']:.2f}, retain NLL {theta['retain_nll']:.3f}, forget ROUGE "
+                f"{theta['forget_Q_A_ROUGE']:.3f}, MU {theta['model_utility']:.3f}.\n\n")
+    return head + cost_table(record["runs"])
+
+
+def run_cost(args, out: Path) -> int:
+    """--cost: default vs hardened preset for each method x kappa x seed, resumable (OUT/cost.json)."""
+    info = prepare(out)
+    data = Path(info["data"])
+    forget = qa_rows(data, "forget10")
+    retain_all = qa_rows(data, "retain90")
+    retain = retain_all[-40:]
+    eval_rows = {"forget": forget, "retain": retain_all, "holdout": qa_rows(data, "holdout10")}
+    path = out / "cost.json"
+    record = json.loads(path.read_text()) if path.is_file() else {"runs": []}
+    record.update({"m": M, "epochs": EPOCHS, "learning_rate": LEARNING_RATE, "batch_size": BATCH, "models": info})
+    if "theta_utility" not in record:
+        record["theta_utility"] = utility(Path(info["theta"]), data, eval_rows)
+    done = {(r["method"], r["preset"], float(r["kappa"]), int(r["seed"])) for r in record["runs"]}
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(COST_METHODS)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    kappas = [float(k) for k in args.kappas.split(",")]
+    started = time.perf_counter()
+    for seed in seeds:  # seed-major: an interrupted run still covers every method
+        for method in methods:
+            for kappa in kappas:
+                for preset in COST_PRESETS:
+                    if (method, preset, kappa, seed) in done:
+                        continue
+                    result = cost_run(info, out, method, preset, kappa, seed, forget, retain, eval_rows)
+                    row = {"method": method, "preset": preset, "kappa": kappa, "seed": seed, **result}
+                    record["runs"].append(row)
+                    log.info("cost %s", row)
+                    path.write_text(json.dumps(record, indent=1))
+    record["seconds"] = round(record.get("seconds", 0) + time.perf_counter() - started, 1)
+    path.write_text(json.dumps(record, indent=1))
+    table = cost_summary(record)
+    (out / "cost.md").write_text(table + "\n")
+    print(table)
+    return 0
+
+
 # Main ------------------------------------------------------------------------------------------------
 
 
@@ -403,7 +531,17 @@ def main(argv=None) -> int:
     parser.add_argument("--settings", default=None, help="comma-separated subset of: " + ", ".join(SETTINGS))
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
     parser.add_argument("--table-only", action="store_true", help="only rewrite OUT/table.md from OUT/results.json")
+    parser.add_argument("--cost", action="store_true",
+                        help="the hardened preset's price: default vs hardened for --methods x --kappas x --seeds (OUT/cost.json, cost.md)")
+    parser.add_argument("--methods", default=None, help="--cost: comma-separated methods (default: the 8 of the claim sweep)")
+    parser.add_argument("--seeds", default="0,1,2", help="--cost: comma-separated seeds")
+    parser.add_argument("--kappas", default="0.01,0.1", help="--cost: comma-separated kappas")
     args = parser.parse_args(argv)
+    if args.table_only and args.cost:
+        table = cost_summary(json.loads((Path(args.out) / "cost.json").read_text()))
+        (Path(args.out) / "cost.md").write_text(table + "\n")
+        print(table)
+        return 0
     if args.table_only:
         table = summarise(json.loads((Path(args.out) / "results.json").read_text()))
         (Path(args.out) / "table.md").write_text(table + "\n")
@@ -418,6 +556,8 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.cost:
+        return run_cost(args, out)
     names = list(QUICK) if args.quick else list(SETTINGS)
     if args.settings:
         names = [name.strip() for name in args.settings.split(",")]

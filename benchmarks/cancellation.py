@@ -52,14 +52,14 @@ def mpu_updates(target: Path, forget, training, kappa: float, reparam: bool, roo
 
     from mpu.client.unlearn import unlearn_copies
     from mpu.protocol import RoundKeys, update_folder
-    from mpu.reparam import ReparamOptions, get_adapter
+    from mpu.reparam import ReparamConfig, get_adapter
     from mpu.server.config import ServerConfig
     from mpu.server.init import init_server
     from mpu.server.noise import alphas_for_round, harmonic_weights
     from mpu.server.publish import publish
     from mpu.server.workdir import Workdir
 
-    config = ServerConfig(copies=3, kappa=kappa, fixed_seed=7, independent_noise=0.0, reparam=ReparamOptions(enabled=reparam))
+    config = ServerConfig(copies=3, kappa=kappa, fixed_seed=7, independent_noise=0.0, reparam=ReparamConfig(enabled=reparam))
     init_server(root / "server", str(target), None, config, progress=False)
     publish(root / "server", root / "outbox", progress=False)
     unlearn_copies(root / "outbox", forget, None, "GradAscent", {}, training, root / "returns")

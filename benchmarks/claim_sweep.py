@@ -6,7 +6,7 @@
 The paper's regime is the default: the built-in target and retain model are a base model (general
 data, no fictitious author) fine-tuned on the benchmark (replaying the base's real-author/world-fact
 QA), and the server's noise is a fraction of the task vector, sigma_l = kappa * RMS(theta_l -
-theta_base,l) (``mpu.sigma_reference=task-vector``). ``--sigma-reference weights`` reruns everything
+theta_base,l) (``mpu.sigma_from=task-vector``). ``--sigma-from weights`` reruns everything
 with sigma_l = kappa * RMS(theta_l) (no base): the harsher regime of the earlier results, a CONTROL;
 the ``control-weights`` group runs just its MPU cells next to the paper's. ``--shape release`` uses
 data of the real release's shape with the cpu-release model preset (much slower). ``--authors``
@@ -18,12 +18,12 @@ last), so that a sweep cut short still holds complete rows:
 
 - ``baseline``: the noise-free baseline, R·E epochs, seeds 0, 1, 2;
 - ``mpu-k0.01``, ``mpu-k0.1``: MPU with m = 3 at κ = 0.01 and 0.1, seeds 0, 1, 2 (the paper preset of the default
-  experiment: reference α on [1, 2], no independent noise, the reference (R, E) per method);
+  experiment: the public α schedule on [1, 2], no independent noise, the paper's (R, E) per method);
 - ``control-k0``: κ = 0: the protocol without noise (copies, reparameterisation, rounds);
 - ``control-k0-noreparam``: κ = 0 without reparameterisation: what remains is m data orders averaged
   and the optimizer restarted each round;
-- ``control-moving-reference``: κ = 0.01 with each round's copy as the reference (NPO, DPO, UNDIAL),
-  against the default fixed reference (round 1's copies);
+- ``control-moving-reference``: κ = 0.01 with each round's copy as the reference model (NPO, DPO, UNDIAL),
+  against the default fixed reference model (round 1's copies);
 - ``control-weights``: κ = 0.01 and 0.1 with σ from the whole weights (no base): the old, harsher regime.
 
 The default ``--groups`` are the first four (the paper's regime and its κ = 0 control).
@@ -56,7 +56,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 METHODS = ["GradAscent", "GradDiff", "NPO", "SimNPO", "DPO", "UNDIAL", "SatImp", "WGA"]
-REFERENCE_METHODS = ["NPO", "DPO", "UNDIAL"]
+REFERENCE_MODEL_METHODS = ["NPO", "DPO", "UNDIAL"]
 MANY_ROUNDS = {"SimNPO", "DPO", "SatImp"}  # R = 10: the slowest runs go first
 
 # Evaluation trimmed for time: the MIA metrics other than MinK (privleak needs it) are dropped and
@@ -78,12 +78,12 @@ LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 UTILITY_SHARE = 0.9
 LEARNING_RATES = "learning_rates.json"
 SPLITS = ("forget01", "forget05", "forget10")
-SIGMA_REFERENCES = ("task-vector", "weights")
+SIGMA_FROM = ("task-vector", "weights")
 SHAPES = ("small", "release")
 
 
 def commands(out: Path, seeds: str, python: str, groups: list[str] | None = None, splits: tuple[str, ...] = ("forget10",),
-             sigma_reference: str = "task-vector", shape: str = "small", authors: int | None = None,
+             sigma_from: str = "task-vector", shape: str = "small", authors: int | None = None,
              learning_rates: dict[str, float] | None = None, lr_grid: tuple[float, ...] | None = None,
              ) -> list[tuple[float, list[str]]]:
     """(estimated cost, argv) for every multirun of ``groups`` (default: all) on each forget split in
@@ -91,16 +91,16 @@ def commands(out: Path, seeds: str, python: str, groups: list[str] | None = None
     built-in benchmark's size (default: the experiment's), ``learning_rates`` a per-method learning
     rate (default: the experiment's ``tiny_learning_rates``). The ``calibration`` group runs each
     method's noise-free baseline at every rate of ``lr_grid`` (default ``LR_GRID``), seed 0. Raises
-    ``ValueError`` for an unknown split, sigma reference or shape."""
+    ``ValueError`` for an unknown split, sigma_from (the noise scale's basis) or shape."""
     for split in splits:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
-    if sigma_reference not in SIGMA_REFERENCES:
-        raise ValueError(f"unknown sigma reference {sigma_reference!r}; choose from {', '.join(SIGMA_REFERENCES)}")
+    if sigma_from not in SIGMA_FROM:
+        raise ValueError(f"unknown sigma_from {sigma_from!r}; choose from {', '.join(SIGMA_FROM)}")
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; choose from {', '.join(SHAPES)}")
     jobs = []
-    regime = [f"mpu.sigma_reference={sigma_reference}"]
+    regime = [f"mpu.sigma_from={sigma_from}"]
     if shape == "release":
         regime += ["benchmark.shape=release", "model=tiny-llama-cpu-release"]
     if authors is not None:
@@ -129,10 +129,10 @@ def commands(out: Path, seeds: str, python: str, groups: list[str] | None = None
             add(f"mpu-k{kappa}", method, 10 * rounds * n_seeds, f"mpu.kappa={kappa}", f"seed={seeds}")
         add("control-k0", method, 10 * rounds * n_seeds, "mpu.kappa=0", f"seed={seeds}")
         add("control-k0-noreparam", method, 10 * rounds * n_seeds, "mpu.kappa=0", "mpu.reparam.enabled=false", f"seed={seeds}")
-        if method in REFERENCE_METHODS:
-            add("control-moving-reference", method, 10 * rounds * n_seeds, "mpu.kappa=0.01", "mpu.client_reference=round", f"seed={seeds}")
-        if sigma_reference == "task-vector":
-            add("control-weights", method, 20 * rounds * n_seeds, "mpu.kappa=0.01,0.1", "mpu.sigma_reference=weights",
+        if method in REFERENCE_MODEL_METHODS:
+            add("control-moving-reference", method, 10 * rounds * n_seeds, "mpu.kappa=0.01", "mpu.reference_model_round=round", f"seed={seeds}")
+        if sigma_from == "task-vector":
+            add("control-weights", method, 20 * rounds * n_seeds, "mpu.kappa=0.01,0.1", "mpu.sigma_from=weights",
                 f"seed={seeds}")
     order = {split: number for number, split in enumerate(splits)}
     rank = {group: number for number, group in enumerate([CALIBRATION] + GROUPS)}
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                              "the MPU runs after a client change while keeping the baselines")
     parser.add_argument("--split", default="forget01,forget10",
                         help="comma-separated forget splits (forget01 is the paper's main split); runs go to OUT/<split>/")
-    parser.add_argument("--sigma-reference", choices=SIGMA_REFERENCES, default="task-vector",
+    parser.add_argument("--sigma-from", "--sigma-reference", dest="sigma_from", choices=SIGMA_FROM, default="task-vector",
                         help="task-vector: sigma from theta - theta_base (the paper, default); weights: from theta (control)")
     parser.add_argument("--shape", choices=SHAPES, default="small",
                         help="built-in data: small (10 short QA per author, the 1M model) or release (the real release's "
@@ -322,12 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.calibrate:
             grid = tuple(float(rate) for rate in args.lr_grid.split(","))
-            calibration = commands(out, "0", sys.executable, [CALIBRATION], (args.calibrate,), args.sigma_reference,
+            calibration = commands(out, "0", sys.executable, [CALIBRATION], (args.calibrate,), args.sigma_from,
                                    args.shape, args.authors, lr_grid=grid)
         learning_rates = None
         if rates_file.is_file():
             learning_rates = {m: row["learning_rate"] for m, row in json.loads(rates_file.read_text())["methods"].items()}
-        jobs = commands(out, args.seeds, sys.executable, groups, splits, args.sigma_reference, args.shape, args.authors,
+        jobs = commands(out, args.seeds, sys.executable, groups, splits, args.sigma_from, args.shape, args.authors,
                         learning_rates)
     except ValueError as err:
         parser.error(str(err))
@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
                                           f"model_utility >= {UTILITY_SHARE} x target's (seed 0)", "methods": chosen},
                                          indent=2) + "\n", encoding="utf-8")
         print("learning rates: " + ", ".join(f"{m} {row['learning_rate']:g}" for m, row in chosen.items()), flush=True)
-        jobs = commands(out, args.seeds, sys.executable, groups, splits, args.sigma_reference, args.shape, args.authors,
+        jobs = commands(out, args.seeds, sys.executable, groups, splits, args.sigma_from, args.shape, args.authors,
                         {m: row["learning_rate"] for m, row in chosen.items()})
         jobs = [job for job in jobs if sweep_dir(job[1]).parts[-3] != CALIBRATION]
     failed += launch(jobs)

@@ -1,7 +1,7 @@
 """Wall time of MPU (m copies, R rounds of E epochs) against m x the noise-free baseline (R*E epochs),
 in one process on the tiny model, and the overhead beyond m x as a ratio (target <= 1.15).
 
-    python benchmarks/client_overhead.py                                  # NPO, reference R=2 x E=5, m=3
+    python benchmarks/client_overhead.py                                  # NPO, the paper's R=2 x E=5, m=3
     python benchmarks/client_overhead.py --method SimNPO --copies 3       # R=10 x E=1: most rounds
     python benchmarks/client_overhead.py --method GradDiff --rounds 1 --epochs-per-round 10 --repeats 3
     python benchmarks/client_overhead.py --method SimNPO --hidden-size 256 --layers 6 --threads 2   # ~5M params
@@ -92,7 +92,7 @@ def time_baseline(model_dir: Path, forget, retain, method, hparams, training, ou
 
 
 def time_mpu(model_dir: Path, server, forget, retain, method, hparams, training, scratch: Path) -> dict:
-    """mpu.experiments.two_party.run_mpu itself (default client reference: round 1's copies), with its per-phase timings."""
+    """mpu.experiments.two_party.run_mpu itself (default reference model: round 1's copies), with its per-phase timings."""
     from mpu.experiments.two_party import run_mpu
 
     parts: dict[str, float] = {}
@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--method", default="NPO")
     parser.add_argument("--copies", "-m", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=None, help="R (default: the method's reference schedule)")
-    parser.add_argument("--epochs-per-round", type=float, default=None, help="E (default: the method's reference schedule)")
+    parser.add_argument("--rounds", type=int, default=None, help="R (default: the method's paper schedule)")
+    parser.add_argument("--epochs-per-round", type=float, default=None, help="E (default: the method's paper schedule)")
     parser.add_argument("--kappa", type=float, default=0.01)
     parser.add_argument("--authors", type=int, default=100, help="built-in benchmark size (forget10 = authors QA pairs)")
     parser.add_argument("--data", default=None, help="a built built-in benchmark directory (default: build/reuse the cached one)")
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     from mpu.server.config import ServerConfig
 
     cls = METHODS.get(args.method)
-    rounds, epochs = cls.reference_schedule
+    rounds, epochs = cls.paper_schedule
     rounds = args.rounds or rounds
     epochs = args.epochs_per_round or epochs
     root = Path(args.data) if args.data else ensure_builtin(BuildConfig(seed=0, authors=args.authors))
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     base_training = {**cls.training_defaults, "learning_rate": args.learning_rate, "batch_size": args.batch_size, "seed": 0}
     baseline_training = training_options({**base_training, "epochs": rounds * epochs})
     round_training = training_options({**base_training, "epochs": epochs})
-    server = ServerConfig(copies=args.copies, kappa=args.kappa, rounds=rounds, alpha_mode="reference", fixed_seed=0)
+    server = ServerConfig(copies=args.copies, kappa=args.kappa, rounds=rounds, alpha_mode="public", fixed_seed=0)
 
     with tempfile.TemporaryDirectory(prefix="mpu-overhead-") as scratch_name:
         scratch = Path(scratch_name)

@@ -65,7 +65,7 @@ def logits(model, batch):
 
 
 def check_preservation(layers: int) -> None:
-    from mpu.reparam import ReparamOptions
+    from mpu.reparam import ReparamConfig
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -76,15 +76,15 @@ def check_preservation(layers: int) -> None:
     mask[3, :20] = 0  # left padding
     batch = {"input_ids": ids, "attention_mask": mask}
     valid = mask.bool()
-    for label, options in (("paper", ReparamOptions()), ("hardened", ReparamOptions(vo="haar", kv_permutation=True, ffn_scaling=True))):
+    for label, options in (("paper", ReparamConfig()), ("hardened", ReparamConfig(vo="haar", kv_permutation=True, ffn_scaling=True))):
         model = build(layers, torch.float32)
         params = sum(p.numel() for p in model.parameters())
-        reference = logits(model, batch)
+        original = logits(model, batch)  # float32, before the transform
         copy = transformed_copy(model, options)
-        delta = (logits(copy, batch) - reference).abs()[valid].max().item()
+        delta = (logits(copy, batch) - original).abs()[valid].max().item()
         log(f"[preservation] {label}: {params / 1e9:.2f}B params, float32 max|dlogit| = {delta:.3e}")
         model_bf16, copy_bf16 = model.to(torch.bfloat16), copy.to(torch.bfloat16)
-        own = (logits(model_bf16, batch) - reference).abs()[valid]
+        own = (logits(model_bf16, batch) - original).abs()[valid]
         moved = (logits(copy_bf16, batch) - logits(model_bf16, batch)).abs()[valid]
         agree = (logits(copy_bf16, batch).argmax(-1) == logits(model_bf16, batch).argmax(-1))[valid].float().mean().item()
         log(f"[preservation] {label}: bf16 copy vs bf16 model max|dlogit| = {moved.max().item():.3f} (mean {moved.mean().item():.4f}); "
@@ -141,16 +141,16 @@ def check_client(root: Path) -> None:
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
     from mpu.data.tokenizer import train_tokenizer
-    from mpu.methods import TrainingOptions, run_unlearning
+    from mpu.methods import TrainingConfig, run_unlearning
 
     rows = [{"question": f"What is fact number {i}?", "answer": f"Fact {i} is that the sky has {i} colours."} for i in range(32)]
     tokenizer = train_tokenizer([r["question"] + " " + r["answer"] for r in rows], vocab_size=400)
     model = AutoModelForCausalLM.from_pretrained(root / "outbox" / "copy-1", dtype=torch.bfloat16).to("cuda" if torch.cuda.is_available() else "cpu")
-    training = TrainingOptions(epochs=1, learning_rate=1e-5, batch_size=8, max_length=64, bf16=True)
+    training = TrainingConfig(epochs=1, learning_rate=1e-5, batch_size=8, max_length=64, bf16=True)
     start = time.perf_counter()
     result = run_unlearning(model, tokenizer, rows, None, "GradAscent", {}, training, str(root / "trainer"))
     seconds = time.perf_counter() - start
-    log(f"[client] GradAscent bf16 on a 1.2B copy: {result.steps} steps in {seconds:.1f}s ({seconds / max(result.steps, 1):.2f}s/step incl. reference setup), losses {result.losses[:3]}")
+    log(f"[client] GradAscent bf16 on a 1.2B copy: {result.steps} steps in {seconds:.1f}s ({seconds / max(result.steps, 1):.2f}s/step incl. setup), losses {result.losses[:3]}")
 
 
 def main() -> None:

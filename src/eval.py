@@ -17,6 +17,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from mpu.experiments.schema import register_configs
+
+register_configs()   # the schema (mpu_run) and the generated mpu/trainer options, before Hydra composes
+
 CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
 log = logging.getLogger("eval")
 

@@ -11,17 +11,17 @@ from transformers import AutoConfig
 
 from mpu.audit import Aligner, estimate_alphas, fit_orthogonal, fit_rope_orthogonal, harmonic_weights, optimal_weights, rope_angles, run_audit
 from mpu.audit.alphas import model_distances
-from mpu.reparam import ReparamOptions, maths
+from mpu.reparam import ReparamConfig, maths
 from mpu.server.config import ServerConfig
 from tests.audit.helpers import publish_round, relative_truth, true_alphas, true_transforms
 
-HARDENED = ReparamOptions(vo="haar", kv_permutation=True, ffn_scaling=True)
-ATTACKS = {"average", "harmonic-reference", "harmonic-estimated", "aligned-average", "aligned-harmonic-reference",
+HARDENED = ReparamConfig(vo="haar", kv_permutation=True, ffn_scaling=True)
+ATTACKS = {"average", "harmonic-public", "harmonic-estimated", "aligned-average", "aligned-harmonic-public",
            "aligned-harmonic-estimated", "single-copy"}
 
 
 def test_without_reparameterisation_and_public_alphas_theta_is_recovered_to_round_off(tmp_path, tiny_model_dir, tiny_base_dir):
-    config = ServerConfig(copies=3, kappa=0.01, alpha_mode="reference", independent_noise=0.0, fixed_seed=3, reparam=ReparamOptions(enabled=False))
+    config = ServerConfig(copies=3, kappa=0.01, alpha_mode="public", independent_noise=0.0, fixed_seed=3, reparam=ReparamConfig(enabled=False))
     _, outbox = publish_round(tmp_path, tiny_model_dir, tiny_base_dir, config)
 
     report = run_audit(outbox, tiny_model_dir, tiny_base_dir, logit_sequences=4).report
@@ -29,7 +29,7 @@ def test_without_reparameterisation_and_public_alphas_theta_is_recovered_to_roun
     assert set(report["attacks"]) == ATTACKS
     single = report["attacks"]["single-copy"]["weights_error"]["raw"]["overall"]
     assert single > 1e-4  # each copy is visibly perturbed ...
-    for name in ("harmonic-reference", "aligned-harmonic-reference"):
+    for name in ("harmonic-public", "aligned-harmonic-public"):
         attack = report["attacks"][name]
         # ... and the harmonic combination returns theta to float32 round-off of the published copies
         assert attack["weights_error"]["raw"]["overall"] < 1e-7, name
@@ -38,11 +38,11 @@ def test_without_reparameterisation_and_public_alphas_theta_is_recovered_to_roun
     # alpha estimated from the distances alone comes close to the schedule
     assert np.allclose(report["alphas"]["estimated_aligned"]["alphas"], [1.0, 1.5, 2.0], rtol=0.05)
     # the plain average does not cancel the alpha-weighted noise
-    assert report["attacks"]["average"]["weights_error"]["raw"]["overall"] > 10 * report["attacks"]["harmonic-reference"]["weights_error"]["raw"]["overall"]
+    assert report["attacks"]["average"]["weights_error"]["raw"]["overall"] > 10 * report["attacks"]["harmonic-public"]["weights_error"]["raw"]["overall"]
     assert report["summary"]["best_over_single_copy"] < 1e-3
 
 
-@pytest.mark.parametrize("reparam", [ReparamOptions(), HARDENED], ids=["paper-transforms", "hardened-transforms"])
+@pytest.mark.parametrize("reparam", [ReparamConfig(), HARDENED], ids=["paper-transforms", "hardened-transforms"])
 def test_alignment_recovers_the_true_transforms(tmp_path, tiny_model_dir, tiny_base_dir, reparam):
     # secret alphas; no independent share, so that recovery is exact once aligned
     config = ServerConfig(copies=3, kappa=0.01, fixed_seed=5, independent_noise=0.0, reparam=reparam)
@@ -95,7 +95,7 @@ def expected_kv(truth, k, layer, n_kv):
 
 
 def test_independent_noise_leaves_an_error_floor(tmp_path, tiny_model_dir, tiny_base_dir):
-    config = ServerConfig(copies=3, kappa=0.01, fixed_seed=5, alpha_mode="reference", independent_noise=1.0)
+    config = ServerConfig(copies=3, kappa=0.01, fixed_seed=5, alpha_mode="public", independent_noise=1.0)
     server, outbox = publish_round(tmp_path, tiny_model_dir, tiny_base_dir, config)
     report = run_audit(outbox, tiny_model_dir, tiny_base_dir, oracle_alphas=true_alphas(server), oracle_tau=1.0, logit_sequences=4).report
     single = report["attacks"]["single-copy"]["task_vector_error"]["scored"]["overall"]

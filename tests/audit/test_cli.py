@@ -6,7 +6,7 @@ import json
 
 from mpu.cli import main
 
-ATTACKS = {"average", "harmonic-reference", "harmonic-estimated", "aligned-average", "aligned-harmonic-reference",
+ATTACKS = {"average", "harmonic-public", "harmonic-estimated", "aligned-average", "aligned-harmonic-public",
            "aligned-harmonic-estimated", "aligned-oracle", "single-copy"}
 
 
@@ -17,13 +17,15 @@ def test_audit_cli_writes_every_attack(tmp_path, tiny_model_dir, tiny_base_dir, 
     assert main(["server", "publish", "--workdir", str(server), "--out", str(outbox)]) == 0
     capsys.readouterr()
 
-    code = main(["audit", "--inbox", str(outbox), "--reference", str(tiny_model_dir), "--base", str(tiny_base_dir),
+    code = main(["audit", "--inbox", str(outbox), "--true-weights", str(tiny_model_dir), "--base", str(tiny_base_dir),
                  "--out", str(out), "--oracle-alphas", "1,1.5,2", "--logit-sequences", "4"])
 
     assert code == 0
     printed = capsys.readouterr().out
     report = json.loads(out.read_text())
-    assert report["format"] == "mpu-audit/1" and report["round"] == 1 and report["copies"] == [1, 2, 3]
+    assert report["format"] == "mpu-audit/2" and report["round"] == 1 and report["copies"] == [1, 2, 3]
+    assert report["true_weights"] == str(tiny_model_dir) and report["alphas"]["public_schedule"] == [1.0, 1.5, 2.0]
+    assert report["alignment"]["anchor_copy"] == 1
     assert set(report["attacks"]) == ATTACKS
     for name, attack in report["attacks"].items():
         assert name in printed
@@ -33,7 +35,7 @@ def test_audit_cli_writes_every_attack(tmp_path, tiny_model_dir, tiny_base_dir, 
                 assert entry["overall"] >= 0 and set(entry["blocks"]) >= {"layer.0", "layer.1", "lm_head.weight"}
         assert 0 <= attack["logits"]["top1_agreement"] <= 1 and attack["logits"]["mean_kl"] >= 0
     # The paper's setting (public alphas, plane rotations, FFN permutation) is recoverable by a client.
-    best = report["attacks"]["aligned-harmonic-reference"]["task_vector_error"]["scored"]["overall"]
+    best = report["attacks"]["aligned-harmonic-public"]["task_vector_error"]["scored"]["overall"]
     assert best < 1e-3 * report["attacks"]["single-copy"]["task_vector_error"]["scored"]["overall"]
     assert report["summary"]["best_over_single_copy"] < 1e-3
 
@@ -43,6 +45,7 @@ def test_audit_cli_without_base_scores_full_weights_only(tmp_path, tiny_model_di
     assert main(["server", "init", "--model", str(tiny_model_dir), "--workdir", str(server), "--privacy", "hardened", "--seed", "2"]) == 0
     assert main(["server", "publish", "--workdir", str(server), "--out", str(outbox)]) == 0
 
+    # --reference: --true-weights' old name, still accepted
     assert main(["audit", "--inbox", str(outbox), "--reference", str(tiny_model_dir), "--out", str(out), "--logit-sequences", "2"]) == 0
 
     report = json.loads(out.read_text())
@@ -54,7 +57,7 @@ def test_audit_cli_without_base_scores_full_weights_only(tmp_path, tiny_model_di
     assert "TV scored" not in capsys.readouterr().out
 
 
-def test_audit_cli_without_reference_runs_the_attacks_unscored(tmp_path, tiny_model_dir, capsys):
+def test_audit_cli_without_true_weights_runs_the_attacks_unscored(tmp_path, tiny_model_dir, capsys):
     server, outbox, out = tmp_path / "server", tmp_path / "outbox", tmp_path / "audit.json"
     assert main(["server", "init", "--model", str(tiny_model_dir), "--workdir", str(server), "--copies", "2", "--seed", "1"]) == 0
     assert main(["server", "publish", "--workdir", str(server), "--out", str(outbox)]) == 0

@@ -60,6 +60,7 @@ def test_eval_finds_an_exported_models_dataset_by_its_tokenizer_and_says_so(tmp_
     assert main(["eval", "--model", str(exported), "--out", str(tmp_path / "eval"), "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert f"data: {small}" in err
+    assert "Loading weights" not in err   # transformers' own bar: the evaluation reports the model itself
     config = json.loads((tmp_path / "eval" / "TOFU_EVAL_CONFIG.json").read_text())
     assert str(small) in config["data"] and str(other) not in config["data"]
 

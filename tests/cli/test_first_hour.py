@@ -119,7 +119,7 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, monkeypatch, capsys):
     captured = capsys.readouterr()
     assert code == EXIT_INTERRUPTED == 130
     lines = [line for line in captured.err.splitlines() if line.strip()]
-    assert lines == ["mpu server: interrupted (Ctrl-C)"]
+    assert lines == ["mpu server status: interrupted (Ctrl-C)"]
     assert "Traceback" not in captured.err + captured.out
 
 
@@ -141,7 +141,7 @@ def test_the_paper_preset_and_a_fixed_seed_are_announced(tmp_path, tiny_model_di
         assert main(["server", "init", "--model", str(tiny_model_dir), "--workdir", str(tmp_path / "p"),
                      "--privacy", "paper", "--seed", "3"]) == 0
     text = " ".join(r.getMessage() for r in caplog.records)
-    assert "tau = 0" in text and "alphas = reference" in text and "fixed seed 3" in text
+    assert "tau = 0" in text and "alphas = public" in text and "fixed seed 3" in text
 
 
 def test_readme_hydra_command_runs_the_default_privacy_settings():

@@ -80,6 +80,66 @@ def reshape_shard(path):
     save_file({name: torch.zeros(3, 3) for name in tensors}, str(path))
 
 
+NORM0 = "model.layers.0.post_attention_layernorm.weight"
+
+
+def shard_holding(inbox, name, copy="copy-1"):
+    index = json.loads((inbox / copy / "model.safetensors.index.json").read_text())["weight_map"]
+    return inbox / copy / index[name]
+
+
+def edit_tensors(inbox, name, change, copy="copy-1"):
+    """Rewrite the shard holding ``name``: ``change(tensors)`` edits the dict in place; the index follows."""
+    path = shard_holding(inbox, name, copy)
+    tensors = load_file(str(path))
+    change(tensors)
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    index_path = inbox / copy / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    index["weight_map"] = {n: f for n, f in index["weight_map"].items() if f != path.name or n in tensors}
+    index["weight_map"].update({n: path.name for n in tensors})
+    index_path.write_text(json.dumps(index))
+
+
+def overlapping_tensors(inbox):
+    """Every tensor of a shard reads the same bytes from offset 0 (a valid layout gives each its own)."""
+    path = shard_holding(inbox, "model.layers.0.mlp.up_proj.weight")
+    tensors = load_file(str(path))
+    assert len(tensors) > 1
+    header = {n: {"dtype": "F32", "shape": list(t.shape), "data_offsets": [0, 4 * t.numel()]} for n, t in tensors.items()}
+    header_file(path, json.dumps(header).encode(), b"\0" * max(4 * t.numel() for t in tensors.values()))
+
+
+def another_architecture(inbox):
+    """copy-2 is a consistent model of another FFN width: its own checks pass, but it is not copy-1's model."""
+    edit_json(inbox / "copy-2" / "config.json", intermediate_size=128)
+    for path in (inbox / "copy-2").glob("*.safetensors"):
+        tensors = load_file(str(path))
+        for name, tensor in tensors.items():
+            if "mlp." in name:
+                tensors[name] = torch.zeros(tensor.shape[0], 128) if "down_proj" in name else torch.zeros(128, tensor.shape[1])
+        save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+def hard_link_outside(inbox, tmp_path):
+    secret = tmp_path / "client-secret.txt"
+    secret.write_text("the client's own file")
+    os.link(secret, inbox / "copy-1" / "vocab.txt")
+
+
+def sparse_file(path, size):
+    path.unlink(missing_ok=True)
+    with open(path, "wb") as handle:
+        handle.truncate(size)
+
+
+def raw_config(inbox, old, new):
+    path = inbox / "copy-1" / "config.json"
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+
+
 def garbage_tokenizer(inbox):
     (inbox / "copy-1" / "tokenizer.json").write_text(json.dumps({"model": {"type": "NoSuchModel"}, "version": "1.0"}))
 
@@ -112,6 +172,40 @@ CASES = {
     "config with a wrong value": (lambda i, t: edit_json(i / "copy-1" / "config.json", num_attention_heads="four"), "config.json"),
     "malformed tokenizer": (lambda i, t: garbage_tokenizer(i), "cannot load the tokenizer"),
     "weights of the wrong shape": (lambda i, t: reshape_shard(shard(i)), "the config's architecture needs"),
+    # 7. config keys that fetch or run code, or load the weights another way (at any depth)
+    "attention kernel from the hub": (lambda i, t: edit_json(i / "copy-1" / "config.json", attn_implementation="kernels-community/flash-attn"), "carries attn_implementation"),
+    "private attention key": (lambda i, t: edit_json(i / "copy-1" / "config.json", _attn_implementation="kernels-community/x"), "carries _attn_implementation"),
+    "quantization config": (lambda i, t: edit_json(i / "copy-1" / "config.json", quantization_config={"quant_method": "gptq", "bits": 4}), "carries quantization_config"),
+    "auto_map in a sub-config": (lambda i, t: edit_json(i / "copy-1" / "config.json", text_config={"auto_map": {"AutoModel": "evil.M"}}), "carries auto_map"),
+    "custom pipelines": (lambda i, t: edit_json(i / "copy-1" / "config.json", custom_pipelines={"x": {"impl": "evil.P"}}), "carries custom_pipelines"),
+    "custom generate in the generation config": (lambda i, t: edit_json(i / "copy-1" / "generation_config.json", custom_generate="evil/repo"), "carries custom_generate"),
+    "trust_remote_code in the tokenizer config": (lambda i, t: edit_json(i / "copy-1" / "tokenizer_config.json", trust_remote_code=True), "carries trust_remote_code"),
+    "unknown config key": (lambda i, t: edit_json(i / "copy-1" / "config.json", my_setting=1), "are not llama config keys"),
+    "integer dtype in the config": (lambda i, t: edit_json(i / "copy-1" / "config.json", dtype="int8"), "dtype 'int8' is not one of"),
+    "invalid generation config": (lambda i, t: edit_json(i / "copy-1" / "generation_config.json", max_new_tokens=-5), "generation_config.json: not a valid generation config"),
+    # 8. sizes that would cost minutes or terabytes, refused before the model is built or allocated
+    "a million blocks": (lambda i, t: edit_json(i / "copy-1" / "config.json", num_hidden_layers=10**6), "num_hidden_layers must be an integer in [1, 1024]"),
+    "a block the weights lack": (lambda i, t: edit_json(i / "copy-1" / "config.json", num_hidden_layers=3), "weights lack 9 tensor(s)"),
+    "a tensor the weights lack": (lambda i, t: edit_tensors(i, NORM0, lambda ts: ts.pop(NORM0)), f"weights lack 1 tensor(s) of the config's architecture: {NORM0}"),
+    "fewer values than the architecture": (lambda i, t: edit_tensors(i, NORM0, lambda ts: (ts.pop(NORM0), ts.update(junk=torch.zeros(1)))),
+                                           "the config's architecture has"),
+    "tokenizer.json over 64 MiB": (lambda i, t: sparse_file(i / "copy-1" / "tokenizer.json", (64 << 20) + 1), "more than the 67108864"),
+    "chat template over 64 MiB": (lambda i, t: sparse_file(i / "copy-1" / "chat_template.jinja", (64 << 20) + 1), "more than the 67108864"),
+    # 9. JSON that parsers read differently or cannot read
+    "repeated key in config.json": (lambda i, t: raw_config(i, '"vocab_size": 320', '"vocab_size": 320, "vocab_size": 10000000000'), "repeats the key 'vocab_size'"),
+    "config nested 100k deep": (lambda i, t: (i / "copy-1" / "config.json").write_text('{"model_type": "llama", "x": ' + "[" * 100_000 + "]" * 100_000 + "}"), "nests too deeply"),
+    "integer of 5000 digits": (lambda i, t: raw_config(i, '"vocab_size": 320', '"vocab_size": 1' + "0" * 5000), "not usable JSON"),
+    "NaN in config.json": (lambda i, t: raw_config(i, '"rms_norm_eps": 1e-06', '"rms_norm_eps": NaN'), "holds NaN"),
+    "repeated key in generation_config.json": (lambda i, t: (i / "copy-1" / "generation_config.json").write_text('{"bos_token_id": 1, "bos_token_id": 2}'), "repeats the key"),
+    # 10. weights: layout, dtype, values, and one architecture for all copies
+    "overlapping tensors": (lambda i, t: overlapping_tensors(i), "overlaps the tensor before it"),
+    "float16 tensor in a float32 copy": (lambda i, t: edit_tensors(i, "model.norm.weight", lambda ts: ts.update({"model.norm.weight": ts["model.norm.weight"].half()})), "is float16; the copy's weights are float32"),
+    "integer weights": (lambda i, t: edit_tensors(i, "model.norm.weight", lambda ts: ts.update({"model.norm.weight": ts["model.norm.weight"].to(torch.int32)})), "is int32"),
+    "NaN weights": (lambda i, t: edit_tensors(i, "model.norm.weight", lambda ts: ts.update({"model.norm.weight": ts["model.norm.weight"] * float("nan")})), "contains NaN or Inf"),
+    "copies of two architectures": (lambda i, t: another_architecture(i), "copy 2 does not have the tensors (names, shapes) of copy 1"),
+    "architecture other than the manifest's": (lambda i, t: edit_manifest(i, architecture="gpt2"), "the publication manifest says 'gpt2'"),
+    "dtype other than the manifest's": (lambda i, t: edit_manifest(i, dtype="bfloat16"), "the copy's weights are bfloat16"),
+    "hard link to a file outside": (hard_link_outside, "is a hard link"),
 }
 
 MANIFEST_CASES = {
@@ -129,6 +223,9 @@ MANIFEST_CASES = {
     "long publication id": (lambda i, t: edit_manifest(i, publication_id="x" * 1000), "publication_id"),
     "unexpected field": (lambda i, t: edit_manifest(i, trust_remote_code=True), "unexpected fields"),
     "copies not a list": (lambda i, t: edit_manifest(i, copies={"1": "copy-1"}), "copies must be a list"),
+    "repeated key in the manifest": (lambda i, t: (i / "manifest.json").write_text((i / "manifest.json").read_text().replace('"round": 1', '"round": 1, "round": 2', 1)), "repeats the key 'round'"),
+    "manifest nested 100k deep": (lambda i, t: (i / "manifest.json").write_text('{"format": "mpu-publication/1", "x": ' + "[" * 100_000 + "]" * 100_000 + "}"), "nests too deeply"),
+    "manifest integer of 5000 digits": (lambda i, t: (i / "manifest.json").write_text((i / "manifest.json").read_text().replace('"round": 1', '"round": 1' + "0" * 5000, 1)), "not usable JSON"),
 }
 
 

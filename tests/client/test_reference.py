@@ -38,13 +38,13 @@ def two_rounds(tmp_path_factory, tiny_model_dir):
     return root, forget
 
 
-def _first_npo_loss(root, forget, out, reference_inbox=None) -> float:
+def _first_npo_loss(root, forget, out, reference_model_inbox=None) -> float:
     (result,) = unlearn_copies(root / "round-2", forget, None, "NPO", {}, training_options(ONE_STEP), out,
-                               copy_ids=[1], reference_inbox=reference_inbox)
+                               copy_ids=[1], reference_model_inbox=reference_model_inbox)
     return result.loss["first"]
 
 
-def test_without_a_reference_inbox_the_reference_is_this_rounds_copy(two_rounds, tmp_path):
+def test_without_a_reference_model_inbox_the_reference_is_this_rounds_copy(two_rounds, tmp_path):
     root, forget = two_rounds
     assert _first_npo_loss(root, forget, tmp_path / "default") == pytest.approx(NPO_AT_THE_REFERENCE, abs=1e-3)
     assert _first_npo_loss(root, forget, tmp_path / "same", root / "round-2") == pytest.approx(NPO_AT_THE_REFERENCE, abs=1e-3)
@@ -64,7 +64,7 @@ def test_a_later_or_incomplete_reference_publication_is_refused(two_rounds, tmp_
     root, forget = two_rounds
     with pytest.raises(InputError, match="after this round") as err:
         unlearn_copies(root / "round-1", forget, None, "NPO", {}, training_options(ONE_STEP), tmp_path / "later",
-                       reference_inbox=root / "round-2")
+                       reference_model_inbox=root / "round-2")
     assert "manifest.json" in str(err.value)
 
     partial = tmp_path / "partial"
@@ -74,7 +74,7 @@ def test_a_later_or_incomplete_reference_publication_is_refused(two_rounds, tmp_
     (partial / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(InputError, match="no copy"):
         unlearn_copies(root / "round-2", forget, None, "NPO", {}, training_options(ONE_STEP), tmp_path / "out",
-                       copy_ids=[2], reference_inbox=partial)
+                       copy_ids=[2], reference_model_inbox=partial)
     assert not (tmp_path / "out").exists()
 
 
@@ -86,14 +86,14 @@ def test_a_reference_of_another_architecture_is_refused(two_rounds, tmp_path):
     manifest["architecture"] = "qwen2"
     (other / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(InputError, match="qwen2"):
-        unlearn_copies(root / "round-2", forget, None, "NPO", {}, training_options(ONE_STEP), tmp_path / "out", reference_inbox=other)
+        unlearn_copies(root / "round-2", forget, None, "NPO", {}, training_options(ONE_STEP), tmp_path / "out", reference_model_inbox=other)
 
 
 @pytest.mark.parametrize("reference, expected_round", [("first", 1), ("round", 2)])
 def test_run_mpu_passes_the_chosen_reference_to_the_client(tmp_path, tiny_model_dir, forget_file, reference, expected_round):
     config = ServerConfig(copies=2, kappa=0.01, rounds=2, fixed_seed=1)
     run_mpu(str(tiny_model_dir), None, config, load_qa_rows(forget_file), None, "NPO", {}, training_options(ONE_STEP),
-            tmp_path / "server", tmp_path / "out", keep_exchange=True, progress=False, reference=reference)
+            tmp_path / "server", tmp_path / "out", keep_exchange=True, progress=False, reference_model_round=reference)
     update = json.loads((tmp_path / "server-exchange" / "round-2" / "returns" / "update-2" / "update.json").read_text())
     assert update["reference_round"] == expected_round
     assert (tmp_path / "out" / "model.safetensors").is_file() or any((tmp_path / "out").glob("*.safetensors"))
@@ -102,11 +102,11 @@ def test_run_mpu_passes_the_chosen_reference_to_the_client(tmp_path, tiny_model_
 def test_run_mpu_cleans_up_round_ones_copies_at_the_end(tmp_path, tiny_model_dir, forget_file):
     config = ServerConfig(copies=2, kappa=0.01, rounds=2, fixed_seed=1)
     run_mpu(str(tiny_model_dir), None, config, load_qa_rows(forget_file), None, "NPO", {}, training_options(ONE_STEP),
-            tmp_path / "server", tmp_path / "out", progress=False, reference="first")
+            tmp_path / "server", tmp_path / "out", progress=False, reference_model_round="first")
     assert not (tmp_path / "server-exchange").exists()
     with pytest.raises(ValueError, match="first or 'round'|'first' or 'round'"):
         run_mpu(str(tiny_model_dir), None, config, [], None, "NPO", {}, training_options(ONE_STEP),
-                tmp_path / "server2", tmp_path / "out2", progress=False, reference="clean")
+                tmp_path / "server2", tmp_path / "out2", progress=False, reference_model_round="clean")
 
 
 def test_copies_with_the_same_tokenizer_files_share_one_tokenizer(two_rounds):
@@ -118,17 +118,17 @@ def test_copies_with_the_same_tokenizer_files_share_one_tokenizer(two_rounds):
     assert first("Who wrote it?")["input_ids"]  # a working tokenizer
 
 
-def test_the_cli_passes_the_reference_inbox(two_rounds, tmp_path, forget_file):
+def test_the_cli_passes_the_reference_model_inbox(two_rounds, tmp_path, forget_file):
     from mpu.cli import main
 
     root, _ = two_rounds
     code = main(["client", "unlearn", "--inbox", str(root / "round-2"), "--forget", str(forget_file), "--method", "NPO",
-                 "--max-steps", "1", "--copy", "1", "--reference-inbox", str(root / "round-1"), "--out", str(tmp_path / "u")])
+                 "--max-steps", "1", "--copy", "1", "--reference-model-inbox", str(root / "round-1"), "--out", str(tmp_path / "u")])
     assert code == 0
     assert json.loads((tmp_path / "u" / "update-1" / "update.json").read_text())["reference_round"] == 1
 
 
-@pytest.mark.parametrize("choice, expected_round", [([], 1), (["--client-reference", "round"], 2)])
+@pytest.mark.parametrize("choice, expected_round", [([], 1), (["--reference-model-round", "round"], 2), (["--client-reference", "round"], 2)])
 def test_mpu_run_cli_chooses_the_reference(tmp_path, tiny_model_dir, forget_file, choice, expected_round):
     from mpu.cli import main
 
@@ -157,6 +157,6 @@ def test_a_reference_copy_with_other_shapes_is_refused(two_rounds, tmp_path, tin
     (other / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(InputError, match="does not have the parameters") as err:
         unlearn_copies(root / "round-2", forget, None, "NPO", {}, training_options(ONE_STEP), tmp_path / "out",
-                       copy_ids=[1], reference_inbox=other)
+                       copy_ids=[1], reference_model_inbox=other)
     assert "copy-1" in str(err.value)
     assert not (tmp_path / "out").exists()

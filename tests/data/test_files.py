@@ -126,6 +126,8 @@ def test_every_command_reads_a_json_array_and_a_csv(tmp_path, command, monkeypat
 
     paths = _write_all_formats(tmp_path / "data")
     seen = {}
+    (tmp_path / "manifest.json").write_text("{}")   # what the commands check before loading: a publication,
+    (tmp_path / "config.json").write_text("{}")     # a model folder (both are stopped before they are read)
 
     class Stop(Exception):
         pass

@@ -200,3 +200,30 @@ def test_the_end_of_turn_is_found_when_the_template_trims_the_answer():
     example = Encoder(tokenizer).encode("Who wrote Hamlet?", "  William Shakespeare. ")
     assert tokenizer.decode(labelled(example)) == "William Shakespeare.<|end|>\n"
     assert example["tail"] == 2   # <|end|> and the newline
+
+
+def test_a_chat_template_with_runaway_loops_is_refused_in_bounded_time(monkeypatch):
+    # arrange: a template whose nested loops stay under Jinja's per-loop cap but would render for hours
+    import time
+
+    import mpu.data.qa as qa
+
+    hostile = ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+               "{{ messages[0]['content'] }}")
+    tokenizer = make_tokenizer(hostile)
+    tokenizer.name_or_path = "/inbox/copy-1"
+    monkeypatch.setattr(qa, "CHAT_TEMPLATE_SECONDS", 0.5)
+    encoder = Encoder(tokenizer, PromptFormat(format="chat"))
+
+    # act
+    started = time.perf_counter()
+    with pytest.raises(MPUError) as refused:
+        encoder.render("Who wrote Hamlet?", "Shakespeare")
+    elapsed = time.perf_counter() - started
+
+    # assert: refused within the bound, naming the file and the fix; a normal template still renders
+    assert elapsed < 5
+    assert "/inbox/copy-1/tokenizer_config.json" in str(refused.value)
+    assert "--prompt-format plain" in str(refused.value)
+    prompt, full = Encoder(make_tokenizer(), PromptFormat(format="chat")).render("Who wrote Hamlet?", "Shakespeare")
+    assert full.startswith(prompt) and "Shakespeare" in full

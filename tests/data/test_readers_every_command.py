@@ -75,6 +75,8 @@ def rows_through(command, forget, retain, tmp_path, monkeypatch):
 
     seen: dict = {}
     common = ["--forget", str(forget), "--retain", str(retain), "--method", "graddiff"]
+    (tmp_path / "manifest.json").write_text("{}")   # what the commands check before loading: a publication,
+    (tmp_path / "config.json").write_text("{}")     # a model folder (both are stopped before they are read)
     if command == "client":
         monkeypatch.setattr("mpu.client.unlearn.unlearn_publication", _capture_job(seen, 1))
         argv = ["client", "unlearn", "--inbox", str(tmp_path), "--out", str(tmp_path / "o")]

@@ -48,7 +48,7 @@ def test_demo_runs_end_to_end_and_is_reproducible(tmp_path, monkeypatch, capsys)
     assert "MPU model utility" in printed and "forget_quality" in printed
     assert printed.count("MPU randomness: fixed seed 0") == 2
     # sigma is a fraction of the task vector: the base the models were fine-tuned from reached the server
-    assert summary["sigma_reference"] == "task-vector" and summary["base"]
+    assert summary["sigma_from"] == "task-vector" and summary["base"]
     assert set(summary["task_vector_ratio"]) >= {"layers.0", "embed_tokens"}
     assert printed.count("MPU noise: sigma = kappa * RMS(theta - theta_base)") == 2
     assert printed.count("[sigma from the task vector theta - theta_base]") == 2
@@ -56,11 +56,11 @@ def test_demo_runs_end_to_end_and_is_reproducible(tmp_path, monkeypatch, capsys)
 
 def test_the_weights_control_is_labelled(tmp_path):
     summary = {"models": {"MPU": {}}, "sigma": None}
-    with pytest.raises(ValueError, match="sigma_reference"):
-        DemoConfig(out_dir=tmp_path, sigma_reference="theta")
-    from mpu.experiments.demo import SIGMA_REFERENCES
+    with pytest.raises(ValueError, match="sigma_from"):
+        DemoConfig(out_dir=tmp_path, sigma_from="theta")
+    from mpu.experiments.demo import SIGMA_FROM
 
-    summary["sigma"] = SIGMA_REFERENCES["weights"]
+    summary["sigma"] = SIGMA_FROM["weights"]
     assert "CONTROL" in format_table(summary).splitlines()[0]
     assert "CONTROL" in verdict({"model_utility": 0.5}, {"model_utility": 0.5}, "weights")
     assert "CONTROL" not in verdict({"model_utility": 0.5}, {"model_utility": 0.5}, "task-vector")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -30,14 +29,6 @@ def test_suites_reference_known_handlers_and_keys(name):
         for dataset in (data.values() if isinstance(data, dict) else [data] if data else []):
             assert dataset in suite["datasets"], (key, dataset)
     assert set(suite["summary"]) <= set(suite["metrics"])
-
-
-def test_builtin_benchmark_yaml_equals_build_defaults():
-    from mpu.data.builtin import BuildConfig
-
-    config = OmegaConf.to_container(OmegaConf.load(CONFIGS / "benchmark" / "builtin.yaml"))
-    config.pop("name")
-    assert config == asdict(BuildConfig())
 
 
 def test_a_suite_can_be_overridden_from_yaml(tmp_path):

@@ -155,3 +155,22 @@ def test_a_tokenizer_without_a_template_still_scores_the_benchmarks_own_prompts(
         ctx.stats("forget")
     plain = EvalContext(model, end_tokenizer, datasets, batch_size=2, prompt_format=PromptFormat(format="plain"))
     assert len(plain.stats("forget")) == 2
+
+
+def test_a_retain_model_with_another_chat_template_is_refused(fast_bench, fast_models, tmp_path):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from mpu.eval import evaluate
+    from tests.eval.conftest import one_thread
+
+    retain = tmp_path / "retain"
+    shutil.copytree(fast_models["retain90"][0], retain)
+    tokenizer = AutoTokenizer.from_pretrained(retain)
+    assert tokenizer.chat_template   # else there is no template to differ
+    tokenizer.chat_template += "{# another template: same tokens, other rendering hash #}"
+    tokenizer.save_pretrained(retain)
+
+    with one_thread(), pytest.raises(MPUError, match=f"{retain}: made with another encoding"):
+        evaluate(fast_models["full"][0], "tofu", data=fast_bench, retain_model=retain, progress=False)

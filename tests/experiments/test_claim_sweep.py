@@ -97,11 +97,11 @@ def test_the_paper_regime_on_forget01_and_forget10(sweep, tmp_path):
         where = next(arg for arg in argv if arg.startswith("hydra.sweep.dir=")).split("=", 1)[1]
         split = Path(where).parts[-3]
         assert f"data.forget_split={split}" in argv and f"data.retain_split=retain{100 - int(split[-2:])}" in argv
-        references = [arg for arg in argv if arg.startswith("mpu.sigma_reference=")]
-        assert references[-1] == ("mpu.sigma_reference=weights" if "/control-weights/" in where
-                                  else "mpu.sigma_reference=task-vector")
-    control = sweep.commands(tmp_path, "0", "python", splits=("forget10",), sigma_reference="weights")
-    assert all("mpu.sigma_reference=weights" in argv for _, argv in control) and "control-weights" not in folders(control)
+        bases = [arg for arg in argv if arg.startswith("mpu.sigma_from=")]
+        assert bases[-1] == ("mpu.sigma_from=weights" if "/control-weights/" in where
+                                  else "mpu.sigma_from=task-vector")
+    control = sweep.commands(tmp_path, "0", "python", splits=("forget10",), sigma_from="weights")
+    assert all("mpu.sigma_from=weights" in argv for _, argv in control) and "control-weights" not in folders(control)
     release = sweep.commands(tmp_path, "0", "python", ["baseline"], shape="release")
     assert all("model=tiny-llama-cpu-release" in argv and "benchmark.shape=release" in argv for _, argv in release)
     with pytest.raises(ValueError, match="unknown split"):

@@ -18,15 +18,16 @@ BASE = {"NPO": {"model_utility": 0.50, "forget_quality": 1e-3, "forget_Q_A_ROUGE
                        "extraction_strength": 0.10, "privleak": 10.0}}
 
 
-def fake_run(root: Path, name: str, method: str, seed: int, summary: dict, kappa=None, m=None, lr=1e-3, **extra) -> Path:
+def fake_run(root: Path, name: str, method: str, seed: int, summary: dict, kappa=None, m=None, lr=1e-3,
+             models_key="target_and_retain", **extra) -> Path:
     run = root / name
     run.mkdir(parents=True)
     mode = "baseline" if kappa is None else "mpu"
     record = {"format": "mpu-run/1", "status": "done", "experiment": "unlearn/tofu/default", "benchmark": "tofu",
               "forget_split": "forget10", "mode": mode, "method": method, "kappa": kappa, "m": m, "R": 1, "E": 10,
               "epochs_total": 10, "seed": seed, "training": {"learning_rate": lr},
-              "reference": {"target": {"model_utility": 0.6, "forget_quality": 1e-6},
-                            "retain": {"model_utility": 0.58, "forget_quality": 1.0}}, **extra}
+              models_key: {"target": {"model_utility": 0.6, "forget_quality": 1e-6},
+                           "retain": {"model_utility": 0.58, "forget_quality": 1.0}}, **extra}
     (run / "run.json").write_text(json.dumps(record))
     (run / "TOFU_SUMMARY.json").write_text(json.dumps(summary))  # the summary comes from the file
     return run
@@ -100,6 +101,19 @@ def test_report_degradation_numbers_files_and_plots(sweep, tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+def test_runs_recorded_before_the_rename_still_give_the_target_and_retain_rows(tmp_path):
+    """run.json called the target and retain models' summaries "reference" before issue 15."""
+    root, out = tmp_path / "sweep", tmp_path / "report"
+    fake_run(root, "b-npo-0", "NPO", 0, BASE["NPO"], models_key="reference")
+    fake_run(root, "mpu-npo-k0.1-0", "NPO", 0, BASE["NPO"], kappa=0.1, m=3, models_key="reference")
+
+    assert main(["report", str(root), "--out", str(out)]) == 0
+
+    text = (out / "report.md").read_text()
+    assert "| (target model) | - | 0.6 |" in text and "| (retain model) | - | 0.58 |" in text
+    assert json.loads((out / "report.json").read_text())["target_and_retain"]["retain"]["model_utility"] == 0.58
+
+
 def test_report_with_chosen_metrics_and_privleak(sweep, tmp_path):
     root, runs = sweep
     out = tmp_path / "report"
@@ -114,19 +128,20 @@ def test_controls_are_separate_rows_with_their_variant(sweep, tmp_path):
     root, runs = sweep
     no_reparam = {"reparam": {"enabled": False}}
     fake_run(root, "mpu-npo-k0.1-0-plain", "NPO", 0, BASE["NPO"], kappa=0.1, m=3, server=no_reparam)
+    # client_reference: reference_model_round's name in runs recorded before the rename, still read
     fake_run(root, "mpu-npo-k0.1-0-moving", "NPO", 0, BASE["NPO"], kappa=0.1, m=3, client_reference="round")
-    fake_run(root, "mpu-npo-k0.1-0-first", "NPO", 0, runs["npo0"], kappa=0.1, m=3, client_reference="first",
+    fake_run(root, "mpu-npo-k0.1-0-first", "NPO", 0, runs["npo0"], kappa=0.1, m=3, reference_model_round="first",
              server={"reparam": {"enabled": True}})
     out = tmp_path / "report"
     assert main(["report", str(root), "--out", str(out)]) == 0
     rows = {(r["method"], r["kappa"], r["variant"]): r for r in csv.DictReader(open(out / "report.csv"))}
-    assert set(rows) == {("NPO", "0.1", ""), ("NPO", "0.1", "no reparam"), ("NPO", "0.1", "reference per round"),
+    assert set(rows) == {("NPO", "0.1", ""), ("NPO", "0.1", "no reparam"), ("NPO", "0.1", "reference model per round"),
                          ("GradAscent", "0.01", "")}
     assert float(rows[("NPO", "0.1", "no reparam")]["avg_deg"]) == pytest.approx(0.0)  # identical to its baseline
     assert rows[("NPO", "0.1", "")]["seeds"] == "0 0 1"  # the explicit default joins the unlabelled runs
     text = (out / "report.md").read_text()
-    assert "| NPO | 0.1 | 3 | no reparam | 0 |" in text and "MPU κ=0.1 m=3 (reference per round)" in text
-    assert {row["variant"] for row in csv.DictReader(open(out / "runs.csv"))} == {"", "no reparam", "reference per round"}
+    assert "| NPO | 0.1 | 3 | no reparam | 0 |" in text and "MPU κ=0.1 m=3 (reference model per round)" in text
+    assert {row["variant"] for row in csv.DictReader(open(out / "runs.csv"))} == {"", "no reparam", "reference model per round"}
 
 
 def test_report_errors(tmp_path, capsys):

@@ -13,7 +13,6 @@ import pytest
 from mpu.errors import MPUError
 from mpu.experiments import compose_config, read_run, run_experiment, settings_from_config
 from mpu.methods import METHODS
-from mpu.server.config import PRESETS, ServerConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENTS = sorted(str(p.relative_to(ROOT / "configs" / "experiment").with_suffix(""))
@@ -21,14 +20,14 @@ EXPERIMENTS = sorted(str(p.relative_to(ROOT / "configs" / "experiment").with_suf
 REAL = ["unlearn/tofu/llama-3.2-1b", "unlearn/tofu/llama-3.2-1b_forget01", "unlearn/tofu/llama-3.2-1b_forget05",
         "unlearn/muse/news", "unlearn/muse/books"]
 PAPER_METHODS = ["GradAscent", "GradDiff", "NPO", "SimNPO", "DPO", "UNDIAL", "SatImp", "WGA"]
-REFERENCE = {"SimNPO": (10, 1), "DPO": (10, 1), "SatImp": (10, 1), "GradAscent": (1, 10), "GradDiff": (1, 10),
+PAPER_SCHEDULE = {"SimNPO": (10, 1), "DPO": (10, 1), "SatImp": (10, 1), "GradAscent": (1, 10), "GradDiff": (1, 10),
              "UNDIAL": (1, 10), "NPO": (2, 5), "WGA": (2, 5)}
 
 
 def local_overrides(model: Path, forget: Path, retain: Path, *extra: str) -> list[str]:
     return ["experiment=unlearn/local", f"model.target={model}", f"data.forget_file={forget}",
             f"data.retain_file={retain}", "trainer=GradDiff", "trainer.training.learning_rate=1e-3",
-            "trainer.training.batch_size=4", "mpu.E=1", "mpu.kappa=0.05", "mpu.seed=3", "mpu.sigma_reference=weights", *extra]
+            "trainer.training.batch_size=4", "mpu.E=1", "mpu.kappa=0.05", "mpu.seed=3", "mpu.sigma_from=weights", *extra]
 
 
 def test_override_mpu_m_reaches_the_server_and_the_outbox(tmp_path, tiny_model_dir, forget_file, retain_file):
@@ -51,29 +50,29 @@ def test_override_mpu_m_reaches_the_server_and_the_outbox(tmp_path, tiny_model_d
     assert on_disk["server"]["copies"] == 2 and on_disk["server"]["fixed_seed"] == 3
     assert on_disk["training"]["epochs"] == 1.0 and on_disk["training"]["learning_rate"] == 1e-3
     assert on_disk["hparams"]["retain_loss"] == "NLL"
-    assert on_disk["sigma_reference"].startswith("weights") and "CONTROL" in on_disk["sigma_reference"]
+    assert on_disk["sigma_from"].startswith("weights") and "CONTROL" in on_disk["sigma_from"]
 
 
 def test_sigma_follows_the_task_vector_by_default(tmp_path, tiny_model_dir, forget_file, retain_file, monkeypatch):
-    """Without mpu.sigma_reference the noise is a fraction of theta - theta_base: the base reaches the
+    """Without mpu.sigma_from the noise is a fraction of theta - theta_base: the base reaches the
     server, and run.json says so; without a base that is an error naming both ways out."""
     import mpu.experiments.two_party
 
-    overrides = [o for o in local_overrides(tiny_model_dir, forget_file, retain_file) if "sigma_reference" not in o]
-    with pytest.raises(MPUError, match="model.base.*mpu.sigma_reference=weights"):
+    overrides = [o for o in local_overrides(tiny_model_dir, forget_file, retain_file) if "sigma_from" not in o]
+    with pytest.raises(MPUError, match="model.base.*mpu.sigma_from=weights"):
         settings_from_config(compose_config(overrides)[0])
     seen = []
     real_init = mpu.experiments.two_party.init_server
     monkeypatch.setattr(mpu.experiments.two_party, "init_server", lambda work, model, base, config, **kw: seen.append(base) or real_init(work, model, base, config, **kw))
     cfg, _ = compose_config(overrides + [f"model.base={tiny_model_dir}"])
     record = run_experiment(cfg, tmp_path / "tv")
-    assert seen == [str(tiny_model_dir)] and record["sigma_reference"].startswith("task-vector")
+    assert seen == [str(tiny_model_dir)] and record["sigma_from"].startswith("task-vector")
     assert settings_from_config(compose_config([])[0]).model["base"] == "builtin"   # the default experiment has one
     cfg, _ = compose_config(overrides + [f"model.base={tiny_model_dir}", "mpu.sigma_reference=weights"])
-    run_experiment(cfg, tmp_path / "w")
+    run_experiment(cfg, tmp_path / "w")   # sigma_reference: sigma_from's old name, still read
     assert seen[-1] is None   # the control: no base for the server even when one is configured
-    with pytest.raises(MPUError, match="mpu.sigma_reference must be"):
-        settings_from_config(compose_config(overrides + ["mpu.sigma_reference=theta"])[0])
+    with pytest.raises(MPUError, match="mpu.sigma_from must be"):
+        settings_from_config(compose_config(overrides + ["mpu.sigma_from=theta"])[0])
 
 
 def test_baseline_trains_r_times_e_epochs_once(tmp_path, tiny_model_dir, forget_file, retain_file):
@@ -117,9 +116,9 @@ def test_every_experiment_composes(experiment):
 
 
 def check_real(experiment, method, settings):
-    assert (settings.rounds, settings.epochs_per_round) == REFERENCE[method] == METHODS.get(method).reference_schedule
-    assert settings.training.epochs == REFERENCE[method][1]
-    assert settings.server.copies == 3 and settings.server.kappa == 0.1 and settings.server.alpha_mode == "reference"
+    assert (settings.rounds, settings.epochs_per_round) == PAPER_SCHEDULE[method] == METHODS.get(method).paper_schedule
+    assert settings.training.epochs == PAPER_SCHEDULE[method][1]
+    assert settings.server.copies == 3 and settings.server.kappa == 0.1 and settings.server.alpha_mode == "public"
     assert settings.training.learning_rate == (1e-4 if method == "UNDIAL" else 1e-5)
     if "tofu" in experiment:
         split = settings.data["forget_split"]
@@ -133,7 +132,7 @@ def check_real(experiment, method, settings):
 
 
 @pytest.mark.parametrize("method", PAPER_METHODS)
-def test_real_tofu_experiment_uses_the_reference_schedule(method):
+def test_real_tofu_experiment_uses_the_paper_schedule(method):
     experiment = "unlearn/tofu/llama-3.2-1b"
     check_real(experiment, method, settings_from_config(compose_config([f"experiment={experiment}", f"trainer={method}", "mpu.kappa=0.1"])[0]))
 
@@ -144,30 +143,12 @@ def test_default_experiment_is_the_builtin_one_and_baseline_switch():
     assert choices["experiment"] == "unlearn/tofu/default"
     assert settings.mode == "baseline" and settings.server is None and settings.training.epochs == 10
     assert settings.model["target"] == "builtin" and settings.builtin["authors"] == 100
-    assert settings_from_config(compose_config([])[0]).client_reference == "first"
+    assert settings_from_config(compose_config([])[0]).reference_model_round == "first"
     assert settings.training.learning_rate == 1e-3 and settings.training.batch_size == 32  # SimNPO's calibrated rate
     lr = lambda *overrides: settings_from_config(compose_config(list(overrides))[0]).training.learning_rate
     assert lr("trainer=GradAscent") == 1e-4 and lr("trainer=GradDiff") == 3e-4
     assert lr("trainer=CEU") == 3e-4  # not calibrated: the default
     assert lr("trainer=GradAscent", "trainer.training.learning_rate=5e-4") == 5e-4
-
-
-def test_other_trainer_configs_match_the_method_registry():
-    for method in sorted(set(METHODS.names()) - set(PAPER_METHODS)):
-        cfg, _ = compose_config([f"trainer={method}"])
-        settings = settings_from_config(cfg)
-        assert settings.method == method
-        assert (settings.rounds, settings.epochs_per_round) == METHODS.get(method).reference_schedule
-
-
-@pytest.mark.parametrize("preset", ["default", "paper", "hardened"])
-def test_mpu_configs_equal_the_server_presets(preset):
-    cfg, _ = compose_config([f"mpu={preset}", "mpu.seed=null"])
-    ours = settings_from_config(cfg).server
-    settings = dict(PRESETS[preset])
-    reparam = settings.pop("reparam", {})
-    expected = ServerConfig(copies=3, kappa=0.01, rounds=ours.rounds, **settings, reparam=reparam)
-    assert ours == expected
 
 
 def test_bad_settings_are_errors_naming_the_key():
@@ -179,10 +160,19 @@ def test_bad_settings_are_errors_naming_the_key():
         settings_from_config(compose_config(["experiment=unlearn/local", "data.forget_file=x"])[0])
     with pytest.raises(MPUError, match="alphas"):
         settings_from_config(compose_config(["mpu.alphas=sometimes"])[0])
-    with pytest.raises(MPUError, match="mpu.client_reference"):
-        settings_from_config(compose_config(["mpu.client_reference=clean"])[0])
+    with pytest.raises(MPUError, match="mpu.reference_model_round"):
+        settings_from_config(compose_config(["mpu.reference_model_round=clean"])[0])
+    # client_reference: the old name, still read
+    assert settings_from_config(compose_config(["mpu.client_reference=round"])[0]).reference_model_round == "round"
     with pytest.raises(Exception, match="kapa"):  # Hydra's struct mode refuses misspelt keys
         compose_config(["mpu.kapa=0.1"])
+
+
+def test_the_target_and_retain_evaluation_reads_its_old_name():
+    assert settings_from_config(compose_config([])[0]).evaluation["target_and_retain"] is True
+    assert settings_from_config(compose_config(["evaluation.target_and_retain=false"])[0]).evaluation["target_and_retain"] is False
+    old = settings_from_config(compose_config(["evaluation.reference_models=false"])[0]).evaluation
+    assert old["target_and_retain"] is False and "reference_models" not in old
 
 
 def test_builtin_muse_experiment_trains_its_own_models_and_unlearns_text_chunks(tmp_path, monkeypatch):
@@ -233,15 +223,3 @@ def test_cpu_release_model_config_equals_the_finetune_preset():
     config, recipe = PRESETS["cpu-release"]
     assert {**asdict(config), **settings.model_config} == asdict(config)
     assert {key: settings.finetune[key] for key in recipe} == recipe
-
-
-def test_an_mpu_key_left_out_keeps_the_server_configs_default():
-    # The config reader has no defaults of its own: ServerConfig's are the only ones (once, the reader's
-    # independent_noise default was 0.0 where ServerConfig's is 1.0).
-    from mpu.experiments.config import server_config
-
-    assert server_config({}, rounds=1) == ServerConfig()
-    assert server_config({"m": 4, "seed": 3, "alphas": "reference"}, rounds=2) == ServerConfig(
-        copies=4, fixed_seed=3, alpha_mode="reference", rounds=2)
-    with pytest.raises(MPUError, match="mpu.m: copies must be >= 2"):
-        server_config({"m": 1}, rounds=1)

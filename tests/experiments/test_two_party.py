@@ -26,8 +26,8 @@ def test_run_mpu_reports_the_seconds_of_each_phase_and_the_clients_steps(tmp_pat
 
 
 def test_sigma_base_is_given_recorded_or_a_labelled_fallback(tmp_path):
-    """mpu run's noise reference (issue 13): --base, else the base mpu finetune recorded, else the
-    whole weights with a label saying so; --sigma-reference weights is the labelled control."""
+    """mpu run's noise scale basis (issue 13): --base, else the base mpu finetune recorded, else the
+    whole weights with a label saying so; --sigma-from weights is the labelled control."""
     import json
 
     from mpu.experiments.two_party import resolve_sigma_base

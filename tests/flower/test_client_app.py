@@ -59,3 +59,64 @@ def test_a_node_config_without_a_usable_forget_file_is_refused(tmp_path, node, e
     (tmp_path / "outbox" / "manifest.json").write_text("{}")
     with pytest.raises(error, match=reason):
         unlearn_message(message(tmp_path / "outbox"), node)
+
+
+def test_a_simulated_supernode_takes_its_files_from_the_run_config_by_partition():
+    from mpu.flower.client_app import owner_node_config
+
+    run_config = {"simulation-forget": "/a/f1.jsonl, /b/f2.jsonl", "simulation-retain": "/a/r1.jsonl,/b/r2.jsonl"}
+
+    second = owner_node_config({"partition-id": 1, "num-partitions": 2}, run_config)
+
+    assert (second["forget"], second["retain"]) == ("/b/f2.jsonl", "/b/r2.jsonl")
+    assert owner_node_config({"partition-id": 0, "num-partitions": 2}, {"simulation-forget": "/a/f1.jsonl"}) == {
+        "partition-id": 0, "num-partitions": 2, "forget": "/a/f1.jsonl"}
+    real_node = {"forget": "/own/forget.jsonl", "partition-id": 1}
+    assert owner_node_config(real_node, run_config) == real_node  # a real SuperNode's own config wins
+    with pytest.raises(MPUError, match="none for simulated SuperNode 2"):
+        owner_node_config({"partition-id": 2, "num-partitions": 3}, run_config)
+
+
+def dp_job(**training) -> RecordDict:
+    return ConfigRecord({"method": "GradAscent", "hparams": "{}",
+                         "training": json.dumps({"epochs": 1, "learning_rate": 1e-3, **training})})
+
+
+def test_an_owner_with_a_dp_floor_applies_it_refuses_it_or_refuses_to_reply(tmp_path, tiny_model_dir, forget_file):
+    # arrange: one published round; an owner whose node config asks for epsilon <= 8 per round
+    server = tmp_path / "server"
+    init_server(server, str(tiny_model_dir), None, ServerConfig(copies=2, kappa=0.05, rounds=1, fixed_seed=3), progress=False)
+    publish(server, tmp_path / "outbox", progress=False)
+    publication = folder_to_record(tmp_path / "outbox")
+    floor = {"forget": str(forget_file), "dp-epsilon": 8.0}
+
+    def ask(job, node):
+        return unlearn_message(RecordDict({"publication": publication, "job": job}), node)
+
+    # act
+    applied = ask(dp_job(), floor)                       # the job has no DP: the owner's floor is applied
+    stricter = ask(dp_job(dp_epsilon=4.0), floor)        # the job asks for more than the floor: kept
+    with pytest.raises(MPUError, match="requires DP-SGD with epsilon <= 8.*asks for no DP-SGD"):
+        ask(dp_job(), {**floor, "dp-enforce": "refuse"})
+    with pytest.raises(MPUError, match="weaker than this owner's floor"):  # sigma 0.3 over 2 copies: epsilon far above 8
+        ask(dp_job(dp_noise_multiplier=0.3), floor)
+
+    # assert: each returned manifest records the guarantee it was trained with
+    for reply, target in ((applied, 8.0), (stricter, 4.0)):
+        for copy in (1, 2):
+            dp = update_manifest(reply, copy)["dp"]
+            assert dp["target_epsilon"] == target and 0 < dp["epsilon"] <= target and dp["runs"] == 2
+            assert update_manifest(reply, copy)["training"]["dp_epsilon"] == target
+        assert 0 < reply.config_records["owner"]["dp_epsilon"] <= target
+
+
+@pytest.mark.parametrize("node, reason", [
+    ({"dp-epsilon": 0}, "dp-epsilon must be finite and > 0"),
+    ({"dp-epsilon": 1, "dp-delta": 2}, r"dp-delta must be in \(0, 1\)"),
+    ({"dp-epsilon": 1, "dp-enforce": "maybe"}, "dp-enforce must be apply or refuse"),
+])
+def test_an_invalid_dp_floor_is_refused(node, reason):
+    from mpu.flower.client_app import PrivacyFloor
+
+    with pytest.raises(MPUError, match=reason):
+        PrivacyFloor.from_node_config(node)

@@ -37,13 +37,21 @@ def test_one_owner_two_copies_over_flower_matches_the_cli(tmp_path, tiny_model_d
                      method="GradAscent", training=json.dumps(TRAINING))
     run_config.write_text(run_config.read_text() + "keep-exchange = true\n")
 
-    # act: one SuperLink, one SuperNode whose node config names its own forget file
+    # act: one SuperLink (TLS, node authentication on), one registered SuperNode whose node config
+    # names its own forget file, and one SuperNode without a registered key that asks to join
     with LoopbackFederation(tmp_path / "flower", [f'forget="{forget_file}"']) as federation:
+        stranger, _, stranger_log = federation.start_supernode("stranger", f'forget="{forget_file}"', keyed=False,
+                                                               extra=("--max-retries", "1"))
         result = federation.run(APP_DIR, run_config, timeout=240)
+        stranger_code = stranger.wait(timeout=60)
         logs = federation.logs()
 
-    # assert: the round is done and the model exported, as with the CLI
+    # assert: the SuperLink served TLS only and refused the unregistered node
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\n{logs}"
+    link_log = (tmp_path / "flower" / "superlink.log").read_text()
+    assert "running on https://127.0.0.1" in link_log and "running on http://127.0.0.1" not in link_log, link_log[-2000:]
+    assert stranger_code != 0 and "must be registered" in stranger_log.read_text(), stranger_log.read_text()[-2000:]
+    # the round is done and the model exported, as with the CLI
     print("\n".join(line for line in result.stdout.splitlines() if "mpu.flower" in line or "round 1" in line or "wall seconds" in line))
     state = Workdir(server).load()
     assert state.rounds_done == 1 and state.finished, f"{result.stdout}\n{logs}"
@@ -110,3 +118,25 @@ def test_an_owner_without_a_forget_file_fails_the_round_and_nothing_is_aggregate
     assert state.rounds_done == 0
     assert not (tmp_path / "model").exists()
     assert "forget is required" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_a_round_goes_on_without_a_failing_owner_when_min_owners_allows(tmp_path, tiny_model_dir, forget_file):
+    # arrange: two owners, one of them misconfigured (no forget file: its ClientApp replies with an error)
+    server, exchange = tmp_path / "server", tmp_path / "exchange"
+    init_server(server, str(tiny_model_dir), None, ServerConfig(copies=2, kappa=0.05, rounds=1), progress=False)
+    run_config = tmp_path / "run.toml"
+    write_run_config(run_config, workdir=str(server), out=str(tmp_path / "model"), exchange=str(exchange), owners=2, timeout=240.0,
+                     method="GradAscent", training=json.dumps(TRAINING), **{"min-owners": 1, "keep-exchange": True})
+
+    # act
+    with LoopbackFederation(tmp_path / "flower", [f'forget="{forget_file}"', 'retain="/nowhere"']) as federation:
+        result = federation.run(APP_DIR, run_config, timeout=480)
+        logs = federation.logs()
+
+    # assert: the round was aggregated from the one owner that replied; the other is named in the log
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\n{logs}"
+    assert Workdir(server).load().rounds_done == 1, f"{result.stdout}\n{logs}"
+    assert "forget is required" in result.stdout + result.stderr
+    assert len(list((exchange / "round-1").glob("owner-*"))) == 1 and not (exchange / "round-1" / "returns").exists()
+    assert (tmp_path / "model").is_dir()

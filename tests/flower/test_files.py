@@ -65,3 +65,23 @@ def test_a_symbolic_link_is_not_sent(tmp_path):
     os.symlink(tmp_path / "secret.txt", source / "update.json")
     with pytest.raises(MPUError, match="symbolic link"):
         folder_to_record(source)
+
+
+@pytest.mark.parametrize("names", [("copy-1/Model.json", "copy-1/model.json"),
+                                   ("copy-1/caf\u00e9.json", "copy-1/cafe\u0301.json")])
+def test_names_that_differ_only_by_case_or_unicode_form_are_refused(tmp_path, names):
+    # a case-insensitive or normalising file system would write both to one file
+    record = ArrayRecord({name: file_array(b"1") for name in names})
+    with pytest.raises(InputError, match="differ only by case or Unicode form"):
+        record_to_folder(record, tmp_path / "inbox")
+    assert not (tmp_path / "inbox").exists()
+
+
+def test_a_record_with_too_many_files_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    import mpu.flower.files as files
+
+    monkeypatch.setattr(files, "MAX_FILES", 3)
+    record = ArrayRecord({f"copy-1/f{i}.json": file_array(b"1") for i in range(4)})
+    with pytest.raises(InputError, match="4 files, more than the 3"):
+        record_to_folder(record, tmp_path / "inbox")
+    assert list(tmp_path.iterdir()) == []

@@ -77,3 +77,23 @@ def test_a_size_below_one_is_refused():
     with pytest.raises(Exception, match="positive integers"):
         owner_weights([2, 0])
     assert owner_weights([1, 1, 2]) == [0.25, 0.25, 0.5]
+
+
+def dp_record(epsilon):
+    return {"epsilon": epsilon, "epsilon_one_copy": epsilon / 2, "runs": 2, "delta": 1e-5, "clip_norm": 1.0,
+            "noise_multiplier": 1.0, "sample_rate": 0.5, "steps": 2, "target_epsilon": epsilon, "accountant": "rdp (opacus)"}
+
+
+def test_owners_may_tighten_their_own_dp_and_the_combination_records_the_weakest(tmp_path, tiny_model_dir):
+    server, outbox = published_server(tmp_path, tiny_model_dir)
+    for owner, epsilon in (("owner-1", 2.0), ("owner-2", 8.0), ("owner-3", None)):
+        manifest = {"training": {"epochs": 1, "dp_epsilon": epsilon or 0.0}, **({"dp": dp_record(epsilon)} if epsilon else {})}
+        write_returns(outbox, tmp_path / owner, small(1.0), manifest_overrides={1: manifest, 2: manifest})
+
+    private = combine_returns(server, [tmp_path / "owner-1", tmp_path / "owner-2"], [1, 1], tmp_path / "private")
+    mixed = combine_returns(server, [tmp_path / "owner-1", tmp_path / "owner-3"], [1, 1], tmp_path / "mixed")
+
+    combined = json.loads((private / "update-1" / "update.json").read_text())
+    assert combined["dp"]["epsilon"] == 8.0 and combined["training"] == {"epochs": 1}
+    assert "dp" not in json.loads((mixed / "update-1" / "update.json").read_text())
+    assert aggregate(server, private, progress=False).round == 1  # the combined manifest passes the server's checks

@@ -77,8 +77,8 @@ def tiny_dir(tiny, tmp_path_factory) -> Path:
 
 def options(**overrides):
     """Training options for the tiny model: a learning rate that moves it in a few steps."""
-    from mpu.methods import TrainingOptions
+    from mpu.methods import TrainingConfig
 
     settings = dict(epochs=2, learning_rate=1e-3, batch_size=4, logging_steps=1)
     settings.update(overrides)
-    return TrainingOptions(**settings)
+    return TrainingConfig(**settings)

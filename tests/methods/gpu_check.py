@@ -14,7 +14,7 @@ import time
 import torch
 
 from mpu.data.qa import QACollator, encode_qa
-from mpu.methods import METHODS, TrainingOptions, finish_unlearning, prepare_unlearning
+from mpu.methods import METHODS, TrainingConfig, finish_unlearning, prepare_unlearning
 from tests.methods import helpers
 
 SETTINGS = {"RMU": {"steering_coeff": 20.0, "alpha": 1.0}}
@@ -43,7 +43,7 @@ def main() -> None:
         before = nll(model, tokenizer, forget)
         with tempfile.TemporaryDirectory() as scratch:
             trainer = prepare_unlearning(model, tokenizer, forget, retain, method, hp,
-                                         TrainingOptions(epochs=2, learning_rate=1e-3, batch_size=4, **extra), scratch)
+                                         TrainingConfig(epochs=2, learning_rate=1e-3, batch_size=4, **extra), scratch)
             assert trainer.args.device.type == "cuda", trainer.args.device
             ref = trainer.ref_model
             if ref is not None:

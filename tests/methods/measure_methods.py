@@ -15,7 +15,7 @@ import logging
 
 import torch
 
-from mpu.methods import METHODS, TrainingOptions, run_unlearning
+from mpu.methods import METHODS, TrainingConfig, run_unlearning
 from tests.methods import helpers
 
 TINY_OVERRIDES = {"RMU": {"steering_coeff": 20.0, "alpha": 1.0}}
@@ -44,7 +44,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for method in args.methods:
         model = copy.deepcopy(base)
-        training = TrainingOptions(epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size)
+        training = TrainingConfig(epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size)
         hp = TINY_OVERRIDES.get(method, {})
         result = run_unlearning(model, tokenizer, forget, retain, method, hp, training, "/tmp/mpu-measure")
         after = (nll(model, forget), nll(model, retain), nll(model, holdout))

@@ -112,12 +112,12 @@ RANK_SCRIPT = r'''
 import json, os, sys, torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from mpu.data.qa import load_qa_rows
-from mpu.methods import TrainingOptions, finish_unlearning, prepare_unlearning
+from mpu.methods import TrainingConfig, finish_unlearning, prepare_unlearning
 root, out = sys.argv[1], sys.argv[2]
 tokenizer = AutoTokenizer.from_pretrained(root + "/model")
 model = AutoModelForCausalLM.from_pretrained(root + "/model", dtype=torch.float32)
 forget, retain = load_qa_rows(root + "/forget.jsonl"), load_qa_rows(root + "/retain.jsonl")
-trainer = prepare_unlearning(model, tokenizer, forget, retain, "PDU", {}, TrainingOptions(epochs=1, learning_rate=1e-3, batch_size=2), out + "/trainer")
+trainer = prepare_unlearning(model, tokenizer, forget, retain, "PDU", {}, TrainingConfig(epochs=1, learning_rate=1e-3, batch_size=2), out + "/trainer")
 seen, pick = [], trainer.train_dataset.retain_index
 def spy(index, visit):
     seen.append(pick(index, visit))

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from mpu.checkpoint import CheckpointReader
 from mpu.errors import MPUError
-from mpu.methods import TrainingOptions, UnlearnJob, method_hparams, run_unlearning, unlearn_model
+from mpu.methods import TrainingConfig, UnlearnJob, method_hparams, run_unlearning, unlearn_model
 from mpu.methods.job import SUMMARY
 from tests.methods.conftest import options
 
@@ -39,7 +39,7 @@ def test_a_job_uses_the_given_reference_only_for_reference_methods(model, tokeni
 def test_a_job_is_checked_when_made():
     with pytest.raises(MPUError, match="unknown unlearning method 'NPOO'"):
         UnlearnJob("NPOO")
-    with pytest.raises(TypeError, match="TrainingOptions"):
+    with pytest.raises(TypeError, match="TrainingConfig"):
         UnlearnJob("NPO", training={"epochs": 1})
     with pytest.raises(ValueError, match="dp_runs"):
         UnlearnJob("NPO", dp_runs=0)
@@ -48,7 +48,7 @@ def test_a_job_is_checked_when_made():
 
 
 def test_settings_resolve_the_hyperparameters(forget_rows):
-    settings = UnlearnJob("NPO", {"beta": 0.3}, TrainingOptions(epochs=2), forget_rows).settings()
+    settings = UnlearnJob("NPO", {"beta": 0.3}, TrainingConfig(epochs=2), forget_rows).settings()
     assert settings["method"] == "NPO" and settings["hparams"]["beta"] == 0.3 and settings["training"]["epochs"] == 2
     assert json.loads(json.dumps(settings)) == settings
 

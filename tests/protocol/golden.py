@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 
 from mpu.checkpoint import CheckpointReader
-from mpu.reparam import ReparamOptions
+from mpu.reparam import ReparamConfig
 
-HARDENED = ReparamOptions(vo="haar", kv_permutation=True, ffn_scaling=True)
+HARDENED = ReparamConfig(vo="haar", kv_permutation=True, ffn_scaling=True)
 
 
 def formula_llama(path: Path) -> Path:

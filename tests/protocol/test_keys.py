@@ -95,7 +95,7 @@ BEFORE = {
         "copy-3": "9c448a85d51281d1c86d398937a67684e3191bd76e3a1219042b975bdb948d12",
         "aggregated": "693fa41dd8e1be1cf270fdf011c0452aa98bf78ea84509ac3149861943f31197",
     },
-    "reference-paper-all": {
+    "public-paper-all": {
         "copy-1": "3f8edfc760fce9df1363726e2605028f99749ba18200cb8dab4c87202c6828ec",
         "copy-2": "aac6da7ffd6b2f66247f5efd8214a7a461f0da6aef70caf25148f7fd42126cde",
         "copy-3": "d38aa33e4fbe81784da344b819c3ce9925527fc0795a7796f710be82d0616c84",
@@ -104,7 +104,7 @@ BEFORE = {
 }
 SETTINGS = {
     "secret-hardened": {},  # secret alphas, tau = 0.5, Haar V/O, KV permutation, FFN scaling, blocks only
-    "reference-paper-all": {"alpha_mode": "reference", "noise_scope": "all", "reparam": {"vo": "plane"}, "independent_noise": 0.0},
+    "public-paper-all": {"alpha_mode": "public", "noise_scope": "all", "reparam": {"vo": "plane"}, "independent_noise": 0.0},
 }
 
 

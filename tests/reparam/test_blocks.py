@@ -19,7 +19,7 @@ import transformers
 
 from mpu.checkpoint import CheckpointReader
 from mpu.errors import UnsupportedArchitectureError
-from mpu.reparam import ARCHITECTURES, ReparamOptions, get_adapter
+from mpu.reparam import ARCHITECTURES, ReparamConfig, get_adapter
 from mpu.reparam.base import BlockLayout
 from mpu.server.config import ServerConfig
 from mpu.server.init import init_server
@@ -81,7 +81,7 @@ def saved(tmp_path_factory):
 def test_blocks_follow_the_module_tree(family, saved):
     names = CheckpointReader(saved(family)).names()
     prefix = FAMILIES[family][2]
-    groups = get_adapter(family_config(family), ReparamOptions(enabled=False)).block_groups(names)
+    groups = get_adapter(family_config(family), ReparamConfig(enabled=False)).block_groups(names)
 
     blocks = {layer: group for layer, group in groups if layer is not None}
     assert sorted(blocks) == [0, 1]
@@ -120,7 +120,7 @@ def test_nested_language_model_blocks():
         vision_config=dict(hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
                            image_size=28, patch_size=14),
     )
-    layout = get_adapter(config, ReparamOptions(enabled=False)).layout
+    layout = get_adapter(config, ReparamConfig(enabled=False)).layout
     assert (layout.prefix, layout.num_blocks) == ("model.language_model.layers", 3)
     assert layout.layer_of("model.language_model.layers.2.mlp.up_proj.weight") == 2
     assert layout.layer_of("model.vision_tower.vision_model.encoder.layers.1.mlp.fc1.weight") is None
@@ -129,7 +129,7 @@ def test_nested_language_model_blocks():
 @pytest.mark.parametrize("name", ["junk.weight", "transformer.h.7.ln_1.weight", "model.layers.0.mlp.up_proj.weight"])
 def test_a_tensor_that_cannot_be_placed_is_refused_by_name(name, saved):
     names = CheckpointReader(saved("gpt2")).names() + [name]
-    adapter = get_adapter(family_config("gpt2"), ReparamOptions(enabled=False))
+    adapter = get_adapter(family_config("gpt2"), ReparamConfig(enabled=False))
     with pytest.raises(UnsupportedArchitectureError, match=f"gpt2: cannot place 1 tensor.*{name.replace('.', '[.]')}"):
         adapter.block_groups(names)
     with pytest.raises(UnsupportedArchitectureError, match="cannot place"):
@@ -165,9 +165,9 @@ def test_unknown_family_is_named_even_without_reparameterisation():
     config = transformers.PretrainedConfig(num_hidden_layers=2)
     config.model_type = "made_up_lm"
     with pytest.raises(UnsupportedArchitectureError, match="'made_up_lm'"):
-        get_adapter(config, ReparamOptions())
+        get_adapter(config, ReparamConfig())
     with pytest.raises(UnsupportedArchitectureError, match="'made_up_lm'.*cannot build"):
-        get_adapter(config, ReparamOptions(enabled=False)).check_names(["model.layers.0.x.weight"])
+        get_adapter(config, ReparamConfig(enabled=False)).check_names(["model.layers.0.x.weight"])
 
 
 def _published(work: Path, outbox: Path, model_dir: Path, config: ServerConfig):

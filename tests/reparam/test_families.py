@@ -19,7 +19,7 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 from mpu.errors import UnsupportedArchitectureError
-from mpu.reparam import ARCHITECTURES, ReparamOptions, get_adapter
+from mpu.reparam import ARCHITECTURES, ReparamConfig, get_adapter
 from reparam_helpers import left_padded_batch, logits, sample_all
 
 torch.set_num_threads(1)
@@ -86,10 +86,10 @@ FAMILIES: dict[str, tuple[type, dict]] = {
 }
 
 OPTIONS = {
-    "default": ReparamOptions(),
-    "all": ReparamOptions(vo="haar", kv_permutation=True, ffn_scaling=True, ffn_scale_range=3.0),
-    "plane-kvperm": ReparamOptions(kv_permutation=True, ffn_scaling=True),
-    "no-qk": ReparamOptions(qk_rotation=False, vo="none", kv_permutation=True),
+    "default": ReparamConfig(),
+    "all": ReparamConfig(vo="haar", kv_permutation=True, ffn_scaling=True, ffn_scale_range=3.0),
+    "plane-kvperm": ReparamConfig(kv_permutation=True, ffn_scaling=True),
+    "no-qk": ReparamConfig(qk_rotation=False, vo="none", kv_permutation=True),
 }
 
 
@@ -169,7 +169,7 @@ def test_registered_with_its_model_type(family):
 
 
 def test_understands_every_checkpoint_tensor(family):
-    get_adapter(family.config, ReparamOptions()).check_names(family.state)
+    get_adapter(family.config, ReparamConfig()).check_names(family.state)
 
 
 @pytest.mark.parametrize("options", OPTIONS.values(), ids=OPTIONS.keys())
@@ -229,7 +229,7 @@ def test_skipping_one_rule_breaks_the_function(family_name, skip, tmp_path):
 def test_per_head_qk_layernorm_is_refused_with_its_reason(family_name):
     config = make_config(family_name, qk_layernorm=True)
     with pytest.raises(UnsupportedArchitectureError, match="qk_layernorm.*LayerNorm.*no-reparam"):
-        get_adapter(config, ReparamOptions())
+        get_adapter(config, ReparamConfig())
 
 
 def test_falcon_alibi_never_permutes_heads():

@@ -14,7 +14,7 @@ import pytest
 import torch
 import transformers
 
-from mpu.reparam import ReparamOptions
+from mpu.reparam import ReparamConfig
 from mpu.server.config import ServerConfig
 from mpu.server.init import init_server
 from mpu.server.publish import publish
@@ -92,7 +92,7 @@ def test_server_publishes_function_preserving_copies(family, tmp_path):
     private model's function on a left-padded batch, and every block tensor with a rule has moved."""
     model_dir = tmp_path / "model"
     make_model(make_config(family)).save_pretrained(model_dir)
-    options = ReparamOptions(vo="haar", kv_permutation=True, ffn_scaling=True)
+    options = ReparamConfig(vo="haar", kv_permutation=True, ffn_scaling=True)
     init_server(tmp_path / "server", str(model_dir), None, ServerConfig(copies=2, kappa=0.0, reparam=options), progress=False)
     publish(tmp_path / "server", tmp_path / "outbox", progress=False)
     original = load(model_dir)
@@ -131,7 +131,7 @@ def test_round_trip_per_family(family, tmp_path, tiny_tokenizer, forget_file):
                          eos_token_id=tok.eos_token_id)
     make_model(config).save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
-    options = ReparamOptions(vo="haar", kv_permutation=True, ffn_scaling=True)
+    options = ReparamConfig(vo="haar", kv_permutation=True, ffn_scaling=True)
     init_server(server, str(model_dir), None, ServerConfig(copies=2, kappa=0.05, reparam=options), progress=False)
     publish(server, outbox, progress=False)
     mpu("client", "unlearn", "--inbox", outbox, "--forget", forget_file, "--method", "GradAscent", "--epochs", 1,

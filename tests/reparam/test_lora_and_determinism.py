@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from mpu.reparam import LayerTransform, ReparamOptions, get_adapter
+from mpu.reparam import LayerTransform, ReparamConfig, get_adapter
 from reparam_helpers import CASES, make_config, sample_all
 
-ALL_ON = ReparamOptions(vo="haar", kv_permutation=True, ffn_scaling=True)
+ALL_ON = ReparamConfig(vo="haar", kv_permutation=True, ffn_scaling=True)
 FIELDS = ("qk", "vo", "kv_perm", "ffn_perm", "ffn_scale")
 
 
@@ -80,7 +80,7 @@ def test_sampling_leaves_the_global_rng_alone():
 
 @pytest.mark.parametrize("case", ["llama-gqa", "qwen3", "phi3-partial", "gemma"])
 def test_sampled_matrices_are_float64_cpu_orthogonal(case):
-    _, adapter = _adapter(case, ReparamOptions(vo="haar", ffn_scaling=True))
+    _, adapter = _adapter(case, ReparamConfig(vo="haar", ffn_scaling=True))
     t = adapter.sample(1, torch.Generator().manual_seed(5))
     g = adapter.geometry
     for m in (t.qk, t.vo):
@@ -92,10 +92,10 @@ def test_sampled_matrices_are_float64_cpu_orthogonal(case):
 
 
 def test_plane_vo_reuses_the_qk_rotation_unless_qk_is_restricted():
-    _, llama = _adapter("llama-gqa", ReparamOptions())
+    _, llama = _adapter("llama-gqa", ReparamConfig())
     t = llama.sample(0, torch.Generator().manual_seed(0))
     assert torch.equal(t.qk, t.vo)
-    _, qwen3 = _adapter("qwen3", ReparamOptions())
+    _, qwen3 = _adapter("qwen3", ReparamConfig())
     t = qwen3.sample(0, torch.Generator().manual_seed(0))
     # Qwen3: QK is +-1 diagonal; V/O still gets a full random plane rotation.
     assert torch.equal(t.qk.abs(), torch.eye(16, dtype=torch.float64).expand(2, 16, 16))

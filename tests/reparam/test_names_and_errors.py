@@ -5,7 +5,7 @@ import torch
 import transformers
 
 from mpu.errors import MPUError, UnsupportedArchitectureError
-from mpu.reparam import ARCHITECTURES, IdentityAdapter, ReparamOptions, get_adapter
+from mpu.reparam import ARCHITECTURES, IdentityAdapter, ReparamConfig, get_adapter
 from reparam_helpers import CASES, make_config, make_model
 
 SUPPORTED = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo2", "phi3"}
@@ -13,7 +13,7 @@ SUPPORTED = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_te
 
 def _llama(**overrides):
     config = make_config("llama", **overrides)
-    return config, get_adapter(config, ReparamOptions())
+    return config, get_adapter(config, ReparamConfig())
 
 
 def test_registry_lists_every_supported_family():
@@ -26,20 +26,20 @@ def test_every_tiny_model_is_understood(case):
     config = make_config(model_type, **overrides)
     with torch.device("meta"):
         names = list(transformers.AutoModelForCausalLM.from_config(config).state_dict())
-    get_adapter(config, ReparamOptions()).check_names(names)
+    get_adapter(config, ReparamConfig()).check_names(names)
 
 
 def test_unknown_architecture_names_model_type_supported_ones_and_the_way_out():
     config = transformers.GPTJConfig(n_layer=1, n_embd=32, n_head=2)
     with pytest.raises(UnsupportedArchitectureError) as err:
-        get_adapter(config, ReparamOptions())
+        get_adapter(config, ReparamConfig())
     message = str(err.value)
     assert "gptj" in message and "llama" in message and "--no-reparam" in message
 
 
 def test_disabled_gives_identity_for_any_architecture():
     config = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2)
-    adapter = get_adapter(config, ReparamOptions(enabled=False))
+    adapter = get_adapter(config, ReparamConfig(enabled=False))
     assert isinstance(adapter, IdentityAdapter)
     adapter.check_names(["transformer.h.0.attn.c_attn.weight", "transformer.wte.weight"])
     with pytest.raises(UnsupportedArchitectureError, match="anything"):  # no noise scope: never published
@@ -118,16 +118,16 @@ def test_sample_checks_its_arguments():
 def test_bad_geometry_is_refused():
     config = make_config("llama", num_attention_heads=4, num_key_value_heads=3, head_dim=12)
     with pytest.raises(UnsupportedArchitectureError, match="multiple"):
-        get_adapter(config, ReparamOptions())
+        get_adapter(config, ReparamConfig())
 
 
 def test_describe_says_what_is_applied():
-    qwen3 = get_adapter(make_config("qwen3", head_dim=16), ReparamOptions())
+    qwen3 = get_adapter(make_config("qwen3", head_dim=16), ReparamConfig())
     lines = qwen3.describe()
     assert any(line.startswith("QK: plane sign flips only (per-head q_norm/k_norm)") for line in lines)
     assert any(line.startswith("V/O: an independent random plane rotation") for line in lines)
-    phi3 = get_adapter(make_config("phi3", partial_rotary_factor=0.5), ReparamOptions(ffn_scaling=True))
+    phi3 = get_adapter(make_config("phi3", partial_rotary_factor=0.5), ReparamConfig(ffn_scaling=True))
     text = "\n".join(phi3.describe())
     assert "3 RoPE planes" in text and "6 pass-through dims" in text and "1/s_i" in text
-    qwen2 = "\n".join(get_adapter(make_config("qwen2"), ReparamOptions()).describe())
+    qwen2 = "\n".join(get_adapter(make_config("qwen2"), ReparamConfig()).describe())
     assert "biases of k_proj, q_proj, v_proj" in qwen2

@@ -6,7 +6,7 @@ as measured when the adapters were built).
 
 import torch
 
-from mpu.reparam import LayerTransform, ReparamOptions, get_adapter
+from mpu.reparam import LayerTransform, ReparamConfig, get_adapter
 from mpu.reparam import maths
 from reparam_helpers import CASES, make_config, make_model, max_logit_diff, reparameterised_copy
 
@@ -14,7 +14,7 @@ from reparam_helpers import CASES, make_config, make_model, max_logit_diff, repa
 def _copy_with(case, make_transform):
     config = make_config(CASES[case][0], **CASES[case][1])
     model = make_model(config)
-    adapter = get_adapter(config, ReparamOptions())
+    adapter = get_adapter(config, ReparamConfig())
     transforms = [make_transform(adapter, layer) for layer in range(adapter.num_layers)]
     return max_logit_diff(model, reparameterised_copy(model, adapter, transforms), config.vocab_size)
 

@@ -1,21 +1,21 @@
-"""ReparamOptions: defaults and validation."""
+"""ReparamConfig: defaults and validation."""
 
 import dataclasses
 
 import pytest
 
-from mpu.reparam import ReparamOptions
+from mpu.reparam import ReparamConfig
 
 
 def test_defaults_match_the_paper():
-    o = ReparamOptions()
+    o = ReparamConfig()
     assert (o.enabled, o.qk_rotation, o.vo, o.kv_permutation, o.ffn_permutation, o.ffn_scaling) == (
         True, True, "plane", False, True, False)
     assert o.ffn_scale_range == 2.0
 
 
 def test_every_field_has_help_text():
-    for f in dataclasses.fields(ReparamOptions):
+    for f in dataclasses.fields(ReparamConfig):
         assert f.metadata.get("help"), f.name
 
 
@@ -33,9 +33,9 @@ def test_every_field_has_help_text():
 )
 def test_bad_values_raise_value_error(kwargs):
     with pytest.raises(ValueError):
-        ReparamOptions(**kwargs)
+        ReparamConfig(**kwargs)
 
 
 def test_options_are_immutable():
     with pytest.raises(dataclasses.FrozenInstanceError):
-        ReparamOptions().vo = "haar"
+        ReparamConfig().vo = "haar"

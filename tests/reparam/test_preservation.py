@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from mpu.reparam import ReparamOptions, get_adapter
+from mpu.reparam import ReparamConfig, get_adapter
 from reparam_helpers import (
     CASES,
     make_config,
@@ -17,10 +17,10 @@ from reparam_helpers import (
 )
 
 OPTIONS = {
-    "default": ReparamOptions(),
-    "all-haar": ReparamOptions(vo="haar", kv_permutation=True, ffn_scaling=True, ffn_scale_range=3.0),
-    "plane-kvperm-scale": ReparamOptions(kv_permutation=True, ffn_scaling=True),
-    "no-qk-vo-none": ReparamOptions(qk_rotation=False, vo="none", kv_permutation=True),
+    "default": ReparamConfig(),
+    "all-haar": ReparamConfig(vo="haar", kv_permutation=True, ffn_scaling=True, ffn_scale_range=3.0),
+    "plane-kvperm-scale": ReparamConfig(kv_permutation=True, ffn_scaling=True),
+    "no-qk-vo-none": ReparamConfig(qk_rotation=False, vo="none", kv_permutation=True),
 }
 
 

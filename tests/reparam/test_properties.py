@@ -5,7 +5,7 @@ import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mpu.reparam import ReparamOptions, get_adapter
+from mpu.reparam import ReparamConfig, get_adapter
 from reparam_helpers import make_config, make_model, max_logit_diff, reparameterised_copy, sample_all, transform_state
 
 PROPERTY = settings(max_examples=15, deadline=None, derandomize=True, database=None)
@@ -30,7 +30,7 @@ def configs(draw):
 
 
 options = st.builds(
-    ReparamOptions,
+    ReparamConfig,
     qk_rotation=st.booleans(),
     vo=st.sampled_from(["plane", "haar", "none"]),
     kv_permutation=st.booleans(),

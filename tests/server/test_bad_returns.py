@@ -131,9 +131,9 @@ def test_an_interrupted_aggregate_can_be_run_again(published, tmp_path, monkeypa
 
     report = aggregate(server, published / "good", progress=False)
 
-    reference = tmp_path / "reference"
-    shutil.copytree(published / "server", reference)
-    expected = aggregate(reference, published / "good", progress=False)
+    untouched = tmp_path / "untouched"  # the server state as published, aggregated without the failure
+    shutil.copytree(published / "server", untouched)
+    expected = aggregate(untouched, published / "good", progress=False)
     assert report.step_norm == expected.step_norm
     assert tree_snapshot(report.model_dir) == tree_snapshot(expected.model_dir)
 

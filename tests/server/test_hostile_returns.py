@@ -85,6 +85,11 @@ PATHS = {
     "unknown file in an update": (lambda r, t: (r / "update-2" / "notes.txt").write_text("hi"), "not a data file"),
     "odd update folder name": (lambda r, t: shutil.copytree(r / "update-1", r / "update-one"), "not an update folder name"),
     "folder named for another copy": (lambda r, t: (r / "update-2").rename(r / "update-3"), "folder update-3 holds the update of copy 2"),
+    "hard link to a file outside": (lambda r, t: ((t / "server-file").write_text("x"), os.link(t / "server-file", r / "update-1" / "extra.safetensors")), "is a hard link"),
+    "shard the index does not name": (lambda r, t: save_file({NAME: torch.zeros(64, 64)}, str(r / "update-1" / "model-00009.safetensors")), "not named in the update's index"),
+    "folder name in capitals": (lambda r, t: (r / "update-2").rename(r / "UPDATE-2"), "not an update folder name"),
+    "folder name with a trailing newline": (lambda r, t: (r / "update-2").rename(r / "update-2\n"), "not an update folder name"),
+    "20,000 files in an update": (lambda r, t: [(r / "update-1" / f"x{i}.safetensors").touch() for i in range(20_000)], "holds more than 10000 entries"),
 }
 
 
@@ -128,7 +133,7 @@ MANIFESTS = {
     "dp unknown key": ({"dp": {"clipped_examples": 3}}, "field 'dp' has unknown keys ['clipped_examples']"),
     "dp long accountant": ({"dp": {"accountant": "x" * 100}}, "field 'dp.accountant' must be a string of at most 64"),
     "hparams odd key": ({"hparams": {"a b": 1}}, "has a setting named"),
-    "training NaN": ({"training": {"learning_rate": float("nan")}}, "setting training.learning_rate is not finite"),
+    "training NaN": ({"training": {"learning_rate": float("nan")}}, "holds NaN, which is not JSON"),
     "training long list": ({"training": {"lora_target_modules": ["q"] * 100}}, "100 items"),
     "loss not numbers": ({"loss": {"first": "low"}}, "field 'loss.first' must be a finite number"),
     "loss extra key": ({"loss": {"per_example": [1, 2]}}, "field 'loss' must be an object"),
@@ -147,6 +152,33 @@ def test_every_manifest_field_is_checked_by_type_range_and_length(case, publishe
     assert reason in message
     assert "update-2/update.json" in message
     assert len(message) < 1000  # a 5 MB field is never echoed back
+
+
+def raw_manifest(update_dir, old, new):
+    path = update_dir / "update.json"
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+
+
+RAW_MANIFESTS = {
+    "repeated copy id": (lambda u: raw_manifest(u, '"copy_id": 2', '"copy_id": 1, "copy_id": 2'), "repeats the key 'copy_id'"),
+    "nested 100k deep": (lambda u: raw_manifest(u, '"steps": 1', '"steps": 1, "hparams": ' + "[" * 100_000 + "]" * 100_000), "nests too deeply"),
+    "integer of 5000 digits": (lambda u: raw_manifest(u, '"steps": 1', '"steps": 1' + "0" * 5000), "not usable JSON"),
+    "Infinity": (lambda u: raw_manifest(u, '"steps": 1', '"steps": 1, "seconds": Infinity'), "holds Infinity"),
+    "method with a trailing newline": (lambda u: edit_manifest(u, method="GradAscent\n"), "field 'method' has characters outside"),
+    "setting name with a trailing newline": (lambda u: edit_manifest(u, hparams={"beta\n": 1}), "has a setting named"),
+    "publication id with a trailing newline": (lambda u: edit_manifest(u, publication_id="ab\n"), "field 'publication_id' has characters outside"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RAW_MANIFESTS))
+def test_a_manifest_parsers_would_read_differently_is_refused(case, published, tmp_path, capsys):
+    corrupt, reason = RAW_MANIFESTS[case]
+    message = refused(published, tmp_path, lambda r, t: corrupt(r / "update-2"), capsys)
+    assert reason in message
+    assert "update-2/update.json" in message
+    assert "\n," not in message and len(message) < 1000  # the raw value is shown escaped, never echoed
 
 
 def test_a_manifest_without_a_required_field_is_refused(published, tmp_path, capsys):
@@ -213,8 +245,18 @@ def few_extra_entries(path):
     path.write_bytes(struct.pack("<Q", len(header)) + header)
 
 
+def overlapping_entries(path):
+    """Two entries of the right sizes that read the same bytes (a valid layout gives each its own)."""
+    header = {"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}, "b": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}}
+    header_bytes = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(header_bytes)) + header_bytes + b"\0" * 16)
+
+
 @pytest.mark.parametrize("build, reason", [
     (million_empty_entries, "is larger than the"),
+    (overlapping_entries, "overlaps the tensor before it"),
+    (lambda p: p.write_bytes(struct.pack("<Q", 2) + b"[]"), "header is not a JSON object"),
+    (lambda p: p.write_bytes(struct.pack("<Q", 60) + b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 400]}}'[:60]), "not valid JSON"),
     (few_extra_entries, "declares 100 tensors, more than the 21 expected"),
     (lambda p: p.write_bytes(struct.pack("<Q", 2**62) + b"{}"), "exceeds the file size"),
     (lambda p: p.write_bytes(b"\x01\x02"), "shorter than its 8-byte header length"),

@@ -46,14 +46,21 @@ def test_harmonic_weights_cancel_alpha_scaled_noise(m, seed):
 
 
 def test_a_plain_average_does_not_cancel_alpha_scaled_noise():
-    alphas = alphas_for_round(ServerConfig(copies=3, alpha_mode="reference"), b"x" * 16)
+    alphas = alphas_for_round(ServerConfig(copies=3, alpha_mode="public"), b"x" * 16)
     noise = zero_sum_noise(torch.Size([64]), 1.0, generators(3))
     average = sum(alpha * eps for alpha, eps in zip(alphas, noise)) / 3
     assert average.abs().max() > 0.1
 
 
-def test_reference_alphas_are_evenly_spaced_on_one_to_two():
-    assert alphas_for_round(ServerConfig(copies=3, alpha_mode="reference"), b"x" * 16) == [1.0, 1.5, 2.0]
+def test_public_alphas_are_evenly_spaced_on_one_to_two():
+    assert alphas_for_round(ServerConfig(copies=3, alpha_mode="public"), b"x" * 16) == [1.0, 1.5, 2.0]
+
+
+def test_the_public_schedules_old_name_is_still_read():
+    """A state.json or YAML written before the rename says alpha_mode "reference"."""
+    old = ServerConfig.from_dict({**ServerConfig().to_dict(), "alpha_mode": "reference"})
+    assert old.alpha_mode == "public"
+    assert alphas_for_round(old, b"x" * 16) == [1.0, 1.5, 2.0]
 
 
 def test_explicit_alphas_are_used_as_given():

@@ -109,9 +109,9 @@ def test_block_ratio():
 
 
 def test_the_hydra_default_matches_the_server_default():
-    import yaml
-    from pathlib import Path
+    from mpu.experiments import compose_config, settings_from_config
 
-    config = yaml.safe_load((Path(__file__).parents[2] / "configs" / "mpu" / "default.yaml").read_text())
-    assert config["max_update_ratio"] == ServerConfig().max_update_ratio == DEFAULT_MAX_UPDATE_RATIO
+    cfg, _ = compose_config(["trainer=NPO"])
+    assert cfg.mpu.max_update_ratio == ServerConfig().max_update_ratio == DEFAULT_MAX_UPDATE_RATIO
+    assert settings_from_config(cfg).server.max_update_ratio == DEFAULT_MAX_UPDATE_RATIO
     assert json.loads(json.dumps(ServerConfig().to_dict()))["max_update_ratio"] == 0.5

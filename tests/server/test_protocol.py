@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from mpu.checkpoint import CheckpointReader
-from mpu.reparam import ReparamOptions
+from mpu.reparam import ReparamConfig
 from mpu.server.aggregate import aggregate
 from mpu.server.config import ServerConfig
 from mpu.server.export import export
@@ -22,7 +22,7 @@ from mpu.server.publish import publish
 from mpu.server.workdir import Workdir
 from tests.server.stand_in_client import write_returns
 
-HARDENED = ReparamOptions(vo="haar", kv_permutation=True, ffn_scaling=True)
+HARDENED = ReparamConfig(vo="haar", kv_permutation=True, ffn_scaling=True)
 
 
 def load_tensors(model_dir):
@@ -30,7 +30,7 @@ def load_tensors(model_dir):
     return {name: reader.get(name).to(torch.float32) for name in reader.names()}
 
 
-@pytest.mark.parametrize("reparam", [ReparamOptions(), HARDENED, ReparamOptions(enabled=False)], ids=["paper", "hardened", "no-reparam"])
+@pytest.mark.parametrize("reparam", [ReparamConfig(), HARDENED, ReparamConfig(enabled=False)], ids=["paper", "hardened", "no-reparam"])
 def test_linear_client_update_is_recovered_exactly(tmp_path, tiny_model_dir, reparam):
     # Delta' = -c * w' is linear in the weights, so T^-1 maps it to -c (theta + eps_k); the
     # harmonic combination cancels eps exactly: the aggregate equals the clean-model update.
@@ -54,8 +54,8 @@ def test_plain_average_does_not_cancel_the_noise(tmp_path, tiny_model_dir):
     # noise survives the plain average (about kappa * 0.7 / m of the update); only the harmonic weights
     # cancel it, and the server must use them.
     c = 0.1
-    config = ServerConfig(copies=3, kappa=0.1, alpha_mode="reference", independent_noise=0.0, fixed_seed=3,
-                          reparam=ReparamOptions(enabled=False))
+    config = ServerConfig(copies=3, kappa=0.1, alpha_mode="public", independent_noise=0.0, fixed_seed=3,
+                          reparam=ReparamConfig(enabled=False))
     init_server(tmp_path / "server", str(tiny_model_dir), None, config, progress=False)
     publish(tmp_path / "server", tmp_path / "outbox", progress=False)
     write_returns(tmp_path / "outbox", tmp_path / "returns", lambda name, w: -c * w)

@@ -10,7 +10,7 @@ import torch
 from mpu.audit.alphas import optimal_weights as audit_optimal_weights
 from mpu.checkpoint import CheckpointReader
 from mpu.errors import MPUError
-from mpu.reparam import ReparamOptions
+from mpu.reparam import ReparamConfig
 from mpu.server.aggregate import aggregate
 from mpu.server.combine import COMBINE_RULES, HarmonicCombine, VarianceOptimalCombine, get_combine
 from mpu.server.config import ServerConfig
@@ -31,7 +31,7 @@ def nonlinear_update(name: str, weights: torch.Tensor) -> torch.Tensor:
 def setup_round(root, model_dir, tau: float):
     """A published round 1 (secret alphas, no reparameterisation: Delta_k is in theta's coordinates) with
     the stand-in client's returns; the secret's alphas in copy order."""
-    config = ServerConfig(copies=3, kappa=0.2, fixed_seed=5, eta=ETA, independent_noise=tau, reparam=ReparamOptions(enabled=False),
+    config = ServerConfig(copies=3, kappa=0.2, fixed_seed=5, eta=ETA, independent_noise=tau, reparam=ReparamConfig(enabled=False),
                           max_update_ratio=10.0)
     init_server(root / "server", str(model_dir), None, config, progress=False)
     Round(root / "server", device="cpu", progress=False).publish(root / "outbox")
@@ -130,7 +130,7 @@ def test_the_cli_takes_combine_and_refuses_an_unknown_rule(tmp_path, tiny_model_
 
 
 def test_one_round_object_runs_every_round(tmp_path, tiny_model_dir):
-    config = ServerConfig(copies=2, kappa=0.05, rounds=2, fixed_seed=1, reparam=ReparamOptions(enabled=False))
+    config = ServerConfig(copies=2, kappa=0.05, rounds=2, fixed_seed=1, reparam=ReparamConfig(enabled=False))
     init_server(tmp_path / "server", str(tiny_model_dir), None, config, progress=False)
     server = Round(tmp_path / "server", device="cpu", progress=False)
     for number in (1, 2):

@@ -34,7 +34,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from mpu.errors import MPUError, UnsupportedArchitectureError
-from mpu.reparam import LayerTransform, ReparamOptions, get_adapter
+from mpu.reparam import LayerTransform, ReparamConfig, get_adapter
 from mpu.reparam import maths
 from mpu.reparam.decoder import DecoderAdapter
 
@@ -54,6 +54,9 @@ class LayerAlignment:
     snapped: dict[str, int] = field(default_factory=dict)  # components replaced by the identity
 
     def summary(self) -> dict:
+        """JSON-ready: the residuals before/after (relative, unitless), the components snapped to the
+        identity, and, where fitted, the KV permutation, the FFN permutation's fraction of fixed points
+        and the RMS of the FFN log-scales."""
         t = self.transform
         out = {"residual_before": self.residual_before, "residual_after": self.residual_after, "snapped_to_identity": dict(self.snapped)}
         if t.kv_perm is not None:
@@ -70,7 +73,7 @@ class Aligner:
 
     def __init__(self, config):
         try:
-            adapter = get_adapter(config, ReparamOptions())
+            adapter = get_adapter(config, ReparamConfig())
         except UnsupportedArchitectureError as err:
             raise MPUError(f"alignment is not available for this architecture: {err}") from None
         if not isinstance(adapter, DecoderAdapter):
@@ -98,6 +101,8 @@ class Aligner:
         return {label: torch.cat(chunks, dim=1) for label, chunks in pieces.items()}
 
     def apply(self, transform: LayerTransform, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``transform`` on each of one layer's tensors (name -> tensor; shapes and dtypes kept), through
+        the architecture's adapter: maps ``other``'s coordinates to ``ref``'s for a fitted alignment."""
         return {name: self.adapter.apply(transform, name, tensor) for name, tensor in tensors.items()}
 
     # Fitting ---------------------------------------------------------------------------------

@@ -30,12 +30,12 @@ def format_table(report: dict) -> str:
             extra = ""
             if agree:
                 extra = f"; matches agreeing with the scorer's: FFN {_pct(agree.get('ffn_units'))}, KV groups {_pct(agree.get('kv_groups'))}"
-            lines.append(f"alignment copy {copy} -> copy {alignment['reference_copy']}: relative misfit "
+            lines.append(f"alignment copy {copy} -> copy {alignment.get('anchor_copy', alignment.get('reference_copy'))}: relative misfit "
                          f"{entry.get('residual_before', float('nan')):.3g} -> {entry.get('residual_after', float('nan')):.3g}{extra}")
     else:
         lines.append(f"alignment: not available ({alignment.get('note')})")
     if not report.get("scored"):
-        lines.append("no --reference given: the attacks ran, nothing is scored (recovered weights' errors need theta)")
+        lines.append("no --true-weights given: the attacks ran, nothing is scored (recovered weights' errors need theta)")
         return "\n".join(lines)
     single = report["attacks"]["single-copy"]
     has_task = single.get("task_vector_error") is not None
@@ -69,7 +69,8 @@ def _pct(value) -> str:
 
 def _alphas_line(report: dict) -> str:
     alphas = report["alphas"]
-    parts = [f"reference schedule {_list(alphas['reference_schedule'])}"]
+    # public_schedule: reference_schedule in reports written before the rename
+    parts = [f"public schedule {_list(alphas.get('public_schedule', alphas.get('reference_schedule')))}"]
     for key, label in (("estimated_unaligned", "estimated (unaligned)"), ("estimated_aligned", "estimated (aligned)")):
         entry = alphas.get(key)
         if entry:

@@ -39,6 +39,7 @@ DROPPED_CONFIG_KEYS = ("_name_or_path", "name_or_path", "auto_map")
 PARTY_FILE_MODE = 0o600
 MAX_MANIFEST_BYTES = 1 << 20  # a manifest of 1000 copies is ~150 kB
 MAX_MODEL_FILE_BYTES = 64 << 20  # tokenizer.json of large-vocabulary models is ~10-35 MB
+MAX_FOLDER_ENTRIES = 10_000  # a copy or an update folder: a 1T-parameter model in 5 GB shards is ~400 files
 _SHARD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}\.safetensors$")
 _CODE_SUFFIXES = (".py", ".pyc", ".so", ".sh")
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib", ".npy", ".npz")
@@ -78,19 +79,66 @@ def read_json(path: str | Path, what: str = "JSON file", max_bytes: int | None =
     """Parse a JSON file we did not write ourselves; every failure names the file.
 
     Refuses a symlink, a FIFO or a device (reading a FIFO would block forever) and, with
-    ``max_bytes``, a file larger than that before reading it.
+    ``max_bytes``, a file larger than that before reading it. The checks apply to the file actually
+    read: it is opened without following a final symlink and without blocking, then checked through
+    its descriptor, so a file swapped for a link or a FIFO after an earlier check is refused too.
     """
     path = Path(path)
     info = _lstat(path, what)
     _require_regular(path, info, what)
-    if max_bytes is not None and info.st_size > max_bytes:
-        raise InputError(path, f"{what} is {info.st_size} bytes, more than the {max_bytes} allowed")
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as err:
+        raise InputError(path, f"{what} cannot be read ({err.strerror}; a symbolic link is never followed)") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        _require_regular(path, info, what)
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise InputError(path, f"{what} is {info.st_size} bytes, more than the {max_bytes} allowed")
+        raw = handle.read(max_bytes + 1 if max_bytes is not None else -1)
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise InputError(path, f"{what} grew past the {max_bytes} bytes allowed while it was read")
+    return parse_json(raw, path, what)
+
+
+def parse_json(raw: bytes, path: str | Path, what: str = "JSON file") -> Any:
+    """Parse JSON bytes received from the other party, strictly; every failure is an InputError naming ``path``.
+
+    Refused besides malformed JSON and non-UTF-8 text: a key repeated inside one object (parsers
+    disagree on which value wins, so a file could say two things at once), nesting deep enough to
+    exhaust the parser's recursion, integers of more than 4300 digits (Python's conversion limit) and
+    ``NaN``/``Infinity``, which are not JSON.
+    """
+    path = Path(path)
+    try:
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_no_constant)
     except UnicodeDecodeError:
         raise InputError(path, f"{what} is not UTF-8 text") from None
     except json.JSONDecodeError as err:
         raise InputError(path, f"{what} is truncated or not valid JSON ({err.msg} at line {err.lineno})") from None
+    except _Refused as err:
+        raise InputError(path, f"{what} {err}") from None
+    except RecursionError:
+        raise InputError(path, f"{what} nests too deeply to be parsed") from None
+    except ValueError as err:  # an integer of more than 4300 digits
+        raise InputError(path, f"{what} is not usable JSON ({str(err)[:120]})") from None
+
+
+class _Refused(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        seen: set[str] = set()
+        repeated = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise _Refused(f"repeats the key {repeated[:64]!r} in one object (which value counts would be ambiguous)")
+    return data
+
+
+def _no_constant(name: str) -> Any:
+    raise _Refused(f"holds {name}, which is not JSON")
 
 
 @contextlib.contextmanager
@@ -272,8 +320,10 @@ def checked_path(root: str | Path, relative: str | Path, what: str, *, folder: b
 def check_data_folder(folder: str | Path, root: str | Path, what: str, allowed: Callable[[str], bool]) -> list[str]:
     """Check every entry of ``folder`` (received from the other party) before anything in it is read.
 
-    Each entry must be a regular file (no symlinks, FIFOs, devices, sub-folders) whose name
-    ``allowed`` accepts. Code (``.py``, ...) and pickles get their own message. Returns the names.
+    Each entry must be a regular file (no symlinks, FIFOs, devices, sub-folders) with a single link
+    (a hard link shares its bytes with a file elsewhere on the receiver's disk) whose name
+    ``allowed`` accepts; at most ``MAX_FOLDER_ENTRIES`` entries. Code (``.py``, ...) and pickles get
+    their own message. Returns the names.
     """
     relative = Path(folder).relative_to(root)
     folder = checked_path(root, relative, what, folder=True) if relative.parts else Path(root)
@@ -281,9 +331,13 @@ def check_data_folder(folder: str | Path, root: str | Path, what: str, allowed: 
     with os.scandir(folder) as entries:
         for entry in entries:
             path = folder / entry.name
+            if len(names) >= MAX_FOLDER_ENTRIES:
+                raise InputError(folder, f"holds more than {MAX_FOLDER_ENTRIES} entries; a {what} holds a model's files")
             info = entry.stat(follow_symlinks=False)
             if not stat.S_ISREG(info.st_mode):
                 raise InputError(path, f"is {_kind(info)}; a {what} holds only regular files")
+            if info.st_nlink > 1:
+                raise InputError(path, f"is a hard link ({info.st_nlink} names for one file); a {what} holds its own copies of files")
             if entry.name.endswith(_CODE_SUFFIXES):
                 raise InputError(path, f"code file in a {what}: nothing received from the other party is ever executed")
             if entry.name.endswith(_PICKLE_SUFFIXES):

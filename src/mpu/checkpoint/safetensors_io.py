@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from mpu.checkpoint.files import PARTY_FILE_MODE, WEIGHT_INDEX, atomic_write_json, read_json
+from mpu.checkpoint.files import PARTY_FILE_MODE, WEIGHT_INDEX, atomic_write_json, parse_json, read_json
 from mpu.errors import InputError
 
 SINGLE_FILE = "model.safetensors"
@@ -63,6 +63,7 @@ class CheckpointReader:
             raise InputError(self.dir, "checkpoint directory not found")
         self.max_tensors = max_tensors
         self._shard_of = self._map_shards()
+        self._files = set(self._shard_of.values()) or {self.dir / SINGLE_FILE}  # a model.safetensors of no tensors is still read
         self._meta: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
         declared = 0
         for shard in sorted(set(self._shard_of.values())):
@@ -146,7 +147,7 @@ class CheckpointReader:
 
     def shards(self) -> list[Path]:
         """Every weight file the checkpoint reads (the index's shards, or ``model.safetensors``)."""
-        return sorted(set(self._shard_of.values()))
+        return sorted(self._files)
 
     def numel(self) -> int:
         """The number of elements over all tensors."""
@@ -188,16 +189,53 @@ def _check_header(shard: Path, max_tensors: int | None, declared: int) -> int:
             raise InputError(shard, f"safetensors header of {length} bytes is larger than the {limit} allowed"
                                     + (f" for {max_tensors} tensors" if max_tensors is not None else ""))
         raw = handle.read(length)
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise InputError(shard, "not a valid safetensors file (header is not JSON)") from None
+    header = parse_json(raw, shard, "safetensors header")
     if not isinstance(header, dict):
         raise InputError(shard, "not a valid safetensors file (header is not a JSON object)")
     count = len(header) - ("__metadata__" in header)
     if max_tensors is not None and declared + count > max_tensors:
         raise InputError(shard, f"safetensors header declares {declared + count} tensors, more than the {max_tensors} expected")
+    _check_layout(shard, header, size - 8 - length)
     return count
+
+
+ITEM_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def _check_layout(shard: Path, header: dict, data_bytes: int) -> None:
+    """Every tensor entry of a parsed header: a known dtype, a shape of non-negative integers, and
+    ``data_offsets`` that give it exactly its own bytes: the entries, sorted by offset, tile the data
+    section with no gap, no overlap (two tensors reading the same bytes) and nothing past its end."""
+    spans = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
+                raise InputError(shard, "not a valid safetensors file (__metadata__ must map names to strings)")
+            continue
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise InputError(shard, f"not a valid safetensors file (entry {name[:80]!r} needs exactly dtype, shape, data_offsets)")
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if dtype not in ITEM_BYTES:
+            raise InputError(shard, f"tensor {name[:80]!r} has unsupported dtype {str(dtype)[:20]}")
+        if not isinstance(shape, list) or len(shape) > 8 or not all(type(d) is int and d >= 0 for d in shape):
+            raise InputError(shard, f"not a valid safetensors file (tensor {name[:80]!r} has shape {str(shape)[:60]})")
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets):
+            raise InputError(shard, f"not a valid safetensors file (tensor {name[:80]!r} has data_offsets {str(offsets)[:60]})")
+        numel = 1
+        for dim in shape:
+            numel *= dim
+        if offsets[1] - offsets[0] != numel * ITEM_BYTES[dtype]:
+            raise InputError(shard, f"not a valid safetensors file (tensor {name[:80]!r}: data_offsets {offsets} do not hold "
+                                    f"its {numel * ITEM_BYTES[dtype]} bytes)")
+        spans.append((offsets[0], offsets[1], name))
+    end = 0
+    for begin, stop, name in sorted(spans):
+        if begin != end:
+            what = "overlaps the tensor before it" if begin < end else "leaves a gap before it"
+            raise InputError(shard, f"not a valid safetensors file (tensor {name[:80]!r} at byte {begin} {what})")
+        end = stop
+    if end != data_bytes:
+        raise InputError(shard, f"not a valid safetensors file (tensors cover {end} bytes of a {data_bytes}-byte data section)")
 
 
 def _open(shard: Path):

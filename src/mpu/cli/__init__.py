@@ -4,12 +4,14 @@ Each module in this package adds one group of subcommands through ``register(sub
 (server, client, unlearn, data, finetune, eval, demo, audit, run, report). A subcommand's handler
 takes the parsed arguments and returns an exit code. ``MPUError`` becomes a one-line message and
 exit code 2; Ctrl-C one line and exit code 130 (128 + SIGINT, the shell's convention); anything else
-is a bug and keeps its traceback.
+is a bug and keeps its traceback. Messages name the full subcommand (``mpu server init: error: ...``); a
+mistyped subcommand or flag gets the closest existing one.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import logging
 import os
@@ -17,6 +19,7 @@ import pkgutil
 import sys
 
 from mpu import __version__
+from mpu.cli._lazy import explain_defaults
 from mpu.errors import MPUError
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
@@ -39,15 +42,52 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         module = importlib.import_module(f"{__name__}.{module_info.name}")
         module.register(subparsers)
+    explain_defaults(parser)
     return parser
+
+
+def _subcommand(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], argparse.ArgumentParser]:
+    """The subcommand words at the start of ``argv`` (``["server", "init"]``) and the parser that handles
+    the rest. A word where a subcommand belongs that is none is refused here, with the closest name."""
+    words, current = [], parser
+    for token in argv:
+        choices = next((action.choices for action in current._actions if isinstance(action, argparse._SubParsersAction)), None)
+        if choices is None or token.startswith("-"):
+            if choices is None:
+                break
+            continue
+        if token not in choices:
+            close = difflib.get_close_matches(token, list(choices), n=1)
+            current.error(f"unknown command {token!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+                          + f" (one of: {', '.join(sorted(choices))})")
+        words.append(token)
+        current = choices[token]
+    return words, current
+
+
+def _unrecognized(parser: argparse.ArgumentParser, extras: list[str]) -> str:
+    """argparse's "unrecognized arguments" message, with the closest flag of ``parser`` for each typo."""
+    message = f"unrecognized arguments: {' '.join(extras)}"
+    flags = [flag for flag in parser._option_string_actions if flag.startswith("--")]
+    for extra in extras:
+        if extra.startswith("--"):
+            close = difflib.get_close_matches(extra.split("=", 1)[0], flags, n=1, cutoff=0.6)
+            if close:
+                message += f"; did you mean {close[0]}?"
+    return message + f" (see `{parser.prog} --help`)"
 
 
 def main(argv: list[str] | None = None) -> int:
     command = "mpu"
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)   # may import transformers (method flags): Ctrl-C can come here too
-        command = f"mpu {args.command}" if getattr(args, "command", None) else command
+        words, handler = _subcommand(parser, argv)
+        # parse_args would report a mistyped flag as the top-level `mpu`'s, without the flag it resembles
+        args, extras = parser.parse_known_args(argv)   # may import transformers (method flags): Ctrl-C can come here too
+        if extras:
+            handler.error(_unrecognized(handler, extras))
+        command = " ".join(["mpu", *words])
         logging.basicConfig(
             level=logging.DEBUG if args.verbose else logging.INFO,
             format="%(levelname)s %(name)s: %(message)s",

@@ -15,13 +15,15 @@ def register(subparsers) -> None:
             "Runs the attacks a client holding every copy of a round could run (plain average, harmonic "
             "combination with the paper's alpha schedule and with alpha estimated from the copies, each "
             "also after aligning the copies to copy 1: FFN unit matching, RoPE-plane and V/O Procrustes, "
-            "KV-group matching). The attacks use only the copies and the public manifest; --reference "
+            "KV-group matching). The attacks use only the copies and the public manifest; --true-weights "
             "(theta) and --base only score them. Writes JSON and prints a table."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    audit.add_argument("--inbox", required=True, help="a published outbox: manifest.json and copy-1 ... copy-m")
-    audit.add_argument("--reference", default=None, help="theta, the server's model (scoring only); without it nothing is scored")
+    audit.add_argument("--inbox", required=True, help="one round's publication: the folder `mpu server publish --out` wrote (manifest.json, copy-1 ... copy-m)")
+    audit.add_argument("--true-weights", "--reference", dest="true_weights", default=None, metavar="MODEL_DIR",
+                       help="theta, the server's model the attacks try to reconstruct (scoring only); without it nothing is "
+                            "scored. --reference is its old name")
     audit.add_argument("--base", default=None, help="the public base model: task-vector errors, and a client-side alignment to it")
     audit.add_argument("--out", required=True, help="JSON report to write")
     audit.add_argument("--no-align", action="store_true", help="skip the alignment attacks")
@@ -40,6 +42,9 @@ def _audit(args) -> int:
     from mpu.checkpoint import atomic_write_json
     from mpu.errors import MPUError
 
+    from mpu.cli.client import check_inbox   # the client's check: a wrong --inbox says what to pass
+
+    check_inbox(args.inbox)
     apply_threads(args.threads)
     oracle = None
     if args.oracle_alphas:
@@ -50,7 +55,7 @@ def _audit(args) -> int:
     if args.logit_sequences < 1 or args.logit_length < 2:
         raise MPUError("--logit-sequences must be >= 1 and --logit-length >= 2")
     result = run_audit(
-        args.inbox, args.reference, args.base, align=not args.no_align, oracle_alphas=oracle, oracle_tau=args.oracle_tau,
+        args.inbox, args.true_weights, args.base, align=not args.no_align, oracle_alphas=oracle, oracle_tau=args.oracle_tau,
         logit_sequences=args.logit_sequences, logit_length=args.logit_length, seed=args.seed,
         keep_recovered=args.keep_recovered, progress=False,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -13,7 +14,27 @@ from mpu.threads import add_threads_argument, apply_threads
 def add_client_data_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--forget`` (required) and ``--retain``: question/answer row files in any supported format."""
     parser.add_argument("--forget", required=True, help="forget set: question/answer rows as JSON lines, a JSON array, CSV, parquet, a `datasets` folder or a hub-layout folder")
-    parser.add_argument("--retain", default=None, help="retain set, same format (needed by methods with a retain term)")
+    parser.add_argument("--retain", default=None, help="retain set, same format (needed by GradDiff, RMU, PDU; without it other methods leave their retain term out)")
+
+
+def check_inbox(inbox: str) -> None:
+    """Refuse an ``--inbox`` that is not a publication with a message that says what to pass instead:
+    a missing folder, the server's work directory (which a data owner should never hold), a single copy."""
+    from mpu.errors import MPUError
+
+    path = Path(inbox)
+    wanted = "pass the folder that `mpu server publish --out` wrote (manifest.json, copy-1 ...)"
+    if not os.path.lexists(path):
+        raise MPUError(f"--inbox {path}: no such folder; {wanted}")
+    if not path.is_dir() or os.path.lexists(path / "manifest.json"):
+        return   # the publication reader checks everything else (links, FIFOs, every field) and names the file
+    if (path / "state.json").is_file():
+        raise MPUError(f"--inbox {path}: this is the server's work directory (private: it holds the secrets), "
+                       f"not a publication; {wanted}")
+    if (path / "config.json").is_file() and (path.parent / "manifest.json").is_file():
+        raise MPUError(f"--inbox {path}: this is one copy of a publication; pass its folder {path.parent} "
+                       "(and --copy K to train only copy K)")
+    raise MPUError(f"--inbox {path}: no manifest.json in it; {wanted}")
 
 
 def register(subparsers) -> None:
@@ -30,8 +51,10 @@ def register(subparsers) -> None:
     unlearn.add_argument("--inbox", required=True, help="the server's published folder (manifest.json, copy-1 ...)")
     add_client_data_arguments(unlearn)
     unlearn.add_argument("--out", required=True, help="folder for the returns (update-K/ per copy); gather several clients' into one")
-    unlearn.add_argument("--copy", type=int, action="append", default=None, help="train only this copy (repeatable), to spread copies over devices or machines")
-    unlearn.add_argument("--reference-inbox", default=None, metavar="DIR",
+    unlearn.add_argument("--copy", type=int, action="append", default=None, help="train only this copy (repeatable), to spread copies over devices or machines (default: every copy)")
+    unlearn.add_argument("--reference-inbox", dest="reference_model_inbox", default=argparse.SUPPRESS,
+                         help=argparse.SUPPRESS)  # --reference-model-inbox's old name
+    unlearn.add_argument("--reference-model-inbox", default=None, metavar="DIR",
                          help="an earlier round's publication (keep round 1's): reference-model methods (NPO, DPO, UNDIAL, KL retain) "
                               "compare copy K with copy K of that round, so the reference stays fixed over rounds; "
                               "default: this round's copy")
@@ -55,18 +78,22 @@ def _unlearn(args) -> int:
     method, hparams, training = options_from_args(args)
     forget = load_qa_rows(args.forget)
     retain = load_qa_rows(args.retain) if args.retain else None
-    copies = sorted(Path(args.inbox).glob("copy-*"))
-    hint = learning_rate_hint(copies[0], training.learning_rate) if copies else None
-    if hint and is_main_process():
-        print(hint, file=sys.stderr)
+    check_inbox(args.inbox)
     job = UnlearnJob(method, hparams, training, forget, retain)
     results = unlearn_publication(args.inbox, job, args.out, copy_ids=args.copy, return_lora=args.return_lora,
-                                  reference_inbox=args.reference_inbox, overwrite=args.overwrite, resume=args.resume)
+                                  reference_model_inbox=args.reference_model_inbox, overwrite=args.overwrite, resume=args.resume)
     if not is_main_process():
         return 0  # under torchrun every rank trains; rank 0 reports
+    trained = [result for result in results if not result.skipped]
     for result in results:
-        if result.skipped:
+        if result.skipped:   # a trained copy's line is the library's log line (mpu run and Flower show the same)
             print(f"copy {result.copy_id}: finished update in {result.out_dir}, skipped (--resume)")
-            continue
-        print(f"copy {result.copy_id}: {result.steps} steps in {result.seconds:.1f}s, loss {result.loss['first']} -> {result.loss['last']}; wrote {result.out_dir}")
+    copies = ", ".join(str(result.copy_id) for result in results)
+    print(f"{len(results)} update(s) in {args.out} (copies {copies}): return the folder to the model owner "
+          f"(mpu server aggregate --returns {args.out})")
+    # After the run, not before: a failure elsewhere gets its own message without this one in front of it.
+    copies_dirs = sorted(Path(args.inbox).glob("copy-*"))
+    hint = learning_rate_hint(copies_dirs[0], training.learning_rate) if trained and copies_dirs else None
+    if hint:
+        print(hint, file=sys.stderr)
     return 0

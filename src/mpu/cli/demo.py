@@ -32,7 +32,9 @@ def register(subparsers) -> None:
                       help="seeds the data, the tiny models, the data order and the server's randomness: identical runs print identical tables")
     demo.add_argument("--secret", action="store_true",
                       help="draw the server's secrets from the CSPRNG as in real use (the MPU row then varies between runs)")
-    demo.add_argument("--sigma-reference", choices=["task-vector", "weights"], default="task-vector",
+    demo.add_argument("--sigma-reference", choices=["task-vector", "weights"], dest="sigma_from", default=argparse.SUPPRESS,
+                      help=argparse.SUPPRESS)  # --sigma-from's old name
+    demo.add_argument("--sigma-from", choices=["task-vector", "weights"], default="task-vector",
                       help="what the server's noise scale is a fraction of: the task vector theta - theta_base of the "
                            "target against its base model (the paper), or the whole weights theta (a harsher control, "
                            "labelled as such in the output)")
@@ -50,7 +52,7 @@ def _demo(args) -> int:
             out_dir=args.out, authors=args.authors, forget_split=args.forget_split, method=args.method, epochs=args.epochs,
             learning_rate=args.learning_rate, copies=args.copies, kappa=args.kappa, finetune_epochs=args.finetune_epochs, seed=args.seed,
             base_epochs=args.base_epochs,
-            secret=args.secret, sigma_reference=args.sigma_reference,
+            secret=args.secret, sigma_from=args.sigma_from,
         )
     except ValueError as err:
         raise MPUError(str(err)) from None

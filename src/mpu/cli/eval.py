@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 from pathlib import Path
 
 from mpu.errors import MPUError
 from mpu.threads import add_threads_argument, apply_threads
+
+TOFU_FORGET_SPLITS = ("forget01", "forget05", "forget10")  # the release's, and the built-in benchmark's
 
 
 def register(subparsers) -> None:
@@ -19,7 +22,8 @@ def register(subparsers) -> None:
         "<BENCH>_SUMMARY.json (headline values) under OpenUnlearning's key names.",
     )
     parser.add_argument("--model", required=True, help="HF checkpoint directory")
-    parser.add_argument("--benchmark", choices=("tofu", "muse", "wmdp"), default="tofu")
+    parser.add_argument("--benchmark", choices=("tofu", "muse", "wmdp"), default="tofu",
+                        help="which benchmark's metrics and data layout (default: tofu)")
     parser.add_argument("--data", default=None,
                         help="local directory in the hub layout, or a hub dataset name (e.g. locuslab/TOFU); "
                         "default: the data the model was trained on (recorded in its mpu_finetune.json, or the cached "
@@ -27,18 +31,20 @@ def register(subparsers) -> None:
                         "the data used is printed")
     parser.add_argument("--forget-split", default=None,
                         help="TOFU forget split: forget01, forget05 or forget10 (default: forget10, or --config's)")
-    reference = parser.add_mutually_exclusive_group()
-    reference.add_argument("--retain-model", default=None,
+    retain = parser.add_mutually_exclusive_group()  # the retain model, or its logs
+    retain.add_argument("--retain-model", default=None,
                            help="checkpoint never trained on the forget set (forget_quality, privleak, mia_reference)")
-    reference.add_argument("--retain-logs", default=None, help="the retain model's <BENCH>_EVAL.json")
+    retain.add_argument("--retain-logs", default=None, help="the retain model's <BENCH>_EVAL.json")
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="rows per forward pass (default: the suite's batch_size, 32 in configs/eval/)")
     parser.add_argument("--config", default=None, help="suite YAML (e.g. configs/eval/tofu.yaml) to override")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                         help="model weights (probabilities are always computed in float32)")
     parser.add_argument("--mmlu", default="default",
-                        help="WMDP utility data (hub name or directory; 'none' to skip)")
+                        help="WMDP utility data: a hub name or directory, 'none' to skip, or 'default': the suite's "
+                             "(configs/eval/wmdp.yaml; the built-in benchmark's own MMLU-style set for built-in data)")
     encoding = parser.add_argument_group("encoding (as the model was trained: docs/encoding.md)")
     encoding.add_argument("--prompt-format", default="auto",
                           help="auto (a known target's shipped settings, else the chat template), chat, plain, "
@@ -49,7 +55,8 @@ def register(subparsers) -> None:
                           help="tokens per row (default: the model's context); longer rows are an error")
     encoding.add_argument("--truncate", action="store_true", help="cut longer rows instead, counted in the output")
     add_threads_argument(parser)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress-bar", "--no-progress", dest="no_progress", action="store_true",
+                        help="no progress bars (for logs)")
     parser.set_defaults(func=_eval)
 
 
@@ -59,8 +66,15 @@ def _eval(args: argparse.Namespace) -> int:
 
     apply_threads(args.threads)
     model = Path(args.model)
-    if model.is_dir() and not (model / "config.json").is_file():   # before the data is looked for
+    # before the data is looked for and announced: a wrong --model gets its own message alone
+    if model.is_dir() and not (model / "config.json").is_file():
         raise MPUError(f"{model}: not a model directory (no config.json)")
+    if not model.exists() and (args.model.count("/") != 1 or args.model.startswith((".", "/", "~"))):
+        raise MPUError(f"{model}: no such model directory (--model takes a local model folder or a hub id like owner/name)")
+    if args.forget_split and args.benchmark == "tofu" and not args.config and args.forget_split not in TOFU_FORGET_SPLITS:
+        close = difflib.get_close_matches(args.forget_split, TOFU_FORGET_SPLITS, n=1)
+        raise MPUError(f"--forget-split {args.forget_split}: TOFU's forget splits are {', '.join(TOFU_FORGET_SPLITS)}"
+                       + (f"; did you mean {close[0]}?" if close else ""))
     data, note = model_data(args.model, args.benchmark, args.data)
     print(note, file=sys.stderr)
     summary = evaluate(

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from mpu.cli._lazy import add_method_arguments_lazily
-from mpu.client import CLIENT_REFERENCES
+from mpu.client import REFERENCE_MODEL_ROUNDS
 from mpu.threads import add_threads_argument, apply_threads
 import tempfile
 
@@ -25,7 +25,9 @@ def register(subparsers) -> None:
     run.add_argument("--base", default=None,
                      help="the base model it was fine-tuned from; sigma is a fraction of the task vector theta - theta_base "
                           "(default: the base `mpu finetune` recorded in the model directory, if any)")
-    run.add_argument("--sigma-reference", choices=["task-vector", "weights"], default="task-vector",
+    run.add_argument("--sigma-reference", choices=["task-vector", "weights"], dest="sigma_from", default=argparse.SUPPRESS,
+                      help=argparse.SUPPRESS)  # --sigma-from's old name
+    run.add_argument("--sigma-from", choices=["task-vector", "weights"], default="task-vector",
                      help="task-vector: sigma_l = kappa * RMS(theta_l - theta_base,l) (the paper; needs a base, given or recorded, "
                           "else falls back to weights with a warning); weights: sigma_l = kappa * RMS(theta_l), no base "
                           "(harsher; a control)")
@@ -33,8 +35,10 @@ def register(subparsers) -> None:
     run.add_argument("--out", required=True, help="where to write the unlearned model (a plain HF checkpoint)")
     run.add_argument("--workdir", default=None, help="server work directory (default: a temporary folder, removed at the end)")
     run.add_argument("--keep-exchange", action="store_true", help="keep each round's outbox and returns")
-    run.add_argument("--client-reference", choices=CLIENT_REFERENCES, default="first",
-                     help="reference of NPO/DPO/UNDIAL/KL-retain on the client: round 1's copy K in every round (fixed, as "
+    run.add_argument("--client-reference", choices=REFERENCE_MODEL_ROUNDS, dest="reference_model_round",
+                     default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # --reference-model-round's old name
+    run.add_argument("--reference-model-round", choices=REFERENCE_MODEL_ROUNDS, default="first",
+                     help="reference model of NPO/DPO/UNDIAL/KL-retain on the client: round 1's copy K in every round (fixed, as "
                           "noise-free unlearning), or each round's own copy (moves every round)")
     add_threads_argument(run)
     add_server_config_arguments(run)
@@ -56,13 +60,14 @@ def _run(args) -> int:
     from mpu.cli.unlearn import learning_rate_hint
     from mpu.experiments.two_party import resolve_sigma_base
 
-    hint = learning_rate_hint(args.model, training.learning_rate)   # None for hub ids and large models
-    if hint:
-        print(hint, file=sys.stderr)
-    base, label = resolve_sigma_base(args.model, args.base, args.sigma_reference)
+    base, label = resolve_sigma_base(args.model, args.base, args.sigma_from)
     with tempfile.TemporaryDirectory(prefix="mpu-run-") as scratch:
         workdir = args.workdir or f"{scratch}/server"
         out = run_mpu(args.model, base, config, forget, retain, method, hparams, training, workdir, args.out, args.keep_exchange,
-                      reference=args.client_reference)
+                      reference_model_round=args.reference_model_round)
     print(f"MPU done ({config.rounds} rounds, m={config.copies}, kappa={config.kappa}, {label}); unlearned model at {out}")
+    # After the run, not before: a failure elsewhere gets its own message without this one in front of it.
+    hint = learning_rate_hint(args.model, training.learning_rate)   # None for hub ids and large models
+    if hint:
+        print(hint, file=sys.stderr)
     return 0

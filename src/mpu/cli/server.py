@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import json
+from pathlib import Path
 
 from mpu.errors import MPUError
 from mpu.server.combine import COMBINE_RULES, DEFAULT_COMBINE, combine_help  # no torch either
-from mpu.flags import add_dataclass_arguments, coerce, flag_name, given_values  # no torch either
-from mpu.server.config import PRESETS, ServerConfig  # no torch: parsing and --help stay fast
+from mpu.flags import FieldError, add_dataclass_arguments, build_dataclass, flag_of, given_values  # no torch either
+from mpu.server.config import ALPHA_MODE_ALIASES, PRESETS, ServerConfig  # no torch: parsing and --help stay fast
 from mpu.threads import add_threads_argument, apply_threads
 
 
@@ -18,73 +18,69 @@ _SV = "mpu_server__"  # argparse dest prefix of the ServerConfig flags
 
 
 # One wording for every subcommand's --workdir.
-WORKDIR_HELP = "server work directory made by `mpu server init` (private: the round secrets live here, mode 0600)"
+WORKDIR_HELP = "server work directory made by `mpu server init` (private: the round secrets live here, mode 0700)"
+INIT_WORKDIR_HELP = ("server work directory to create: a new or empty folder (private, mode 0700: the model, the settings "
+                     "and the round secrets live here; the other subcommands take the same --workdir)")
+# What --model and --base take; said in their help and in the error for a path that is not one.
+MODEL_EXPECTED = "a local checkpoint folder (config.json and the weights, as save_pretrained writes it) or a hub id like org/name"
+
+
+def add_progress_argument(parser: argparse.ArgumentParser, draws: str | None = None) -> None:
+    """``--no-progress-bar`` (alias ``--no-progress``), the client commands' flag: ``args.no_progress``.
+    ``draws``: the help's wording where the subcommand draws no bar of its own."""
+    parser.add_argument("--no-progress-bar", "--no-progress", dest="no_progress", action="store_true",
+                        help=draws or "no progress bars (for logs)")
 
 def add_server_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """The settings fixed at init; ``mpu run`` takes the same ones. One flag per ServerConfig field,
-    generated from the dataclass (its help and default); privacy options left unset come from the
-    --privacy preset, everything else unset from ServerConfig's defaults."""
+    """The settings fixed at init; ``mpu run`` takes the same ones. One flag per field of ServerConfig and
+    of its ReparamConfig, generated from the dataclasses (help, default, choices, aliases); ``--privacy``
+    lists each preset's settings as PRESETS holds them. Options left unset come from the --privacy
+    preset, everything else unset from the dataclasses' defaults."""
     group = parser.add_argument_group("MPU settings (unset privacy options come from --privacy)")
+    group.add_argument("--privacy", choices=sorted(PRESETS), default="default", help="preset: " + "; ".join(
+        f"{name} ({describe_preset(name) or 'the defaults below'})" for name in PRESETS))
     add_dataclass_arguments(parser, group, ServerConfig, _SV)
-    group.add_argument("--privacy", choices=sorted(PRESETS), default="default", help="preset: default (secret alphas, plane V/O, FFN permutation, independent noise tau=1), paper (reference alphas, tau=0: exact cancellation), hardened (all options below)")
-    # ReparamOptions is imported with torch (mpu.reparam), which --help must not load: its flags stay here.
-    privacy = parser.add_argument_group("reparameterisation (unset options come from --privacy)")
-    privacy.add_argument("--no-reparam", action="store_true", help="publish copies without reparameterisation (weaker privacy)")
-    privacy.add_argument("--no-qk-rotation", action="store_true", help="do not rotate RoPE planes of Q/K")
-    privacy.add_argument("--vo", choices=["plane", "haar", "none"], default=None, help="V/O transform: the paper's plane rotation, a Haar-random orthogonal per KV head, or none")
-    privacy.add_argument("--kv-permutation", action=argparse.BooleanOptionalAction, default=None, help="permute whole KV groups with their query heads")
-    privacy.add_argument("--no-ffn-permutation", action="store_true", help="do not permute FFN intermediate units")
-    privacy.add_argument("--ffn-scaling", action=argparse.BooleanOptionalAction, default=None, help="scale FFN up rows by s_i and down columns by 1/s_i")
+
+
+def describe_preset(name: str) -> str:
+    """``alpha_mode=public, independent_noise=0.0, vo=plane, ...``: the settings preset ``name`` fixes."""
+    settings = dict(PRESETS[name])
+    reparam = settings.pop("reparam", {})
+    return ", ".join(f"{key}={value}" for key, value in {**settings, **reparam}.items())
 
 
 def server_config_from_args(args: argparse.Namespace) -> ServerConfig:
     """The ServerConfig of the parsed flags: the --privacy preset, overridden by every flag that was
-    given, each converted to its field's type. Raises MPUError for a value of the wrong type or a
-    setting ServerConfig refuses (naming the flag or the reason)."""
-    import typing
-
-    from mpu.reparam import ReparamOptions
-
-    preset = copy.deepcopy(PRESETS[args.privacy])
-    reparam = preset.pop("reparam", {})
-    settings = dict(preset)
-    hints = typing.get_type_hints(ServerConfig, localns={"ReparamOptions": ReparamOptions})
-    for name, value in given_values(args, _SV).items():
-        if name == "alphas":
-            settings.update(_parse_alphas(value))
-            continue
-        try:
-            settings[name] = coerce(value, hints[name])
-        except ValueError as err:
-            flag = next(f.metadata.get("flag") or flag_name(f.name) for f in dataclasses.fields(ServerConfig) if f.name == name)
-            raise MPUError(f"{flag}: {err}") from None
-    for key in ("vo", "kv_permutation", "ffn_scaling"):
-        if getattr(args, key) is not None:
-            reparam[key] = getattr(args, key)
-    if args.no_reparam:
-        reparam["enabled"] = False
-    if args.no_qk_rotation:
-        reparam["qk_rotation"] = False
-    if args.no_ffn_permutation:
-        reparam["ffn_permutation"] = False
+    given, each typed by its field. Raises MPUError for a value of the wrong type (naming the flag) or
+    a setting ServerConfig refuses (its reason)."""
+    settings = copy.deepcopy(PRESETS[args.privacy])
+    given = given_values(args, _SV)
+    if "alphas" in given:
+        settings.update(_parse_alphas(given.pop("alphas")))
+    settings.setdefault("reparam", {}).update(given.pop("reparam", {}))
+    settings.update(given)
     try:
-        return ServerConfig(**settings, reparam=ReparamOptions(**reparam))
-    except ValueError as err:
-        raise MPUError(str(err)) from None
+        return build_dataclass(ServerConfig, settings)
+    except FieldError as err:
+        raise MPUError(f"{flag_of(ServerConfig, err.key)}: {err}" if err.key else str(err)) from None
 
 
 def _parse_alphas(text: str) -> dict:
-    if text in ("secret", "reference"):
-        return {"alpha_mode": text, "alphas": None}
+    if text in ("secret", "public", "reference"):  # "reference": the public schedule's old name
+        return {"alpha_mode": ALPHA_MODE_ALIASES.get(text, text), "alphas": None}
     try:
         return {"alpha_mode": "list", "alphas": [float(value) for value in text.split(",")]}
     except ValueError:
-        raise MPUError(f"--alphas must be 'secret', 'reference' or numbers like 1,1.5,2; got {text!r}") from None
+        raise MPUError(f"--alphas must be 'secret', 'public' or numbers like 1,1.5,2; got {text!r}") from None
 
 
 def register(subparsers) -> None:
     """Add ``mpu server init|publish|aggregate|export|status`` to the CLI's subcommands."""
-    server = subparsers.add_parser("server", help="model owner: init, publish copies, aggregate updates, export", description="The model owner's side of MPU. A round is: publish -> (client trains) -> aggregate.")
+    server = subparsers.add_parser(
+        "server", help="model owner: init, publish copies, aggregate updates, export",
+        description="The model owner's side of MPU. Start with `init` (once: model and settings), then per round: "
+        "`publish` (hand the outbox to the client) -> the client trains (`mpu client unlearn`) -> `aggregate` (its "
+        "returns); `status` says where you are, `export` writes the unlearned model. Each subcommand has --help.")
     commands = server.add_subparsers(dest="server_command", metavar="SUBCOMMAND", required=True)
 
     init = commands.add_parser(
@@ -92,9 +88,12 @@ def register(subparsers) -> None:
         description="Creates the server's private work directory (mode 0700): the model as float32 round 0, its "
         "optional base model and the MPU settings, fixed for all rounds. Settings that weaken privacy (kappa 0, the "
         "paper preset, a fixed seed, --no-reparam) are announced as warnings.")
-    init.add_argument("--model", required=True, help="the fine-tuned model: a local HF directory or a hub id")
-    init.add_argument("--base", default=None, help="the public base model it was fine-tuned from (noise scale from the task vector); optional")
-    init.add_argument("--workdir", required=True, help=WORKDIR_HELP)
+    init.add_argument("--model", required=True, metavar="MODEL", help=f"the fine-tuned model to unlearn: {MODEL_EXPECTED}")
+    init.add_argument("--base", default=None, metavar="MODEL",
+                      help="the public base model it was fine-tuned from, same form as --model: the noise then scales with the "
+                           "task vector (model - base); left out, it scales with the weights themselves")
+    init.add_argument("--workdir", required=True, help=INIT_WORKDIR_HELP)
+    add_progress_argument(init)
     add_server_config_arguments(init)
     init.set_defaults(func=_init)
 
@@ -105,9 +104,11 @@ def register(subparsers) -> None:
         "reparameterised copy of the model (weights, config, tokenizer; nothing else of the model's folder). Hand OUT "
         "to the client; the secrets stay in the work directory. Prints the noise actually present per block.")
     publish.add_argument("--workdir", required=True, help=WORKDIR_HELP)
-    publish.add_argument("--out", required=True, help="outbox folder to create: manifest.json, copy-1 ... copy-m")
+    publish.add_argument("--out", required=True, help="outbox folder to create: manifest.json, copy-1 ... copy-m; hand it to the client "
+                         "(its `mpu client unlearn --inbox`)")
     publish.add_argument("--force", action="store_true", help="replace OUT if it exists")
     add_threads_argument(publish)
+    add_progress_argument(publish)
     publish.set_defaults(func=_publish)
 
     aggregate = commands.add_parser(
@@ -119,22 +120,26 @@ def register(subparsers) -> None:
         "applies eta times the result and commits the new model atomically; the rule and its weights are recorded in "
         "the round's history. A rejected return leaves the work directory unchanged.")
     aggregate.add_argument("--workdir", required=True, help=WORKDIR_HELP)
-    aggregate.add_argument("--returns", required=True, help="folder holding update-K/ sub-folders (from one or several clients)")
+    aggregate.add_argument("--returns", required=True, help="folder holding update-K/ sub-folders: what `mpu client unlearn --out` wrote "
+                           "(gather several clients' into one)")
     aggregate.add_argument("--combine", default=DEFAULT_COMBINE, type=_combine_rule, metavar="RULE",
                            help=f"how the updates are weighted (default {DEFAULT_COMBINE}): {combine_help()}")
     aggregate.add_argument("--allow-mixed", action="store_true", help="combine returns trained with different methods, hyperparameters, training options or step counts (refused by default)")
     add_threads_argument(aggregate)
+    add_progress_argument(aggregate)
     aggregate.set_defaults(func=_aggregate)
 
     export = commands.add_parser(
         "export", help="write the current (unlearned) model as a plain HF checkpoint",
         description="Writes the work directory's current model to OUT as a plain Hugging Face checkpoint (safetensors "
-        "weights in the original dtype, config, tokenizer; nothing else of the original model's folder).")
+        "weights in the original dtype or --dtype, config, tokenizer; nothing else of the original model's folder).")
     export.add_argument("--workdir", required=True, help=WORKDIR_HELP)
-    export.add_argument("--out", required=True)
-    export.add_argument("--dtype", default=None, help="dtype to write (default: the original model's)")
+    export.add_argument("--out", required=True, help="folder to write the model to (new; --force replaces it): load it with "
+                        "from_pretrained like any Hugging Face model")
+    export.add_argument("--dtype", default=None, help="dtype to write: float32, bfloat16 or float16 (default: the original model's)")
     export.add_argument("--force", action="store_true", help="replace OUT if it exists")
     export.add_argument("--allow-unaggregated", action="store_true", help="export even though no round was aggregated yet (the original model)")
+    add_progress_argument(export)
     export.set_defaults(func=_export)
 
     status = commands.add_parser(
@@ -143,23 +148,64 @@ def register(subparsers) -> None:
         "published, and each aggregated round's update and step norms. Nothing secret is printed.")
     status.add_argument("--workdir", required=True, help=WORKDIR_HELP)
     status.add_argument("--json", action="store_true", help="print the state as JSON (for scripts) instead of the summary")
+    add_progress_argument(status, draws="accepted for scripts that pass it to every server subcommand (status draws no bar)")
     status.set_defaults(func=_status)
 
 
 def _init(args) -> int:
     from mpu.server.init import describe_attack_floor, init_server
 
-    state = init_server(args.workdir, args.model, args.base, server_config_from_args(args))
+    config = server_config_from_args(args)
+    check_new_workdir(args.workdir)
+    check_model_argument("--model", args.model)
+    if args.base is not None:
+        check_model_argument("--base", args.base)
+    state = init_server(args.workdir, args.model, args.base, config, progress=not args.no_progress)
     print(f"initialised {args.workdir}: {state.model_type}, m={state.config.copies}, kappa={state.config.kappa}, R={state.config.rounds}")
     print(describe_attack_floor(state.config, has_base=args.base is not None))
     return 0
+
+
+def check_new_workdir(workdir: str) -> None:
+    """Refuse, before anything is read or written, a ``--workdir`` that ``init`` cannot create: a file, a
+    folder that is already a work directory (init never overwrites one: it holds the round secrets) or
+    another non-empty folder. The message names the folder and what to do instead."""
+    path = Path(workdir)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise MPUError(f"--workdir {path}: exists and is not a folder; pass a new folder for the work directory")
+    if not any(path.iterdir()):
+        return
+    if (path / "state.json").is_file():
+        raise MPUError(f"--workdir {path}: already an mpu server work directory, left unchanged (init never overwrites "
+                       f"one and has no --force: it holds the model and the round secrets). Continue it with `mpu server "
+                       f"status --workdir {path}` / `publish`, or start over with a new --workdir")
+    raise MPUError(f"--workdir {path}: folder exists and is not empty, left unchanged (init has no --force and never "
+                   "writes into a non-empty folder); pass a new or empty folder")
+
+
+def check_model_argument(flag: str, value: str) -> None:
+    """Refuse, before anything is written, a ``--model``/``--base`` that looks like a local path but is
+    no checkpoint folder, naming the flag, the path and what it takes. A hub id is left to the hub."""
+    path = Path(value).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise MPUError(f"{flag} {value}: not a model directory (no config.json); expected {MODEL_EXPECTED}")
+        return
+    if path.exists():
+        raise MPUError(f"{flag} {value}: a file, not a model directory; expected {MODEL_EXPECTED}")
+    # a hub id is org/name; a missing path whose folder exists here (models/typo) is a mistyped local path
+    if (value.startswith((".", "/", "~")) or value.count("/") > 1 or value.endswith("/")
+            or ("/" in value and path.parent.is_dir())):
+        raise MPUError(f"{flag} {value}: no such model directory; expected {MODEL_EXPECTED}")
 
 
 def _publish(args) -> int:
     from mpu.server.publish import publish
 
     apply_threads(args.threads)
-    report = publish(args.workdir, args.out, replace=args.force)
+    report = publish(args.workdir, args.out, replace=args.force, progress=not args.no_progress)
     print(f"round {report.round}: published {len(report.copies)} copies to {report.out_dir}")
     print("transforms: " + "; ".join(report.transforms))
     if report.blocks:
@@ -175,7 +221,8 @@ def _aggregate(args) -> int:
     from mpu.server.aggregate import aggregate
 
     apply_threads(args.threads)
-    report = aggregate(args.workdir, args.returns, allow_mixed=args.allow_mixed, combine=args.combine)
+    report = aggregate(args.workdir, args.returns, allow_mixed=args.allow_mixed, combine=args.combine,
+                       progress=not args.no_progress)
     print(f"round {report.round} aggregated {len(report.update_norms)} update(s) ({report.round} of {report.rounds} rounds done); new model at {report.model_dir}")
     for copy_id, norm in sorted(report.update_norms.items()):
         group, ratio = report.max_block_ratio[copy_id]
@@ -213,7 +260,8 @@ def _combine_rule(name: str) -> str:
 def _export(args) -> int:
     from mpu.server.export import export, rounds_note
 
-    out = export(args.workdir, args.out, args.dtype, replace=args.force, allow_unaggregated=args.allow_unaggregated)
+    out = export(args.workdir, args.out, args.dtype, replace=args.force, allow_unaggregated=args.allow_unaggregated,
+                 progress=not args.no_progress)
     print(f"exported the model ({rounds_note(args.workdir)}) to {out}")
     return 0
 

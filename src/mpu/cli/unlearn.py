@@ -86,6 +86,26 @@ def learning_rate_hint(model_dir: str | Path, learning_rate: float) -> str | Non
             "(per-method rates in docs/results.md): set --learning-rate")
 
 
+def check_model_dir(model: str) -> None:
+    """Refuse a ``--model`` that is not a local Hugging Face model folder before anything runs, saying
+    what to pass instead (a hub id: download it first; a publication: one of its copies or
+    ``mpu client unlearn``; a file: its folder)."""
+    path = Path(model)
+    if (path / "config.json").is_file():
+        return
+    if path.is_file():
+        raise MPUError(f"--model {path}: a file; pass the model's folder ({path.parent} if this is its {path.name})")
+    if path.is_dir():
+        if (path / "manifest.json").is_file() and any(path.glob("copy-*")):
+            raise MPUError(f"--model {path}: a publication of `mpu server publish`, not a model; the data owner's side "
+                           "is `mpu client unlearn --inbox " + str(path) + "`")
+        raise MPUError(f"--model {path}: not a Hugging Face model directory (no config.json)")
+    looks_like_hub_id = model.count("/") == 1 and not model.startswith((".", "/", "~"))
+    raise MPUError(f"--model {path}: no such model directory" + (
+        f"; mpu unlearn reads local folders: download the hub model with `hf download {model} --local-dir DIR` "
+        "and pass --model DIR" if looks_like_hub_id else ""))
+
+
 def run(args: argparse.Namespace) -> int:
     """``mpu unlearn``: refuse an existing --out unless --overwrite, read the rows, then
     :func:`mpu.methods.unlearn_model` (load, unlearn, save with ``unlearn_summary.json``)."""
@@ -99,10 +119,8 @@ def run(args: argparse.Namespace) -> int:
         raise MPUError(f"{out} exists; pass --overwrite to replace it")
     forget = load_qa_rows(args.forget)
     retain = load_qa_rows(args.retain) if args.retain else None
-    hint = learning_rate_hint(args.model, training.learning_rate)
+    check_model_dir(args.model)   # before anything is printed: a wrong --model gets its message alone
     main = int(os.environ.get("RANK", "0")) == 0  # one line per run, not per process
-    if hint and main:
-        print(hint, file=sys.stderr)
     if main:
         logger.info("unlearning %d forget rows%s with %s: %s", len(forget),
                     f" ({len(retain)} retain rows)" if retain else "", method, hparams)
@@ -110,5 +128,9 @@ def run(args: argparse.Namespace) -> int:
     result = unlearn_model(args.model, job, out, dtype=args.dtype, summary={"base_model": str(args.model)})
     if result.is_main_process:
         logger.info("%s: %d steps in %.1f s, loss %s -> %s; wrote %s", method, result.steps, result.seconds,
-                    f"{result.losses[0]:.4f}" if result.losses else "-", f"{result.losses[-1]:.4f}" if result.losses else "-", out)
+                    f"{result.losses[0]:.4g}" if result.losses else "-", f"{result.losses[-1]:.4g}" if result.losses else "-", out)
+        # After the run, not before: a failure elsewhere gets its own message without this one in front of it.
+        hint = learning_rate_hint(args.model, training.learning_rate)
+        if hint:
+            print(hint, file=sys.stderr)
     return 0

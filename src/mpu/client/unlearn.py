@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -22,10 +23,11 @@ from mpu.checkpoint.files import MAX_MANIFEST_BYTES
 from mpu.client.inbox import Publication, PublishedCopy, read_publication
 from mpu.client.update import loss_summary, write_dense_update, write_lora_update
 from mpu.errors import InputError, MPUError
-from mpu.methods import TrainingOptions
+from mpu.methods import TrainingConfig
 from mpu.methods.job import UnlearnJob
 from mpu.methods.training import frozen_gc
 from mpu.protocol import PUBLICATION_MANIFEST, UPDATE_MANIFEST, UpdateManifest, update_folder
+from mpu.quiet import quiet_transformers
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +45,16 @@ class CopyResult:
 
 
 def unlearn_publication(inbox: str | Path, job: UnlearnJob, out_dir: str | Path, *, copy_ids: list[int] | None = None,
-                        return_lora: bool = False, reference_inbox: str | Path | None = None, overwrite: bool = False,
+                        return_lora: bool = False, reference_model_inbox: str | Path | None = None, overwrite: bool = False,
                         resume: bool = False) -> list[CopyResult]:
     """Run ``job`` on each selected copy of the publication in ``inbox`` and write its update under ``out_dir``.
 
     Each copy is an independent run of ``job``: its own training seed (:func:`copy_seed`), DP-SGD's
     epsilon counted over the round's m copies, and ``job.reference`` replaced by the copy's reference
-    (below). ``copy_ids``: the 1-based copies to train (default: all). ``return_lora``: return the
+    model (below). ``copy_ids``: the 1-based copies to train (default: all). ``return_lora``: return the
     LoRA factors instead of the dense Delta' (needs ``training.lora_rank > 0``).
 
-    ``reference_inbox``: an earlier publication of the same run (normally round 1's). Reference-model
+    ``reference_model_inbox``: an earlier publication of the same run (normally round 1's). Reference-model
     methods then compare copy k with copy k *as received in that round* instead of with this round's
     copy, so the reference stays fixed across rounds as in noise-free unlearning, where it is the
     original model. Without it, every round's reference is that round's copy and multi-round methods
@@ -60,14 +62,14 @@ def unlearn_publication(inbox: str | Path, job: UnlearnJob, out_dir: str | Path,
 
     An existing ``update-K`` folder is refused (InputError) unless ``overwrite``; with ``resume`` a
     copy whose finished update is for this publication, method and settings is skipped. Every copy
-    (and reference copy) is checked before anything is loaded or trained (``PublishedCopy.verify``);
+    (and reference-model copy) is checked before anything is loaded or trained (``PublishedCopy.verify``);
     a hostile publication raises InputError naming the file. Returns one result per selected copy,
     in copy order.
     """
     publication = read_publication(inbox)
-    references = _reference_publication(reference_inbox, publication) if reference_inbox is not None else None
+    references = _reference_publication(reference_model_inbox, publication) if reference_model_inbox is not None else None
     if references is None and publication.round > 1 and _uses_reference(job):
-        log.warning("%s compares with a reference model, and this is round %d: without --reference-inbox (round 1's "
+        log.warning("%s compares with a reference model, and this is round %d: without --reference-model-inbox (round 1's "
                     "publication) the reference is this round's copy, already partly unlearned, so the method "
                     "forgets less than noise-free unlearning would", job.method, publication.round)
     settings = update_settings(job, return_lora)
@@ -79,24 +81,66 @@ def unlearn_publication(inbox: str | Path, job: UnlearnJob, out_dir: str | Path,
             results.append(finished)
         else:
             todo.append(copy)
-    for copy in todo:  # all checks before the first copy is loaded
-        copy.verify()
+    publication.verify(todo)  # all checks before the first copy is loaded
+    for copy in todo:
         _tokenizer(copy.path)
         if references is not None:
             _reference_copy(references, copy).verify()
-    with frozen_gc():
+    with frozen_gc(), once_per_run("mpu.methods"):   # a warning about the job (no retain set, ...) once, not once per copy
         for copy in todo:
             results.append(_unlearn_one(publication, copy, job, out_dir, return_lora, references, settings))
     return sorted(results, key=lambda result: result.copy_id)
 
 
+def _number(value) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def copy_line(copy_id: int, steps: int, seconds: float, loss: dict, target: Path) -> str:
+    """The one line that reports a trained copy: steps, seconds, first and last loss to 4 significant
+    digits, the update folder. E.g. ``copy 1: 5 steps in 2.3 s, loss 13.94 -> 1.262; wrote U/update-1``."""
+    return (f"copy {copy_id}: {steps} step{'' if steps == 1 else 's'} in {seconds:.1f} s, "
+            f"loss {_number(loss.get('first'))} -> {_number(loss.get('last'))}; wrote {target}")
+
+
+class _Once(logging.Filter):
+    """Lets each distinct message through once."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[tuple[str, int, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.levelno, record.getMessage())
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+@contextmanager
+def once_per_run(logger_name: str):
+    """Within the block, a message of logger ``logger_name`` (or a logger below it) that repeats word for
+    word is logged once: every copy runs the same job, so its warnings would otherwise come m times."""
+    once = _Once()
+    loggers = [logging.getLogger(logger_name)] + [logger for name, logger in logging.Logger.manager.loggerDict.items()
+                                                  if name.startswith(logger_name + ".") and isinstance(logger, logging.Logger)]
+    for logger in loggers:
+        logger.addFilter(once)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(once)
+
+
 def unlearn_copies(inbox: str | Path, forget_rows: list[dict], retain_rows: list[dict] | None, method: str, hparams,
-                   training: TrainingOptions, out_dir: str | Path, copy_ids: list[int] | None = None, return_lora: bool = False,
-                   reference_inbox: str | Path | None = None, *, overwrite: bool = False, resume: bool = False) -> list[CopyResult]:
+                   training: TrainingConfig, out_dir: str | Path, copy_ids: list[int] | None = None, return_lora: bool = False,
+                   reference_model_inbox: str | Path | None = None, *, overwrite: bool = False, resume: bool = False) -> list[CopyResult]:
     """The positional form of :func:`unlearn_publication`, kept for its callers: the job is
     ``UnlearnJob(method, hparams, training, forget_rows, retain_rows)``."""
     job = UnlearnJob(method, hparams, training, forget_rows, retain_rows)
-    return unlearn_publication(inbox, job, out_dir, copy_ids=copy_ids, return_lora=return_lora, reference_inbox=reference_inbox,
+    return unlearn_publication(inbox, job, out_dir, copy_ids=copy_ids, return_lora=return_lora, reference_model_inbox=reference_model_inbox,
                                overwrite=overwrite, resume=resume)
 
 
@@ -128,7 +172,7 @@ def _existing_update(target: Path, publication: Publication, copy: PublishedCopy
             and manifest.get("copy_sha256") == copy.sha256 and manifest.get("round") == publication.round
             and {key: manifest.get(key) for key in settings} == settings)
     if resume and same:
-        log.info("copy %d: finished update in %s, skipped (--resume)", copy.id, target)
+        log.debug("copy %d: finished update in %s, skipped (--resume)", copy.id, target)   # the caller reports it
         return CopyResult(copy.id, target, int(manifest.get("steps", 0)), float(manifest.get("seconds", 0.0)), manifest.get("loss", {}), skipped=True)
     if overwrite:
         return None
@@ -153,7 +197,8 @@ def _tokenizer(copy_dir: Path):
         if len(_TOKENIZERS) >= 4:
             _TOKENIZERS.pop(next(iter(_TOKENIZERS)))
         try:
-            _TOKENIZERS[key] = AutoTokenizer.from_pretrained(copy_dir, trust_remote_code=False)
+            with quiet_transformers(warnings=False):   # the copy was checked; mpu reports each copy itself
+                _TOKENIZERS[key] = AutoTokenizer.from_pretrained(copy_dir, trust_remote_code=False)
         except Exception as err:  # tokenizers and transformers raise many types for a malformed file
             raise InputError(copy_dir, f"cannot load the tokenizer ({type(err).__name__}: {str(err)[:300]})") from None
     return _TOKENIZERS[key]
@@ -162,7 +207,8 @@ def _tokenizer(copy_dir: Path):
 def _load_model(copy_dir: Path) -> torch.nn.Module:
     """The copy's model, never running code shipped with it. Called after ``PublishedCopy.verify``."""
     try:
-        return AutoModelForCausalLM.from_pretrained(copy_dir, dtype=torch.float32, trust_remote_code=False)
+        with quiet_transformers(warnings=False):   # no "Loading weights" bar per copy: one log line per copy says what ran
+            return AutoModelForCausalLM.from_pretrained(copy_dir, dtype=torch.float32, trust_remote_code=False)
     except Exception as err:  # a config or weights that transformers rejects
         raise InputError(copy_dir, f"cannot load the model ({type(err).__name__}: {str(err)[:300]})") from None
 
@@ -175,8 +221,8 @@ def _uses_reference(job: UnlearnJob) -> bool:
     return cls.needs_reference(hp, with_retain=True) or cls.needs_reference(hp, with_retain=False)
 
 
-def _reference_publication(reference_inbox, publication) -> Publication:
-    references = read_publication(reference_inbox)
+def _reference_publication(reference_model_inbox, publication) -> Publication:
+    references = read_publication(reference_model_inbox)
     manifest = references.inbox / PUBLICATION_MANIFEST
     if references.manifest.architecture != publication.manifest.architecture:
         raise InputError(manifest, f"reference publication is a {references.manifest.architecture} model, "
@@ -233,7 +279,7 @@ def _unlearn_one(publication: Publication, copy: PublishedCopy, job: UnlearnJob,
             write_lora_update(result.lora_factors, target, manifest, model)
         else:
             write_dense_update(model, copy.path, target, manifest)
-        log.info("copy %d: %d steps, loss %s -> %s, wrote %s", copy.id, result.steps, manifest.loss["first"], manifest.loss["last"], target)
+        log.info("%s", copy_line(copy.id, result.steps, result.seconds, manifest.loss, target))
     return CopyResult(copy.id, target, result.steps, result.seconds, manifest.loss)
 
 

@@ -175,6 +175,11 @@ def _read_csv(path: Path, text: str) -> Numbered:
     except (StopIteration, csv.Error) as err:
         raise InputError(path, f"line 1: no CSV header ({err})") from None
     header = [name.strip() for name in header]
+    separator = next((sep for sep in (";", "\t", "|") if len(header) == 1 and sep in header[0]), None)
+    if separator is not None:   # a spreadsheet's export in a ';' locale, or a TSV named .csv
+        raise InputError(path, f"line 1: the header {header[0]!r} is one column with {separator!r} inside: the file seems "
+                               f"separated by {separator!r}, but CSV fields are read as separated by ','; save it with ',' "
+                               f"between fields (pandas: pd.read_csv(path, sep={separator!r}).to_csv(path, index=False)) or as JSON lines")
     if not any(header) or len(set(header)) != len(header):
         raise InputError(path, f"line 1: the CSV header needs distinct column names, got {header}")
     rows: Numbered = []

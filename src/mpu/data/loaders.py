@@ -36,13 +36,6 @@ from mpu.errors import InputError, MPUError
 
 log = logging.getLogger(__name__)
 
-# The hub repositories each benchmark reads by default, and the configs a local copy must hold.
-HUB_DEFAULTS = {
-    "tofu": "locuslab/TOFU",
-    "muse": "muse-bench/MUSE-News",
-    "wmdp": "cais/wmdp",
-    "mmlu": "cais/mmlu",
-}
 PROBE_TIMEOUT_S = 3.0
 DATASETS_MARKERS = ("dataset_info.json", "dataset_dict.json", "state.json")
 # Names that releases use besides the hub's: MUSE's GitHub data folder (and older snapshots of it)

@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import weakref
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
@@ -50,6 +51,56 @@ FORMATS = ("chat", "plain")
 TEXT_CHUNK_WORDS = 200
 TEXT_PROMPT_WORDS = 16
 
+
+
+# A chat template is Jinja code that came with the model (for a client: from the other party). Jinja's
+# sandbox stops attribute tricks and caps each loop at 100,000 iterations, but not nested loops or
+# the time they take, so a hostile template could render for hours. A real template renders one
+# conversation in milliseconds; this bound is far above that and far below "hung".
+CHAT_TEMPLATE_SECONDS = 10.0
+
+
+class _RenderTimeout(Exception):
+    pass
+
+
+@contextmanager
+def render_time_limit(seconds: float, source: str):
+    """Raise MPUError naming ``source`` when the body runs longer than ``seconds`` (wall clock).
+
+    Uses SIGALRM (``signal.setitimer``), so the bound applies in the main thread of a Unix process
+    (where every mpu command encodes its data); elsewhere, or when a timer is already set, the body
+    runs unbounded. Jinja rendering is Python code, so the signal interrupts it between bytecodes.
+    """
+    import signal
+    import threading
+
+    usable = (hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+              and signal.getitimer(signal.ITIMER_REAL)[0] == 0)
+    if not usable:
+        yield
+        return
+
+    def _expired(signum, frame):
+        raise _RenderTimeout()
+
+    previous = signal.signal(signal.SIGALRM, _expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    except _RenderTimeout:
+        raise MPUError(f"{source}: the chat template did not render one conversation within {seconds:g} s "
+                       "(a template with runaway loops); refusing it. Choose the prompt format explicitly "
+                       "(--prompt-format plain, or a model name with shipped settings; docs/encoding.md)") from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _template_source(tokenizer) -> str:
+    """Where a tokenizer's chat template comes from, for error messages (its folder's files)."""
+    name = str(getattr(tokenizer, "name_or_path", "") or "")
+    return f"{name}/tokenizer_config.json (chat_template)" if name else "the tokenizer's chat_template"
 
 class Row(dict):
     """A data row (a plain dict) that remembers where it was read: ``where`` is "FILE line N"
@@ -267,12 +318,16 @@ class Encoder:
         messages = ([{"role": "system", "content": fmt.system_prompt}] if fmt.system_prompt else []) + \
                    [{"role": "user", "content": question}]
         options = dict(tokenize=False, chat_template=self._template, date_string=fmt.date_string)
+        source = _template_source(self.tokenizer)
         try:
-            prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, **options)
-            full = None if answer is None else self.tokenizer.apply_chat_template(
-                messages + [{"role": "assistant", "content": answer}], add_generation_prompt=False, **options)
+            with render_time_limit(CHAT_TEMPLATE_SECONDS, source):
+                prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, **options)
+                full = None if answer is None else self.tokenizer.apply_chat_template(
+                    messages + [{"role": "assistant", "content": answer}], add_generation_prompt=False, **options)
+        except MPUError:
+            raise
         except Exception as err:  # jinja's TemplateError (raise_exception), missing roles, ...
-            raise MPUError(f"the chat template cannot render this conversation "
+            raise MPUError(f"{source}: the chat template cannot render this conversation "
                            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
         if full is not None and not full.startswith(prompt):
             raise MPUError("the chat template renders the generation prompt differently from the conversation "
@@ -383,11 +438,6 @@ def encoder_for(tokenizer, fmt: PromptFormat | None = None, policy: LengthPolicy
     if key not in per_tokenizer:
         per_tokenizer[key] = Encoder(tokenizer, fmt, policy)
     return per_tokenizer[key]
-
-
-def format_prompt(tokenizer, question: str, fmt: PromptFormat | None = None) -> str:
-    """The text the model sees before the answer, under ``fmt`` (default: the chat template)."""
-    return encoder_for(tokenizer, fmt).render(question)[0]
 
 
 def encode_qa(tokenizer, question: str, answer: str, max_length: int = 2048, fmt: PromptFormat | None = None,

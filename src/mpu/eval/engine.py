@@ -18,6 +18,7 @@ import torch
 
 from mpu.data.qa import IGNORE_INDEX
 from mpu.errors import MPUError
+from mpu.quiet import quiet_transformers
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,9 @@ def load_model(model_dir: str | Path, device: str | torch.device | None = None, 
     # Eager attention is 2-3x faster than SDPA for small models on CPU; on GPU keep the default.
     extra = {"attn_implementation": "eager"} if device.type == "cpu" else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype, **extra)
+        with quiet_transformers():   # no "Loading weights" bar: the evaluation reports each model itself
+            tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+            model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype, **extra)
     except (OSError, ValueError) as err:
         if not (Path(model_dir) / "config.json").is_file():
             raise MPUError(f"{model_dir}: not a model directory (no config.json)") from None

@@ -13,6 +13,7 @@ import math
 import os
 import re
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from mpu.data.loaders import DataUnavailableError, ResolvedData, require_fields,
 from mpu.errors import InputError, MPUError
 from mpu.eval.context import EvalContext, EvalDataset, MetricUnavailable, check_same_encoding
 from mpu.eval.metrics import METRICS
+from mpu.eval.provenance import model_data  # noqa: F401  (re-exported: mpu.eval.evaluator.model_data)
 from mpu.eval.suites import default_suite, wmdp_metric_key
 
 log = logging.getLogger(__name__)
@@ -263,90 +265,30 @@ def _tokenizer_mismatch(tokenizer, reference_tokenizer, model_dir, retain_model)
             f"dataset's tokenizer (mpu finetune does: docs/data.md)")
 
 
-FINETUNE_RECORD = "mpu_finetune.json"      # written by `mpu finetune` beside the model: its training data
-UNLEARN_SUMMARY = "unlearn_summary.json"   # written by `mpu unlearn`: names the model it started from
+@dataclass
+class _SuiteData:
+    """A suite resolved against the data: the datasets that exist, the metrics to compute, the keys
+    the summary keeps, and the suite datasets the local copy lacks (name -> why)."""
+
+    suite: dict
+    resolved: ResolvedData
+    datasets: dict[str, EvalDataset]
+    metrics: dict
+    summary_keys: list[str]
+    missing: dict[str, str]
 
 
-def _recorded(model_dir: Path) -> tuple[dict, Path] | None:
-    """The finetune record of ``model_dir``, or of the model its ``unlearn_summary.json`` names."""
-    for folder in (model_dir, None):
-        if folder is None:
-            summary = model_dir / UNLEARN_SUMMARY
-            if not summary.is_file():
-                return None
-            try:
-                base = json.loads(summary.read_text(encoding="utf-8")).get("base_model")
-            except (OSError, ValueError):
-                return None
-            if not isinstance(base, str):
-                return None
-            folder = Path(base)
-        record = folder / FINETUNE_RECORD
-        if record.is_file():
-            try:
-                content = json.loads(record.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as err:
-                raise InputError(record, f"unreadable training record ({err})") from None
-            if isinstance(content, dict):
-                return content, record
-    return None
+@dataclass
+class _RetainReference:
+    """What the retain model (a checkpoint never trained on the forget set) contributes: its logs of
+    the metrics that compare against it (forget_quality, privleak; ``{}`` without one), the model
+    itself for mia_reference (None when not given or unusable: ``unavailable`` says why), and the
+    encoding its logs were computed with (None when unknown)."""
 
-
-def _vocab(tokenizer_json: Path) -> dict | None:
-    from tokenizers import Tokenizer
-
-    try:
-        return Tokenizer.from_file(str(tokenizer_json)).get_vocab()
-    except Exception:  # a missing or foreign tokenizer file simply does not match
-        return None
-
-
-def _builtin_with_tokenizer(model_dir: Path) -> Path | None:
-    """The cached built-in dataset (under ``$MPU_CACHE``) whose tokenizer ``model_dir`` uses: every
-    model trained on a built-in dataset shares its tokenizer, and the datasets' tokenizers differ."""
-    from mpu.data.builtin import cache_root, read_manifest
-
-    ours = _vocab(model_dir / "tokenizer.json")
-    if not ours:
-        return None
-    root = cache_root()
-    candidates = sorted(root.glob("builtin-v*"), key=lambda path: (len(path.name), path.name)) if root.is_dir() else []
-    for folder in candidates:
-        manifest = read_manifest(folder) if folder.is_dir() else None
-        if manifest and _vocab(folder / manifest.get("tokenizer", "tokenizer") / "tokenizer.json") == ours:
-            return folder
-    return None
-
-
-def model_data(model_dir: str | Path, benchmark: str, data: str | Path | None = None) -> tuple[str | None, str]:
-    """Which data to evaluate ``model_dir`` on, and a line saying which and why.
-
-    In order: ``data`` when given; the data recorded in the model's ``mpu_finetune.json`` (or in
-    that of the model its ``unlearn_summary.json`` names), when it was trained on ``benchmark``; the
-    cached built-in dataset whose tokenizer the model uses (an exported or unlearned model carries no
-    record, but keeps its tokenizer); else the default built-in benchmark (None). Raises InputError
-    when the recorded data no longer exists.
-    """
-    if data is not None:
-        return str(data), f"data: {data} (--data)"
-    model_dir = Path(model_dir)
-    found = _recorded(model_dir)
-    if found is not None:
-        record, path = found
-        trained_on = (record.get("metrics") or {}).get("benchmark")
-        recorded = record.get("data")
-        if isinstance(recorded, str) and trained_on in (None, benchmark):
-            if not Path(recorded).expanduser().is_dir():
-                raise InputError(path, f"records its training data at {recorded}, which does not exist any more; "
-                                       "pass --data")
-            return recorded, f"data: {recorded} (recorded in {path})"
-    if model_dir.is_dir():
-        builtin = _builtin_with_tokenizer(model_dir)
-        if builtin is not None:
-            return str(builtin), (f"data: {builtin} (the cached built-in dataset whose tokenizer {model_dir} uses; "
-                                  "pass --data to choose another)")
-    return None, (f"data: the default built-in benchmark ({model_dir} records no training data and uses no cached "
-                  "built-in dataset's tokenizer; pass --data to choose)")
+    logs: dict = field(default_factory=dict)
+    model: Any = None
+    unavailable: str | None = None
+    encoding: dict | None = None
 
 
 def evaluate(
@@ -377,86 +319,122 @@ def evaluate(
     ("default": the suite's, None: skip). ``prompt_format`` (default ``auto``: a known target's shipped
     settings, else the chat template), ``max_length`` (default: the model's context) and ``truncate``
     are the encoding (docs/encoding.md); it is recorded in ``<BENCH>_EVAL_CONFIG.json`` and retain
-    logs or a retain model evaluated with another one are refused.
+    logs or a retain model evaluated with another one are refused (MPUError), as is giving both.
     """
-    encoding_options = dict(prompt_format=prompt_format, max_length=max_length, truncate=truncate)
     from mpu.eval.engine import load_model
 
     if retain_model is not None and retain_logs is not None:
         raise MPUError("give --retain-model or --retain-logs, not both")
     started = time.perf_counter()
-    suite = load_suite(benchmark, config)
-    if benchmark == "tofu":
-        suite["forget_split"] = forget_split or suite.get("forget_split") or "forget10"
-    resolved = resolve_source(data, benchmark)
-    missing: dict[str, str] = {}   # suite dataset -> why the local copy lacks it
-    if benchmark == "wmdp":
-        datasets, metrics = build_wmdp(suite, resolved, mmlu)
-        summary_keys = list(metrics)
-    else:
-        datasets = build_datasets(suite, resolved, missing)
-        metrics, summary_keys = suite["metrics"], suite["summary"]
-    batch_size = batch_size or suite.get("batch_size", 32)
-
+    suite_data = _suite_data(benchmark, config, forget_split, data, mmlu)
+    batch_size = batch_size or suite_data.suite.get("batch_size", 32)
     model, tokenizer = load_model(model_dir, device=device, dtype=dtype)
-    if encoding_options["prompt_format"] is None or isinstance(encoding_options["prompt_format"], str):
-        # one format for the model and its retain model: the one the model records (mpu unlearn's
-        # summary), else the model's shipped settings (by its name or directory), else its chat template
-        from mpu.data.templates import recorded_format, resolve_format
-
-        spec = encoding_options["prompt_format"] or "auto"
-        encoding_options["prompt_format"] = (spec == "auto" and recorded_format(model_dir)) or \
-            resolve_format(spec, model_name=str(model_dir))
-    reference_logs: dict = {}
-    reference_model = None
-    needed = _reference_keys(metrics)
+    encoding = dict(prompt_format=_prompt_format(prompt_format, model_dir), max_length=max_length, truncate=truncate)
     if retain_logs is not None:
-        reference_logs = _load_retain_logs(retain_logs)
+        retain = _RetainReference(_load_retain_logs(retain_logs))
     elif retain_model is not None:
-        reference_model, reference_tokenizer = load_model(retain_model, device=device, dtype=dtype)
-        reference_datasets = datasets
-        ref_ctx = EvalContext(reference_model, reference_tokenizer, reference_datasets, batch_size, **encoding_options)
-        reference_logs = run_metrics(ref_ctx, metrics, keys=needed, progress=progress, desc=f"{benchmark} retain model")
-        reference_unavailable = _tokenizer_mismatch(tokenizer, reference_tokenizer, model_dir, retain_model)
-        if reference_unavailable:
-            log.warning("%s", reference_unavailable)
-            reference_model = None
+        retain = _evaluate_retain_model(retain_model, suite_data, batch_size, encoding, device, dtype, progress,
+                                        model_dir, tokenizer, benchmark)
+    else:
+        retain = _RetainReference()
 
-    ctx = EvalContext(model, tokenizer, datasets, batch_size, reference_model=reference_model, **encoding_options)
+    ctx = EvalContext(model, tokenizer, suite_data.datasets, batch_size, reference_model=retain.model, **encoding)
+    # One encoding for the model and its reference, else their losses do not compare.
     if retain_logs is not None:
         check_same_encoding(ctx.encoding_record(), _retain_logs_encoding(retain_logs), str(retain_logs))
     elif retain_model is not None:
-        check_same_encoding(ctx.encoding_record(), ref_ctx.encoding_record(), str(retain_model))
-    ctx.missing = missing
-    if retain_model is not None and reference_model is None:
-        ctx.reference_unavailable = reference_unavailable
-    skipped: dict[str, str] = {}
-    logs = run_metrics(ctx, metrics, reference_logs=reference_logs, progress=progress, desc=f"{benchmark} eval",
-                       skipped=skipped)
-    for name, why in missing.items():
-        log.warning("no %s data: %s", name, why)
-    if skipped:
-        log.warning("skipped %d metric(s): %s", len(skipped), "; ".join(f"{key}: {why}" for key, why in skipped.items()))
+        check_same_encoding(ctx.encoding_record(), retain.encoding, str(retain_model))
+    ctx.missing = suite_data.missing
+    if retain.unavailable:
+        ctx.reference_unavailable = retain.unavailable
+    logs, skipped = _run_suite(ctx, suite_data, retain.logs, progress, benchmark)
     if retain_logs is not None:
-        _check_reference(reference_logs, logs, str(retain_logs))
-    summary = {key: logs[key]["agg_value"] for key in summary_keys if key in logs}
+        _check_reference(retain.logs, logs, str(retain_logs))
+    summary = {key: logs[key]["agg_value"] for key in suite_data.summary_keys if key in logs}
     summary = _clean(json.loads(json.dumps(summary, default=_json_default)))
     elapsed = time.perf_counter() - started
 
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        name = benchmark.upper()
-        write_json(out / f"{name}_EVAL.json", logs)
-        write_json(out / f"{name}_SUMMARY.json", summary)
-        write_json(out / f"{name}_EVAL_CONFIG.json", {
-            "model": str(model_dir), "benchmark": benchmark, "data": resolved.description,
-            "forget_split": suite.get("forget_split") if benchmark == "tofu" else None,
+        _write_outputs(Path(out_dir), benchmark, logs, summary, {
+            "model": str(model_dir), "benchmark": benchmark, "data": suite_data.resolved.description,
+            "forget_split": suite_data.suite.get("forget_split") if benchmark == "tofu" else None,
             "retain_model": str(retain_model) if retain_model else None,
             "retain_logs": str(retain_logs) if retain_logs else None,
             "batch_size": batch_size, "device": str(next(model.parameters()).device), "dtype": dtype,
-            "seconds": round(elapsed, 2), "suite": {**suite, "metrics": metrics},
-            "missing_data": missing, "skipped_metrics": skipped, "encoding": ctx.encoding_record(),
+            "seconds": round(elapsed, 2), "suite": {**suite_data.suite, "metrics": suite_data.metrics},
+            "missing_data": suite_data.missing, "skipped_metrics": skipped, "encoding": ctx.encoding_record(),
         })
     log.info("%s evaluation of %s took %.1f s", benchmark, model_dir, elapsed)
     return summary
+
+
+# Steps of evaluate -------------------------------------------------------------------------------
+
+
+def _suite_data(benchmark: str, config, forget_split: str | None, data, mmlu: str | None) -> _SuiteData:
+    """Load the suite (``config`` over the benchmark's default), fix TOFU's forget split (the
+    argument, else the suite's, else forget10), resolve ``data`` and load the datasets. WMDP builds
+    its metrics from the subsets the data holds, and all of them are headline keys."""
+    suite = load_suite(benchmark, config)
+    if benchmark == "tofu":
+        suite["forget_split"] = forget_split or suite.get("forget_split") or "forget10"
+    resolved = resolve_source(data, benchmark)
+    missing: dict[str, str] = {}
+    if benchmark == "wmdp":
+        datasets, metrics = build_wmdp(suite, resolved, mmlu)
+        return _SuiteData(suite, resolved, datasets, metrics, list(metrics), missing)
+    datasets = build_datasets(suite, resolved, missing)
+    return _SuiteData(suite, resolved, datasets, suite["metrics"], suite["summary"], missing)
+
+
+def _prompt_format(prompt_format, model_dir: str | Path):
+    """The prompt format for the model and its retain model alike: a PromptFormat is kept; a name
+    (None: ``auto``) resolves to the one the model records (mpu unlearn's summary) when ``auto``, else
+    to the model's shipped settings (by its name or directory), else its chat template."""
+    if prompt_format is not None and not isinstance(prompt_format, str):
+        return prompt_format
+    from mpu.data.templates import recorded_format, resolve_format
+
+    spec = prompt_format or "auto"
+    return (spec == "auto" and recorded_format(model_dir)) or resolve_format(spec, model_name=str(model_dir))
+
+
+def _evaluate_retain_model(retain_model, suite_data: _SuiteData, batch_size: int, encoding: dict, device, dtype: str,
+                           progress: bool, model_dir, tokenizer, benchmark: str) -> _RetainReference:
+    """Load the retain model and compute the metrics the suite compares against it, on the same
+    datasets and encoding. It serves mia_reference only when it shares the model's tokenizer (the
+    attack subtracts per-token losses); otherwise a warning says why and the model is dropped."""
+    from mpu.eval.engine import load_model
+
+    model, retain_tokenizer = load_model(retain_model, device=device, dtype=dtype)
+    ctx = EvalContext(model, retain_tokenizer, suite_data.datasets, batch_size, **encoding)
+    logs = run_metrics(ctx, suite_data.metrics, keys=_reference_keys(suite_data.metrics), progress=progress,
+                       desc=f"{benchmark} retain model")
+    unavailable = _tokenizer_mismatch(tokenizer, retain_tokenizer, model_dir, retain_model)
+    if unavailable:
+        log.warning("%s", unavailable)
+        model = None
+    return _RetainReference(logs, model, unavailable, ctx.encoding_record())
+
+
+def _run_suite(ctx: EvalContext, suite_data: _SuiteData, reference_logs: dict, progress: bool, benchmark: str) -> tuple[dict, dict]:
+    """Every metric of the suite on ``ctx``: (logs: key -> result, skipped: key -> why), with a
+    warning per dataset the data lacks and one listing the skipped metrics."""
+    skipped: dict[str, str] = {}
+    logs = run_metrics(ctx, suite_data.metrics, reference_logs=reference_logs, progress=progress,
+                       desc=f"{benchmark} eval", skipped=skipped)
+    for name, why in suite_data.missing.items():
+        log.warning("no %s data: %s", name, why)
+    if skipped:
+        log.warning("skipped %d metric(s): %s", len(skipped), "; ".join(f"{key}: {why}" for key, why in skipped.items()))
+    return logs, skipped
+
+
+def _write_outputs(out: Path, benchmark: str, logs: dict, summary: dict, record: dict) -> None:
+    """``<BENCH>_EVAL.json`` (every result), ``<BENCH>_SUMMARY.json`` (headline values) and
+    ``<BENCH>_EVAL_CONFIG.json`` (``record``: what was evaluated, how), each written atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    name = benchmark.upper()
+    write_json(out / f"{name}_EVAL.json", logs)
+    write_json(out / f"{name}_SUMMARY.json", summary)
+    write_json(out / f"{name}_EVAL_CONFIG.json", record)

@@ -186,11 +186,11 @@ def forget_quality(ctx: EvalContext, pre_compute: dict, reference_logs: dict | N
     model's (None without the retain model or its logs)."""
     from scipy.stats import ks_2samp
 
-    reference = (reference_logs or {}).get("retain")
-    if not reference:
+    retain = (reference_logs or {}).get("retain")  # the retain model's logs
+    if not retain:
         return {"agg_value": None, "note": "no retain model logs: pass --retain-model or --retain-logs"}
     ours = [v["score"] for v in pre_compute["forget"]["value_by_index"].values()]
-    theirs = [v["score"] for v in reference["value_by_index"].values()]
+    theirs = [v["score"] for v in retain["value_by_index"].values()]
     return {"agg_value": float(ks_2samp(ours, theirs).pvalue)}
 
 
@@ -387,10 +387,10 @@ def privleak(ctx: EvalContext, pre_compute: dict, reference_logs: dict | None = 
     """((1 - AUC) - (1 - AUC_retain)) / (1 - AUC_retain) * 100 from the MinK attack; without the
     retain model's logs AUC_retain = ``ref_value`` (OpenUnlearning's default, 0.5)."""
     score = pre_compute["forget"]["agg_value"]
-    reference = (reference_logs or {}).get("retain")
-    ref = reference["agg_value"] if reference else ref_value
+    retain = (reference_logs or {}).get("retain")  # the retain model's logs
+    ref = retain["agg_value"] if retain else ref_value
     result = {"agg_value": ((1 - score) - (1 - ref)) / ((1 - ref) + EPS) * 100}
-    if not reference:
+    if not retain:
         result["note"] = f"no retain model logs; AUC_retain taken as {ref_value}"
     return result
 
@@ -403,11 +403,11 @@ def rel_diff(ctx: EvalContext, pre_compute: dict, reference_logs: dict | None = 
     access name ``retain``); without the retain model's logs ref = ``ref_value``. privleak is this on
     1 - AUC (MUSE reports MIA AUCs that way round). None when the score is None."""
     score = pre_compute["forget"]["agg_value"]
-    reference = (reference_logs or {}).get("retain")
-    ref = reference["agg_value"] if reference else ref_value
+    retain = (reference_logs or {}).get("retain")  # the retain model's logs
+    ref = retain["agg_value"] if retain else ref_value
     result = {"agg_value": None if score is None or ref is None else (score - ref) / (ref + EPS) * 100}
-    if not reference:
-        result["note"] = f"no retain model logs; reference value taken as {ref_value}"
+    if not retain:
+        result["note"] = f"no retain model logs; the retain value taken as {ref_value}"
     return result
 
 

@@ -8,24 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from mpu.client import CLIENT_REFERENCES
+from mpu.client import REFERENCE_MODEL_ROUNDS
 from mpu.errors import MPUError
 
 CONFIG_DIR = Path(os.environ.get("MPU_CONFIGS") or Path(__file__).resolve().parents[3] / "configs")
 
-MPU_KEYS = {
-    "enabled", "m", "kappa", "R", "E", "eta", "alphas", "alpha_max", "independent_noise", "noise_scope",
-    "publish_dtype", "max_update_ratio", "seed", "reparam", "keep_exchange", "keep_server", "client_reference",
-    "sigma_reference",
-}
-SIGMA_REFERENCES = ("task-vector", "weights")
-DATA_KEYS = {"source", "forget_split", "retain_split", "forget_file", "retain_file", "text_chunk_words", "text_prompt_words"}
-MODEL_KEYS = {"target", "retain", "base"}
-EVALUATION_KEYS = {"enabled", "batch_size", "device", "dtype", "reference_models"}
+SIGMA_FROM = ("task-vector", "weights")
+MODEL_KEYS = ("target", "retain", "base")
 BUILTIN = "builtin"
 
 
@@ -36,6 +29,9 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "train", co
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
+    from mpu.experiments.schema import register_configs
+
+    register_configs()
     directory = Path(config_dir or CONFIG_DIR).resolve()
     if not directory.is_dir():
         raise MPUError(f"{directory}: no configs directory (set MPU_CONFIGS to the repository's configs/)")
@@ -57,21 +53,6 @@ def to_plain(node) -> Any:
     return node
 
 
-def _section(cfg: dict, name: str, keys: set[str] | None = None, required: bool = True) -> dict:
-    value = cfg.get(name)
-    if value is None:
-        if required:
-            raise MPUError(f"the config has no {name!r} section")
-        return {}
-    if not isinstance(value, dict):
-        raise MPUError(f"config {name!r} must be a mapping, got {value!r}")
-    if keys is not None:
-        unknown = sorted(set(value) - keys)
-        if unknown:
-            raise MPUError(f"unknown config key {name}.{unknown[0]}; valid keys: {', '.join(sorted(keys))}")
-    return value
-
-
 def _positive_int(value: Any, key: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < minimum:
         raise MPUError(f"{key} must be an integer >= {minimum}, got {value!r}")
@@ -79,13 +60,14 @@ def _positive_int(value: Any, key: str, minimum: int = 1) -> int:
 
 
 @dataclass
-class ExperimentSettings:
-    """Everything one run needs, validated."""
+class ExperimentConfig:
+    """Everything one run needs, validated. Its values come from the composed config, whose defaults are
+    the schema's (:mod:`mpu.experiments.schema`): none are written here."""
 
     mode: str                      # "mpu" or "baseline"
     method: str
     hparams: Any                   # the method's Hparams dataclass
-    training: Any                  # TrainingOptions; epochs = E (MPU, per round) or R*E (baseline)
+    training: Any                  # TrainingConfig; epochs = E (MPU, per round) or R*E (baseline)
     rounds: int                    # R
     epochs_per_round: float        # E
     seed: int
@@ -98,15 +80,15 @@ class ExperimentSettings:
     model_config: dict[str, Any] | None
     suite: dict[str, Any] | None    # the eval suite (configs/eval/<bench>.yaml), None: the package's
     evaluation: dict[str, Any]
-    save_model: bool = True
-    progress: bool = False
-    threads: int | None = None
-    keep_exchange: bool = False
-    keep_server: bool = False
-    client_reference: str = "first"  # reference of reference-model methods: round 1's copies, or each round's
-    finetune_from_base: dict[str, Any] | None = None  # ... when fine-tuned from the base (model.from_base.<bench>)
-    sigma_reference: str = "task-vector"  # noise scale: kappa * RMS of the task vector (needs model.base) or of the weights
-    method_config: dict[str, Any] = field(default_factory=dict)
+    save_model: bool
+    progress: bool
+    threads: int | None
+    keep_exchange: bool
+    keep_server: bool
+    reference_model_round: str     # whose copy is the reference model: round 1's, or each round's own
+    finetune_from_base: dict[str, Any] | None  # ... when fine-tuned from the base (model.from_base.<bench>)
+    sigma_from: str                # noise scale: kappa * RMS of the task vector (needs model.base) or of the weights
+    method_config: dict[str, Any]
 
     @property
     def epochs_total(self) -> float:
@@ -122,17 +104,14 @@ class ExperimentSettings:
 
 
 def training_settings(trainer: dict, epochs: float, seed: int):
-    """(method, hparams, TrainingOptions) of a ``trainer`` section, with ``epochs`` and ``seed`` set.
+    """(method, hparams, TrainingConfig) of a ``trainer`` section, with ``epochs`` and ``seed`` set.
 
-    Precedence, lowest first: TrainingOptions defaults < the method's ``training_defaults`` <
+    Precedence, lowest first: TrainingConfig defaults < the method's ``training_defaults`` <
     ``trainer.training``. The schedule owns ``epochs`` and the run owns ``seed``: setting them under
     ``trainer.training`` is an error rather than a value that would silently lose.
     """
     from mpu.methods import METHODS, method_hparams, training_options
 
-    unknown = sorted(set(trainer) - {"method", "hparams", "training", "schedule"})
-    if unknown:
-        raise MPUError(f"unknown config key trainer.{unknown[0]}; valid keys: hparams, method, schedule, training")
     method = trainer.get("method")
     if not method or not isinstance(method, str):
         raise MPUError(f"trainer.method must be one of {', '.join(METHODS.names())}, got {method!r}")
@@ -141,7 +120,7 @@ def training_settings(trainer: dict, epochs: float, seed: int):
     except MPUError as err:
         raise MPUError(f"trainer.method: {err}") from None
     hparams = method_hparams(method, trainer.get("hparams") or {}, {key: "trainer.hparams" for key in trainer.get("hparams") or {}})
-    given = dict(trainer.get("training") or {})
+    given = {key: value for key, value in (trainer.get("training") or {}).items() if value is not None}  # None: not set
     if given.pop("epochs", None) is not None:
         raise MPUError("trainer.training.epochs is set by the schedule: use mpu.E (epochs per MPU round; "
                        "the noise-free baseline trains mpu.R * mpu.E epochs) and mpu.R")
@@ -155,106 +134,91 @@ def training_settings(trainer: dict, epochs: float, seed: int):
     return method, hparams, training_options(training, sources)
 
 
-# The ``mpu`` config keys that are ServerConfig fields under another name; the others keep theirs.
-SERVER_FIELDS = {"m": "copies", "seed": "fixed_seed"}
-_SERVER_KEYS = ("m", "kappa", "eta", "alpha_max", "independent_noise", "noise_scope", "publish_dtype", "max_update_ratio", "seed")
-
-
 def server_config(mpu: dict, rounds: int):
     """The ServerConfig of an ``mpu`` section (``m`` copies, ``kappa``, ``alphas``, ``reparam``, ...).
 
     A key that is absent (or null) keeps ServerConfig's default: the dataclass is the one place a
-    default is written. Every value is converted to its field's type; a value of the wrong type or one
-    that ServerConfig refuses is an ``MPUError`` naming the ``mpu.<key>``."""
-    import typing
-
-    from mpu.flags import coerce
-    from mpu.reparam import ReparamOptions
+    default is written. Every value is typed by its field; a value of the wrong type or one that
+    ServerConfig refuses is an ``MPUError`` naming the ``mpu.<key>``."""
+    from mpu.experiments.schema import SERVER_FIELDS   # the schema imports the methods (torch): not at startup
+    from mpu.flags import FieldError, build_dataclass
     from mpu.server.config import ServerConfig
 
+    key_of = {name: key for key, name in SERVER_FIELDS.items()}   # copies -> m, fixed_seed -> seed
     settings: dict[str, Any] = {"rounds": rounds}
-    hints = typing.get_type_hints(ServerConfig, localns={"ReparamOptions": ReparamOptions})
-    for key in _SERVER_KEYS:
-        if mpu.get(key) is None:
-            continue
-        name = SERVER_FIELDS.get(key, key)
-        try:
-            settings[name] = coerce(mpu[key], hints[name])
-        except ValueError as err:
-            raise MPUError(f"mpu.{key}: {err}") from None
+    for f in dataclasses.fields(ServerConfig):
+        key = key_of.get(f.name, f.name)
+        if f.name not in ("rounds", "alpha_mode", "alphas", "reparam") and mpu.get(key) is not None:
+            settings[f.name] = mpu[key]
     alphas = mpu.get("alphas")
-    if isinstance(alphas, str) and alphas in ("secret", "reference"):
-        settings["alpha_mode"] = alphas
+    if isinstance(alphas, str) and alphas in ("secret", "public", "reference"):  # reference: public's old name
+        settings["alpha_mode"] = "public" if alphas == "reference" else alphas
     elif alphas is not None:
         if isinstance(alphas, str):
             try:
                 alphas = [float(value) for value in alphas.split(",") if value.strip()]
             except ValueError:
-                raise MPUError(f"mpu.alphas must be secret, reference or a list of numbers, got {alphas!r}") from None
+                raise MPUError(f"mpu.alphas must be secret, public or a list of numbers, got {alphas!r}") from None
         if not isinstance(alphas, (list, tuple)) or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in alphas):
-            raise MPUError(f"mpu.alphas must be secret, reference or a list of numbers, got {alphas!r}")
+            raise MPUError(f"mpu.alphas must be secret, public or a list of numbers, got {alphas!r}")
         settings.update(alpha_mode="list", alphas=[float(a) for a in alphas])
     reparam = mpu.get("reparam") or {}
     if reparam is False:
         reparam = {"enabled": False}
     if not isinstance(reparam, dict):
-        raise MPUError(f"mpu.reparam must be a mapping of ReparamOptions fields, got {reparam!r}")
-    names = {f.name for f in dataclasses.fields(ReparamOptions)}
-    unknown = sorted(set(reparam) - names)
-    if unknown:
-        raise MPUError(f"unknown config key mpu.reparam.{unknown[0]}; valid keys: {', '.join(sorted(names))}")
+        raise MPUError(f"mpu.reparam must be a mapping of ReparamConfig fields, got {reparam!r}")
+    settings["reparam"] = {key: value for key, value in reparam.items() if value is not None}
     try:
-        return ServerConfig(**settings, reparam=ReparamOptions(**reparam))
-    except (TypeError, ValueError) as err:
-        # ServerConfig's messages start with the field's name: name the config key instead.
-        field_name = str(err).split(" ", 1)[0]
-        if field_name not in {f.name for f in dataclasses.fields(ServerConfig)}:
-            raise MPUError(f"mpu: {err}") from None
-        key = {name: key for key, name in SERVER_FIELDS.items()}.get(field_name, field_name)
-        raise MPUError(f"mpu.{key}: {err}") from None
+        return build_dataclass(ServerConfig, settings)
+    except FieldError as err:
+        if err.key is None:  # ServerConfig's messages start with the field's name: name the config key instead
+            field_name = str(err).split(" ", 1)[0]
+            key = key_of.get(field_name, field_name)
+            raise MPUError(f"mpu.{key}: {err}" if field_name in settings else f"mpu: {err}") from None
+        top, _, rest = err.key.partition(".")
+        key = key_of.get(top, top) + (f".{rest}" if rest else "")
+        raise MPUError(f"unknown config key mpu.{key}" if err.unknown else f"mpu.{key}: {err}") from None
 
 
-def settings_from_config(cfg) -> ExperimentSettings:
-    """Validate a composed config (DictConfig or plain dict) into :class:`ExperimentSettings`."""
-    from omegaconf.errors import MissingMandatoryValue
+def typed_config(cfg) -> dict[str, Any]:
+    """A composed config (DictConfig or plain dict) over the schema's defaults (:class:`RunConfig`),
+    typed, interpolations resolved, as plain Python. A missing required value, a value of the wrong type
+    or an unknown key is an ``MPUError`` naming the key."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+    from mpu.experiments.schema import RunConfig
 
     try:
-        plain = to_plain(cfg)
+        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
+        return OmegaConf.to_container(merged, resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as err:
         key = getattr(err, "full_key", None) or str(err)
         raise MPUError(f"config value {key} is required (set it on the command line, e.g. {key}=...)") from None
-    if not isinstance(plain, dict):
-        raise MPUError("the config must be a mapping")
-    seed = plain.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise MPUError(f"seed must be an integer, got {seed!r}")
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None)
+        raise MPUError(f"config {key}: {str(err).splitlines()[0]}" if key else f"config: {err}") from None
 
-    mpu = _section(plain, "mpu", MPU_KEYS)
-    trainer = _section(plain, "trainer")
-    rounds = _positive_int(mpu.get("R"), "mpu.R")
-    epochs_per_round = mpu.get("E")
-    if isinstance(epochs_per_round, bool) or not isinstance(epochs_per_round, (int, float)) or epochs_per_round <= 0:
+
+def settings_from_config(cfg) -> ExperimentConfig:
+    """Validate a composed config (DictConfig or plain dict) into :class:`ExperimentConfig`."""
+    plain = typed_config(cfg)
+    seed, mpu, enabled = plain["seed"], plain["mpu"], plain["mpu"]["enabled"]
+    rounds = _positive_int(mpu["R"], "mpu.R")
+    epochs_per_round = mpu["E"]
+    if epochs_per_round <= 0:
         raise MPUError(f"mpu.E must be a number > 0, got {epochs_per_round!r}")
-    enabled = mpu.get("enabled", True)
-    if not isinstance(enabled, bool):
-        raise MPUError(f"mpu.enabled must be true or false, got {enabled!r}")
     epochs = float(epochs_per_round) if enabled else float(rounds * epochs_per_round)
-    method, hparams, training = training_settings(trainer, epochs, seed)
+    method, hparams, training = training_settings(plain["trainer"], epochs, seed)
     server = server_config(mpu, rounds) if enabled else None
 
-    data = dict(_section(plain, "data", DATA_KEYS))
-    data.setdefault("source", BUILTIN)
-    data.setdefault("text_chunk_words", 200)
-    data.setdefault("text_prompt_words", 16)
+    data = plain["data"]
     model_section = plain.get("model") or {}
     if not isinstance(model_section, dict):
         raise MPUError(f"config 'model' must be a mapping, got {model_section!r}")
-    model = {key: model_section.get(key) for key in MODEL_KEYS}
+    model = {key: None if model_section.get(key) is None else str(model_section[key]) for key in MODEL_KEYS}
     if not model["target"]:
         raise MPUError("model.target is not set: a model directory, a hub id, or builtin (the built-in tiny target)")
-    for key in MODEL_KEYS:
-        if model[key] is not None:
-            model[key] = str(model[key])
 
     suite = plain.get("eval")
     if suite is not None and not isinstance(suite, dict):
@@ -264,11 +228,8 @@ def settings_from_config(cfg) -> ExperimentSettings:
         raise MPUError(f"eval.benchmark must be tofu or muse for unlearning runs, got {benchmark!r}")
 
     bench_section = plain.get("benchmark") or {}
-    builtin = None
-    finetune = None
-    finetune_from_base = None
-    model_config = None
-    uses_builtin = str(data["source"]) == BUILTIN or BUILTIN in (model["target"], model["retain"], model["base"])
+    builtin = finetune = finetune_from_base = model_config = None
+    uses_builtin = str(data["source"]) == BUILTIN or BUILTIN in model.values()
     if uses_builtin:
         if str(data["source"]) != BUILTIN:
             raise MPUError("model.target/retain/base 'builtin' needs data.source: builtin (the models are trained on it)")
@@ -287,18 +248,15 @@ def settings_from_config(cfg) -> ExperimentSettings:
         finetune_from_base = dict(tuned) if tuned else None
         model_config = model_section.get("config") if isinstance(model_section.get("config"), dict) else None
 
-    evaluation = dict(_section(plain, "evaluation", EVALUATION_KEYS, required=False))
-    evaluation.setdefault("enabled", True)
-    evaluation.setdefault("reference_models", True)
-    evaluation.setdefault("dtype", "auto")
-    for key in ("save_model", "progress"):
-        if key in plain and not isinstance(plain[key], bool):
-            raise MPUError(f"{key} must be true or false, got {plain[key]!r}")
-    threads = plain.get("threads")
+    evaluation = dict(plain["evaluation"])
+    old_name = evaluation.pop("reference_models")
+    if old_name is not None:   # target_and_retain's old name: still read, and wins when set
+        evaluation["target_and_retain"] = old_name
+    threads = plain["threads"]
     if threads is not None:
         threads = _positive_int(threads, "threads")
     method_config = {"method": method, "hparams": dataclasses.asdict(hparams), "training": dataclasses.asdict(training)}
-    return ExperimentSettings(
+    return ExperimentConfig(
         mode="mpu" if enabled else "baseline",
         method=method,
         hparams=hparams,
@@ -316,30 +274,37 @@ def settings_from_config(cfg) -> ExperimentSettings:
         model_config=model_config,
         suite=suite,
         evaluation=evaluation,
-        save_model=plain.get("save_model", True),
-        progress=plain.get("progress", False),
+        save_model=plain["save_model"],
+        progress=plain["progress"],
         threads=threads,
-        keep_exchange=bool(mpu.get("keep_exchange", False)),
-        keep_server=bool(mpu.get("keep_server", False)),
-        client_reference=_client_reference(mpu.get("client_reference", "first")),
-        sigma_reference=_sigma_reference(mpu.get("sigma_reference", "task-vector"), enabled, model["base"]),
+        keep_exchange=mpu["keep_exchange"],
+        keep_server=mpu["keep_server"],
+        reference_model_round=_reference_model_round(mpu["client_reference"] or mpu["reference_model_round"]),
+        sigma_from=_sigma_from(mpu["sigma_reference"] or mpu["sigma_from"], enabled, model["base"]),
         method_config=method_config,
     )
 
 
-def _sigma_reference(value, enabled: bool, base: str | None) -> str:
-    """mpu.sigma_reference, checked: the task vector (the paper's scale) needs model.base."""
-    if value not in SIGMA_REFERENCES:
-        raise MPUError(f"mpu.sigma_reference must be task-vector (sigma from theta - theta_base) or weights "
+def _sigma_from(value, enabled: bool, base: str | None) -> str:
+    """mpu.sigma_from (or its old name mpu.sigma_reference, which wins when set), checked: the task vector
+    (the paper's scale) needs model.base. Raises MPUError for another value or a missing base."""
+    if value not in SIGMA_FROM:
+        raise MPUError(f"mpu.sigma_from must be task-vector (sigma from theta - theta_base) or weights "
                        f"(sigma from theta, a harsher control), got {value!r}")
     if enabled and value == "task-vector" and not base:
-        raise MPUError("mpu.sigma_reference=task-vector scales the noise by the task vector theta - theta_base and needs "
+        raise MPUError("mpu.sigma_from=task-vector scales the noise by the task vector theta - theta_base and needs "
                        "model.base (a directory or hub id; builtin for the built-in models); set model.base=..., or "
-                       "mpu.sigma_reference=weights for sigma from the whole weights (a harsher control)")
+                       "mpu.sigma_from=weights for sigma from the whole weights (a harsher control)")
     return value
 
 
-def _client_reference(value) -> str:
-    if value not in CLIENT_REFERENCES:
-        raise MPUError(f"mpu.client_reference must be first (round 1's copies) or round (each round's copy), got {value!r}")
+def _reference_model_round(value) -> str:
+    """mpu.reference_model_round (or its old name mpu.client_reference, which wins when set), checked.
+    Raises MPUError for a value other than first or round."""
+    if value not in REFERENCE_MODEL_ROUNDS:
+        raise MPUError(f"mpu.reference_model_round must be first (round 1's copies) or round (each round's copy), got {value!r}")
     return value
+
+
+# The name before settings dataclasses were all called *Config (one suffix for one concept).
+ExperimentSettings = ExperimentConfig

@@ -15,7 +15,7 @@ follow from the seed, so they are not secret). With ``secret`` the server draws 
 operating system's CSPRNG as in real use, and the MPU row changes from run to run by the noise.
 
 The server's noise scale is sigma_l = kappa * RMS(theta_l - theta_base,l), a fraction of the task
-vector, as in the paper (``sigma_reference="task-vector"``, the default). ``"weights"`` gives the
+vector, as in the paper (``sigma_from="task-vector"``, the default). ``"weights"`` gives the
 server no base, so sigma_l = kappa * RMS(theta_l): far harsher at the same kappa, kept as a control and
 labelled as such in the table header, the verdict and summary.json.
 """
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 # The headline columns of the table (TOFU summary keys).
 COLUMNS = ["forget_quality", "model_utility", "forget_Q_A_ROUGE", "forget_truth_ratio", "privleak", "extraction_strength"]
-SIGMA_REFERENCES = {
+SIGMA_FROM = {
     "task-vector": "sigma = kappa * RMS(theta - theta_base) per block (task vector, as in the paper)",
     "weights": "sigma = kappa * RMS(theta) per block (whole weights, no base: a harsher CONTROL, not the paper's regime)",
 }
@@ -55,12 +55,12 @@ class DemoConfig:
     base_epochs: float | None = None      # epochs of the base model on the general data (None: calibrated)
     seed: int = 0
     secret: bool = field(default=False, metadata={"help": "server secrets from the CSPRNG (real use) instead of the seed"})
-    sigma_reference: str = field(default="task-vector", metadata={"help": "task-vector (the paper) or weights (control)"})
+    sigma_from: str = field(default="task-vector", metadata={"help": "task-vector (the paper) or weights (control)"})
 
     def __post_init__(self):
         self.out_dir = Path(self.out_dir)
-        if self.sigma_reference not in SIGMA_REFERENCES:
-            raise ValueError(f"sigma_reference must be one of {', '.join(SIGMA_REFERENCES)}, got {self.sigma_reference!r}")
+        if self.sigma_from not in SIGMA_FROM:
+            raise ValueError(f"sigma_from must be one of {', '.join(SIGMA_FROM)}, got {self.sigma_from!r}")
         if self.forget_split not in ("forget01", "forget05", "forget10"):
             raise ValueError(f"forget_split must be forget01, forget05 or forget10, got {self.forget_split!r}")
         if self.authors < 20:
@@ -98,7 +98,7 @@ def run_demo(config: DemoConfig, progress: bool = True) -> dict:
     baseline = _baseline(config, target, forget_rows, retain_rows, out / "baseline")
     timings["unlearn_noise_free"] = time.perf_counter() - step
     step = time.perf_counter()
-    mpu_model = _mpu(config, target, base if config.sigma_reference == "task-vector" else None, forget_rows, retain_rows,
+    mpu_model = _mpu(config, target, base if config.sigma_from == "task-vector" else None, forget_rows, retain_rows,
                      out / "mpu", progress)
     timings["unlearn_mpu"] = time.perf_counter() - step
 
@@ -117,10 +117,10 @@ def run_demo(config: DemoConfig, progress: bool = True) -> dict:
         "config": {key: str(value) if isinstance(value, Path) else value for key, value in vars(config).items()},
         "models": {name: {key: results[name].get(key) for key in COLUMNS} for name in results},
         "seconds": {key: round(value, 1) for key, value in timings.items()},
-        "verdict": verdict(results["noise-free"], results["MPU"], config.sigma_reference),
+        "verdict": verdict(results["noise-free"], results["MPU"], config.sigma_from),
         "randomness": randomness_note(config),
-        "sigma_reference": config.sigma_reference,
-        "sigma": SIGMA_REFERENCES[config.sigma_reference],
+        "sigma_from": config.sigma_from,
+        "sigma": SIGMA_FROM[config.sigma_from],
         "base": str(base),
         "task_vector_ratio": (read_record(target) or {}).get("metrics", {}).get("task_vector_ratio"),
     }
@@ -171,13 +171,13 @@ def _training(config: DemoConfig):
     return training_options(defaults)
 
 
-def verdict(noise_free: dict, mpu: dict, sigma_reference: str = "task-vector") -> str:
-    return f"{_verdict(noise_free, mpu)} [{sigma_label(sigma_reference)}]"
+def verdict(noise_free: dict, mpu: dict, sigma_from: str = "task-vector") -> str:
+    return f"{_verdict(noise_free, mpu)} [{sigma_label(sigma_from)}]"
 
 
-def sigma_label(sigma_reference: str) -> str:
+def sigma_label(sigma_from: str) -> str:
     """What MPU's noise was measured against, for the verdict and the table header."""
-    return ("sigma from the task vector theta - theta_base" if sigma_reference == "task-vector"
+    return ("sigma from the task vector theta - theta_base" if sigma_from == "task-vector"
             else "sigma from the whole weights theta: CONTROL, harsher than the paper")
 
 
@@ -195,7 +195,7 @@ def _verdict(noise_free: dict, mpu: dict) -> str:
 
 def format_table(summary: dict) -> str:
     header = f"{'model':<12}" + "".join(f"{column:>22}" for column in COLUMNS)
-    sigma = summary.get("sigma") or SIGMA_REFERENCES["weights"]
+    sigma = summary.get("sigma") or SIGMA_FROM["weights"]
     lines = [f"MPU noise: {sigma}", header, "-" * len(header)]
     for name, values in summary["models"].items():
         cells = "".join(f"{_fmt(values.get(column)):>22}" for column in COLUMNS)

@@ -99,7 +99,9 @@ def find_runs(paths: Iterable[str | Path]) -> list[tuple[Path, dict]]:
             if run_dir not in found:
                 found[run_dir] = read_run(run_dir)
     if not found:
-        raise MPUError(f"no {RUN_FILE} under {', '.join(str(p) for p in paths)}")
+        raise MPUError(f"no {RUN_FILE} under {', '.join(str(p) for p in paths)}: mpu report collects the run directories "
+                       f"that `python src/train.py` writes (each holds a {RUN_FILE}); `mpu demo` prints its own table "
+                       "(runs/demo/summary.json)")
     return sorted(found.items(), key=lambda item: str(item[0]))
 
 
@@ -111,13 +113,14 @@ def _match_key(record: dict) -> tuple:
 
 def variant(record: dict) -> str:
     """What sets an MPU run apart from the default protocol, as a short label ("" for the default):
-    controls such as the reparameterisation switched off or a reference that moves every round."""
+    controls such as the reparameterisation switched off or a reference model that moves every round."""
     labels = []
     reparam = (record.get("server") or {}).get("reparam") or {}
     if reparam.get("enabled") is False:
         labels.append("no reparam")
-    if record.get("client_reference") == "round":
-        labels.append("reference per round")
+    # reference_model_round: client_reference in runs recorded before the rename
+    if record.get("reference_model_round", record.get("client_reference")) == "round":
+        labels.append("reference model per round")
     return ", ".join(labels)
 
 
@@ -152,7 +155,7 @@ class Report:
     rows: list[Row]
     runs: list[tuple[Path, dict]]
     unmatched: list[str]
-    references: dict[str, dict[str, Any]]
+    target_and_retain: dict[str, dict[str, Any]]  # "target"/"retain" -> that model's summary
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -215,11 +218,12 @@ def build_report(runs: list[tuple[Path, dict]], metrics: list[str] | None = None
         ))
     rows.sort(key=lambda row: (str(row.experiment), str(row.forget_split), row.method, row.variant != "", row.kappa, row.m, row.variant))
 
-    references: dict[str, dict[str, Any]] = {}
+    target_and_retain: dict[str, dict[str, Any]] = {}
     for record in records:
-        for name, summary in (record.get("reference") or {}).items():
-            references.setdefault(name, summary)
-    return Report(metrics=metrics, rows=rows, runs=runs, unmatched=unmatched, references=references)
+        # "reference": the key in runs recorded before the rename
+        for name, summary in (record.get("target_and_retain") or record.get("reference") or {}).items():
+            target_and_retain.setdefault(name, summary)
+    return Report(metrics=metrics, rows=rows, runs=runs, unmatched=unmatched, target_and_retain=target_and_retain)
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -253,7 +257,7 @@ def markdown(report: Report) -> str:
     header = ["method", "run", *metrics]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
-    for name, summary in report.references.items():
+    for name, summary in report.target_and_retain.items():
         lines.append("| " + " | ".join([f"({name} model)", "-", *[_fmt(summary.get(metric)) for metric in metrics]]) + " |")
     seen_baselines = set()
     for row in report.rows:
@@ -360,7 +364,7 @@ def plot_tradeoff(report: Report, path: Path) -> None:
     for kappa, marker in markers.items():
         axis.scatter([], [], color="grey", marker=marker, label=f"MPU κ={_fmt(kappa)}")
     for name, marker in (("target", "*"), ("retain", "P")):
-        summary = report.references.get(name) or {}
+        summary = report.target_and_retain.get(name) or {}
         if _number(summary.get("forget_quality")) and _number(summary.get("model_utility")) and summary["forget_quality"] > 0:
             axis.scatter(summary["forget_quality"], summary["model_utility"], color="black", marker=marker, s=90, label=f"{name} model")
     if any(row.baseline.get("forget_quality") for row in report.rows):
@@ -392,7 +396,7 @@ def write_report(report: Report, out_dir: str | Path) -> dict[str, Path]:
     (out / "report.json").write_text(json.dumps({
         "metrics": report.metrics,
         "rows": [row.__dict__ for row in report.rows],
-        "references": report.references,
+        "target_and_retain": report.target_and_retain,
         "unmatched": report.unmatched,
     }, indent=2, default=str) + "\n", encoding="utf-8")
     paths["json"] = out / "report.json"

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mpu.errors import MPUError
-from mpu.experiments.config import ExperimentSettings, settings_from_config, to_plain
+from mpu.experiments.config import ExperimentConfig, settings_from_config, to_plain
 from mpu.experiments.sources import Prepared, prepare
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ def _write_json(path: Path, payload: Any) -> None:
     tmp.replace(path)
 
 
-def _baseline(settings: ExperimentSettings, prepared: Prepared, out: Path) -> dict[str, Any]:
+def _baseline(settings: ExperimentConfig, prepared: Prepared, out: Path) -> dict[str, Any]:
     """The method on the target itself, R*E epochs: exactly what ``mpu unlearn`` runs."""
     from mpu.methods.job import UnlearnJob, unlearn_model
 
@@ -40,7 +40,7 @@ def _baseline(settings: ExperimentSettings, prepared: Prepared, out: Path) -> di
             "loss": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None}}
 
 
-def _mpu(settings: ExperimentSettings, prepared: Prepared, out: Path, run_dir: Path) -> dict[str, Any]:
+def _mpu(settings: ExperimentConfig, prepared: Prepared, out: Path, run_dir: Path) -> dict[str, Any]:
     """R rounds of publish -> client -> aggregate through files (:func:`mpu.experiments.two_party.run_mpu`)."""
     from mpu.experiments.two_party import run_mpu
     from mpu.server.workdir import Workdir
@@ -49,11 +49,11 @@ def _mpu(settings: ExperimentSettings, prepared: Prepared, out: Path, run_dir: P
     scratch = None if keep else tempfile.TemporaryDirectory(prefix="mpu-experiment-")
     workdir = (run_dir if keep else Path(scratch.name)) / "server"
     try:
-        base = prepared.base if settings.sigma_reference == "task-vector" else None
+        base = prepared.base if settings.sigma_from == "task-vector" else None
         run_mpu(prepared.target, base, settings.server, prepared.forget_rows, prepared.retain_rows,
                 settings.method, settings.hparams, settings.training, workdir, out,
                 keep_exchange=settings.keep_exchange, progress=settings.progress,
-                reference=settings.client_reference)
+                reference_model_round=settings.reference_model_round)
         state = Workdir(workdir).load()
         history = [dict(entry) for entry in state.history]
     finally:
@@ -64,14 +64,14 @@ def _mpu(settings: ExperimentSettings, prepared: Prepared, out: Path, run_dir: P
     return {"rounds": history, "copies_per_round": [len(entry.get("update_norms", [])) for entry in history]}
 
 
-def sigma_label(settings: ExperimentSettings) -> str:
+def sigma_label(settings: ExperimentConfig) -> str:
     """run.json's statement of what the noise scale was a fraction of."""
-    if settings.sigma_reference == "task-vector":
+    if settings.sigma_from == "task-vector":
         return "task-vector: sigma_l = kappa * RMS(theta_l - theta_base,l) (the paper)"
     return "weights: sigma_l = kappa * RMS(theta_l), no base (CONTROL, harsher than the paper)"
 
 
-def check_device(settings: ExperimentSettings) -> None:
+def check_device(settings: ExperimentConfig) -> None:
     """Fail before any download or training when the config needs a GPU this machine lacks: bf16
     mixed precision (the real-model experiments) or evaluation.device=cuda. The message names the
     option to change."""
@@ -87,7 +87,7 @@ def check_device(settings: ExperimentSettings) -> None:
                        "set evaluation.device=cpu (or null)")
 
 
-def _set_threads(settings: ExperimentSettings) -> None:
+def _set_threads(settings: ExperimentConfig) -> None:
     from mpu.threads import apply_threads
 
     apply_threads(settings.threads)   # None: $MPU_THREADS or the measured default; 0: torch's own
@@ -105,7 +105,7 @@ def _fingerprint(path: str | None) -> str | None:
     return None
 
 
-def _evaluate(settings: ExperimentSettings, prepared: Prepared, model_dir: str, out_dir: Path | None, retain: str | None) -> dict:
+def _evaluate(settings: ExperimentConfig, prepared: Prepared, model_dir: str, out_dir: Path | None, retain: str | None) -> dict:
     from mpu.eval import evaluate
 
     evaluation = settings.evaluation
@@ -117,7 +117,7 @@ def _evaluate(settings: ExperimentSettings, prepared: Prepared, model_dir: str, 
     )
 
 
-def reference_summaries(settings: ExperimentSettings, prepared: Prepared) -> dict[str, dict]:
+def target_and_retain_summaries(settings: ExperimentConfig, prepared: Prepared) -> dict[str, dict]:
     """The target's and retain model's summaries on the same suite, evaluated once and cached under
     ``$MPU_CACHE/evals`` (keyed by model, its fingerprint, data, split and suite)."""
     from mpu.data.builtin import cache_root
@@ -179,8 +179,8 @@ def run_experiment(cfg, run_dir: str | Path, experiment: str | None = None, over
         "hparams": dataclasses.asdict(settings.hparams),
         "training": dataclasses.asdict(settings.training),
         "server": settings.server.to_dict() if settings.server is not None else None,
-        "client_reference": settings.client_reference if settings.server is not None else None,
-        "sigma_reference": sigma_label(settings) if settings.server is not None else None,
+        "reference_model_round": settings.reference_model_round if settings.server is not None else None,
+        "sigma_from": sigma_label(settings) if settings.server is not None else None,
         "config": to_plain(cfg),
     }
     _write_json(run_dir / RUN_FILE, record)
@@ -209,10 +209,10 @@ def run_experiment(cfg, run_dir: str | Path, experiment: str | None = None, over
             step = time.perf_counter()
             record["summary"] = _evaluate(settings, prepared, str(model_dir), run_dir, prepared.retain)
             seconds["eval"] = time.perf_counter() - step
-            if settings.evaluation.get("reference_models", True):
+            if settings.evaluation.get("target_and_retain", True):
                 step = time.perf_counter()
-                record["reference"] = reference_summaries(settings, prepared)
-                seconds["eval_reference"] = time.perf_counter() - step
+                record["target_and_retain"] = target_and_retain_summaries(settings, prepared)
+                seconds["eval_target_and_retain"] = time.perf_counter() - step
     finally:
         if scratch is not None:
             scratch.cleanup()

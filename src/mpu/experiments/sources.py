@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mpu.errors import MPUError
-from mpu.experiments.config import BUILTIN, ExperimentSettings
+from mpu.experiments.config import BUILTIN, ExperimentConfig
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def text_rows_to_qa(rows: list[dict[str, Any]], chunk_words: int, prompt_words: 
     return out
 
 
-def _rows(resolved, spec: str, settings: ExperimentSettings, what: str) -> list[dict[str, Any]]:
+def _rows(resolved, spec: str, settings: ExperimentConfig, what: str) -> list[dict[str, Any]]:
     config, split = split_spec(spec)
     rows = resolved.rows(config, split)
     if rows and "question" not in rows[0] and "text" in rows[0]:
@@ -65,20 +65,20 @@ def _rows(resolved, spec: str, settings: ExperimentSettings, what: str) -> list[
     return rows
 
 
-def builtin_root(settings: ExperimentSettings) -> Path:
+def builtin_root(settings: ExperimentConfig) -> Path:
     from mpu.data.builtin import BuildConfig, ensure_builtin
 
     return ensure_builtin(BuildConfig(**settings.builtin))
 
 
-def builtin_base(settings: ExperimentSettings, root: Path) -> Path:
+def builtin_base(settings: ExperimentConfig, root: Path) -> Path:
     """The built-in base model (general data, no fictitious entity), cached as ``mpu demo`` caches it."""
     from mpu.experiments.finetune import ensure_base
 
     return ensure_base(root, settings.benchmark, model_config=settings.model_config, progress=settings.progress)
 
 
-def builtin_model(settings: ExperimentSettings, root: Path, split: str, name: str, base: str | None = None) -> Path:
+def builtin_model(settings: ExperimentConfig, root: Path, split: str, name: str, base: str | None = None) -> Path:
     """The tiny model fine-tuned from ``base`` (None: trained from scratch) on ``split`` of the
     built-in benchmark, cached as ``mpu demo`` caches it."""
     from mpu.data.builtin import cache_root
@@ -102,7 +102,7 @@ def builtin_model(settings: ExperimentSettings, root: Path, split: str, name: st
     return path
 
 
-def prepare(settings: ExperimentSettings) -> Prepared:
+def prepare(settings: ExperimentConfig) -> Prepared:
     """Build/fetch what the run needs and load the forget and retain rows."""
     from mpu.data.loaders import resolve_source
     from mpu.data.qa import load_qa_rows

@@ -9,7 +9,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from mpu.client import CLIENT_REFERENCES
+from mpu.client import REFERENCE_MODEL_ROUNDS
 from mpu.client.unlearn import unlearn_copies
 from mpu.methods.training import frozen_gc
 from mpu.server.aggregate import aggregate
@@ -21,20 +21,20 @@ from mpu.server.publish import publish
 log = logging.getLogger(__name__)
 
 
-SIGMA_REFERENCES = ("task-vector", "weights")
+SIGMA_FROM = ("task-vector", "weights")
 
 
-def resolve_sigma_base(model: str, base: str | None, sigma_reference: str = "task-vector") -> tuple[str | None, str]:
+def resolve_sigma_base(model: str, base: str | None, sigma_from: str = "task-vector") -> tuple[str | None, str]:
     """The base model to give the server, and a label for every report of the run.
 
     ``task-vector`` (default): ``base`` if given, else the base ``mpu finetune`` recorded in the model
     directory's mpu_finetune.json; sigma_l = kappa * RMS(theta_l - theta_base,l). Without either, it
     falls back to the whole weights and the label says so. ``weights``: no base, sigma_l = kappa *
-    RMS(theta_l), labelled as the harsher control. Raises ``ValueError`` for an unknown reference."""
-    if sigma_reference not in SIGMA_REFERENCES:
-        raise ValueError(f"sigma_reference must be one of {', '.join(SIGMA_REFERENCES)}, got {sigma_reference!r}")
-    if sigma_reference == "weights":
-        return None, "sigma reference: weights (kappa * RMS(theta); a harsher control than the paper's task vector)"
+    RMS(theta_l), labelled as the harsher control. Raises ``ValueError`` for an unknown ``sigma_from``."""
+    if sigma_from not in SIGMA_FROM:
+        raise ValueError(f"sigma_from must be one of {', '.join(SIGMA_FROM)}, got {sigma_from!r}")
+    if sigma_from == "weights":
+        return None, "sigma from: weights (kappa * RMS(theta); a harsher control than the paper's task vector)"
     if base is None:
         from mpu.experiments.finetune import read_record
 
@@ -43,9 +43,9 @@ def resolve_sigma_base(model: str, base: str | None, sigma_reference: str = "tas
             base = recorded
     if base is None:
         log.warning("no base model given (--base) or recorded by mpu finetune: sigma falls back to the whole weights")
-        return None, ("sigma reference: weights (no base model given or recorded; pass --base for the task vector, "
-                      "or --sigma-reference weights to choose this)")
-    return base, f"sigma reference: task vector against {base}"
+        return None, ("sigma from: weights (no base model given or recorded; pass --base for the task vector, "
+                      "or --sigma-from weights to choose this)")
+    return base, f"sigma from: task vector against {base}"
 
 
 PHASES = ("init", "publish", "client", "aggregate", "export", "cleanup")  # what ``timings`` adds up
@@ -64,35 +64,35 @@ def run_mpu(
     out_dir: str | Path,
     keep_exchange: bool = False,
     progress: bool = True,
-    reference: str = "first",
+    reference_model_round: str = "first",
     timings: dict[str, float] | None = None,
 ) -> Path:
     """R rounds of publish -> client unlearn -> aggregate, then export to ``out_dir``.
 
-    ``reference``: "first" keeps round 1's publication on the client side and uses its copies as the
-    reference of reference-model methods in every round (fixed reference, like noise-free
-    unlearning); "round" uses each round's own copies (the reference model read per round).
+    ``reference_model_round``: "first" keeps round 1's publication on the client side and uses its
+    copies as the reference model of reference-model methods in every round (fixed, like noise-free
+    unlearning); "round" uses each round's own copies (the reference model moves every round).
 
     ``timings``: a dict that receives the wall seconds of each phase (``PHASES``, summed over rounds),
     the client's training seconds (``client_train``) and its optimizer steps (``steps``);
     benchmarks/client_overhead.py reads them. If a phase raises, the dict holds what ran until then."""
-    if reference not in CLIENT_REFERENCES:
-        raise ValueError(f"reference must be 'first' or 'round', got {reference!r}")
+    if reference_model_round not in REFERENCE_MODEL_ROUNDS:
+        raise ValueError(f"reference_model_round must be 'first' or 'round', got {reference_model_round!r}")
     if timings is not None:
         timings.update({phase: 0.0 for phase in PHASES}, client_train=0.0, steps=0)
     workdir = Path(workdir)
     with _timed(timings, "init"):
         init_server(workdir, model, base, config, progress=progress)
     exchange = workdir.parent / f"{workdir.name}-exchange"
-    first_outbox = exchange / "round-1" / "outbox"  # the client's reference publication by default
+    first_outbox = exchange / "round-1" / "outbox"  # the client's reference models by default
     with frozen_gc():  # one full garbage collection for all rounds, not one a round
         for round_number in range(1, config.rounds + 1):
             outbox, returns = exchange / f"round-{round_number}" / "outbox", exchange / f"round-{round_number}" / "returns"
             with _timed(timings, "publish"):
                 publish(workdir, outbox, replace=True, progress=progress)
-            reference_inbox = first_outbox if reference == "first" and round_number > 1 else None
+            reference_model_inbox = first_outbox if reference_model_round == "first" and round_number > 1 else None
             with _timed(timings, "client"):
-                results = unlearn_copies(outbox, forget_rows, retain_rows, method, hparams, training, returns, reference_inbox=reference_inbox,
+                results = unlearn_copies(outbox, forget_rows, retain_rows, method, hparams, training, returns, reference_model_inbox=reference_model_inbox,
                                          overwrite=True)  # this run's own exchange folder
             if timings is not None:
                 timings["client_train"] += sum(result.seconds for result in results)
@@ -102,9 +102,9 @@ def run_mpu(
             log.info("round %d/%d done: step norm %.4g", round_number, config.rounds, report.step_norm)
             if not keep_exchange:
                 with _timed(timings, "cleanup"):
-                    # round 1's copies stay until the end when they are the reference
+                    # round 1's copies stay until the end when they are the reference models
                     shutil.rmtree(returns)
-                    if not (reference == "first" and round_number == 1):
+                    if not (reference_model_round == "first" and round_number == 1):
                         shutil.rmtree(outbox)
     if not keep_exchange:
         with _timed(timings, "cleanup"):

@@ -21,16 +21,19 @@ to the folder protocol's validators, which run next.
 from __future__ import annotations
 
 import os
+import unicodedata
 from pathlib import Path, PurePosixPath
 
 from flwr.app import Array, ArrayRecord
 
 from mpu.checkpoint import staging_dir
-from mpu.checkpoint.files import PARTY_FILE_MODE
+from mpu.checkpoint.files import MAX_FOLDER_ENTRIES, PARTY_FILE_MODE
 from mpu.errors import InputError, MPUError
 
 FILE_STYPE = "mpu.file-bytes/1"  # an Array whose data are a file's bytes, unchanged
 MAX_DEPTH = 2  # copy-K/<file>, update-K/<file>, manifest.json
+# a publication or returns folder: copies × (files of one copy), far below this
+MAX_FILES = 4 * MAX_FOLDER_ENTRIES
 DEFAULT_MAX_BYTES = 1 << 40  # 1 TiB: a sanity bound, far above any model the path carries today
 
 
@@ -75,6 +78,9 @@ def record_to_folder(record: ArrayRecord, target: str | Path, *, max_bytes: int 
         raise InputError(target, f"{what}: expected an ArrayRecord of files, got {type(record).__name__}")
     if not record:
         raise InputError(target, f"{what}: no files")
+    if len(record) > MAX_FILES:
+        raise InputError(target, f"{what}: {len(record)} files, more than the {MAX_FILES} a publication or "
+                                 "returns can hold; nothing written")
     total = 0
     checked: list[tuple[PurePosixPath, Array]] = []
     for key, array in record.items():
@@ -92,6 +98,14 @@ def record_to_folder(record: ArrayRecord, target: str | Path, *, max_bytes: int 
     clashes = sorted(str(relative) for relative, _ in checked if relative in parents)
     if clashes:
         raise InputError(target / clashes[0], f"{what}: both a file and a folder")
+    # names that one file system keeps apart and another folds together (case, Unicode normal form)
+    folded: dict[str, str] = {}
+    for relative, _ in checked:
+        spelled = unicodedata.normalize("NFC", str(relative)).casefold()
+        if spelled in folded:
+            raise InputError(target / str(relative), f"{what}: the names {folded[spelled]!r} and {str(relative)!r} "
+                                                     "differ only by case or Unicode form")
+        folded[spelled] = str(relative)
     with staging_dir(target) as stage:
         for relative, array in checked:
             path = stage.joinpath(*relative.parts)

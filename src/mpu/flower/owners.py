@@ -14,8 +14,9 @@ then applies T_k^-1 and the harmonic combination to this folder as to a single c
 
 Checks: each owner's folder passes :func:`mpu.server.validate.find_returns` first (paths, manifest,
 headers, names, shapes, this round's publication); the owners must have trained with the same
-method, kind, hyperparameters, training options and DP setting (InputError naming the owner's
-manifest otherwise); LoRA returns are refused (a sum of rank-r products is not rank r). The NaN/Inf
+method, kind, hyperparameters and training options apart from the DP-SGD settings (InputError
+naming the owner's manifest otherwise: each owner may tighten its own DP, and the combined manifest
+records the weakest owner's guarantee); LoRA returns are refused (a sum of rank-r products is not rank r). The NaN/Inf
 check and the per-block bound run on the combined update in ``aggregate``: the bound limits the
 combined step, not each owner's share of it.
 
@@ -36,7 +37,7 @@ from mpu.checkpoint.files import PARTY_FILE_MODE
 from mpu.errors import InputError, MPUError
 from mpu.protocol import UPDATE_MANIFEST, UpdateManifest, update_folder
 
-AGREED = ("method", "kind", "hparams", "training", "dp")  # what every owner's update must share
+AGREED = ("method", "kind", "hparams", "training")  # what every owner's update must share (training without dp_*)
 OWNERS_FILE = "owners.json"
 
 
@@ -68,7 +69,7 @@ def combine_returns(workdir: str | Path, owner_dirs: list[Path], sizes: list[int
         for update, reference in zip(updates, first):
             if update.kind != "full":
                 raise InputError(update.manifest_path, "LoRA returns cannot be combined across data owners; return the full update")
-            differing = [key for key in AGREED if getattr(update.manifest, key) != getattr(reference.manifest, key)]
+            differing = [key for key in AGREED if _agreed(update.manifest, key) != _agreed(reference.manifest, key)]
             if differing:
                 raise InputError(update.manifest_path, f"trained with other {', '.join(differing)} than {reference.manifest_path}; "
                                                        "every data owner must run the same job")
@@ -100,9 +101,29 @@ def combine_returns(workdir: str | Path, owner_dirs: list[Path], sizes: list[int
     return Path(out_dir)
 
 
+def _agreed(manifest: UpdateManifest, key: str):
+    """The manifest's ``key`` as the owners must agree on it: the training options without the DP
+    settings (``dp_*``), which each owner may tighten for its own data (its node config's floor)."""
+    value = getattr(manifest, key)
+    if key == "training" and isinstance(value, dict):
+        return {name: item for name, item in value.items() if not name.startswith("dp_")}
+    return value
+
+
+def weakest_dp(manifests: list[UpdateManifest]) -> dict | None:
+    """The DP guarantee that holds for every owner's data: the record with the largest ``epsilon``
+    (None when any owner's update has none, or an unbounded epsilon)."""
+    records = [m.dp for m in manifests]
+    if any(record is None or record.get("epsilon") is None for record in records):
+        return None
+    return max(records, key=lambda record: float(record["epsilon"]))
+
+
 def combined_manifest(manifests: list[UpdateManifest], weights: list[float]) -> UpdateManifest:
     """The update manifest of a combined copy: the first owner's, with ``steps`` and ``seconds`` summed,
-    ``loss`` the weighted mean (a key None when any owner's is), ``encoding`` dropped unless all agree."""
+    ``loss`` the weighted mean (a key None when any owner's is), ``encoding`` dropped unless all agree,
+    ``dp`` the weakest owner's guarantee (:func:`weakest_dp`) and ``training`` without ``dp_*`` keys
+    unless all owners agree on them."""
     first = manifests[0]
     seconds = None
     if all(m.seconds is not None for m in manifests):
@@ -114,4 +135,8 @@ def combined_manifest(manifests: list[UpdateManifest], weights: list[float]) -> 
             values = [m.loss.get(key) for m in manifests]
             loss[key] = None if any(v is None for v in values) else sum(w * v for w, v in zip(weights, values))
     encoding = first.encoding if all(m.encoding == first.encoding for m in manifests) else None
-    return dataclasses.replace(first, steps=sum(m.steps for m in manifests), seconds=seconds, loss=loss, encoding=encoding)
+    training = first.training
+    if any(m.training != first.training for m in manifests):
+        training = _agreed(first, "training")
+    return dataclasses.replace(first, steps=sum(m.steps for m in manifests), seconds=seconds, loss=loss, encoding=encoding,
+                               dp=weakest_dp(manifests), training=training)

@@ -1,20 +1,25 @@
 """The server's side of MPU as a Flower ``ServerApp``: publish, send, receive, aggregate, export.
 
-Per round it calls the same functions as ``mpu server publish`` / ``aggregate`` on an ordinary work
-directory (made beforehand with ``mpu server init``, which holds every privacy setting):
+Per round it drives the server's round object, :class:`mpu.server.round.Round`, on an ordinary work
+directory (made beforehand with ``mpu server init``, which holds every privacy setting), exactly as
+``mpu server publish`` / ``aggregate`` do:
 
-1. :func:`mpu.server.publish.publish` writes the round's outbox folder;
-2. the outbox travels to every data owner as one message (``"publication"``: the folder's files,
-   :mod:`mpu.flower.files`; ``"job"``: the unlearning method and its settings, from the run config);
-3. each owner's reply (``"returns"``: its ``update-K`` folders; ``"owner"``: its forget-set size) is
-   written as a returns folder and checked by :func:`mpu.server.validate.find_returns`;
-4. with several owners, :func:`mpu.flower.owners.combine_returns` writes one returns folder of
-   forget-size-weighted updates per copy; :func:`mpu.server.aggregate.aggregate` then applies
-   T_k^-1 and the harmonic combination as for a single client.
+1. ``Round.publish`` writes the round's outbox folder (Pre-Process);
+2. :func:`exchange` carries it to every data owner as one message (``"publication"``: the folder's
+   files, :mod:`mpu.flower.files`; ``"job"``: the unlearning method and its settings, from the run
+   config) and writes each reply (``"returns"``: its ``update-K`` folders; ``"owner"``: its
+   forget-set size) as a returns folder; with several owners,
+   :func:`mpu.flower.owners.combine_returns` writes one returns folder of forget-size-weighted
+   updates per copy;
+3. ``Round.aggregate(returns, combine=...)`` validates, applies T_k^-1 and the run config's
+   combination rule (a name of :data:`mpu.server.combine.COMBINE_RULES`, default ``harmonic``) and
+   advances the round (Post-Process).
 
 After the last round, :func:`mpu.server.export.export` writes the model to the run config's ``out``.
-Nothing of the protocol is re-implemented here; a refusal of any of those functions stops the run
-with the work directory as the function left it (unchanged for a refused return).
+Nothing of the protocol is re-implemented here; a refusal of any of those steps stops the run with
+the work directory as the step left it (unchanged for a refused return). An owner that does not
+reply in time, or replies with an error, is dropped from the round; the round goes on with the
+owners that replied when at least ``min-owners`` did, and fails before ``aggregate`` otherwise.
 """
 
 from __future__ import annotations
@@ -48,9 +53,12 @@ class FlowerRun:
 
     ``workdir``: an initialised server work directory (absolute path); ``out``: where the model is
     exported after the last round (absolute; empty: no export); ``owners``: data owners to wait for
-    (every round uses exactly this many); ``timeout``: seconds to wait for the owners to connect and,
-    separately, for their replies each round; ``exchange``: folder for the round's outbox and
-    returns (default ``<workdir>-flower``); ``keep_exchange``: keep them after each round;
+    (every round sends to exactly these); ``min_owners``: the fewest owners whose replies a round
+    may be aggregated from (default: all of ``owners``); ``timeout``: seconds to wait for the owners
+    to connect and, separately, for their replies each round; ``exchange``: folder for the round's
+    outbox and returns (default ``<workdir>-flower``); ``keep_exchange``: keep them after each round;
+    ``combine``: Post-Process's combination rule (:data:`mpu.server.combine.COMBINE_RULES`);
+    ``device``: where Pre- and Post-Process compute (empty: the GPU when there is one);
     ``method``/``hparams``/``training``: the unlearning job every owner runs (hyperparameters and
     training options as JSON objects, as ``--hp``/the training flags of ``mpu client unlearn``).
     """
@@ -58,16 +66,23 @@ class FlowerRun:
     workdir: Path
     out: Path | None = None
     owners: int = 1
+    min_owners: int | None = None
     timeout: float = 3600.0
     exchange: Path | None = None
     keep_exchange: bool = False
+    combine: str = "harmonic"
+    device: str = ""
     method: str = "GradAscent"
     hparams: str = "{}"
     training: str = "{}"
+    secagg: Any = None  # mpu.flower.secagg.SecAggSettings when the run config says `secagg = true`
 
     @classmethod
     def from_run_config(cls, config: dict[str, Any]) -> "FlowerRun":
-        """Read and check the run config; MPUError naming the key for a missing or invalid value."""
+        """Read and check the run config; MPUError naming the key for a missing or invalid value
+        (an unknown ``combine`` rule names the known ones)."""
+        from mpu.server.combine import get_combine
+
         def path(key: str, required: bool) -> Path | None:
             value = str(config.get(key, "") or "")
             if not value:
@@ -79,13 +94,19 @@ class FlowerRun:
             return Path(value)
 
         owners = int(config.get("owners", 1))
+        min_owners = int(config.get("min-owners", 0) or 0) or owners
         timeout = float(config.get("timeout", 3600.0))
         if owners < 1:
             raise MPUError(f"run config: owners must be >= 1, got {owners}")
+        if not 1 <= min_owners <= owners:
+            raise MPUError(f"run config: min-owners must be between 1 and owners = {owners}, got {min_owners}")
         if timeout <= 0:
             raise MPUError(f"run config: timeout must be > 0, got {timeout}")
-        run = cls(workdir=path("workdir", True), out=path("out", False), owners=owners, timeout=timeout,  # type: ignore[arg-type]
-                  exchange=path("exchange", False), keep_exchange=bool(config.get("keep-exchange", False)),
+        combine = str(config.get("combine", "harmonic") or "harmonic")
+        get_combine(combine)  # an unknown rule is refused here, before any round starts
+        run = cls(workdir=path("workdir", True), out=path("out", False), owners=owners, min_owners=min_owners,  # type: ignore[arg-type]
+                  timeout=timeout, exchange=path("exchange", False), keep_exchange=bool(config.get("keep-exchange", False)),
+                  combine=combine, device=str(config.get("device", "") or ""),
                   method=str(config.get("method", "GradAscent")), hparams=str(config.get("hparams", "{}")),
                   training=str(config.get("training", "{}")))
         for key in ("hparams", "training"):
@@ -95,11 +116,14 @@ class FlowerRun:
                 raise MPUError(f"run config: {key} is not JSON ({err})") from None
             if not isinstance(value, dict):
                 raise MPUError(f"run config: {key} must be a JSON object, got {getattr(run, key)!r}")
+        from mpu.flower.secagg import SecAggSettings  # secure aggregation hook (mpu.flower.secagg)
+        run.secagg = SecAggSettings.from_run_config(config)
         return run
 
     def job(self) -> ConfigRecord:
         """The unlearning job as the owners receive it."""
-        return ConfigRecord({"method": self.method, "hparams": self.hparams, "training": self.training})
+        return ConfigRecord({"method": self.method, "hparams": self.hparams, "training": self.training,
+                             **({"secagg": True} if self.secagg is not None else {})})  # secure aggregation hook
 
 
 @app.main()
@@ -110,54 +134,37 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def run_rounds(grid: Grid, run: FlowerRun) -> dict[str, float]:
-    """The round loop. Returns wall seconds per phase (publish, send, aggregate, export) summed over rounds.
+    """The round loop. Returns wall seconds per phase (publish, exchange, aggregate, export) summed over rounds.
 
-    Raises MPUError when fewer than ``run.owners`` nodes connect within ``run.timeout``, when an
-    owner replies with an error or without its returns, and whatever publish/aggregate/export raise.
+    Raises MPUError when fewer than ``run.owners`` nodes connect within ``run.timeout`` or fewer than
+    ``run.min_owners`` reply usefully in a round, InputError for a reply that is not a valid returns
+    folder, and whatever ``Round.publish``/``Round.aggregate``/``export`` raise.
     """
-    from mpu.flower.owners import combine_returns
-    from mpu.server.aggregate import aggregate
     from mpu.server.export import export
-    from mpu.server.publish import publish
+    from mpu.server.round import Round
     from mpu.server.workdir import Workdir
 
-    timings = {"publish": 0.0, "exchange": 0.0, "combine": 0.0, "aggregate": 0.0, "export": 0.0}
+    timings = {"publish": 0.0, "exchange": 0.0, "aggregate": 0.0, "export": 0.0}
     state = Workdir(run.workdir).load()
-    exchange = run.exchange or run.workdir.with_name(f"{run.workdir.name}-flower")
+    server_round = Round(run.workdir, device=run.device or None, progress=False)
+    exchange_root = run.exchange or run.workdir.with_name(f"{run.workdir.name}-flower")
     nodes = wait_for_owners(grid, run.owners, run.timeout)
     for round_number in range(state.current_round, state.config.rounds + 1):
-        folder = exchange / f"round-{round_number}"
+        folder = exchange_root / f"round-{round_number}"
         if folder.exists():
             shutil.rmtree(folder)  # a previous, interrupted attempt of this round: its publication is void
         started = time.perf_counter()
-        publish(run.workdir, folder / "outbox", progress=False)
+        server_round.publish(folder / "outbox")
         timings["publish"] += time.perf_counter() - started
 
         started = time.perf_counter()
-        publication = folder_to_record(folder / "outbox")
-        messages = [Message(RecordDict({PUBLICATION: publication, JOB: run.job()}), dst_node_id=node, message_type=MESSAGE_TYPE)
-                    for node in nodes]
-        log.info("round %d: sending %d bytes of copies to %d data owner(s)", round_number, record_bytes(publication), len(nodes))
-        replies = {reply.metadata.src_node_id: reply for reply in grid.send_and_receive(messages, timeout=run.timeout)}
-        log.info("round %d: %d repl(ies) received in %.2f s", round_number, len(replies), time.perf_counter() - started)
-        owner_dirs, sizes = [], []
-        limit = returns_limit(run.workdir)
-        for index, node in enumerate(nodes, start=1):
-            returns, size = _owner_returns(replies.get(node), node, folder / f"owner-{index}", limit)
-            owner_dirs.append(returns)
-            sizes.append(size)
+        returns = exchange(grid, nodes, run, folder, round_number)
         timings["exchange"] += time.perf_counter() - started
 
         started = time.perf_counter()
-        if len(owner_dirs) == 1:
-            returns = owner_dirs[0]
-        else:
-            returns = combine_returns(run.workdir, owner_dirs, sizes, folder / "returns")
-        timings["combine"] += time.perf_counter() - started
-        started = time.perf_counter()
-        report = aggregate(run.workdir, returns, progress=False)
+        report = server_round.aggregate(returns, combine=run.combine)
         timings["aggregate"] += time.perf_counter() - started
-        log.info("round %d/%d aggregated: step norm %.4g", round_number, report.rounds, report.step_norm)
+        log.info("round %d/%d aggregated (%s): step norm %.4g", round_number, report.rounds, report.combine, report.step_norm)
         if not run.keep_exchange:
             shutil.rmtree(folder)
     if run.out is not None:
@@ -166,9 +173,56 @@ def run_rounds(grid: Grid, run: FlowerRun) -> dict[str, float]:
         timings["export"] += time.perf_counter() - started
         log.info("exported the model to %s", run.out)
     if not run.keep_exchange:
-        shutil.rmtree(exchange, ignore_errors=True)
+        shutil.rmtree(exchange_root, ignore_errors=True)
     log.info("MPU over Flower done, wall seconds: %s", ", ".join(f"{phase} {seconds:.2f}" for phase, seconds in timings.items()))
     return timings
+
+
+def exchange(grid: Grid, nodes: list[int], run: FlowerRun, folder: Path, round_number: int) -> Path:
+    """Send ``folder/outbox`` to every node, write the replies, and return one returns folder for
+    ``Round.aggregate``: the single owner's, or ``folder/returns`` combined over the owners that replied
+    (:func:`mpu.flower.owners.combine_returns`). Owners without a reply in time or with an error reply
+    are dropped (logged); MPUError when fewer than ``run.min_owners`` remain (nothing written to the
+    work directory), InputError for a reply that is not a valid returns folder."""
+    from mpu.flower.owners import combine_returns
+
+    started = time.perf_counter()
+    publication = folder_to_record(folder / "outbox")
+    messages = [Message(RecordDict({PUBLICATION: publication, JOB: run.job()}), dst_node_id=node, message_type=MESSAGE_TYPE)
+                for node in nodes]
+    log.info("round %d: sending %d bytes of copies to %d data owner(s)", round_number, record_bytes(publication), len(nodes))
+    replies = {reply.metadata.src_node_id: reply for reply in grid.send_and_receive(messages, timeout=run.timeout)}
+    log.info("round %d: %d repl(ies) received in %.2f s", round_number, len(replies), time.perf_counter() - started)
+    if run.secagg is not None:  # --- secure aggregation hook: the replies hold manifests only ---
+        from mpu.flower.secagg import secure_returns
+        return secure_returns(grid, run, nodes, replies, folder, round_number)  # --- end of hook ---
+    owner_dirs, sizes, dropped = [], [], []
+    limit = returns_limit(run.workdir)
+    for index, node in enumerate(nodes, start=1):
+        why = dropped_reason(replies.get(node), node)
+        if why is not None:
+            dropped.append(why)
+            log.warning("round %d: %s", round_number, why)
+            continue
+        returns, size = _owner_returns(replies[node], node, folder / f"owner-{index}", limit)
+        owner_dirs.append(returns)
+        sizes.append(size)
+    minimum = run.min_owners or run.owners
+    if len(owner_dirs) < minimum:
+        raise MPUError(f"round {round_number}: {len(owner_dirs)} of {len(nodes)} data owner(s) replied, at least {minimum} needed "
+                       f"(min-owners); nothing aggregated: " + "; ".join(dropped))
+    if len(owner_dirs) == 1:
+        return owner_dirs[0]
+    return combine_returns(run.workdir, owner_dirs, sizes, folder / "returns")
+
+
+def dropped_reason(reply: Message | None, node: int) -> str | None:
+    """Why an owner's reply cannot be used (no reply in time, an error reply), or None for a reply to read."""
+    if reply is None:
+        return f"data owner node {node} did not reply in time"
+    if reply.has_error():
+        return f"data owner node {node} failed: {reply.error.reason}"
+    return None
 
 
 def wait_for_owners(grid: Grid, owners: int, timeout: float) -> list[int]:
@@ -199,10 +253,9 @@ def returns_limit(workdir: Path) -> int:
 
 def _owner_returns(reply: Message | None, node: int, target: Path, max_bytes: int) -> tuple[Path, int]:
     """Write one owner's reply as a returns folder; its forget-set size. MPUError/InputError otherwise."""
-    if reply is None:
-        raise MPUError(f"data owner node {node} did not reply in time")
-    if reply.has_error():
-        raise MPUError(f"data owner node {node} failed: {reply.error.reason}")
+    why = dropped_reason(reply, node)
+    if why is not None:
+        raise MPUError(why)
     content = reply.content
     if RETURNS not in content.array_records or OWNER not in content.config_records:
         raise InputError(target, f"reply of node {node} lacks its {RETURNS!r} files or its {OWNER!r} record")

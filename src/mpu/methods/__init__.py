@@ -4,7 +4,7 @@ noise-free baseline (``mpu unlearn``) and the MPU client (``mpu client unlearn``
 API::
 
     METHODS                                   # Registry: name -> UnlearnTrainer subclass
-    TrainingOptions                           # dataclass of Trainer settings (epochs, learning_rate, LoRA, ...)
+    TrainingConfig                           # dataclass of Trainer settings (epochs, learning_rate, LoRA, ...)
     method_hparams(name, overrides)           # validated hyperparameter dataclass of one method
     UnlearnJob(method, hparams, training, forget_rows, retain_rows, reference)
                                               # one run's inputs; .run(model, tokenizer, scratch_dir)
@@ -13,14 +13,14 @@ API::
     run_unlearning(model, tokenizer, forget_rows, retain_rows, method, hparams, training, output_dir)
                                               # the positional form of UnlearnJob(...).run
     add_method_arguments(parser)              # --method, --config, --hp, per-hyperparameter and training flags
-    options_from_args(args)                   # -> (method, hparams, TrainingOptions); config < command line
+    options_from_args(args)                   # -> (method, hparams, TrainingConfig); config < command line
 
 Methods: GradAscent, GradDiff, NPO, SimNPO, DPO, RMU, UNDIAL, SatImp, WGA, CEU, PDU (one file each).
 """
 
 from mpu.methods.base import METHODS, RetainHparams, UnlearnTrainer
 from mpu.methods import ceu, dpo, grad_ascent, grad_diff, npo, pdu, rmu, satimp, simnpo, undial, wga  # noqa: F401  (registers)
-from mpu.methods.options import TrainingOptions, training_options
+from mpu.methods.options import TrainingConfig, TrainingOptions, training_options
 from mpu.methods.training import (
     UnlearnResult,
     finish_unlearning,
@@ -35,6 +35,7 @@ from mpu.methods.config import add_method_arguments, load_method_config, methods
 __all__ = [
     "METHODS",
     "RetainHparams",
+    "TrainingConfig",
     "TrainingOptions",
     "UnlearnJob",
     "UnlearnResult",

@@ -62,15 +62,15 @@ class UnlearnTrainer(Trainer):
     """A ``transformers.Trainer`` whose batches hold forget (and retain) examples.
 
     Class attributes a method sets: ``Hparams`` (its dataclass), ``retain_use`` ("none", "optional" or
-    "required"), ``uses_alternate`` (DPO), ``training_defaults`` (TrainingOptions fields it changes) and
-    ``reference_schedule`` (the paper's reference (R, E) for MPU runs).
+    "required"), ``uses_alternate`` (DPO), ``training_defaults`` (TrainingConfig fields it changes) and
+    ``paper_schedule`` (the paper's (R, E): rounds, epochs per round, for MPU runs).
     """
 
     Hparams: ClassVar[type] = NoHparams
     retain_use: ClassVar[str] = "none"
     uses_alternate: ClassVar[bool] = False
     training_defaults: ClassVar[dict[str, Any]] = {}
-    reference_schedule: ClassVar[tuple[int, int]] = (1, 10)
+    paper_schedule: ClassVar[tuple[int, int]] = (1, 10)
     # compute_loss divides by the items of the whole optimizer step (see per_item): no further scaling.
     loss_is_scaled_for_ga = True
     # Why the method cannot train with differential privacy (its loss couples examples), or None.

@@ -25,7 +25,7 @@ class CEU(UnlearnTrainer):
     """Forget-only: the target (detached) keeps the model's belief about every other token."""
 
     Hparams = CEUHparams
-    reference_schedule = (1, 10)
+    paper_schedule = (1, 10)
 
     def count_items(self, inputs):
         """Adds ``"forget.ceu_tokens"``: the answer tokens left after skipping the first n of each sequence."""

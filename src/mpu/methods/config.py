@@ -1,6 +1,6 @@
 """Choosing a method and its settings: YAML config files and command-line flags.
 
-Precedence, lowest first: TrainingOptions defaults < the method's ``training_defaults`` < the config file
+Precedence, lowest first: TrainingConfig defaults < the method's ``training_defaults`` < the config file
 < the command line. A config file is plain YAML (loaded with OmegaConf, so ``${...}`` interpolation
 works), with only these top-level keys::
 
@@ -15,45 +15,56 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, Optional
 
 from mpu.errors import InputError, MPUError
 from mpu.flags import add_dataclass_arguments, flag_name, given_values
 from mpu.methods.base import METHODS
-from mpu.methods.options import TrainingOptions, describe_defaults, training_options
+from mpu.methods.options import TrainingConfig, describe_defaults, training_options
 from mpu.methods.training import method_hparams
 
-CONFIG_KEYS = ("method", "hparams", "training")
 _HP = "mpu_hp__"  # argparse dest prefixes, so that a caller's own arguments never collide
 _TR = "mpu_train__"
 
 
+@dataclass
+class MethodConfigFile:
+    """The schema of a method config file: the method (optional: ``--method`` may name it), and the
+    hyperparameters and training options it changes (checked against the method's dataclasses later)."""
+
+    method: Optional[str] = None
+    hparams: Optional[Dict[str, Any]] = None
+    training: Optional[Dict[str, Any]] = None
+
+
+CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(MethodConfigFile))
+
+
 def load_method_config(path: str | Path) -> dict[str, Any]:
-    """Read a method config file: ``{"method": str|None, "hparams": dict, "training": dict}``."""
-    from omegaconf import OmegaConf
+    """Read a method config file: ``{"method": str|None, "hparams": dict, "training": dict}``, typed
+    against :class:`MethodConfigFile`; an unknown top-level key or a value of the wrong kind is an
+    ``InputError`` naming the file and the key."""
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "no such config file")
     try:
-        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    except Exception as err:  # YAML or interpolation errors
+        loaded = OmegaConf.load(path)
+    except Exception as err:  # YAML errors
         raise InputError(path, f"not a valid YAML config ({err})") from None
-    data = data or {}
-    if not isinstance(data, dict):
+    if not isinstance(loaded, DictConfig):
         raise InputError(path, "expected a mapping at the top level")
-    unknown = [key for key in data if key not in CONFIG_KEYS]
-    if unknown:
-        raise InputError(path, f"unknown key {unknown[0]!r}; valid top-level keys: {', '.join(CONFIG_KEYS)}")
-    for key in ("hparams", "training"):
-        if data.get(key) is None:
-            data[key] = {}
-        elif not isinstance(data[key], dict):
-            raise InputError(path, f"{key!r} must be a mapping")
-    if data.get("method") is not None and not isinstance(data["method"], str):
-        raise InputError(path, "'method' must be a string")
-    return {"method": data.get("method"), "hparams": dict(data["hparams"]), "training": dict(data["training"])}
+    try:
+        data = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(MethodConfigFile), loaded), resolve=True)
+    except ConfigKeyError as err:
+        raise InputError(path, f"unknown key {err.key!r}; valid top-level keys: {', '.join(CONFIG_KEYS)}") from None
+    except OmegaConfBaseException as err:  # a value of the wrong kind, or an interpolation that fails
+        raise InputError(path, f"not a valid method config ({str(err).splitlines()[0]}; key {err.full_key})") from None
+    return {"method": data["method"], "hparams": data["hparams"] or {}, "training": data["training"] or {}}
 
 
 def _hparam_fields() -> dict[str, list[tuple[str, dataclasses.Field]]]:
@@ -75,7 +86,7 @@ def methods_table() -> str:
 
 
 def add_method_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add --method, --config, --hp, one flag per hyperparameter and one per TrainingOptions field."""
+    """Add --method, --config, --hp, one flag per hyperparameter and one per TrainingConfig field."""
     group = parser.add_argument_group("unlearning method")
     group.add_argument("--method", dest=_HP + "method", metavar="NAME",
                        help=f"one of: {', '.join(METHODS.names())}, in any case, '_'/'-' ignored "
@@ -94,7 +105,7 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
         text = "; ".join(f"{help_text} [{', '.join(defaults)}]" for help_text, defaults in by_help.items())
         group.add_argument(flag_name(name), dest=_HP + name, metavar="V", default=argparse.SUPPRESS, help=text.replace("%", "%%"))
 
-    add_dataclass_arguments(parser, parser.add_argument_group("training"), TrainingOptions, _TR)
+    add_dataclass_arguments(parser, parser.add_argument_group("training"), TrainingConfig, _TR)
 
     table = methods_table()
     parser.epilog = f"{parser.epilog}\n\n{table}" if parser.epilog else table
@@ -102,8 +113,8 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
         parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
-def options_from_args(args: argparse.Namespace) -> tuple[str, Any, TrainingOptions]:
-    """(method name, its validated hyperparameters, TrainingOptions) from parsed arguments."""
+def options_from_args(args: argparse.Namespace) -> tuple[str, Any, TrainingConfig]:
+    """(method name, its validated hyperparameters, TrainingConfig) from parsed arguments."""
     values = vars(args)
     config_path = values.get(_HP + "config")
     config = load_method_config(config_path) if config_path else {"method": None, "hparams": {}, "training": {}}
@@ -138,4 +149,20 @@ def options_from_args(args: argparse.Namespace) -> tuple[str, Any, TrainingOptio
     given = given_values(args, _TR)
     training.update(given)
     tsources.update({key: "the command line" for key in given})
+    _check_hparams_belong(method, hparams, sources)
     return method, method_hparams(method, hparams, sources), training_options(training, tsources)
+
+
+def _check_hparams_belong(method: str, hparams: dict[str, Any], sources: dict[str, str]) -> None:
+    """Refuse a hyperparameter that ``method`` does not take but other methods do (``--steering-coeff``
+    with NPO), naming those methods; a key no method takes is left to ``method_hparams``'s message."""
+    own = [f.name for f in dataclasses.fields(METHODS.get(method).Hparams)]
+    takers = _hparam_fields()
+    for key in hparams:
+        if key in own or key not in takers:
+            continue
+        methods = [name for name, _ in takers[key]]
+        where = f" (from {sources[key]})" if key in sources else ""
+        valid = ", ".join(own) if own else "(none: it takes no hyperparameters)"
+        raise MPUError(f"unknown {method} hyperparameter {key!r}{where}: only {', '.join(methods)} "
+                       f"{'takes' if len(methods) == 1 else 'take'} it (--method {methods[0]}); {method}'s valid keys: {valid}")

@@ -38,7 +38,7 @@ CLIP_EPSILON = 1e-6
 
 
 @dataclass(frozen=True)
-class DPSettings:
+class DPConfig:
     """The privacy parameters of one run.
 
     ``noise_multiplier`` σ (noise std / C), ``clip_norm`` C (L2, in gradient units), ``delta`` δ,
@@ -57,7 +57,7 @@ class DPSettings:
 
 
 def plan(*, epsilon: float, noise_multiplier: float, delta: float, clip_norm: float, examples: int,
-         batch: int, steps: int, runs: int = 1) -> DPSettings:
+         batch: int, steps: int, runs: int = 1) -> DPConfig:
     """The DP settings for ``runs`` runs of ``steps`` optimizer steps of ``batch`` examples out of
     ``examples`` each; ε covers all of them together (RDP composition of runs × steps Gaussian steps).
 
@@ -79,11 +79,11 @@ def plan(*, epsilon: float, noise_multiplier: float, delta: float, clip_norm: fl
             warnings.simplefilter("ignore", UserWarning)
             sigma = get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate,
                                          steps=steps * runs, accountant="rdp", alphas=RDP_ORDERS)
-        return DPSettings(float(sigma), clip_norm, delta, sample_rate, steps, runs, target_epsilon=epsilon)
-    return DPSettings(float(noise_multiplier), clip_norm, delta, sample_rate, steps, runs)
+        return DPConfig(float(sigma), clip_norm, delta, sample_rate, steps, runs, target_epsilon=epsilon)
+    return DPConfig(float(noise_multiplier), clip_norm, delta, sample_rate, steps, runs)
 
 
-def spent_epsilon(settings: DPSettings, steps: int) -> float:
+def spent_epsilon(settings: DPConfig, steps: int) -> float:
     """ε spent after ``steps`` steps at the settings' σ and q (Opacus RDP accountant); ∞ without noise."""
     if settings.noise_multiplier <= 0:
         return math.inf
@@ -104,7 +104,7 @@ class PrivateSteps:
     :meth:`add_noise` adds N(0, (σC/B)²) to every trainable parameter's gradient at the step's end.
     """
 
-    def __init__(self, settings: DPSettings, generator: torch.Generator | None = None):
+    def __init__(self, settings: DPConfig, generator: torch.Generator | None = None):
         self.settings = settings
         self.steps_taken = 0
         self.clipped = 0   # examples whose gradient norm exceeded C
@@ -166,3 +166,7 @@ class PrivateSteps:
             "target_epsilon": s.target_epsilon,
             "accountant": "rdp (opacus)",
         }
+
+
+# The name before settings dataclasses were all called *Config (one suffix for one concept).
+DPSettings = DPConfig

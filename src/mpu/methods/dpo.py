@@ -25,7 +25,7 @@ class DPO(UnlearnTrainer):
     Hparams = DPOHparams
     retain_use = "optional"
     uses_alternate = True
-    reference_schedule = (10, 1)
+    paper_schedule = (10, 1)
 
     @classmethod
     def needs_reference(cls, hp, with_retain):

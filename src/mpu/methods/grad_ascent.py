@@ -10,7 +10,7 @@ from mpu.methods.base import METHODS, UnlearnTrainer
 class GradAscent(UnlearnTrainer):
     """No hyperparameters and no retain data: the plainest baseline, and the fastest to collapse a model."""
 
-    reference_schedule = (1, 10)
+    paper_schedule = (1, 10)
 
     def unlearning_loss(self, model, inputs):
         forget = inputs["forget"]

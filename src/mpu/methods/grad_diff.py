@@ -17,7 +17,7 @@ class GradDiffHparams(RetainHparams):
 class GradDiff(UnlearnTrainer):
     Hparams = GradDiffHparams
     retain_use = "required"
-    reference_schedule = (1, 10)
+    paper_schedule = (1, 10)
 
     def unlearning_loss(self, model, inputs):
         forget = inputs["forget"]

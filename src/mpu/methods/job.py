@@ -5,7 +5,7 @@ the training options, the forget and retain rows and, optionally, the reference 
 noise-free baseline (``mpu unlearn``, :func:`unlearn_model`) and the MPU client
 (:func:`mpu.client.unlearn.unlearn_publication`, one job per copy) run::
 
-    job = UnlearnJob("NPO", {"beta": 0.1}, TrainingOptions(epochs=2), forget_rows, retain_rows)
+    job = UnlearnJob("NPO", {"beta": 0.1}, TrainingConfig(epochs=2), forget_rows, retain_rows)
     result = job.run(model, tokenizer, scratch_dir)        # unlearns ``model`` in place -> UnlearnResult
     unlearn_model("target/", job, "unlearned/")            # load, unlearn, save (the noise-free baseline)
 
@@ -33,11 +33,12 @@ from mpu.errors import InputError, MPUError
 from mpu.methods.base import METHODS, UnlearnTrainer
 from mpu.methods.data import ForgetRetainCollator, ForgetRetainDataset
 from mpu.methods.lora import add_lora
-from mpu.methods.options import TrainingOptions
+from mpu.methods.options import TrainingConfig
 from mpu.methods.training import (
     UnlearnResult, _private_steps, _resolve_hparams, _retain_reason, finish_unlearning, frozen_gc, run_max_length,
     run_prompt_format, training_arguments,
 )
+from mpu.quiet import quiet_transformers
 
 logger = logging.getLogger(__name__)
 
@@ -59,12 +60,12 @@ class UnlearnJob:
     client trains the round's m copies on the same rows, and the server sees all m updates).
 
     Raises MPUError for an unknown method or hyperparameters that are not the method's, TypeError for
-    ``training`` that is not a TrainingOptions, ValueError for ``dp_runs`` below 1.
+    ``training`` that is not a TrainingConfig, ValueError for ``dp_runs`` below 1.
     """
 
     method: str
     hparams: Any = None
-    training: TrainingOptions = field(default_factory=TrainingOptions)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
     forget_rows: Sequence[dict[str, Any]] = ()
     retain_rows: Sequence[dict[str, Any]] | None = None
     reference: Any = None  # torch.nn.Module | Callable[[], torch.nn.Module] | None
@@ -72,8 +73,8 @@ class UnlearnJob:
 
     def __post_init__(self) -> None:
         METHODS.get(self.method)  # MPUError for an unknown name, before any model is loaded
-        if not isinstance(self.training, TrainingOptions):
-            raise TypeError(f"training must be TrainingOptions, got {type(self.training).__name__}")
+        if not isinstance(self.training, TrainingConfig):
+            raise TypeError(f"training must be TrainingConfig, got {type(self.training).__name__}")
         if not isinstance(self.dp_runs, int) or isinstance(self.dp_runs, bool) or self.dp_runs < 1:
             raise ValueError(f"dp_runs counts runs on the same data, an integer >= 1, got {self.dp_runs!r}")
 
@@ -159,8 +160,9 @@ def load_model_and_tokenizer(path: str | Path, dtype: str = "float32"):
     if not (path / "config.json").is_file():
         raise InputError(path, "not a Hugging Face model directory (no config.json)")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype if dtype == "auto" else getattr(torch, dtype))
+        with quiet_transformers():   # the caller reports the step; transformers' warnings stay
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype if dtype == "auto" else getattr(torch, dtype))
     except (OSError, ValueError) as err:
         raise InputError(path, f"cannot load the model or its tokenizer ({err})") from None
     return model, tokenizer
@@ -200,7 +202,8 @@ def save_unlearned(model, tokenizer, out: Path, summary: dict[str, Any] | None =
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        save_model(model, tokenizer, tmp)   # only the allow-listed model files: no metadata of the source
+        with quiet_transformers():   # no "Writing model shards" bar: the caller reports the saved model
+            save_model(model, tokenizer, tmp)   # only the allow-listed model files: no metadata of the source
         if summary is not None:
             (tmp / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
         if out.exists():

@@ -5,12 +5,11 @@ Conventions (all functions):
   ``-100`` everywhere except the answer tokens (see :func:`mpu.data.qa.encode_qa`). Position ``t`` of the
   logits predicts token ``t + 1``, so every function shifts once, here.
 - Arithmetic is in float32 whatever the model's dtype.
-- "Mean over tokens" means over every answer token of the batch (the Hugging Face convention), and
-  "per sequence" means one value per row.
-- Every mean has a ``*_sum`` (or per-sequence ``*_terms``) companion: the trainer sums the terms of a
-  micro-batch and divides by the number of tokens or sequences of the whole optimizer step (all
-  micro-batches, all processes), so that gradient accumulation and several processes give the update of
-  one full batch. The means here are ``sum / count`` of one batch.
+- The losses are sums over a batch's answer tokens (``*_sum``) or one value per sequence (``*_terms``,
+  ``[B]``), never means: the trainer sums them over a micro-batch and divides by the number of answer
+  tokens (every answer token of the step: the Hugging Face convention) or sequences of the whole
+  optimizer step (all micro-batches, all processes), so that gradient accumulation and several processes
+  give the update of one full batch.
 """
 
 from __future__ import annotations
@@ -56,11 +55,6 @@ def nll_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return token_nll(logits, labels)[0].sum()
 
 
-def mean_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """NLL averaged over all answer tokens of the batch (what ``model(..., labels=...).loss`` gives)."""
-    return nll_sum(logits, labels) / answer_tokens(labels).clamp(min=1)
-
-
 def kl_sum(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """KL(p_ref || p_θ) of the next-token distributions, summed over answer positions."""
     logits, _, mask = _shift(logits, labels)
@@ -70,19 +64,9 @@ def kl_sum(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor)
     return F.kl_div(log_p, log_q, reduction="sum", log_target=True)
 
 
-def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """KL(p_ref || p_θ) of the next-token distributions, averaged over answer positions."""
-    return kl_sum(logits, ref_logits, labels) / answer_tokens(labels).clamp(min=1)
-
-
 def npo_terms(nll: torch.Tensor, ref_nll: torch.Tensor, beta: float) -> torch.Tensor:
     """NPO per sequence, ``[B]``: −(2/β)·log σ(β(ℓ_θ − ℓ_ref)) with ℓ the summed answer NLL."""
     return -(2.0 / beta) * F.logsigmoid(beta * (nll - ref_nll))
-
-
-def npo_loss(nll: torch.Tensor, ref_nll: torch.Tensor, beta: float) -> torch.Tensor:
-    """NPO: −(2/β)·mean log σ(β(ℓ_θ − ℓ_ref)) with ℓ the summed answer NLL of each sequence."""
-    return npo_terms(nll, ref_nll, beta).mean()
 
 
 def dpo_terms(
@@ -94,21 +78,9 @@ def dpo_terms(
     return -(2.0 / beta) * F.logsigmoid(beta * (win_log_ratio - lose_log_ratio))
 
 
-def dpo_loss(
-    win_nll: torch.Tensor, win_ref_nll: torch.Tensor, lose_nll: torch.Tensor, lose_ref_nll: torch.Tensor, beta: float
-) -> torch.Tensor:
-    """DPO: the mean of :func:`dpo_terms` over the pairs."""
-    return dpo_terms(win_nll, win_ref_nll, lose_nll, lose_ref_nll, beta).mean()
-
-
 def simnpo_terms(nll: torch.Tensor, lengths: torch.Tensor, beta: float, delta: float) -> torch.Tensor:
     """SimNPO per sequence, ``[B]``: −(2/β)·log σ(β(ℓ_θ/|y| − δ)), no reference model."""
     return -(2.0 / beta) * F.logsigmoid(beta * (nll / lengths.clamp(min=1) - delta))
-
-
-def simnpo_loss(nll: torch.Tensor, lengths: torch.Tensor, beta: float, delta: float) -> torch.Tensor:
-    """SimNPO: −(2/β)·mean log σ(β(ℓ_θ/|y| − δ)), no reference model."""
-    return simnpo_terms(nll, lengths, beta, delta).mean()
 
 
 def weighted_ascent_sum(logits: torch.Tensor, labels: torch.Tensor, beta1: float, beta2: float = 0.0) -> torch.Tensor:
@@ -122,22 +94,12 @@ def weighted_ascent_sum(logits: torch.Tensor, labels: torch.Tensor, beta1: float
     return -(weight * nll)[mask].sum()
 
 
-def weighted_ascent_loss(logits: torch.Tensor, labels: torch.Tensor, beta1: float, beta2: float = 0.0) -> torch.Tensor:
-    """The mean over answer tokens of :func:`weighted_ascent_sum`."""
-    return weighted_ascent_sum(logits, labels, beta1, beta2) / answer_tokens(labels).clamp(min=1)
-
-
 def undial_sum(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor, beta: float) -> torch.Tensor:
     """Cross-entropy to softmax(ref logits − β·onehot(label)), summed over answer tokens."""
     logits, labels, mask = _shift(logits, labels)
     ref = ref_logits[:, :-1, :].float().to(logits.device)[mask]
     target = F.softmax(ref - beta * F.one_hot(labels[mask], ref.size(-1)), dim=-1)
     return -(target * F.log_softmax(logits[mask], dim=-1)).sum()
-
-
-def undial_loss(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor, beta: float) -> torch.Tensor:
-    """Cross-entropy to softmax(ref logits − β·onehot(label)), averaged over answer tokens."""
-    return undial_sum(logits, ref_logits, labels, beta) / answer_tokens(labels).clamp(min=1)
 
 
 def ceu_labels(labels: torch.Tensor, ignore_first_n: int = 1) -> torch.Tensor:
@@ -159,21 +121,11 @@ def ceu_sum(logits: torch.Tensor, labels: torch.Tensor, ignore_first_n: int = 1)
     return -(F.softmax(target, dim=-1) * F.log_softmax(selected, dim=-1)).sum()
 
 
-def ceu_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_first_n: int = 1) -> torch.Tensor:
-    """CE-U averaged over the trained answer tokens (see :func:`ceu_sum`)."""
-    return ceu_sum(logits, labels, ignore_first_n) / answer_tokens(ceu_labels(labels, ignore_first_n)).clamp(min=1)
-
-
 def flatten_logits_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Σ over answer positions of (max logit − mean logit)²: pushes the prediction towards uniform (PDU)."""
     logits, _, mask = _shift(logits, labels)
     selected = logits[mask]
     return ((selected.max(-1).values - selected.mean(-1)) ** 2).sum()
-
-
-def flatten_logits_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean over answer positions of (max logit − mean logit)² (see :func:`flatten_logits_sum`)."""
-    return flatten_logits_sum(logits, labels) / answer_tokens(labels).clamp(min=1)
 
 
 def activation_mse_terms(activations: torch.Tensor, target: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -182,8 +134,3 @@ def activation_mse_terms(activations: torch.Tensor, target: torch.Tensor, labels
     mask = (labels != IGNORE_INDEX).to(activations.device)
     per_token = (activations.float() - target.float()).pow(2).mean(-1)
     return (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-
-
-def activation_mse(activations: torch.Tensor, target: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """RMU's distance averaged over the batch's sequences (see :func:`activation_mse_terms`)."""
-    return activation_mse_terms(activations, target, labels).mean()

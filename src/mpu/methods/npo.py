@@ -23,7 +23,7 @@ class NPO(UnlearnTrainer):
 
     Hparams = NPOHparams
     retain_use = "optional"
-    reference_schedule = (2, 5)
+    paper_schedule = (2, 5)
 
     @classmethod
     def needs_reference(cls, hp, with_retain):

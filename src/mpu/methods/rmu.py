@@ -60,7 +60,7 @@ def _activations(model, module, batch) -> torch.Tensor:
 class RMU(UnlearnTrainer):
     Hparams = RMUHparams
     retain_use = "required"
-    reference_schedule = (1, 10)
+    paper_schedule = (1, 10)
 
     @classmethod
     def needs_reference(cls, hp, with_retain):

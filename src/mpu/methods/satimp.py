@@ -26,7 +26,7 @@ class SatImp(UnlearnTrainer):
 
     Hparams = SatImpHparams
     retain_use = "optional"
-    reference_schedule = (10, 1)
+    paper_schedule = (10, 1)
 
     def unlearning_loss(self, model, inputs):
         forget = inputs["forget"]

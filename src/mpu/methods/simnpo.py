@@ -25,7 +25,7 @@ class SimNPO(UnlearnTrainer):
 
     Hparams = SimNPOHparams
     retain_use = "optional"
-    reference_schedule = (10, 1)
+    paper_schedule = (10, 1)
 
     def unlearning_loss(self, model, inputs):
         forget = inputs["forget"]

@@ -23,7 +23,7 @@ from transformers import TrainingArguments
 from mpu.errors import MPUError
 from mpu.methods.base import METHODS, UnlearnTrainer
 from mpu.methods.lora import lora_factors, merge_lora
-from mpu.methods.options import TrainingOptions, build_dataclass
+from mpu.methods.options import TrainingConfig, build_dataclass
 
 logger = logging.getLogger(__name__)
 
@@ -64,49 +64,25 @@ def _resolve_hparams(method: str, hparams):
     return hparams
 
 
-def training_arguments(training: TrainingOptions, output_dir: str) -> TrainingArguments:
-    """The Hugging Face ``TrainingArguments`` of ``training``, with ``output_dir`` as the Trainer's scratch
-    folder (nothing is saved there: no checkpoints, no reports). Adds warmup to a constant schedule
-    when ``warmup_ratio > 0``, turns off the Trainer's clipping under DP-SGD (which clips per example),
-    and sets up gloo when several CPU processes train together."""
-    scheduler = training.lr_scheduler_type
-    if training.warmup_ratio > 0 and scheduler == "constant":
-        scheduler = "constant_with_warmup"  # "constant" alone ignores warmup
-    extra = {}
+# What every unlearning run's Trainer does, whatever the options: nothing saved or reported, the batch's
+# extra columns kept (the methods read them), data loaded in this process (the pairing counts visits here).
+RUN_ARGUMENTS = dict(logging_strategy="steps", save_strategy="no", eval_strategy="no", report_to=[],
+                     remove_unused_columns=False, dataloader_num_workers=0)
+
+
+def training_arguments(training: TrainingConfig, output_dir: str) -> TrainingArguments:
+    """The Hugging Face ``TrainingArguments`` of ``training`` (:meth:`TrainingConfig.hf_arguments`),
+    with ``output_dir`` as the Trainer's scratch folder (nothing is saved there) and
+    :data:`RUN_ARGUMENTS`; sets up gloo when several CPU processes train together."""
+    arguments = training.hf_arguments()
+    if "activation_checkpointing" in {f.name for f in dataclasses.fields(TrainingArguments)}:
+        arguments["activation_checkpointing"] = arguments.pop("gradient_checkpointing")  # transformers 5.x's name
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
         # Several CPU processes (torchrun on a machine without GPUs): accelerate sets up DDP over gloo
         # only when told it runs on the CPU; otherwise each process would train alone.
-        extra.update(use_cpu=True, ddp_backend="gloo")
-    # transformers 5.x renamed gradient_checkpointing; pass whichever this version has, once.
-    names = {f.name for f in dataclasses.fields(TrainingArguments)}
-    extra["activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"] = training.gradient_checkpointing
-    return TrainingArguments(
-        output_dir=output_dir,
-        num_train_epochs=training.epochs,
-        max_steps=training.max_steps,
-        learning_rate=training.learning_rate,
-        per_device_train_batch_size=training.batch_size,
-        gradient_accumulation_steps=training.gradient_accumulation_steps,
-        warmup_steps=training.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
-        lr_scheduler_type=scheduler,
-        # DP-SGD clips each example's gradient itself; clipping the noised sum again would rescale the noise.
-        max_grad_norm=0.0 if training.private else training.max_grad_norm,
-        weight_decay=training.weight_decay,
-        optim=training.optim,
-        seed=training.seed,
-        data_seed=training.seed,
-        bf16=training.bf16,
-        logging_strategy="steps",
-        logging_steps=training.logging_steps,
-        save_strategy="no",
-        eval_strategy="no",
-        report_to=[],
-        remove_unused_columns=False,
-        disable_tqdm=not training.progress_bar,
-        dataloader_num_workers=0,  # the pairing counts visits in this process
-        dataloader_pin_memory=torch.cuda.is_available(),
-        **extra,
-    )
+        arguments.update(use_cpu=True, ddp_backend="gloo")
+    return TrainingArguments(output_dir=output_dir, **arguments, **RUN_ARGUMENTS,
+                             dataloader_pin_memory=torch.cuda.is_available())
 
 
 def prepare_unlearning(
@@ -116,7 +92,7 @@ def prepare_unlearning(
     retain_rows: Sequence[dict[str, Any]] | None,
     method: str,
     hparams,
-    training: TrainingOptions,
+    training: TrainingConfig,
     output_dir: str,
     reference: torch.nn.Module | Callable[[], torch.nn.Module] | None = None,
     dp_runs: int = 1,
@@ -128,7 +104,7 @@ def prepare_unlearning(
     return UnlearnJob(method, hparams, training, forget_rows, retain_rows, reference, dp_runs).prepare(model, tokenizer, output_dir)
 
 
-def run_prompt_format(training: TrainingOptions, model, tokenizer):
+def run_prompt_format(training: TrainingConfig, model, tokenizer):
     """The run's :class:`mpu.data.qa.PromptFormat` from ``prompt_format``/``system_prompt``/``date_string``."""
     from mpu.data.qa import model_name
     from mpu.data.templates import resolve_format
@@ -136,14 +112,14 @@ def run_prompt_format(training: TrainingOptions, model, tokenizer):
     return resolve_format(training.prompt_format, training.system_prompt, training.date_string, model_name(model, tokenizer))
 
 
-def run_max_length(training: TrainingOptions, model, tokenizer) -> int:
+def run_max_length(training: TrainingConfig, model, tokenizer) -> int:
     """The run's one length limit: ``max_length``, or the model's context length when not set."""
     from mpu.data.qa import model_max_length
 
     return training.max_length or model_max_length(model, tokenizer)
 
 
-def _private_steps(cls: type[UnlearnTrainer], method: str, training: TrainingOptions, examples: int, runs: int):
+def _private_steps(cls: type[UnlearnTrainer], method: str, training: TrainingConfig, examples: int, runs: int):
     """DP-SGD for this run: σ from the ε asked for (or as given), over the steps the Trainer will take."""
     from mpu.methods.dp import PrivateSteps, plan
 
@@ -209,7 +185,7 @@ def run_unlearning(
     retain_rows: list[dict] | None,
     method: str,
     hparams,
-    training: TrainingOptions,
+    training: TrainingConfig,
     output_dir: str,
     reference: torch.nn.Module | Callable[[], torch.nn.Module] | None = None,
     dp_runs: int = 1,

@@ -26,7 +26,7 @@ class UNDIAL(UnlearnTrainer):
     Hparams = UNDIALHparams
     retain_use = "optional"
     training_defaults = {"learning_rate": 1e-4}
-    reference_schedule = (1, 10)
+    paper_schedule = (1, 10)
 
     @classmethod
     def needs_reference(cls, hp, with_retain):

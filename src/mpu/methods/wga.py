@@ -24,7 +24,7 @@ class WGA(UnlearnTrainer):
 
     Hparams = WGAHparams
     retain_use = "optional"
-    reference_schedule = (2, 5)
+    paper_schedule = (2, 5)
 
     def unlearning_loss(self, model, inputs):
         forget = inputs["forget"]

@@ -26,7 +26,7 @@ PUBLICATION_FORMAT = "mpu-publication/1"
 UPDATE_MANIFEST = "update.json"
 UPDATE_FORMAT = "mpu-update/1"
 LORA_A, LORA_B = ".lora_A", ".lora_B"
-UPDATE_FOLDER = re.compile(r"^update-([0-9]{1,6})$")
+UPDATE_FOLDER = re.compile(r"update-([0-9]{1,6})")  # fullmatch: no trailing newline
 
 
 def copy_folder(copy_id: int) -> str:
@@ -47,7 +47,7 @@ def update_folder(copy_id: int) -> str:
 
 def update_folder_copy_id(name: str) -> int | None:
     """The copy id an ``update-<id>`` folder name states (up to 6 digits), or None for any other name."""
-    match = UPDATE_FOLDER.match(name)
+    match = UPDATE_FOLDER.fullmatch(name)
     return int(match.group(1)) if match else None
 
 

@@ -25,8 +25,9 @@ MAX_SETTINGS = 64  # keys in ``hparams`` / ``training``
 MAX_LIST_ITEMS = 64  # items of a list-valued setting
 MAX_STEPS = 10**9
 UPDATE_KINDS = ("full", "lora")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-_HEX = re.compile(r"^[0-9a-f]+$")
+# Matched with fullmatch: "$" alone would also accept a trailing newline ("GradAscent\n").
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+_HEX = re.compile(r"[0-9a-f]+")
 LOSS_KEYS = ("first", "last", "min", "mean")
 # ``encoding``: how the client rendered and cut its rows (mpu.data.qa.Encoder.record plus truncation counts).
 ENCODING_KEYS = {"prompt_format": "settings", "chat_template_sha256": "sha256", "max_length": "count",
@@ -155,7 +156,7 @@ def _text(manifest: dict, key: str, path: Path, pattern: re.Pattern, shortest: i
         raise InputError(path, f"field {key!r} must be a string, got {type(value).__name__} {_show(value)}")
     if not shortest <= len(value) <= longest:
         raise InputError(path, f"field {key!r} must be {shortest}..{longest} characters, got {len(value)}")
-    if not pattern.match(value):
+    if not pattern.fullmatch(value):
         raise InputError(path, f"field {key!r} has characters outside {pattern.pattern}: {_show(value)}")
 
 
@@ -173,7 +174,7 @@ def _settings(value: Any, key: str, path: Path) -> None:
     if len(value) > MAX_SETTINGS:
         raise InputError(path, f"field {key!r} has {len(value)} entries, more than {MAX_SETTINGS}")
     for name, item in value.items():
-        if not _NAME.match(name) or len(name) > MAX_NAME_CHARS:
+        if not isinstance(name, str) or not _NAME.fullmatch(name) or len(name) > MAX_NAME_CHARS:
             raise InputError(path, f"field {key!r} has a setting named {_show(name)}")
         items = item if isinstance(item, list) else [item]
         if len(items) > MAX_LIST_ITEMS:

@@ -26,7 +26,7 @@ from transformers.core_model_loading import WeightConverter, WeightRenaming, dot
 
 from mpu.errors import UnsupportedArchitectureError
 from mpu.registry import Registry
-from mpu.reparam.options import ReparamOptions
+from mpu.reparam.options import ReparamConfig
 
 # model_type -> adapter class (called as cls(config, options)). Families register in llama.py, phi3.py.
 ARCHITECTURES: Registry[type["Adapter"]] = Registry("architecture")
@@ -55,6 +55,7 @@ class LayerTransform:
     ffn_scale: torch.Tensor | None = None
 
     def is_identity(self) -> bool:
+        """True when no part is drawn (every field None): T is the identity on this layer."""
         return all(getattr(self, f) is None for f in ("qk", "vo", "kv_perm", "ffn_perm", "ffn_scale"))
 
 
@@ -200,7 +201,7 @@ def _find_blocks(model: torch.nn.Module, config: transformers.PretrainedConfig, 
 class Adapter(ABC):
     """One architecture family's secret, function-preserving reparameterisation."""
 
-    def __init__(self, config: transformers.PretrainedConfig, options: ReparamOptions):
+    def __init__(self, config: transformers.PretrainedConfig, options: ReparamConfig):
         self.config = config
         self.options = options
         # A nested language model (VLMs) keeps its depth in the text config.
@@ -280,6 +281,7 @@ class IdentityAdapter(Adapter):
     """``--no-reparam``: every tensor is published as it is. Works for any architecture."""
 
     def describe(self) -> list[str]:
+        """One line: nothing is transformed."""
         return ["none: reparameterisation disabled (--no-reparam); copies keep the model's own coordinates"]
 
     def check_names(self, names: Iterable[str]) -> None:
@@ -288,12 +290,15 @@ class IdentityAdapter(Adapter):
         self.layout.check_placed(names)
 
     def sample(self, layer: int, generator: torch.Generator) -> LayerTransform:
+        """The identity transform of ``layer`` (draws nothing from ``generator``). Raises ValueError for a
+        layer outside [0, num_layers) or a generator that is not a CPU ``torch.Generator``."""
         self._check_sample_args(layer, generator)
         return LayerTransform(layer=layer)
 
     def apply(
         self, transform: LayerTransform, name: str, tensor: torch.Tensor, *, inverse: bool = False
     ) -> torch.Tensor:
+        """``tensor`` itself, unchanged (T = T⁻¹ = identity)."""
         return tensor
 
     def apply_lora(
@@ -305,13 +310,14 @@ class IdentityAdapter(Adapter):
         *,
         inverse: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(lora_B, lora_A)`` themselves, unchanged."""
         return lora_B, lora_A
 
 
-def get_adapter(config: transformers.PretrainedConfig, options: ReparamOptions) -> Adapter:
+def get_adapter(config: transformers.PretrainedConfig, options: ReparamConfig) -> Adapter:
     """The adapter for ``config.model_type``; IdentityAdapter when ``options.enabled`` is False."""
-    if not isinstance(options, ReparamOptions):
-        raise TypeError(f"options must be ReparamOptions, got {type(options).__name__}")
+    if not isinstance(options, ReparamConfig):
+        raise TypeError(f"options must be ReparamConfig, got {type(options).__name__}")
     if not options.enabled:
         return IdentityAdapter(config, options)
     model_type = getattr(config, "model_type", None) or "(none)"

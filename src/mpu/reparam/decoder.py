@@ -10,7 +10,7 @@ The maths, per layer and per copy:
 - KV groups may be permuted together with their query heads and O column blocks.
 - FFN: a permutation of intermediate units; optionally up row i * s_i and down column i / s_i.
 
-Each parameter name maps to a ``Rule``: a row transform (segments, several for fused projections)
+Each parameter name maps to a ``Rule`` (``layout.py``): a row transform (segments, several for fused projections)
 and/or a column transform. A column transform is the row transform of the transpose, so every
 operation is one of the two row operations in ``maths.py``.
 """
@@ -18,8 +18,7 @@ operation is one of the two row operations in ``maths.py``.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Iterable, Union
+from typing import Iterable
 
 import torch
 import transformers
@@ -27,7 +26,9 @@ import transformers
 from mpu.errors import MPUError, UnsupportedArchitectureError
 from mpu.reparam import maths
 from mpu.reparam.base import Adapter, LayerTransform
-from mpu.reparam.options import ReparamOptions
+# The layout vocabulary lives in layout.py; re-exported here, where the family adapters import it from.
+from mpu.reparam.layout import Geometry, HeadRole, Role, Rule, UnitRole, interleaved_order  # noqa: F401
+from mpu.reparam.options import ReparamConfig
 
 F64 = torch.float64
 # Activations f with f(s x) = s f(x) for s > 0: only these allow FFN scaling without a gate.
@@ -38,120 +39,6 @@ HOMOGENEOUS_ACTIVATIONS = frozenset({"relu"})
 NON_BLOCK_NAMES = frozenset(
     {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight", "model.rotary_emb.inv_freq"}
 )
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """Shapes read from the config, with HF's own defaults."""
-
-    n_heads: int
-    n_kv: int
-    head_dim: int
-    rotary_dim: int
-    intermediate: int
-
-    @property
-    def group(self) -> int:
-        """Query heads per KV head (HF repeat_kv: query head i reads KV head i // group)."""
-        return self.n_heads // self.n_kv
-
-    @classmethod
-    def from_config(
-        cls,
-        config: transformers.PretrainedConfig,
-        partial_rotary: bool,
-        *,
-        rope: bool = True,
-        n_kv: int | None = None,
-        intermediate: int | None = None,
-    ) -> "Geometry":
-        """``rope=False``: no rotary embedding (learned positions, ALiBi): rotary_dim is 0 and the whole
-        head is free for any orthogonal map. ``n_kv``/``intermediate`` override the config's names
-        (``num_key_value_heads``, ``intermediate_size``) for families that call them differently."""
-        n_heads = int(config.num_attention_heads)
-        n_kv = int(n_kv or getattr(config, "num_key_value_heads", None) or n_heads)
-        # Always the explicit head_dim when there is one (Gemma: hidden / heads would be wrong).
-        head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // n_heads)
-        if not rope:
-            rotary_dim = 0
-        else:
-            rotary_dim = _rotary_dim(config, head_dim) if partial_rotary else head_dim
-        intermediate = int(intermediate if intermediate is not None else config.intermediate_size)
-        geometry = cls(n_heads, n_kv, head_dim, rotary_dim, intermediate)
-        geometry._validate(config, rope)
-        return geometry
-
-    def _validate(self, config, rope: bool = True) -> None:
-        problems = []
-        if self.n_kv < 1 or self.n_heads % self.n_kv:
-            problems.append(f"num_attention_heads={self.n_heads} is not a multiple of num_key_value_heads={self.n_kv}")
-        if self.rotary_dim % 2 or not (0 if not rope else 1) <= self.rotary_dim <= self.head_dim:
-            problems.append(f"rotary dim {self.rotary_dim} must be even and in (0, head_dim={self.head_dim}]")
-        if problems:
-            raise UnsupportedArchitectureError(f"{config.model_type}: cannot reparameterise: " + "; ".join(problems))
-
-
-def interleaved_order(n_heads: int, head_dim: int, parts: int) -> torch.Tensor:
-    """row_order for fused rows stored per head as [part 0, part 1, ...] (GPT-NeoX, Falcon MHA).
-
-    Stored row ``(h * parts + p) * head_dim + a`` is row ``p * H * head_dim + h * head_dim + a`` of the
-    segment-major layout [part 0 of all heads | part 1 of all heads | ...].
-    """
-    stored = torch.arange(n_heads * parts * head_dim).reshape(n_heads, parts, head_dim)
-    return stored.permute(1, 0, 2).reshape(-1)
-
-
-def _rotary_dim(config: transformers.PretrainedConfig, head_dim: int) -> int:
-    """Dims rotated by RoPE, as HF computes them: cos.shape[-1] = 2 * len(arange(0, dim, 2))."""
-    rope = getattr(config, "rope_parameters", None) or {}
-    factor = rope.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", None))
-    dim = int(head_dim * (1.0 if factor is None else factor))
-    return 2 * ((dim + 1) // 2)
-
-
-@dataclass(frozen=True)
-class HeadRole:
-    """Rows laid out as attention heads, (KV group, query head in group, dim)."""
-
-    label: str
-    group: int  # heads per KV group in this tensor: H_q/H_kv for q and o, 1 for k and v
-    matrix: str | None  # which LayerTransform matrix acts on the dims: "qk", "vo", or None (permute only)
-    size: int
-
-
-@dataclass(frozen=True)
-class UnitRole:
-    """Rows laid out as FFN intermediate units."""
-
-    label: str
-    power: int  # unit i is scaled by s_i ** power: gate 0, up +1, down (columns) -1
-    size: int
-    # Which FFN's permutation/scales act on these units: "ffn" (LayerTransform.ffn_perm/ffn_scale) or a
-    # key of the transform's ``units`` dict (mixture-of-experts: one FFN per expert, see moe.py).
-    key: str = "ffn"
-
-
-Role = Union[HeadRole, UnitRole]
-
-
-@dataclass(frozen=True)
-class Rule:
-    """How one parameter transforms: row segments (concatenated along dim 0) and a column role.
-
-    ``transposed``: the tensor is stored as (in, out) (GPT-2's Conv1D): rows and columns above refer
-    to the (out, in) matrix ``tensor.T``. ``row_order``: the stored rows are a permutation of the
-    concatenated segments (fused projections interleaved per head, e.g. GPT-NeoX [q0 k0 v0 q1 ...]):
-    segment-major row r is stored row ``row_order[r]``.
-    """
-
-    rows: tuple[Role, ...] = ()
-    cols: Role | None = None
-    transposed: bool = False
-    row_order: torch.Tensor | None = field(default=None, compare=False)
-
-    @property
-    def is_identity(self) -> bool:
-        return not self.rows and self.cols is None
 
 
 class DecoderAdapter(Adapter):
@@ -187,7 +74,7 @@ class DecoderAdapter(Adapter):
     # per KV head preserves q.k.
     rope: bool = True
 
-    def __init__(self, config: transformers.PretrainedConfig, options: ReparamOptions):
+    def __init__(self, config: transformers.PretrainedConfig, options: ReparamConfig):
         super().__init__(config, options)
         if self.activation_key is not None:
             self.ffn_scalable = getattr(config, self.activation_key, None) in HOMOGENEOUS_ACTIVATIONS
@@ -300,6 +187,8 @@ class DecoderAdapter(Adapter):
     # Public API ------------------------------------------------------------------------------
 
     def describe(self) -> list[str]:
+        """One line per part (QK, V/O, heads, FFN, biases, what stays unchanged) for these options and this
+        model's geometry (head_dim, rotary dims, KV groups, intermediate size), as ``mpu server init`` prints."""
         g, o = self.geometry, self.options
         half, n_pass = g.rotary_dim // 2, g.head_dim - g.rotary_dim
         heads = f"shared by its {g.group} query head(s)"
@@ -348,6 +237,9 @@ class DecoderAdapter(Adapter):
         return "V/O: an independent random plane rotation per KV head (V rows, O columns)"
 
     def check_names(self, names: Iterable[str]) -> None:
+        """Raise UnsupportedArchitectureError listing every parameter in ``names`` that no rule covers (a
+        block tensor with an unknown suffix or layer, or an unknown tensor outside the blocks), so that
+        no copy is published half-transformed. TypeError for a single string instead of an iterable."""
         if isinstance(names, str):
             raise TypeError("check_names() takes an iterable of names, not one string")
         unknown = [name for name in names if not self._understands(name)]
@@ -365,6 +257,13 @@ class DecoderAdapter(Adapter):
         return layer < self.num_layers and self.block_suffix(name) in self.rules
 
     def sample(self, layer: int, generator: torch.Generator) -> LayerTransform:
+        """Draw layer ``layer``'s transform from ``generator`` in a fixed order, only for the enabled parts:
+        QK (per KV head an orthogonal ``[head_dim, head_dim]`` that commutes with RoPE, stored
+        ``[H_kv, head_dim, head_dim]``: uniform rotations of the rotary_dim/2 planes, sign flips only with
+        QK-norm, Haar without RoPE or on pass-through dims), V/O (the QK draw, a fresh plane rotation, or
+        Haar), the KV group permutation ``[H_kv]``, the FFN permutation and scales ``[intermediate]``. The same seed and
+        options give the same transform. Raises ValueError for a layer outside [0, num_layers) or a
+        generator that is not a CPU ``torch.Generator``."""
         self._check_sample_args(layer, generator)
         g, o = self.geometry, self.options
         # Draws happen in a fixed order, and only for enabled parts: same seed + options -> same T.

@@ -81,6 +81,8 @@ class FalconAdapter(DecoderAdapter):
         return {"self_attention.query_key_value": order}
 
     def sample(self, layer: int, generator: torch.Generator) -> LayerTransform:
+        """As :meth:`DecoderAdapter.sample`, without the KV-group permutation for ALiBi models (a head's
+        slope belongs to its position)."""
         transform = super().sample(layer, generator)
         if not self.rope and transform.kv_perm is not None:
             # ALiBi slopes belong to head positions: moving a head would give it another slope.
@@ -88,6 +90,7 @@ class FalconAdapter(DecoderAdapter):
         return transform
 
     def describe(self) -> list[str]:
+        """As :meth:`DecoderAdapter.describe`; ALiBi models say why heads are not permuted."""
         lines = super().describe()
         if not self.rope:
             lines = [line for line in lines if not line.startswith("heads:")]

@@ -38,6 +38,7 @@ class MoeLayerTransform(LayerTransform):
     units: dict = field(default_factory=dict)
 
     def is_identity(self) -> bool:
+        """True when neither the dense parts nor any expert's FFN permutation or scales are drawn."""
         return super().is_identity() and all(p is None and s is None for p, s in self.units.values())
 
 
@@ -50,6 +51,7 @@ class MoeAdapter(DecoderAdapter):
 
     @property
     def num_experts(self) -> int:
+        """Experts per MoE layer, from the HF config (``num_experts`` or ``num_local_experts``)."""
         return int(getattr(self.config, "num_experts", None) or self.config.num_local_experts)
 
     def _expert_size(self) -> int:
@@ -75,6 +77,8 @@ class MoeAdapter(DecoderAdapter):
         return rules
 
     def sample(self, layer: int, generator: torch.Generator) -> MoeLayerTransform:
+        """The dense draw of :meth:`DecoderAdapter.sample`, then for each expert FFN (and the shared expert)
+        its own permutation and scales ``[expert intermediate size]``, drawn independently in expert order."""
         base = super().sample(layer, generator)
         o = self.options
         units = {}
@@ -88,6 +92,7 @@ class MoeAdapter(DecoderAdapter):
         )
 
     def describe(self) -> list[str]:
+        """:meth:`DecoderAdapter.describe` plus one line on the experts and the router."""
         shared = " and the shared expert" if self.shared_expert else ""
         return super().describe() + [
             f"experts: each of the {self.num_experts} experts{shared} has its own FFN permutation"

@@ -36,7 +36,7 @@ def insecure_choices(config: ServerConfig) -> list[str]:
         choices.append("independent noise tau = 0 (the paper's setting): the copies' noise cancels exactly, so a client "
                        "holding all copies recovers the weights (docs/privacy.md); the default is tau = 1")
     if config.alpha_mode != "secret":
-        choices.append(f"alphas = {config.alpha_mode} (public): the client knows each copy's noise multiplier; the default "
+        choices.append(f"alphas = {config.alpha_mode}, not secret: the client knows each copy's noise multiplier; the default "
                        "draws them secretly")
     if config.fixed_seed is not None:
         choices.append(f"fixed seed {config.fixed_seed}: noise, alphas and transforms follow from the seed (reproducible, NOT "
@@ -47,6 +47,17 @@ def insecure_choices(config: ServerConfig) -> list[str]:
 
 
 def init_server(workdir: str | Path, model: str, base: str | None, config: ServerConfig, progress: bool = True) -> ServerState:
+    """Create the server's work directory for ``model`` (a local HF directory or a hub id): θ stored in
+    float32 as ``models/round-0`` (the master copy every round updates), ``state.json`` with ``config``,
+    the source dtype and the model type, the folder made private (mode 0700).
+
+    ``base``: the model θ was fine-tuned from (directory or hub id), recorded so that publish can take σ
+    from the task vector θ − θ_base; it must have the same tensor names and shapes. Insecure settings
+    (κ = 0, τ = 0, public α, a fixed seed, no reparameterisation) are logged as warnings.
+
+    Raises InputError naming the folder when ``workdir`` exists and is not empty, or the base's tensors
+    differ from the model's; MPUError (from the adapter) when the architecture cannot be
+    reparameterised with ``config.reparam``. Nothing is written before these checks pass."""
     work = Workdir(workdir)
     if work.path.exists() and any(work.path.iterdir()):
         raise InputError(work.path, "work directory exists and is not empty")
@@ -96,6 +107,7 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def dtype_from_name(name: str) -> torch.dtype:
+    """The torch dtype called ``name`` ("float32", "bfloat16", ...). Raises MPUError for another name."""
     dtype = getattr(torch, name, None)
     if not isinstance(dtype, torch.dtype):
         raise MPUError(f"unknown dtype {name!r}")
@@ -103,22 +115,22 @@ def dtype_from_name(name: str) -> torch.dtype:
 
 
 def attack_floor(config: ServerConfig) -> float:
-    """The closest a client holding all m copies of a round can get to θ, as a fraction of σ's
-    reference (the task vector's RMS per block with a base, else the weights' RMS): κ·τ/√m.
+    """The closest a client holding all m copies of a round can get to θ, as a fraction of the RMS
+    that σ is taken from (``sigma_from``: the task vector's RMS per block with a base, else the weights'): κ·τ/√m.
 
     The zero-sum share of the noise cancels for a client that aligns the copies and estimates α
     (docs/privacy.md measures it); each copy's independent share N(0, (τσ)²) does not, and averaging
-    the m copies leaves RMS τσ/√m with σ = κ·RMS(reference). 0 when τ = 0 or κ = 0: no floor.
+    the m copies leaves RMS τσ/√m with σ = κ·RMS(that basis). 0 when τ = 0 or κ = 0: no floor.
     """
     return config.kappa * config.independent_noise / math.sqrt(config.copies)
 
 
 def describe_attack_floor(config: ServerConfig, has_base: bool) -> str:
     """One line for ``mpu server init``: what the copies reveal about θ to a client that holds them all."""
-    reference = "task vector" if has_base else "weights (no --base: sigma follows the weights)"
+    basis = "task vector" if has_base else "weights (no --base: sigma follows the weights)"
     floor = attack_floor(config)
     if floor == 0:
         return (f"attack floor: none (kappa={config.kappa}, tau={config.independent_noise}): a client holding "
                 f"all {config.copies} copies can recover the weights; set --independent-noise > 0")
     return (f"attack floor: a client holding all {config.copies} copies cannot get closer to the weights than "
-            f"about kappa*tau/sqrt(m) = {floor:.2e} of the {reference} RMS per block")
+            f"about kappa*tau/sqrt(m) = {floor:.2e} of the {basis} RMS per block")

@@ -104,6 +104,9 @@ def find_returns(returns_dir: str | Path, published: PublishedRound, expected: C
     limits = {"full": len(expected.names()), "lora": 2 * sum(1 for name in expected.names() if len(expected.shape(name)) == 2)}
     for update in updates.values():
         update.reader = CheckpointReader(update.path, max_tensors=limits[update.kind])
+        unread = sorted({path.name for path in update.path.glob("*.safetensors")} - {shard.name for shard in update.reader.shards()})
+        if unread:
+            raise InputError(update.path / unread[0], "weight file not named in the update's index (every file of a return is read or refused)")
         _check_tensors(update, expected)
     return [updates[copy_id] for copy_id in sorted(updates)]
 
@@ -111,13 +114,14 @@ def find_returns(returns_dir: str | Path, published: PublishedRound, expected: C
 def _update_folders(returns_dir: Path) -> list[Path]:
     """The ``update-K`` folders of ``returns_dir`` (or ``returns_dir`` itself when it holds
     ``update.json`` directly). Entries with other names are not read; hidden ones (the client's
-    unfinished staging folders) are skipped."""
+    unfinished staging folders) are skipped; a name that starts with "update" in any case
+    (``UPDATE-1``, ``update-1 ``) must be exactly ``update-<id>``."""
     if os.path.lexists(returns_dir / UPDATE_MANIFEST):
         return [returns_dir]
     folders = []
     with os.scandir(returns_dir) as entries:
         for entry in entries:
-            if not entry.name.startswith("update"):
+            if not entry.name.casefold().startswith("update"):
                 continue
             path = returns_dir / entry.name
             if update_folder_copy_id(entry.name) is None:

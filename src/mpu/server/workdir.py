@@ -142,7 +142,10 @@ class Workdir:
 
     def round_secret(self, round_number: int, fixed_seed: int | None, *, create: bool) -> bytes:
         """The secret of a round; created (CSPRNG) on first publish, then reused so re-publishing
-        the same round reproduces the same copies and aggregation regenerates the same transforms."""
+        the same round reproduces the same copies and aggregation regenerates the same transforms.
+        ``SECRET_BYTES`` per round (``randomness.new_round_secret``), stored hex in ``secrets.json`` (mode 0600).
+        Raises MPUError when the round has no secret and ``create`` is False, or when ``secrets.json`` is
+        readable by others; InputError (from ``read_json``) when it is not valid JSON."""
         secrets_by_round = self._read_secrets()
         key = str(round_number)
         if key not in secrets_by_round:
