@@ -227,8 +227,8 @@ def headline(out: Path, splits: tuple[str, ...], docs_results: Path) -> str:
         if not folder.is_dir():
             continue
         result, _ = report([folder], docs_results / f"claim-{split}")
-        target = result.references.get("target", {})
-        retain = result.references.get("retain", {})
+        target = result.target_and_retain.get("target", {})
+        retain = result.target_and_retain.get("retain", {})
         lines += [f"### {split}", "",
                   f"Target: model utility {target.get('model_utility', float('nan')):.3f}, forget ROUGE "
                   f"{target.get('forget_Q_A_ROUGE', float('nan')):.3f}, forget quality {target.get('forget_quality', float('nan')):.3g}. "
