@@ -79,4 +79,6 @@ def test_audit_cli_refuses_a_missing_or_tampered_inbox(tmp_path, tiny_model_dir,
     main(["server", "publish", "--workdir", str(server), "--out", str(outbox)])
     (outbox / "copy-2" / "config.json").write_text("{}")
     assert main(["audit", "--inbox", str(outbox), "--out", str(tmp_path / "a.json")]) == 2
-    assert "checksum" in capsys.readouterr().err
+    # the tampered file is named (its contents are refused, or its checksum, whichever check runs first)
+    assert "copy-2/config.json" in capsys.readouterr().err
+    assert not (tmp_path / "a.json").exists()
