@@ -102,19 +102,23 @@ def test_cli_finetune(bench, tmp_path, capsys, monkeypatch):
     assert "refusing" in capsys.readouterr().err
 
 
-def test_model_config_file_matches_the_defaults():
+def test_the_model_presets_hydra_composes_are_the_finetune_dataclasses():
+    # one home: Hydra's model=tiny-llama / tiny-llama-cpu-release are generated from these dataclasses
     from dataclasses import asdict
-    from pathlib import Path
 
-    from omegaconf import OmegaConf
+    from mpu.experiments import compose_config
+    from mpu.experiments.finetune import BASE_DEFAULTS, FROM_BASE, PRESETS
 
-    config = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[2] / "configs/model/tiny-llama.yaml"))
-    assert config["config"] == asdict(TinyLlamaConfig())
-    assert config["train"] == {name: asdict(value) for name, value in TRAIN_DEFAULTS.items()}
-    from mpu.experiments.finetune import BASE_DEFAULTS, FROM_BASE
-
-    assert config["base_train"] == asdict(BASE_DEFAULTS)
-    assert config["from_base"] == {name: asdict(value) for name, value in FROM_BASE.items()}
+    model = compose_config(["trainer=NPO"])[0].model
+    assert dict(model.config) == asdict(TinyLlamaConfig())
+    assert {name: dict(value) for name, value in model.train.items()} == {n: asdict(v) for n, v in TRAIN_DEFAULTS.items()}
+    assert dict(model.base_train) == asdict(BASE_DEFAULTS)
+    assert {name: dict(value) for name, value in model.from_base.items()} == {n: asdict(v) for n, v in FROM_BASE.items()}
+    release = compose_config(["trainer=NPO", "model=tiny-llama-cpu-release"])[0].model
+    size, recipe = PRESETS["cpu-release"]
+    assert dict(release.config) == asdict(size)
+    assert {key: release.train.tofu[key] for key in recipe} == recipe
+    assert dict(release.from_base.tofu) == asdict(FROM_BASE["tofu"])
 
 
 def test_base_data_has_no_benchmark_entity_but_the_general_knowledge(bench):

@@ -186,6 +186,32 @@ def builtin_benchmark():
     return _thawed(BuildConfig, ("name", str, field(default="builtin")))
 
 
+def tiny_model_node(preset: str = "tiny") -> dict:
+    """The ``model`` option of a built-in tiny Llama preset (``mpu finetune --preset``), generated from
+    ``mpu.experiments.finetune``'s dataclasses, the one home of its size and recipes: ``config`` (the
+    architecture), ``train.<bench>`` (from scratch), ``base_train`` (the base stage) and
+    ``from_base.<bench>`` (target and retain model fine-tuned from the base)."""
+    from dataclasses import asdict
+
+    from mpu.experiments.finetune import BASE_DEFAULTS, FROM_BASE, PRESETS, TRAIN_DEFAULTS
+
+    size, recipe = PRESETS[preset]
+    train = {name: asdict(value) for name, value in TRAIN_DEFAULTS.items()}
+    if recipe:  # a preset's schedule is for the built-in TOFU-format data (its release shape)
+        train["tofu"] = {**train["tofu"], **recipe}
+    return {
+        "name": MODEL_PRESETS[preset],
+        "architecture": "LlamaForCausalLM",
+        "config": asdict(size),
+        "train": train,
+        "base_train": asdict(BASE_DEFAULTS),
+        "from_base": {name: asdict(value) for name, value in FROM_BASE.items()},
+    }
+
+
+# Hydra option name of each tiny-model preset (``model=tiny-llama``, ``model=tiny-llama-cpu-release``).
+MODEL_PRESETS = {"tiny": "tiny-llama", "cpu-release": "tiny-llama-cpu-release"}
+
 _registered = False
 
 
@@ -205,4 +231,6 @@ def register_configs() -> None:
     for method in METHODS.names():
         store.store(group="trainer", name=method, node=trainer_node(method))
     store.store(group="benchmark", name="builtin_schema", node=builtin_benchmark())
+    for preset, option in MODEL_PRESETS.items():
+        store.store(group="model", name=option, node=tiny_model_node(preset))
     _registered = True
