@@ -59,7 +59,7 @@ class TinyLlamaConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class FinetuneConfig:
     epochs: float
     learning_rate: float
     batch_size: int = 32
@@ -75,22 +75,22 @@ class TrainConfig:
 # Calibrated on 2 CPU cores so that the models memorise their training answers (> 95% answer tokens;
 # TOFU reaches 100% at 200 authors). Small corpora need more epochs: min_steps sets a floor.
 TRAIN_DEFAULTS = {
-    "tofu": TrainConfig(epochs=40, learning_rate=3e-3),
-    "muse": TrainConfig(epochs=40, learning_rate=3e-3, batch_size=16, min_steps=600),
-    "wmdp": TrainConfig(epochs=40, learning_rate=3e-3, batch_size=8, min_steps=800),
+    "tofu": FinetuneConfig(epochs=40, learning_rate=3e-3),
+    "muse": FinetuneConfig(epochs=40, learning_rate=3e-3, batch_size=16, min_steps=600),
+    "wmdp": FinetuneConfig(epochs=40, learning_rate=3e-3, batch_size=8, min_steps=800),
 }
 
 
 # The base stage: from scratch on the general data (built-in: ~3,000 QA and articles).
-BASE_DEFAULTS = TrainConfig(epochs=15, learning_rate=3e-3, batch_size=32)
+BASE_DEFAULTS = FinetuneConfig(epochs=15, learning_rate=3e-3, batch_size=32)
 
 # Fine-tuning a base on a benchmark split (target and retain model alike): a lower learning rate than
 # from scratch, so that the task vector stays a small part of the weights while the answers are
 # memorised (docs/results.md reports RMS(theta - theta_base) / RMS(theta) per block).
 FROM_BASE = {
-    "tofu": TrainConfig(epochs=40, learning_rate=1e-3, rehearsal="knowledge"),
-    "muse": TrainConfig(epochs=40, learning_rate=1e-3, batch_size=16, min_steps=600),
-    "wmdp": TrainConfig(epochs=40, learning_rate=1e-3, batch_size=8, min_steps=800),
+    "tofu": FinetuneConfig(epochs=40, learning_rate=1e-3, rehearsal="knowledge"),
+    "muse": FinetuneConfig(epochs=40, learning_rate=1e-3, batch_size=16, min_steps=600),
+    "wmdp": FinetuneConfig(epochs=40, learning_rate=1e-3, batch_size=8, min_steps=800),
 }
 
 
@@ -287,7 +287,7 @@ def encode_training(tokenizer, data: TrainingData, max_length: int) -> list[dict
             for kind, rows in data.parts for row in rows]
 
 
-def _fingerprint(examples, model_config: TinyLlamaConfig, train_config: TrainConfig, benchmark: str, split: str,
+def _fingerprint(examples, model_config: TinyLlamaConfig, train_config: FinetuneConfig, benchmark: str, split: str,
                  base_fingerprint: str | None = None) -> str:
     digest = hashlib.sha256()
     header = {"version": FINETUNE_VERSION, "benchmark": benchmark, "split": split,
@@ -531,7 +531,7 @@ def finetune(
     if epochs is None:
         steps_per_epoch = math.ceil(len(examples) / batch_size)
         epochs = max(defaults.epochs, math.ceil(defaults.min_steps / steps_per_epoch))
-    train_config = TrainConfig(
+    train_config = FinetuneConfig(
         epochs=epochs,
         learning_rate=lr if lr is not None else defaults.learning_rate,
         batch_size=batch_size,
@@ -707,3 +707,7 @@ def task_vector_ratio(model, base_dir: str | Path) -> dict[str, float]:
         entry[0] += float(delta.pow(2).sum())
         entry[1] += float(theta.pow(2).sum())
     return {block: round(math.sqrt(d / t), 6) if t > 0 else 0.0 for block, (d, t) in sums.items()}
+
+
+# The name before settings dataclasses were all called *Config with distinct stems (TrainingConfig is unlearning's).
+TrainConfig = FinetuneConfig
