@@ -409,6 +409,105 @@ def _quiet_logs(trainer) -> None:
         trainer.add_callback(BarOnly())
 
 
+def _apply_preset(preset: str, model_config, epochs, lr, batch_size):
+    """(model configuration, epochs, learning rate, batch size) of ``PRESETS[preset]``; explicit
+    arguments win. MPUError for an unknown preset or one combined with a model configuration."""
+    if preset not in PRESETS:
+        raise MPUError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    if model_config is not None:
+        raise MPUError("give either a preset or a model configuration, not both")
+    model_config, recipe = PRESETS[preset][0], dict(PRESETS[preset][1] or {})
+    epochs = epochs if epochs is not None else recipe.get("epochs")
+    lr = lr if lr is not None else recipe.get("learning_rate")
+    batch_size = batch_size or recipe.get("batch_size")
+    return model_config, epochs, lr, batch_size
+
+
+def _training_source(data_dir, benchmark, split, source, manifest, base, model_config, seed, progress, device, threads):
+    """What a split trains on and from: (training data, recipe defaults, base directory or None, the
+    base's record or None, model configuration). ``base`` is None/"none", "auto" or a directory (see
+    :func:`finetune`); a base fixes the model configuration and the ``FROM_BASE`` defaults."""
+    base_dir, base_record = None, None
+    if split == BASE_SPLIT:
+        if base not in (None, "none"):
+            raise MPUError("--split base trains the base model itself from scratch: leave --base out")
+        data = base_training_data(data_dir, benchmark, source, manifest)
+        defaults = BASE_DEFAULTS
+    else:
+        data = training_data(source, benchmark, split, manifest)
+        defaults = TRAIN_DEFAULTS[benchmark]
+        if base == "auto":
+            try:
+                base_training_data(data_dir, benchmark, source, manifest)
+            except NoGeneralData as err:
+                # "auto": a base where the data has general knowledge to build one; else from scratch, said aloud
+                log.warning("%s; training %s from scratch (no base model: the server's noise will scale with the "
+                            "whole weights unless you pass a base to `mpu server init --base`)", err, split)
+                base = None
+            else:
+                base = ensure_base(data_dir, benchmark, model_config=model_config, seed=seed, progress=progress,
+                                   device=device, threads=threads)
+        if base not in (None, "none"):
+            base_dir = Path(base)
+            base_record = read_record(base_dir)
+            if base_record is None or not (base_dir / "model.safetensors").is_file():
+                raise MPUError(f"{base_dir}: not a base model written by `mpu finetune --split base` "
+                               "(no mpu_finetune.json or model.safetensors)")
+            base_config = TinyLlamaConfig(**base_record["model_config"])
+            if model_config is not None and model_config != base_config:
+                raise MPUError(f"{base_dir}: the base model's configuration {asdict(base_config)} differs from the "
+                               f"requested {asdict(model_config)}; a fine-tuned model keeps its base's shape")
+            model_config = base_config
+            defaults = FROM_BASE[benchmark]
+    return data, defaults, base_dir, base_record, model_config
+
+
+def _new_model(tokenizer, model_config: TinyLlamaConfig, base_dir: Path | None, freeze_embeddings: bool):
+    """The model to train: the base's weights (float32) or a fresh Llama of ``model_config`` sized to
+    ``tokenizer``; with ``freeze_embeddings`` the (tied) embeddings do not train."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if base_dir is not None:
+        model = LlamaForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32, attn_implementation="eager")
+    else:
+        config = LlamaConfig(
+            vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, **asdict(model_config),
+            attn_implementation="eager",  # 2-3x faster than sdpa for such small models on CPU
+        )
+        model = LlamaForCausalLM(config)
+    if freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)  # tied: the LM head stays the base's too
+    return model
+
+
+def _finetune_arguments(train_config: FinetuneConfig, output_dir: Path, seed: int, progress: bool, use_cpu: bool):
+    """The HF ``TrainingArguments`` of one fine-tuning run (no logging or checkpoints: the caller saves)."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=train_config.batch_size,
+        num_train_epochs=train_config.epochs,
+        learning_rate=train_config.learning_rate,
+        lr_scheduler_type=train_config.lr_scheduler,
+        warmup_steps=train_config.warmup_ratio,
+        weight_decay=train_config.weight_decay,
+        logging_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        seed=seed,
+        data_seed=seed,
+        disable_tqdm=not progress,
+        use_cpu=use_cpu,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        train_sampling_strategy="group_by_length",
+        dataloader_pin_memory=False,
+    )
+
+
 def finetune(
     data_dir: str | Path | None = None,
     benchmark: str = "tofu",
@@ -449,7 +548,7 @@ def finetune(
     rate and batch size at once (explicit arguments still win); it cannot be combined with
     ``model_config``."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
+    from transformers import Trainer
 
     from mpu.data.builtin import ensure_builtin, read_manifest
     from mpu.data.loaders import LocalSource
@@ -464,48 +563,10 @@ def finetune(
     source = LocalSource(data_dir / manifest[benchmark]["path"]) if manifest else LocalSource(data_dir)
     if isinstance(model_config, dict):
         model_config = TinyLlamaConfig(**model_config)
-    recipe: dict = {}
     if preset is not None:
-        if preset not in PRESETS:
-            raise MPUError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-        if model_config is not None:
-            raise MPUError("give either a preset or a model configuration, not both")
-        model_config, recipe = PRESETS[preset][0], dict(PRESETS[preset][1] or {})
-        epochs = epochs if epochs is not None else recipe.get("epochs")
-        lr = lr if lr is not None else recipe.get("learning_rate")
-        batch_size = batch_size or recipe.get("batch_size")
-    base_dir, base_record = None, None
-    if split == BASE_SPLIT:
-        if base not in (None, "none"):
-            raise MPUError("--split base trains the base model itself from scratch: leave --base out")
-        data = base_training_data(data_dir, benchmark, source, manifest)
-        defaults = BASE_DEFAULTS
-    else:
-        data = training_data(source, benchmark, split, manifest)
-        defaults = TRAIN_DEFAULTS[benchmark]
-        if base == "auto":
-            try:
-                base_training_data(data_dir, benchmark, source, manifest)
-            except NoGeneralData as err:
-                # "auto": a base where the data has general knowledge to build one; else from scratch, said aloud
-                log.warning("%s; training %s from scratch (no base model: the server's noise will scale with the "
-                            "whole weights unless you pass a base to `mpu server init --base`)", err, split)
-                base = None
-            else:
-                base = ensure_base(data_dir, benchmark, model_config=model_config, seed=seed, progress=progress,
-                                   device=device, threads=threads)
-        if base not in (None, "none"):
-            base_dir = Path(base)
-            base_record = read_record(base_dir)
-            if base_record is None or not (base_dir / "model.safetensors").is_file():
-                raise MPUError(f"{base_dir}: not a base model written by `mpu finetune --split base` "
-                               "(no mpu_finetune.json or model.safetensors)")
-            base_config = TinyLlamaConfig(**base_record["model_config"])
-            if model_config is not None and model_config != base_config:
-                raise MPUError(f"{base_dir}: the base model's configuration {asdict(base_config)} differs from the "
-                               f"requested {asdict(model_config)}; a fine-tuned model keeps its base's shape")
-            model_config = base_config
-            defaults = FROM_BASE[benchmark]
+        model_config, epochs, lr, batch_size = _apply_preset(preset, model_config, epochs, lr, batch_size)
+    data, defaults, base_dir, base_record, model_config = _training_source(
+        data_dir, benchmark, split, source, manifest, base, model_config, seed, progress, device, threads)
 
     if base_dir is None and (rehearsal not in (None, "none") or freeze_embeddings):
         raise MPUError("rehearsal and frozen embeddings are fine-tuning options: they need a base model (--base)")
@@ -555,17 +616,7 @@ def finetune(
         apply_threads(threads)
     use_cpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu"
     torch.manual_seed(seed)
-    if base_dir is not None:
-        model = LlamaForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32, attn_implementation="eager")
-    else:
-        config = LlamaConfig(
-            vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id, **asdict(model_config),
-            attn_implementation="eager",  # 2-3x faster than sdpa for such small models on CPU
-        )
-        model = LlamaForCausalLM(config)
-    if train_config.freeze_embeddings:
-        model.get_input_embeddings().weight.requires_grad_(False)  # tied: the LM head stays the base's too
+    model = _new_model(tokenizer, model_config, base_dir, train_config.freeze_embeddings)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("training a %.2fM-parameter model on %d %s examples (%s/%s) for %s epochs",
              n_params / 1e6, len(examples), data.kinds, benchmark, split, train_config.epochs)
@@ -573,26 +624,7 @@ def finetune(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        args = TrainingArguments(
-            output_dir=str(staging / "trainer"),
-            per_device_train_batch_size=train_config.batch_size,
-            num_train_epochs=train_config.epochs,
-            learning_rate=train_config.learning_rate,
-            lr_scheduler_type=train_config.lr_scheduler,
-            warmup_steps=train_config.warmup_ratio,
-            weight_decay=train_config.weight_decay,
-            logging_strategy="no",
-            save_strategy="no",
-            report_to="none",
-            seed=seed,
-            data_seed=seed,
-            disable_tqdm=not progress,
-            use_cpu=use_cpu,
-            dataloader_num_workers=0,
-            remove_unused_columns=False,
-            train_sampling_strategy="group_by_length",
-            dataloader_pin_memory=False,
-        )
+        args = _finetune_arguments(train_config, staging / "trainer", seed, progress, use_cpu)
         trainer = Trainer(model=model, args=args, train_dataset=examples,
                           data_collator=QACollator(tokenizer.pad_token_id))
         _quiet_logs(trainer)
