@@ -508,6 +508,31 @@ def _finetune_arguments(train_config: FinetuneConfig, output_dir: Path, seed: in
     )
 
 
+def _split_and_rehearsal_accuracy(model, examples: list[dict], n_split: int, pad_id: int) -> dict:
+    """Answer-token accuracy and exact match over the split's own examples (the first ``n_split``),
+    plus ``rehearsal_token_accuracy`` over the replayed ones when there are any."""
+    accuracy = token_accuracy(model, examples[:n_split], 64, pad_id)
+    if n_split < len(examples):
+        accuracy["rehearsal_token_accuracy"] = token_accuracy(model, examples[n_split:], 64, pad_id)["answer_token_accuracy"]
+    return accuracy
+
+
+def _write_model(folder: Path, model, tokenizer, record: dict) -> None:
+    """Save a trained model, its tokenizer and its ``mpu_finetune.json`` record into ``folder`` (greedy
+    generation settings; files world-readable: these are the project's own public test models)."""
+    model.generation_config.do_sample = False
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    with open(folder / RECORD, "w", encoding="utf-8") as handle:
+        json.dump(record, handle, indent=2)
+    for path in folder.rglob("*"):
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    os.chmod(folder, 0o755)
+
+
 def finetune(
     data_dir: str | Path | None = None,
     benchmark: str = "tofu",
@@ -632,10 +657,7 @@ def finetune(
         result = trainer.train()
         train_seconds = time.perf_counter() - started
         model.eval()
-        accuracy = token_accuracy(model, examples[:n_split], 64, tokenizer.pad_token_id)
-        if n_split < len(examples):
-            accuracy["rehearsal_token_accuracy"] = token_accuracy(
-                model, examples[n_split:], 64, tokenizer.pad_token_id)["answer_token_accuracy"]
+        accuracy = _split_and_rehearsal_accuracy(model, examples, n_split, tokenizer.pad_token_id)
         metrics = {
             **accuracy,
             "train_loss": float(result.training_loss),
@@ -654,20 +676,10 @@ def finetune(
         if base_dir is not None:
             metrics["task_vector_ratio"] = task_vector_ratio(model, base_dir)
         shutil.rmtree(staging / "trainer", ignore_errors=True)
-        model.generation_config.do_sample = False
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
-        model.generation_config.bos_token_id = tokenizer.bos_token_id
-        model.save_pretrained(str(staging))
-        tokenizer.save_pretrained(str(staging))
-        with open(staging / RECORD, "w", encoding="utf-8") as handle:
-            json.dump({"fingerprint": fingerprint, "metrics": metrics, "train_config": asdict(train_config),
-                       "model_config": asdict(model_config), "data": str(data_dir.resolve()), "sources": data.sources,
-                       "base": metrics["base"], "base_fingerprint": base_record["fingerprint"] if base_record else None},
-                      handle, indent=2)
-        for path in staging.rglob("*"):
-            os.chmod(path, 0o755 if path.is_dir() else 0o644)
-        os.chmod(staging, 0o755)
+        _write_model(staging, model, tokenizer, {
+            "fingerprint": fingerprint, "metrics": metrics, "train_config": asdict(train_config),
+            "model_config": asdict(model_config), "data": str(data_dir.resolve()), "sources": data.sources,
+            "base": metrics["base"], "base_fingerprint": base_record["fingerprint"] if base_record else None})
         if out_dir.exists():
             if any(out_dir.iterdir()) and read_record(out_dir) is None:
                 raise MPUError(f"{out_dir} exists and was not written by `mpu finetune`; refusing to replace it")
