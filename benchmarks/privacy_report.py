@@ -37,6 +37,17 @@ ROOT = HERE.parent
 PARTS = ("audit-table", "weights-frontier", "hardened-cost", "dp-frontier", "dp-large")
 
 
+def _save_figure(fig, path: Path) -> Path:
+    """Lay out, write (PNG, 120 dpi) and close a figure; its path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def _bench(name: str):
     """benchmarks/<name>.py as a module (the folder is not a package)."""
     if str(HERE) not in sys.path:
@@ -111,11 +122,7 @@ def plot_weights(points: list[dict], m: int, path: Path) -> Path:
     ax.set_title("Model owner: hardened preset vs the best client attack", fontsize=10)
     ax.set_ylim(0, 0.7)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 # The DP frontier -----------------------------------------------------------------------------------
@@ -155,11 +162,7 @@ def plot_dp(runs: dict[str, dict], path: Path) -> Path:
         ax.set_ylabel(ylabel)
     left.legend(fontsize=7)
     fig.suptitle("Data owner: client-side DP-SGD against the server's membership tests")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def dp_table(results: dict) -> str:

@@ -27,6 +27,20 @@ FACTS = [
 ]
 
 
+BENCHMARKS_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str):
+    """A ``benchmarks/<name>.py`` script as a module, loaded from its path: opacus installs a
+    top-level package named ``benchmarks`` that would shadow ours on import."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"mpu_benchmark_{name}_under_test", BENCHMARKS_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path

@@ -3,22 +3,19 @@ both frontier plots are written; nothing trains."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "privacy_report.py"
+from tests.conftest import load_benchmark
+
 PARTS = ("audit-table", "weights-frontier", "hardened-cost", "dp-frontier", "dp-large")
 
 
 @pytest.fixture(scope="module")
 def report():
-    spec = importlib.util.spec_from_file_location("privacy_report", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("privacy_report")
 
 
 def utility(forget=1.0, retain=0.1, mu=0.9):

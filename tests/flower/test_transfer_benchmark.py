@@ -3,25 +3,20 @@ copies and hashes every byte, and a run that would not fit in memory is refused 
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
+
+from tests.conftest import load_benchmark
 from safetensors import safe_open
 
 from mpu.checkpoint import dir_sha256
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "flower_transfer.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    # loaded from its path: opacus installs a top-level package named `benchmarks`
-    spec = importlib.util.spec_from_file_location("mpu_transfer_benchmark_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("flower_transfer")
 
 
 def test_the_payload_is_m_safetensors_copies_of_exactly_the_model_parameters(bench, tmp_path):
