@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rehearsal", nargs="+", default=["knowledge"],
                         help="what of the base's data the fine-tuning replays (mpu.experiments.finetune.REHEARSAL)")
     parser.add_argument("--freeze-embeddings", nargs="+", choices=("no", "yes"), default=["no"])
+    parser.add_argument("--general", type=int, default=None,
+                        help="invented topics in the base model's general corpus (default: BuildConfig's)")
     parser.add_argument("--base-epochs", type=float, default=None, help="base model epochs (default: BASE_DEFAULTS')")
     parser.add_argument("--eval-base", action="store_true", help="evaluate the base model too")
     parser.add_argument("--preset", default="tiny", help="model size (mpu.experiments.finetune.PRESETS): tiny or cpu-release")
@@ -51,9 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     from mpu.eval import evaluate
     from mpu.experiments.finetune import PRESETS, ensure_base, finetune, read_record
 
-    data = out / f"builtin-a{args.authors}"
+    data = out / f"builtin-a{args.authors}" if args.general is None else out / f"builtin-a{args.authors}-g{args.general}"
     if not (data / "manifest.json").is_file():
-        build_benchmark(data, authors=args.authors, shape="small")
+        build_benchmark(data, authors=args.authors, shape="small",
+                        **({} if args.general is None else {"general": args.general}))
     started = time.perf_counter()
     base = ensure_base(data, "tofu", model_config=PRESETS[args.preset][0], progress=False, epochs=args.base_epochs)
     line = {"model": "base", "seconds": round(time.perf_counter() - started),

@@ -158,3 +158,61 @@ def test_the_headline_states_per_method_and_kappa_whether_the_degradation_is_bel
     assert "| no | +12.50 % |" in rows["0.1"]   # without forget_quality: (0 + 50 + 0 + 0) / 4
     assert "Target: model utility 0.860" in text and "### forget10" not in text   # a split with no runs is left out
     assert (tmp_path / "docs" / "results" / "claim-forget01" / "report.md").is_file()
+
+
+def _calibration_run(root: Path, split: str, method: str, rate: float, utility: float) -> None:
+    folder = root / "calibration" / split / method / f"{rate:g}"
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({
+        "status": "done", "training": {"learning_rate": rate}, "summary": {"model_utility": utility},
+        "reference": {"target": {"model_utility": 0.5}}}))
+
+
+def test_each_calibrated_split_sweeps_at_its_own_rates(sweep, tmp_path, monkeypatch):
+    launched = []
+
+    def call(argv, **kwargs):
+        launched.append(argv)
+        folder = sweep.sweep_dir(argv)
+        if folder.parts[-3] == "calibration":   # forget01 keeps the utility at 1e-3, forget10 only at 1e-5
+            for rate in (1e-5, 1e-3):
+                keeps = (rate == 1e-3) == (folder.parts[-2] == "forget01")
+                _calibration_run(tmp_path, folder.parts[-2], folder.parts[-1], rate, 0.49 if keeps else 0.1)
+        return 0
+
+    monkeypatch.setattr(sweep.subprocess, "call", call)
+    assert sweep.main(["--out", str(tmp_path), "--groups", "baseline", "--split", "forget01,forget10",
+                       "--calibrate", "forget01,forget10", "--lr-grid", "1e-5,1e-3"]) == 0
+    assert sweep.read_learning_rates(tmp_path / "learning_rates.json") == {
+        "forget01": {m: 1e-3 for m in sweep.METHODS}, "forget10": {m: 1e-5 for m in sweep.METHODS}}
+    baselines = [argv for argv in launched if sweep.sweep_dir(argv).parts[-2] == "baseline"]
+    assert len(baselines) == 16
+    for argv in baselines:
+        split = sweep.sweep_dir(argv).parts[-3]
+        assert f"trainer.training.learning_rate={'0.001' if split == 'forget01' else '1e-05'}" in argv
+
+
+def test_an_uncalibrated_split_takes_the_first_calibrated_splits_rates_and_old_files_still_read(sweep, tmp_path):
+    path = tmp_path / "learning_rates.json"
+    path.write_text(json.dumps({"split": "forget01", "methods": {"NPO": {"learning_rate": 3e-4}}}))  # the one-split file
+    rates = sweep.read_learning_rates(path)
+    assert rates == {"forget01": {"NPO": 3e-4}}
+    assert sweep.rates_for(rates, "forget10") == {"NPO": 3e-4}
+    assert sweep.rates_for({"forget01": {"NPO": 1.0}, "forget10": {"NPO": 2.0}}, "forget10") == {"NPO": 2.0}
+    assert sweep.rates_for({}, "forget10") is None and sweep.read_learning_rates(tmp_path / "none.json") == {}
+
+
+def test_a_calibration_kept_by_resume_covers_todays_grid_and_the_rule_ignores_other_rates(sweep, tmp_path, monkeypatch):
+    for rate, utility in ((1e-4, 0.49), (3e-4, 0.48), (1e-3, 0.1)):   # yesterday's grid
+        _calibration_run(tmp_path, "forget10", "NPO", rate, utility)
+    assert sweep.choose_learning_rates(tmp_path, "forget10")["NPO"]["learning_rate"] == 3e-4
+    assert sweep.choose_learning_rates(tmp_path, "forget10", (1e-4, 1e-3))["NPO"]["learning_rate"] == 1e-4
+    launched = []
+    monkeypatch.setattr(sweep.subprocess, "call", lambda argv, **kwargs: launched.append(argv) or 0)
+    calibrated = lambda: any("trainer=NPO" in argv for argv in launched if sweep.sweep_dir(argv).parts[-3] == "calibration")
+    sweep.main(["--out", str(tmp_path), "--groups", "baseline", "--split", "forget10", "--calibrate", "forget10",
+                "--lr-grid", "1e-4,3e-4,1e-3", "--resume"])   # the old runs cover this grid: kept
+    assert not calibrated()
+    sweep.main(["--out", str(tmp_path), "--groups", "baseline", "--split", "forget10", "--calibrate", "forget10",
+                "--lr-grid", "3e-5,1e-4,3e-4", "--resume"])   # 3e-5 was never tried: the calibration is redone
+    assert calibrated()
