@@ -255,3 +255,17 @@ def test_auto_base_on_data_without_general_knowledge_trains_from_scratch_and_say
                                          "num_attention_heads": 2, "num_key_value_heads": 1})
     assert metrics["base"] is None
     assert "no general data" in caplog.text and "from scratch" in caplog.text
+
+
+@pytest.mark.parametrize("hidden", [32, 128])
+def test_a_fresh_model_starts_at_the_scale_its_width_calls_for(hidden):
+    """The initializer is 1/sqrt(hidden_size), not transformers' 0.02 (meant for ~2,000-wide models):
+    a tiny model started at 0.02 keeps small weights, and its task vector is then a large part of them."""
+    from mpu.experiments.finetune import _new_model
+    from mpu.data.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer(["a small corpus of words for a tokenizer"] * 4, vocab_size=300)
+    model = _new_model(tokenizer, TinyLlamaConfig(**{**MICRO, "hidden_size": hidden}), None, False)
+    std = model.model.layers[0].mlp.up_proj.weight.std().item()
+    assert std == pytest.approx(hidden ** -0.5, rel=0.1)
+    assert TinyLlamaConfig(initializer_range=0.02).llama_kwargs()["initializer_range"] == 0.02

@@ -36,7 +36,7 @@ from mpu.errors import MPUError
 
 log = logging.getLogger(__name__)
 
-FINETUNE_VERSION = 2
+FINETUNE_VERSION = 3
 RECORD = "mpu_finetune.json"
 BENCHMARKS = ("tofu", "muse", "wmdp")
 SPLITS = ("base", "full", "retain90", "retain95", "retain99")
@@ -56,6 +56,18 @@ class TinyLlamaConfig:
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = True
+    # Std of the initial weights; None: 1/sqrt(hidden_size) (0.088 here). transformers' 0.02 suits
+    # models ~2,000 wide; a 128-wide model started there keeps weights ~4x smaller than its width calls
+    # for, and every fine-tuning then rewrites them: at 0.02 the built-in target's task vector was
+    # 0.23-0.42 of the weights per layer, at 1/sqrt(hidden_size) 0.09-0.15 (docs/results.md).
+    initializer_range: float | None = None
+
+    def llama_kwargs(self) -> dict[str, Any]:
+        """The ``transformers.LlamaConfig`` keyword arguments of this size (the initializer resolved)."""
+        kwargs = asdict(self)
+        if kwargs["initializer_range"] is None:
+            kwargs["initializer_range"] = self.hidden_size ** -0.5
+        return kwargs
 
 
 @dataclass(frozen=True)
@@ -86,9 +98,11 @@ BASE_DEFAULTS = FinetuneConfig(epochs=15, learning_rate=3e-3, batch_size=32)
 
 # Fine-tuning a base on a benchmark split (target and retain model alike): a lower learning rate than
 # from scratch, so that the task vector stays a small part of the weights while the answers are
-# memorised (docs/results.md reports RMS(theta - theta_base) / RMS(theta) per block).
+# memorised (docs/results.md reports RMS(theta - theta_base) / RMS(theta) per block). TOFU: 3e-4 memorises
+# the 40-author demo data (answer tokens 0.9994) with a task vector of 0.09-0.15 of each layer's weights;
+# 1e-3 gives 0.13-0.22, 1e-4 (80 epochs) leaves a third of the answers unmemorised.
 FROM_BASE = {
-    "tofu": FinetuneConfig(epochs=40, learning_rate=1e-3, rehearsal="knowledge"),
+    "tofu": FinetuneConfig(epochs=40, learning_rate=3e-4, rehearsal="knowledge"),
     "muse": FinetuneConfig(epochs=40, learning_rate=1e-3, batch_size=16, min_steps=600),
     "wmdp": FinetuneConfig(epochs=40, learning_rate=1e-3, batch_size=8, min_steps=800),
 }
@@ -102,8 +116,9 @@ FROM_BASE = {
 PRESETS = {
     "tiny": (TinyLlamaConfig(), None),
     "cpu-release": (
+        # initializer 0.02: the from-scratch recipe was measured with it
         TinyLlamaConfig(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                        intermediate_size=640),
+                        intermediate_size=640, initializer_range=0.02),
         {"epochs": 30, "learning_rate": 2e-3, "batch_size": 32},
     ),
 }
@@ -473,7 +488,7 @@ def _new_model(tokenizer, model_config: TinyLlamaConfig, base_dir: Path | None, 
     else:
         config = LlamaConfig(
             vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id, **asdict(model_config),
+            eos_token_id=tokenizer.eos_token_id, **model_config.llama_kwargs(),
             attn_implementation="eager",  # 2-3x faster than sdpa for such small models on CPU
         )
         model = LlamaForCausalLM(config)
