@@ -76,9 +76,9 @@ PAPER_GROUPS = ["baseline", "mpu-k0.01", "mpu-k0.1", "control-k0"]
 CALIBRATION = "calibration"
 # The learning-rate rule (docs/results.md): per method, the largest of this grid at which the noise-free
 # baseline (seed 0, the calibration split) keeps model_utility >= UTILITY_SHARE of the target's.
-# On the built-in targets no method keeps 90 % of the utility at 3e-3 or above, and forget10 (ten times
-# forget01's forget set, so ten times the steps per epoch) breaks GradAscent and NPO at 1e-4: the grid
-# reaches down instead.
+# On the built-in targets no method keeps 90 % of the utility at 3e-3 or above, and forget10 (4x
+# forget01's forget set at 40 authors, 10x at 100, and as many more steps per epoch) broke GradAscent and
+# NPO at 1e-4: the grid reaches down instead.
 LR_GRID = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3)
 UTILITY_SHARE = 0.9
 LEARNING_RATES = "learning_rates.json"
@@ -188,14 +188,19 @@ def choose_learning_rates(out: Path, split: str, grid: tuple[float, ...] | None 
     """The rule applied to ``out/calibration/<split>`` (apart from OUT/<split>, which `mpu report` reads): per method, the largest learning rate whose
     noise-free baseline keeps model_utility >= UTILITY_SHARE x the target's (the smallest rate of
     the grid when none does). Runs at a rate outside ``grid`` (when given) are ignored. Returns
-    {method: {"learning_rate", "utility", "target_utility", "forget_Q_A_ROUGE", "grid": {rate: utility}}}."""
+    {method: {"learning_rate", "utility", "target_utility", "forget_Q_A_ROUGE", "grid": {rate: utility}}}.
+    Raises ``ValueError`` when a method's runs record no target model utility."""
     chosen: dict[str, dict] = {}
     for method in METHODS:
         records = [record for record in finished_runs(out / CALIBRATION / split / method)
                    if grid is None or float(record["training"]["learning_rate"]) in grid]
         if not records:
             continue
-        target = (records[0].get("reference") or {}).get("target", {}).get("model_utility")
+        # "reference": the key of runs recorded before it was renamed target_and_retain
+        target = (records[0].get("target_and_retain") or records[0].get("reference") or {}).get("target", {}).get("model_utility")
+        if target is None:  # without it the rule would silently fall back to the smallest rate
+            raise ValueError(f"{out / CALIBRATION / split / method}: the runs record no target model utility "
+                             "(target_and_retain.target.model_utility in run.json)")
         grid = {float(r["training"]["learning_rate"]): r["summary"] for r in records}
         passing = [rate for rate, summary in grid.items()
                    if target is not None and (summary.get("model_utility") or 0) >= UTILITY_SHARE * target]
@@ -402,7 +407,11 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     if calibrate:
         failed += launch(calibration)
-        chosen = {split: choose_learning_rates(out, split, grid) for split in calibrate}
+        try:
+            chosen = {split: choose_learning_rates(out, split, grid) for split in calibrate}
+        except ValueError as err:
+            print(f"claim_sweep: {err}", file=sys.stderr)
+            return 2
         rates_file.write_text(json.dumps({"rule": f"largest of {list(grid)} with baseline model_utility >= "
                                           f"{UTILITY_SHARE} x target's (seed 0)", "splits": chosen},
                                          indent=2) + "\n", encoding="utf-8")

@@ -46,12 +46,24 @@ def test_the_rule_picks_the_largest_rate_that_keeps_90_percent_of_the_utility(sw
         folder.mkdir(parents=True)
         (folder / "run.json").write_text(json.dumps({
             "status": "done", "training": {"learning_rate": rate}, "summary": {"model_utility": utility},
-            "reference": {"target": {"model_utility": 0.5}}}))
+            "target_and_retain": {"target": {"model_utility": 0.5}}}))
     run(3e-4, 0.49)
     run(1e-3, 0.46)   # >= 0.45: kept
     run(3e-3, 0.30)
     chosen = sweep.choose_learning_rates(tmp_path, "forget10")
     assert chosen["NPO"]["learning_rate"] == 1e-3 and set(chosen) == {"NPO"}
+    # runs recorded before the rename keep the target under "reference"
+    for path in (tmp_path / "calibration").rglob("run.json"):
+        record = json.loads(path.read_text())
+        record["reference"] = record.pop("target_and_retain")
+        path.write_text(json.dumps(record))
+    assert sweep.choose_learning_rates(tmp_path, "forget10")["NPO"]["learning_rate"] == 1e-3
+    # no target utility at all: refused, not the smallest rate in silence
+    for path in (tmp_path / "calibration").rglob("run.json"):
+        record = json.loads(path.read_text())
+        path.write_text(json.dumps({**record, "reference": {}}))
+    with pytest.raises(ValueError, match="no target model utility"):
+        sweep.choose_learning_rates(tmp_path, "forget10")
 
 
 def test_resume_keeps_finished_multiruns_and_redoes_the_rest(sweep, tmp_path, monkeypatch):
@@ -165,7 +177,7 @@ def _calibration_run(root: Path, split: str, method: str, rate: float, utility: 
     folder.mkdir(parents=True)
     (folder / "run.json").write_text(json.dumps({
         "status": "done", "training": {"learning_rate": rate}, "summary": {"model_utility": utility},
-        "reference": {"target": {"model_utility": 0.5}}}))
+        "target_and_retain": {"target": {"model_utility": 0.5}}}))
 
 
 def test_each_calibrated_split_sweeps_at_its_own_rates(sweep, tmp_path, monkeypatch):
