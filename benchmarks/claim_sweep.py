@@ -268,11 +268,9 @@ def headline(out: Path, splits: tuple[str, ...], docs_results: Path) -> str:
                   "| method | κ | seeds | avg degradation | ± seeds | < 1 %? | avg without forget_quality | Δ model_utility | "
                   "Δ forget_quality | Δ forget ROUGE | baseline utility / forget ROUGE | MPU utility / forget ROUGE |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for row in result.rows:
-            if row.variant:
-                continue
+        for row in result.rows:   # the controls (kappa = 0, variants such as sigma from the weights) labelled
             below = "n/a" if row.average is None else ("yes" if row.average < 1 else "no")
-            label = f"{row.kappa:g}" + (" (control)" if row.kappa == 0 else "")
+            label = f"{row.kappa:g}" + (f" ({row.variant}: control)" if row.variant else " (control)" if row.kappa == 0 else "")
             spread = "n/a" if row.average_std is None else f"{row.average_std:.2f}"
             pct = lambda value: "n/a" if value is None else f"{value:+.2f} %"
             num = lambda value: "n/a" if value is None else f"{value:.3f}"

@@ -10,7 +10,7 @@ from scipy.stats import ks_2samp
 from mpu.cli import main
 from mpu.experiments.demo import COLUMNS, DemoConfig, format_table, verdict
 
-ARGS = ["--authors", "20", "--base-epochs", "1", "--finetune-epochs", "3", "--epochs", "1", "--copies", "2"]
+ARGS = ["--authors", "20", "--base-epochs", "1", "--finetune-epochs", "8", "--epochs", "1", "--copies", "2"]
 
 
 def forget_truth_ratios(out, name):

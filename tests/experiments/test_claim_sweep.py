@@ -148,7 +148,7 @@ def test_a_rerun_refuses_folders_that_hold_runs_unless_told_to_overwrite(sweep, 
 
 
 def test_the_headline_states_per_method_and_kappa_whether_the_degradation_is_below_one_percent(sweep, tmp_path):
-    def run(folder, mode, seed, kappa, utility, rouge):
+    def run(folder, mode, seed, kappa, utility, rouge, **extra):
         path = tmp_path / "forget01" / folder / "NPO" / str(seed)
         path.mkdir(parents=True)
         record = {"status": "done", "mode": mode, "method": "NPO", "seed": seed, "kappa": kappa, "m": 3 if kappa is not None else None,
@@ -157,16 +157,18 @@ def test_the_headline_states_per_method_and_kappa_whether_the_degradation_is_bel
                   "summary": {"model_utility": utility, "forget_quality": 0.5, "forget_Q_A_ROUGE": rouge,
                               "forget_Q_A_Prob": 0.2, "extraction_strength": 0.1},
                   "reference": {"target": {"model_utility": 0.86, "forget_Q_A_ROUGE": 1.0, "forget_quality": 0.03},
-                                "retain": {"model_utility": 0.87, "forget_Q_A_ROUGE": 0.3}}}
+                                "retain": {"model_utility": 0.87, "forget_Q_A_ROUGE": 0.3}}, **extra}
         (path / "run.json").write_text(json.dumps(record))
     for seed in (0, 1):
         run("baseline", "baseline", seed, None, 0.80, 0.20)
         run("mpu-k0.01", "mpu", seed, 0.01, 0.80, 0.20)     # identical: 0 % degradation
         run("mpu-k0.1", "mpu", seed, 0.1, 0.80, 0.30)       # forget ROUGE 50 % worse: 10 % on average
+        run("control-weights", "mpu", seed, 0.1, 0.80, 0.40, sigma_from="weights: sigma_l = kappa * RMS(theta_l)")
     text = sweep.headline(tmp_path, ("forget01", "forget10"), tmp_path / "docs" / "results")
     rows = {line.split(" | ")[1]: line for line in text.splitlines() if line.startswith("| NPO")}
     assert "+0.00 %" in rows["0.01"] and "| yes |" in rows["0.01"]
     assert "+10.00 %" in rows["0.1"] and "| no |" in rows["0.1"]
+    assert "+20.00 %" in rows["0.1 (sigma from the weights: control)"]   # its own row, not pooled with the paper's
     assert "| no | +12.50 % |" in rows["0.1"]   # without forget_quality: (0 + 50 + 0 + 0) / 4
     assert "Target: model utility 0.860" in text and "### forget10" not in text   # a split with no runs is left out
     assert (tmp_path / "docs" / "results" / "claim-forget01" / "report.md").is_file()

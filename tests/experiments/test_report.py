@@ -132,16 +132,22 @@ def test_controls_are_separate_rows_with_their_variant(sweep, tmp_path):
     fake_run(root, "mpu-npo-k0.1-0-moving", "NPO", 0, BASE["NPO"], kappa=0.1, m=3, client_reference="round")
     fake_run(root, "mpu-npo-k0.1-0-first", "NPO", 0, runs["npo0"], kappa=0.1, m=3, reference_model_round="first",
              server={"reparam": {"enabled": True}})
+    fake_run(root, "mpu-npo-k0.1-0-weights", "NPO", 0, BASE["NPO"], kappa=0.1, m=3,
+             sigma_from="weights: sigma_l = kappa * RMS(theta_l), no base (CONTROL)")
+    fake_run(root, "mpu-npo-k0.1-1-paper", "NPO", 1, BASE["NPO"], kappa=0.1, m=3,
+             sigma_from="task-vector: sigma_l = kappa * RMS(theta_l - theta_base,l) (the paper)")
     out = tmp_path / "report"
     assert main(["report", str(root), "--out", str(out)]) == 0
     rows = {(r["method"], r["kappa"], r["variant"]): r for r in csv.DictReader(open(out / "report.csv"))}
     assert set(rows) == {("NPO", "0.1", ""), ("NPO", "0.1", "no reparam"), ("NPO", "0.1", "reference model per round"),
-                         ("GradAscent", "0.01", "")}
+                         ("NPO", "0.1", "sigma from the weights"), ("GradAscent", "0.01", "")}
+    assert rows[("NPO", "0.1", "sigma from the weights")]["seeds"] == "0"
     assert float(rows[("NPO", "0.1", "no reparam")]["avg_deg"]) == pytest.approx(0.0)  # identical to its baseline
-    assert rows[("NPO", "0.1", "")]["seeds"] == "0 0 1"  # the explicit default joins the unlabelled runs
+    assert rows[("NPO", "0.1", "")]["seeds"] == "0 0 1 1"  # the explicit defaults join the unlabelled runs
     text = (out / "report.md").read_text()
     assert "| NPO | 0.1 | 3 | no reparam | 0 |" in text and "MPU κ=0.1 m=3 (reference model per round)" in text
-    assert {row["variant"] for row in csv.DictReader(open(out / "runs.csv"))} == {"", "no reparam", "reference model per round"}
+    assert {row["variant"] for row in csv.DictReader(open(out / "runs.csv"))} == {
+        "", "no reparam", "reference model per round", "sigma from the weights"}
 
 
 def test_report_errors(tmp_path, capsys):

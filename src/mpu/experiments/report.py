@@ -113,7 +113,8 @@ def _match_key(record: dict) -> tuple:
 
 def variant(record: dict) -> str:
     """What sets an MPU run apart from the default protocol, as a short label ("" for the default):
-    controls such as the reparameterisation switched off or a reference model that moves every round."""
+    controls such as the reparameterisation switched off, a reference model that moves every round, or
+    sigma from the whole weights instead of the task vector."""
     labels = []
     reparam = (record.get("server") or {}).get("reparam") or {}
     if reparam.get("enabled") is False:
@@ -121,6 +122,10 @@ def variant(record: dict) -> str:
     # reference_model_round: client_reference in runs recorded before the rename
     if record.get("reference_model_round", record.get("client_reference")) == "round":
         labels.append("reference model per round")
+    # sigma_from "weights: ..." (no base) is another noise scale: pooled with the paper's runs it would
+    # average two regimes into one row
+    if str(record.get("sigma_from") or "").startswith("weights"):
+        labels.append("sigma from the weights")
     return ", ".join(labels)
 
 
