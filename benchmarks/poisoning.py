@@ -74,7 +74,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     bound = ServerConfig().max_update_ratio
-    data = ensure_builtin(BuildConfig(seed=args.seed, authors=args.authors))
+    data = ensure_builtin(BuildConfig(seed=args.seed, authors=args.authors, shape="small"))  # the demo's data
     target = cache_root() / "models" / data.name / "target"
     finetune(data, "tofu", "full", target, seed=args.seed, progress=False)
     forget = load_qa_rows(data / "tofu" / "forget10.json")

@@ -49,7 +49,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="mpu-threads-") as scratch:
         data = Path(scratch) / "bench"
-        build_benchmark(data, authors=args.authors, facts=20, news=20, topics=8)
+        build_benchmark(data, authors=args.authors, facts=20, news=20, topics=8, shape="small")  # 10 QA per author
         times: dict[int, list[float]] = {n: [] for n in args.threads}
         walls: dict[int, list[float]] = {n: [] for n in args.threads}
         for round_number in range(args.rounds):
