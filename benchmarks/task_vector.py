@@ -2,7 +2,7 @@
 
     python benchmarks/task_vector.py --authors 40 --lr 1e-3 5e-4 --rehearsal none knowledge --freeze-embeddings no yes
 
-Builds the built-in benchmark (small shape), trains (or reuses) its base model, fine-tunes it on
+Builds the built-in benchmark (``--shape``, default small), trains (or reuses) its base model, fine-tunes it on
 ``full`` for every combination of ``--lr`` × ``--rehearsal`` × ``--freeze-embeddings`` (epochs: FROM_BASE's
 unless ``--epochs``), and prints one JSON line per model: answer-token accuracy and exact match on the
 split, RMS(theta - theta_base) / RMS(theta) per block, model utility, forget ROUGE (forget10) and the
@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/task_vector")
     parser.add_argument("--authors", type=int, default=40)
+    parser.add_argument("--shape", choices=("small", "release"), default="small",
+                        help="built-in data shape: small (the demo's) or release (the real release's; use --preset cpu-release)")
     parser.add_argument("--lr", type=float, nargs="+", default=[1e-3])
     parser.add_argument("--epochs", type=float, default=None, help="fine-tuning epochs (default: FROM_BASE's)")
     parser.add_argument("--rehearsal", nargs="+", default=["knowledge"],
@@ -53,9 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     from mpu.eval import evaluate
     from mpu.experiments.finetune import PRESETS, ensure_base, finetune, read_record
 
-    data = out / f"builtin-a{args.authors}" if args.general is None else out / f"builtin-a{args.authors}-g{args.general}"
+    data = out / (f"builtin-a{args.authors}" + ("" if args.shape == "small" else f"-{args.shape}")
+                  + ("" if args.general is None else f"-g{args.general}"))
     if not (data / "manifest.json").is_file():
-        build_benchmark(data, authors=args.authors, shape="small",
+        build_benchmark(data, authors=args.authors, shape=args.shape,
                         **({} if args.general is None else {"general": args.general}))
     started = time.perf_counter()
     base = ensure_base(data, "tofu", model_config=PRESETS[args.preset][0], progress=False, epochs=args.base_epochs)
