@@ -138,7 +138,7 @@ def prepare(out: Path) -> dict:
     config = LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id,
                          # initializer 0.02: the recipe the documented audit models were trained with
-                         **{**TinyLlamaConfig(initializer_range=0.02).llama_kwargs(), "tie_word_embeddings": False})
+                         **TinyLlamaConfig(initializer_range=0.02, tie_word_embeddings=False).llama_kwargs())
     model = LlamaForCausalLM(config)
     log.info("training the base on %d public QA", len(public))
     base_metrics = train(model, tokenizer, public, 40, 3e-3, out / "models")
