@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         build_benchmark(data, authors=args.authors, shape=args.shape,
                         **({} if args.general is None else {"general": args.general}))
     started = time.perf_counter()
-    base = ensure_base(data, "tofu", model_config=PRESETS[args.preset][0], progress=False, epochs=args.base_epochs)
+    base = ensure_base(data, "tofu", model_config=PRESETS[args.preset].size, progress=False, epochs=args.base_epochs)
     line = {"model": "base", "seconds": round(time.perf_counter() - started),
             **{k: v for k, v in read_record(base)["metrics"].items() if k in ("answer_token_accuracy", "exact_match")}}
     if args.eval_base:

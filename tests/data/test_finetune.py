@@ -115,10 +115,11 @@ def test_the_model_presets_hydra_composes_are_the_finetune_dataclasses():
     assert dict(model.base_train) == asdict(BASE_DEFAULTS)
     assert {name: dict(value) for name, value in model.from_base.items()} == {n: asdict(v) for n, v in FROM_BASE.items()}
     release = compose_config(["trainer=NPO", "model=tiny-llama-cpu-release"])[0].model
-    size, recipe = PRESETS["cpu-release"]
-    assert dict(release.config) == asdict(size)
-    assert {key: release.train.tofu[key] for key in recipe} == recipe
-    assert dict(release.from_base.tofu) == asdict(FROM_BASE["tofu"])
+    preset = PRESETS["cpu-release"]
+    assert dict(release.config) == asdict(preset.size)
+    assert {key: release.train.tofu[key] for key in preset.from_scratch} == preset.from_scratch
+    assert dict(release.from_base.tofu) == {**asdict(FROM_BASE["tofu"]), **preset.from_base}
+    assert preset.from_base["learning_rate"] != FROM_BASE["tofu"].learning_rate
 
 
 def test_base_data_has_no_benchmark_entity_but_the_general_knowledge(bench):
@@ -229,17 +230,33 @@ def test_cli_finetune_base_then_target(bench, tmp_path, capsys, monkeypatch):
 def test_cpu_release_preset_sets_size_and_recipe(bench, tmp_path):
     from mpu.experiments.finetune import PRESETS
 
-    config, recipe = PRESETS["cpu-release"]
+    preset = PRESETS["cpu-release"]
     metrics = finetune(bench, "tofu", "retain90", tmp_path / "p", preset="cpu-release", epochs=0.1, progress=False,
                        base="none", threads=1)
     record = read_record(tmp_path / "p")
-    assert record["model_config"]["hidden_size"] == config.hidden_size == 256
-    assert record["train_config"]["learning_rate"] == recipe["learning_rate"] and metrics["epochs"] == 0.1
+    assert record["model_config"]["hidden_size"] == preset.size.hidden_size == 256
+    assert record["train_config"]["learning_rate"] == preset.from_scratch["learning_rate"] and metrics["epochs"] == 0.1
     assert 3.0e6 < metrics["n_params"] < 3.6e6
     with pytest.raises(MPUError, match="unknown preset"):
         finetune(bench, "tofu", "full", tmp_path / "q", preset="gpu-huge", progress=False)
     with pytest.raises(MPUError, match="either a preset or a model configuration"):
         finetune(bench, "tofu", "full", tmp_path / "q", preset="cpu-release", model_config=MICRO, progress=False)
+
+
+def test_a_preset_takes_its_from_base_recipe_when_fine_tuning_a_base(bench, tmp_path):
+    """cpu-release's from-scratch lr (2e-3) would rewrite a base; fine-tuning one takes its from_base
+    recipe, and the base stage itself keeps BASE_DEFAULTS."""
+    from mpu.experiments.finetune import BASE_DEFAULTS, PRESETS
+
+    preset = PRESETS["cpu-release"]
+    finetune(bench, "tofu", "base", tmp_path / "base", preset="cpu-release", epochs=0.02, progress=False, threads=1)
+    assert read_record(tmp_path / "base")["train_config"]["learning_rate"] == BASE_DEFAULTS.learning_rate
+
+    finetune(bench, "tofu", "retain90", tmp_path / "tuned", preset="cpu-release", epochs=0.02, progress=False,
+             base=str(tmp_path / "base"), threads=1)
+    tuned = read_record(tmp_path / "tuned")
+    assert tuned["train_config"]["learning_rate"] == preset.from_base["learning_rate"] != preset.from_scratch["learning_rate"]
+    assert tuned["model_config"]["hidden_size"] == 256
 
 
 def test_auto_base_on_data_without_general_knowledge_trains_from_scratch_and_says_so(tmp_path, caplog):

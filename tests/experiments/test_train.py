@@ -220,6 +220,7 @@ def test_cpu_release_model_config_equals_the_finetune_preset():
 
     cfg, _ = compose_config(["model=tiny-llama-cpu-release"])
     settings = settings_from_config(cfg)
-    config, recipe = PRESETS["cpu-release"]
-    assert {**asdict(config), **settings.model_config} == asdict(config)
-    assert {key: settings.finetune[key] for key in recipe} == recipe
+    preset = PRESETS["cpu-release"]
+    assert {**asdict(preset.size), **settings.model_config} == asdict(preset.size)
+    assert {key: settings.finetune[key] for key in preset.from_scratch} == preset.from_scratch
+    assert {key: settings.finetune_from_base[key] for key in preset.from_base} == preset.from_base

@@ -195,17 +195,19 @@ def tiny_model_node(preset: str = "tiny") -> dict:
 
     from mpu.experiments.finetune import BASE_DEFAULTS, FROM_BASE, PRESETS, TRAIN_DEFAULTS
 
-    size, recipe = PRESETS[preset]
+    chosen = PRESETS[preset]
     train = {name: asdict(value) for name, value in TRAIN_DEFAULTS.items()}
-    if recipe:  # a preset's schedule is for the built-in TOFU-format data (its release shape)
-        train["tofu"] = {**train["tofu"], **recipe}
+    from_base = {name: asdict(value) for name, value in FROM_BASE.items()}
+    # a preset's schedules are for the built-in TOFU-format data (its release shape)
+    train["tofu"].update(chosen.from_scratch)
+    from_base["tofu"].update(chosen.from_base)
     return {
         "name": MODEL_PRESETS[preset],
         "architecture": "LlamaForCausalLM",
-        "config": asdict(size),
+        "config": asdict(chosen.size),
         "train": train,
         "base_train": asdict(BASE_DEFAULTS),
-        "from_base": {name: asdict(value) for name, value in FROM_BASE.items()},
+        "from_base": from_base,
     }
 
 
