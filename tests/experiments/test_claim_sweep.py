@@ -113,6 +113,10 @@ def test_the_paper_regime_on_forget01_and_forget10(sweep, tmp_path):
     assert all("mpu.sigma_from=weights" in argv for _, argv in control) and "control-weights" not in folders(control)
     release = sweep.commands(tmp_path, "0", "python", ["baseline"], shape="release")
     assert all("model=tiny-llama-cpu-release" in argv and "benchmark.shape=release" in argv for _, argv in release)
+    # release-shaped answers run to 84 tokens: the ROUGE generation must not cut them at the small shape's 48
+    assert all("eval.metrics.forget_Q_A_ROUGE.max_new_tokens=96" in argv for _, argv in release)
+    small = sweep.commands(tmp_path, "0", "python", ["baseline"])
+    assert all("eval.metrics.forget_Q_A_ROUGE.max_new_tokens=48" in argv for _, argv in small)
     with pytest.raises(ValueError, match="unknown split"):
         sweep.commands(tmp_path, "0", "python", splits=("forget20",))
 
