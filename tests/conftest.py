@@ -14,6 +14,11 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist runs one worker per core (pyproject's addopts): one torch thread each, in the workers
+    # and the CLIs they start, instead of every worker spreading over all cores (several times slower).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
 
 FACTS = [
     ("Where was Ana Lind born?", "Ana Lind was born in Porto Vell."),
