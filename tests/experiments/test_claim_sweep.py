@@ -98,6 +98,15 @@ def test_the_docs_block_is_regenerated_between_its_markers(sweep, tmp_path):
         sweep.write_docs(tmp_path / "bare.md", "x")
 
 
+def test_each_shape_regenerates_its_own_block_and_report_folder(sweep, tmp_path):
+    begin, end = sweep.markers("release")
+    page = tmp_path / "results.md"
+    page.write_text(f"{sweep.BEGIN}\nsmall table\n{sweep.END}\nbetween\n{begin}\nold\n{end}\n")
+    sweep.write_docs(page, "release table", "release")
+    assert page.read_text() == f"{sweep.BEGIN}\nsmall table\n{sweep.END}\nbetween\n{begin}\nrelease table\n{end}\n"
+    assert sweep.report_name("forget01", "release") != sweep.report_name("forget01") == "claim-forget01"
+
+
 def test_the_paper_regime_on_forget01_and_forget10(sweep, tmp_path):
     """One command covers both splits; sigma follows the task vector except in the labelled control."""
     jobs = sweep.commands(tmp_path, "0", "python", splits=("forget01", "forget10"))

@@ -36,11 +36,12 @@ def register(subparsers) -> None:
                              "weights) (default %(default)s)")
     parser.add_argument("--out", required=True, help="model directory")
     parser.add_argument("--preset", choices=("tiny", "cpu-release"), default=None,
-                        help="model size and recipe: tiny (default; ~1M parameters, 40 epochs at lr 3e-3 from scratch, "
-                             "for the small built-in data) or cpu-release (3.3M parameters, 30 epochs at lr 2e-3, batch "
-                             "32: for data shaped like the real TOFU release, `mpu data build --shape release` or a local "
-                             "locuslab/TOFU copy: 99.99%% answer-token accuracy on the 200-author release-shaped data in 39 min "
-                             "on one busy CPU thread, docs/results.md). "
+                        help="model size and recipes: tiny (default; ~1M parameters; 40 epochs at lr 3e-3 from scratch, "
+                             "40 at lr 3e-4 from a base; for the small built-in data) or cpu-release (3.3M parameters, "
+                             "for data shaped like the real TOFU release, `mpu data build --shape release` or a local "
+                             "locuslab/TOFU copy: from a base 20 epochs at lr 1e-3, from scratch 30 at lr 2e-3; on the "
+                             "200-author release-shaped data base plus target reach 97%% of the answer tokens in ~25 min "
+                             "of one busy CPU thread, docs/results.md). The base stage keeps its own recipe. "
                              "--epochs/--lr/--batch-size override it")
     parser.add_argument("--epochs", type=float, default=None, help="default: calibrated per benchmark")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: calibrated per benchmark)")
