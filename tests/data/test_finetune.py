@@ -85,6 +85,19 @@ def test_trains_saves_and_reuses_by_fingerprint(bench, tmp_path):
         torch.set_num_threads(saved)
 
 
+def test_a_folder_finetune_did_not_write_is_refused_and_left_alone_and_no_scratch_remains(bench, tmp_path):
+    foreign = tmp_path / "m"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(MPUError, match="not written by `mpu finetune`"):
+        finetune(bench, "tofu", "retain90", foreign, epochs=0.1, model_config=MICRO, progress=False, threads=1)
+    assert [path.name for path in foreign.iterdir()] == ["notes.txt"]
+
+    finetune(bench, "tofu", "retain90", tmp_path / "ok", epochs=0.1, model_config=MICRO, progress=False, threads=1)
+    # the Trainer's scratch folder and the staging folder are gone; only the two models' folders remain
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["m", "ok"]
+
+
 def test_cli_finetune(bench, tmp_path, capsys, monkeypatch):
     import mpu.experiments.finetune as module
 

@@ -603,11 +603,9 @@ def finetune(
     rate and batch size of the stage (from scratch or from a base; the base stage keeps
     ``BASE_DEFAULTS``); explicit arguments still win. It cannot be combined with ``model_config``."""
     import torch
-    from transformers import Trainer
 
     from mpu.data.builtin import ensure_builtin, read_manifest
     from mpu.data.loaders import LocalSource
-    from mpu.data.qa import QACollator
 
     data_dir = Path(data_dir) if data_dir is not None else ensure_builtin()
     if not data_dir.is_dir():
@@ -634,32 +632,18 @@ def finetune(
     rehearsal = rehearsal if rehearsal is not None else defaults.rehearsal
     if rehearsal not in REHEARSAL:
         raise MPUError(f"unknown rehearsal {rehearsal!r}; known: {', '.join(REHEARSAL)}")
-    freeze_embeddings = defaults.freeze_embeddings if freeze_embeddings is None else bool(freeze_embeddings)
     model_config = model_config or TinyLlamaConfig()
     tokenizer = dataset_tokenizer(data_dir, benchmark, source, manifest)
     if base_dir is not None:
-        from transformers import AutoTokenizer
-
-        if AutoTokenizer.from_pretrained(str(base_dir)).get_vocab() != tokenizer.get_vocab():
-            raise MPUError(f"{base_dir}: the base model's tokenizer is not {data_dir}'s; train the base on the same data "
-                           "(`mpu finetune --split base --data ...`)")
+        _check_base_tokenizer(base_dir, tokenizer, data_dir)
     examples = encode_training(tokenizer, data, model_config.max_position_embeddings)
     n_split = len(examples)
     if rehearsal != "none":
         replay = base_training_data(data_dir, benchmark, source, manifest, parts=REHEARSAL[rehearsal])
         examples += encode_training(tokenizer, replay, model_config.max_position_embeddings)
         data = TrainingData(data.parts + replay.parts, data.sources + [f"rehearsal:{name}" for name in replay.sources])
-    batch_size = batch_size or defaults.batch_size
-    if epochs is None:
-        steps_per_epoch = math.ceil(len(examples) / batch_size)
-        epochs = max(defaults.epochs, math.ceil(defaults.min_steps / steps_per_epoch))
-    train_config = FinetuneConfig(
-        epochs=epochs,
-        learning_rate=lr if lr is not None else defaults.learning_rate,
-        batch_size=batch_size,
-        warmup_ratio=defaults.warmup_ratio, weight_decay=defaults.weight_decay,
-        lr_scheduler=defaults.lr_scheduler, seed=seed, rehearsal=rehearsal, freeze_embeddings=freeze_embeddings,
-    )
+    train_config = _resolve_recipe(defaults, len(examples), epochs, lr, batch_size, seed, rehearsal,
+                                   defaults.freeze_embeddings if freeze_embeddings is None else bool(freeze_embeddings))
     fingerprint = _fingerprint(examples, model_config, train_config, "general" if split == BASE_SPLIT else benchmark,
                                split, base_record["fingerprint"] if base_record else None)
 
@@ -668,54 +652,97 @@ def finetune(
     if not force and record and record.get("fingerprint") == fingerprint and (out_dir / "model.safetensors").is_file():
         log.info("%s already holds this model (fingerprint %s); reusing it", out_dir, fingerprint[:12])
         return {**record["metrics"], "cached": True}
-
     if out_dir.exists() and any(out_dir.iterdir()) and record is None:
         raise MPUError(f"{out_dir} exists and was not written by `mpu finetune`; refusing to replace it")
     if threads is not None:   # the library leaves torch alone unless asked; the CLI passes its --threads
         from mpu.threads import apply_threads
 
         apply_threads(threads)
-    use_cpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu"
     torch.manual_seed(seed)
     model = _new_model(tokenizer, model_config, base_dir, train_config.freeze_embeddings)
-    n_params = sum(p.numel() for p in model.parameters())
     log.info("training a %.2fM-parameter model on %d %s examples (%s/%s) for %s epochs",
-             n_params / 1e6, len(examples), data.kinds, benchmark, split, train_config.epochs)
+             sum(p.numel() for p in model.parameters()) / 1e6, len(examples), data.kinds, benchmark, split,
+             train_config.epochs)
+    use_cpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu"
+    metrics = _train(model, tokenizer, examples, n_split, train_config, out_dir, progress, use_cpu, {
+        "benchmark": benchmark, "split": split, "fingerprint": fingerprint,
+        "base": str(base_dir.resolve()) if base_dir is not None else None}, base_dir)
+    _save_atomically(out_dir, model, tokenizer, {
+        "fingerprint": fingerprint, "metrics": metrics, "train_config": asdict(train_config),
+        "model_config": asdict(model_config), "data": str(data_dir.resolve()), "sources": data.sources,
+        "base": metrics["base"], "base_fingerprint": base_record["fingerprint"] if base_record else None})
+    log.info("answer-token accuracy %.4f, exact match %.3f, %.1f s", metrics["answer_token_accuracy"],
+             metrics["exact_match"], metrics["train_seconds"])
+    return {**metrics, "cached": False}
+
+
+def _check_base_tokenizer(base_dir: Path, tokenizer, data_dir: Path) -> None:
+    """MPUError unless the base model in ``base_dir`` was trained with ``data_dir``'s tokenizer."""
+    from transformers import AutoTokenizer
+
+    if AutoTokenizer.from_pretrained(str(base_dir)).get_vocab() != tokenizer.get_vocab():
+        raise MPUError(f"{base_dir}: the base model's tokenizer is not {data_dir}'s; train the base on the same data "
+                       "(`mpu finetune --split base --data ...`)")
+
+
+def _resolve_recipe(defaults: FinetuneConfig, n_examples: int, epochs, lr, batch_size, seed: int, rehearsal: str,
+                    freeze_embeddings: bool) -> FinetuneConfig:
+    """The training recipe: the explicit ``epochs``/``lr``/``batch_size`` where given, else ``defaults``'.
+    Default epochs are raised until ``defaults.min_steps`` optimizer steps (small corpora need more)."""
+    batch_size = batch_size or defaults.batch_size
+    if epochs is None:
+        epochs = max(defaults.epochs, math.ceil(defaults.min_steps / math.ceil(n_examples / batch_size)))
+    return FinetuneConfig(
+        epochs=epochs, learning_rate=lr if lr is not None else defaults.learning_rate, batch_size=batch_size,
+        warmup_ratio=defaults.warmup_ratio, weight_decay=defaults.weight_decay, lr_scheduler=defaults.lr_scheduler,
+        seed=seed, rehearsal=rehearsal, freeze_embeddings=freeze_embeddings)
+
+
+def _train(model, tokenizer, examples: list[dict], n_split: int, train_config: FinetuneConfig, out_dir: Path,
+           progress: bool, use_cpu: bool, about: dict[str, Any], base_dir: Path | None) -> dict:
+    """Train ``model`` in place with the HF Trainer (scratch files in a temporary folder next to
+    ``out_dir``) and return the metrics :func:`finetune` records: accuracies over the first ``n_split``
+    examples and the replayed rest, loss, seconds, sizes, ``about`` and, with a base, the task vector ratio."""
+    from transformers import Trainer
+
+    from mpu.data.qa import QACollator
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        args = _finetune_arguments(train_config, staging / "trainer", seed, progress, use_cpu)
-        trainer = Trainer(model=model, args=args, train_dataset=examples,
-                          data_collator=QACollator(tokenizer.pad_token_id))
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.trainer.", dir=out_dir.parent) as scratch:
+        args = _finetune_arguments(train_config, Path(scratch), train_config.seed, progress, use_cpu)
+        trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=QACollator(tokenizer.pad_token_id))
         _quiet_logs(trainer)
         started = time.perf_counter()
         result = trainer.train()
         train_seconds = time.perf_counter() - started
-        model.eval()
-        accuracy = _split_and_rehearsal_accuracy(model, examples, n_split, tokenizer.pad_token_id)
-        metrics = {
-            **accuracy,
-            "train_loss": float(result.training_loss),
-            "train_seconds": round(train_seconds, 2),
-            "n_params": n_params,
-            "n_examples": len(examples),
-            "n_rehearsal_examples": len(examples) - n_split,
-            "n_train_tokens": sum(len(e["input_ids"]) for e in examples),
-            "benchmark": benchmark,
-            "split": split,
-            "epochs": train_config.epochs,
-            "learning_rate": train_config.learning_rate,
-            "fingerprint": fingerprint,
-            "base": str(base_dir.resolve()) if base_dir is not None else None,
-        }
-        if base_dir is not None:
-            metrics["task_vector_ratio"] = task_vector_ratio(model, base_dir)
-        shutil.rmtree(staging / "trainer", ignore_errors=True)
-        _write_model(staging, model, tokenizer, {
-            "fingerprint": fingerprint, "metrics": metrics, "train_config": asdict(train_config),
-            "model_config": asdict(model_config), "data": str(data_dir.resolve()), "sources": data.sources,
-            "base": metrics["base"], "base_fingerprint": base_record["fingerprint"] if base_record else None})
+    model.eval()
+    metrics = {
+        **_split_and_rehearsal_accuracy(model, examples, n_split, tokenizer.pad_token_id),
+        "train_loss": float(result.training_loss),
+        "train_seconds": round(train_seconds, 2),
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "n_examples": len(examples),
+        "n_rehearsal_examples": len(examples) - n_split,
+        "n_train_tokens": sum(len(e["input_ids"]) for e in examples),
+        "benchmark": about["benchmark"],
+        "split": about["split"],
+        "epochs": train_config.epochs,
+        "learning_rate": train_config.learning_rate,
+        "fingerprint": about["fingerprint"],
+        "base": about["base"],
+    }
+    if base_dir is not None:
+        metrics["task_vector_ratio"] = task_vector_ratio(model, base_dir)
+    return metrics
+
+
+def _save_atomically(out_dir: Path, model, tokenizer, record: dict) -> None:
+    """Write the model, its tokenizer and ``record`` to a staging folder, then swap it in for
+    ``out_dir``: a crash leaves the old model or none, never half of one. MPUError when ``out_dir``
+    holds something `mpu finetune` did not write."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        _write_model(staging, model, tokenizer, record)
         if out_dir.exists():
             if any(out_dir.iterdir()) and read_record(out_dir) is None:
                 raise MPUError(f"{out_dir} exists and was not written by `mpu finetune`; refusing to replace it")
@@ -724,9 +751,6 @@ def finetune(
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    log.info("answer-token accuracy %.4f, exact match %.3f, %.1f s", metrics["answer_token_accuracy"],
-             metrics["exact_match"], metrics["train_seconds"])
-    return {**metrics, "cached": False}
 
 
 def default_base_dir(data_dir: str | Path, model_config: TinyLlamaConfig | None = None) -> Path:
