@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="invented topics in the base model's general corpus (default: BuildConfig's)")
     parser.add_argument("--base-epochs", type=float, default=None, help="base model epochs (default: BASE_DEFAULTS')")
     parser.add_argument("--eval-base", action="store_true", help="evaluate the base model too")
-    parser.add_argument("--preset", default="tiny", help="model size (mpu.experiments.finetune.PRESETS): tiny or cpu-release")
+    parser.add_argument("--preset", default="tiny", help="model size (mpu.experiments.finetune.PRESETS): tiny or cpu-release; only the size: the recipe is --lr/--epochs (default FROM_BASE)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     os.environ.setdefault("MPU_CACHE", str(out / "cache"))

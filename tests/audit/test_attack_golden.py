@@ -7,7 +7,8 @@ steps. Paths (tmp folders) are replaced by placeholders. Floats are compared to 
 arithmetic is deterministic on one torch thread, the slack only absorbs BLAS differences between machines.
 
 To rewrite the golden file after an intended change of the report:
-``MPU_WRITE_AUDIT_GOLDEN=1 pytest tests/audit/test_attack_golden.py`` (and say why in the commit).
+``MPU_WRITE_AUDIT_GOLDEN=1 pytest -n 0 tests/audit/test_attack_golden.py`` (and say why in the commit;
+one process: every case rewrites the shared file, so parallel workers would lose each other's entries).
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ def test_the_audit_report_matches_the_golden_file(name, tmp_path, tiny_model_dir
     got = _audit(name, tmp_path, tiny_model_dir, tiny_base_dir)
 
     if os.environ.get("MPU_WRITE_AUDIT_GOLDEN"):
+        if os.environ.get("PYTEST_XDIST_WORKER"):
+            pytest.fail("MPU_WRITE_AUDIT_GOLDEN rewrites one shared file: run it in one process (pytest -n 0)")
         golden = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
         golden[name] = got
         GOLDEN.parent.mkdir(exist_ok=True)

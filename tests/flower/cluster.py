@@ -9,6 +9,9 @@ throwaway CA's certificate for 127.0.0.1 and admits only registered SuperNodes
 registered with ``flwr supernode register``. ``secure=False`` runs everything ``--insecure``.
 ``simulation=True`` starts a SuperLink with Flower's simulation runtime (Ray) and no SuperNodes:
 ``run(..., federation_config="num-supernodes=2")`` then simulates them on this machine.
+
+One federation runs at a time on a machine: pytest-xdist workers (and concurrent pytest sessions)
+wait for a file lock, so federations never compete for the cores their start-up timeouts assume.
 """
 
 from __future__ import annotations
@@ -18,14 +21,18 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+from filelock import FileLock
 
 import mpu
 from tests.flower.credentials import make_node_keys, make_server_certificates
 
 BIN = Path(sys.executable).parent
 SRC = Path(mpu.__file__).resolve().parents[1]
+ONE_AT_A_TIME = Path(tempfile.gettempdir()) / "mpu-tests-flower-federation.lock"
 
 
 def free_port() -> int:
@@ -77,6 +84,7 @@ class LoopbackFederation:
         self.credentials = root / "credentials"  # fresh for each federation, under the test's tmp_path
         self.home = root / "flwr-home"
         self.port = free_port()
+        self.lock = FileLock(str(ONE_AT_A_TIME))
         self.env = {**os.environ, "FLWR_HOME": str(self.home), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
                     "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])),
                     "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "HF_HUB_OFFLINE": "1",
@@ -91,6 +99,14 @@ class LoopbackFederation:
         return process, log
 
     def __enter__(self) -> "LoopbackFederation":
+        self.lock.acquire()
+        try:
+            return self._start_federation()
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _start_federation(self) -> "LoopbackFederation":
         self.home.mkdir(parents=True, exist_ok=True)
         connection = f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\naddress = "127.0.0.1:{self.port}"\n'
         link_args = ["flower-superlink", "--host", "127.0.0.1", "--port", str(self.port), "--disable-runtime-dependency-installation"]
@@ -174,4 +190,7 @@ class LoopbackFederation:
                 process.wait(timeout=5)
 
     def __exit__(self, *exc) -> None:
-        self.stop()
+        try:
+            self.stop()
+        finally:
+            self.lock.release()

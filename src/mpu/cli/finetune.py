@@ -40,8 +40,9 @@ def register(subparsers) -> None:
                              "40 at lr 3e-4 from a base; for the small built-in data) or cpu-release (3.3M parameters, "
                              "for data shaped like the real TOFU release, `mpu data build --shape release` or a local "
                              "locuslab/TOFU copy: from a base 20 epochs at lr 1e-3, from scratch 30 at lr 2e-3; on the "
-                             "200-author release-shaped data base plus target reach 97%% of the answer tokens in ~25 min "
-                             "of one busy CPU thread, docs/results.md). The base stage keeps its own recipe. "
+                             "200-author release-shaped data the base (2 min on 2 threads) plus the target (23 min on one "
+                             "thread of a busy machine) reach 97%% of the answer tokens, docs/results.md). The base stage "
+                             "keeps its own recipe. "
                              "--epochs/--lr/--batch-size override it")
     parser.add_argument("--epochs", type=float, default=None, help="default: calibrated per benchmark")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: calibrated per benchmark)")

@@ -126,9 +126,10 @@ class ModelPreset:
 # Size/recipe presets. "tiny" is the default above. "cpu-release" is aimed at data of the real TOFU
 # release's shape (20 QA per author, ~25-word answers, thousands of distinct words:
 # BuildConfig(shape="release") or a local copy of locuslab/TOFU): 3.3M parameters, meant to reach >= 90%
-# answer-token accuracy in <= 45 minutes on 2 idle CPU cores. Measured on 200 release-shaped authors, one
-# busy thread (docs/results.md): its base (15 epochs, BASE_DEFAULTS) 0.963 of its own answers in 255 s,
-# then the target from that base (20 epochs at lr 1e-3, replaying the knowledge QA) 0.970 in 1,276 s.
+# answer-token accuracy in <= 45 minutes on 2 idle CPU cores. Measured on 200 release-shaped authors
+# (docs/results.md): its base (15 epochs, BASE_DEFAULTS) 0.964 of its own answers in 125 s on 2 threads,
+# then the target from that base (20 epochs at lr 1e-3, replaying the knowledge QA) 0.972 in 1,394 s on
+# one thread of a busy machine.
 # From scratch: 0.99998 after 30 epochs at lr 2e-3 in 39 min, measured at initializer 0.02; the preset
 # now starts at 1/sqrt(256) like the tiny size, so that the base's weights have the scale its width
 # calls for (at 0.02 a fine-tuning rewrites a large part of them).
@@ -708,7 +709,8 @@ def _train(model, tokenizer, examples: list[dict], n_split: int, train_config: F
     from mpu.data.qa import QACollator
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.trainer.", dir=out_dir.parent) as scratch:
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.trainer.", dir=out_dir.parent,
+                                     ignore_cleanup_errors=True) as scratch:
         args = _finetune_arguments(train_config, Path(scratch), train_config.seed, progress, use_cpu)
         trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=QACollator(tokenizer.pad_token_id))
         _quiet_logs(trainer)
