@@ -217,14 +217,25 @@ def choose_learning_rates(out: Path, split: str, grid: tuple[float, ...] | None 
     return chosen
 
 
-def read_calibration(path: Path) -> tuple[str | None, dict[str, dict[str, dict]]]:
-    """(the rule, ``{split: {method: row}}``) from ``path`` (written by ``--calibrate``; each row as
-    :func:`choose_learning_rates` gives it); (None, {}) when it is missing. The older one-split file
-    (``{"split", "methods"}``) maps to that split; a file without a split maps to ``"*"``."""
+def read_calibration(path: Path) -> tuple[dict[str, str | None], dict[str, dict[str, dict]]]:
+    """(``{split: the rule it was calibrated by}``, ``{split: {method: row}}``) from ``path`` (written by
+    :func:`write_calibration`; each row as :func:`choose_learning_rates` gives it); ({}, {}) when it is
+    missing. The older one-split file (``{"split", "methods"}``) maps to that split; a file without a
+    split maps to ``"*"``; a file with one rule for all splits gives it to each."""
     if not path.is_file():
-        return None, {}
+        return {}, {}
     data = json.loads(path.read_text(encoding="utf-8"))
-    return data.get("rule"), data["splits"] if "splits" in data else {data.get("split", "*"): data["methods"]}
+    splits = data["splits"] if "splits" in data else {data.get("split", "*"): data["methods"]}
+    return {split: (data.get("rules") or {}).get(split, data.get("rule")) for split in splits}, splits
+
+
+def write_calibration(path: Path, rule: str, chosen: dict[str, dict[str, dict]]) -> None:
+    """Add the splits of ``chosen`` (calibrated by ``rule``) to the calibration in ``path``, keeping the
+    other splits' rates and rules: calibrating forget10 later must not drop forget01's rates."""
+    rules, splits = read_calibration(path)
+    rules.update({split: rule for split in chosen})
+    splits.update(chosen)
+    path.write_text(json.dumps({"rules": rules, "splits": splits}, indent=2) + "\n", encoding="utf-8")
 
 
 def read_learning_rates(path: Path) -> dict[str, dict[str, float]]:
@@ -268,14 +279,14 @@ def headline(out: Path, splits: tuple[str, ...], docs_results: Path, shape: str 
     from mpu.experiments.report import report
 
     lines = []
-    rule, by_split = read_calibration(out / LEARNING_RATES)
+    rules, by_split = read_calibration(out / LEARNING_RATES)
     for split in splits:
         folder = out / split
         if not folder.is_dir():
             continue
         source = calibrated_on(by_split, split)
         if source is not None:
-            lines += [f"**Learning rates of {split}** (the rule, {rule or '?'}; calibrated on {source}):", "",
+            lines += [f"**Learning rates of {split}** (the rule, {rules.get(source) or '?'}; calibrated on {source}):", "",
                       "| method | lr | baseline utility at lr | target utility | utility per grid rate | forget ROUGE per grid rate |",
                       "|---|---|---|---|---|---|"]
             for method, row in by_split[source].items():
@@ -439,9 +450,8 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as err:
             print(f"claim_sweep: {err}", file=sys.stderr)
             return 2
-        rates_file.write_text(json.dumps({"rule": f"largest of {list(grid)} with baseline model_utility >= "
-                                          f"{UTILITY_SHARE} x target's (seed 0)", "splits": chosen},
-                                         indent=2) + "\n", encoding="utf-8")
+        write_calibration(rates_file, f"largest of {list(grid)} with baseline model_utility >= {UTILITY_SHARE} x "
+                          "target's (seed 0)", chosen)
         for split, methods in chosen.items():
             print(f"learning rates on {split}: " + ", ".join(f"{m} {row['learning_rate']:g}" for m, row in methods.items()),
                   flush=True)

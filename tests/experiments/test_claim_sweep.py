@@ -243,3 +243,15 @@ def test_a_calibration_kept_by_resume_covers_todays_grid_and_the_rule_ignores_ot
     sweep.main(["--out", str(tmp_path), "--groups", "baseline", "--split", "forget10", "--calibrate", "forget10",
                 "--lr-grid", "3e-5,1e-4,3e-4", "--resume"])   # 3e-5 was never tried: the calibration is redone
     assert calibrated()
+
+
+def test_calibrating_a_split_later_keeps_the_other_splits_rates_and_rules(sweep, tmp_path):
+    path = tmp_path / "learning_rates.json"
+    path.write_text(json.dumps({"rule": "old grid", "splits": {"forget01": {"NPO": {"learning_rate": 3e-4}}}}))
+    sweep.write_calibration(path, "new grid", {"forget10": {"NPO": {"learning_rate": 1e-5}}})
+    rules, splits = sweep.read_calibration(path)
+    assert sweep.read_learning_rates(path) == {"forget01": {"NPO": 3e-4}, "forget10": {"NPO": 1e-5}}
+    assert rules == {"forget01": "old grid", "forget10": "new grid"}
+    sweep.write_calibration(path, "newer grid", {"forget01": {"NPO": {"learning_rate": 1e-4}}})   # a redo replaces
+    assert sweep.read_learning_rates(path)["forget01"] == {"NPO": 1e-4}
+    assert sweep.read_calibration(path)[0] == {"forget01": "newer grid", "forget10": "new grid"}
