@@ -206,14 +206,14 @@ def choose_learning_rates(out: Path, split: str, grid: tuple[float, ...] | None 
         if target is None:  # without it the rule would silently fall back to the smallest rate
             raise ValueError(f"{out / CALIBRATION / split / method}: the runs record no target model utility "
                              "(target_and_retain.target.model_utility in run.json)")
-        grid = {float(r["training"]["learning_rate"]): r["summary"] for r in records}
-        passing = [rate for rate, summary in grid.items()
-                   if target is not None and (summary.get("model_utility") or 0) >= UTILITY_SHARE * target]
-        rate = max(passing) if passing else min(grid)
-        chosen[method] = {"learning_rate": rate, "utility": grid[rate].get("model_utility"), "target_utility": target,
-                          "forget_Q_A_ROUGE": grid[rate].get("forget_Q_A_ROUGE"),
-                          "grid": {f"{r:g}": grid[r].get("model_utility") for r in sorted(grid)},
-                          "grid_forget_rouge": {f"{r:g}": grid[r].get("forget_Q_A_ROUGE") for r in sorted(grid)}}
+        by_rate = {float(r["training"]["learning_rate"]): r["summary"] for r in records}
+        passing = [rate for rate, summary in by_rate.items()
+                   if (summary.get("model_utility") or 0) >= UTILITY_SHARE * target]
+        rate = max(passing) if passing else min(by_rate)
+        chosen[method] = {"learning_rate": rate, "utility": by_rate[rate].get("model_utility"), "target_utility": target,
+                          "forget_Q_A_ROUGE": by_rate[rate].get("forget_Q_A_ROUGE"), "passes": bool(passing),
+                          "grid": {f"{r:g}": by_rate[r].get("model_utility") for r in sorted(by_rate)},
+                          "grid_forget_rouge": {f"{r:g}": by_rate[r].get("forget_Q_A_ROUGE") for r in sorted(by_rate)}}
     return chosen
 
 
@@ -455,6 +455,11 @@ def main(argv: list[str] | None = None) -> int:
         for split, methods in chosen.items():
             print(f"learning rates on {split}: " + ", ".join(f"{m} {row['learning_rate']:g}" for m, row in methods.items()),
                   flush=True)
+            for method, row in methods.items():
+                if not row["passes"]:
+                    print(f"claim_sweep: warning: on {split} no rate of the grid keeps {method}'s model utility >= "
+                          f"{UTILITY_SHARE} x the target's (at {row['learning_rate']:g}: {row['utility']:.3f} of "
+                          f"{row['target_utility']:.3f}); extend --lr-grid downwards", file=sys.stderr, flush=True)
         jobs = sweep_jobs(read_learning_rates(rates_file))
     failed += launch(jobs)
     total = len(jobs) + len(calibration)

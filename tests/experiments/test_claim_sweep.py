@@ -255,3 +255,31 @@ def test_calibrating_a_split_later_keeps_the_other_splits_rates_and_rules(sweep,
     sweep.write_calibration(path, "newer grid", {"forget01": {"NPO": {"learning_rate": 1e-4}}})   # a redo replaces
     assert sweep.read_learning_rates(path)["forget01"] == {"NPO": 1e-4}
     assert sweep.read_calibration(path)[0] == {"forget01": "newer grid", "forget10": "new grid"}
+
+
+def test_each_method_is_filtered_by_the_grid_not_by_the_previous_methods_rates(sweep, tmp_path):
+    """GradAscent (first in METHODS) ran at 1e-5 only; NPO at 1e-5 and 1e-3: NPO's 1e-3 is on the grid."""
+    _calibration_run(tmp_path, "forget10", "GradAscent", 1e-5, 0.49)
+    _calibration_run(tmp_path, "forget10", "NPO", 1e-5, 0.49)
+    _calibration_run(tmp_path, "forget10", "NPO", 1e-3, 0.48)
+    chosen = sweep.choose_learning_rates(tmp_path, "forget10", (1e-5, 1e-3))
+    assert chosen["NPO"]["learning_rate"] == 1e-3 and chosen["NPO"]["grid"] == {"1e-05": 0.49, "0.001": 0.48}
+
+
+def test_a_method_no_rate_keeps_falls_back_to_the_smallest_rate_flagged_and_warned(sweep, tmp_path, monkeypatch, capsys):
+    def call(argv, **kwargs):
+        folder = sweep.sweep_dir(argv)
+        if folder.parts[-3] == "calibration":
+            for rate in (3e-5, 1e-4):
+                _calibration_run(tmp_path, folder.parts[-2], folder.parts[-1], rate,
+                                 0.03 if folder.parts[-1] == "GradAscent" else 0.49)
+        return 0
+
+    monkeypatch.setattr(sweep.subprocess, "call", call)
+    assert sweep.main(["--out", str(tmp_path), "--groups", "baseline", "--split", "forget10",
+                       "--calibrate", "forget10", "--lr-grid", "3e-5,1e-4"]) == 0
+    rows = sweep.read_calibration(tmp_path / "learning_rates.json")[1]["forget10"]
+    assert rows["GradAscent"]["learning_rate"] == 3e-5 and rows["GradAscent"]["passes"] is False
+    assert rows["NPO"]["passes"] is True
+    err = capsys.readouterr().err
+    assert "no rate of the grid keeps GradAscent's model utility" in err and "NPO's" not in err
