@@ -12,9 +12,10 @@ the ``control-weights`` group runs just its MPU cells next to the paper's. ``--s
 data of the real release's shape with the cpu-release model preset (much slower). ``--authors``
 sets the benchmark's size (forget01 is one author at any size from 10 to 149 authors).
 
-It runs ``src/train.py`` Hydra multiruns (one per method and setting), each in its own sweep folder
-under ``--out/<split>/``, split by split and method by method (the cheap methods first, the controls
-last), so that a sweep cut short still holds complete rows:
+It runs ``src/train.py`` once per run (one process per seed, rate or kappa: a sweep cut short loses
+only the runs in flight), into one sweep folder per method and setting under ``--out/<split>/``, split
+by split and method by method (the cheap methods first, the controls last), so that a sweep cut short
+still holds complete rows:
 
 - ``baseline``: the noise-free baseline, R·E epochs, seeds 0, 1, 2;
 - ``mpu-k0.01``, ``mpu-k0.1``: MPU with m = 3 at κ = 0.01 and 0.1, seeds 0, 1, 2 (the paper preset of the default
@@ -29,16 +30,19 @@ last), so that a sweep cut short still holds complete rows:
 The default ``--groups`` are the first four (the paper's regime and its κ = 0 control).
 
 Learning rates: ``--calibrate SPLITS`` first runs every method's noise-free baseline (seed 0) at each
-rate of ``--lr-grid`` under ``OUT/calibration/<split>/``, for each split of the comma-separated list,
+rate of ``--lr-grid`` it needs under ``OUT/calibration/<split>/``, for each split of the comma-separated list,
 and applies the documented rule (per method, the largest rate whose baseline keeps model_utility >= 90 %
-of the target's) into ``OUT/learning_rates.json``, which this and later sweeps in the same ``--out``
-pass to every run of that split. A split that was not calibrated takes the rates of the first one that
+of the target's) into ``OUT/learning_rates.json``. Each method's rates are tried from the largest down
+and the search stops at the first that keeps the utility: the rule's choice, without the runs at the
+smaller rates. This and later sweeps in the same ``--out`` pass the file's rates to every run of
+that split. A split that was not calibrated takes the rates of the first one that
 was. Without a calibration, each method uses the experiment's ``tiny_learning_rates``
 (configs/experiment/unlearn/tofu/default.yaml).
 
 Restarts: folders that already hold runs are refused unless ``--overwrite`` removes them first (so
-no stale run reaches the report), or ``--resume`` keeps every multirun whose runs all finished and
-redoes the others. The tiny models and the target/retain evaluations are cached under
+no stale run reaches the report), or ``--resume`` keeps every finished run of the same seed, rate and
+kappa (whatever its folder's name), removes the rest of the folder (unfinished runs, other rates) and
+redoes what is missing. The tiny models and the target/retain evaluations are cached under
 ``$MPU_CACHE``. ``--docs PAGE`` then writes `mpu report` of each split to
 ``docs/results/claim-<split>/`` and regenerates the block of PAGE between the claim-sweep markers
 (``--report-only`` does just that). ``--dry-run`` prints the commands.
@@ -96,11 +100,13 @@ def commands(out: Path, seeds: str, python: str, groups: list[str] | None = None
              sigma_from: str = "task-vector", shape: str = "small", authors: int | None = None,
              learning_rates: dict[str, float] | None = None, lr_grid: tuple[float, ...] | None = None,
              ) -> list[tuple[float, list[str]]]:
-    """(estimated cost, argv) for every multirun of ``groups`` (default: all) on each forget split in
-    ``splits`` (runs under ``out/<split>/<group>/<method>``); longest first. ``authors`` sets the
+    """(estimated cost, argv) for every run of ``groups`` (default: all) on each forget split in
+    ``splits``, one process per run (seed, rate or kappa), each a one-job Hydra multirun into
+    ``out/<split>/<group>/<method>/<run_name>``, so that a sweep cut short loses at most the runs in flight. ``authors`` sets the
     built-in benchmark's size (default: the experiment's), ``learning_rates`` a per-method learning
     rate (default: the experiment's ``tiny_learning_rates``). The ``calibration`` group runs each
-    method's noise-free baseline at every rate of ``lr_grid`` (default ``LR_GRID``), seed 0. Raises
+    method's noise-free baseline at each rate of ``lr_grid`` (default ``LR_GRID``), seed 0 (main() runs
+    them from the largest rate down, stopping at the first the rule keeps). Raises
     ``ValueError`` for an unknown split, sigma_from (the noise scale's basis) or shape."""
     for split in splits:
         if split not in SPLITS:
@@ -124,9 +130,11 @@ def commands(out: Path, seeds: str, python: str, groups: list[str] | None = None
         for split in splits:
             data = [f"data.forget_split={split}", f"data.retain_split=retain{100 - int(split[-2:])}"]
             where = out / CALIBRATION / split / method if folder == CALIBRATION else out / split / folder / method
-            argv = [python, "src/train.py", "-m", f"hydra.sweep.dir={where}", f"trainer={method}",
-                    "threads=1", "save_model=false", *data, *regime, *rate, *overrides, *eval_overrides(shape)]
-            jobs.append((cost, argv))
+            runs = expand([*data, *regime, *rate, *overrides])
+            for run in runs:
+                jobs.append((cost / len(runs), [python, "src/train.py", "-m", f"hydra.sweep.dir={where}",
+                                                f"hydra.sweep.subdir={run_name(run)}", f"trainer={method}", "threads=1",
+                                                "save_model=false", *run, *eval_overrides(shape)]))
 
     n_seeds = len(seeds.split(","))
     grid = ",".join(f"{rate:g}" for rate in (lr_grid or LR_GRID))
@@ -161,28 +169,93 @@ def commands(out: Path, seeds: str, python: str, groups: list[str] | None = None
     return sorted(jobs, key=key)
 
 
-def expected_runs(argv: list[str]) -> int:
-    """How many runs a Hydra multirun ``argv`` makes: the product of its comma-separated sweeps."""
-    count = 1
-    for arg in argv[3:]:
-        if "=" in arg and not arg.startswith(("hydra.", "~")):
-            count *= len(arg.split("=", 1)[1].split(","))
-    return count
+# The sweep keys that tell a folder's runs apart, and the prefix each has in a run's folder name.
+RUN_KEYS = {"trainer.training.learning_rate": "lr", "mpu.kappa": "k", "seed": "s"}
 
 
-def finished_runs(folder: Path, learning_rate: float | None = None) -> list[dict]:
-    """The run.json records under ``folder`` of runs that finished and were evaluated (at
-    ``learning_rate``, when given: a run at another rate is stale)."""
+def expand(overrides: list[str]) -> list[list[str]]:
+    """Every combination of the comma-separated sweeps in ``overrides`` (Hydra's basic sweeper's order:
+    the last key varies fastest), as lists of one-valued overrides."""
+    combos: list[list[str]] = [[]]
+    for override in overrides:
+        key, sep, values = override.partition("=")
+        choices = [f"{key}={value}" for value in values.split(",")] if sep and not key.startswith(("hydra.", "~")) \
+            else [override]
+        combos = [combo + [choice] for combo in combos for choice in choices]
+    return combos
+
+
+def run_identity(argv: list[str]) -> dict[str, float]:
+    """The values of :data:`RUN_KEYS` that ``argv`` sets (the last one wins, as in Hydra)."""
+    identity = {}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key in RUN_KEYS:
+            identity[key] = float(value)
+    return identity
+
+
+def run_name(argv: list[str]) -> str:
+    """The folder name of the run ``argv`` makes, e.g. ``lr0.0003_k0.1_s2``: unique within its sweep folder."""
+    identity = run_identity(argv)
+    return "_".join(f"{prefix}{identity[key]:g}" for key, prefix in RUN_KEYS.items() if key in identity) or "run"
+
+
+def record_identity(record: dict) -> dict[str, float | None]:
+    """What a run.json record says of the :data:`RUN_KEYS`."""
+    as_float = lambda value: None if value is None else float(value)
+    return {"trainer.training.learning_rate": as_float((record.get("training") or {}).get("learning_rate")),
+            "mpu.kappa": as_float(record.get("kappa")), "seed": as_float(record.get("seed"))}
+
+
+def finished_runs(folder: Path) -> list[dict]:
+    """The run.json records under ``folder`` of runs that finished and were evaluated."""
     records = []
-    for path in sorted(folder.rglob("run.json")):
+    for path in sorted(folder.rglob("run.json")) if folder.is_dir() else []:
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if record.get("status") == "done" and record.get("summary") and (
-                learning_rate is None or (record.get("training") or {}).get("learning_rate") == learning_rate):
+        if record.get("status") == "done" and record.get("summary"):
             records.append(record)
     return records
+
+
+def finished_run(folder: Path, argv: list[str]) -> dict | None:
+    """The record of a finished, evaluated run under ``folder`` made with ``argv``'s seed, learning rate
+    and kappa (whatever its folder's name: runs of the older multirun layout count), else None."""
+    wanted = run_identity(argv)
+    for record in finished_runs(folder):
+        have = record_identity(record)
+        if all(have[key] == value for key, value in wanted.items()):
+            return record
+    return None
+
+
+def prune(folder: Path, argvs: list[list[str]]) -> list[Path]:
+    """Remove (and return) the run folders of ``folder`` that hold no finished run of any of ``argvs``:
+    unfinished runs and runs of an earlier setting (another learning rate) that `mpu report` would mix in."""
+    wanted = [run_identity(argv) for argv in argvs]
+    removed = []
+    for child in sorted(path for path in folder.iterdir() if path.is_dir()) if folder.is_dir() else []:
+        records = finished_runs(child)
+        if not any(all(record_identity(record)[key] == value for key, value in identity.items())
+                   for record in records for identity in wanted):
+            shutil.rmtree(child)
+            removed.append(child)
+    return removed
+
+
+def target_utility(record: dict) -> float | None:
+    """The target's model utility a run.json records ("reference": the key before it was renamed
+    target_and_retain)."""
+    return (record.get("target_and_retain") or record.get("reference") or {}).get("target", {}).get("model_utility")
+
+
+def keeps_utility(record: dict) -> bool:
+    """The learning-rate rule's test: the run kept model_utility >= UTILITY_SHARE x the target's."""
+    target = target_utility(record)
+    return target is not None and ((record.get("summary") or {}).get("model_utility") or 0) >= UTILITY_SHARE * target
 
 
 def sweep_dir(argv: list[str]) -> Path:
@@ -201,14 +274,12 @@ def choose_learning_rates(out: Path, split: str, grid: tuple[float, ...] | None 
                    if grid is None or float(record["training"]["learning_rate"]) in grid]
         if not records:
             continue
-        # "reference": the key of runs recorded before it was renamed target_and_retain
-        target = (records[0].get("target_and_retain") or records[0].get("reference") or {}).get("target", {}).get("model_utility")
+        target = target_utility(records[0])
         if target is None:  # without it the rule would silently fall back to the smallest rate
             raise ValueError(f"{out / CALIBRATION / split / method}: the runs record no target model utility "
                              "(target_and_retain.target.model_utility in run.json)")
         by_rate = {float(r["training"]["learning_rate"]): r["summary"] for r in records}
-        passing = [rate for rate, summary in by_rate.items()
-                   if (summary.get("model_utility") or 0) >= UTILITY_SHARE * target]
+        passing = [float(r["training"]["learning_rate"]) for r in records if keeps_utility(r)]
         rate = max(passing) if passing else min(by_rate)
         chosen[method] = {"learning_rate": rate, "utility": by_rate[rate].get("model_utility"), "target_utility": target,
                           "forget_Q_A_ROUGE": by_rate[rate].get("forget_Q_A_ROUGE"), "passes": bool(passing),
@@ -342,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", default="runs/claim", help="sweep root; `mpu report OUT` reads it")
     parser.add_argument("--seeds", default="0,1,2", help="seeds of every run (baselines, MPU and controls)")
-    parser.add_argument("--workers", type=int, default=1, help="multiruns at once (one torch thread each)")
+    parser.add_argument("--workers", type=int, default=1, help="runs at once (one torch thread each)")
     parser.add_argument("--groups", default=",".join(PAPER_GROUPS),
                         help=f"comma-separated sweep folders to run, from {', '.join(GROUPS + [CALIBRATION])}; e.g. to redo "
                              "the MPU runs after a client change while keeping the baselines")
@@ -355,13 +426,13 @@ def main(argv: list[str] | None = None) -> int:
                              "shape, with the cpu-release model preset)")
     parser.add_argument("--authors", type=int, default=None, help="built-in benchmark size (default: the experiment's, 100)")
     parser.add_argument("--calibrate", default=None, metavar="SPLITS",
-                        help="first run the learning-rate calibration (noise-free baselines, seed 0, every rate of the grid) on "
+                        help="first run the learning-rate calibration (noise-free baselines, seed 0, the grid from the largest rate down to the first that keeps 90 %% of the utility) on "
                              "each comma-separated split, write OUT/learning_rates.json by the rule, and use each split's rates "
                              "for its sweep (a split not calibrated takes the first calibrated split's)")
     parser.add_argument("--lr-grid", default=",".join(f"{rate:g}" for rate in LR_GRID),
                         help="comma-separated learning rates the calibration tries")
     parser.add_argument("--resume", action="store_true",
-                        help="keep multiruns whose folder already holds all their finished runs; redo the others")
+                        help="keep each finished run (same seed, rate and kappa); remove unfinished and stale runs; redo the missing")
     parser.add_argument("--overwrite", action="store_true", help="remove the selected folders' earlier runs first")
     parser.add_argument("--docs", default=None,
                         help="after the runs, `mpu report` each split into docs/results/claim-<split>/ and regenerate the "
@@ -377,6 +448,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--groups: unknown {unknown or 'empty list'}; choose from {', '.join(GROUPS + [CALIBRATION])}")
     if args.resume and args.overwrite:
         parser.error("--resume keeps finished runs, --overwrite removes them: choose one")
+    if CALIBRATION in groups and not args.calibrate:
+        parser.error(f"--groups {CALIBRATION} runs with --calibrate SPLITS (which applies the rule); "
+                     "--calibrate alone runs it before the sweep")
+    groups = [group for group in groups if group != CALIBRATION]   # the calibration runs before the sweep, once
 
     root = Path(__file__).resolve().parents[1]
     out = Path(args.out)
@@ -392,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     calibrate = tuple(split.strip() for split in (args.calibrate or "").split(",") if split.strip())
 
     def sweep_jobs(rates: dict[str, dict[str, float]]) -> list[tuple[float, list[str]]]:
+        if not groups:   # --groups calibration: the calibration only
+            return []
         return [job for split in splits for job in commands(out, args.seeds, sys.executable, groups, (split,), args.sigma_from,
                                                             args.shape, args.authors, rates_for(rates, split))]
 
@@ -409,49 +486,66 @@ def main(argv: list[str] | None = None) -> int:
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
 
-    def run(cost_job) -> int:
-        _, job = cost_job
+    def run(job: list[str]) -> tuple[int, dict | None]:
+        """Run ``job`` (or keep its finished run, with --resume); (exit code, its run record or None)."""
         folder = sweep_dir(job)
         split, group, method = folder.parts[-3:]
-        rates = [arg.split("=", 1)[1] for arg in job if arg.startswith("trainer.training.learning_rate=")]
-        rate = float(rates[-1]) if rates and "," not in rates[-1] else None
-        finished = finished_runs(folder, rate)
-        # a calibration kept by --resume must hold a run at every rate of today's grid
-        swept = {float(value) for value in rates[-1].split(",")} if rates and rate is None else set()
-        if args.resume and len(finished) >= expected_runs(job) and swept <= {
-                float((record.get("training") or {}).get("learning_rate", "nan")) for record in finished}:
-            print(f"[{time.perf_counter() - started:7.0f}s] done {split}/{group}/{method} (kept)", flush=True)
-            return 0
-        if folder.exists():
-            shutil.rmtree(folder)   # an unfinished multirun (resume) or an earlier one (overwrite): redone whole
-        log = logs / f"{split}-{group}-{method}.log"
+        name = run_name(job)
+        kept = finished_run(folder, job) if args.resume else None
+        if kept is not None:
+            print(f"[{time.perf_counter() - started:7.0f}s] done {split}/{group}/{method}/{name} (kept)", flush=True)
+            return 0, kept
+        if (folder / name).exists():
+            shutil.rmtree(folder / name)   # an unfinished run: redone whole
+        log = logs / f"{split}-{group}-{method}-{name}.log"
         with open(log, "w") as handle:
             handle.write(shlex.join(job) + "\n")
             handle.flush()
             code = subprocess.call(job, cwd=root, stdout=handle, stderr=subprocess.STDOUT,
                                    env={**os.environ, "OMP_NUM_THREADS": "1"})
-        print(f"[{time.perf_counter() - started:7.0f}s] {'ok  ' if code == 0 else 'FAIL'} {shlex.join(job[3:5])} ({log})", flush=True)
-        return code
+        print(f"[{time.perf_counter() - started:7.0f}s] {'ok  ' if code == 0 else 'FAIL'} {split}/{group}/{method}/{name} "
+              f"({log})", flush=True)
+        return code, finished_run(folder, job)
 
-    def launch(selected) -> int:
-        folders = {sweep_dir(job) for _, job in selected}
-        earlier = sorted(folder for folder in folders if folder.is_dir() and any(folder.iterdir()))
+    def search(chain: list[list[str]]) -> int:
+        """One method's calibration: its rates from the largest down, stopping at the first whose baseline
+        keeps the utility (the rule's choice: the larger rates all failed it, the smaller cannot be chosen)."""
+        for job in sorted(chain, key=lambda argv: run_identity(argv)["trainer.training.learning_rate"], reverse=True):
+            code, record = run(job)
+            if code != 0:
+                return 1
+            if record is not None and keeps_utility(record):
+                break
+        return 0
+
+    def launch(selected: list[tuple[float, list[str]]], descending: bool = False) -> int:
+        by_folder: dict[Path, list[list[str]]] = {}
+        for _, job in selected:
+            by_folder.setdefault(sweep_dir(job), []).append(job)
+        earlier = sorted(folder for folder in by_folder if folder.is_dir() and any(folder.iterdir()))
         if earlier and not (args.overwrite or args.resume):
             parser.error(f"{', '.join(map(str, earlier))} already hold runs; `mpu report` would mix them with the new ones. "
                          "Pass --overwrite to remove them first, --resume to keep the finished ones, or choose another --out")
+        for folder, jobs_here in by_folder.items():
+            if args.overwrite and folder.exists():
+                shutil.rmtree(folder)
+            elif args.resume:
+                prune(folder, jobs_here)
+        units = list(by_folder.values()) if descending else [[job] for _, job in selected]
+        work = search if descending else (lambda unit: int(run(unit[0])[0] != 0))
         with ThreadPoolExecutor(max_workers=args.workers) as pool:
-            return sum(code != 0 for code in pool.map(run, selected))
+            return sum(pool.map(work, units))
 
     failed = 0
     if calibrate:
-        failed += launch(calibration)
+        failed += launch(calibration, descending=True)
         try:
             chosen = {split: choose_learning_rates(out, split, grid) for split in calibrate}
         except ValueError as err:
             print(f"claim_sweep: {err}", file=sys.stderr)
             return 2
         write_calibration(rates_file, f"largest of {list(grid)} with baseline model_utility >= {UTILITY_SHARE} x "
-                          "target's (seed 0)", chosen)
+                          "target's (seed 0; tried from the largest down)", chosen)
         for split, methods in chosen.items():
             print(f"learning rates on {split}: " + ", ".join(f"{m} {row['learning_rate']:g}" for m, row in methods.items()),
                   flush=True)
@@ -462,8 +556,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"{row['target_utility']:.3f}); extend --lr-grid downwards", file=sys.stderr, flush=True)
         jobs = sweep_jobs(read_learning_rates(rates_file))
     failed += launch(jobs)
-    total = len(jobs) + len(calibration)
-    print(f"{total - failed}/{total} multiruns succeeded in {time.perf_counter() - started:.0f}s", flush=True)
+    total = len(jobs) + len({sweep_dir(job) for _, job in calibration})
+    print(f"{total - failed}/{total} runs and calibration searches succeeded in {time.perf_counter() - started:.0f}s", flush=True)
     if docs is not None:
         write_docs(docs, headline(out, splits, docs.parent / "results", args.shape), args.shape)
         print(f"regenerated {docs} and {docs.parent / 'results' / report_name('<split>', args.shape)}/", flush=True)

@@ -23,21 +23,27 @@ def folders(jobs) -> set[str]:
 def test_every_run_folder_is_a_named_group(sweep, tmp_path):
     jobs = sweep.commands(tmp_path, "0,1,2", "python")
     assert folders(jobs) == set(sweep.GROUPS)   # the calibration only when asked for
-    assert len(jobs) == 8 * 6 + 3  # 8 methods x 6 groups, plus the moving-reference control of NPO, DPO, UNDIAL
+    # one process per run: 8 methods x 3 seeds x (5 groups + control-weights' two kappas), plus the
+    # moving-reference control of NPO, DPO, UNDIAL
+    assert len(jobs) == 8 * 3 * (5 + 2) + 3 * 3
+    for _, argv in jobs:   # each run has its own folder, named by what tells it apart
+        assert sum(arg.startswith("hydra.sweep.subdir=") for arg in argv) == 1 and not any("," in arg for arg in argv)
+    assert len({(sweep.sweep_dir(argv), sweep.run_name(argv)) for _, argv in jobs}) == len(jobs)
 
 
 def test_the_calibration_tries_the_grid_apart_and_the_sweep_uses_its_rates(sweep, tmp_path):
     calibration = sweep.commands(tmp_path, "0,1,2", "python", [sweep.CALIBRATION], ("forget10",), lr_grid=(3e-4, 1e-3))
-    assert len(calibration) == 8
+    assert len(calibration) == 8 * 2
     for _, argv in calibration:
-        assert "seed=0" in argv and "mpu.enabled=false" in argv and "trainer.training.learning_rate=0.0003,0.001" in argv
+        assert "seed=0" in argv and "mpu.enabled=false" in argv
         assert sweep.sweep_dir(argv).parts[-3:-1] == ("calibration", "forget10")  # not under OUT/forget10 (mpu report)
-        assert sweep.expected_runs(argv) == 2
+    npo_rates = {sweep.run_name(argv) for _, argv in calibration if "trainer=NPO" in argv}
+    assert npo_rates == {"lr0.0003_s0", "lr0.001_s0"}
     jobs = sweep.commands(tmp_path, "0,1,2", "python", ["baseline"], authors=100, learning_rates={"NPO": 3e-3})
     npo = next(argv for _, argv in jobs if "trainer=NPO" in argv)
     assert "trainer.training.learning_rate=0.003" in npo and "benchmark.authors=100" in npo
     assert not any(a.startswith("trainer.training.learning_rate") for _, argv in jobs if "trainer=DPO" in argv for a in argv)
-    assert sweep.expected_runs(npo) == 3
+    assert sum("trainer=NPO" in argv for _, argv in jobs) == 3 and "seed=0" in npo
 
 
 def test_the_rule_picks_the_largest_rate_that_keeps_90_percent_of_the_utility(sweep, tmp_path):
@@ -66,26 +72,31 @@ def test_the_rule_picks_the_largest_rate_that_keeps_90_percent_of_the_utility(sw
         sweep.choose_learning_rates(tmp_path, "forget10")
 
 
-def test_resume_keeps_finished_multiruns_and_redoes_the_rest(sweep, tmp_path, monkeypatch):
+def test_resume_keeps_each_finished_run_and_redoes_only_the_missing_ones(sweep, tmp_path, monkeypatch):
+    def record(folder, seed, status="done", rate=0.001):
+        folder.mkdir(parents=True)
+        (folder / "run.json").write_text(json.dumps({"status": status, "seed": seed, "summary": {"model_utility": 1},
+                                                     "training": {"learning_rate": rate}}))
     finished = tmp_path / "forget10" / "baseline" / "NPO"
-    for seed in range(3):
-        (finished / str(seed)).mkdir(parents=True)
-        (finished / str(seed) / "run.json").write_text(json.dumps({"status": "done", "summary": {"model_utility": 1},
-                                                                   "training": {"learning_rate": 0.001}}))
-    partial = tmp_path / "forget10" / "baseline" / "DPO" / "0"
-    partial.mkdir(parents=True)
-    (partial / "run.json").write_text(json.dumps({"status": "running"}))
-    launched = []
-    monkeypatch.setattr(sweep.subprocess, "call", lambda argv, **kwargs: launched.append(argv) or 0)
+    for seed in range(3):   # the older layout: one Hydra multirun, its own folder names
+        record(finished / f"{seed}_NPO_m3_k0.01_mpuFalse_s{seed}", seed)
+    dpo = tmp_path / "forget10" / "baseline" / "DPO"
+    record(dpo / "s0", 0)                       # finished: kept
+    record(dpo / "s1", 1, status="running")     # cut short: redone
+    record(dpo / "old", 7, rate=0.1)            # no run of this sweep (seed 7): `mpu report` must not see it
+    call, launched = _train_like(sweep, lambda split, method, rate: 0.5)
+    monkeypatch.setattr(sweep.subprocess, "call", call)
     assert sweep.main(["--out", str(tmp_path), "--groups", "baseline", "--split", "forget10", "--resume"]) == 0
-    assert len(launched) == 7 and not any("trainer=NPO" in argv for argv in launched)
-    assert (finished / "2" / "run.json").is_file() and not partial.exists()
-    # runs at another learning rate than the calibrated one are stale: redone
+    ran = {(sweep.sweep_dir(argv).name, sweep.run_name(argv)) for argv in launched}
+    assert ("DPO", "s1") in ran and ("DPO", "s2") in ran and ("DPO", "s0") not in ran
+    assert not any(method == "NPO" for method, _ in ran) and len(launched) == 6 * 3 + 2
+    assert (finished / "2_NPO_m3_k0.01_mpuFalse_s2" / "run.json").is_file() and not (dpo / "old").exists()
+    # runs at another learning rate than the calibrated one are stale: removed and redone
     (tmp_path / "learning_rates.json").write_text(json.dumps({"methods": {"NPO": {"learning_rate": 0.003}}}))
     launched.clear()
     assert sweep.main(["--out", str(tmp_path), "--groups", "baseline", "--split", "forget10", "--resume"]) == 0
-    assert any("trainer=NPO" in argv and "trainer.training.learning_rate=0.003" in argv for argv in launched)
-    assert not finished.exists()
+    assert [sweep.run_name(argv) for argv in launched] == ["lr0.003_s0", "lr0.003_s1", "lr0.003_s2"]
+    assert sorted(path.name for path in finished.iterdir()) == ["lr0.003_s0", "lr0.003_s1", "lr0.003_s2"]
 
 
 def test_the_docs_block_is_regenerated_between_its_markers(sweep, tmp_path):
@@ -110,7 +121,7 @@ def test_each_shape_regenerates_its_own_block_and_report_folder(sweep, tmp_path)
 def test_the_paper_regime_on_forget01_and_forget10(sweep, tmp_path):
     """One command covers both splits; sigma follows the task vector except in the labelled control."""
     jobs = sweep.commands(tmp_path, "0", "python", splits=("forget01", "forget10"))
-    assert len(jobs) == 2 * (8 * 6 + 3)
+    assert len(jobs) == 2 * (8 * (5 + 2) + 3)
     for _, argv in jobs:
         where = next(arg for arg in argv if arg.startswith("hydra.sweep.dir=")).split("=", 1)[1]
         split = Path(where).parts[-3]
@@ -133,13 +144,17 @@ def test_the_paper_regime_on_forget01_and_forget10(sweep, tmp_path):
 def test_groups_select_the_runs_to_redo(sweep, tmp_path):
     jobs = sweep.commands(tmp_path, "0,1,2", "python", ["mpu-k0.01", "control-k0"])
     assert folders(jobs) == {"mpu-k0.01", "control-k0"}
-    assert all("seed=0,1,2" in argv for _, argv in jobs if "mpu.kappa=0.01" in argv)
+    seeds = [arg for _, argv in jobs if "mpu.kappa=0.01" in argv for arg in argv if arg.startswith("seed=")]
+    assert sorted(seeds) == sorted(["seed=0", "seed=1", "seed=2"] * 8)
 
 
 def test_an_unknown_group_is_refused(sweep, capsys):
     with pytest.raises(SystemExit):
         sweep.main(["--groups", "mpu-k0.5", "--dry-run"])
     assert "unknown ['mpu-k0.5']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):   # the calibration alone would run without its rule being applied
+        sweep.main(["--groups", "calibration", "--dry-run"])
+    assert "runs with --calibrate" in capsys.readouterr().err
 
 
 def test_a_rerun_refuses_folders_that_hold_runs_unless_told_to_overwrite(sweep, tmp_path, capsys, monkeypatch):
@@ -156,8 +171,8 @@ def test_a_rerun_refuses_folders_that_hold_runs_unless_told_to_overwrite(sweep, 
     monkeypatch.setattr(sweep.subprocess, "call", lambda argv, **kwargs: launched.append(argv) or 0)
     assert sweep.main(["--out", str(tmp_path), "--groups", "mpu-k0.1", "--overwrite", "--split", "forget10"]) == 0
     assert not stale.exists() and kept.is_dir()  # only the selected group is cleared
-    assert len(launched) == 8
-    assert (tmp_path / "logs" / "forget10-mpu-k0.1-NPO.log").is_file()
+    assert len(launched) == 8 * 3
+    assert (tmp_path / "logs" / "forget10-mpu-k0.1-NPO-k0.1_s2.log").is_file()
 
 
 def test_the_headline_states_per_method_and_kappa_whether_the_degradation_is_below_one_percent(sweep, tmp_path):
@@ -191,29 +206,43 @@ def _calibration_run(root: Path, split: str, method: str, rate: float, utility: 
     folder = root / "calibration" / split / method / f"{rate:g}"
     folder.mkdir(parents=True)
     (folder / "run.json").write_text(json.dumps({
-        "status": "done", "training": {"learning_rate": rate}, "summary": {"model_utility": utility},
+        "status": "done", "seed": 0, "training": {"learning_rate": rate}, "summary": {"model_utility": utility},
         "target_and_retain": {"target": {"model_utility": 0.5}}}))
 
 
-def test_each_calibrated_split_sweeps_at_its_own_rates(sweep, tmp_path, monkeypatch):
+def _train_like(sweep, utility):
+    """A stand-in for src/train.py: writes the finished run ``argv`` asks for into its folder, with
+    model utility ``utility(split, method, rate)`` against a target's 0.5; records what it ran."""
     launched = []
 
     def call(argv, **kwargs):
         launched.append(argv)
         folder = sweep.sweep_dir(argv)
-        if folder.parts[-3] == "calibration":   # forget01 keeps the utility at 1e-3, forget10 only at 1e-5
-            for rate in (1e-5, 1e-3):
-                keeps = (rate == 1e-3) == (folder.parts[-2] == "forget01")
-                _calibration_run(tmp_path, folder.parts[-2], folder.parts[-1], rate, 0.49 if keeps else 0.1)
+        identity = sweep.run_identity(argv)
+        rate = identity.get("trainer.training.learning_rate", 1e-3)
+        run = folder / sweep.run_name(argv)
+        run.mkdir(parents=True)
+        (run / "run.json").write_text(json.dumps({
+            "status": "done", "seed": int(identity["seed"]), "kappa": identity.get("mpu.kappa"),
+            "training": {"learning_rate": rate},
+            "summary": {"model_utility": utility(folder.parts[-2 if folder.parts[-3] == "calibration" else -3],
+                                                 folder.parts[-1], rate)},
+            "target_and_retain": {"target": {"model_utility": 0.5}}}))
         return 0
 
+    return call, launched
+
+
+def test_each_calibrated_split_sweeps_at_its_own_rates(sweep, tmp_path, monkeypatch):
+    # forget01 keeps the utility at 1e-3, forget10 only at 1e-5
+    call, launched = _train_like(sweep, lambda split, method, rate: 0.49 if (rate == 1e-3) == (split == "forget01") else 0.1)
     monkeypatch.setattr(sweep.subprocess, "call", call)
     assert sweep.main(["--out", str(tmp_path), "--groups", "baseline", "--split", "forget01,forget10",
                        "--calibrate", "forget01,forget10", "--lr-grid", "1e-5,1e-3"]) == 0
     assert sweep.read_learning_rates(tmp_path / "learning_rates.json") == {
         "forget01": {m: 1e-3 for m in sweep.METHODS}, "forget10": {m: 1e-5 for m in sweep.METHODS}}
     baselines = [argv for argv in launched if sweep.sweep_dir(argv).parts[-2] == "baseline"]
-    assert len(baselines) == 16
+    assert len(baselines) == 2 * 8 * 3
     for argv in baselines:
         split = sweep.sweep_dir(argv).parts[-3]
         assert f"trainer.training.learning_rate={'0.001' if split == 'forget01' else '1e-05'}" in argv
@@ -229,20 +258,38 @@ def test_an_uncalibrated_split_takes_the_first_calibrated_splits_rates_and_old_f
     assert sweep.rates_for({}, "forget10") is None and sweep.read_learning_rates(tmp_path / "none.json") == {}
 
 
-def test_a_calibration_kept_by_resume_covers_todays_grid_and_the_rule_ignores_other_rates(sweep, tmp_path, monkeypatch):
+def test_the_calibration_searches_from_the_largest_rate_down_and_stops_at_the_first_that_keeps_the_utility(
+        sweep, tmp_path, monkeypatch):
+    keeps_below = {"GradAscent": 1e-5, "NPO": 1e-4}   # the largest rate that keeps 90 % (others: every rate)
+    call, launched = _train_like(sweep, lambda split, method, rate: 0.49 if rate <= keeps_below.get(method, 1) else 0.1)
+    monkeypatch.setattr(sweep.subprocess, "call", call)
+    grid = "1e-5,3e-5,1e-4,3e-4,1e-3"
+    assert sweep.main(["--out", str(tmp_path), "--groups", "baseline", "--split", "forget10", "--calibrate", "forget10",
+                       "--lr-grid", grid]) == 0
+    tried = {}
+    for argv in launched:
+        if sweep.sweep_dir(argv).parts[-3] == "calibration":
+            tried.setdefault(sweep.sweep_dir(argv).name, []).append(sweep.run_identity(argv)["trainer.training.learning_rate"])
+    assert tried["GradAscent"] == [1e-3, 3e-4, 1e-4, 3e-5, 1e-5]
+    assert tried["NPO"] == [1e-3, 3e-4, 1e-4] and tried["DPO"] == [1e-3]
+    rows = sweep.read_calibration(tmp_path / "learning_rates.json")[1]["forget10"]
+    assert rows["NPO"]["learning_rate"] == 1e-4 and rows["GradAscent"]["learning_rate"] == 1e-5 and rows["DPO"]["learning_rate"] == 1e-3
+    assert "tried from the largest down" in sweep.read_calibration(tmp_path / "learning_rates.json")[0]["forget10"]
+    # resumed on the same grid, nothing is redone; a larger rate on the grid is tried (and fails) before the kept ones
+    launched.clear()
+    assert sweep.main(["--out", str(tmp_path), "--groups", "calibration", "--split", "forget10", "--calibrate", "forget10",
+                       "--lr-grid", grid, "--resume"]) == 0
+    assert launched == []
+    assert sweep.main(["--out", str(tmp_path), "--groups", "calibration", "--split", "forget10", "--calibrate", "forget10",
+                       "--lr-grid", "3e-3," + grid, "--resume"]) == 0
+    assert {sweep.run_name(argv) for argv in launched} == {"lr0.003_s0"} and len(launched) == 8
+
+
+def test_the_rule_ignores_runs_at_rates_off_the_grid(sweep, tmp_path):
     for rate, utility in ((1e-4, 0.49), (3e-4, 0.48), (1e-3, 0.1)):   # yesterday's grid
         _calibration_run(tmp_path, "forget10", "NPO", rate, utility)
     assert sweep.choose_learning_rates(tmp_path, "forget10")["NPO"]["learning_rate"] == 3e-4
     assert sweep.choose_learning_rates(tmp_path, "forget10", (1e-4, 1e-3))["NPO"]["learning_rate"] == 1e-4
-    launched = []
-    monkeypatch.setattr(sweep.subprocess, "call", lambda argv, **kwargs: launched.append(argv) or 0)
-    calibrated = lambda: any("trainer=NPO" in argv for argv in launched if sweep.sweep_dir(argv).parts[-3] == "calibration")
-    sweep.main(["--out", str(tmp_path), "--groups", "baseline", "--split", "forget10", "--calibrate", "forget10",
-                "--lr-grid", "1e-4,3e-4,1e-3", "--resume"])   # the old runs cover this grid: kept
-    assert not calibrated()
-    sweep.main(["--out", str(tmp_path), "--groups", "baseline", "--split", "forget10", "--calibrate", "forget10",
-                "--lr-grid", "3e-5,1e-4,3e-4", "--resume"])   # 3e-5 was never tried: the calibration is redone
-    assert calibrated()
 
 
 def test_calibrating_a_split_later_keeps_the_other_splits_rates_and_rules(sweep, tmp_path):
@@ -267,14 +314,7 @@ def test_each_method_is_filtered_by_the_grid_not_by_the_previous_methods_rates(s
 
 
 def test_a_method_no_rate_keeps_falls_back_to_the_smallest_rate_flagged_and_warned(sweep, tmp_path, monkeypatch, capsys):
-    def call(argv, **kwargs):
-        folder = sweep.sweep_dir(argv)
-        if folder.parts[-3] == "calibration":
-            for rate in (3e-5, 1e-4):
-                _calibration_run(tmp_path, folder.parts[-2], folder.parts[-1], rate,
-                                 0.03 if folder.parts[-1] == "GradAscent" else 0.49)
-        return 0
-
+    call, _ = _train_like(sweep, lambda split, method, rate: 0.03 if method == "GradAscent" else 0.49)
     monkeypatch.setattr(sweep.subprocess, "call", call)
     assert sweep.main(["--out", str(tmp_path), "--groups", "baseline", "--split", "forget10",
                        "--calibrate", "forget10", "--lr-grid", "3e-5,1e-4"]) == 0
