@@ -61,9 +61,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 METHODS = ["GradAscent", "GradDiff", "NPO", "SimNPO", "DPO", "UNDIAL", "SatImp", "WGA"]
 REFERENCE_MODEL_METHODS = ["NPO", "DPO", "UNDIAL"]
-MANY_ROUNDS = {"SimNPO", "DPO", "SatImp"}  # R = 10: the slowest runs go first
+MANY_ROUNDS = {"SimNPO", "DPO", "SatImp"}  # R = 10: the slowest runs, after the R = 2 methods of their split
 
 # Evaluation trimmed for time: the MIA metrics other than MinK (privleak needs it) are dropped and
 # ROUGE generation stops after a shape's longest answer (built-in tokenizer: small answers 10-30 tokens;
@@ -137,7 +139,7 @@ def commands(out: Path, seeds: str, python: str, groups: list[str] | None = None
                                                 "save_model=false", *run, *eval_overrides(shape)]))
 
     n_seeds = len(seeds.split(","))
-    grid = ",".join(f"{rate:g}" for rate in (lr_grid or LR_GRID))
+    grid = ",".join(f"{rate:g}" for rate in sorted(lr_grid or LR_GRID, reverse=True))   # the search's order
     for method in METHODS:
         rounds = 10 if method in MANY_ROUNDS else 2
         add(CALIBRATION, method, 20 * len(grid.split(",")), "mpu.enabled=false", "seed=0",
@@ -169,8 +171,12 @@ def commands(out: Path, seeds: str, python: str, groups: list[str] | None = None
     return sorted(jobs, key=key)
 
 
-# The sweep keys that tell a folder's runs apart, and the prefix each has in a run's folder name.
+# The sweep keys that tell the runs of one folder apart, and the prefix each has in a run's folder
+# name (lr0.0003_k0.1_s2). The calibration sweeps the learning rate; elsewhere it is a setting of the
+# folder, so a run there at another rate is stale.
 RUN_KEYS = {"trainer.training.learning_rate": "lr", "mpu.kappa": "k", "seed": "s"}
+SELECTION_KEYS = ("mpu.kappa", "seed")
+STALE = "stale"   # OUT/stale/<time>/...: where --resume moves finished runs it cannot use (nothing is deleted)
 
 
 def expand(overrides: list[str]) -> list[list[str]]:
@@ -201,11 +207,25 @@ def run_name(argv: list[str]) -> str:
     return "_".join(f"{prefix}{identity[key]:g}" for key, prefix in RUN_KEYS.items() if key in identity) or "run"
 
 
-def record_identity(record: dict) -> dict[str, float | None]:
-    """What a run.json record says of the :data:`RUN_KEYS`."""
-    as_float = lambda value: None if value is None else float(value)
-    return {"trainer.training.learning_rate": as_float((record.get("training") or {}).get("learning_rate")),
-            "mpu.kappa": as_float(record.get("kappa")), "seed": as_float(record.get("seed"))}
+def normalised_overrides(overrides: list[str]) -> dict[str, float | str]:
+    """``{key: value}`` of Hydra command-line overrides (``hydra.*`` left out), normalised so that what a
+    run was launched with equals what Hydra recorded in its run.json (``overrides``): ``false`` and
+    ``False``, ``3e-4`` and ``0.0003``, ``~key`` and ``~key=null`` compare equal."""
+    normalised: dict[str, float | str] = {}
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if key.startswith("hydra."):
+            continue
+        try:
+            normalised[key] = float(value) if sep else "null"
+        except ValueError:
+            normalised[key] = value.lower()
+    return normalised
+
+
+def job_overrides(argv: list[str]) -> dict[str, float | str]:
+    """:func:`normalised_overrides` of a ``python src/train.py -m ...`` command."""
+    return normalised_overrides(argv[3:])
 
 
 def finished_runs(folder: Path) -> list[dict]:
@@ -222,28 +242,44 @@ def finished_runs(folder: Path) -> list[dict]:
 
 
 def finished_run(folder: Path, argv: list[str]) -> dict | None:
-    """The record of a finished, evaluated run under ``folder`` made with ``argv``'s seed, learning rate
-    and kappa (whatever its folder's name: runs of the older multirun layout count), else None."""
-    wanted = run_identity(argv)
-    for record in finished_runs(folder):
-        have = record_identity(record)
-        if all(have[key] == value for key, value in wanted.items()):
-            return record
-    return None
+    """The record of a finished, evaluated run under ``folder`` launched with exactly ``argv``'s overrides
+    (whatever its folder's name: runs of the older one-multirun-per-setting layout count), else None."""
+    wanted = job_overrides(argv)
+    return next((record for record in finished_runs(folder)
+                 if normalised_overrides(record.get("overrides") or []) == wanted), None)
 
 
-def prune(folder: Path, argvs: list[list[str]]) -> list[Path]:
-    """Remove (and return) the run folders of ``folder`` that hold no finished run of any of ``argvs``:
-    unfinished runs and runs of an earlier setting (another learning rate) that `mpu report` would mix in."""
-    wanted = [run_identity(argv) for argv in argvs]
-    removed = []
-    for child in sorted(path for path in folder.iterdir() if path.is_dir()) if folder.is_dir() else []:
+def prune(folder: Path, argvs: list[list[str]], stale_root: Path, selection: tuple[str, ...] = SELECTION_KEYS
+          ) -> tuple[list[Path], list[Path]]:
+    """Tidy ``folder`` before ``argvs`` run there with --resume, so that `mpu report` sees one run per
+    setting: delete the run folders that hold no finished run (cut short), and move under
+    ``stale_root`` those whose finished run is a second copy of a job's or differs from every job in
+    a setting (another learning rate, model or data; not just another of the ``selection`` keys:
+    runs of seeds or rates outside today's selection stay). Returns (deleted, moved)."""
+    wanted = [job_overrides(argv) for argv in argvs]
+    setting = lambda overrides: {key: value for key, value in overrides.items() if key not in selection}
+    settings = [setting(overrides) for overrides in wanted]
+    deleted, moved, held = [], [], set()
+    names = {run_name(argv) for argv in argvs}   # of two copies, the one in the job's own folder is kept
+    children = [path for path in folder.iterdir() if path.is_dir()] if folder.is_dir() else []
+    for child in sorted(children, key=lambda path: (path.name not in names, path.name)):
         records = finished_runs(child)
-        if not any(all(record_identity(record)[key] == value for key, value in identity.items())
-                   for record in records for identity in wanted):
+        if not records:
             shutil.rmtree(child)
-            removed.append(child)
-    return removed
+            deleted.append(child)
+            continue
+        overrides = normalised_overrides(records[0].get("overrides") or [])
+        job = next((index for index, want in enumerate(wanted) if want == overrides), None)
+        if job is not None and job not in held:
+            held.add(job)
+        elif job is None and setting(overrides) in settings:
+            pass   # another seed (or calibration rate) of the same setting
+        else:
+            destination = stale_root / child.relative_to(folder.parents[2])
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(child), str(destination))
+            moved.append(child)
+    return deleted, moved
 
 
 def target_utility(record: dict) -> float | None:
@@ -265,9 +301,11 @@ def sweep_dir(argv: list[str]) -> Path:
 def choose_learning_rates(out: Path, split: str, grid: tuple[float, ...] | None = None) -> dict[str, dict]:
     """The rule applied to ``out/calibration/<split>`` (apart from OUT/<split>, which `mpu report` reads): per method, the largest learning rate whose
     noise-free baseline keeps model_utility >= UTILITY_SHARE x the target's (the smallest rate of
-    the grid when none does). Runs at a rate outside ``grid`` (when given) are ignored. Returns
-    {method: {"learning_rate", "utility", "target_utility", "forget_Q_A_ROUGE", "grid": {rate: utility}}}.
-    Raises ``ValueError`` when a method's runs record no target model utility."""
+    the grid when none does). Runs at a rate outside ``grid`` (when given) are ignored; the rates below
+    the chosen one need no run (the search stops there). Returns {method: {"learning_rate", "utility",
+    "target_utility", "forget_Q_A_ROUGE", "passes", "grid": {rate: utility}, "grid_forget_rouge"}}.
+    Raises ``ValueError`` when a method's runs record no target model utility, or lack a grid rate
+    above the chosen one (or any, when none passes)."""
     chosen: dict[str, dict] = {}
     for method in METHODS:
         records = [record for record in finished_runs(out / CALIBRATION / split / method)
@@ -281,6 +319,10 @@ def choose_learning_rates(out: Path, split: str, grid: tuple[float, ...] | None 
         by_rate = {float(r["training"]["learning_rate"]): r["summary"] for r in records}
         passing = [float(r["training"]["learning_rate"]) for r in records if keeps_utility(r)]
         rate = max(passing) if passing else min(by_rate)
+        untried = sorted(r for r in grid or () if r not in by_rate and (r > rate or not passing))
+        if untried:   # the search stopped early (a crash): a rate it never ran might be the rule's choice
+            raise ValueError(f"{out / CALIBRATION / split / method}: no finished run at {', '.join(f'{r:g}' for r in untried)}, "
+                             f"so the rule cannot choose between them and {rate:g}; rerun the calibration with --resume")
         chosen[method] = {"learning_rate": rate, "utility": by_rate[rate].get("model_utility"), "target_utility": target,
                           "forget_Q_A_ROUGE": by_rate[rate].get("forget_Q_A_ROUGE"), "passes": bool(passing),
                           "grid": {f"{r:g}": by_rate[r].get("model_utility") for r in sorted(by_rate)},
@@ -416,7 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="runs at once (one torch thread each)")
     parser.add_argument("--groups", default=",".join(PAPER_GROUPS),
                         help=f"comma-separated sweep folders to run, from {', '.join(GROUPS + [CALIBRATION])}; e.g. to redo "
-                             "the MPU runs after a client change while keeping the baselines")
+                             "the MPU runs after a client change while keeping the baselines (calibration: the calibration "
+                             "only, with --calibrate)")
     parser.add_argument("--split", default="forget01,forget10",
                         help="comma-separated forget splits (forget01 is the paper's main split); runs go to OUT/<split>/")
     parser.add_argument("--sigma-from", "--sigma-reference", dest="sigma_from", choices=SIGMA_FROM, default="task-vector",
@@ -452,6 +495,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--groups {CALIBRATION} runs with --calibrate SPLITS (which applies the rule); "
                      "--calibrate alone runs it before the sweep")
     groups = [group for group in groups if group != CALIBRATION]   # the calibration runs before the sweep, once
+    seeds = [seed.strip() for seed in args.seeds.split(",")]
+    if len(set(seeds)) != len(seeds) or not all(seed.isdigit() for seed in seeds):
+        parser.error(f"--seeds: distinct non-negative integers, got {args.seeds!r}")
 
     root = Path(__file__).resolve().parents[1]
     out = Path(args.out)
@@ -483,86 +529,108 @@ def main(argv: list[str] | None = None) -> int:
         for _, job in calibration + jobs:
             print(shlex.join(job))
         return 0
-    logs = out / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(out / ".claim_sweep.lock"))
+    try:   # two sweeps in one --out would prune each other's runs in flight
+        lock.acquire(timeout=0)
+    except Timeout:
+        parser.error(f"{out}: another claim_sweep is running there (it holds {lock.lock_file}); wait for it or choose another --out")
 
-    def run(job: list[str]) -> tuple[int, dict | None]:
-        """Run ``job`` (or keep its finished run, with --resume); (exit code, its run record or None)."""
-        folder = sweep_dir(job)
-        split, group, method = folder.parts[-3:]
-        name = run_name(job)
-        kept = finished_run(folder, job) if args.resume else None
-        if kept is not None:
-            print(f"[{time.perf_counter() - started:7.0f}s] done {split}/{group}/{method}/{name} (kept)", flush=True)
-            return 0, kept
-        if (folder / name).exists():
-            shutil.rmtree(folder / name)   # an unfinished run: redone whole
-        log = logs / f"{split}-{group}-{method}-{name}.log"
-        with open(log, "w") as handle:
-            handle.write(shlex.join(job) + "\n")
-            handle.flush()
-            code = subprocess.call(job, cwd=root, stdout=handle, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "OMP_NUM_THREADS": "1"})
-        print(f"[{time.perf_counter() - started:7.0f}s] {'ok  ' if code == 0 else 'FAIL'} {split}/{group}/{method}/{name} "
-              f"({log})", flush=True)
-        return code, finished_run(folder, job)
+    def sweep() -> int:
+        nonlocal jobs
+        logs = out / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
 
-    def search(chain: list[list[str]]) -> int:
-        """One method's calibration: its rates from the largest down, stopping at the first whose baseline
-        keeps the utility (the rule's choice: the larger rates all failed it, the smaller cannot be chosen)."""
-        for job in sorted(chain, key=lambda argv: run_identity(argv)["trainer.training.learning_rate"], reverse=True):
-            code, record = run(job)
-            if code != 0:
+        def run(job: list[str]) -> tuple[int, dict | None]:
+            """Run ``job`` (or keep its finished run, with --resume); (exit code, its run record or None)."""
+            folder = sweep_dir(job)
+            split, group, method = folder.parts[-3:]
+            name = run_name(job)
+            kept = finished_run(folder, job) if args.resume else None
+            if kept is not None:
+                print(f"[{time.perf_counter() - started:7.0f}s] done {split}/{group}/{method}/{name} (kept)", flush=True)
+                return 0, kept
+            if (folder / name).exists():
+                shutil.rmtree(folder / name)   # an unfinished run: redone whole
+            log = logs / f"{split}-{group}-{method}-{name}.log"
+            with open(log, "w") as handle:
+                handle.write(shlex.join(job) + "\n")
+                handle.flush()
+                code = subprocess.call(job, cwd=root, stdout=handle, stderr=subprocess.STDOUT,
+                                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+            print(f"[{time.perf_counter() - started:7.0f}s] {'ok  ' if code == 0 else 'FAIL'} {split}/{group}/{method}/{name} "
+                  f"({log})", flush=True)
+            return code, finished_run(folder, job)
+
+        def search(chain: list[list[str]]) -> int:
+            """One method's calibration: its rates from the largest down, stopping at the first whose baseline
+            keeps the utility (the rule's choice: the larger rates all failed it, the smaller cannot be chosen)."""
+            for job in sorted(chain, key=lambda argv: run_identity(argv)["trainer.training.learning_rate"], reverse=True):
+                code, record = run(job)
+                if code != 0:
+                    return 1
+                if record is not None and keeps_utility(record):
+                    break
+            return 0
+
+        def launch(selected: list[tuple[float, list[str]]], descending: bool = False) -> int:
+            by_folder: dict[Path, list[list[str]]] = {}
+            for _, job in selected:
+                by_folder.setdefault(sweep_dir(job), []).append(job)
+            earlier = sorted(folder for folder in by_folder if folder.is_dir() and any(folder.iterdir()))
+            if earlier and not (args.overwrite or args.resume):
+                parser.error(f"{', '.join(map(str, earlier))} already hold runs; `mpu report` would mix them with the new ones. "
+                             "Pass --overwrite to remove them first, --resume to keep the finished ones, or choose another --out")
+            stale = out / STALE / time.strftime("%Y%m%d-%H%M%S")
+            for folder, jobs_here in by_folder.items():
+                if args.overwrite and folder.exists():
+                    shutil.rmtree(folder)
+                elif args.resume:
+                    deleted, moved = prune(folder, jobs_here, stale, SELECTION_KEYS + (("trainer.training.learning_rate",)
+                                                                                       if descending else ()))
+                    for path in deleted:
+                        print(f"removed {path} (no finished run)", flush=True)
+                    for path in moved:
+                        print(f"moved {path} to {stale} (a finished run of another setting, or a second copy)", flush=True)
+            units = list(by_folder.values()) if descending else [[job] for _, job in selected]
+            work = search if descending else (lambda unit: int(run(unit[0])[0] != 0))
+            with ThreadPoolExecutor(max_workers=args.workers) as pool:
+                return sum(pool.map(work, units))
+
+        failed = 0
+        if calibrate:
+            if launch(calibration, descending=True):   # a rate chosen without the crashed runs could be one that fails
+                print("claim_sweep: the calibration failed (see the FAIL lines and their logs); the sweep was not started. "
+                      "Rerun with --resume once fixed: finished runs are kept.", file=sys.stderr, flush=True)
                 return 1
-            if record is not None and keeps_utility(record):
-                break
-        return 0
+            try:
+                chosen = {split: choose_learning_rates(out, split, grid) for split in calibrate}
+            except ValueError as err:
+                print(f"claim_sweep: {err}", file=sys.stderr)
+                return 2
+            write_calibration(rates_file, f"largest of {list(grid)} with baseline model_utility >= {UTILITY_SHARE} x "
+                              "target's (seed 0; tried from the largest down)", chosen)
+            for split, methods in chosen.items():
+                print(f"learning rates on {split}: " + ", ".join(f"{m} {row['learning_rate']:g}" for m, row in methods.items()),
+                      flush=True)
+                for method, row in methods.items():
+                    if not row["passes"]:
+                        print(f"claim_sweep: warning: on {split} no rate of the grid keeps {method}'s model utility >= "
+                              f"{UTILITY_SHARE} x the target's (at {row['learning_rate']:g}: {row['utility']:.3f} of "
+                              f"{row['target_utility']:.3f}); extend --lr-grid downwards", file=sys.stderr, flush=True)
+            jobs = sweep_jobs(read_learning_rates(rates_file))
+        failed += launch(jobs)
+        total = len(jobs) + len({sweep_dir(job) for _, job in calibration})
+        print(f"{total - failed}/{total} runs and calibration searches succeeded in {time.perf_counter() - started:.0f}s", flush=True)
+        if docs is not None:
+            write_docs(docs, headline(out, splits, docs.parent / "results", args.shape), args.shape)
+            print(f"regenerated {docs} and {docs.parent / 'results' / report_name('<split>', args.shape)}/", flush=True)
+        return 1 if failed else 0
 
-    def launch(selected: list[tuple[float, list[str]]], descending: bool = False) -> int:
-        by_folder: dict[Path, list[list[str]]] = {}
-        for _, job in selected:
-            by_folder.setdefault(sweep_dir(job), []).append(job)
-        earlier = sorted(folder for folder in by_folder if folder.is_dir() and any(folder.iterdir()))
-        if earlier and not (args.overwrite or args.resume):
-            parser.error(f"{', '.join(map(str, earlier))} already hold runs; `mpu report` would mix them with the new ones. "
-                         "Pass --overwrite to remove them first, --resume to keep the finished ones, or choose another --out")
-        for folder, jobs_here in by_folder.items():
-            if args.overwrite and folder.exists():
-                shutil.rmtree(folder)
-            elif args.resume:
-                prune(folder, jobs_here)
-        units = list(by_folder.values()) if descending else [[job] for _, job in selected]
-        work = search if descending else (lambda unit: int(run(unit[0])[0] != 0))
-        with ThreadPoolExecutor(max_workers=args.workers) as pool:
-            return sum(pool.map(work, units))
-
-    failed = 0
-    if calibrate:
-        failed += launch(calibration, descending=True)
-        try:
-            chosen = {split: choose_learning_rates(out, split, grid) for split in calibrate}
-        except ValueError as err:
-            print(f"claim_sweep: {err}", file=sys.stderr)
-            return 2
-        write_calibration(rates_file, f"largest of {list(grid)} with baseline model_utility >= {UTILITY_SHARE} x "
-                          "target's (seed 0; tried from the largest down)", chosen)
-        for split, methods in chosen.items():
-            print(f"learning rates on {split}: " + ", ".join(f"{m} {row['learning_rate']:g}" for m, row in methods.items()),
-                  flush=True)
-            for method, row in methods.items():
-                if not row["passes"]:
-                    print(f"claim_sweep: warning: on {split} no rate of the grid keeps {method}'s model utility >= "
-                          f"{UTILITY_SHARE} x the target's (at {row['learning_rate']:g}: {row['utility']:.3f} of "
-                          f"{row['target_utility']:.3f}); extend --lr-grid downwards", file=sys.stderr, flush=True)
-        jobs = sweep_jobs(read_learning_rates(rates_file))
-    failed += launch(jobs)
-    total = len(jobs) + len({sweep_dir(job) for _, job in calibration})
-    print(f"{total - failed}/{total} runs and calibration searches succeeded in {time.perf_counter() - started:.0f}s", flush=True)
-    if docs is not None:
-        write_docs(docs, headline(out, splits, docs.parent / "results", args.shape), args.shape)
-        print(f"regenerated {docs} and {docs.parent / 'results' / report_name('<split>', args.shape)}/", flush=True)
-    return 1 if failed else 0
-
+    try:
+        return sweep()
+    finally:
+        lock.release()
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,31 +73,54 @@ def test_the_rule_picks_the_largest_rate_that_keeps_90_percent_of_the_utility(sw
         sweep.choose_learning_rates(tmp_path, "forget10")
 
 
-def test_resume_keeps_each_finished_run_and_redoes_only_the_missing_ones(sweep, tmp_path, monkeypatch):
-    def record(folder, seed, status="done", rate=0.001):
+def test_resume_keeps_each_finished_run_and_redoes_only_the_missing_ones(sweep, tmp_path, monkeypatch, capsys):
+    jobs = {(sweep.sweep_dir(argv).name, sweep.run_name(argv)): argv
+            for _, argv in sweep.commands(tmp_path, "0,1,2", sys.executable, ["baseline"])}
+
+    def record(folder, argv, status="done"):
         folder.mkdir(parents=True)
-        (folder / "run.json").write_text(json.dumps({"status": status, "seed": seed, "summary": {"model_utility": 1},
-                                                     "training": {"learning_rate": rate}}))
+        (folder / "run.json").write_text(json.dumps({"status": status, "summary": {"model_utility": 1},
+                                                     "overrides": hydra_recorded(argv)}))
     finished = tmp_path / "forget10" / "baseline" / "NPO"
     for seed in range(3):   # the older layout: one Hydra multirun, its own folder names
-        record(finished / f"{seed}_NPO_m3_k0.01_mpuFalse_s{seed}", seed)
+        record(finished / f"{seed}_NPO_m3_k0.01_mpuFalse_s{seed}", jobs["NPO", f"s{seed}"])
     dpo = tmp_path / "forget10" / "baseline" / "DPO"
-    record(dpo / "s0", 0)                       # finished: kept
-    record(dpo / "s1", 1, status="running")     # cut short: redone
-    record(dpo / "old", 7, rate=0.1)            # no run of this sweep (seed 7): `mpu report` must not see it
+    record(dpo / "s0", jobs["DPO", "s0"])                        # finished: kept
+    record(dpo / "s1", jobs["DPO", "s1"], status="running")      # cut short: removed and redone
+    record(dpo / "seed7", [*jobs["DPO", "s0"], "seed=7"])        # another seed of the same setting: kept
+    record(dpo / "copy", jobs["DPO", "s0"])                      # a second copy of s0: moved aside
+    record(dpo / "authors", [*jobs["DPO", "s2"], "benchmark.authors=10"])   # another setting: moved aside
     call, launched = _train_like(sweep, lambda split, method, rate: 0.5)
     monkeypatch.setattr(sweep.subprocess, "call", call)
     assert sweep.main(["--out", str(tmp_path), "--groups", "baseline", "--split", "forget10", "--resume"]) == 0
     ran = {(sweep.sweep_dir(argv).name, sweep.run_name(argv)) for argv in launched}
     assert ("DPO", "s1") in ran and ("DPO", "s2") in ran and ("DPO", "s0") not in ran
     assert not any(method == "NPO" for method, _ in ran) and len(launched) == 6 * 3 + 2
-    assert (finished / "2_NPO_m3_k0.01_mpuFalse_s2" / "run.json").is_file() and not (dpo / "old").exists()
-    # runs at another learning rate than the calibrated one are stale: removed and redone
+    assert (finished / "2_NPO_m3_k0.01_mpuFalse_s2" / "run.json").is_file()
+    assert sorted(path.name for path in dpo.iterdir() if path.is_dir()) == ["s0", "s1", "s2", "seed7"]
+    stale = list((tmp_path / "stale").glob("*/forget10/baseline/DPO/*"))
+    assert sorted(path.name for path in stale) == ["authors", "copy"]   # nothing finished is deleted
+    out = capsys.readouterr().out
+    assert f"removed {dpo / 's1'}" in out and f"moved {dpo / 'authors'}" in out
+    # runs at another learning rate than the calibrated one are stale: moved aside and redone
     (tmp_path / "learning_rates.json").write_text(json.dumps({"methods": {"NPO": {"learning_rate": 0.003}}}))
     launched.clear()
     assert sweep.main(["--out", str(tmp_path), "--groups", "baseline", "--split", "forget10", "--resume"]) == 0
     assert [sweep.run_name(argv) for argv in launched] == ["lr0.003_s0", "lr0.003_s1", "lr0.003_s2"]
-    assert sorted(path.name for path in finished.iterdir()) == ["lr0.003_s0", "lr0.003_s1", "lr0.003_s2"]
+    assert sorted(path.name for path in finished.iterdir() if path.is_dir()) == ["lr0.003_s0", "lr0.003_s1", "lr0.003_s2"]
+    assert len(list((tmp_path / "stale").glob("*/forget10/baseline/NPO/*"))) == 3
+
+
+def test_a_second_sweep_in_the_same_out_is_refused_while_one_runs(sweep, tmp_path, capsys):
+    from filelock import FileLock
+
+    with FileLock(str(tmp_path / ".claim_sweep.lock")):
+        with pytest.raises(SystemExit) as exit_info:
+            sweep.main(["--out", str(tmp_path), "--groups", "baseline", "--split", "forget10", "--resume"])
+    assert exit_info.value.code == 2 and "another claim_sweep is running there" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        sweep.main(["--out", str(tmp_path), "--seeds", "0,0", "--dry-run"])
+    assert "--seeds: distinct" in capsys.readouterr().err
 
 
 def test_the_docs_block_is_regenerated_between_its_markers(sweep, tmp_path):
@@ -210,6 +234,24 @@ def _calibration_run(root: Path, split: str, method: str, rate: float, utility: 
         "target_and_retain": {"target": {"model_utility": 0.5}}}))
 
 
+def hydra_recorded(argv: list[str]) -> list[str]:
+    """The overrides Hydra records for a run launched with ``argv`` (run.json's "overrides"): no hydra.*,
+    Python's spelling of booleans and floats, deletions with "=null"."""
+    recorded = []
+    for arg in argv[3:]:
+        key, sep, value = arg.partition("=")
+        if key.startswith("hydra."):
+            continue
+        value = value if sep else "null"
+        value = {"false": "False", "true": "True"}.get(value, value)
+        try:
+            value = repr(float(value)) if not value.isdigit() else value
+        except ValueError:
+            pass
+        recorded.append(f"{key}={value}")
+    return recorded
+
+
 def _train_like(sweep, utility):
     """A stand-in for src/train.py: writes the finished run ``argv`` asks for into its folder, with
     model utility ``utility(split, method, rate)`` against a target's 0.5; records what it ran."""
@@ -224,7 +266,7 @@ def _train_like(sweep, utility):
         run.mkdir(parents=True)
         (run / "run.json").write_text(json.dumps({
             "status": "done", "seed": int(identity["seed"]), "kappa": identity.get("mpu.kappa"),
-            "training": {"learning_rate": rate},
+            "training": {"learning_rate": rate}, "overrides": hydra_recorded(argv),
             "summary": {"model_utility": utility(folder.parts[-2 if folder.parts[-3] == "calibration" else -3],
                                                  folder.parts[-1], rate)},
             "target_and_retain": {"target": {"model_utility": 0.5}}}))
@@ -307,6 +349,7 @@ def test_calibrating_a_split_later_keeps_the_other_splits_rates_and_rules(sweep,
 def test_each_method_is_filtered_by_the_grid_not_by_the_previous_methods_rates(sweep, tmp_path):
     """GradAscent (first in METHODS) ran at 1e-5 only; NPO at 1e-5 and 1e-3: NPO's 1e-3 is on the grid."""
     _calibration_run(tmp_path, "forget10", "GradAscent", 1e-5, 0.49)
+    _calibration_run(tmp_path, "forget10", "GradAscent", 1e-3, 0.1)
     _calibration_run(tmp_path, "forget10", "NPO", 1e-5, 0.49)
     _calibration_run(tmp_path, "forget10", "NPO", 1e-3, 0.48)
     chosen = sweep.choose_learning_rates(tmp_path, "forget10", (1e-5, 1e-3))
@@ -323,3 +366,20 @@ def test_a_method_no_rate_keeps_falls_back_to_the_smallest_rate_flagged_and_warn
     assert rows["NPO"]["passes"] is True
     err = capsys.readouterr().err
     assert "no rate of the grid keeps GradAscent's model utility" in err and "NPO's" not in err
+
+
+def test_a_calibration_cut_short_is_refused_not_applied(sweep, tmp_path, monkeypatch, capsys):
+    """A crash at 3e-4 after 1e-3 failed the rule: the smallest rate tried (1e-3) must not be chosen."""
+    _calibration_run(tmp_path, "forget10", "NPO", 1e-3, 0.1)
+    with pytest.raises(ValueError, match="no finished run at 0.0001, 0.0003"):
+        sweep.choose_learning_rates(tmp_path, "forget10", (1e-4, 3e-4, 1e-3))
+    _calibration_run(tmp_path, "forget10", "NPO", 1e-4, 0.49)   # a pass below an untried rate decides nothing either
+    with pytest.raises(ValueError, match="no finished run at 0.0003"):
+        sweep.choose_learning_rates(tmp_path, "forget10", (1e-4, 3e-4, 1e-3))
+    call, launched = _train_like(sweep, lambda split, method, rate: 0.49)
+    monkeypatch.setattr(sweep.subprocess, "call", lambda argv, **kwargs: 1 if "trainer=NPO" in argv else call(argv))
+    assert sweep.main(["--out", str(tmp_path / "crash"), "--groups", "baseline", "--split", "forget10", "--calibrate",
+                       "forget10", "--lr-grid", "1e-4,1e-3"]) == 1
+    assert "the sweep was not started" in capsys.readouterr().err
+    assert not (tmp_path / "crash" / "learning_rates.json").exists()
+    assert not (tmp_path / "crash" / "forget10").exists()
