@@ -526,7 +526,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     if args.dry_run:
-        for _, job in calibration + jobs:
+        if calibration:
+            print(f"# the calibration: each method's rates from the largest down, stopping at the first that keeps "
+                  f"{UTILITY_SHARE:.0%} of the target's utility")
+        for _, job in calibration:
+            print(shlex.join(job))
+        if calibration and jobs:
+            print("# the sweep (at the calibrated rates)")
+        for _, job in jobs:
             print(shlex.join(job))
         return 0
     out.mkdir(parents=True, exist_ok=True)
