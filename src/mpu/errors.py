@@ -5,8 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def printable(text: str) -> str:
+    """``text`` with each character that is not printable (ESC, CR, LF and other control characters,
+    zero-width and bidi formatting characters, lone surrogates) written as its Python escape
+    (``\\x1b``, ``\\n``, ``\\u202e``, ``\\ud800``). Text that came from the other party (file names,
+    settings, template errors) then cannot move the cursor, recolour or retitle the terminal, or
+    forge a line of output."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
 class MPUError(Exception):
-    """Any error the user can act on. The CLI prints it without a traceback."""
+    """Any error the user can act on. The CLI prints it without a traceback. Its text is
+    :func:`printable`: a message quoting the other party's names or values is safe to print or log."""
+
+    def __str__(self) -> str:
+        return printable(super().__str__())
 
 
 class InputError(MPUError):

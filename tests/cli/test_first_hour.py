@@ -186,6 +186,40 @@ def test_client_unlearn_prints_the_hint_for_the_default_learning_rate(one_round,
     assert "hint: learning rate 1e-05" in capsys.readouterr().err
 
 
+def test_the_hint_never_reads_what_verification_did_not_check(one_round, tmp_path, capsys):
+    """The hint reads the copy that was verified and trained, not the inbox's other entries (a stray
+    copy-0 sorts first), and its reader refuses what the hostile-input reader refuses."""
+    import os
+
+    work, _ = one_round
+    outbox = tmp_path / "o3"
+    forget = tmp_path / "f.jsonl"
+    forget.write_text(json.dumps({"question": "Where was Ana Lind born?", "answer": "In Porto Vell."}) + "\n")
+    main(["server", "aggregate", "--workdir", str(work), "--returns", str(one_round[1])])
+    main(["server", "publish", "--workdir", str(work), "--out", str(outbox)])
+    (outbox / "copy-0").mkdir()
+    os.mkfifo(outbox / "copy-0" / "model.safetensors")   # plain open() would wait on it forever
+    capsys.readouterr()
+    assert main(["client", "unlearn", "--inbox", str(outbox), "--forget", str(forget), "--method", "GradAscent",
+                 "--max-steps", "1", "--copy", "1", "--no-progress-bar", "--out", str(tmp_path / "r3")]) == 0
+    assert "hint: learning rate 1e-05" in capsys.readouterr().err
+    bad = {"huge header": (2**62).to_bytes(8, "little") + b"{}", "nested": b"\x10\x00\x00\x00\x00\x00\x00\x00" + b'{"a":[[[[[[]]]]]]}',
+           "string shape": _header({"w": {"dtype": "F32", "shape": "12", "data_offsets": [0, 4]}})}
+    for name, raw in bad.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(raw)
+        assert count_parameters(folder) is None, name
+    (tmp_path / "link").mkdir()
+    (tmp_path / "link" / "model.safetensors").symlink_to(next(Path(outbox).glob("copy-1/*.safetensors")))
+    assert count_parameters(tmp_path / "link") is None
+
+
+def _header(header: dict) -> bytes:
+    raw = json.dumps(header).encode()
+    return len(raw).to_bytes(8, "little") + raw + b"\x00" * 4
+
+
 def test_training_shows_a_bar_with_the_loss_not_a_log_dict_per_step(tmp_path, tiny_model_dir, forget_file, capsys):
     assert main(["unlearn", "--model", str(tiny_model_dir), "--forget", str(forget_file), "--method", "GradAscent",
                  "--max-steps", "3", "--learning-rate", "1e-3", "--out", str(tmp_path / "u")]) == 0

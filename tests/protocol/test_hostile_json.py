@@ -22,6 +22,15 @@ GOOD = {"format": "mpu-update/1", "kind": "full", "round": 1, "copy_id": 1, "cop
     (b'{"steps": 1' + b"0" * 5000 + b"}", "not usable JSON"),
     (b'{"a": "\xff"}', "not UTF-8"),
     (b'{"a": ', "truncated or not valid JSON"),
+    # numbers Python would turn into infinity, or could not compare with a float (math.isfinite overflows)
+    (b'{"rms_norm_eps": 1e400}', "beyond the float range"),
+    (b'{"seconds": -1.5e309}', "beyond the float range"),
+    (b'{"seconds": 1' + b"0" * 400 + b"}", "integer of 401 digits, beyond the float range"),
+    (b'{"steps": -2' + b"0" * 309 + b"}", "beyond the float range"),
+    # valid JSON, not text: cannot be printed or written as UTF-8
+    (b'{"hparams": {"beta": "\\ud800"}}', "lone UTF-16 surrogate"),
+    (b'{"\\udfff": 1}', "lone UTF-16 surrogate"),
+    (b'[["x", "a\\ud83d"]]', "lone UTF-16 surrogate"),
 ])
 def test_json_from_the_other_party_is_read_strictly(raw, reason, tmp_path):
     with pytest.raises(InputError) as error:
@@ -32,6 +41,9 @@ def test_json_from_the_other_party_is_read_strictly(raw, reason, tmp_path):
 
 def test_well_formed_json_is_read_as_is(tmp_path):
     assert parse_json(b'{"a": [1, 2.5, null, "x"], "b": {"c": true}}', tmp_path / "f.json") == {"a": [1, 2.5, None, "x"], "b": {"c": True}}
+    # the edges stay readable: tokenizer configs' 10**30, the largest floats, a surrogate pair (one character)
+    assert parse_json(b'[1000000000000000019884624838656, -1' + b"0" * 300 + b', 1.7976931348623157e308, 5e-324, "\\ud83d\\ude00"]',
+                      tmp_path / "f.json") == [int(1e30), -10**300, 1.7976931348623157e308, 5e-324, "\U0001F600"]
 
 
 @pytest.mark.parametrize("field, value", [

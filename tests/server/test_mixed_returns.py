@@ -40,7 +40,38 @@ MIXED = {
     "hyperparameter": ({"hparams": {"beta": 0.5, "retain_loss": "NLL"}}, "hparams.beta: copy 1 0.1, copy 2 0.5"),
     "training option": ({"training": {"learning_rate": 1e-05, "epochs": 5.0}}, "training.learning_rate: copy 1 0.001, copy 2 1e-05"),
     "step count": ({"steps": 1}, "steps: copy 1 25, copy 2 1"),
+    # Python's == says 5 == 5.0 (and True == 1, 0.0 == -0.0): the settings still differ
+    "integer for a float": ({"training": {"learning_rate": 0.001, "epochs": 5}}, "training.epochs: copy 1 5.0, copy 2 5"),
 }
+SAME_TYPED = {**SAME, "hparams": {"beta": 1, "retain_loss": "NLL"}}
+MIXED_TYPES = {"hparams": {"beta": True, "retain_loss": "NLL"}}
+
+
+def test_a_boolean_and_the_number_it_equals_in_python_are_different_settings(published, tmp_path, capsys):
+    def returns(r, t):
+        shutil.rmtree(r)
+        write_returns(published / "outbox", r, lambda name, w: -0.01 * w,
+                      manifest_overrides={1: SAME_TYPED, 2: {**SAME_TYPED, **MIXED_TYPES}})
+    message = refused(published, tmp_path, returns, capsys)
+    assert "hparams.beta: copy 1 1, copy 2 True" in message
+
+
+def test_aggregate_prints_the_clients_strings_escaped(published, tmp_path, capsys):
+    """A client's setting carrying terminal control sequences (clear screen, carriage return, a forged
+    line) is printed as escapes, not interpreted by the owner's terminal."""
+    server = tmp_path / "server"
+    shutil.copytree(published / "server", server)
+    returns = tmp_path / "returns"
+    forged = "NLL\r\x1b[2Jall checks passed\n\u202e"
+    settings = {**SAME, "hparams": {"beta": 0.1, "retain_loss": forged}}
+    write_returns(published / "outbox", returns, lambda name, w: -0.01 * w, manifest_overrides={1: settings, 2: settings})
+    capsys.readouterr()
+
+    assert main(["server", "aggregate", "--workdir", str(server), "--returns", str(returns)]) == 0
+
+    out = capsys.readouterr().out
+    assert "retain_loss=NLL\\r\\x1b[2Jall checks passed\\n\\u202e" in out
+    assert "\x1b" not in out and "\r" not in out and "\u202e" not in out
 
 
 @pytest.mark.parametrize("case", sorted(MIXED))

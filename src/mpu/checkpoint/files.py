@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import secrets
 import re
@@ -106,12 +107,21 @@ def parse_json(raw: bytes, path: str | Path, what: str = "JSON file") -> Any:
 
     Refused besides malformed JSON and non-UTF-8 text: a key repeated inside one object (parsers
     disagree on which value wins, so a file could say two things at once), nesting deep enough to
-    exhaust the parser's recursion, integers of more than 4300 digits (Python's conversion limit) and
-    ``NaN``/``Infinity``, which are not JSON.
+    exhaust the parser's recursion, ``NaN``/``Infinity``, which are not JSON, and the numbers that
+    Python would turn into them or could not compare with a float: a float literal beyond the float
+    range (``1e400`` reads as infinity) and an integer beyond it (``math.isfinite`` and float
+    arithmetic raise OverflowError on one; tokenizer configs do hold 10**30). Also
+    refused: a string holding a lone UTF-16 surrogate (``"\\ud800"`` is valid JSON but not text: it
+    cannot be printed or written as UTF-8).
     """
     path = Path(path)
     try:
-        return json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+        data = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_no_constant,
+                          parse_float=_finite_float, parse_int=_float_sized_int)
+        json.dumps(data, ensure_ascii=False).encode("utf-8")   # a lone surrogate anywhere fails here
+        return data
+    except UnicodeEncodeError:
+        raise InputError(path, f"{what} holds a string with a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text") from None
     except UnicodeDecodeError:
         raise InputError(path, f"{what} is not UTF-8 text") from None
     except json.JSONDecodeError as err:
@@ -126,6 +136,22 @@ def parse_json(raw: bytes, path: str | Path, what: str = "JSON file") -> Any:
 
 class _Refused(Exception):
     pass
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise _Refused(f"holds the number {literal[:40]}, beyond the float range (it would read as infinity)")
+    return value
+
+
+def _float_sized_int(literal: str) -> int:
+    value = int(literal)
+    try:
+        float(value)
+    except OverflowError:
+        raise _Refused(f"holds an integer of {len(literal.lstrip('-'))} digits, beyond the float range") from None
+    return value
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -70,6 +70,7 @@ def register(subparsers) -> None:
 
 def _unlearn(args) -> int:
     from mpu.cli.unlearn import learning_rate_hint
+    from mpu.client.inbox import read_publication
     from mpu.client.unlearn import is_main_process, unlearn_publication
     from mpu.data.qa import load_qa_rows
     from mpu.methods import UnlearnJob, options_from_args
@@ -92,8 +93,9 @@ def _unlearn(args) -> int:
     print(f"{len(results)} update(s) in {args.out} (copies {copies}): return the folder to the model owner "
           f"(mpu server aggregate --returns {args.out})")
     # After the run, not before: a failure elsewhere gets its own message without this one in front of it.
-    copies_dirs = sorted(Path(args.inbox).glob("copy-*"))
-    hint = learning_rate_hint(copies_dirs[0], training.learning_rate) if trained and copies_dirs else None
+    # the copy that was verified and trained, by the manifest, not whatever else the inbox holds
+    trained_dirs = [copy.path for copy in read_publication(args.inbox).copies if trained and copy.id == trained[0].copy_id]
+    hint = learning_rate_hint(trained_dirs[0], training.learning_rate) if trained_dirs else None
     if hint:
         print(hint, file=sys.stderr)
     return 0

@@ -7,7 +7,7 @@ import copy
 import json
 from pathlib import Path
 
-from mpu.errors import MPUError
+from mpu.errors import MPUError, printable
 from mpu.server.combine import COMBINE_RULES, DEFAULT_COMBINE, combine_help  # no torch either
 from mpu.flags import FieldError, add_dataclass_arguments, build_dataclass, flag_of, given_values  # no torch either
 from mpu.server.config import ALPHA_MODE_ALIASES, PRESETS, ServerConfig  # no torch: parsing and --help stay fast
@@ -233,18 +233,20 @@ def _aggregate(args) -> int:
     print(f"  applied step norm ||eta * Delta|| = {report.step_norm:.4g}; combination rule {report.combine}, "
           f"weights [{weights}] (secret: they give the ratios of the alphas)")
     combined = report.combined
-    print(f"combined copies {combined['copies']}: method {combined['method']}, kind {combined['kind']}, steps {combined['steps']}")
+    print(printable(f"combined copies {combined['copies']}: method {combined['method']}, kind {combined['kind']}, "
+                    f"steps {combined['steps']}"))
     for key in ("hparams", "training"):
         if isinstance(combined.get(key), dict) and not report.mixed:
-            print(f"  {key}: " + ", ".join(f"{name}={value}" for name, value in sorted(combined[key].items())))
+            print(f"  {key}: " + ", ".join(f"{name}={printable(str(value))}" for name, value in sorted(combined[key].items())))
     dp = combined.get("dp")
     if isinstance(dp, dict) and not report.mixed:
-        print(f"  client differential privacy: epsilon {dp.get('epsilon')} at delta {dp.get('delta')} for the "
-              f"{dp.get('runs')} copies together (clip norm {dp.get('clip_norm')}, noise multiplier {dp.get('noise_multiplier')})")
+        print(printable(f"  client differential privacy: epsilon {dp.get('epsilon')} at delta {dp.get('delta')} for the "
+                        f"{dp.get('runs')} copies together (clip norm {dp.get('clip_norm')}, noise multiplier "
+                        f"{dp.get('noise_multiplier')})"))
     elif dp is None and not report.mixed:
         print("  client differential privacy: none (the updates reveal which items were forgotten; see docs/privacy.md)")
     for line in report.mixed:
-        print(f"  warning: mixed returns (--allow-mixed): {line}")
+        print(f"  warning: mixed returns (--allow-mixed): {printable(line)}")
     return 0
 
 

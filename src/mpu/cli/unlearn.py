@@ -9,7 +9,6 @@ process trains, only the main one writes ``--out``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -51,26 +50,20 @@ def register(subparsers) -> None:
 # Below this many parameters the 1e-5 default (OpenUnlearning's, for 1B-parameter models) barely moves
 # a model: on the built-in 1M-parameter models the calibrated rates are 1e-4 to 1e-3 (docs/results.md).
 SMALL_MODEL_PARAMETERS = 50_000_000
+HINT_MAX_TENSORS = 1_000_000   # a header declaring more is not read for a hint
 LOW_LEARNING_RATE = 1e-5
 
 
 def count_parameters(model_dir: str | Path) -> int | None:
     """Parameters of the safetensors weights in ``model_dir``, from the files' headers (no tensor is
-    read); None when there are none or a header is unreadable."""
-    import math
-    import struct
+    read), through the checked reader (regular files only, bounded headers: the folder may be the
+    other party's copy); None when there are none or the weights are unreadable."""
+    from mpu.checkpoint import CheckpointReader
 
-    total = 0
-    files = sorted(Path(model_dir).glob("*.safetensors"))
-    for file in files:
-        try:
-            with open(file, "rb") as handle:
-                (length,) = struct.unpack("<Q", handle.read(8))
-                header = json.loads(handle.read(length))
-        except (OSError, ValueError, struct.error):
-            return None
-        total += sum(math.prod(entry["shape"]) for name, entry in header.items() if name != "__metadata__")
-    return total if files else None
+    try:
+        return CheckpointReader(model_dir, max_tensors=HINT_MAX_TENSORS).numel() or None
+    except (MPUError, OSError):
+        return None
 
 
 def learning_rate_hint(model_dir: str | Path, learning_rate: float) -> str | None:
