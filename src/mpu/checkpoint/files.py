@@ -354,23 +354,26 @@ def check_data_folder(folder: str | Path, root: str | Path, what: str, allowed: 
     relative = Path(folder).relative_to(root)
     folder = checked_path(root, relative, what, folder=True) if relative.parts else Path(root)
     names = []
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            path = folder / entry.name
-            if len(names) >= MAX_FOLDER_ENTRIES:
-                raise InputError(folder, f"holds more than {MAX_FOLDER_ENTRIES} entries; a {what} holds a model's files")
-            info = entry.stat(follow_symlinks=False)
-            if not stat.S_ISREG(info.st_mode):
-                raise InputError(path, f"is {_kind(info)}; a {what} holds only regular files")
-            if info.st_nlink > 1:
-                raise InputError(path, f"is a hard link ({info.st_nlink} names for one file); a {what} holds its own copies of files")
-            if entry.name.endswith(_CODE_SUFFIXES):
-                raise InputError(path, f"code file in a {what}: nothing received from the other party is ever executed")
-            if entry.name.endswith(_PICKLE_SUFFIXES):
-                raise InputError(path, f"pickle-format file in a {what}: pickles are never loaded")
-            if not allowed(entry.name):
-                raise InputError(path, f"not a data file of a {what}")
-            names.append(entry.name)
+    try:   # PermissionError, EIO, an entry removed meanwhile: the other party's files, so exit 2
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                path = folder / entry.name
+                if len(names) >= MAX_FOLDER_ENTRIES:
+                    raise InputError(folder, f"holds more than {MAX_FOLDER_ENTRIES} entries; a {what} holds a model's files")
+                info = entry.stat(follow_symlinks=False)
+                if not stat.S_ISREG(info.st_mode):
+                    raise InputError(path, f"is {_kind(info)}; a {what} holds only regular files")
+                if info.st_nlink > 1:
+                    raise InputError(path, f"is a hard link ({info.st_nlink} names for one file); a {what} holds its own copies of files")
+                if entry.name.endswith(_CODE_SUFFIXES):
+                    raise InputError(path, f"code file in a {what}: nothing received from the other party is ever executed")
+                if entry.name.endswith(_PICKLE_SUFFIXES):
+                    raise InputError(path, f"pickle-format file in a {what}: pickles are never loaded")
+                if not allowed(entry.name):
+                    raise InputError(path, f"not a data file of a {what}")
+                names.append(entry.name)
+    except OSError as err:
+        raise InputError(folder, f"{what} cannot be read ({err.strerror or err})") from None
     return sorted(names)
 
 

@@ -177,18 +177,21 @@ def _check_header(shard: Path, max_tensors: int | None, declared: int) -> int:
     Returns this shard's entry count.
     """
     limit = MAX_HEADER_BYTES if max_tensors is None else min(MAX_HEADER_BYTES, max_tensors * HEADER_BYTES_PER_TENSOR + HEADER_SLACK_BYTES)
-    with open(shard, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        prefix = handle.read(8)
-        if len(prefix) < 8:
-            raise InputError(shard, "not a valid safetensors file (shorter than its 8-byte header length)")
-        (length,) = struct.unpack("<Q", prefix)
-        if length > size - 8:
-            raise InputError(shard, f"not a valid safetensors file (header length {length} exceeds the file size {size})")
-        if length > limit:
-            raise InputError(shard, f"safetensors header of {length} bytes is larger than the {limit} allowed"
-                                    + (f" for {max_tensors} tensors" if max_tensors is not None else ""))
-        raw = handle.read(length)
+    try:   # PermissionError, EIO, an entry removed meanwhile: the other party's files, so exit 2
+        with open(shard, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                raise InputError(shard, "not a valid safetensors file (shorter than its 8-byte header length)")
+            (length,) = struct.unpack("<Q", prefix)
+            if length > size - 8:
+                raise InputError(shard, f"not a valid safetensors file (header length {length} exceeds the file size {size})")
+            if length > limit:
+                raise InputError(shard, f"safetensors header of {length} bytes is larger than the {limit} allowed"
+                                        + (f" for {max_tensors} tensors" if max_tensors is not None else ""))
+            raw = handle.read(length)
+    except OSError as err:
+        raise InputError(shard, f"the safetensors file cannot be read ({err.strerror or err})") from None
     header = parse_json(raw, shard, "safetensors header")
     if not isinstance(header, dict):
         raise InputError(shard, "not a valid safetensors file (header is not a JSON object)")

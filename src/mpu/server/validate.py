@@ -119,19 +119,22 @@ def _update_folders(returns_dir: Path) -> list[Path]:
     if os.path.lexists(returns_dir / UPDATE_MANIFEST):
         return [returns_dir]
     folders = []
-    with os.scandir(returns_dir) as entries:
-        for entry in entries:
-            if not entry.name.casefold().startswith("update"):
-                continue
-            path = returns_dir / entry.name
-            if update_folder_copy_id(entry.name) is None:
-                raise InputError(path, "not an update folder name (expected update-<copy id>)")
-            info = entry.stat(follow_symlinks=False)
-            if stat.S_ISLNK(info.st_mode):
-                raise InputError(path, f"update folder is a symbolic link; links are never followed out of {returns_dir}")
-            if not stat.S_ISDIR(info.st_mode):
-                raise InputError(path, "update folder is not a folder (a file, FIFO or device)")
-            folders.append(path)
+    try:   # PermissionError, EIO, an entry removed meanwhile: the other party's files, so exit 2
+        with os.scandir(returns_dir) as entries:
+            for entry in entries:
+                if not entry.name.casefold().startswith("update"):
+                    continue
+                path = returns_dir / entry.name
+                if update_folder_copy_id(entry.name) is None:
+                    raise InputError(path, "not an update folder name (expected update-<copy id>)")
+                info = entry.stat(follow_symlinks=False)
+                if stat.S_ISLNK(info.st_mode):
+                    raise InputError(path, f"update folder is a symbolic link; links are never followed out of {returns_dir}")
+                if not stat.S_ISDIR(info.st_mode):
+                    raise InputError(path, "update folder is not a folder (a file, FIFO or device)")
+                folders.append(path)
+    except OSError as err:
+        raise InputError(returns_dir, f"the returns folder cannot be read ({err.strerror or err})") from None
     if not folders:
         raise InputError(returns_dir, f"no update-K folders and no {UPDATE_MANIFEST} in it")
     return sorted(folders, key=lambda path: update_folder_copy_id(path.name) if path != returns_dir else 0)
