@@ -187,8 +187,8 @@ CASES = {
     "a million blocks": (lambda i, t: edit_json(i / "copy-1" / "config.json", num_hidden_layers=10**6), "num_hidden_layers must be an integer in [1, 1024]"),
     "a block the weights lack": (lambda i, t: edit_json(i / "copy-1" / "config.json", num_hidden_layers=3), "weights lack 9 tensor(s)"),
     "a tensor the weights lack": (lambda i, t: edit_tensors(i, NORM0, lambda ts: ts.pop(NORM0)), f"weights lack 1 tensor(s) of the config's architecture: {NORM0}"),
-    "fewer values than the architecture": (lambda i, t: edit_tensors(i, NORM0, lambda ts: (ts.pop(NORM0), ts.update(junk=torch.zeros(1)))),
-                                           "the config's architecture has"),
+    "a tensor swapped for one of no model tensor": (lambda i, t: edit_tensors(i, NORM0, lambda ts: (ts.pop(NORM0), ts.update(junk=torch.zeros(1)))),
+                                                    "tensor junk is not a tensor of the llama architecture"),
     "tokenizer.json over 64 MiB": (lambda i, t: sparse_file(i / "copy-1" / "tokenizer.json", (64 << 20) + 1), "more than the 67108864"),
     "chat template over 64 MiB": (lambda i, t: sparse_file(i / "copy-1" / "chat_template.jinja", (64 << 20) + 1), "more than the 67108864"),
     # 9. JSON that parsers read differently or cannot read

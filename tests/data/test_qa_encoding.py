@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from mpu.data import chat_template
 from mpu.data.qa import Encoder, LengthPolicy, PromptFormat, encode_qa, load_qa_rows
 from mpu.data.templates import MODEL_FORMATS, resolve_format
 from mpu.errors import MPUError
@@ -227,3 +228,160 @@ def test_a_chat_template_with_runaway_loops_is_refused_in_bounded_time(monkeypat
     assert "--prompt-format plain" in str(refused.value)
     prompt, full = Encoder(make_tokenizer(), PromptFormat(format="chat")).render("Who wrote Hamlet?", "Shakespeare")
     assert full.startswith(prompt) and "Shakespeare" in full
+
+
+# Chat templates that build gigabytes in one operation or a few (Jinja's sandbox caps a loop at 100,000
+# iterations but bounds no size), and how the client refuses each; rendered unbounded, each takes gigabytes
+# (or hours, for the power).
+INFLATING = {
+    "repeat": ("{{ 'x ' * 1000000000 }}", "in one operation ('*')"),
+    "repeat-a-power": ("{{ 'x ' * 10 ** 10 }}", "in one operation ('*')"),
+    "power": ("{% set p = 7 ** (10 ** 9) %}", "in one operation ('**')"),
+    "list-of-references": ("{{ ['x' * 100000] * 100000 }}", "in one operation ('*')"),
+    "concat-doubling": ("{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}"
+                        "{% endfor %}{{ ns.s }}", "in one operation ('~')"),
+    "concat-chain": ("{% set s = 'abcd' %}" + "{% set s = s ~ s %}" * 40 + "{{ s }}", "in one operation ('~')"),
+    "plus-doubling": ("{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}"
+                      "{% endfor %}{{ ns.s }}", "in one operation ('+')"),
+    "center-filter": ("{{ 'x' | center(1000000000) }}", "gives a number above 1,000,000 (the center filter)"),
+    "center-method": ("{{ 'x'.center(1000000000) }}", "gives a number above 1,000,000 (calling center)"),
+    "format-filter": ("{{ '%1000000000s' | format('x') }}", "in one operation (the format filter)"),
+    "percent": ("{{ '%1000000000s' % 'x' }}", "in one operation ('%')"),
+    "str-format": ("{{ '{:>1000000000}'.format('x') }}", "in one operation (calling format)"),
+    "indent": (r"{{ ('\n' * 100000) | indent(100000) }}", "in one operation (the indent filter)"),
+    "wordwrap": ("{{ ('x' * 100000) | wordwrap(1, wrapstring='y' * 100000) }}",
+                 "in one operation (the wordwrap filter)"),
+    "join-filter": ("{{ range(100000) | join('x' * 100000) }}", "in one operation (the join filter)"),
+    "join-method": ("{{ ('x' * 100000).join(range(100000) | map('string')) }}", "in one operation (calling join)"),
+    "replace": ("{{ ('x' * 100000) | replace('x', 'y' * 100000) }}", "in one operation (the replace filter)"),
+    "tojson-indent": ("{{ range(100000) | list | tojson(indent=100000) }}", "in one operation (the tojson filter)"),
+    "expandtabs": (r"{{ ('\t' * 100000).expandtabs(100000) }}", "in one operation (calling expandtabs)"),
+    "translate": ("{{ ('x' * 100000).translate({120: 'y' * 100000}) }}", "in one operation (calling translate)"),
+    "lipsum": ("{{ lipsum(1000000, max=1000) }}", "in one operation (calling generate_lorem_ipsum)"),
+    "output-of-references": ("{% set s = 'x' * 900000 %}{{ [" + "s, " * 1000 + "] }}",
+                             "built a value of more than 1,000,000 characters (an output)"),
+    "string-of-references": ("{% set s = 'x' * 900000 %}{{ [" + "s, " * 1000 + "] | string | length }}",
+                             "in one operation (the string filter)"),
+    "error-of-references": ("{% set s = 'x' * 900000 %}{{ raise_exception([" + "s, " * 1000 + "]) }}",
+                            "in one operation (calling raise_exception)"),
+    "macro-buffer": ("{% macro m() %}{% for i in range(100000) %}{% for j in range(100000) %}" + "x" * 1000
+                     + "{% endfor %}{% endfor %}{% endmacro %}{{ m() | length }}", "characters in all"),
+    "kept-values": ("".join("{%% set ns%d = namespace(v='%d' * 900000) %%}" % (i, i % 10) for i in range(1000)),
+                    "characters in all"),
+    "constant-padding": ("".join("{%% set c%d = '%d' | center(999999) %%}" % (i, i % 10) for i in range(1000)),
+                         "characters in all"),
+}
+
+
+@pytest.mark.parametrize("inflating, refusal", list(INFLATING.values()), ids=list(INFLATING))
+def test_a_chat_template_that_inflates_what_it_builds_is_refused_before_it_builds_it(inflating, refusal):
+    # arrange: a copy's template that builds gigabytes before it renders the conversation
+
+    tokenizer = make_tokenizer(inflating + "{% for message in messages %}{{ message['content'] }}{% endfor %}")
+    tokenizer.name_or_path = "/inbox/copy-1"
+    encoder = Encoder(tokenizer, PromptFormat(), LengthPolicy(512))
+
+    # act
+    with pytest.raises(MPUError) as refused:
+        encoder.encode("Who wrote Hamlet?", "Shakespeare.")
+
+    # assert: refused by the size bounds (not the time bound), naming the file, the size and the fix
+    message = str(refused.value)
+    assert message.startswith("/inbox/copy-1/tokenizer_config.json (chat_template): the chat template ")
+    assert refusal in message and "refusing it" in message and "--prompt-format plain" in message
+    assert f"{chat_template.CHAT_TEMPLATE_MAX_CHARS:,}" in message or f"{chat_template.CHAT_TEMPLATE_BUDGET_CHARS:,}" in message
+
+
+def test_the_rendered_text_is_bounded_before_it_is_tokenized():
+    # arrange: every operation within the bounds, but the text 2.4 times the most one conversation may take
+
+    tokenizer = make_tokenizer("{% for i in range(4) %}{{ 'x ' * 300000 }}{% endfor %}"
+                               "{% for message in messages %}{{ message['content'] }}{% endfor %}")
+    tokenizer.name_or_path = "/inbox/copy-1"
+    encoder = Encoder(tokenizer, PromptFormat(), LengthPolicy(512, truncate=True))
+
+    # act
+    with pytest.raises(MPUError) as refused:
+        encoder.encode("Who wrote Hamlet?", "Shakespeare.")
+
+    # assert: refused for its size, not tokenized and then truncated or refused for its length
+    message = str(refused.value)
+    assert message.startswith("/inbox/copy-1/tokenizer_config.json (chat_template): the chat template renders "
+                              "2,400,017 characters for one conversation; the limit is ")
+    assert f"the limit is {chat_template.CHAT_TEMPLATE_MAX_CHARS:,}; refusing it" in message
+
+
+# Most of what real chat templates use: macros, namespaces, loop controls, transformers' generation tag,
+# tojson, raise_exception, the padding and joining filters, formatting, operators, set and filter blocks.
+FEATURES = (
+    "{%- macro turn(message) -%}{{ message['role'] | upper }}: {{ message['content'] | trim }}{%- endmacro -%}\n"
+    "{%- set ns = namespace(count=0) -%}\n"
+    "{%- if messages | length == 0 %}{{ raise_exception('no messages') }}{% endif -%}\n"
+    "{{ bos_token }}{{ '=' * 3 }} {{ '%s/%d' % (messages[0]['role'], 2 ** 10) }} {{ '{}-{}'.format('a', 7 % 3) }} "
+    "{{ dict(a=[1, 2] + [3]) | tojson }}\n"
+    "{%- for message in messages %}\n"
+    "  {%- if loop.index0 > 5 %}{% break %}{% endif %}\n"
+    "  {%- set ns.count = ns.count + 1 %}\n"
+    "<|header|>{{ message['role'] }}\n"
+    "{% generation %}{{ turn(message) ~ ' #' ~ loop.index ~ '/' ~ ns.count }}{% endgeneration %}\n"
+    "{{ message | tojson(indent=2) }}\n"
+    "{{ message['content'] | wordwrap(12) | indent(2) }}|{{ message['content'] | replace(' ', '_') }}|"
+    "{{ message['content'].split(' ') | join('|') }}|{{ '%-6s|' | format(message['role']) }}|"
+    "{{ message['content'] | center(40) }}|{{ message['content'] | truncate(12) }}|{{ message['content'] | urlize }}|"
+    "{{ [message['role']] | pprint }}\n"
+    "{%- set footer %}{{ 'ab' * 2 }} {{ message['content'] | length }}{% endset %}{{ footer }}\n"
+    "{% filter lower %}END {{ eos_token }}{% endfilter %}<|eot|>\n"
+    "{%- endfor %}\n"
+    "{%- if add_generation_prompt %}<|header|>assistant\n{% endif %}"
+)
+
+
+@pytest.mark.parametrize("template", [LLAMA3_STYLE, CLOCK_ONLY, END_AND_NEWLINE, FEATURES],
+                         ids=["llama3-style", "strftime_now", "end-and-newline", "features"])
+def test_real_templates_render_as_transformers_renders_them_and_inflating_them_is_refused(monkeypatch, template):
+    # arrange: transformers' clock on the pinned date (its strftime_now then prints what the pinned one
+    # prints); the same template, and the same with one inflating line in front
+    on_day(monkeypatch, datetime.datetime(2025, 4, 10))
+    fmt = PromptFormat(system_prompt="You are a helpful assistant.")
+    tokenizer = make_tokenizer(template)
+    inflated = make_tokenizer("{{ '=' * 1000000000 }}" + template)
+    question, answer = "Who wrote Hamlet? See https://example.org/hamlet", "William Shakespeare wrote it."
+    messages = [{"role": "system", "content": fmt.system_prompt}, {"role": "user", "content": question}]
+
+    # act
+    prompt, full = Encoder(tokenizer, fmt).render(question, answer)
+    with pytest.raises(MPUError) as refused:
+        Encoder(inflated, fmt).render(question, answer)
+
+    # assert: byte for byte transformers' text (what OpenUnlearning encodes), and the bound still applies
+    assert prompt == tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                   date_string=fmt.date_string)
+    assert full == tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": answer}],
+                                                 tokenize=False, date_string=fmt.date_string)
+    assert "would build about 1,000,000,000 characters in one operation ('*')" in str(refused.value)
+
+
+def test_errors_name_the_file_the_chat_template_came_from(tmp_path):
+    # arrange: a template that refuses every conversation, saved as transformers saves it
+    # (chat_template.jinja), and only as the chat_template entry of tokenizer_config.json
+    from transformers import AutoTokenizer
+
+    refusing = "{{ raise_exception('not this conversation') }}"
+    in_jinja, in_config = tmp_path / "jinja", tmp_path / "config"
+    for folder in (in_jinja, in_config):
+        make_tokenizer(refusing).save_pretrained(folder)
+    (in_config / "chat_template.jinja").unlink()
+    config = json.loads((in_config / "tokenizer_config.json").read_text())
+    (in_config / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": refusing}))
+
+    # act
+    messages = []
+    for folder in (in_jinja, in_config):
+        with pytest.raises(MPUError) as refused:
+            Encoder(AutoTokenizer.from_pretrained(folder)).render("Who wrote Hamlet?", "Shakespeare.")
+        messages.append(str(refused.value))
+
+    # assert
+    assert messages[0].startswith(f"{in_jinja}/chat_template.jinja: the chat template cannot render this "
+                                  "conversation (TemplateError: not this conversation)")
+    assert messages[1].startswith(f"{in_config}/tokenizer_config.json (chat_template): the chat template cannot")

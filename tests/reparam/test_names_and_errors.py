@@ -29,15 +29,17 @@ def test_every_tiny_model_is_understood(case):
     get_adapter(config, ReparamConfig()).check_names(names)
 
 
-def test_unknown_architecture_names_model_type_supported_ones_and_the_way_out():
+@pytest.mark.parametrize("enabled", [True, False])
+def test_unknown_architecture_is_refused_naming_model_type_and_supported_ones(enabled):
+    """--no-reparam included: a client refuses copies of an architecture outside the registry."""
     config = transformers.GPTJConfig(n_layer=1, n_embd=32, n_head=2)
     with pytest.raises(UnsupportedArchitectureError) as err:
-        get_adapter(config, ReparamConfig())
+        get_adapter(config, ReparamConfig(enabled=enabled))
     message = str(err.value)
-    assert "gptj" in message and "llama" in message and "--no-reparam" in message
+    assert "gptj" in message and "llama" in message and "Clients refuse" in message
 
 
-def test_disabled_gives_identity_for_any_architecture():
+def test_disabled_gives_identity_for_a_supported_architecture():
     config = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2)
     adapter = get_adapter(config, ReparamConfig(enabled=False))
     assert isinstance(adapter, IdentityAdapter)

@@ -14,17 +14,18 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from mpu.checkpoint import read_json
-from mpu.checkpoint.files import MAX_MANIFEST_BYTES
+from mpu.checkpoint.files import MAX_MANIFEST_BYTES, TOKENIZER_CONFIG
 from mpu.client.inbox import Publication, PublishedCopy, read_publication
 from mpu.client.update import loss_summary, write_dense_update, write_lora_update
 from mpu.errors import InputError, MPUError
 from mpu.methods import TrainingConfig
-from mpu.methods.job import UnlearnJob
+from mpu.methods.job import UnlearnJob, padding_id
 from mpu.methods.training import frozen_gc
 from mpu.protocol import PUBLICATION_MANIFEST, UPDATE_MANIFEST, UpdateManifest, update_folder
 from mpu.quiet import quiet_transformers
@@ -62,9 +63,10 @@ def unlearn_publication(inbox: str | Path, job: UnlearnJob, out_dir: str | Path,
 
     An existing ``update-K`` folder is refused (InputError) unless ``overwrite``; with ``resume`` a
     copy whose finished update is for this publication, method and settings is skipped. Every copy
-    (and reference-model copy) is checked before anything is loaded or trained (``PublishedCopy.verify``);
-    a hostile publication raises InputError naming the file. Returns one result per selected copy,
-    in copy order.
+    (and reference-model copy) is checked before anything is loaded or trained (``PublishedCopy.verify``),
+    and every copy's tokenizer and chat template must encode the job's rows (:func:`check_encoding`)
+    before the first copy trains; a hostile publication raises InputError naming the file, with
+    nothing written. Returns one result per selected copy, in copy order.
     """
     publication = read_publication(inbox)
     references = _reference_publication(reference_model_inbox, publication) if reference_model_inbox is not None else None
@@ -83,10 +85,11 @@ def unlearn_publication(inbox: str | Path, job: UnlearnJob, out_dir: str | Path,
             todo.append(copy)
     publication.verify(todo)  # all checks before the first copy is loaded
     for copy in todo:
-        _tokenizer(copy.path)
         if references is not None:
             _reference_copy(references, copy).verify()
     with frozen_gc(), once_per_run("mpu.methods"):   # a warning about the job (no retain set, ...) once, not once per copy
+        for copy in todo:   # a copy refused for its tokenizer or template stops the run before any copy trains
+            check_encoding(copy, job)
         for copy in todo:
             results.append(_unlearn_one(publication, copy, job, out_dir, return_lora, references, settings))
     return sorted(results, key=lambda result: result.copy_id)
@@ -198,10 +201,37 @@ def _tokenizer(copy_dir: Path):
             _TOKENIZERS.pop(next(iter(_TOKENIZERS)))
         try:
             with quiet_transformers(warnings=False):   # the copy was checked; mpu reports each copy itself
-                _TOKENIZERS[key] = AutoTokenizer.from_pretrained(copy_dir, trust_remote_code=False)
+                tokenizer = AutoTokenizer.from_pretrained(copy_dir, trust_remote_code=False)
         except Exception as err:  # tokenizers and transformers raise many types for a malformed file
             raise InputError(copy_dir, f"cannot load the tokenizer ({type(err).__name__}: {str(err)[:300]})") from None
+        if not isinstance(tokenizer, PreTrainedTokenizerBase):   # a tokenizer_class that named something else
+            raise InputError(copy_dir / TOKENIZER_CONFIG, f"loads a {type(tokenizer).__name__[:60]}, not a tokenizer (tokenizer_class)")
+        _TOKENIZERS[key] = tokenizer
     return _TOKENIZERS[key]
+
+
+def check_encoding(copy: PublishedCopy, job: UnlearnJob) -> None:
+    """Refuse ``copy`` when its tokenizer and chat template cannot give the job its training data: the
+    tokenizer does not load (or is no tokenizer), has neither a pad nor an EOS token, its template does
+    not render a row (``raise_exception``, a runaway loop), a row does not fit, or the ids fall outside
+    the model's vocabulary. Run for every copy before the first trains, so that a refusal leaves nothing
+    written; the encodings are cached per tokenizer, so training reuses them. Raises InputError naming
+    the copy. Called after ``PublishedCopy.verify``."""
+    if not job.forget_rows:
+        return   # the job refuses an empty forget set itself, before anything is written
+    tokenizer = _tokenizer(copy.path)
+    config = AutoConfig.from_pretrained(copy.path, trust_remote_code=False)   # verified: the model's config
+    try:
+        pad_id = padding_id(tokenizer)
+        dataset = job.dataset(SimpleNamespace(config=config), tokenizer)   # the model's context is its config's
+    except MPUError as err:
+        raise InputError(copy.path, f"copy {copy.id}: its tokenizer and chat template cannot encode this run's rows ({err})") from None
+    vocabulary = config.get_text_config().vocab_size
+    ids = [pad_id] + [token for row in dataset.forget + (dataset.retain or []) for token in row["input_ids"]]
+    outside = [token for token in ids if not 0 <= token < vocabulary]
+    if outside:
+        raise InputError(copy.path, f"copy {copy.id}: its tokenizer gives token id {outside[0]}, outside the model's vocabulary "
+                                    f"of {vocabulary} (config.json vocab_size)")
 
 
 def _load_model(copy_dir: Path) -> torch.nn.Module:

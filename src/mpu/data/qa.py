@@ -9,7 +9,9 @@ The encoder (:class:`Encoder`, see docs/encoding.md) renders the whole conversat
 turns, with an explicit :class:`PromptFormat`:
 
 - ``chat``: the tokenizer's chat template, called with a pinned ``date_string`` (and ``strftime_now``
-  pinned to the same date) and an optional system prompt;
+  pinned to the same date) and an optional system prompt; the template is the other party's code, so
+  it renders in transformers' Jinja sandbox, bounded in time and in what it builds
+  (:mod:`mpu.data.chat_template`), the text as ``apply_chat_template`` renders it;
 - ``plain``: ``system_text + user_start + question + user_end + assistant_start`` then the answer
   and EOS (OpenUnlearning's and TOFU's tag format for models trained without the template;
   ``Question: ...\\nAnswer: ...`` by default).
@@ -29,13 +31,15 @@ import hashlib
 import json
 import logging
 import weakref
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
+from mpu.data.chat_template import (
+    CHAT_TEMPLATE_SECONDS, TemplateTooLarge, render_chat, render_time_limit, template_source,
+)
 from mpu.errors import InputError, MPUError
 
 
@@ -52,55 +56,6 @@ TEXT_CHUNK_WORDS = 200
 TEXT_PROMPT_WORDS = 16
 
 
-
-# A chat template is Jinja code that came with the model (for a client: from the other party). Jinja's
-# sandbox stops attribute tricks and caps each loop at 100,000 iterations, but not nested loops or
-# the time they take, so a hostile template could render for hours. A real template renders one
-# conversation in milliseconds; this bound is far above that and far below "hung".
-CHAT_TEMPLATE_SECONDS = 10.0
-
-
-class _RenderTimeout(Exception):
-    pass
-
-
-@contextmanager
-def render_time_limit(seconds: float, source: str):
-    """Raise MPUError naming ``source`` when the body runs longer than ``seconds`` (wall clock).
-
-    Uses SIGALRM (``signal.setitimer``), so the bound applies in the main thread of a Unix process
-    (where every mpu command encodes its data); elsewhere, or when a timer is already set, the body
-    runs unbounded. Jinja rendering is Python code, so the signal interrupts it between bytecodes.
-    """
-    import signal
-    import threading
-
-    usable = (hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
-              and signal.getitimer(signal.ITIMER_REAL)[0] == 0)
-    if not usable:
-        yield
-        return
-
-    def _expired(signum, frame):
-        raise _RenderTimeout()
-
-    previous = signal.signal(signal.SIGALRM, _expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    except _RenderTimeout:
-        raise MPUError(f"{source}: the chat template did not render one conversation within {seconds:g} s "
-                       "(a template with runaway loops); refusing it. Choose the prompt format explicitly "
-                       "(--prompt-format plain, or a model name with shipped settings; docs/encoding.md)") from None
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def _template_source(tokenizer) -> str:
-    """Where a tokenizer's chat template comes from, for error messages (its folder's files)."""
-    name = str(getattr(tokenizer, "name_or_path", "") or "")
-    return f"{name}/tokenizer_config.json (chat_template)" if name else "the tokenizer's chat_template"
 
 class Row(dict):
     """A data row (a plain dict) that remembers where it was read: ``where`` is "FILE line N"
@@ -287,6 +242,7 @@ class Encoder:
         self._cache: dict[tuple[str, str], tuple[list[int], int]] = {}
         self._template = None
         self._missing = ""
+        self._source_name: str | None = None
         if self.format.format == "chat":
             template = getattr(tokenizer, "chat_template", None)
             if isinstance(template, dict):  # several named templates: the default one
@@ -317,22 +273,40 @@ class Encoder:
             return prompt, None if answer is None else prompt + answer
         messages = ([{"role": "system", "content": fmt.system_prompt}] if fmt.system_prompt else []) + \
                    [{"role": "user", "content": question}]
-        options = dict(tokenize=False, chat_template=self._template, date_string=fmt.date_string)
-        source = _template_source(self.tokenizer)
+        source = self._source()
         try:
             with render_time_limit(CHAT_TEMPLATE_SECONDS, source):
-                prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, **options)
-                full = None if answer is None else self.tokenizer.apply_chat_template(
-                    messages + [{"role": "assistant", "content": answer}], add_generation_prompt=False, **options)
+                prompt = self._render_chat(messages, add_generation_prompt=True)
+                full = None if answer is None else self._render_chat(
+                    messages + [{"role": "assistant", "content": answer}], add_generation_prompt=False)
         except MPUError:
             raise
+        except TemplateTooLarge as err:
+            raise MPUError(f"{source}: the chat template {err}; refusing it (a template that inflates what it "
+                           "renders). Choose the prompt format explicitly (--prompt-format plain, or a model name with "
+                           "shipped settings; docs/encoding.md)") from None
         except Exception as err:  # jinja's TemplateError (raise_exception), missing roles, ...
+            first = str(err).splitlines()[0][:300] if str(err) else ""
             raise MPUError(f"{source}: the chat template cannot render this conversation "
-                           f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+                           f"({type(err).__name__}: {first})") from None
         if full is not None and not full.startswith(prompt):
             raise MPUError("the chat template renders the generation prompt differently from the conversation "
                            "(the prompt is not a prefix of the rendered conversation); use --prompt-format plain")
         return prompt, full
+
+    def _render_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        """The conversation through the chat template, as ``apply_chat_template(tokenize=False)`` renders it
+        (transformers' environment, the same variables: the special tokens, ``date_string``, ``tools`` and
+        ``documents`` None), within the size bounds of :func:`mpu.data.chat_template.render_chat`, checked
+        before anything tokenizes them."""
+        variables = {**dict(getattr(self.tokenizer, "special_tokens_map", None) or {}),
+                     "date_string": self.format.date_string}
+        return render_chat(self._template, messages, add_generation_prompt, variables)
+
+    def _source(self) -> str:
+        if self._source_name is None:
+            self._source_name = template_source(self.tokenizer)
+        return self._source_name
 
     def _tokens(self, text: str) -> tuple[list[int], list[tuple[int, int]] | None]:
         special = self.format.format == "plain"   # chat templates write BOS themselves

@@ -119,20 +119,31 @@ class UnlearnJob:
         if not any(p.requires_grad for p in train_model.parameters()):
             raise MPUError(f"{self.method}: no parameter is trainable")
 
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        if pad_id is None:
-            raise MPUError("the tokenizer has neither a pad nor an EOS token")
-        dataset = ForgetRetainDataset(
-            tokenizer, self.forget_rows, retain_rows if with_retain else None,
-            seed=training.seed, max_length=run_max_length(training, model, tokenizer), with_alternates=cls.uses_alternate,
-            prompt_format=run_prompt_format(training, model, tokenizer), truncate=training.truncate,
-        )
+        pad_id = padding_id(tokenizer)
+        dataset = self.dataset(model, tokenizer)
         trainer = cls(model=train_model, args=training_arguments(training, str(output_dir)), train_dataset=dataset,
                       data_collator=ForgetRetainCollator(pad_id), hparams=hp, ref_model=ref_model)
         if training.private:
             trainer.dp = _private_steps(cls, self.method, training, len(dataset), self.dp_runs)
         trainer.mpu_restore = (model, saved)
         return trainer
+
+    def dataset(self, model, tokenizer) -> ForgetRetainDataset:
+        """The rows the run trains on, encoded as :meth:`prepare` encodes them: the forget rows, the retain
+        rows when the method uses them, the preferred answers of DPO-style methods checked; the run's
+        prompt format and ``max_length`` (default: the context of ``model``, anything with a ``config``).
+        Encodings are cached per tokenizer, so a later :meth:`prepare` with the same tokenizer reuses them.
+        Raises MPUError for a row that does not encode (a chat template that fails, a row too long)."""
+        cls = METHODS.get(self.method)
+        hp = self.resolved_hparams()
+        training = self.training
+        retain_rows = list(self.retain_rows or [])
+        with_retain = bool(retain_rows) and cls.uses_retain(hp)
+        return ForgetRetainDataset(
+            tokenizer, self.forget_rows, retain_rows if with_retain else None,
+            seed=training.seed, max_length=run_max_length(training, model, tokenizer), with_alternates=cls.uses_alternate,
+            prompt_format=run_prompt_format(training, model, tokenizer), truncate=training.truncate,
+        )
 
     def _reference_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """The frozen reference: the given one (loaded now if it is a callable), else a deep copy of
@@ -148,6 +159,14 @@ class UnlearnJob:
         the adapters are merged into ``model`` and returned as ``lora_factors``. Raises as :meth:`prepare`."""
         with frozen_gc():
             return finish_unlearning(self.prepare(model, tokenizer, output_dir))
+
+
+def padding_id(tokenizer) -> int:
+    """The id batches are padded with: the tokenizer's pad token, else its EOS. Raises MPUError when it has neither."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        raise MPUError("the tokenizer has neither a pad nor an EOS token")
+    return pad_id
 
 
 def load_model_and_tokenizer(path: str | Path, dtype: str = "float32"):

@@ -278,7 +278,7 @@ class Adapter(ABC):
 
 
 class IdentityAdapter(Adapter):
-    """``--no-reparam``: every tensor is published as it is. Works for any architecture."""
+    """``--no-reparam``: every tensor is published as it is, for any supported architecture."""
 
     def describe(self) -> list[str]:
         """One line: nothing is transformed."""
@@ -315,16 +315,18 @@ class IdentityAdapter(Adapter):
 
 
 def get_adapter(config: transformers.PretrainedConfig, options: ReparamConfig) -> Adapter:
-    """The adapter for ``config.model_type``; IdentityAdapter when ``options.enabled`` is False."""
+    """The adapter for ``config.model_type``; IdentityAdapter when ``options.enabled`` is False. Raises
+    UnsupportedArchitectureError for a model_type outside ``ARCHITECTURES`` either way (clients refuse it)."""
     if not isinstance(options, ReparamConfig):
         raise TypeError(f"options must be ReparamConfig, got {type(options).__name__}")
-    if not options.enabled:
-        return IdentityAdapter(config, options)
     model_type = getattr(config, "model_type", None) or "(none)"
     if model_type not in ARCHITECTURES:
+        # --no-reparam included: a client refuses copies of any other architecture, because some build
+        # memory from their config alone (GPT-J's position tables), which no weight check sees
         raise UnsupportedArchitectureError(
-            f"no reparameterisation adapter for model_type {model_type!r}; supported: "
-            f"{', '.join(ARCHITECTURES.names())}. Use --no-reparam to publish copies without one "
-            f"(noise only, weaker privacy)."
+            f"no adapter for model_type {model_type!r}; supported: {', '.join(ARCHITECTURES.names())}. "
+            "Clients refuse copies of other architectures, with or without --no-reparam."
         )
+    if not options.enabled:
+        return IdentityAdapter(config, options)
     return ARCHITECTURES.get(model_type)(config, options)

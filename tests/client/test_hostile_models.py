@@ -1,0 +1,341 @@
+"""A hostile publication is refused by class, before any copy is loaded, trained or written: an
+architecture the server cannot publish, buffers sized by the config alone, a depth stated under another
+name, a ``tokenizer_class`` that names no tokenizer, a tensor of no model tensor (per-expert names only
+as a MoE family's own experts), and a copy whose tokenizer or chat template cannot encode the run's rows."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+import transformers
+from safetensors.torch import save_file
+
+from mpu.client.inbox import MAX_LAYERS, PublishedCopy, read_publication
+from mpu.errors import InputError
+from mpu.reparam import ARCHITECTURES
+from mpu.server.config import ServerConfig
+from mpu.server.init import init_server
+from mpu.server.publish import publish
+from tests.client.test_hostile_copies import edit_json, edit_manifest, edit_tensors, outbox, rechecksum, run_client  # noqa: F401
+
+COPIES = ("copy-1", "copy-2")
+
+
+def inbox_of(outbox, tmp_path):  # noqa: F811
+    inbox = tmp_path / "inbox"
+    shutil.copytree(outbox, inbox)
+    return inbox
+
+
+def replace_models(inbox, config):
+    """What a hostile server publishes: every copy a model of ``config`` (zero weights, the copy's own
+    tokenizer files), the manifest naming its architecture."""
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    weights = {name: torch.zeros(tensor.shape) for name, tensor in model.state_dict().items()}
+    for copy in COPIES:
+        for path in (inbox / copy).glob("*.safetensors*"):
+            path.unlink()
+        save_file(weights, str(inbox / copy / "model.safetensors"), metadata={"format": "pt"})
+        (inbox / copy / "config.json").write_text(json.dumps(config.to_dict()))
+    edit_manifest(inbox, architecture=config.model_type)
+
+
+def gptj(positions):
+    return transformers.GPTJConfig(vocab_size=320, n_embd=8, n_layer=1, n_head=2, rotary_dim=4, n_positions=positions,
+                                   bos_token_id=1, eos_token_id=2)
+
+
+def gpt2(layers):
+    return transformers.GPT2Config(vocab_size=320, n_embd=8, n_layer=layers, n_head=2, n_positions=64, bos_token_id=1, eos_token_id=2)
+
+
+@pytest.fixture()
+def builds(monkeypatch):
+    """Every architecture transformers builds from a config (on the meta device or not)."""
+    built = []
+    real = transformers.AutoModelForCausalLM.from_config.__func__
+
+    def spy(cls, config, *args, **kwargs):
+        built.append(config.model_type)
+        return real(cls, config, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_config", classmethod(spy))
+    return built
+
+
+def refused(inbox, tmp_path, forget_file, capsys, monkeypatch, reason):
+    """Run the client on ``inbox`` with training stubbed out; check that it exits 2 naming a file of
+    the inbox and ``reason``, trained nothing and wrote nothing."""
+    import mpu.client.unlearn as client_unlearn
+
+    trained = []
+    monkeypatch.setattr(client_unlearn.UnlearnJob, "run", lambda *a, **k: trained.append(1))
+    code = run_client(inbox, tmp_path / "returns", forget_file)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert reason in err
+    assert str(inbox) in err
+    assert "Traceback" not in err
+    assert not trained
+    assert not (tmp_path / "returns").exists()
+
+
+# 1. only the architectures the server can publish; nothing sized by the config alone
+
+
+def test_an_architecture_the_server_cannot_publish_is_refused_before_it_is_built(outbox, tmp_path, forget_file, capsys, monkeypatch, builds):
+    inbox = inbox_of(outbox, tmp_path)
+    replace_models(inbox, gptj(positions=4096))  # a consistent GPT-J: its causal sinusoid table is sized by n_positions
+    rechecksum(inbox)
+    builds.clear()
+
+    refused(inbox, tmp_path, forget_file, capsys, monkeypatch,
+            f"model_type 'gptj' is not an architecture mpu publishes; supported: {', '.join(ARCHITECTURES.names())}")
+    assert builds == []
+
+
+def test_buffers_sized_by_the_config_alone_are_refused_and_a_long_context_is_not(outbox, tmp_path):
+    inbox = inbox_of(outbox, tmp_path)
+    replace_models(inbox, gptj(positions=1 << 16))   # 262144 buffer values at load, 6280 parameters
+    copy = PublishedCopy(1, inbox / "copy-1", "", inbox)
+
+    with pytest.raises(InputError, match=r"config.json: the gptj architecture of this config builds buffers of 262144 values"):
+        copy.check_weights()
+
+    long_context = inbox_of(outbox, tmp_path / "long")
+    edit_json(long_context / "copy-1" / "config.json", max_position_embeddings=131072)   # Llama 3.2's
+    shapes = PublishedCopy(1, long_context / "copy-1", "", long_context).check_weights()
+    assert "model.norm.weight" in shapes
+
+
+# 2. the depth, under whatever name the config class stores it
+
+
+def test_the_depth_is_bounded_under_every_name_of_the_config_class(outbox, tmp_path, forget_file, capsys, monkeypatch, builds):
+    inbox = inbox_of(outbox, tmp_path)
+    replace_models(inbox, gpt2(layers=1))
+    for copy in COPIES:
+        edit_json(inbox / copy / "config.json", n_layer=2 * MAX_LAYERS)   # GPT-2 says n_layer, not num_hidden_layers
+    rechecksum(inbox)
+    builds.clear()
+
+    refused(inbox, tmp_path, forget_file, capsys, monkeypatch, f"config.json: n_layer (num_hidden_layers) must be an integer in [1, {MAX_LAYERS}]")
+    assert builds == []
+
+
+def test_the_parsed_configs_depth_is_bounded_before_the_architecture_is_built(outbox, tmp_path, builds):
+    inbox = inbox_of(outbox, tmp_path)
+    replace_models(inbox, gpt2(layers=1))
+    edit_json(inbox / "copy-1" / "config.json", n_layer=2 * MAX_LAYERS)
+    builds.clear()
+
+    with pytest.raises(InputError, match=rf"config.json: num_hidden_layers must be an integer in \[1, {MAX_LAYERS}\]"):
+        PublishedCopy(1, inbox / "copy-1", "", inbox).check_weights()
+    assert builds == []
+
+
+# 3. tokenizer_class names a tokenizer class, and what loads is a tokenizer
+
+
+TOKENIZER_CLASSES = {
+    "a config class": (lambda i: [edit_json(i / c / "tokenizer_config.json", tokenizer_class="LlamaConfig") for c in COPIES],
+                       "tokenizer_config.json: tokenizer_class 'LlamaConfig' names LlamaConfig, which is not a tokenizer class"),
+    "a model class": (lambda i: [edit_json(i / c / "tokenizer_config.json", tokenizer_class="LlamaForCausalLMFast") for c in COPIES],
+                      "tokenizer_class 'LlamaForCausalLMFast' names LlamaForCausalLMFast, which is not a tokenizer class"),
+    "not a string": (lambda i: [edit_json(i / c / "tokenizer_config.json", tokenizer_class=["LlamaTokenizer"]) for c in COPIES],
+                     "tokenizer_class \"['LlamaTokenizer']\" is not the name of a transformers tokenizer class"),
+    "no class of transformers": (lambda i: [edit_json(i / c / "tokenizer_config.json", tokenizer_class="EvilTokenizer") for c in COPIES],
+                                 "tokenizer_class 'EvilTokenizer' is not a transformers tokenizer class"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TOKENIZER_CLASSES))
+def test_a_tokenizer_class_that_names_no_tokenizer_is_refused(case, outbox, tmp_path, forget_file, capsys, monkeypatch):
+    corrupt, reason = TOKENIZER_CLASSES[case]
+    inbox = inbox_of(outbox, tmp_path)
+    corrupt(inbox)
+    rechecksum(inbox)
+
+    refused(inbox, tmp_path, forget_file, capsys, monkeypatch, reason)
+
+
+def test_a_tokenizer_class_is_resolved_under_each_spelling_autotokenizer_tries(outbox, tmp_path, forget_file, capsys, monkeypatch):
+    from transformers.models.auto import tokenization_auto
+
+    real = tokenization_auto.tokenizer_class_from_name
+    # a transformers release where only the "Fast" spelling resolves, and to something that is no tokenizer
+    monkeypatch.setattr(tokenization_auto, "tokenizer_class_from_name",
+                        lambda name: transformers.LlamaConfig if name == "EvilTokenizerFast" else real(name))
+    inbox = inbox_of(outbox, tmp_path)
+    for copy in COPIES:
+        edit_json(inbox / copy / "tokenizer_config.json", tokenizer_class="EvilTokenizer")
+    rechecksum(inbox)
+
+    refused(inbox, tmp_path, forget_file, capsys, monkeypatch,
+            "tokenizer_config.json: tokenizer_class 'EvilTokenizer' names EvilTokenizerFast, which is not a tokenizer class")
+
+
+def test_a_loaded_tokenizer_that_is_no_tokenizer_is_refused(outbox, monkeypatch):
+    import mpu.client.unlearn as client_unlearn
+
+    class LoadsAConfig:
+        @staticmethod
+        def from_pretrained(path, **kwargs):
+            return transformers.LlamaConfig()
+
+    monkeypatch.setattr(client_unlearn, "AutoTokenizer", LoadsAConfig)
+    monkeypatch.setattr(client_unlearn, "_TOKENIZERS", {})
+
+    with pytest.raises(InputError, match="copy-1/tokenizer_config.json: loads a LlamaConfig, not a tokenizer"):
+        client_unlearn._tokenizer(outbox / "copy-1")
+    assert client_unlearn._TOKENIZERS == {}
+
+
+# 4. every stored tensor loads into a tensor of the architecture
+
+
+def add_tensor(name, like="model.norm.weight"):
+    def corrupt(inbox):
+        for copy in COPIES:
+            edit_tensors(inbox, like, lambda ts: ts.update({name: ts[like].clone()}), copy)
+    return corrupt
+
+
+EXTRA_TENSORS = {
+    "junk.extra": (add_tensor("junk.extra"), "tensor junk.extra is not a tensor of the llama architecture"),
+    "an expert in a dense model": (add_tensor("model.layers.0.mlp.experts.0.up_proj.weight", like="model.layers.0.mlp.up_proj.weight"),
+                                   "tensor model.layers.0.mlp.experts.0.up_proj.weight is not a tensor of the llama architecture"),
+    "a second source of one tensor": (add_tensor("norm.weight"), "tensors model.norm.weight and norm.weight both load into model.norm.weight"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EXTRA_TENSORS))
+def test_a_tensor_of_no_model_tensor_is_refused_before_training(case, outbox, tmp_path, forget_file, capsys, monkeypatch):
+    corrupt, reason = EXTRA_TENSORS[case]
+    inbox = inbox_of(outbox, tmp_path)
+    corrupt(inbox)
+    rechecksum(inbox)
+
+    refused(inbox, tmp_path, forget_file, capsys, monkeypatch, reason)
+
+
+MOE = {
+    "qwen2_moe": (transformers.Qwen2MoeConfig, dict(intermediate_size=24, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=12,
+                                                    shared_expert_intermediate_size=16, mlp_only_layers=[1]), "mlp", ("gate_proj", "up_proj")),
+    "mixtral": (transformers.MixtralConfig, dict(intermediate_size=20, num_local_experts=4, num_experts_per_tok=2), "block_sparse_moe", ("w1", "w3")),
+}
+
+
+@pytest.fixture(scope="module")
+def moe_outboxes(tmp_path_factory, tiny_tokenizer):
+    """One publication per MoE family: per-expert tensors on disk, as save_pretrained writes them."""
+    root = tmp_path_factory.mktemp("hostile-moe")
+    outboxes = {}
+    for family, (config_class, settings, _, _) in MOE.items():
+        config = config_class(vocab_size=len(tiny_tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                              num_key_value_heads=2, max_position_embeddings=128, pad_token_id=tiny_tokenizer.pad_token_id,
+                              bos_token_id=tiny_tokenizer.bos_token_id, eos_token_id=tiny_tokenizer.eos_token_id,
+                              tie_word_embeddings=False, **settings)
+        torch.manual_seed(0)
+        transformers.AutoModelForCausalLM.from_config(config).save_pretrained(root / family / "model")
+        tiny_tokenizer.save_pretrained(root / family / "model")
+        init_server(root / family / "server", str(root / family / "model"), None, ServerConfig(copies=2, kappa=0.01, fixed_seed=5), progress=False)
+        publish(root / family / "server", root / family / "outbox", progress=False)
+        outboxes[family] = root / family / "outbox"
+    return outboxes
+
+
+def expert(family, number, linear=0, layer=0):
+    _, _, module, linears = MOE[family]
+    return f"model.layers.{layer}.{module}.experts.{number}.{linears[linear]}.weight"
+
+
+def change_expert_tensors(family, change):
+    """``change(tensors)`` on the shard holding expert 0's first linear of layer 0, in both copies."""
+    def corrupt(inbox):
+        for copy in COPIES:
+            edit_tensors(inbox, expert(family, 0), change, copy)
+    return corrupt
+
+
+def add_expert_tensor(name, value):
+    """Both copies gain tensor ``name`` = ``value(tensors)``, beside layer 0's experts."""
+    return lambda f: change_expert_tensors(f, lambda ts: ts.update({name(f): value(f, ts)}))
+
+
+def fused_gate_up(f, ts):
+    return torch.zeros(4, 2 * ts[expert(f, 0)].shape[0], 32)
+
+
+MOE_CASES = {
+    "an expert the model does not have": (add_expert_tensor(lambda f: expert(f, 4), lambda f, ts: ts[expert(f, 0)].clone()),
+                                          lambda f: f"tensor {expert(f, 4)} is not a per-expert tensor of the {f} architecture"),
+    "an expert of another shape": (add_expert_tensor(lambda f: expert(f, 0), lambda f, ts: ts[expert(f, 0)].t().contiguous()),
+                                   lambda f: f"tensor {expert(f, 0)} has shape"),
+    "an expert numbered twice": (add_expert_tensor(lambda f: expert(f, 0).replace("experts.0", "experts.00"), lambda f, ts: ts[expert(f, 0)].clone()),
+                                 lambda f: "is not a per-expert tensor"),
+    "the fused tensor beside the experts": (add_expert_tensor(lambda f: "model.layers.0.mlp.experts.gate_up_proj", fused_gate_up),
+                                            lambda f: "both load into model.layers.0.mlp.experts.gate_up_proj"),
+    # "layers.0..." loads as "model.layers.0..." and sorts before the experts
+    "the fused tensor, unprefixed, beside the experts": (add_expert_tensor(lambda f: "layers.0.mlp.experts.gate_up_proj", fused_gate_up),
+                                                         lambda f: "both load into model.layers.0.mlp.experts.gate_up_proj"),
+    "junk": (add_expert_tensor(lambda f: "junk.extra", lambda f, ts: torch.zeros(4)),
+             lambda f: f"tensor junk.extra is not a tensor of the {f} architecture"),
+}
+
+
+def test_per_expert_tensors_of_a_moe_family_pass(moe_outboxes, tmp_path, forget_file):
+    for family, outbox in moe_outboxes.items():  # noqa: F811
+        publication = read_publication(outbox)
+        publication.verify(publication.copies)
+    assert run_client(moe_outboxes["mixtral"], tmp_path / "returns", forget_file, "--copy", "1") == 0
+    assert (tmp_path / "returns" / "update-1" / "update.json").is_file()
+
+
+@pytest.mark.parametrize("family", sorted(MOE))
+@pytest.mark.parametrize("case", sorted(MOE_CASES))
+def test_a_per_expert_tensor_that_is_not_the_families_own_is_refused(case, family, moe_outboxes, tmp_path):
+    corrupt, reason = MOE_CASES[case]
+    inbox = inbox_of(moe_outboxes[family], tmp_path)
+    corrupt(family)(inbox)
+    rechecksum(inbox)
+    publication = read_publication(inbox)
+
+    with pytest.raises(InputError) as err:
+        publication.verify(publication.copies)
+    assert reason(family) in str(err.value)
+    assert "copy-1" in str(err.value)
+
+
+# 5. every copy's tokenizer and chat template encode the run's rows before any copy trains
+
+
+def test_a_copy_whose_chat_template_fails_is_refused_before_any_copy_trains(outbox, tmp_path, forget_file, capsys):
+    inbox = inbox_of(outbox, tmp_path)
+    (inbox / "copy-2" / "chat_template.jinja").write_text("{{ raise_exception('boom') }}")
+    rechecksum(inbox)
+
+    code = run_client(inbox, tmp_path / "returns", forget_file)
+
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"{inbox / 'copy-2'}: copy 2: its tokenizer and chat template cannot encode this run's rows" in err
+    assert "boom" in err
+    assert not (tmp_path / "returns").exists()   # copy 1 was not trained and update-1 not written
+
+
+def test_a_copy_whose_tokens_fall_outside_the_vocabulary_is_refused_before_any_copy_trains(outbox, tmp_path, forget_file, capsys):
+    inbox = inbox_of(outbox, tmp_path)
+    edit_json(inbox / "copy-2" / "tokenizer_config.json", pad_token="<|new pad|>")   # added as token 320 of a 320-token model
+    rechecksum(inbox)
+
+    code = run_client(inbox, tmp_path / "returns", forget_file, "--batch-size", "2")
+
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"{inbox / 'copy-2'}: copy 2: its tokenizer gives token id 320, outside the model's vocabulary of 320" in err
+    assert not (tmp_path / "returns").exists()
