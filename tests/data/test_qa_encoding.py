@@ -257,6 +257,8 @@ INFLATING = {
     "tojson-indent": ("{{ range(100000) | list | tojson(indent=100000) }}", "in one operation (the tojson filter)"),
     "expandtabs": (r"{{ ('\t' * 100000).expandtabs(100000) }}", "in one operation (calling expandtabs)"),
     "translate": ("{{ ('x' * 100000).translate({120: 'y' * 100000}) }}", "in one operation (calling translate)"),
+    "nested-width-string": ("{{ '{:{}}'.format('x', '10000000') }}", "in one operation (calling format)"),
+    "translate-list": ("{{ ('x' * 20).translate(['y' * 100000]) }}", "in one operation (calling translate)"),
     "lipsum": ("{{ lipsum(1000000, max=1000) }}", "in one operation (calling generate_lorem_ipsum)"),
     "output-of-references": ("{% set s = 'x' * 900000 %}{{ [" + "s, " * 1000 + "] }}",
                              "built a value of more than 1,000,000 characters (an output)"),
@@ -385,3 +387,128 @@ def test_errors_name_the_file_the_chat_template_came_from(tmp_path):
     assert messages[0].startswith(f"{in_jinja}/chat_template.jinja: the chat template cannot render this "
                                   "conversation (TemplateError: not this conversation)")
     assert messages[1].startswith(f"{in_config}/tokenizer_config.json (chat_template): the chat template cannot")
+
+
+def test_a_chat_template_that_swallows_the_time_bound_is_still_refused(monkeypatch):
+    # arrange: Jinja's `sequence` test runs len(loop), which reads the loop's iterator (template code, slow
+    # here) inside `except Exception`; the alarm comes there, then the template runs loops after it
+    import signal
+
+    import mpu.data.qa as qa
+
+    hostile = ("{% set L = [none] * 50000 %}{% for x in range(100) | map('default', L) %}"
+               "{% if loop.first and loop is sequence %}{% endif %}{% endfor %}"
+               "{% for i in range(1000) %}{% for j in range(1000) %}{% endfor %}{% endfor %}"
+               "{{ messages[0]['content'] }}")
+    tokenizer = make_tokenizer(hostile)
+    tokenizer.name_or_path = "/inbox/copy-1"
+    monkeypatch.setattr(qa, "CHAT_TEMPLATE_SECONDS", 0.2)
+    handler = signal.getsignal(signal.SIGALRM)
+
+    # act
+    with pytest.raises(MPUError) as refused:
+        Encoder(tokenizer, PromptFormat(format="chat")).render("Who wrote Hamlet?", "Shakespeare")
+
+    # assert: refused by the time bound, naming the file; the handler restored and the timer cleared
+    assert str(refused.value).startswith("/inbox/copy-1/tokenizer_config.json (chat_template): the chat template "
+                                         "did not render one conversation within 0.2 s")
+    assert signal.getsignal(signal.SIGALRM) is handler
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def test_the_time_bound_is_raised_again_when_code_catches_it():
+    # arrange: code that catches everything, the alarm included, then goes on
+    import signal
+    import time
+
+    # act
+    with pytest.raises(MPUError) as refused:
+        with chat_template.render_time_limit(0.05, "/inbox/copy-1/chat_template.jinja"):
+            try:
+                time.sleep(1)
+            except BaseException:
+                pass
+            time.sleep(1)
+
+    # assert: the repeated alarm ends it, as the MPUError naming the file; nothing of the bound is left
+    assert str(refused.value).startswith("/inbox/copy-1/chat_template.jinja: the chat template did not render "
+                                         "one conversation within 0.05 s")
+    assert "--prompt-format plain" in str(refused.value)
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("unprintable", [
+    "{{ raise_exception([10 ** 5000]) }}",   # str() of the int: ValueError (more than 4300 digits)
+    "{% set ns = namespace(d=0) %}{% for i in range(5000) %}{% set ns.d = [ns.d] %}{% endfor %}"
+    "{{ raise_exception(ns.d) }}",          # str() of the list: RecursionError
+], ids=["huge-int", "deep-list"])
+def test_an_error_whose_message_cannot_be_printed_is_refused_as_the_others(unprintable):
+    # arrange
+    tokenizer = make_tokenizer(unprintable + "{% for message in messages %}{{ message['content'] }}{% endfor %}")
+    tokenizer.name_or_path = "/inbox/copy-1"
+
+    # act
+    with pytest.raises(MPUError) as refused:
+        Encoder(tokenizer, PromptFormat(format="chat")).render("Who wrote Hamlet?", "Shakespeare")
+
+    # assert: an MPUError naming the file and the error's type, not a traceback from printing the message
+    assert str(refused.value) == ("/inbox/copy-1/tokenizer_config.json (chat_template): the chat template cannot "
+                                  "render this conversation (TemplateError: a message that cannot be printed)")
+
+
+@pytest.mark.parametrize("bound, template, refusal", [
+    ("CHAT_TEMPLATE_MAX_SOURCE_CHARS", "{{ x }}" * 300,
+     "is 2,165 characters long; the limit is 2,000 (real chat templates are 1-30 KB); it is not compiled"),
+    ("CHAT_TEMPLATE_MAX_NODES", "{{ x }}" * 60, "parses to more than 50 nodes (real chat templates have a few "
+                                                 "hundred to a few thousand); it is not compiled"),
+], ids=["source", "nodes"])
+def test_a_chat_template_too_large_to_compile_is_refused_before_it_is_compiled(monkeypatch, bound, template, refusal):
+    # arrange: the bounds made small (compiling a template at the real bounds takes long enough to see)
+    monkeypatch.setattr(chat_template, "CHAT_TEMPLATE_MAX_SOURCE_CHARS", 2_000)
+    monkeypatch.setattr(chat_template, "CHAT_TEMPLATE_MAX_NODES", 50)
+    tokenizer = make_tokenizer(template + "{% for message in messages %}{{ message['content'] }}{% endfor %}")
+    tokenizer.name_or_path = "/inbox/copy-1"
+
+    # act
+    with pytest.raises(MPUError) as refused:
+        Encoder(tokenizer, PromptFormat(format="chat")).render("Who wrote Hamlet?", "Shakespeare")
+
+    # assert: refused naming the file, the bound and the fix
+    message = str(refused.value)
+    assert message.startswith(f"/inbox/copy-1/tokenizer_config.json (chat_template): the chat template {refusal}")
+    assert "refusing it" in message and "--prompt-format plain" in message
+
+
+def test_a_sum_that_copies_lists_per_item_is_refused():
+    # arrange: sum(start=[]) adds a copy of the list so far per item (time quadratic in the items)
+    tokenizer = make_tokenizer("{{ ([[0]] * 3000) | sum(start=[]) | length }}"
+                               "{% for message in messages %}{{ message['content'] }}{% endfor %}")
+    tokenizer.name_or_path = "/inbox/copy-1"
+
+    # act
+    with pytest.raises(MPUError) as refused:
+        Encoder(tokenizer, PromptFormat(format="chat")).render("Who wrote Hamlet?", "Shakespeare")
+
+    # assert
+    message = str(refused.value)
+    assert message.startswith("/inbox/copy-1/tokenizer_config.json (chat_template): the chat template sums from a "
+                              "start that is not a number (list; the sum filter)")
+    assert "--prompt-format plain" in message
+
+
+def test_the_budget_counts_each_object_a_value_holds(monkeypatch):
+    # arrange: lists of 1-character strings, few characters but an object (~50 bytes and more) per item;
+    # the budget made small: 3 such lists of 5,000 are 30,003 characters, 15,003 objects
+    monkeypatch.setattr(chat_template, "CHAT_TEMPLATE_BUDGET_CHARS", 100_000)
+    tokenizer = make_tokenizer("{% set a = ('a' * 5000) | list %}{% set b = ('b' * 5000) | list %}"
+                               "{% set c = ('c' * 5000) | list %}"
+                               "{% for message in messages %}{{ message['content'] }}{% endfor %}")
+    tokenizer.name_or_path = "/inbox/copy-1"
+
+    # act
+    with pytest.raises(MPUError) as refused:
+        Encoder(tokenizer, PromptFormat(format="chat")).render("Who wrote Hamlet?", "Shakespeare")
+
+    # assert
+    assert str(refused.value).startswith("/inbox/copy-1/tokenizer_config.json (chat_template): the chat template "
+                                         "built more than 100,000 characters in all while rendering one conversation")

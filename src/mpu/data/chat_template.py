@@ -5,6 +5,7 @@ build and what one rendering builds in all (``CHAT_TEMPLATE_MAX_CHARS``, ``CHAT_
 A template beyond them is refused with an error naming the file it came from."""
 
 from __future__ import annotations
+import contextlib
 import contextvars
 import functools
 import inspect
@@ -23,8 +24,16 @@ from mpu.errors import MPUError
 CHAT_TEMPLATE_SECONDS = 10.0
 
 
-class _RenderTimeout(Exception):
-    pass
+class _RenderTimeout(BaseException):
+    """The time bound's alarm. A BaseException, so that template code reached through Jinja's own
+    ``except Exception`` (the ``sequence`` test runs ``len()``, which can run a loop's iterator) does not
+    swallow it; and the alarm repeats until the bound is left, so that one swallowed anyway is raised again."""
+
+
+_CONTEXT_EXIT_CODE = getattr(getattr(getattr(contextlib, "_GeneratorContextManager", None), "__exit__", None),
+                             "__code__", None)
+# How often the alarm repeats once the bound has passed, until the rendering stops.
+_RENDER_TIMEOUT_REPEAT = 0.1
 
 
 @contextmanager
@@ -33,7 +42,11 @@ def render_time_limit(seconds: float, source: str):
 
     Uses SIGALRM (``signal.setitimer``), so the bound applies in the main thread of a Unix process
     (where every mpu command encodes its data); elsewhere, or when a timer is already set, the body
-    runs unbounded. Jinja rendering is Python code, so the signal interrupts it between bytecodes.
+    runs unbounded. Jinja rendering is Python code, so the signal interrupts it between bytecodes (not
+    within one C-level operation; see the end of this module). Once the bound has passed, the alarm
+    repeats every ``_RENDER_TIMEOUT_REPEAT`` seconds until the body is left, so code that catches the
+    alarm's exception cannot keep rendering. The previous handler is restored and the timer cleared on
+    the way out; the alarm's exception never leaves this block (it becomes the MPUError).
     """
     import signal
     import threading
@@ -44,18 +57,28 @@ def render_time_limit(seconds: float, source: str):
         yield
         return
 
+    armed = [True]   # cleared before the timer is: an alarm that comes on the way out raises nothing
+
     def _expired(signum, frame):
-        raise _RenderTimeout()
+        # not within contextlib's __exit__ before it resumes this generator: raised there, the alarm would
+        # leave the with statement as itself; the next one, a moment later, comes in the body or here
+        if armed[0] and getattr(frame, "f_code", None) is not _CONTEXT_EXIT_CODE:
+            raise _RenderTimeout()
 
     previous = signal.signal(signal.SIGALRM, _expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
-        yield
+        signal.setitimer(signal.ITIMER_REAL, seconds, _RENDER_TIMEOUT_REPEAT)
+        try:
+            yield
+        finally:
+            armed[0] = False
     except _RenderTimeout:
+        armed[0] = False
         raise MPUError(f"{source}: the chat template did not render one conversation within {seconds:g} s "
                        "(a template with runaway loops); refusing it. Choose the prompt format explicitly "
                        "(--prompt-format plain, or a model name with shipped settings; docs/encoding.md)") from None
     finally:
+        armed[0] = False
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
 
@@ -102,6 +125,21 @@ CHAT_TEMPLATE_MAX_CHARS = 1_000_000
 # each counted at least 1. A real template builds a few times its text; without this total, a loop could
 # keep piling allowed pieces (a macro's buffer, a namespace) until the time bound.
 CHAT_TEMPLATE_BUDGET_CHARS = 10 * CHAT_TEMPLATE_MAX_CHARS
+# The longest template source compiled, and the most parse-tree nodes it may have. Compiling is not
+# rendering: no time bound or budget covers it, and its cost grows with the source (2 MB of '{{ x }}'
+# took 17 s and 3.4 GB; 2.4 MB of '{% call m() %}{% endcall %}' more than 60 s and 2.8 GB). Real chat
+# templates are 1-20 KB, the largest released ones (tool-calling templates) under about 30 KB; Llama
+# 3.1's 3.8 KB parse to 260 nodes. 256 KB parse in about half a second; the node bound stops before code
+# generation, which costs more per node than parsing.
+CHAT_TEMPLATE_MAX_SOURCE_CHARS = 256_000
+CHAT_TEMPLATE_MAX_NODES = 20_000
+
+# What the budget counts for each object a value holds (a list's items, at any depth) besides its
+# characters: Python keeps each in at least ~50 bytes (a str 49 and more, an int 28, a list 56, plus the
+# 8-byte reference), so a list of N 1-character strings, counted 3 characters an item, costs ~170 bytes
+# an item. So counted, the budget allows at most 10M / 50 = 200,000 objects built in one rendering:
+# tens of MB whatever they are, where counting characters alone let ~3M of them (~0.5 GB) through.
+_OBJECT_CHARS = 50
 
 # How the bounds are applied. transformers renders a chat template in its own Jinja sandbox
 # (transformers.utils.chat_template_utils._compile_jinja_template: an ImmutableSandboxedEnvironment with
@@ -118,6 +156,15 @@ CHAT_TEMPLATE_BUDGET_CHARS = 10 * CHAT_TEMPLATE_MAX_CHARS
 # off: it would evaluate constant expressions ('x' * 10**10 among them) while compiling, before any hook.
 # Rejected: patching transformers' cached compiler (global, every caller), an environment of our own
 # (would drift from transformers' filters and globals), parsing template text by hand.
+#
+# What is NOT bounded in-process: single C-level operations that no sandbox hook sees and that the alarm
+# cannot interrupt (a signal handler runs between bytecodes): comparisons ('==', '<', sort, unique) and
+# 'in' on large or deeply shared structures (a list doubled 40 times into itself compares 2^40 leaves),
+# hashing of such self-referential tuples (a dict key, a set), subscripts and slices kept in a literal
+# ([s[1:], s[2:], ...] builds a copy each, outside any hook, bounded only by the source length), and
+# big-integer division or conversion within the allowed sizes. Each stays within the time and memory of
+# one such operation but can still take minutes or gigabytes. Only rendering in a child process with
+# RLIMIT_AS and a wall-clock kill would bound those; that redesign is not done here.
 
 
 class TemplateTooLarge(Exception):
@@ -140,15 +187,22 @@ def _rendered_size(value: Any, limit: int = CHAT_TEMPLATE_MAX_CHARS, per_item: i
     strings and bytes by length, integers by digits, lists, tuples, sets, dicts and Jinja namespaces by
     their items, each item 1 more (its separator) plus ``per_item``, plus ``per_level`` per nesting level
     (JSON's indentation). Anything else (a range, an iterator, a macro) prints short and counts 1."""
+    return _measure(value, limit, per_item, per_level)[0]
+
+
+def _measure(value: Any, limit: int = CHAT_TEMPLATE_MAX_CHARS, per_item: int = 0,
+             per_level: int = 0) -> tuple[int, int]:
+    """(``_rendered_size``, how many objects it walked: ``value`` and the items it holds, at any depth)."""
     from jinja2.utils import Namespace
 
-    total = 0
+    total = objects = 0
     stack = [iter((value,))]
     while stack:
         item = next(stack[-1], _END)
         if item is _END:
             stack.pop()
             continue
+        objects += 1
         total += 1 + per_item + per_level * (len(stack) - 1)
         if isinstance(item, (str, bytes, bytearray)):
             total += len(item)
@@ -164,7 +218,7 @@ def _rendered_size(value: Any, limit: int = CHAT_TEMPLATE_MAX_CHARS, per_item: i
             stack.append(iter(object.__getattribute__(item, "__dict__").values()))
         if total > limit:
             break
-    return total
+    return total, objects
 
 
 def _refuse_above(size: int, what: str) -> None:
@@ -184,12 +238,12 @@ def _check_arguments(values: Sequence[Any], what: str) -> None:
 
 def _built(value: Any, what: str) -> Any:
     """``value``, once checked against the size bound and counted against the rendering's budget."""
-    size = _rendered_size(value)
+    size, objects = _measure(value)
     if size > CHAT_TEMPLATE_MAX_CHARS:
         raise TemplateTooLarge(f"built a value of more than {CHAT_TEMPLATE_MAX_CHARS:,} characters ({what})")
     budget = _BUDGET.get()
     if budget is not None:
-        budget[0] -= size
+        budget[0] -= size + objects * _OBJECT_CHARS
         if budget[0] < 0:
             raise TemplateTooLarge(f"built more than {CHAT_TEMPLATE_BUDGET_CHARS:,} characters in all while "
                                     "rendering one conversation")
@@ -204,10 +258,12 @@ def _format_size(fmt: str, marker: str, values: Sequence[Any]) -> int:
     if not fields:
         return len(fmt)
     widest = max((_rendered_size(value) for value in values), default=0)
-    number = 0
-    if ("*" in fmt) if marker == "%" else re.search(r"\{[^{}]*\{", fmt):
+    number, texts = 0, [fmt]
+    if "*" in fmt if marker == "%" else re.search(r"\{[^{}]*\{", fmt):
         number = max((abs(value) for value in values if isinstance(value, int)), default=0)
-    for digits in re.finditer(r"\d+", fmt):
+        if marker == "{":   # a nested field takes the text of its value: '{:{}}'.format('x', '1000000000')
+            texts += [str(value) for value in values if not isinstance(value, int)]
+    for digits in (digits for text in texts for digits in re.finditer(r"\d+", text)):
         if len(digits.group()) > 7:
             return CHAT_TEMPLATE_MAX_CHARS + 1
         number = max(number, int(digits.group()))
@@ -275,14 +331,23 @@ def _call_size(func: Any, args: tuple, kwargs: dict) -> tuple[int, tuple]:
         tabs = args[0] if args else kwargs.get("tabsize", 8)
         tab = "\t" if isinstance(owner, str) else b"\t"
         return (len(owner) + owner.count(tab) * max(tabs, 0) if isinstance(tabs, int) else 0), args
-    if name == "translate" and args and isinstance(args[0], dict):
-        return len(owner) * max((_rendered_size(value) for value in args[0].values()), default=1), args
+    if name == "translate" and args and isinstance(owner, str):   # bytes.translate maps byte to byte
+        return len(owner) * _largest_entry(args[0]), args
     if name in ("format", "format_map") and isinstance(owner, str):
         values = [*args, *kwargs.values()]
         if name == "format_map" and args and isinstance(args[0], dict):
             values = list(args[0].values())
         return _format_size(owner, "{", values), args
     return 0, args
+
+
+def _largest_entry(table: Any) -> int:
+    """About the most one character becomes through ``str.translate``'s ``table`` (any object it can index:
+    a dict by its values, a list or tuple by its items, a string 1, anything else its whole size)."""
+    if isinstance(table, str):
+        return 1
+    entries = table.values() if isinstance(table, dict) else table if isinstance(table, (list, tuple)) else [table]
+    return max((_rendered_size(entry) for entry in entries), default=1)
 
 
 def _filter_size(name: str, arguments: dict, value: str) -> int:
@@ -321,7 +386,7 @@ def _checked_filter(name: str, func: Any) -> Any:
     """``func`` (a filter of transformers' environment) with its arguments and result checked, and its
     result's size estimated first when it multiplies."""
     first = 1 if getattr(func, "jinja_pass_arg", None) is not None else 0   # a context Jinja passes first
-    signature = inspect.signature(func) if name in _MULTIPLYING_FILTERS else None
+    signature = inspect.signature(func) if name in _MULTIPLYING_FILTERS or name == "sum" else None
     what = f"the {name} filter"
 
     @functools.wraps(func)
@@ -332,11 +397,22 @@ def _checked_filter(name: str, func: Any) -> Any:
         if signature is not None:
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
+            if name == "sum":
+                _check_sum(bound.arguments.get("start", 0))
             _refuse_above(_filter_size(name, bound.arguments, list(signature.parameters)[first]), what)
             args, kwargs = bound.args, bound.kwargs
         return _built(func(*args, **kwargs), what)
 
     return checked
+
+
+def _check_sum(start: Any) -> None:
+    """The sum filter adds its items to ``start`` one by one; a list, tuple or string ``start`` makes that a
+    copy per item, time quadratic in their number. A number ``start`` stops at the first item that is not a
+    number (a number plus a list is a TypeError), so only the start needs checking."""
+    if not isinstance(start, (int, float)):
+        raise TemplateTooLarge(f"sums from a start that is not a number ({type(start).__name__}; the sum filter): "
+                               "adding lists or strings one by one copies them per item")
 
 
 def _literal(context: Any, data: str) -> str:
@@ -426,7 +502,11 @@ def _bounded_template(source: str):
             return node
 
     environment = _bounded_environment()
-    tree = Route().visit(environment.parse(source))
+    tree = environment.parse(source)
+    if next(itertools.islice(tree.find_all(nodes.Node), CHAT_TEMPLATE_MAX_NODES, None), None) is not None:
+        raise TemplateTooLarge(f"parses to more than {CHAT_TEMPLATE_MAX_NODES:,} nodes (real chat templates have a "
+                               "few hundred to a few thousand); it is not compiled")
+    tree = Route().visit(tree)
     tree.set_environment(environment)
     return environment.from_string(tree)
 
@@ -435,9 +515,14 @@ def render_chat(template: str, messages: list[dict[str, str]], add_generation_pr
     """``messages`` through the chat ``template`` (Jinja source), as ``apply_chat_template(tokenize=False)``
     renders them (transformers' environment; ``variables``: the special tokens and ``date_string``;
     ``tools`` and ``documents`` None; None fields of a message dropped, as transformers drops them).
-    Raises TemplateTooLarge when an operation would build more than CHAT_TEMPLATE_MAX_CHARS, the
-    rendering more than CHAT_TEMPLATE_BUDGET_CHARS in all, or the text is longer than
-    CHAT_TEMPLATE_MAX_CHARS (checked before anything tokenizes it); Jinja's errors as they come."""
+    Raises TemplateTooLarge when the template is longer than CHAT_TEMPLATE_MAX_SOURCE_CHARS or parses to
+    more than CHAT_TEMPLATE_MAX_NODES nodes (checked before it is compiled), when an operation would build
+    more than CHAT_TEMPLATE_MAX_CHARS, the rendering more than CHAT_TEMPLATE_BUDGET_CHARS in all, or the
+    text is longer than CHAT_TEMPLATE_MAX_CHARS (checked before anything tokenizes it); Jinja's errors as they come."""
+    if len(template) > CHAT_TEMPLATE_MAX_SOURCE_CHARS:
+        raise TemplateTooLarge(f"is {len(template):,} characters long; the limit is "
+                               f"{CHAT_TEMPLATE_MAX_SOURCE_CHARS:,} (real chat templates are 1-30 KB); it is not "
+                               "compiled")
     bounded = _bounded_template(template)
     budget = _BUDGET.set([CHAT_TEMPLATE_BUDGET_CHARS])
     try:

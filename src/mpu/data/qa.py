@@ -223,6 +223,17 @@ def pin_strftime(template: str, date: datetime.date) -> str:
 # --- the encoder ------------------------------------------------------------------------------------
 
 
+def _first_line(err: BaseException) -> str:
+    """The first line of ``err``'s message (at most 300 characters), or a note when it cannot be made (the
+    error's type is named beside it): a template's exception can carry what ``str()`` refuses
+    (raise_exception([10 ** 5000]) raises ValueError; a deeply nested list, RecursionError)."""
+    try:
+        text = str(err)
+        return text.splitlines()[0][:300] if text else ""
+    except Exception:   # RecursionError included
+        return "a message that cannot be printed"
+
+
 class Encoder:
     """Token ids and labels of question/answer rows for one tokenizer, format and length policy.
 
@@ -286,9 +297,8 @@ class Encoder:
                            "renders). Choose the prompt format explicitly (--prompt-format plain, or a model name with "
                            "shipped settings; docs/encoding.md)") from None
         except Exception as err:  # jinja's TemplateError (raise_exception), missing roles, ...
-            first = str(err).splitlines()[0][:300] if str(err) else ""
             raise MPUError(f"{source}: the chat template cannot render this conversation "
-                           f"({type(err).__name__}: {first})") from None
+                           f"({type(err).__name__}: {_first_line(err)})") from None
         if full is not None and not full.startswith(prompt):
             raise MPUError("the chat template renders the generation prompt differently from the conversation "
                            "(the prompt is not a prefix of the rendered conversation); use --prompt-format plain")
