@@ -229,6 +229,23 @@ MANIFEST_CASES = {
 }
 
 
+def refused(inbox, tmp_path, forget_file, capsys, monkeypatch, reason):
+    """Run the client on ``inbox`` with training stubbed out; check that it exits 2 naming a file of
+    the inbox and ``reason``, without a traceback, trained nothing and wrote nothing."""
+    import mpu.client.unlearn as client_unlearn
+
+    trained = []
+    monkeypatch.setattr(client_unlearn.UnlearnJob, "run", lambda *a, **k: trained.append(1))
+    code = run_client(inbox, tmp_path / "returns", forget_file)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert reason in err
+    assert str(inbox) in err   # names the file
+    assert "Traceback" not in err
+    assert not trained   # refused before any copy is trained
+    assert not (tmp_path / "returns").exists()
+
+
 def run_client(inbox, out, forget_file, *extra):
     return main(["client", "unlearn", "--inbox", str(inbox), "--forget", str(forget_file), "--out", str(out),
                  "--method", "GradAscent", "--max-steps", "1", "--lr", "1e-4", *extra])
@@ -242,20 +259,7 @@ def test_a_hostile_publication_is_refused_before_anything_is_loaded(case, outbox
     corrupt(inbox, tmp_path)
     if case in CASES:
         rechecksum(inbox)
-    import mpu.client.unlearn as client_unlearn
-
-    trained = []
-    monkeypatch.setattr(client_unlearn.UnlearnJob, "run", lambda *a, **k: trained.append(1))
-
-    code = run_client(inbox, tmp_path / "returns", forget_file)
-
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert reason in err
-    assert str(inbox) in err  # names the file
-    assert "Traceback" not in err
-    assert not trained  # refused before any copy is trained (copy 2 is fine, copy 1 is checked first)
-    assert not (tmp_path / "returns").exists()
+    refused(inbox, tmp_path, forget_file, capsys, monkeypatch, reason)   # copy 2 is fine, copy 1 is checked first
 
 
 def test_the_untampered_publication_passes_the_same_checks(outbox, tmp_path, forget_file):

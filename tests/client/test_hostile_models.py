@@ -19,7 +19,9 @@ from mpu.reparam import ARCHITECTURES
 from mpu.server.config import ServerConfig
 from mpu.server.init import init_server
 from mpu.server.publish import publish
-from tests.client.test_hostile_copies import edit_json, edit_manifest, edit_tensors, outbox, rechecksum, run_client  # noqa: F401
+from tests.client.test_hostile_copies import (  # noqa: F401  (outbox: a fixture)
+    edit_json, edit_manifest, edit_tensors, outbox, rechecksum, refused, run_client,
+)
 
 COPIES = ("copy-1", "copy-2")
 
@@ -65,23 +67,6 @@ def builds(monkeypatch):
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_config", classmethod(spy))
     return built
-
-
-def refused(inbox, tmp_path, forget_file, capsys, monkeypatch, reason):
-    """Run the client on ``inbox`` with training stubbed out; check that it exits 2 naming a file of
-    the inbox and ``reason``, trained nothing and wrote nothing."""
-    import mpu.client.unlearn as client_unlearn
-
-    trained = []
-    monkeypatch.setattr(client_unlearn.UnlearnJob, "run", lambda *a, **k: trained.append(1))
-    code = run_client(inbox, tmp_path / "returns", forget_file)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert reason in err
-    assert str(inbox) in err
-    assert "Traceback" not in err
-    assert not trained
-    assert not (tmp_path / "returns").exists()
 
 
 # 1. only the architectures the server can publish; nothing sized by the config alone
