@@ -173,13 +173,19 @@ def test_default_learning_rate_on_a_tiny_model_prints_a_hint(tmp_path, tiny_mode
     assert "hint:" not in capsys.readouterr().err
 
 
-def test_client_unlearn_prints_the_hint_for_the_default_learning_rate(one_round, tmp_path, capsys):
-    work, _ = one_round
-    outbox = tmp_path / "o2"
+def _next_publication(one_round, tmp_path):
+    """(the next round's outbox, a one-row forget file) after aggregating the first round's returns."""
+    work, returns = one_round
+    outbox = tmp_path / "outbox"
     forget = tmp_path / "f.jsonl"
     forget.write_text(json.dumps({"question": "Where was Ana Lind born?", "answer": "In Porto Vell."}) + "\n")
-    main(["server", "aggregate", "--workdir", str(work), "--returns", str(one_round[1])])
+    main(["server", "aggregate", "--workdir", str(work), "--returns", str(returns)])
     main(["server", "publish", "--workdir", str(work), "--out", str(outbox)])
+    return outbox, forget
+
+
+def test_client_unlearn_prints_the_hint_for_the_default_learning_rate(one_round, tmp_path, capsys):
+    outbox, forget = _next_publication(one_round, tmp_path)
     capsys.readouterr()
     assert main(["client", "unlearn", "--inbox", str(outbox), "--forget", str(forget), "--method", "GradAscent",
                  "--max-steps", "1", "--copy", "1", "--no-progress-bar", "--out", str(tmp_path / "r2")]) == 0
@@ -191,12 +197,7 @@ def test_the_hint_never_reads_what_verification_did_not_check(one_round, tmp_pat
     copy-0 sorts first), and its reader refuses what the hostile-input reader refuses."""
     import os
 
-    work, _ = one_round
-    outbox = tmp_path / "o3"
-    forget = tmp_path / "f.jsonl"
-    forget.write_text(json.dumps({"question": "Where was Ana Lind born?", "answer": "In Porto Vell."}) + "\n")
-    main(["server", "aggregate", "--workdir", str(work), "--returns", str(one_round[1])])
-    main(["server", "publish", "--workdir", str(work), "--out", str(outbox)])
+    outbox, forget = _next_publication(one_round, tmp_path)
     (outbox / "copy-0").mkdir()
     os.mkfifo(outbox / "copy-0" / "model.safetensors")   # plain open() would wait on it forever
     capsys.readouterr()
