@@ -138,14 +138,6 @@ TOKENIZER_CLASSES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(TOKENIZER_CLASSES))
-def test_a_tokenizer_class_that_names_no_tokenizer_is_refused(case, outbox, tmp_path, forget_file, capsys, monkeypatch):
-    corrupt, reason = TOKENIZER_CLASSES[case]
-    inbox = inbox_of(outbox, tmp_path)
-    corrupt(inbox)
-    rechecksum(inbox)
-
-    refused(inbox, tmp_path, forget_file, capsys, monkeypatch, reason)
 
 
 def test_a_tokenizer_class_is_resolved_under_each_spelling_autotokenizer_tries(outbox, tmp_path, forget_file, capsys, monkeypatch):
@@ -198,9 +190,10 @@ EXTRA_TENSORS = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(EXTRA_TENSORS))
-def test_a_tensor_of_no_model_tensor_is_refused_before_training(case, outbox, tmp_path, forget_file, capsys, monkeypatch):
-    corrupt, reason = EXTRA_TENSORS[case]
+@pytest.mark.parametrize("case", sorted(TOKENIZER_CLASSES) + sorted(EXTRA_TENSORS))
+def test_a_tokenizer_class_of_no_tokenizer_or_a_tensor_of_no_model_tensor_is_refused_before_training(
+        case, outbox, tmp_path, forget_file, capsys, monkeypatch):
+    corrupt, reason = TOKENIZER_CLASSES.get(case) or EXTRA_TENSORS[case]
     inbox = inbox_of(outbox, tmp_path)
     corrupt(inbox)
     rechecksum(inbox)
