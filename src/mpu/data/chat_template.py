@@ -22,6 +22,8 @@ from mpu.errors import MPUError
 # the time they take, so a hostile template could render for hours. A real template renders one
 # conversation in milliseconds; this bound is far above that and far below "hung".
 CHAT_TEMPLATE_SECONDS = 10.0
+# What every refusal of a template tells the user to do instead.
+FORMAT_ADVICE = "(--prompt-format plain, or a model name with shipped settings; docs/encoding.md)"
 
 
 class _RenderTimeout(BaseException):
@@ -75,8 +77,7 @@ def render_time_limit(seconds: float, source: str):
     except _RenderTimeout:
         armed[0] = False
         raise MPUError(f"{source}: the chat template did not render one conversation within {seconds:g} s "
-                       "(a template with runaway loops); refusing it. Choose the prompt format explicitly "
-                       "(--prompt-format plain, or a model name with shipped settings; docs/encoding.md)") from None
+                       f"(a template with runaway loops); refusing it. Choose the prompt format explicitly {FORMAT_ADVICE}") from None
     finally:
         armed[0] = False
         signal.setitimer(signal.ITIMER_REAL, 0)

@@ -38,7 +38,7 @@ from typing import Any, Sequence
 import torch
 
 from mpu.data.chat_template import (
-    CHAT_TEMPLATE_SECONDS, TemplateTooLarge, render_chat, render_time_limit, template_source,
+    CHAT_TEMPLATE_SECONDS, FORMAT_ADVICE, TemplateTooLarge, render_chat, render_time_limit, template_source,
 )
 from mpu.errors import InputError, MPUError
 
@@ -261,8 +261,7 @@ class Encoder:
             if not template:
                 # an error only when a question is rendered: MUSE's and WMDP's own prompts need no template
                 name = getattr(tokenizer, "name_or_path", "") or "this model"
-                self._missing = (f"the tokenizer of {name} has no chat template: choose the prompt format explicitly "
-                                 "(--prompt-format plain, or a model name with shipped settings; docs/encoding.md)")
+                self._missing = f"the tokenizer of {name} has no chat template: choose the prompt format explicitly {FORMAT_ADVICE}"
             elif "strftime_now" in template:
                 date = _pinned_date(self.format.date_string)
                 if date is None:
@@ -294,8 +293,7 @@ class Encoder:
             raise
         except TemplateTooLarge as err:
             raise MPUError(f"{source}: the chat template {err}; refusing it (a template that inflates what it "
-                           "renders). Choose the prompt format explicitly (--prompt-format plain, or a model name with "
-                           "shipped settings; docs/encoding.md)") from None
+                           f"renders). Choose the prompt format explicitly {FORMAT_ADVICE}") from None
         except Exception as err:  # jinja's TemplateError (raise_exception), missing roles, ...
             raise MPUError(f"{source}: the chat template cannot render this conversation "
                            f"({type(err).__name__}: {_first_line(err)})") from None
