@@ -41,6 +41,7 @@ PARTY_FILE_MODE = 0o600
 MAX_MANIFEST_BYTES = 1 << 20  # a manifest of 1000 copies is ~150 kB
 MAX_MODEL_FILE_BYTES = 64 << 20  # tokenizer.json of large-vocabulary models is ~10-35 MB
 MAX_FOLDER_ENTRIES = 10_000  # a copy or an update folder: a 1T-parameter model in 5 GB shards is ~400 files
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")   # \ud800-\udfff: a JSON escape of a UTF-16 surrogate
 _SHARD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}\.safetensors$")
 _CODE_SUFFIXES = (".py", ".pyc", ".so", ".sh")
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib", ".npy", ".npz")
@@ -118,7 +119,8 @@ def parse_json(raw: bytes, path: str | Path, what: str = "JSON file") -> Any:
     try:
         data = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_no_constant,
                           parse_float=_finite_float, parse_int=_float_sized_int)
-        json.dumps(data, ensure_ascii=False).encode("utf-8")   # a lone surrogate anywhere fails here
+        if _SURROGATE_ESCAPE.search(raw):   # only an escape can make one (UTF-8 text cannot hold it)
+            json.dumps(data, ensure_ascii=False).encode("utf-8")   # a lone surrogate anywhere fails here
         return data
     except UnicodeEncodeError:
         raise InputError(path, f"{what} holds a string with a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text") from None
