@@ -235,19 +235,15 @@ class _Conversion:
     that fuse per-expert tensors (``...experts.3.w1.weight``) into one (``...experts.gate_up_proj``)."""
 
     def __init__(self, model, config, shapes: dict[str, tuple[int, ...]]):
-        from transformers.conversion_mapping import get_model_conversion_mapping
-        from transformers.core_model_loading import WeightConverter, WeightRenaming
-
         from mpu.reparam import ARCHITECTURES
+        from mpu.reparam.base import checkpoint_conversion
         from mpu.reparam.moe import MoeAdapter
 
-        conversions = get_model_conversion_mapping(model)
         self.shapes = shapes
-        self.renamings = [c for c in conversions if isinstance(c, WeightRenaming)]
+        self.renamings, converters, self.prefix = checkpoint_conversion(model)
         family = ARCHITECTURES.get(config.model_type) if config.model_type in ARCHITECTURES.names() else None
         moe = isinstance(family, type) and issubclass(family, MoeAdapter)
-        self.converters = [c for c in conversions if isinstance(c, WeightConverter)] if moe else []
-        self.prefix = getattr(model, "base_model_prefix", None) or None
+        self.converters = converters if moe else []
 
     def target(self, name: str) -> tuple[str, Any, str | None]:
         """(the model tensor ``name`` loads into, the converter that fuses it or None, the source

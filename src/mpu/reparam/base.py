@@ -83,17 +83,12 @@ class BlockLayout:
         self.prefix, self.num_blocks = _find_blocks(model, config, self.model_type)
         self._block = re.compile(rf"^{re.escape(self.prefix)}\.(\d+)\.")
         try:
-            from transformers.conversion_mapping import get_model_conversion_mapping
-
-            conversions = get_model_conversion_mapping(model)
+            self._renamings, self._converters, self._base_prefix = checkpoint_conversion(model)
         except Exception as err:  # a conversion table transformers itself cannot build for this model
             raise UnsupportedArchitectureError(
                 f"{self.model_type}: transformers cannot give the checkpoint-name conversion of this model "
                 f"({type(err).__name__}: {err})"
             ) from None
-        self._renamings = [c for c in conversions if isinstance(c, WeightRenaming)]
-        self._converters = [c for c in conversions if isinstance(c, WeightConverter)]
-        self._base_prefix = getattr(model, "base_model_prefix", None) or None
         self._own = {name: True for name in model.state_dict()}
         self._own.update({name: True for name, _ in model.named_buffers()})
         self._model_names: dict[str, str] = {}
@@ -157,6 +152,18 @@ def _name_list(names: Iterable[str]) -> list[str]:
     if isinstance(names, str):
         raise TypeError("expected an iterable of tensor names, not one string")
     return list(names)
+
+
+def checkpoint_conversion(model: torch.nn.Module) -> tuple[list, list, str | None]:
+    """How transformers loads checkpoint names into ``model`` (``get_model_conversion_mapping``): its
+    renamings (Pythia's ``embed_out`` is ``lm_head``), its converters (MoE per-expert tensors fused
+    into one) and the base-model prefix, the arguments ``rename_source_key`` takes. Raises what
+    transformers raises for a model it has no table for."""
+    from transformers.conversion_mapping import get_model_conversion_mapping
+
+    conversions = get_model_conversion_mapping(model)
+    return ([c for c in conversions if isinstance(c, WeightRenaming)], [c for c in conversions if isinstance(c, WeightConverter)],
+            getattr(model, "base_model_prefix", None) or None)
 
 
 def _meta_model(config: transformers.PretrainedConfig) -> torch.nn.Module:
