@@ -389,11 +389,9 @@ def test_errors_name_the_file_the_chat_template_came_from(tmp_path):
     assert messages[1].startswith(f"{in_config}/tokenizer_config.json (chat_template): the chat template cannot")
 
 
-def test_a_chat_template_that_swallows_the_time_bound_is_still_refused(monkeypatch):
+def test_a_chat_template_that_swallows_exceptions_is_still_refused_at_the_time_bound(monkeypatch):
     # arrange: Jinja's `sequence` test runs len(loop), which reads the loop's iterator (template code, slow
-    # here) inside `except Exception`; the alarm comes there, then the template runs loops after it
-    import signal
-
+    # here) inside `except Exception`; then the template runs loops after it
     import mpu.data.qa as qa
 
     hostile = ("{% set L = [none] * 50000 %}{% for x in range(100) | map('default', L) %}"
@@ -403,38 +401,96 @@ def test_a_chat_template_that_swallows_the_time_bound_is_still_refused(monkeypat
     tokenizer = make_tokenizer(hostile)
     tokenizer.name_or_path = "/inbox/copy-1"
     monkeypatch.setattr(qa, "CHAT_TEMPLATE_SECONDS", 0.2)
-    handler = signal.getsignal(signal.SIGALRM)
 
     # act
     with pytest.raises(MPUError) as refused:
         Encoder(tokenizer, PromptFormat(format="chat")).render("Who wrote Hamlet?", "Shakespeare")
 
-    # assert: refused by the time bound, naming the file; the handler restored and the timer cleared
+    # assert: refused by the time bound, naming the file
     assert str(refused.value).startswith("/inbox/copy-1/tokenizer_config.json (chat_template): the chat template "
                                          "did not render one conversation within 0.2 s")
-    assert signal.getsignal(signal.SIGALRM) is handler
-    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
-def test_the_time_bound_is_raised_again_when_code_catches_it():
-    # arrange: code that catches everything, the alarm included, then goes on
-    import signal
-    import time
+# Operations no sandbox hook sees and no signal can interrupt (one C-level call each): what only the renderer
+# process's wall-clock kill and memory cap bound.
+SELF_REFERENTIAL_COMPARISON = (   # two lists each doubled 31 times into itself: '==' walks 2^31 leaves in one
+    "{% set ns = namespace(a=[1], b=[1]) %}"   # C call, about 45 s here (finite, so that a regression fails)
+    "{% for i in range(31) %}{% set ns.a = [ns.a, ns.a] %}{% set ns.b = [ns.b, ns.b] %}{% endfor %}"
+    "{% set same = ns.a == ns.b %}{{ messages[0]['content'] }}")
+SLICES_IN_A_LITERAL = (           # 120 copies of a 900,000-character string (108 MB), built outside every hook
+    "{% set s = 'x' * 900000 %}{% set kept = [" + ", ".join(f"s[{i}:]" for i in range(1, 121)) + "] %}"
+    "{{ messages[0]['content'] }}")
+
+
+def test_a_chat_template_busy_in_one_uninterruptible_operation_is_killed_at_the_time_bound(monkeypatch):
+    # arrange
+    import os
+
+    import mpu.data.qa as qa
+
+    tokenizer = make_tokenizer(SELF_REFERENTIAL_COMPARISON)
+    tokenizer.name_or_path = "/inbox/copy-1"
+    monkeypatch.setattr(qa, "CHAT_TEMPLATE_SECONDS", 0.5)
 
     # act
     with pytest.raises(MPUError) as refused:
-        with chat_template.render_time_limit(0.05, "/inbox/copy-1/chat_template.jinja"):
-            try:
-                time.sleep(1)
-            except BaseException:
-                pass
-            time.sleep(1)
+        Encoder(tokenizer, PromptFormat(format="chat")).render("Who wrote Hamlet?", "Shakespeare")
+    busy = chat_template._RENDERER._process
 
-    # assert: the repeated alarm ends it, as the MPUError naming the file; nothing of the bound is left
-    assert str(refused.value).startswith("/inbox/copy-1/chat_template.jinja: the chat template did not render "
-                                         "one conversation within 0.05 s")
-    assert "--prompt-format plain" in str(refused.value)
-    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    # assert: refused naming the file; the busy renderer is gone; the next conversation renders in a new one
+    assert str(refused.value).startswith("/inbox/copy-1/tokenizer_config.json (chat_template): the chat template "
+                                         "did not render one conversation within 0.5 s")
+    assert busy is None
+    prompt, full = Encoder(make_tokenizer(), PromptFormat(format="chat")).render("Who wrote Hamlet?", "Shakespeare")
+    assert full.startswith(prompt) and "Shakespeare" in full
+    assert chat_template._RENDERER._process.pid != os.getpid()
+
+
+def test_a_chat_template_that_builds_out_of_sight_of_the_hooks_is_stopped_at_the_memory_cap(monkeypatch):
+    # arrange: a cap of 64 MB, which the template's 108 MB of slices pass without any hook seeing them
+    import resource
+
+    monkeypatch.setattr(chat_template, "CHAT_TEMPLATE_MEMORY_BYTES", 64 * 2**20)
+    tokenizer = make_tokenizer(SLICES_IN_A_LITERAL)
+    tokenizer.name_or_path = "/inbox/copy-1"
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    # act
+    with pytest.raises(MPUError) as refused:
+        Encoder(tokenizer, PromptFormat(format="chat")).render("Who wrote Hamlet?", "Shakespeare")
+
+    # assert: refused naming the file and the cap, built in the renderer, not in this process
+    message = str(refused.value)
+    assert message.startswith("/inbox/copy-1/tokenizer_config.json (chat_template): the chat template ")
+    assert "0.0625 GiB" in message and "--prompt-format plain" in message
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 30 * 1024   # KB: far below 108 MB
+
+
+def test_the_time_bound_holds_outside_the_main_thread(monkeypatch):
+    # arrange: the old in-process bound was a SIGALRM, which only the main thread can take
+    import threading
+
+    import mpu.data.qa as qa
+
+    tokenizer = make_tokenizer("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}")
+    tokenizer.name_or_path = "/inbox/copy-1"
+    monkeypatch.setattr(qa, "CHAT_TEMPLATE_SECONDS", 0.3)
+    errors = []
+
+    def encode():
+        try:
+            Encoder(tokenizer, PromptFormat(format="chat")).render("Who wrote Hamlet?", "Shakespeare")
+        except MPUError as err:
+            errors.append(str(err))
+
+    # act
+    worker = threading.Thread(target=encode, daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+
+    # assert
+    assert not worker.is_alive()
+    assert len(errors) == 1 and "did not render one conversation within 0.3 s" in errors[0]
 
 
 @pytest.mark.parametrize("unprintable", [

@@ -37,9 +37,7 @@ from typing import Any, Sequence
 
 import torch
 
-from mpu.data.chat_template import (
-    CHAT_TEMPLATE_SECONDS, FORMAT_ADVICE, TemplateTooLarge, render_chat, render_time_limit, template_source,
-)
+from mpu.data.chat_template import CHAT_TEMPLATE_SECONDS, FORMAT_ADVICE, render_conversation, template_source
 from mpu.errors import InputError, MPUError
 
 
@@ -223,17 +221,6 @@ def pin_strftime(template: str, date: datetime.date) -> str:
 # --- the encoder ------------------------------------------------------------------------------------
 
 
-def _first_line(err: BaseException) -> str:
-    """The first line of ``err``'s message (at most 300 characters), or a note when it cannot be made (the
-    error's type is named beside it): a template's exception can carry what ``str()`` refuses
-    (raise_exception([10 ** 5000]) raises ValueError; a deeply nested list, RecursionError)."""
-    try:
-        text = str(err)
-        return text.splitlines()[0][:300] if text else ""
-    except Exception:   # RecursionError included
-        return "a message that cannot be printed"
-
-
 class Encoder:
     """Token ids and labels of question/answer rows for one tokenizer, format and length policy.
 
@@ -283,20 +270,9 @@ class Encoder:
             return prompt, None if answer is None else prompt + answer
         messages = ([{"role": "system", "content": fmt.system_prompt}] if fmt.system_prompt else []) + \
                    [{"role": "user", "content": question}]
-        source = self._source()
-        try:
-            with render_time_limit(CHAT_TEMPLATE_SECONDS, source):
-                prompt = self._render_chat(messages, add_generation_prompt=True)
-                full = None if answer is None else self._render_chat(
-                    messages + [{"role": "assistant", "content": answer}], add_generation_prompt=False)
-        except MPUError:
-            raise
-        except TemplateTooLarge as err:
-            raise MPUError(f"{source}: the chat template {err}; refusing it (a template that inflates what it "
-                           f"renders). Choose the prompt format explicitly {FORMAT_ADVICE}") from None
-        except Exception as err:  # jinja's TemplateError (raise_exception), missing roles, ...
-            raise MPUError(f"{source}: the chat template cannot render this conversation "
-                           f"({type(err).__name__}: {_first_line(err)})") from None
+        prompt = self._render_chat(messages, add_generation_prompt=True)
+        full = None if answer is None else self._render_chat(
+            messages + [{"role": "assistant", "content": answer}], add_generation_prompt=False)
         if full is not None and not full.startswith(prompt):
             raise MPUError("the chat template renders the generation prompt differently from the conversation "
                            "(the prompt is not a prefix of the rendered conversation); use --prompt-format plain")
@@ -305,11 +281,13 @@ class Encoder:
     def _render_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
         """The conversation through the chat template, as ``apply_chat_template(tokenize=False)`` renders it
         (transformers' environment, the same variables: the special tokens, ``date_string``, ``tools`` and
-        ``documents`` None), within the size bounds of :func:`mpu.data.chat_template.render_chat`, checked
-        before anything tokenizes them."""
+        ``documents`` None), in the renderer process of :func:`mpu.data.chat_template.render_conversation`:
+        within its size bounds (checked before anything tokenizes the text), CHAT_TEMPLATE_SECONDS per
+        conversation and its memory cap; MPUError naming the template's file otherwise."""
         variables = {**dict(getattr(self.tokenizer, "special_tokens_map", None) or {}),
                      "date_string": self.format.date_string}
-        return render_chat(self._template, messages, add_generation_prompt, variables)
+        return render_conversation(self._template, messages, add_generation_prompt, variables,
+                                   CHAT_TEMPLATE_SECONDS, self._source())
 
     def _source(self) -> str:
         if self._source_name is None:
