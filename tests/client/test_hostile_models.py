@@ -317,3 +317,28 @@ def test_a_copy_whose_tokens_fall_outside_the_vocabulary_is_refused_before_any_c
     assert code == 2, err
     assert f"{inbox / 'copy-2'}: copy 2: its tokenizer gives token id 320, outside the model's vocabulary of 320" in err
     assert not (tmp_path / "returns").exists()
+
+
+# A regular expression that backtracks on every row (onig, the engine tokenizers uses, gives up after its
+# retry limit and the Rust code panics: a pyo3 PanicException, a BaseException that `except Exception` lets
+# through as a traceback)
+BACKTRACKING = {"Regex": "(\\w+\\s?)+$"}
+
+
+@pytest.mark.parametrize("part, value", [
+    ("pre_tokenizer", {"type": "Split", "pattern": BACKTRACKING, "behavior": "Isolated", "invert": False}),
+    ("normalizer", {"type": "Replace", "pattern": BACKTRACKING, "content": "x"}),
+], ids=["pre-tokenizer", "normalizer"])
+def test_a_copy_whose_tokenizer_regex_fails_on_the_rows_is_refused_before_any_copy_trains(
+        outbox, tmp_path, forget_file, capsys, part, value):  # noqa: F811
+    inbox = inbox_of(outbox, tmp_path)
+    edit_json(inbox / "copy-2" / "tokenizer.json", **{part: value})
+    rechecksum(inbox)
+
+    code = run_client(inbox, tmp_path / "returns", forget_file)
+
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"{inbox / 'copy-2'}: copy 2: its tokenizer and chat template cannot encode this run's rows" in err
+    assert "retry-limit-in-match" in err and "Traceback" not in err
+    assert not (tmp_path / "returns").exists()

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from mpu.data import chat_template
+from mpu.data import chat_template, isolated
 from mpu.data.qa import Encoder, LengthPolicy, PromptFormat, encode_qa, load_qa_rows
 from mpu.data.templates import MODEL_FORMATS, resolve_format
 from mpu.errors import MPUError
@@ -435,7 +435,7 @@ def test_a_chat_template_busy_in_one_uninterruptible_operation_is_killed_at_the_
     # act
     with pytest.raises(MPUError) as refused:
         Encoder(tokenizer, PromptFormat(format="chat")).render("Who wrote Hamlet?", "Shakespeare")
-    busy = chat_template._RENDERER._process
+    busy = isolated._CHILD._process
 
     # assert: refused naming the file; the busy renderer is gone; the next conversation renders in a new one
     assert str(refused.value).startswith("/inbox/copy-1/tokenizer_config.json (chat_template): the chat template "
@@ -443,14 +443,14 @@ def test_a_chat_template_busy_in_one_uninterruptible_operation_is_killed_at_the_
     assert busy is None
     prompt, full = Encoder(make_tokenizer(), PromptFormat(format="chat")).render("Who wrote Hamlet?", "Shakespeare")
     assert full.startswith(prompt) and "Shakespeare" in full
-    assert chat_template._RENDERER._process.pid != os.getpid()
+    assert isolated._CHILD._process.pid != os.getpid()
 
 
 def test_a_chat_template_that_builds_out_of_sight_of_the_hooks_is_stopped_at_the_memory_cap(monkeypatch):
     # arrange: a cap of 64 MB, which the template's 108 MB of slices pass without any hook seeing them
     import resource
 
-    monkeypatch.setattr(chat_template, "CHAT_TEMPLATE_MEMORY_BYTES", 64 * 2**20)
+    monkeypatch.setattr(isolated, "ISOLATED_MEMORY_BYTES", 64 * 2**20)
     tokenizer = make_tokenizer(SLICES_IN_A_LITERAL)
     tokenizer.name_or_path = "/inbox/copy-1"
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -23,6 +23,7 @@ from mpu.checkpoint import read_json
 from mpu.checkpoint.files import MAX_MANIFEST_BYTES, TOKENIZER_CONFIG
 from mpu.client.inbox import Publication, PublishedCopy, read_publication
 from mpu.client.update import loss_summary, write_dense_update, write_lora_update
+from mpu.data.isolated import mark_other_partys
 from mpu.errors import InputError, MPUError
 from mpu.methods import TrainingConfig
 from mpu.methods.job import UnlearnJob, padding_id
@@ -206,6 +207,7 @@ def _tokenizer(copy_dir: Path):
             raise InputError(copy_dir, f"cannot load the tokenizer ({type(err).__name__}: {str(err)[:300]})") from None
         if not isinstance(tokenizer, PreTrainedTokenizerBase):   # a tokenizer_class that named something else
             raise InputError(copy_dir / TOKENIZER_CONFIG, f"loads a {type(tokenizer).__name__[:60]}, not a tokenizer (tokenizer_class)")
+        mark_other_partys(tokenizer)   # its regular expressions run on each text in a child process first
         _TOKENIZERS[key] = tokenizer
     return _TOKENIZERS[key]
 

@@ -1,13 +1,12 @@
 """A chat template is Jinja code that came with the model: for a client, from the other party. It is
 rendered here as ``apply_chat_template(tokenize=False)`` renders it, byte for byte, in transformers' own
-Jinja sandbox, with bounds the sandbox lacks: what one operation may build and what one rendering builds
-in all (``CHAT_TEMPLATE_MAX_CHARS``, ``CHAT_TEMPLATE_BUDGET_CHARS``), checked by sandbox hooks; and, because
-some operations escape every hook, in a child process that is killed past ``CHAT_TEMPLATE_SECONDS`` and
-whose memory is capped at ``CHAT_TEMPLATE_MEMORY_BYTES`` (:func:`render_conversation`). A template beyond
-them is refused with an error naming the file it came from."""
+Jinja sandbox (:func:`render_chat`), with bounds the sandbox lacks: what one operation may build and what
+one rendering builds in all (``CHAT_TEMPLATE_MAX_CHARS``, ``CHAT_TEMPLATE_BUDGET_CHARS``), checked by
+sandbox hooks. Because some operations escape every hook, the encoder calls it in a child process that is
+killed past ``CHAT_TEMPLATE_SECONDS`` and whose memory is capped (:mod:`mpu.data.isolated`). A template
+beyond them is refused with an error naming the file it came from."""
 
 from __future__ import annotations
-import atexit
 import contextvars
 import functools
 import inspect
@@ -23,13 +22,6 @@ from mpu.errors import MPUError
 # the time they take, so a hostile template could render for hours. A real template renders one
 # conversation in milliseconds; this bound is far above that and far below "hung".
 CHAT_TEMPLATE_SECONDS = 10.0
-# What the renderer process may allocate beyond its size once started (about 180 MB of address space:
-# Python, Jinja and transformers' template module). A real conversation renders in a few MB; the size
-# bounds below stop a template near 0.5 GB; this is the backstop for what they cannot see (see the
-# end of this module) and what stops the renderer, not the machine, when it is reached.
-CHAT_TEMPLATE_MEMORY_BYTES = 1 << 30
-# How long the renderer process may take to start (imports; a busy 2-core machine takes a few seconds).
-_RENDERER_START_SECONDS = 120.0
 # What every refusal of a template tells the user to do instead.
 FORMAT_ADVICE = "(--prompt-format plain, or a model name with shipped settings; docs/encoding.md)"
 
@@ -113,10 +105,15 @@ _OBJECT_CHARS = 50
 # compares 2^40 leaves), hashing of such self-referential tuples (a dict key, a set), subscripts and slices
 # kept in a literal ([s[1:], s[2:], ...] builds a copy each, outside any hook), and big-integer division or
 # conversion within the allowed sizes. A signal cannot interrupt them either (a handler runs between
-# bytecodes). So the rendering itself runs in a child process (TemplateRenderer, below): the parent waits
-# at most CHAT_TEMPLATE_SECONDS for each conversation and kills the child past it, and the child's address
-# space is capped (RLIMIT_AS) at CHAT_TEMPLATE_MEMORY_BYTES above its start-up size. The hooks stay: they
-# refuse most inflation with a message saying which operation, long before either backstop.
+# bytecodes). So the rendering itself runs in a child process (mpu.data.isolated): the parent waits at
+# most CHAT_TEMPLATE_SECONDS for each conversation and kills the child past it, and the child's address
+# space is capped (RLIMIT_AS). The hooks stay: they refuse most inflation with a message saying which
+# operation, long before either backstop.
+
+
+# The size bounds, by name: the parent sends its values with each template, and the child applies them.
+BOUND_NAMES = ("CHAT_TEMPLATE_MAX_CHARS", "CHAT_TEMPLATE_BUDGET_CHARS", "CHAT_TEMPLATE_MAX_SOURCE_CHARS",
+               "CHAT_TEMPLATE_MAX_NODES")
 
 
 class TemplateTooLarge(Exception):
@@ -487,278 +484,3 @@ def render_chat(template: str, messages: list[dict[str, str]], add_generation_pr
         raise TemplateTooLarge(f"renders {len(text):,} characters for one conversation; the limit is "
                                f"{CHAT_TEMPLATE_MAX_CHARS:,}")
     return text
-
-
-# --- the renderer process ------------------------------------------------------------------------------
-
-# The bounds the parent sends with each template, so that the child applies the parent's values.
-_LIMIT_NAMES = ("CHAT_TEMPLATE_MAX_CHARS", "CHAT_TEMPLATE_BUDGET_CHARS", "CHAT_TEMPLATE_MAX_SOURCE_CHARS",
-                "CHAT_TEMPLATE_MAX_NODES")
-# The child's source root (the folder holding the mpu package), put first on its path, so that the child
-# imports this very module however mpu was installed or put on the path.
-_PACKAGE_ROOT = Path(__file__).resolve().parents[2]
-_CHILD_CODE = ("import sys; sys.path.insert(0, sys.argv[1]); "
-               "from mpu.data.chat_template import _serve; _serve(int(sys.argv[2]))")
-
-
-def first_line(err: BaseException) -> str:
-    """The first line of ``err``'s message (at most 300 characters), or a note when it cannot be made (the
-    error's type is named beside it): a template's exception can carry what ``str()`` refuses
-    (raise_exception([10 ** 5000]) raises ValueError; a deeply nested list, RecursionError)."""
-    try:
-        text = str(err)
-        return text.splitlines()[0][:300] if text else ""
-    except Exception:   # RecursionError included
-        return "a message that cannot be printed"
-
-
-def _reply_limit() -> int:
-    """The longest reply line, in bytes: the text at its bound, each character a JSON surrogate pair."""
-    return 12 * CHAT_TEMPLATE_MAX_CHARS + 4096
-
-
-def _render_reply(template: str, request: dict[str, Any]) -> dict[str, Any]:
-    """The child's answer to one rendering request: ``{"text"}``, or what stopped it."""
-    try:
-        return {"text": render_chat(template, request["messages"], request["add_generation_prompt"],
-                                    request["variables"])}
-    except TemplateTooLarge as err:
-        return {"too_large": str(err)}
-    except MemoryError:
-        return {"memory": True}
-    except Exception as err:   # Jinja's TemplateError (raise_exception), a missing role, RecursionError, ...
-        return {"error": type(err).__name__, "message": first_line(err)}
-
-
-def _cap_memory(extra_bytes: int) -> None:
-    """Cap this process's address space (RLIMIT_AS) at its present size plus ``extra_bytes``. Linux only
-    (the size is read from /proc/self/statm); elsewhere the time bound and the size hooks remain."""
-    import os
-
-    try:
-        import resource
-
-        with open("/proc/self/statm", encoding="ascii") as statm:
-            size = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-        resource.setrlimit(resource.RLIMIT_AS, (size + extra_bytes, size + extra_bytes))
-    except (ImportError, OSError, ValueError):
-        pass
-
-
-def _serve(memory_bytes: int) -> None:
-    """The renderer process's loop (started by :class:`TemplateRenderer`): one JSON line in, one JSON line
-    out. A line holding ``template`` (and ``limits``, the parent's bounds) sets the template; any other
-    line is a rendering request and gets :func:`_render_reply`'s answer. Ends when stdin closes."""
-    import json
-    import sys
-
-    send = sys.stdout.buffer
-    try:
-        _bounded_environment()   # the imports, before the memory cap
-    except MPUError as err:
-        send.write(json.dumps({"fatal": str(err)}).encode("ascii") + b"\n")
-        send.flush()
-        return
-    _cap_memory(memory_bytes)
-    send.write(b'{"ready": true}\n')
-    send.flush()
-    template = ""
-    for line in sys.stdin.buffer:
-        request = json.loads(line)
-        if "template" in request:
-            globals().update({name: int(request["limits"][name]) for name in _LIMIT_NAMES})
-            _bounded_template.cache_clear()   # compiled under the previous bounds
-            template = request["template"]
-            continue
-        send.write(json.dumps(_render_reply(template, request)).encode("ascii") + b"\n")
-        send.flush()
-
-
-class TemplateRenderer:
-    """Renders chat templates in a child Python process, one conversation at a time, for this process.
-
-    The child (``python -P -c``, its own session, stderr discarded) imports this module, caps its address
-    space at CHAT_TEMPLATE_MEMORY_BYTES above its start-up size and renders with :func:`render_chat`. The
-    parent sends a template once (with the size bounds it holds), then one JSON line per conversation,
-    and waits at most the given seconds for the reply; past that, or when the child dies or replies
-    nonsense, the child is killed and the next conversation starts a new one. Only JSON crosses the pipe,
-    so even a child taken over by a template could return no more than a string. Thread-safe (one lock);
-    a forked process starts its own child.
-    """
-
-    def __init__(self):
-        import threading
-
-        self._lock = threading.Lock()
-        self._process = None
-        self._replies = None
-        self._owner = None      # the pid that started the child
-        self._memory = None     # the memory cap it was started with
-        self._loaded = None     # (template, bounds) the child holds
-
-    def render(self, template: str, messages: list[dict[str, str]], add_generation_prompt: bool,
-               variables: dict[str, Any], seconds: float, source: str) -> str:
-        """The conversation's text, as :func:`render_chat` renders it. Raises MPUError naming ``source``
-        (the template's file) when the template fails, builds too much, needs more
-        than CHAT_TEMPLATE_MEMORY_BYTES, takes more than ``seconds`` (wall clock), or the renderer process
-        cannot start."""
-        request = {"messages": messages, "add_generation_prompt": add_generation_prompt, "variables": variables}
-        with self._lock:
-            try:
-                self._start_if_needed()
-                bounds = {name: globals()[name] for name in _LIMIT_NAMES}
-                if self._loaded != (template, bounds):
-                    self._send({"template": template, "limits": bounds})
-                    self._loaded = (template, bounds)
-                self._send(request)
-                reply = self._reply(seconds)
-            except BaseException:   # a timeout, a dead child, Ctrl-C: the child's state is unknown
-                self.close()
-                raise
-        return _text_of(reply, source, seconds)
-
-    def close(self) -> None:
-        """Stop the child (if this process started it); the next rendering starts a new one."""
-        import os
-
-        process, self._process, self._loaded = self._process, None, None
-        if process is None or self._owner != os.getpid():
-            return
-        process.kill()
-        process.wait()
-        for stream in (process.stdin, process.stdout):
-            try:
-                stream.close()
-            except OSError:
-                pass
-
-    def _start_if_needed(self) -> None:
-        import os
-        import queue
-        import subprocess
-        import sys
-        import threading
-
-        if self._owner != os.getpid():   # a fork: the parent's child and pipes are not ours
-            self._process, self._loaded = None, None
-        if self._process is not None and self._process.poll() is None and self._memory == CHAT_TEMPLATE_MEMORY_BYTES:
-            return
-        self.close()
-        try:
-            process = subprocess.Popen([sys.executable, "-P", "-c", _CHILD_CODE, str(_PACKAGE_ROOT),
-                                        str(CHAT_TEMPLATE_MEMORY_BYTES)],
-                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                       start_new_session=True)   # Ctrl-C goes to the parent, which stops it
-        except OSError as err:
-            raise MPUError(f"cannot start the chat template renderer ({err}); use --prompt-format plain") from None
-        self._process, self._owner, self._memory = process, os.getpid(), CHAT_TEMPLATE_MEMORY_BYTES
-        self._replies = queue.Queue()
-        threading.Thread(target=_read_lines, args=(process.stdout, self._replies, _reply_limit()),
-                         daemon=True, name="mpu-chat-template").start()
-        try:
-            ready = self._reply(_RENDERER_START_SECONDS, starting=True)
-        except _TimedOut:
-            raise MPUError(f"the chat template renderer did not start within {_RENDERER_START_SECONDS:g} s") from None
-        if ready != {"ready": True}:
-            why = ready.get("fatal") if isinstance(ready, dict) else None
-            raise MPUError(str(why or "the chat template renderer did not start"))
-
-    def _send(self, message: dict[str, Any]) -> None:
-        import json
-
-        try:
-            self._process.stdin.write(json.dumps(message, default=str).encode("ascii") + b"\n")
-            self._process.stdin.flush()
-        except OSError:   # the child died: its exit is reported by the reply that does not come
-            pass
-
-    def _reply(self, seconds: float, starting: bool = False) -> Any:
-        import json
-        import queue
-
-        try:
-            line = self._replies.get(timeout=seconds)
-        except queue.Empty:
-            raise _TimedOut() from None
-        try:
-            if not line.endswith(b"\n"):
-                raise ValueError
-            return json.loads(line)
-        except ValueError:   # EOF, a line past the limit, or not JSON: the child is gone or not ours
-            self._process.kill()
-            code = self._process.wait()
-            if starting:
-                raise MPUError(f"the chat template renderer did not start (exit code {code}; "
-                               "`python -c 'import mpu.data.chat_template'` shows why)") from None
-            raise _Stopped(code) from None
-
-
-class _TimedOut(Exception):
-    pass
-
-
-class _Stopped(Exception):
-    def __init__(self, code: int):
-        super().__init__(code)
-        self.code = code
-
-
-def _read_lines(stream, replies, limit: int) -> None:
-    """The child's stdout, line by line (at most ``limit`` bytes each), into ``replies``; ends at EOF or a
-    line past the limit (which is passed on without its newline)."""
-    while True:
-        try:
-            line = stream.readline(limit)
-        except (OSError, ValueError):   # closed by close()
-            line = b""
-        replies.put(line)
-        if not line.endswith(b"\n"):
-            return
-
-
-def _too_large(source: str, why: str) -> MPUError:
-    return MPUError(f"{source}: the chat template {why}; refusing it (a template that inflates what it "
-                    f"renders). Choose the prompt format explicitly {FORMAT_ADVICE}")
-
-
-def _text_of(reply: Any, source: str, seconds: float) -> str:
-    """The rendered text of a child's reply, or the MPUError naming ``source`` that it reports."""
-    if isinstance(reply, dict) and isinstance(reply.get("text"), str) and len(reply) == 1:
-        if len(reply["text"]) > CHAT_TEMPLATE_MAX_CHARS:
-            raise _too_large(source, f"renders {len(reply['text']):,} characters for one conversation; the limit "
-                                     f"is {CHAT_TEMPLATE_MAX_CHARS:,}")
-        return reply["text"]
-    if isinstance(reply, dict) and isinstance(reply.get("too_large"), str):
-        raise _too_large(source, reply["too_large"])
-    if isinstance(reply, dict) and reply.get("memory") is True:
-        raise _too_large(source, f"needed more than {CHAT_TEMPLATE_MEMORY_BYTES / 2**30:g} GiB of memory "
-                                 "to render one conversation")
-    if isinstance(reply, dict) and isinstance(reply.get("error"), str) and isinstance(reply.get("message"), str):
-        raise MPUError(f"{source}: the chat template cannot render this conversation "
-                       f"({reply['error'][:100]}: {reply['message'][:300]})")
-    raise MPUError(f"{source}: the chat template renderer replied what is not a rendering; refusing the "
-                   f"template. Choose the prompt format explicitly {FORMAT_ADVICE}")
-
-
-_RENDERER = TemplateRenderer()
-atexit.register(_RENDERER.close)
-
-
-def render_conversation(template: str, messages: list[dict[str, str]], add_generation_prompt: bool,
-                        variables: dict[str, Any], seconds: float, source: str) -> str:
-    """``messages`` through the chat ``template``, as ``apply_chat_template(tokenize=False)`` renders them
-    (see :func:`render_chat`), in this process's renderer process (:class:`TemplateRenderer`): bounded in
-    size by the sandbox hooks, in time by ``seconds`` of wall clock per conversation, and in memory by
-    CHAT_TEMPLATE_MEMORY_BYTES. Raises MPUError naming ``source`` (where the template came from) when it
-    goes past any bound or fails."""
-    try:
-        return _RENDERER.render(template, messages, add_generation_prompt, variables, seconds, source)
-    except _TimedOut:
-        raise MPUError(f"{source}: the chat template did not render one conversation within {seconds:g} s "
-                       f"(a template with runaway loops); refusing it. Choose the prompt format explicitly "
-                       f"{FORMAT_ADVICE}") from None
-    except _Stopped as stopped:
-        raise MPUError(f"{source}: the chat template's renderer process stopped (exit code {stopped.code}) while "
-                       f"rendering one conversation, most likely at its memory cap of "
-                       f"{CHAT_TEMPLATE_MEMORY_BYTES / 2**30:g} GiB; refusing the template. Choose the prompt "
-                       f"format explicitly {FORMAT_ADVICE}") from None

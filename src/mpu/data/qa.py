@@ -37,7 +37,8 @@ from typing import Any, Sequence
 
 import torch
 
-from mpu.data.chat_template import CHAT_TEMPLATE_SECONDS, FORMAT_ADVICE, render_conversation, template_source
+from mpu.data.chat_template import CHAT_TEMPLATE_SECONDS, FORMAT_ADVICE, template_source
+from mpu.data.isolated import TOKENIZER_SECONDS, probe_tokenizer, render_conversation
 from mpu.errors import InputError, MPUError
 
 
@@ -221,6 +222,19 @@ def pin_strftime(template: str, date: datetime.date) -> str:
 # --- the encoder ------------------------------------------------------------------------------------
 
 
+def tokenize(tokenizer, text: str, add_special_tokens: bool,
+             offsets: bool = False) -> tuple[list[int], list[tuple[int, int]] | None]:
+    """(token ids, character spans or None) of ``text``: spans only with ``offsets`` and a fast tokenizer.
+    The other party's tokenizer (:func:`mpu.data.isolated.mark_other_partys`) tokenizes the text in a
+    child process first, within TOKENIZER_SECONDS, so that a regular expression of its files that
+    backtracks or panics is refused there (MPUError naming its tokenizer.json), not run here."""
+    probe_tokenizer(tokenizer, text, add_special_tokens, TOKENIZER_SECONDS)
+    if offsets and getattr(tokenizer, "is_fast", False):
+        encoded = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+        return list(encoded["input_ids"]), [tuple(span) for span in encoded["offset_mapping"]]
+    return list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]), None
+
+
 class Encoder:
     """Token ids and labels of question/answer rows for one tokenizer, format and length policy.
 
@@ -281,7 +295,7 @@ class Encoder:
     def _render_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
         """The conversation through the chat template, as ``apply_chat_template(tokenize=False)`` renders it
         (transformers' environment, the same variables: the special tokens, ``date_string``, ``tools`` and
-        ``documents`` None), in the renderer process of :func:`mpu.data.chat_template.render_conversation`:
+        ``documents`` None), in the child process of :func:`mpu.data.isolated.render_conversation`:
         within its size bounds (checked before anything tokenizes the text), CHAT_TEMPLATE_SECONDS per
         conversation and its memory cap; MPUError naming the template's file otherwise."""
         variables = {**dict(getattr(self.tokenizer, "special_tokens_map", None) or {}),
@@ -296,10 +310,7 @@ class Encoder:
 
     def _tokens(self, text: str) -> tuple[list[int], list[tuple[int, int]] | None]:
         special = self.format.format == "plain"   # chat templates write BOS themselves
-        if getattr(self.tokenizer, "is_fast", False):
-            encoded = self.tokenizer(text, add_special_tokens=special, return_offsets_mapping=True)
-            return list(encoded["input_ids"]), [tuple(span) for span in encoded["offset_mapping"]]
-        return list(self.tokenizer(text, add_special_tokens=special)["input_ids"]), None
+        return tokenize(self.tokenizer, text, special, offsets=True)
 
     def prompt_ids(self, question: str) -> list[int]:
         """The tokens a model is given before it generates: the rendered prompt without trailing spaces

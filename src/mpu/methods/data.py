@@ -19,8 +19,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from mpu.data.qa import (Encoder, LengthPolicy, PromptFormat, QACollator, encoder_for, truncation_summary,
-                         where_of)
+from mpu.data.qa import (Encoder, LengthPolicy, PromptFormat, QACollator, encoder_for, tokenize,
+                         truncation_summary, where_of)
 from mpu.errors import MPUError
 
 logger = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 def _longest_idk(tokenizer) -> str:
     """The shipped "I don't know" answer with the most tokens (the one the length check must pass)."""
-    return max(idk_answers(), key=lambda answer: (len(tokenizer(answer, add_special_tokens=False)["input_ids"]), answer))
+    return max(idk_answers(), key=lambda answer: (len(tokenize(tokenizer, answer, False)[0]), answer))
 
 
 @lru_cache(maxsize=1)
