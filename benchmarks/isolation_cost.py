@@ -3,8 +3,8 @@ in this process and through the child, in the same run.
 
 1. chat templates: conversations rendered by ``render_chat`` here (the bounded sandbox alone) and by
    ``isolated.render_conversation`` (adds the wall-clock kill and the memory cap), a Llama-3-style template;
-2. tokenizers: texts tokenized by a tokenizer of our own, and by the same tokenizer registered as the other
-   party's (each text tokenized in the child first, then here).
+2. tokenizers: texts tokenized by a tokenizer of our own, and by the same files loaded as the other
+   party's (each text tokenized in the child, the ids sent back).
 
     python benchmarks/isolation_cost.py                 # 2,000 conversations, 3 passes each, about 10 s
     python benchmarks/isolation_cost.py --rows 20000
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from mpu.data import chat_template, isolated  # noqa: E402
 from mpu.data.qa import tokenize  # noqa: E402
 from mpu.data.tokenizer import train_tokenizer  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
 
 # The Llama-3.1/3.2 Instruct structure: a dated system header, then header-delimited turns.
 TEMPLATE = (
@@ -99,13 +101,15 @@ def main() -> None:
 
     texts = ours
     own = train_tokenizer(texts[:200], vocab_size=400)
-    other = train_tokenizer(texts[:200], vocab_size=400)
-    isolated.mark_other_partys(other)
-    tokenize(other, texts[0], False)   # the child loads the tokenizer
-    here_s, child_s, ours, theirs = best_of(
-        args.repeats,
-        lambda: [tokenize(own, text, False, offsets=True) for text in texts],
-        lambda: [tokenize(other, text, False, offsets=True) for text in texts])
+    with tempfile.TemporaryDirectory() as folder:   # the same tokenizer, loaded as the client loads a copy's
+        own.save_pretrained(folder)
+        isolated.load_other_partys(folder, "benchmark")
+        other = AutoTokenizer.from_pretrained(folder)
+        isolated.mark_other_partys(other, folder, "benchmark")
+        here_s, child_s, ours, theirs = best_of(
+            args.repeats,
+            lambda: [tokenize(own, text, False, offsets=True) for text in texts],
+            lambda: [tokenize(other, text, False, offsets=True) for text in texts])
     if ours != theirs:
         raise SystemExit("the other party's tokenizer gave different tokens from the same tokenizer of our own")
     report("tokenizer, one text", len(texts), here_s, child_s)

@@ -342,3 +342,41 @@ def test_a_copy_whose_tokenizer_regex_fails_on_the_rows_is_refused_before_any_co
     assert f"{inbox / 'copy-2'}: copy 2: its tokenizer and chat template cannot encode this run's rows" in err
     assert "retry-limit-in-match" in err and "Traceback" not in err
     assert not (tmp_path / "returns").exists()
+
+
+def test_a_tokenizer_class_the_tokenizers_library_does_not_back_is_refused(tmp_path):
+    # arrange: CTRLTokenizer (Python BPE, quadratic in a word's length) from the allowed vocab.json and merges.txt
+    from mpu.client.unlearn import _tokenizer
+
+    (tmp_path / "vocab.json").write_text(json.dumps({"<unk>": 0, "</s>": 1, "a": 2, "a</w>": 3}))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "CTRLTokenizer", "unk_token": "<unk>",
+                                                               "eos_token": "</s>"}))
+
+    # act
+    with pytest.raises(InputError) as refused:
+        _tokenizer(tmp_path)
+
+    # assert
+    assert str(refused.value) == (f"{tmp_path / 'tokenizer_config.json'}: loads a CTRLTokenizer, which the tokenizers "
+                                  "library does not back; a client runs only those (tokenizer_class)")
+
+
+def test_a_tokenizer_whose_load_panics_is_refused_as_an_input_error(outbox, tmp_path, forget_file, capsys):  # noqa: F811
+    # arrange: tokenizers runs the normalizer on each added token marked "normalized" while loading
+    inbox = inbox_of(outbox, tmp_path)
+    path = inbox / "copy-2" / "tokenizer.json"
+    data = json.loads(path.read_text())
+    data["normalizer"] = {"type": "Replace", "pattern": {"Regex": "(.*a){12}c"}, "content": "x"}
+    data["added_tokens"].append({"id": 319, "content": "a" * 40, "single_word": False, "lstrip": False, "rstrip": False,
+                                 "normalized": True, "special": False})
+    path.write_text(json.dumps(data))
+    rechecksum(inbox)
+
+    code = run_client(inbox, tmp_path / "returns", forget_file)
+
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert (f"{inbox / 'copy-2'}: cannot load the tokenizer (PanicException: Onig: Regex search error: "
+            "retry-limit-in-match over)") in err
+    assert "Traceback" not in err and not (tmp_path / "returns").exists()

@@ -4,6 +4,9 @@ an ordinary tokenizer gives the same tokens as one of our own."""
 
 from __future__ import annotations
 
+import json
+import uuid
+
 import pytest
 
 import mpu.data.qa as qa
@@ -17,51 +20,64 @@ TEXTS = ["The author's full name is Jaime Vasquez, a writer of true crime born i
 ROW = TEXTS[0]
 
 
-def other_partys(pre_tokenizer_pattern: str | None = None):
-    """A tiny fast tokenizer registered as the other party's, with a Split pre-tokenizer of that pattern."""
+def other_partys(folder, pre_tokenizer_pattern: str | None = None, **config):
+    """A tiny fast tokenizer saved in ``folder`` (with a Split pre-tokenizer of that pattern, and ``config``
+    in its tokenizer_config.json), loaded as the client loads the other party's: in the child first."""
     from tokenizers import Regex, pre_tokenizers
+    from transformers import AutoTokenizer
 
     tokenizer = train_tokenizer(TEXTS, vocab_size=300)
     if pre_tokenizer_pattern is not None:
         tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(pre_tokenizer_pattern), "isolated")
-    tokenizer.name_or_path = "/inbox/copy-1"
-    isolated.mark_other_partys(tokenizer)
-    return tokenizer
+    tokenizer.save_pretrained(folder)
+    if config:
+        path = folder / "tokenizer_config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **config}))
+    key = uuid.uuid4().hex
+    isolated.load_other_partys(folder, key)
+    loaded = AutoTokenizer.from_pretrained(folder)
+    isolated.mark_other_partys(loaded, folder, key)
+    return loaded
 
 
-def test_a_tokenizer_regex_that_panics_is_refused_in_the_child_and_never_run_here(capfd):
+def test_a_tokenizer_regex_that_panics_is_refused_in_the_child_and_never_run_here(tmp_path, capfd):
     # arrange: backtracking past onig's retry limit: a Rust panic (a BaseException) with a backtrace on stderr
-    tokenizer = other_partys(r"(?:.|.){1,25}(?=\d{5})")
+    tokenizer = other_partys(tmp_path, r"(?:.|.){1,25}(?=\d{5})")
 
     # act
     with pytest.raises(MPUError) as refused:
         tokenize(tokenizer, ROW, False)
 
     # assert: an MPUError naming the file and the reason; no panic here (nothing on this process's stderr)
-    assert str(refused.value).startswith("/inbox/copy-1/tokenizer.json: the tokenizer fails on this run's text "
+    assert str(refused.value).startswith(f"{tmp_path}/tokenizer.json: the tokenizer fails on this run's text "
                                          "(PanicException: Onig: Regex search error: retry-limit-in-match over")
     assert "panicked" not in capfd.readouterr().err
 
 
-def test_a_tokenizer_regex_that_backtracks_for_long_is_killed_at_the_time_bound(monkeypatch):
+def test_a_tokenizer_regex_that_backtracks_for_long_is_killed_at_the_time_bound(tmp_path, monkeypatch):
     # arrange: just under the retry limit at each start, about 0.6 s on this text on a 2-core machine
     monkeypatch.setattr(qa, "TOKENIZER_SECONDS", 0.05)
-    tokenizer = other_partys(r"(?:\w*\s?){1,13}\d{5}")
+    tokenizer = other_partys(tmp_path, r"(?:\w*\s?){1,13}\d{5}")
 
     # act
     with pytest.raises(MPUError) as refused:
         tokenize(tokenizer, ROW * 3, False)
 
     # assert
-    assert str(refused.value) == ("/inbox/copy-1/tokenizer.json: the tokenizer did not tokenize one text within "
+    assert str(refused.value) == (f"{tmp_path}/tokenizer.json: the tokenizer did not tokenize one text within "
                                   "0.05 s (a regular expression that backtracks); refusing it")
     assert isolated._CHILD._process is None   # killed; the next text starts a new child
 
 
 @pytest.mark.parametrize("offsets", [True, False])
-def test_the_other_partys_tokenizer_gives_the_tokens_our_own_copy_gives(offsets):
-    # arrange: the same tokenizer twice (training is deterministic), one registered as the other party's
-    own, theirs = train_tokenizer(TEXTS, vocab_size=300), other_partys()
+@pytest.mark.parametrize("config", [{}, {"split_special_tokens": True}], ids=["plain", "split-special-tokens"])
+def test_the_other_partys_tokenizer_gives_the_tokens_the_same_files_give_here(tmp_path, offsets, config):
+    # arrange: the same files loaded here; split_special_tokens is an option of tokenizer_config.json that
+    # tokenizer.json's text does not hold (a probe built from that text alone tokenized differently)
+    from transformers import AutoTokenizer
+
+    theirs = other_partys(tmp_path, **config)
+    own = AutoTokenizer.from_pretrained(tmp_path)
 
     # act
     ours = [tokenize(own, text, special, offsets) for text in TEXTS for special in (True, False)]
@@ -69,7 +85,119 @@ def test_the_other_partys_tokenizer_gives_the_tokens_our_own_copy_gives(offsets)
 
     # assert: identical ids (and spans); only the registered one is the other party's
     assert probed == ours and ours[0][0]
+    assert (own.tokenize("<|eot|>") == ["<|eot|>"]) is not config   # the option took effect here too
     assert isolated.is_other_partys(theirs) and not isolated.is_other_partys(own)
+
+
+def test_a_tokenizer_that_gives_more_than_one_token_a_byte_is_refused(tmp_path):
+    # arrange: a normalizer that repeats each 'a' 40 times (100,000 characters became 4,000,000 tokens,
+    # 155 MB of Python lists per row in the client)
+    from tokenizers import normalizers
+
+    tokenizer = train_tokenizer(TEXTS, vocab_size=300)
+    tokenizer.backend_tokenizer.normalizer = normalizers.Replace("a", "a" * 40)
+    tokenizer.save_pretrained(tmp_path)
+    isolated.load_other_partys(tmp_path, "expanding")
+    isolated.mark_other_partys(tokenizer, tmp_path, "expanding")
+
+    # act
+    with pytest.raises(MPUError) as refused:
+        tokenize(tokenizer, "a" * 1000, False)
+
+    # assert
+    assert str(refused.value).startswith(f"{tmp_path}/tokenizer.json: the tokenizer gives ")
+    assert "tokens for a text of 1,000 characters (the bound is one per UTF-8 byte and 64, 1,064); refusing it" in str(refused.value)
+
+
+def test_loading_a_tokenizer_whose_added_tokens_make_its_normalizer_panic_is_refused_in_the_child(tmp_path):
+    # arrange: tokenizers normalizes each added token marked "normalized" while it loads the file
+    from tokenizers import normalizers, Regex
+
+    tokenizer = train_tokenizer(TEXTS, vocab_size=300)
+    tokenizer.backend_tokenizer.normalizer = normalizers.Replace(Regex("(.*a){12}c"), "x")
+    tokenizer.save_pretrained(tmp_path)
+    data = json.loads((tmp_path / "tokenizer.json").read_text())
+    data["added_tokens"].append({"id": 300, "content": "a" * 40, "single_word": False, "lstrip": False,
+                                 "rstrip": False, "normalized": True, "special": False})
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data))
+
+    # act
+    with pytest.raises(MPUError) as refused:
+        isolated.load_other_partys(tmp_path, "panics-on-load")
+
+    # assert
+    assert str(refused.value) == (f"{tmp_path}: cannot load the tokenizer (PanicException: Onig: Regex search "
+                                  "error: retry-limit-in-match over)")
+
+
+def test_a_child_busy_past_the_deadline_is_not_waited_for_while_writing():
+    # arrange: a child inside one long C call, and a request larger than the pipe holds (64 KiB)
+    import time
+
+    from mpu.data import chat_template
+
+    child = isolated.Isolated()
+    child.ask(None, {"loaded": True}, 60)   # started
+    bounds = {name: getattr(chat_template, name) for name in chat_template.BOUND_NAMES}
+    child._send({"template": BUSY, "limits": bounds}, time.monotonic() + 5)
+    child._send({"messages": [], "add_generation_prompt": True, "variables": {}}, time.monotonic() + 5)
+    time.sleep(0.5)   # the comparison has started; no reply is read
+
+    # act
+    started = time.monotonic()
+    with pytest.raises(isolated._TimedOut):
+        child._send({"text": "x" * 1_000_000, "special": False, "offsets": False}, time.monotonic() + 0.5)
+    waited = time.monotonic() - started
+    child.close()
+
+    # assert: the write gave up at its deadline
+    assert waited < 5
+
+
+def test_the_child_dies_with_its_parent(tmp_path):
+    # arrange: a parent process whose child is inside one long C call, killed with SIGKILL (no cleanup runs)
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import sys\n"
+        "from mpu.data import isolated\n"
+        "isolated.render_conversation('{{ 1 }}', [], True, {}, 60, 'x')\n"
+        "print(isolated._CHILD._process.pid, flush=True)\n"
+        f"isolated.render_conversation({BUSY!r}, [], True, {{}}, 600, 'x')\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(isolated._PACKAGE_ROOT)})
+    child = int(parent.stdout.readline())
+    time.sleep(0.5)
+
+    # act
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and _alive(child):
+        time.sleep(0.1)
+
+    # assert
+    assert not _alive(child)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not count)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            return "\nState:\tZ" not in status.read()
+    except FileNotFoundError:
+        return False
+
+
+# One C call of about 45 s: '==' between two lists each doubled 31 times into itself.
+BUSY = ("{% set ns = namespace(a=[1], b=[1]) %}"
+        "{% for i in range(31) %}{% set ns.a = [ns.a, ns.a] %}{% set ns.b = [ns.b, ns.b] %}{% endfor %}"
+        "{% set same = ns.a == ns.b %}")
 
 
 def test_our_own_tokenizer_never_reaches_the_child(monkeypatch):
@@ -84,3 +212,27 @@ def test_our_own_tokenizer_never_reaches_the_child(monkeypatch):
 
     # assert
     assert ids and len(spans) == len(ids)
+
+
+def test_a_template_just_under_the_time_bound_on_every_conversation_is_refused_by_its_mean(monkeypatch):
+    # arrange: a loop of some ms per conversation, far under the 10 s bound on one conversation; the mean
+    # bound made small to match (real: 100 ms against templates of well under 1 ms)
+    from mpu.data.qa import Encoder, PromptFormat
+
+    monkeypatch.setattr(isolated, "ISOLATED_MEAN_SECONDS", 0.0005)
+    tokenizer = train_tokenizer(TEXTS, vocab_size=300)
+    tokenizer.chat_template = ("{% for i in range(30000) %}{% endfor %}"
+                               "{% for message in messages %}{{ message['content'] }}{% endfor %}")
+    tokenizer.name_or_path = "/inbox/copy-1"
+    encoder = Encoder(tokenizer, PromptFormat(format="chat"))
+
+    # act: 10 rows, 2 conversations each
+    with pytest.raises(MPUError) as refused:
+        for number in range(10):
+            encoder.render(f"Question {number}?", "Answer.")
+
+    # assert: refused at the 20th conversation, by its mean, naming the file
+    message = str(refused.value)
+    assert message.startswith("/inbox/copy-1/tokenizer_config.json (chat_template): the chat template took ")
+    assert "ms an item on average over 20 items (real ones take well under 1 ms; the bound is 0.5 ms)" in message
+    assert "--prompt-format plain" in message

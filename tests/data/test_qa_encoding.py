@@ -568,3 +568,20 @@ def test_the_budget_counts_each_object_a_value_holds(monkeypatch):
     # assert
     assert str(refused.value).startswith("/inbox/copy-1/tokenizer_config.json (chat_template): the chat template "
                                          "built more than 100,000 characters in all while rendering one conversation")
+
+
+def test_a_chat_template_that_pads_every_conversation_is_refused():
+    # arrange: 9,000 spaces around each conversation: far under the 1,000,000-character bound on a text, but
+    # the client keeps every row's tokens (padded to that bound, 4,000 rows were 144 GB)
+    tokenizer = make_tokenizer("{{ ' ' * 9000 }}{% for message in messages %}{{ message['content'] }}{% endfor %}")
+    tokenizer.name_or_path = "/inbox/copy-1"
+
+    # act
+    with pytest.raises(MPUError) as refused:
+        Encoder(tokenizer, PromptFormat(format="chat")).render("Who wrote Hamlet?", "Shakespeare")
+
+    # assert: a real template (a few hundred characters around the messages) passes
+    assert str(refused.value).startswith("/inbox/copy-1/tokenizer_config.json (chat_template): the chat template adds "
+                                         "9,000 characters around the conversation's own 17; the limit is 8,000")
+    prompt, full = Encoder(make_tokenizer(LLAMA3_STYLE), PromptFormat(format="chat")).render("Who wrote Hamlet?", "Shakespeare")
+    assert full.startswith(prompt)

@@ -111,9 +111,14 @@ _OBJECT_CHARS = 50
 # operation, long before either backstop.
 
 
+# The most a template may add around the messages' own text in one conversation (headers, turn markers, a
+# default system prompt). Real templates add a few hundred characters; the longest default system prompts
+# of released templates are about 1,500. Without this bound a template could pad every row to
+# CHAT_TEMPLATE_MAX_CHARS, and the client keeps every row's tokens: 36 MB a row, 144 GB for 4,000 rows.
+CHAT_TEMPLATE_MAX_OVERHEAD_CHARS = 8_000
 # The size bounds, by name: the parent sends its values with each template, and the child applies them.
 BOUND_NAMES = ("CHAT_TEMPLATE_MAX_CHARS", "CHAT_TEMPLATE_BUDGET_CHARS", "CHAT_TEMPLATE_MAX_SOURCE_CHARS",
-               "CHAT_TEMPLATE_MAX_NODES")
+               "CHAT_TEMPLATE_MAX_NODES", "CHAT_TEMPLATE_MAX_OVERHEAD_CHARS")
 
 
 class TemplateTooLarge(Exception):
@@ -466,8 +471,9 @@ def render_chat(template: str, messages: list[dict[str, str]], add_generation_pr
     ``tools`` and ``documents`` None; None fields of a message dropped, as transformers drops them).
     Raises TemplateTooLarge when the template is longer than CHAT_TEMPLATE_MAX_SOURCE_CHARS or parses to
     more than CHAT_TEMPLATE_MAX_NODES nodes (checked before it is compiled), when an operation would build
-    more than CHAT_TEMPLATE_MAX_CHARS, the rendering more than CHAT_TEMPLATE_BUDGET_CHARS in all, or the
-    text is longer than CHAT_TEMPLATE_MAX_CHARS (checked before anything tokenizes it); Jinja's errors as they come."""
+    more than CHAT_TEMPLATE_MAX_CHARS, the rendering more than CHAT_TEMPLATE_BUDGET_CHARS in all, the
+    text is longer than CHAT_TEMPLATE_MAX_CHARS, or adds more than CHAT_TEMPLATE_MAX_OVERHEAD_CHARS to the
+    messages' own text (checked before anything tokenizes it); Jinja's errors as they come."""
     if len(template) > CHAT_TEMPLATE_MAX_SOURCE_CHARS:
         raise TemplateTooLarge(f"is {len(template):,} characters long; the limit is "
                                f"{CHAT_TEMPLATE_MAX_SOURCE_CHARS:,} (real chat templates are 1-30 KB); it is not "
@@ -483,4 +489,8 @@ def render_chat(template: str, messages: list[dict[str, str]], add_generation_pr
     if len(text) > CHAT_TEMPLATE_MAX_CHARS:
         raise TemplateTooLarge(f"renders {len(text):,} characters for one conversation; the limit is "
                                f"{CHAT_TEMPLATE_MAX_CHARS:,}")
+    own = sum(len(message["content"]) for message in messages if isinstance(message.get("content"), str))
+    if len(text) - own > CHAT_TEMPLATE_MAX_OVERHEAD_CHARS:
+        raise TemplateTooLarge(f"adds {len(text) - own:,} characters around the conversation's own {own:,}; the "
+                               f"limit is {CHAT_TEMPLATE_MAX_OVERHEAD_CHARS:,} (real templates add a few hundred)")
     return text

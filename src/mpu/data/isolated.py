@@ -1,22 +1,26 @@
-"""The other party's code, run in a child process: chat templates (Jinja) and the regular expressions of
-a tokenizer (a ``tokenizer.json``'s normalizer and pre-tokenizer), which a client receives from the server.
+"""The other party's code, run in a child process: a client receives the server's chat template (Jinja)
+and tokenizer (``tokenizer.json``'s normalizer and pre-tokenizer regular expressions, the added tokens it
+normalizes while loading, ``tokenizer_config.json``'s options), and runs them on its private rows.
 
 Both can take unbounded time or memory in single operations that nothing in-process can interrupt: a
 Jinja comparison of self-referential lists is one C call, a backtracking regular expression one Rust call
 (and onig, the engine tokenizers uses, gives up after its retry limit with a Rust panic: a pyo3
 ``PanicException``, which is a BaseException, and a backtrace printed on stderr). So they run in one child
-Python process per process (:class:`Isolated`), started on first use in about 0.6 s:
+Python process per process (:class:`Isolated`), started on first use (about 0.6 s; 2 s once a tokenizer
+is needed, for transformers' import):
 
-- the parent waits at most the given seconds per conversation or text, and kills the child past them
-  (the next call starts a new one); this works in any thread;
+- the parent waits at most the given seconds per request (one conversation, one text, one tokenizer
+  load), writing and reading, and kills the child past them (the next request starts a new one); a
+  template or tokenizer slower than ISOLATED_MEAN_SECONDS an item on average is refused too;
 - the child's address space is capped (RLIMIT_AS, Linux) at ``ISOLATED_MEMORY_BYTES`` above its start-up
-  size;
+  size, and the kernel kills it when the parent dies (PR_SET_PDEATHSIG, Linux);
 - only JSON crosses the pipes, so even a child taken over could return no more than text and numbers;
   its stderr is discarded.
 
-Chat templates are rendered there (:func:`render_conversation`); the other party's tokenizers
-(registered with :func:`mark_other_partys`) first tokenize each text there (:func:`probe_tokenizer`), so
-that the parent only runs them on texts they have already tokenized within the bound, without failing.
+Chat templates are rendered there (:func:`render_conversation`). The other party's tokenizer is loaded
+there first (:func:`load_other_partys`; the parent then loads the same files, which passed), and every
+text is tokenized there (:func:`other_partys_tokens`): this process never runs it on a text, and takes
+at most one token per UTF-8 byte back.
 """
 
 from __future__ import annotations
@@ -32,21 +36,31 @@ from typing import Any
 
 from mpu.errors import MPUError
 
-# What the child may allocate beyond its size once started (about 180 MB of address space: Python,
-# Jinja, transformers' template module, tokenizers). A real conversation renders in a few MB and a text
-# tokenizes in less; the template size bounds stop a template near 0.5 GB. This is the backstop for
-# what those bounds cannot see, and what stops the child, not the machine, when it is reached.
+# What the child may allocate beyond its size once started (about 190 MB of address space with Jinja and
+# tokenizers, 700 MB with transformers' tokenizers and torch). A real conversation renders in a few MB
+# and a text tokenizes in less; the template size bounds stop a template near 0.5 GB. This is the
+# backstop for what those bounds cannot see, and what stops the child, not the machine.
 ISOLATED_MEMORY_BYTES = 1 << 30
 # How long the other party's tokenizer may take on one text (a rendered conversation, an answer): a real
 # one takes well under a millisecond; a regular expression that backtracks, minutes to hours.
 TOKENIZER_SECONDS = 10.0
+# How long loading the other party's tokenizer may take (a 128k-token vocabulary loads in about a second).
+TOKENIZER_LOAD_SECONDS = 60.0
+# The most one template or tokenizer may take on average, once it has done _PACE_ITEMS conversations or
+# texts. The per-item bounds stop one runaway item, not a run of items each just under them (8,000
+# conversations at 9.9 s would take 22 hours): real templates and tokenizers take well under 1 ms an
+# item, so a mean of 100 ms is far above any of them on a busy machine and bounds a run at about 0.1 s an
+# item (plus 10 s for each of the first items).
+ISOLATED_MEAN_SECONDS = 0.1
+_PACE_ITEMS = 20
 # How long the child may take to start (imports; a busy 2-core machine takes a few seconds).
 _START_SECONDS = 120.0
 # The child's source root (the folder holding the mpu package), put first on its path, so that the child
 # imports this very module however mpu was installed or put on the path.
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 _CHILD_CODE = ("import sys; sys.path.insert(0, sys.argv[1]); "
-               "from mpu.data.isolated import _serve; _serve(int(sys.argv[2]))")
+               "from mpu.data.isolated import _serve; _serve(int(sys.argv[2]), sys.argv[3] == 'tokenizers', "
+               "int(sys.argv[4]))")
 
 
 def first_line(err: BaseException) -> str:
@@ -60,6 +74,14 @@ def first_line(err: BaseException) -> str:
         return "a message that cannot be printed"
 
 
+def most_tokens(text: str) -> int:
+    """The most tokens a tokenizer may give ``text``: one per UTF-8 byte, plus 64 (special tokens, the rare
+    normalizer expansion: NFKD splits an accented letter of 2 bytes into 2 characters). Byte-level BPE and
+    byte fallback give at most one per byte; a normalizer of the other party's that repeats each character
+    40 times made a 100,000-character text 4,000,000 tokens, 155 MB of Python lists per row here."""
+    return len(text.encode("utf-8", "surrogatepass")) + 64
+
+
 def _format_advice() -> str:
     from mpu.data.chat_template import FORMAT_ADVICE
 
@@ -70,16 +92,23 @@ def _format_advice() -> str:
 
 
 def _reply_limit() -> int:
-    """The longest reply line, in bytes: a rendered text at its bound, each character a JSON surrogate pair."""
+    """The longest reply line, in bytes: a rendered text at its bound with every character a JSON surrogate
+    pair, or its tokens (at most one per byte, each id and span a few digits) as JSON."""
     from mpu.data.chat_template import CHAT_TEMPLATE_MAX_CHARS
 
-    return 12 * CHAT_TEMPLATE_MAX_CHARS + 4096
+    return 64 * CHAT_TEMPLATE_MAX_CHARS + 4096
 
 
 def _failure(err: BaseException) -> dict[str, Any]:
     if isinstance(err, MemoryError):
         return {"memory": True}
     return {"error": type(err).__name__, "message": first_line(err)}
+
+
+def _caught(err: BaseException) -> bool:
+    """Whether the child answers ``err`` as a failure: everything but the signals to stop (a Rust panic,
+    pyo3's PanicException, is a BaseException)."""
+    return not isinstance(err, (KeyboardInterrupt, SystemExit, GeneratorExit))
 
 
 def _render_reply(template: str, request: dict[str, Any]) -> dict[str, Any]:
@@ -95,27 +124,37 @@ def _render_reply(template: str, request: dict[str, Any]) -> dict[str, Any]:
         return _failure(err)
 
 
-def _probe_reply(tokenizer: Any, request: dict[str, Any]) -> dict[str, Any]:
-    """The child's answer to one tokenization request: ``{"tokens": count}``, or what stopped it."""
+def _load_tokenizer(folder: str) -> Any:
+    """The tokenizer in ``folder``, as the client loads it, or the exception that stopped it."""
     try:
-        if isinstance(tokenizer, BaseException):   # the tokenizer itself did not load here
-            raise tokenizer
-        return {"tokens": len(tokenizer.encode(request["text"], add_special_tokens=request["special"]).ids)}
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as err:   # a Rust panic (pyo3's PanicException) is a BaseException
-        return _failure(err)
+        from transformers import AutoTokenizer
 
-
-def _load_tokenizer(text: str) -> Any:
-    from tokenizers import Tokenizer
-
-    try:
-        return Tokenizer.from_str(text)
-    except (KeyboardInterrupt, SystemExit):
-        raise
+        return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     except BaseException as err:
+        if not _caught(err):
+            raise
         return err
+
+
+def _tokenize_reply(tokenizer: Any, request: dict[str, Any]) -> dict[str, Any]:
+    """The child's answer to one tokenization request: ``{"ids", "offsets"}`` (offsets only when asked
+    and the tokenizer is fast), ``{"too_many"}`` past :func:`most_tokens`, or what stopped it."""
+    try:
+        if tokenizer is None:
+            raise RuntimeError("no tokenizer was loaded")
+        if isinstance(tokenizer, BaseException):   # the tokenizer did not load here
+            raise tokenizer
+        text = request["text"]
+        offsets = bool(request["offsets"]) and bool(getattr(tokenizer, "is_fast", False))
+        encoded = tokenizer(text, add_special_tokens=request["special"], return_offsets_mapping=offsets)
+        ids = [int(token) for token in encoded["input_ids"]]
+        if len(ids) > most_tokens(text):
+            return {"too_many": len(ids), "limit": most_tokens(text)}
+        return {"ids": ids, "offsets": [[int(a), int(b)] for a, b in encoded["offset_mapping"]] if offsets else None}
+    except BaseException as err:
+        if not _caught(err):
+            raise
+        return _failure(err)
 
 
 def _cap_memory(extra_bytes: int) -> None:
@@ -131,19 +170,38 @@ def _cap_memory(extra_bytes: int) -> None:
         pass
 
 
-def _serve(memory_bytes: int) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel kill this process when its parent dies (Linux's PR_SET_PDEATHSIG): a parent killed by
+    SIGKILL or the OOM killer runs no cleanup, and the child may be inside one long C call. Exits now if
+    the parent is already gone (it died before the request was made)."""
+    import signal
+
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        os._exit(0)
+
+
+def _serve(memory_bytes: int, with_tokenizers: bool, parent: int) -> None:
     """The child's loop (started by :class:`Isolated`): one JSON line in, at most one JSON line out.
-    ``{"template", "limits"}`` sets the chat template and the parent's size bounds, ``{"tokenizer"}`` the
-    tokenizer (its ``tokenizer.json`` text); ``{"messages", ...}`` asks for a rendering, ``{"text",
-    "special"}`` for a tokenization. Ends when stdin closes."""
+    ``{"template", "limits"}`` sets the chat template and the parent's size bounds, ``{"load"}`` loads the
+    tokenizer of a folder; ``{"loaded"}`` asks whether it loaded, ``{"messages", ...}`` for a rendering,
+    ``{"text", "special", "offsets"}`` for a tokenization. Ends when stdin closes."""
     import sys
 
     from mpu.data import chat_template
 
+    _die_with_parent(parent)
     send = sys.stdout.buffer
     try:
         chat_template._bounded_environment()   # the imports, before the memory cap
         importlib.import_module("tokenizers")
+        if with_tokenizers:
+            importlib.import_module("transformers").AutoTokenizer   # noqa: B018 (imports torch too)
     except (MPUError, ImportError) as err:
         send.write(json.dumps({"fatal": str(err)}).encode("ascii") + b"\n")
         send.flush()
@@ -160,10 +218,15 @@ def _serve(memory_bytes: int) -> None:
             chat_template._bounded_template.cache_clear()   # compiled under the previous bounds
             template = request["template"]
             continue
-        if "tokenizer" in request:
-            tokenizer = _load_tokenizer(request["tokenizer"])
+        if "load" in request:
+            tokenizer = _load_tokenizer(request["load"])
             continue
-        reply = _render_reply(template, request) if "messages" in request else _probe_reply(tokenizer, request)
+        if "loaded" in request:
+            reply = _failure(tokenizer) if isinstance(tokenizer, BaseException) else {"loaded": tokenizer is not None}
+        elif "messages" in request:
+            reply = _render_reply(template, request)
+        else:
+            reply = _tokenize_reply(tokenizer, request)
         send.write(json.dumps(reply).encode("ascii") + b"\n")
         send.flush()
 
@@ -184,35 +247,47 @@ class _Stopped(Exception):
 class Isolated:
     """One child Python process running the other party's code for this process, one request at a time.
 
-    The child (``python -P -c``, its own session, stderr discarded) imports this module and caps its
-    address space at ISOLATED_MEMORY_BYTES above its start-up size. The parent sends a template or a
-    tokenizer once, then one JSON line per conversation or text, and waits at most the given seconds
-    for the reply; past that, or when the child dies or replies nonsense, the child is killed and the
-    next request starts a new one. Thread-safe (one lock); a forked process starts its own child.
+    The child (``python -P -c``, its own session, stderr discarded) imports this module, dies with its
+    parent and caps its address space at ISOLATED_MEMORY_BYTES above its start-up size. The parent sends
+    a template or a tokenizer folder once, then one JSON line per conversation or text, and waits at most
+    the given seconds for the write and the reply; past that, or when the child dies or replies nonsense,
+    the child is killed and the next request starts a new one. Thread-safe (one lock); a forked process
+    starts its own child.
     """
 
     def __init__(self):
+        self._forget()
+
+    def _forget(self) -> None:
+        """No child: at start, and in a forked process (whose parent's lock may be held, its child not ours)."""
         import threading
 
         self._lock = threading.Lock()
         self._process = None
         self._replies = None
         self._owner = None      # the pid that started the child
-        self._memory = None     # the memory cap it was started with
-        self._loaded: dict[str, Any] = {}   # what the child holds: "template" (source, bounds), "tokenizer" (digest)
+        self._started_as = None  # (memory cap, with transformers' tokenizers) it was started with
+        self._loaded: dict[str, Any] = {}   # what the child holds: "template", "tokenizer" -> key
 
-    def ask(self, setting: tuple[str, Any, dict[str, Any]] | None, request: dict[str, Any], seconds: float) -> Any:
-        """The child's reply to ``request``, after it holds ``setting`` ((kind, key, message): sent only
-        when the child does not hold that key for that kind). Raises _TimedOut past ``seconds``, _Stopped
-        when the child dies or replies what is not JSON, MPUError when it cannot start."""
+    def ask(self, setting: tuple[str, Any, dict[str, Any]] | None, request: dict[str, Any], seconds: float,
+            with_tokenizers: bool = False) -> tuple[Any, float]:
+        """(the child's reply to ``request``, the seconds it took, start-up excluded), after the child holds
+        ``setting`` ((kind, key, message): sent only when the child does not hold that key for that kind).
+        ``with_tokenizers``: the child must have imported transformers' tokenizers before its memory cap.
+        Raises _TimedOut past ``seconds``, _Stopped when the child dies or replies what is not JSON,
+        MPUError when it cannot start."""
+        import time
+
         with self._lock:
             try:
-                self._start_if_needed()
+                self._start_if_needed(with_tokenizers)
+                started = time.monotonic()
+                deadline = started + seconds
                 if setting is not None and self._loaded.get(setting[0]) != setting[1]:
-                    self._send(setting[2])
+                    self._send(setting[2], deadline)
                     self._loaded[setting[0]] = setting[1]
-                self._send(request)
-                return self._reply(seconds)
+                self._send(request, deadline)
+                return self._reply(deadline), time.monotonic() - started
             except BaseException:   # a timeout, a dead child, Ctrl-C: the child's state is unknown
                 self.close()
                 raise
@@ -230,31 +305,32 @@ class Isolated:
             except OSError:
                 pass
 
-    def _start_if_needed(self) -> None:
+    def _start_if_needed(self, with_tokenizers: bool) -> None:
         import queue
         import subprocess
         import sys
         import threading
+        import time
 
-        if self._owner != os.getpid():   # a fork: the parent's child and pipes are not ours
-            self._process, self._loaded = None, {}
-        if self._process is not None and self._process.poll() is None and self._memory == ISOLATED_MEMORY_BYTES:
+        wanted = (ISOLATED_MEMORY_BYTES, with_tokenizers or bool(self._started_as and self._started_as[1]))
+        if (self._process is not None and self._process.poll() is None and self._started_as == wanted):
             return
         self.close()
         try:
-            process = subprocess.Popen([sys.executable, "-P", "-c", _CHILD_CODE, str(_PACKAGE_ROOT),
-                                        str(ISOLATED_MEMORY_BYTES)],
+            process = subprocess.Popen([sys.executable, "-P", "-c", _CHILD_CODE, str(_PACKAGE_ROOT), str(wanted[0]),
+                                        "tokenizers" if wanted[1] else "templates", str(os.getpid())],
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                       start_new_session=True)   # Ctrl-C goes to the parent, which stops it
+                                       bufsize=0, start_new_session=True)   # Ctrl-C goes to the parent, which stops it
         except OSError as err:
             raise MPUError(f"cannot start the process that runs the other party's chat template and tokenizer "
                            f"({err}); use --prompt-format plain") from None
-        self._process, self._owner, self._memory = process, os.getpid(), ISOLATED_MEMORY_BYTES
+        os.set_blocking(process.stdin.fileno(), False)   # writes wait with select, within the deadline
+        self._process, self._owner, self._started_as = process, os.getpid(), wanted
         self._replies = queue.Queue()
         threading.Thread(target=_read_lines, args=(process.stdout, self._replies, _reply_limit()),
                          daemon=True, name="mpu-isolated").start()
         try:
-            ready = self._reply(_START_SECONDS, starting=True)
+            ready = self._reply(time.monotonic() + _START_SECONDS, starting=True)
         except _TimedOut:
             raise MPUError(f"the process that runs chat templates and tokenizers did not start within "
                            f"{_START_SECONDS:g} s") from None
@@ -262,25 +338,38 @@ class Isolated:
             why = ready.get("fatal") if isinstance(ready, dict) else None
             raise MPUError(str(why or "the process that runs chat templates and tokenizers did not start"))
 
-    def _send(self, message: dict[str, Any]) -> None:
-        try:
-            self._process.stdin.write(json.dumps(message, default=str).encode("ascii") + b"\n")
-            self._process.stdin.flush()
-        except OSError:   # the child died: its exit is reported by the reply that does not come
-            pass
+    def _send(self, message: dict[str, Any], deadline: float) -> None:
+        """Write ``message`` as one JSON line before ``deadline`` (a child busy past it does not read: a
+        blocking write of more than the pipe holds would wait for it, past every bound)."""
+        import select
+        import time
 
-    def _reply(self, seconds: float, starting: bool = False) -> Any:
+        data = memoryview(json.dumps(message, default=str).encode("ascii") + b"\n")
+        pipe = self._process.stdin.fileno()
+        while data:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([], [pipe], [], remaining)[1]:
+                raise _TimedOut()
+            try:
+                data = data[os.write(pipe, data):]
+            except BlockingIOError:
+                continue
+            except OSError:   # the child died: its exit is reported by the reply that does not come
+                return
+
+    def _reply(self, deadline: float, starting: bool = False) -> Any:
         import queue
+        import time
 
         try:
-            line = self._replies.get(timeout=seconds)
+            line = self._replies.get(timeout=max(deadline - time.monotonic(), 0.001))
         except queue.Empty:
             raise _TimedOut() from None
         try:
             if not line.endswith(b"\n"):
                 raise ValueError
             return json.loads(line)
-        except ValueError:   # EOF, a line past the limit, or not JSON: the child is gone or not ours
+        except (ValueError, RecursionError):   # EOF, a line past the limit, not JSON: the child is gone or not ours
             self._process.kill()
             code = self._process.wait()
             if starting:
@@ -292,9 +381,12 @@ class Isolated:
 def _read_lines(stream, replies, limit: int) -> None:
     """The child's stdout, line by line (at most ``limit`` bytes each), into ``replies``; ends at EOF or a
     line past the limit (which is passed on without its newline)."""
+    import io
+
+    reader = io.BufferedReader(stream)
     while True:
         try:
-            line = stream.readline(limit)
+            line = reader.readline(limit)
         except (OSError, ValueError):   # closed by close()
             line = b""
         replies.put(line)
@@ -304,21 +396,46 @@ def _read_lines(stream, replies, limit: int) -> None:
 
 _CHILD = Isolated()
 atexit.register(_CHILD.close)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_CHILD._forget)
+
+# (kind, key) of each template and tokenizer asked for -> [items done, seconds they took]
+_PACE: dict[tuple[str, str], list[float]] = {}
 
 
-def _asked(setting, request: dict[str, Any], seconds: float, source: str, timed_out: str, advice: str = "") -> Any:
-    """The child's reply, or the MPUError naming ``source`` for a timeout (``timed_out``) or a dead child."""
+def _asked(setting, request: dict[str, Any], seconds: float, source: str, what: str, timed_out: str,
+           advice: str = "", with_tokenizers: bool = False, paced: bool = True) -> Any:
+    """The child's reply, or the MPUError naming ``source`` for a timeout (``timed_out``), a dead child, or
+    (``paced``) ``what`` (the template or tokenizer) slower than ISOLATED_MEAN_SECONDS an item on average."""
     try:
-        return _CHILD.ask(setting, request, seconds)
+        reply, took = _CHILD.ask(setting, request, seconds, with_tokenizers)
     except _TimedOut:
         raise MPUError(f"{source}: {timed_out}; refusing it{advice}") from None
     except _Stopped as stopped:
         raise MPUError(f"{source}: the process running it stopped (exit code {stopped.code}), most likely at "
                        f"its memory cap of {ISOLATED_MEMORY_BYTES / 2**30:g} GiB; refusing it{advice}") from None
+    if not paced:
+        return reply
+    pace = _PACE.setdefault((setting[0], hashlib.sha256(repr(setting[1]).encode("utf-8", "surrogatepass")).hexdigest()),
+                            [0, 0.0])
+    pace[0] += 1
+    pace[1] += took
+    if pace[0] >= _PACE_ITEMS and pace[1] / pace[0] > ISOLATED_MEAN_SECONDS:
+        raise MPUError(f"{source}: {what} took {pace[1] / pace[0] * 1000:,.1f} ms an item on average over "
+                       f"{pace[0]:.0f} items (real ones take well under 1 ms; the bound is "
+                       f"{ISOLATED_MEAN_SECONDS * 1000:g} ms); refusing it{advice}")
+    return reply
 
 
 def _memory_refusal() -> str:
     return f"needed more than {ISOLATED_MEMORY_BYTES / 2**30:g} GiB of memory"
+
+
+def _error_of(reply: Any) -> str | None:
+    """"Type: message" of a child's failure reply, else None."""
+    if isinstance(reply, dict) and isinstance(reply.get("error"), str) and isinstance(reply.get("message"), str):
+        return f"{reply['error'][:100]}: {reply['message'][:300]}"
+    return None
 
 
 # --- chat templates ----------------------------------------------------------------------------------
@@ -328,15 +445,17 @@ def render_conversation(template: str, messages: list[dict[str, str]], add_gener
                         variables: dict[str, Any], seconds: float, source: str) -> str:
     """``messages`` through the chat ``template``, as ``apply_chat_template(tokenize=False)`` renders them
     (:func:`mpu.data.chat_template.render_chat`), in the child: bounded in size by the sandbox hooks, in
-    time by ``seconds`` of wall clock per conversation, and in memory by ISOLATED_MEMORY_BYTES. Raises
-    MPUError naming ``source`` (where the template came from) when it goes past any bound or fails."""
+    time by ``seconds`` of wall clock per conversation and ISOLATED_MEAN_SECONDS on average, and in
+    memory by ISOLATED_MEMORY_BYTES. Raises MPUError naming ``source`` (where the template came from)
+    when it goes past any bound or fails."""
     from mpu.data import chat_template
 
     bounds = {name: getattr(chat_template, name) for name in chat_template.BOUND_NAMES}
     setting = ("template", (template, bounds), {"template": template, "limits": bounds})
     request = {"messages": messages, "add_generation_prompt": add_generation_prompt, "variables": variables}
-    reply = _asked(setting, request, seconds, source, f"the chat template did not render one conversation within "
-                   f"{seconds:g} s (a template with runaway loops)", f". Choose the prompt format explicitly {_format_advice()}")
+    reply = _asked(setting, request, seconds, source, "the chat template", f"the chat template did not render one "
+                   f"conversation within {seconds:g} s (a template with runaway loops)",
+                   f". Choose the prompt format explicitly {_format_advice()}")
     return _rendered_text(reply, source)
 
 
@@ -358,25 +477,40 @@ def _rendered_text(reply: Any, source: str) -> str:
         raise _too_large(source, reply["too_large"])
     if isinstance(reply, dict) and reply.get("memory") is True:
         raise _too_large(source, _memory_refusal() + " to render one conversation")
-    if isinstance(reply, dict) and isinstance(reply.get("error"), str) and isinstance(reply.get("message"), str):
-        raise MPUError(f"{source}: the chat template cannot render this conversation "
-                       f"({reply['error'][:100]}: {reply['message'][:300]})")
+    if _error_of(reply):
+        raise MPUError(f"{source}: the chat template cannot render this conversation ({_error_of(reply)})")
     raise MPUError(f"{source}: the process rendering the chat template replied what is not a rendering; "
                    f"refusing the template. Choose the prompt format explicitly {_format_advice()}")
 
 
 # --- the other party's tokenizers --------------------------------------------------------------------
 
-_OTHER_PARTYS: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
+# tokenizer object -> (its folder, the digest of its files)
+_OTHER_PARTYS: "weakref.WeakKeyDictionary[Any, tuple[str, str]]" = weakref.WeakKeyDictionary()
 
 
-def mark_other_partys(tokenizer: Any) -> None:
-    """Register ``tokenizer`` (a transformers tokenizer) as the other party's: from now on, every text the
-    project tokenizes with it is tokenized in the child first (:func:`probe_tokenizer`). Only fast
-    tokenizers run regular expressions from their files; a slow one is not registered."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        _OTHER_PARTYS[tokenizer] = backend.to_str()
+def load_other_partys(folder: str | Path, key: str) -> None:
+    """Load the other party's tokenizer from ``folder`` in the child, within TOKENIZER_LOAD_SECONDS, before
+    this process loads it: loading runs the file's normalizer on its added tokens, so a backtracking
+    expression stalls or panics there. ``key`` is the digest of the folder's files (the child reloads when
+    it changes). Raises MPUError naming the folder when the load fails, takes too long or too much memory."""
+    source = str(folder)
+    setting = ("tokenizer", key, {"load": source})
+    reply = _asked(setting, {"loaded": True}, TOKENIZER_LOAD_SECONDS, source, "the tokenizer",
+                   f"the tokenizer did not load within {TOKENIZER_LOAD_SECONDS:g} s (a regular expression that "
+                   "backtracks on its added tokens)", with_tokenizers=True, paced=False)
+    if reply == {"loaded": True}:
+        return
+    if isinstance(reply, dict) and reply.get("memory") is True:
+        raise MPUError(f"{source}: the tokenizer {_memory_refusal()} to load; refusing it")
+    raise MPUError(f"{source}: cannot load the tokenizer ({_error_of(reply) or 'no reason given'})")
+
+
+def mark_other_partys(tokenizer: Any, folder: str | Path, key: str) -> None:
+    """Register ``tokenizer`` (loaded by this process from ``folder``, after :func:`load_other_partys`
+    with the same ``key``) as the other party's: from now on :func:`other_partys_tokens` tokenizes its
+    texts in the child."""
+    _OTHER_PARTYS[tokenizer] = (str(folder), key)
 
 
 def is_other_partys(tokenizer: Any) -> bool:
@@ -387,26 +521,34 @@ def is_other_partys(tokenizer: Any) -> bool:
         return False
 
 
-def probe_tokenizer(tokenizer: Any, text: str, add_special_tokens: bool, seconds: float) -> None:
-    """Tokenize ``text`` with the other party's ``tokenizer`` in the child, before this process does:
-    raises MPUError naming its ``tokenizer.json`` when that takes more than ``seconds`` (wall clock), fails
-    (a Rust panic: onig's retry limit on a backtracking expression), or needs more than the child's
-    memory. Tokenization is deterministic, so this process then tokenizes ``text`` as quickly, without
-    failing. Does nothing for a tokenizer not registered with :func:`mark_other_partys`."""
-    serialized = _OTHER_PARTYS.get(tokenizer) if is_other_partys(tokenizer) else None
-    if serialized is None:
-        return
-    source = f"{getattr(tokenizer, 'name_or_path', '') or 'the tokenizer'}/tokenizer.json"
-    digest = hashlib.sha256(serialized.encode("utf-8", "surrogatepass")).hexdigest()
-    setting = ("tokenizer", digest, {"tokenizer": serialized})
-    reply = _asked(setting, {"text": text, "special": add_special_tokens}, seconds, source,
-                   f"the tokenizer did not tokenize one text within {seconds:g} s (a regular expression that "
-                   "backtracks)")
-    if isinstance(reply, dict) and isinstance(reply.get("tokens"), int):
-        return
+def other_partys_tokens(tokenizer: Any, text: str, add_special_tokens: bool, offsets: bool,
+                        seconds: float) -> tuple[list[int], list[tuple[int, int]] | None] | None:
+    """(token ids, character spans or None) of ``text`` by the other party's ``tokenizer``, computed in the
+    child by the same files and options (``tokenizer(text, add_special_tokens=..., return_offsets_mapping=
+    offsets)``); None for a tokenizer not registered with :func:`mark_other_partys` (the caller tokenizes
+    it itself). Raises MPUError naming the tokenizer's folder when it takes more than ``seconds`` (wall
+    clock) or ISOLATED_MEAN_SECONDS on average, fails (a Rust panic: onig's retry limit), gives more than
+    :func:`most_tokens`, or needs more than the child's memory."""
+    if not is_other_partys(tokenizer):
+        return None
+    folder, key = _OTHER_PARTYS[tokenizer]
+    source = f"{folder}/tokenizer.json"
+    setting = ("tokenizer", key, {"load": folder})
+    reply = _asked(setting, {"text": text, "special": add_special_tokens, "offsets": offsets}, seconds, source,
+                   "the tokenizer", f"the tokenizer did not tokenize one text within {seconds:g} s (a regular "
+                   "expression that backtracks)", with_tokenizers=True)
+    if isinstance(reply, dict) and isinstance(reply.get("ids"), list) and "offsets" in reply:
+        ids, spans = reply["ids"], reply["offsets"]
+        if (len(ids) <= most_tokens(text) and all(type(token) is int for token in ids)
+                and (spans is None or (len(spans) == len(ids) and all(
+                    isinstance(span, list) and len(span) == 2 and all(type(v) is int for v in span) for span in spans)))):
+            return ids, None if spans is None else [tuple(span) for span in spans]
+    if isinstance(reply, dict) and isinstance(reply.get("too_many"), int):
+        raise MPUError(f"{source}: the tokenizer gives {reply['too_many']:,} tokens for a text of "
+                       f"{len(text):,} characters (the bound is one per UTF-8 byte and 64, {most_tokens(text):,}); "
+                       "refusing it")
     if isinstance(reply, dict) and reply.get("memory") is True:
         raise MPUError(f"{source}: the tokenizer {_memory_refusal()} to tokenize one text; refusing it")
-    if isinstance(reply, dict) and isinstance(reply.get("error"), str) and isinstance(reply.get("message"), str):
-        raise MPUError(f"{source}: the tokenizer fails on this run's text ({reply['error'][:100]}: "
-                       f"{reply['message'][:300]}); refusing it")
+    if _error_of(reply):
+        raise MPUError(f"{source}: the tokenizer fails on this run's text ({_error_of(reply)}); refusing it")
     raise MPUError(f"{source}: the process running the tokenizer replied what is not a tokenization; refusing it")

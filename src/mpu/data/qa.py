@@ -38,7 +38,7 @@ from typing import Any, Sequence
 import torch
 
 from mpu.data.chat_template import CHAT_TEMPLATE_SECONDS, FORMAT_ADVICE, template_source
-from mpu.data.isolated import TOKENIZER_SECONDS, probe_tokenizer, render_conversation
+from mpu.data.isolated import TOKENIZER_SECONDS, other_partys_tokens, render_conversation
 from mpu.errors import InputError, MPUError
 
 
@@ -225,10 +225,12 @@ def pin_strftime(template: str, date: datetime.date) -> str:
 def tokenize(tokenizer, text: str, add_special_tokens: bool,
              offsets: bool = False) -> tuple[list[int], list[tuple[int, int]] | None]:
     """(token ids, character spans or None) of ``text``: spans only with ``offsets`` and a fast tokenizer.
-    The other party's tokenizer (:func:`mpu.data.isolated.mark_other_partys`) tokenizes the text in a
-    child process first, within TOKENIZER_SECONDS, so that a regular expression of its files that
-    backtracks or panics is refused there (MPUError naming its tokenizer.json), not run here."""
-    probe_tokenizer(tokenizer, text, add_special_tokens, TOKENIZER_SECONDS)
+    The other party's tokenizer (:func:`mpu.data.isolated.mark_other_partys`) never runs here: the text is
+    tokenized in a child process, within TOKENIZER_SECONDS, so that a regular expression of its files that
+    backtracks or panics is refused there (MPUError naming its tokenizer.json)."""
+    theirs = other_partys_tokens(tokenizer, text, add_special_tokens, offsets, TOKENIZER_SECONDS)
+    if theirs is not None:
+        return theirs
     if offsets and getattr(tokenizer, "is_fast", False):
         encoded = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
         return list(encoded["input_ids"]), [tuple(span) for span in encoded["offset_mapping"]]
