@@ -236,3 +236,30 @@ def test_a_template_just_under_the_time_bound_on_every_conversation_is_refused_b
     assert message.startswith("/inbox/copy-1/tokenizer_config.json (chat_template): the chat template took ")
     assert "ms an item on average over 20 items (real ones take well under 1 ms; the bound is 0.5 ms)" in message
     assert "--prompt-format plain" in message
+
+
+def test_a_process_forked_while_another_thread_asks_the_child_starts_its_own():
+    # arrange: the lock held (another thread inside a request) when the process forks
+    import os
+    import signal
+
+    isolated.render_conversation("{{ 1 }}", [], True, {}, 60, "x")
+    parents_child = isolated._CHILD._process.pid
+
+    # act: the forked process renders (it would wait forever on the copied, held lock)
+    with isolated._CHILD._lock:
+        pid = os.fork()
+        if pid == 0:   # the forked process: killed by the alarm if it waits on the lock
+            ok = False
+            signal.alarm(30)
+            try:
+                ok = isolated.render_conversation("{{ 2 }}", [], True, {}, 60, "x") == "2" and \
+                    isolated._CHILD._process.pid != parents_child
+            finally:
+                os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+
+    # assert: it rendered in a child of its own; the parent's child is untouched
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert isolated._CHILD._process.pid == parents_child
+    assert isolated.render_conversation("{{ 3 }}", [], True, {}, 60, "x") == "3"
