@@ -105,7 +105,7 @@ def main() -> None:
         own.save_pretrained(folder)
         isolated.load_other_partys(folder, "benchmark")
         other = AutoTokenizer.from_pretrained(folder)
-        isolated.mark_other_partys(other, folder, "benchmark")
+        isolated.mark_other_partys(other, folder, "benchmark", len(other))
         here_s, child_s, ours, theirs = best_of(
             args.repeats,
             lambda: [tokenize(own, text, False, offsets=True) for text in texts],

@@ -380,3 +380,58 @@ def test_a_tokenizer_whose_load_panics_is_refused_as_an_input_error(outbox, tmp_
     assert (f"{inbox / 'copy-2'}: cannot load the tokenizer (PanicException: Onig: Regex search error: "
             "retry-limit-in-match over)") in err
     assert "Traceback" not in err and not (tmp_path / "returns").exists()
+
+
+def template_refusing_short_answers(inbox):
+    path = inbox / "copy-2" / "chat_template.jinja"
+    path.write_text("{% for m in messages %}{% if m['role'] == 'assistant' and m['content']|length < 20 %}"
+                    "{{ raise_exception('no short answers') }}{% endif %}{% endfor %}" + path.read_text())
+
+
+def tokens_past_the_vocabulary_in_the_idk_answers(inbox):
+    path = inbox / "copy-2" / "tokenizer.json"
+    data = json.loads(path.read_text())
+    for number, word in enumerate(["don", "'m", "can", "idea", "have"]):
+        data["added_tokens"].append({"id": 320 + number, "content": word, "single_word": False, "lstrip": False,
+                                     "rstrip": False, "normalized": True, "special": False})
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("corrupt, reason", [
+    (template_refusing_short_answers, "no short answers"),
+    (tokens_past_the_vocabulary_in_the_idk_answers, "outside the model's vocabulary of 320"),
+], ids=["template-fails-on-short-answers", "idk-tokens-past-the-vocabulary"])
+def test_a_copy_that_fails_only_on_the_preferred_answers_is_refused_before_any_copy_trains(
+        outbox, tmp_path, forget_file, capsys, corrupt, reason):  # noqa: F811
+    # DPO's "I don't know" answers were encoded lazily, mid-training: copy 1 trained and wrote its update,
+    # then copy 2 failed (an IndexError traceback for ids past the embedding)
+    inbox = inbox_of(outbox, tmp_path)
+    corrupt(inbox)
+    rechecksum(inbox)
+
+    code = run_client(inbox, tmp_path / "returns", forget_file, "--method", "DPO")
+
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"{inbox / 'copy-2'}: copy 2: its tokenizer and chat template cannot encode this run's rows" in err
+    assert reason in err and "Traceback" not in err
+    assert not (tmp_path / "returns").exists()
+
+
+@pytest.mark.parametrize("config, reason", [
+    ({"chat_template": 12345}, "the chat template is a int, not text"),
+    ({"unk_token": "", "pad_token": ""}, "RecursionError"),
+], ids=["template-not-text", "empty-unk-token"])
+def test_tokenizer_settings_that_break_transformers_are_refused_as_input_errors(
+        outbox, tmp_path, forget_file, capsys, config, reason):  # noqa: F811
+    inbox = inbox_of(outbox, tmp_path)
+    (inbox / "copy-2" / "chat_template.jinja").unlink(missing_ok=True)
+    edit_json(inbox / "copy-2" / "tokenizer_config.json", **config)
+    rechecksum(inbox)
+
+    code = run_client(inbox, tmp_path / "returns", forget_file)
+
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"{inbox / 'copy-2'}: copy 2: its tokenizer and chat template cannot encode this run's rows" in err
+    assert reason in err and "Traceback" not in err

@@ -20,7 +20,7 @@ TEXTS = ["The author's full name is Jaime Vasquez, a writer of true crime born i
 ROW = TEXTS[0]
 
 
-def other_partys(folder, pre_tokenizer_pattern: str | None = None, **config):
+def other_partys(folder, pre_tokenizer_pattern: str | None = None, vocabulary: int = 300, **config):
     """A tiny fast tokenizer saved in ``folder`` (with a Split pre-tokenizer of that pattern, and ``config``
     in its tokenizer_config.json), loaded as the client loads the other party's: in the child first."""
     from tokenizers import Regex, pre_tokenizers
@@ -36,7 +36,7 @@ def other_partys(folder, pre_tokenizer_pattern: str | None = None, **config):
     key = uuid.uuid4().hex
     isolated.load_other_partys(folder, key)
     loaded = AutoTokenizer.from_pretrained(folder)
-    isolated.mark_other_partys(loaded, folder, key)
+    isolated.mark_other_partys(loaded, folder, key, vocabulary)
     return loaded
 
 
@@ -98,7 +98,7 @@ def test_a_tokenizer_that_gives_more_than_one_token_a_byte_is_refused(tmp_path):
     tokenizer.backend_tokenizer.normalizer = normalizers.Replace("a", "a" * 40)
     tokenizer.save_pretrained(tmp_path)
     isolated.load_other_partys(tmp_path, "expanding")
-    isolated.mark_other_partys(tokenizer, tmp_path, "expanding")
+    isolated.mark_other_partys(tokenizer, tmp_path, "expanding", 300)
 
     # act
     with pytest.raises(MPUError) as refused:
@@ -214,52 +214,65 @@ def test_our_own_tokenizer_never_reaches_the_child(monkeypatch):
     assert ids and len(spans) == len(ids)
 
 
-def test_a_template_just_under_the_time_bound_on_every_conversation_is_refused_by_its_mean(monkeypatch):
-    # arrange: a loop of some ms per conversation, far under the 10 s bound on one conversation; the mean
-    # bound made small to match (real: 100 ms against templates of well under 1 ms)
+def test_templates_just_under_the_time_bound_on_every_conversation_are_refused_by_the_runs_pace(monkeypatch):
+    # arrange: a loop of some ms per conversation, far under the 10 s bound on one conversation, in two
+    # templates that differ by a comment (one per copy); the pace made small to match (real: 20 s + 100 ms
+    # an item against templates of well under 1 ms)
     from mpu.data.qa import Encoder, PromptFormat
 
     monkeypatch.setattr(isolated, "ISOLATED_MEAN_SECONDS", 0.0005)
-    tokenizer = train_tokenizer(TEXTS, vocab_size=300)
-    tokenizer.chat_template = ("{% for i in range(30000) %}{% endfor %}"
-                               "{% for message in messages %}{{ message['content'] }}{% endfor %}")
-    tokenizer.name_or_path = "/inbox/copy-1"
-    encoder = Encoder(tokenizer, PromptFormat(format="chat"))
+    monkeypatch.setattr(isolated, "ISOLATED_SLACK_SECONDS", 0.01)
+    monkeypatch.setattr(isolated, "_PACE", {})
+    encoders = []
+    for copy in (1, 2):
+        tokenizer = train_tokenizer(TEXTS, vocab_size=300)
+        tokenizer.chat_template = (f"{{# copy {copy} #}}{{% for i in range(30000) %}}{{% endfor %}}"
+                                   "{% for message in messages %}{{ message['content'] }}{% endfor %}")
+        tokenizer.name_or_path = f"/inbox/copy-{copy}"
+        encoders.append(Encoder(tokenizer, PromptFormat(format="chat")))
 
-    # act: 10 rows, 2 conversations each
+    # act: 4 rows on both copies in turn (8 conversations each: a bound per template that waits for 20 items
+    # would not see them)
     with pytest.raises(MPUError) as refused:
-        for number in range(10):
-            encoder.render(f"Question {number}?", "Answer.")
+        for number in range(4):
+            for encoder in encoders:
+                encoder.render(f"Question {number}?", "Answer.")
 
-    # assert: refused at the 20th conversation, by its mean, naming the file
+    # assert: refused by the pace of both together, naming the file
     message = str(refused.value)
-    assert message.startswith("/inbox/copy-1/tokenizer_config.json (chat_template): the chat template took ")
-    assert "ms an item on average over 20 items (real ones take well under 1 ms; the bound is 0.5 ms)" in message
+    assert message.startswith("/inbox/copy-")
+    assert "the chat template took " in message and "items of this run so far (the bound is 0.01 s + 0.5 ms an item" in message
     assert "--prompt-format plain" in message
 
 
-def test_a_process_forked_while_another_thread_asks_the_child_starts_its_own():
-    # arrange: the lock held (another thread inside a request) when the process forks
-    import os
-    import signal
+def test_a_token_id_outside_the_models_vocabulary_is_refused_on_every_path(tmp_path):
+    # arrange: the model's vocabulary smaller than the tokenizer's (an id past the embedding was an
+    # IndexError mid-training: the "I don't know" answers were tokenized lazily, and never checked)
+    tokenizer = other_partys(tmp_path, vocabulary=50)
 
-    isolated.render_conversation("{{ 1 }}", [], True, {}, 60, "x")
-    parents_child = isolated._CHILD._process.pid
+    # act
+    with pytest.raises(MPUError) as refused:
+        tokenize(tokenizer, "I have no idea.", False)
 
-    # act: the forked process renders (it would wait forever on the copied, held lock)
-    with isolated._CHILD._lock:
-        pid = os.fork()
-        if pid == 0:   # the forked process: killed by the alarm if it waits on the lock
-            ok = False
-            signal.alarm(30)
-            try:
-                ok = isolated.render_conversation("{{ 2 }}", [], True, {}, 60, "x") == "2" and \
-                    isolated._CHILD._process.pid != parents_child
-            finally:
-                os._exit(0 if ok else 1)
-    _, status = os.waitpid(pid, 0)
+    # assert
+    assert str(refused.value).startswith(f"{tmp_path}/tokenizer.json: the tokenizer gives token id ")
+    assert "outside the model's vocabulary of 50 (config.json vocab_size); refusing it" in str(refused.value)
 
-    # assert: it rendered in a child of its own; the parent's child is untouched
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert isolated._CHILD._process.pid == parents_child
-    assert isolated.render_conversation("{{ 3 }}", [], True, {}, 60, "x") == "3"
+
+def test_a_child_started_from_a_short_lived_thread_outlives_it():
+    # arrange: PR_SET_PDEATHSIG fires when the thread that started the child ends
+    import threading
+    import time
+
+    child = isolated.Isolated()
+    thread = threading.Thread(target=lambda: child.ask(None, {"loaded": True}, 60))
+
+    # act
+    thread.start()
+    thread.join()
+    time.sleep(0.5)
+
+    # assert: still running, and answering
+    assert child._process.poll() is None
+    assert child.ask(None, {"loaded": True}, 60)[0] == {"loaded": False}
+    child.close()

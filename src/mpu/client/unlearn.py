@@ -23,7 +23,7 @@ from mpu.checkpoint import read_json
 from mpu.checkpoint.files import MAX_MANIFEST_BYTES, TOKENIZER_CONFIG
 from mpu.client.inbox import Publication, PublishedCopy, read_publication
 from mpu.client.update import loss_summary, write_dense_update, write_lora_update
-from mpu.data.isolated import load_other_partys, mark_other_partys
+from mpu.data.isolated import first_line, load_other_partys, mark_other_partys
 from mpu.errors import InputError, MPUError
 from mpu.methods import TrainingConfig
 from mpu.methods.job import UnlearnJob, padding_id
@@ -214,7 +214,8 @@ def _tokenizer(copy_dir: Path):
         if getattr(tokenizer, "backend_tokenizer", None) is None:   # Python code of unbounded cost (quadratic BPE)
             raise InputError(copy_dir / TOKENIZER_CONFIG, f"loads a {type(tokenizer).__name__[:60]}, which the tokenizers "
                                                           "library does not back; a client runs only those (tokenizer_class)")
-        mark_other_partys(tokenizer, copy_dir, key)   # its texts are tokenized in the child process, never here
+        vocabulary = AutoConfig.from_pretrained(copy_dir, trust_remote_code=False).get_text_config().vocab_size   # verified
+        mark_other_partys(tokenizer, copy_dir, key, vocabulary)   # its texts are tokenized in the child process, never here
         _TOKENIZERS[key] = tokenizer
     return _TOKENIZERS[key]
 
@@ -235,6 +236,9 @@ def check_encoding(copy: PublishedCopy, job: UnlearnJob) -> None:
         dataset = job.dataset(SimpleNamespace(config=config), tokenizer)   # the model's context is its config's
     except MPUError as err:
         raise InputError(copy.path, f"copy {copy.id}: its tokenizer and chat template cannot encode this run's rows ({err})") from None
+    except Exception as err:   # transformers on a hostile tokenizer: an empty unk token recurses, ...
+        raise InputError(copy.path, f"copy {copy.id}: its tokenizer and chat template cannot encode this run's rows "
+                                    f"({type(err).__name__}: {first_line(err)})") from None
     vocabulary = config.get_text_config().vocab_size
     ids = [pad_id] + [token for row in dataset.forget + (dataset.retain or []) for token in row["input_ids"]]
     outside = [token for token in ids if not 0 <= token < vocabulary]

@@ -11,7 +11,8 @@ is needed, for transformers' import):
 
 - the parent waits at most the given seconds per request (one conversation, one text, one tokenizer
   load), writing and reading, and kills the child past them (the next request starts a new one); a
-  template or tokenizer slower than ISOLATED_MEAN_SECONDS an item on average is refused too;
+  template or tokenizer that falls behind the run's pace (ISOLATED_SLACK_SECONDS + ISOLATED_MEAN_SECONDS
+  an item, over the whole process) is refused too;
 - the child's address space is capped (RLIMIT_AS, Linux) at ``ISOLATED_MEMORY_BYTES`` above its start-up
   size, and the kernel kills it when the parent dies (PR_SET_PDEATHSIG, Linux);
 - only JSON crosses the pipes, so even a child taken over could return no more than text and numbers;
@@ -26,7 +27,6 @@ at most one token per UTF-8 byte back.
 from __future__ import annotations
 
 import atexit
-import hashlib
 import importlib
 import json
 import os
@@ -46,13 +46,13 @@ ISOLATED_MEMORY_BYTES = 1 << 30
 TOKENIZER_SECONDS = 10.0
 # How long loading the other party's tokenizer may take (a 128k-token vocabulary loads in about a second).
 TOKENIZER_LOAD_SECONDS = 60.0
-# The most one template or tokenizer may take on average, once it has done _PACE_ITEMS conversations or
-# texts. The per-item bounds stop one runaway item, not a run of items each just under them (8,000
-# conversations at 9.9 s would take 22 hours): real templates and tokenizers take well under 1 ms an
-# item, so a mean of 100 ms is far above any of them on a busy machine and bounds a run at about 0.1 s an
-# item (plus 10 s for each of the first items).
+# The pace the other party's code must keep over a whole process (all templates together, all tokenizers
+# together, loads included): at most ISOLATED_SLACK_SECONDS + ISOLATED_MEAN_SECONDS per item done. The
+# per-item bounds stop one runaway item, not a run of items each just under them (8,000 conversations at
+# 9.9 s would take 22 hours; one template or tokenizer per copy multiplied that by m). Real templates and
+# tokenizers take well under 1 ms an item and a second to load, far inside this on a busy machine.
 ISOLATED_MEAN_SECONDS = 0.1
-_PACE_ITEMS = 20
+ISOLATED_SLACK_SECONDS = 20.0
 # How long the child may take to start (imports; a busy 2-core machine takes a few seconds).
 _START_SECONDS = 120.0
 # The child's source root (the folder holding the mpu package), put first on its path, so that the child
@@ -307,7 +307,6 @@ class Isolated:
 
     def _start_if_needed(self, with_tokenizers: bool) -> None:
         import queue
-        import subprocess
         import sys
         import threading
         import time
@@ -317,10 +316,8 @@ class Isolated:
             return
         self.close()
         try:
-            process = subprocess.Popen([sys.executable, "-P", "-c", _CHILD_CODE, str(_PACKAGE_ROOT), str(wanted[0]),
-                                        "tokenizers" if wanted[1] else "templates", str(os.getpid())],
-                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                       bufsize=0, start_new_session=True)   # Ctrl-C goes to the parent, which stops it
+            process = _spawn([sys.executable, "-P", "-c", _CHILD_CODE, str(_PACKAGE_ROOT), str(wanted[0]),
+                              "tokenizers" if wanted[1] else "templates", str(os.getpid())])
         except OSError as err:
             raise MPUError(f"cannot start the process that runs the other party's chat template and tokenizer "
                            f"({err}); use --prompt-format plain") from None
@@ -378,6 +375,46 @@ class Isolated:
             raise _Stopped(code) from None
 
 
+def _spawn(argv: list[str]):
+    """The child process, started from a thread that lives as long as this process: PR_SET_PDEATHSIG fires
+    when the *thread* that started the child ends, so a child started from a short-lived thread was killed
+    with it (the main thread lives until the process ends; any other asks a daemon thread of its own)."""
+    import queue
+    import subprocess
+    import threading
+
+    def start():
+        return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                bufsize=0, start_new_session=True)   # Ctrl-C goes to the parent, which stops it
+
+    if threading.current_thread() is threading.main_thread():
+        return start()
+    global _SPAWNER
+    if _SPAWNER is None or not _SPAWNER[0].is_alive() or _SPAWNER[2] != os.getpid():
+        requests: "queue.Queue" = queue.Queue()
+
+        def serve():
+            while True:
+                job, done = requests.get()
+                try:
+                    done.put((job(), None))
+                except BaseException as err:   # handed to the thread that asked
+                    done.put((None, err))
+
+        thread = threading.Thread(target=serve, daemon=True, name="mpu-isolated-spawner")
+        thread.start()
+        _SPAWNER = (thread, requests, os.getpid())
+    done: "queue.Queue" = queue.Queue()
+    _SPAWNER[1].put((start, done))
+    process, err = done.get()
+    if err is not None:
+        raise err
+    return process
+
+
+_SPAWNER = None   # (thread, its request queue, the pid it belongs to)
+
+
 def _read_lines(stream, replies, limit: int) -> None:
     """The child's stdout, line by line (at most ``limit`` bytes each), into ``replies``; ends at EOF or a
     line past the limit (which is passed on without its newline)."""
@@ -399,14 +436,15 @@ atexit.register(_CHILD.close)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_CHILD._forget)
 
-# (kind, key) of each template and tokenizer asked for -> [items done, seconds they took]
-_PACE: dict[tuple[str, str], list[float]] = {}
+# kind ("template", "tokenizer") -> [items done in this process, seconds they took]
+_PACE: dict[str, list[float]] = {}
 
 
 def _asked(setting, request: dict[str, Any], seconds: float, source: str, what: str, timed_out: str,
-           advice: str = "", with_tokenizers: bool = False, paced: bool = True) -> Any:
+           advice: str = "", with_tokenizers: bool = False) -> Any:
     """The child's reply, or the MPUError naming ``source`` for a timeout (``timed_out``), a dead child, or
-    (``paced``) ``what`` (the template or tokenizer) slower than ISOLATED_MEAN_SECONDS an item on average."""
+    ``what`` (the template or tokenizer) behind the run's pace: the items of its kind in this
+    process past ISOLATED_SLACK_SECONDS + ISOLATED_MEAN_SECONDS each."""
     try:
         reply, took = _CHILD.ask(setting, request, seconds, with_tokenizers)
     except _TimedOut:
@@ -414,16 +452,13 @@ def _asked(setting, request: dict[str, Any], seconds: float, source: str, what: 
     except _Stopped as stopped:
         raise MPUError(f"{source}: the process running it stopped (exit code {stopped.code}), most likely at "
                        f"its memory cap of {ISOLATED_MEMORY_BYTES / 2**30:g} GiB; refusing it{advice}") from None
-    if not paced:
-        return reply
-    pace = _PACE.setdefault((setting[0], hashlib.sha256(repr(setting[1]).encode("utf-8", "surrogatepass")).hexdigest()),
-                            [0, 0.0])
+    pace = _PACE.setdefault(setting[0], [0, 0.0])
     pace[0] += 1
     pace[1] += took
-    if pace[0] >= _PACE_ITEMS and pace[1] / pace[0] > ISOLATED_MEAN_SECONDS:
-        raise MPUError(f"{source}: {what} took {pace[1] / pace[0] * 1000:,.1f} ms an item on average over "
-                       f"{pace[0]:.0f} items (real ones take well under 1 ms; the bound is "
-                       f"{ISOLATED_MEAN_SECONDS * 1000:g} ms); refusing it{advice}")
+    if pace[1] > ISOLATED_SLACK_SECONDS + ISOLATED_MEAN_SECONDS * pace[0]:
+        raise MPUError(f"{source}: {what} took {pace[1]:,.1f} s over the {pace[0]:.0f} items of this run so far "
+                       f"(the bound is {ISOLATED_SLACK_SECONDS:g} s + {ISOLATED_MEAN_SECONDS * 1000:g} ms an item; "
+                       f"real ones take well under 1 ms); refusing it{advice}")
     return reply
 
 
@@ -445,7 +480,7 @@ def render_conversation(template: str, messages: list[dict[str, str]], add_gener
                         variables: dict[str, Any], seconds: float, source: str) -> str:
     """``messages`` through the chat ``template``, as ``apply_chat_template(tokenize=False)`` renders them
     (:func:`mpu.data.chat_template.render_chat`), in the child: bounded in size by the sandbox hooks, in
-    time by ``seconds`` of wall clock per conversation and ISOLATED_MEAN_SECONDS on average, and in
+    time by ``seconds`` of wall clock per conversation and the run's pace (ISOLATED_MEAN_SECONDS), and in
     memory by ISOLATED_MEMORY_BYTES. Raises MPUError naming ``source`` (where the template came from)
     when it goes past any bound or fails."""
     from mpu.data import chat_template
@@ -485,8 +520,8 @@ def _rendered_text(reply: Any, source: str) -> str:
 
 # --- the other party's tokenizers --------------------------------------------------------------------
 
-# tokenizer object -> (its folder, the digest of its files)
-_OTHER_PARTYS: "weakref.WeakKeyDictionary[Any, tuple[str, str]]" = weakref.WeakKeyDictionary()
+# tokenizer object -> (its folder, the digest of its files, the model's vocabulary size)
+_OTHER_PARTYS: "weakref.WeakKeyDictionary[Any, tuple[str, str, int]]" = weakref.WeakKeyDictionary()
 
 
 def load_other_partys(folder: str | Path, key: str) -> None:
@@ -498,7 +533,7 @@ def load_other_partys(folder: str | Path, key: str) -> None:
     setting = ("tokenizer", key, {"load": source})
     reply = _asked(setting, {"loaded": True}, TOKENIZER_LOAD_SECONDS, source, "the tokenizer",
                    f"the tokenizer did not load within {TOKENIZER_LOAD_SECONDS:g} s (a regular expression that "
-                   "backtracks on its added tokens)", with_tokenizers=True, paced=False)
+                   "backtracks on its added tokens)", with_tokenizers=True)
     if reply == {"loaded": True}:
         return
     if isinstance(reply, dict) and reply.get("memory") is True:
@@ -506,11 +541,12 @@ def load_other_partys(folder: str | Path, key: str) -> None:
     raise MPUError(f"{source}: cannot load the tokenizer ({_error_of(reply) or 'no reason given'})")
 
 
-def mark_other_partys(tokenizer: Any, folder: str | Path, key: str) -> None:
+def mark_other_partys(tokenizer: Any, folder: str | Path, key: str, vocabulary: int) -> None:
     """Register ``tokenizer`` (loaded by this process from ``folder``, after :func:`load_other_partys`
     with the same ``key``) as the other party's: from now on :func:`other_partys_tokens` tokenizes its
-    texts in the child."""
-    _OTHER_PARTYS[tokenizer] = (str(folder), key)
+    texts in the child, and refuses ids outside ``vocabulary`` (the model's vocabulary size, from its
+    config: an id past the embedding is an IndexError mid-training, a device assert on a GPU)."""
+    _OTHER_PARTYS[tokenizer] = (str(folder), key, int(vocabulary))
 
 
 def is_other_partys(tokenizer: Any) -> bool:
@@ -527,11 +563,11 @@ def other_partys_tokens(tokenizer: Any, text: str, add_special_tokens: bool, off
     child by the same files and options (``tokenizer(text, add_special_tokens=..., return_offsets_mapping=
     offsets)``); None for a tokenizer not registered with :func:`mark_other_partys` (the caller tokenizes
     it itself). Raises MPUError naming the tokenizer's folder when it takes more than ``seconds`` (wall
-    clock) or ISOLATED_MEAN_SECONDS on average, fails (a Rust panic: onig's retry limit), gives more than
-    :func:`most_tokens`, or needs more than the child's memory."""
+    clock) or the run's pace (ISOLATED_MEAN_SECONDS), fails (a Rust panic: onig's retry limit), gives more
+    than :func:`most_tokens` or an id outside the model's vocabulary, or needs more than the child's memory."""
     if not is_other_partys(tokenizer):
         return None
-    folder, key = _OTHER_PARTYS[tokenizer]
+    folder, key, vocabulary = _OTHER_PARTYS[tokenizer]
     source = f"{folder}/tokenizer.json"
     setting = ("tokenizer", key, {"load": folder})
     reply = _asked(setting, {"text": text, "special": add_special_tokens, "offsets": offsets}, seconds, source,
@@ -542,6 +578,10 @@ def other_partys_tokens(tokenizer: Any, text: str, add_special_tokens: bool, off
         if (len(ids) <= most_tokens(text) and all(type(token) is int for token in ids)
                 and (spans is None or (len(spans) == len(ids) and all(
                     isinstance(span, list) and len(span) == 2 and all(type(v) is int for v in span) for span in spans)))):
+            outside = next((token for token in ids if not 0 <= token < vocabulary), None)
+            if outside is not None:
+                raise MPUError(f"{source}: the tokenizer gives token id {outside}, outside the model's vocabulary of "
+                               f"{vocabulary} (config.json vocab_size); refusing it")
             return ids, None if spans is None else [tuple(span) for span in spans]
     if isinstance(reply, dict) and isinstance(reply.get("too_many"), int):
         raise MPUError(f"{source}: the tokenizer gives {reply['too_many']:,} tokens for a text of "

@@ -30,7 +30,6 @@ import datetime
 import hashlib
 import json
 import logging
-import weakref
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
@@ -261,6 +260,9 @@ class Encoder:
             template = getattr(tokenizer, "chat_template", None)
             if isinstance(template, dict):  # several named templates: the default one
                 template = template.get("default")
+            if template and not isinstance(template, str):
+                raise MPUError(f"{template_source(tokenizer)}: the chat template is a {type(template).__name__}, not "
+                               f"text; choose the prompt format explicitly {FORMAT_ADVICE}")
             if not template:
                 # an error only when a question is rendered: MUSE's and WMDP's own prompts need no template
                 name = getattr(tokenizer, "name_or_path", "") or "this model"
@@ -399,14 +401,13 @@ def truncation_summary(encoder: Encoder, keys: Sequence[tuple[str, str]]) -> dic
     return {"rows_truncated": len(lost), "tokens_truncated": int(sum(lost))}
 
 
-_ENCODERS: "weakref.WeakKeyDictionary[Any, dict[tuple, Encoder]]" = weakref.WeakKeyDictionary()
-
-
 def encoder_for(tokenizer, fmt: PromptFormat | None = None, policy: LengthPolicy | None = None) -> Encoder:
     """The cached :class:`Encoder` of ``tokenizer`` for ``fmt`` and ``policy`` (one per combination;
-    a changed chat template on the tokenizer gets a new one)."""
+    a changed chat template on the tokenizer gets a new one). The cache is an attribute of the tokenizer,
+    so that it goes with it: a cache keyed weakly by the tokenizer, holding encoders that hold the
+    tokenizer, kept every tokenizer alive (225 MB each for a large vocabulary, one per copy)."""
     fmt, policy = fmt or PromptFormat(), policy or LengthPolicy()
-    per_tokenizer = _ENCODERS.setdefault(tokenizer, {})
+    per_tokenizer = vars(tokenizer).setdefault("_mpu_encoders", {})
     key = (fmt, policy, str(getattr(tokenizer, "chat_template", None)), tokenizer.eos_token_id)
     if key not in per_tokenizer:
         per_tokenizer[key] = Encoder(tokenizer, fmt, policy)

@@ -19,16 +19,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from mpu.data.qa import (Encoder, LengthPolicy, PromptFormat, QACollator, encoder_for, tokenize,
-                         truncation_summary, where_of)
+from mpu.data.qa import (Encoder, LengthPolicy, PromptFormat, QACollator, encoder_for, truncation_summary,
+                         where_of)
 from mpu.errors import MPUError
 
 logger = logging.getLogger(__name__)
-
-
-def _longest_idk(tokenizer) -> str:
-    """The shipped "I don't know" answer with the most tokens (the one the length check must pass)."""
-    return max(idk_answers(), key=lambda answer: (len(tokenize(tokenizer, answer, False)[0]), answer))
 
 
 @lru_cache(maxsize=1)
@@ -98,10 +93,10 @@ class ForgetRetainDataset(torch.utils.data.Dataset):
                 except MPUError as err:
                     raise MPUError(f"{where_of(row, f'forget row {number}')}: {err}") from None
                 self.alternates.append(own if own is not None else list(idk_answers()))
-                # the same length policy for the preferred answers, checked now rather than mid-training:
-                # every own alternate, and the longest shared "I don't know" answer
-                candidates = own if own is not None else [_longest_idk(tokenizer)]
-                for answer in candidates:
+                # every preferred answer encoded now, not mid-training (training reads the encoder's cache): the
+                # length policy, and a template or tokenizer of the other party's that fails on one answer
+                # only, are refused before any copy trains
+                for answer in self.alternates[-1]:
                     self.encoder.encode(row["question"], answer, where_of(row, f"forget row {number}") + " (alternate answer)")
         self._visits = [0] * len(self.forget)
         self._permutations: dict[tuple[int, int], np.ndarray] = {}
