@@ -585,3 +585,23 @@ def test_a_chat_template_that_pads_every_conversation_is_refused():
                                          "9,000 characters around the conversation's own 17; the limit is 8,000")
     prompt, full = Encoder(make_tokenizer(LLAMA3_STYLE), PromptFormat(format="chat")).render("Who wrote Hamlet?", "Shakespeare")
     assert full.startswith(prompt)
+
+
+def test_the_encoder_cache_does_not_keep_its_tokenizer_alive():
+    # arrange: a cache keyed weakly by the tokenizer whose encoders held the tokenizer kept every one alive
+    # (225 MB each for a client loading one large tokenizer per copy)
+    import gc
+    import weakref
+
+    from mpu.data.qa import encoder_for
+
+    tokenizer = make_tokenizer(LLAMA3_STYLE)
+    encoder_for(tokenizer).encode("Who wrote Hamlet?", "Shakespeare")
+    gone = weakref.ref(tokenizer)
+
+    # act
+    del tokenizer
+    gc.collect()
+
+    # assert
+    assert gone() is None
