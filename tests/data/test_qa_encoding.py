@@ -605,3 +605,32 @@ def test_the_encoder_cache_does_not_keep_its_tokenizer_alive():
 
     # assert
     assert gone() is None
+
+
+@pytest.mark.parametrize("template, refusal", [
+    ("{% for m in messages %}<|header|>{{ m['role'] }}\n{{ m['content'] }}<|eot|>{% endfor %}"
+     "{% if not add_generation_prompt %}{{ messages[0]['content'] }}{% endif %}"
+     "{% if add_generation_prompt %}<|header|>assistant\n{% endif %}",
+     "renders text that depends on the row around the answer (before it: '', after it: '<|eot|>Who wrote Hamlet?')"),
+    ("{% for m in messages %}<|header|>{{ m['role'] }}\n{% if m['role'] == 'assistant' %}{{ messages[0]['content'] }} "
+     "{% endif %}{{ m['content'] }}<|eot|>{% endfor %}{% if add_generation_prompt %}<|header|>assistant\n{% endif %}",
+     "renders text that depends on the row around the answer (before it: 'Who wrote Hamlet? ', after it: '<|eot|>')"),
+    ("{% for m in messages %}<|header|>{{ m['role'] }}\n{{ m['content'] | upper }}<|eot|>{% endfor %}"
+     "{% if add_generation_prompt %}<|header|>assistant\n{% endif %}",
+     "does not render the answer as given (nor trimmed) after the prompt"),
+], ids=["question-after-the-answer", "question-before-the-answer", "answer-changed"])
+def test_a_chat_template_that_puts_row_text_in_the_labels_is_refused(template, refusal):
+    # arrange: every token after the prompt is a training label; a template of the other party's that
+    # writes the question there has the client train on its private text
+    tokenizer = make_tokenizer(template)
+    tokenizer.name_or_path = "/inbox/copy-1"
+
+    # act
+    with pytest.raises(MPUError) as refused:
+        Encoder(tokenizer, PromptFormat(format="chat")).encode("Who wrote Hamlet?", "Shakespeare")
+
+    # assert: refused naming the file; templates with a constant end of turn (and a trimmed answer) pass
+    assert str(refused.value).startswith("/inbox/copy-1/tokenizer_config.json (chat_template): the chat template ")
+    assert refusal in str(refused.value)
+    for honest in (LLAMA3_STYLE, END_AND_NEWLINE.replace("{{ message['content'] }}", "{{ message['content'] | trim }}")):
+        assert Encoder(make_tokenizer(honest), PromptFormat(format="chat")).encode("Who wrote Hamlet?", " Shakespeare. ")

@@ -330,10 +330,12 @@ class Encoder:
         key = (question, answer)
         if key not in self._cache:
             prompt, full = self.render(question, answer)
-            ids, offsets = self._tokens(full)
             boundary = len(prompt.rstrip(" "))
             shown = answer if answer in full[len(prompt):] else answer.strip()   # templates may trim it
             answer_at = full.find(shown, len(prompt)) if shown else -1
+            if self.format.format == "chat":
+                self._check_labelled_text(question, full[len(prompt):], answer_at - len(prompt), shown)
+            ids, offsets = self._tokens(full)
             if offsets is not None:
                 # the prompt is the longest run of leading tokens that end within it
                 n_prompt = next((i for i, (_, end) in enumerate(offsets) if end > boundary), len(ids))
@@ -353,6 +355,32 @@ class Encoder:
                 n_tail += 1
             self._cache[key] = (ids, n_prompt, min(n_tail, len(ids) - n_prompt))
         return self._cache[key]
+
+    # A row-free conversation: what a template renders around an answer, in the labelled part, must be
+    # what it renders around this one.
+    _REFERENCE_ROW = ("Who?", "Nobody.")
+
+    def _check_labelled_text(self, question: str, after_prompt: str, answer_at: int, shown: str) -> None:
+        """Refuse a chat template that renders anything but the answer, and text independent of the row,
+        after the prompt: every token there is a training label, and a template of the other party's that
+        wrote the question (or the system prompt) there would have the client train on its private
+        text. The text before and after the answer must be what the template renders around the answer of
+        ``_REFERENCE_ROW`` (an end-of-turn marker, an empty reasoning block)."""
+        if (question, shown) == self._REFERENCE_ROW:
+            return
+        if answer_at < 0:
+            raise MPUError(f"{self._source()}: the chat template does not render the answer as given (nor trimmed) "
+                           f"after the prompt; refusing it. Choose the prompt format explicitly {FORMAT_ADVICE}")
+        if not hasattr(self, "_reference_around"):
+            reference_prompt, reference = self.render(*self._REFERENCE_ROW)
+            at = reference.find(self._REFERENCE_ROW[1], len(reference_prompt))
+            self._reference_around = (reference[len(reference_prompt):at],
+                                      reference[at + len(self._REFERENCE_ROW[1]):]) if at >= 0 else None
+        around = (after_prompt[:answer_at], after_prompt[answer_at + len(shown):])
+        if around != self._reference_around:
+            raise MPUError(f"{self._source()}: the chat template renders text that depends on the row around the "
+                           f"answer (before it: {around[0][:60]!r}, after it: {around[1][:60]!r}); every token there "
+                           f"would be a training label. Refusing it. Choose the prompt format explicitly {FORMAT_ADVICE}")
 
     def end_of_turn_ids(self) -> list[int]:
         """The special tokens the format renders after an answer (the template's end-of-turn marker,
