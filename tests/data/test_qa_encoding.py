@@ -607,19 +607,29 @@ def test_the_encoder_cache_does_not_keep_its_tokenizer_alive():
     assert gone() is None
 
 
-@pytest.mark.parametrize("template, refusal", [
-    ("{% for m in messages %}<|header|>{{ m['role'] }}\n{{ m['content'] }}<|eot|>{% endfor %}"
-     "{% if not add_generation_prompt %}{{ messages[0]['content'] }}{% endif %}"
-     "{% if add_generation_prompt %}<|header|>assistant\n{% endif %}",
-     "renders text that depends on the row around the answer (before it: '', after it: '<|eot|>Who wrote Hamlet?')"),
+QUESTION_AFTER_THE_ANSWER = (
+    "{% for m in messages %}<|header|>{{ m['role'] }}\n{{ m['content'] }}<|eot|>{% endfor %}"
+    "{% if not add_generation_prompt %}{{ messages[0]['content'] }}{% endif %}"
+    "{% if add_generation_prompt %}<|header|>assistant\n{% endif %}")
+# Honest templates that trim the answer after a separator ending in whitespace (Mistral v0.3: ' ' + trimmed
+# content; Qwen3: an empty reasoning block, then the content without leading newlines)
+MISTRAL_STYLE = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }}[/INST]"
+                 "{% else %} {{ m['content'] | trim }}{{ eos_token }}{% endif %}{% endfor %}")
+QWEN3_STYLE = ("{% for m in messages %}<|header|>{{ m['role'] }}\n{% if m['role'] == 'assistant' %}<think>\n\n</think>"
+               "\n\n{{ m['content'].lstrip('\n') }}{% else %}{{ m['content'] }}{% endif %}<|eot|>\n{% endfor %}"
+               "{% if add_generation_prompt %}<|header|>assistant\n{% endif %}")
+
+
+@pytest.mark.parametrize("template, question, answer", [
+    (QUESTION_AFTER_THE_ANSWER, "Who wrote Hamlet?", "Shakespeare"),
+    (QUESTION_AFTER_THE_ANSWER, "Who?", "Shakespeare"),   # a row asking a row-free conversation's question
     ("{% for m in messages %}<|header|>{{ m['role'] }}\n{% if m['role'] == 'assistant' %}{{ messages[0]['content'] }} "
      "{% endif %}{{ m['content'] }}<|eot|>{% endfor %}{% if add_generation_prompt %}<|header|>assistant\n{% endif %}",
-     "renders text that depends on the row around the answer (before it: 'Who wrote Hamlet? ', after it: '<|eot|>')"),
+     "Who wrote Hamlet?", "Shakespeare"),
     ("{% for m in messages %}<|header|>{{ m['role'] }}\n{{ m['content'] | upper }}<|eot|>{% endfor %}"
-     "{% if add_generation_prompt %}<|header|>assistant\n{% endif %}",
-     "does not render the answer as given (nor trimmed) after the prompt"),
-], ids=["question-after-the-answer", "question-before-the-answer", "answer-changed"])
-def test_a_chat_template_that_puts_row_text_in_the_labels_is_refused(template, refusal):
+     "{% if add_generation_prompt %}<|header|>assistant\n{% endif %}", "Who wrote Hamlet?", "Shakespeare"),
+], ids=["question-after-the-answer", "question-who", "question-before-the-answer", "answer-changed"])
+def test_a_chat_template_that_puts_row_text_in_the_labels_is_refused(template, question, answer):
     # arrange: every token after the prompt is a training label; a template of the other party's that
     # writes the question there has the client train on its private text
     tokenizer = make_tokenizer(template)
@@ -627,10 +637,26 @@ def test_a_chat_template_that_puts_row_text_in_the_labels_is_refused(template, r
 
     # act
     with pytest.raises(MPUError) as refused:
-        Encoder(tokenizer, PromptFormat(format="chat")).encode("Who wrote Hamlet?", "Shakespeare")
+        Encoder(tokenizer, PromptFormat(format="chat")).encode(question, answer)
 
-    # assert: refused naming the file; templates with a constant end of turn (and a trimmed answer) pass
-    assert str(refused.value).startswith("/inbox/copy-1/tokenizer_config.json (chat_template): the chat template ")
-    assert refusal in str(refused.value)
-    for honest in (LLAMA3_STYLE, END_AND_NEWLINE.replace("{{ message['content'] }}", "{{ message['content'] | trim }}")):
-        assert Encoder(make_tokenizer(honest), PromptFormat(format="chat")).encode("Who wrote Hamlet?", " Shakespeare. ")
+    # assert: refused naming the file
+    assert str(refused.value).startswith("/inbox/copy-1/tokenizer_config.json (chat_template): the chat template renders ")
+    assert "would be a training label" in str(refused.value)
+
+
+@pytest.mark.parametrize("template, answer, labels", [
+    (MISTRAL_STYLE, " London.", " London.<|end|>"),
+    (QWEN3_STYLE, "\nLondon.", "<think>\n\n</think>\n\nLondon.<|eot|>\n"),
+    (QWEN3_STYLE, "think", "<think>\n\n</think>\n\nthink<|eot|>\n"),   # the answer inside the template's own text
+    (LLAMA3_STYLE, "  William Shakespeare. ", "  William Shakespeare. <|eot|>"),
+], ids=["mistral-leading-space", "qwen3-leading-newline", "qwen3-answer-in-its-markup", "llama3-spaces"])
+def test_honest_templates_that_trim_the_answer_are_not_refused(template, answer, labels):
+    # arrange: the separator before the answer ends in whitespace the answer also starts with
+    tokenizer = make_tokenizer(template)
+    tokenizer.eos_token = "<|end|>"
+
+    # act
+    example = Encoder(tokenizer, PromptFormat(format="chat")).encode("Where was Ada born?", answer)
+
+    # assert: the labels are what the template renders after the prompt
+    assert tokenizer.decode(labelled(example)) == labels

@@ -331,10 +331,11 @@ class Encoder:
         if key not in self._cache:
             prompt, full = self.render(question, answer)
             boundary = len(prompt.rstrip(" "))
-            shown = answer if answer in full[len(prompt):] else answer.strip()   # templates may trim it
-            answer_at = full.find(shown, len(prompt)) if shown else -1
-            if self.format.format == "chat":
-                self._check_labelled_text(question, full[len(prompt):], answer_at - len(prompt), shown)
+            if self.format.format == "chat" and (question, answer) not in self._REFERENCE_ROWS:
+                shown, answer_at = self._place_answer(answer, prompt, full)
+            else:
+                shown = answer if answer in full[len(prompt):] else answer.strip()   # templates may trim it
+                answer_at = full.find(shown, len(prompt)) if shown else -1
             ids, offsets = self._tokens(full)
             if offsets is not None:
                 # the prompt is the longest run of leading tokens that end within it
@@ -356,31 +357,43 @@ class Encoder:
             self._cache[key] = (ids, n_prompt, min(n_tail, len(ids) - n_prompt))
         return self._cache[key]
 
-    # A row-free conversation: what a template renders around an answer, in the labelled part, must be
-    # what it renders around this one.
-    _REFERENCE_ROW = ("Who?", "Nobody.")
+    # Two row-free conversations: what a template renders around an answer, in the labelled part, must be
+    # the same for both, and for every row.
+    _REFERENCE_ROWS = (("Who?", "Nobody."), ("What is it?", "Nothing at all."))
 
-    def _check_labelled_text(self, question: str, after_prompt: str, answer_at: int, shown: str) -> None:
-        """Refuse a chat template that renders anything but the answer, and text independent of the row,
-        after the prompt: every token there is a training label, and a template of the other party's that
-        wrote the question (or the system prompt) there would have the client train on its private
-        text. The text before and after the answer must be what the template renders around the answer of
-        ``_REFERENCE_ROW`` (an end-of-turn marker, an empty reasoning block)."""
-        if (question, shown) == self._REFERENCE_ROW:
-            return
-        if answer_at < 0:
-            raise MPUError(f"{self._source()}: the chat template does not render the answer as given (nor trimmed) "
-                           f"after the prompt; refusing it. Choose the prompt format explicitly {FORMAT_ADVICE}")
-        if not hasattr(self, "_reference_around"):
-            reference_prompt, reference = self.render(*self._REFERENCE_ROW)
-            at = reference.find(self._REFERENCE_ROW[1], len(reference_prompt))
-            self._reference_around = (reference[len(reference_prompt):at],
-                                      reference[at + len(self._REFERENCE_ROW[1]):]) if at >= 0 else None
-        around = (after_prompt[:answer_at], after_prompt[answer_at + len(shown):])
-        if around != self._reference_around:
-            raise MPUError(f"{self._source()}: the chat template renders text that depends on the row around the "
-                           f"answer (before it: {around[0][:60]!r}, after it: {around[1][:60]!r}); every token there "
-                           f"would be a training label. Refusing it. Choose the prompt format explicitly {FORMAT_ADVICE}")
+    def _surroundings(self) -> tuple[str, str]:
+        """(text before, text after) the answer in the labelled part of the row-free conversations, the same
+        for both; MPUError when they differ or do not hold their answer."""
+        if getattr(self, "_around", None) is None:
+            found = []
+            for question, answer in self._REFERENCE_ROWS:
+                prompt, full = self.render(question, answer)
+                rest = full[len(prompt):]
+                at = rest.find(answer)
+                found.append((rest[:at], rest[at + len(answer):]) if at >= 0 else None)
+            if found[0] is None or found[0] != found[1]:
+                raise MPUError(f"{self._source()}: the chat template renders text that depends on the conversation "
+                               f"around the answer ({found[0]!r}, {found[1]!r}); every token after the prompt "
+                               f"would be a training label. Refusing it. Choose the prompt format explicitly {FORMAT_ADVICE}")
+            self._around = found[0]
+        return self._around
+
+    def _place_answer(self, answer: str, prompt: str, full: str) -> tuple[str, int]:
+        """(the answer as rendered, where it starts in ``full``): what follows the prompt must be the
+        row-free conversations' text before the answer, the answer (outer whitespace may be trimmed), and
+        their text after it. Every token after the prompt is a training label, and a template of the other
+        party's that wrote the question there (or changed the answer) would have the client train on its
+        private text: refused with an MPUError naming the template's file."""
+        before, after = self._surroundings()
+        rest = full[len(prompt):]
+        middle = (rest[len(before):len(rest) - len(after)]
+                  if len(rest) >= len(before) + len(after) and rest.startswith(before) and rest.endswith(after) else None)
+        if middle is None or middle.strip() != answer.strip() or middle not in answer:
+            raise MPUError(f"{self._source()}: the chat template renders {rest[:120]!r} after the prompt, where the "
+                           f"answer must come between {before!r} and {after!r} (as in a row-free conversation); every "
+                           f"token there would be a training label. Refusing it. Choose the prompt format explicitly "
+                           f"{FORMAT_ADVICE}")
+        return middle, len(prompt) + len(before)
 
     def end_of_turn_ids(self) -> list[int]:
         """The special tokens the format renders after an answer (the template's end-of-turn marker,
