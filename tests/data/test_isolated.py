@@ -276,3 +276,63 @@ def test_a_child_started_from_a_short_lived_thread_outlives_it():
     assert child._process.poll() is None
     assert child.ask(None, {"loaded": True}, 60)[0] == {"loaded": False}
     child.close()
+
+
+# Templates whose labels carry the row or the client's system prompt, past the text check around the answer
+SPACES_COUNTED_FROM_THE_QUESTION = (   # at the end of the prompt: they go with the answer's first token
+    "{% set spaces = ' ' * (messages[0]['content'] | length) %}"
+    "{% for m in messages %}<|header|>{{ m['role'] }}\n{% if m['role'] == 'assistant' %}{{ spaces }}{% endif %}"
+    "{{ m['content'] }}<|eot|>{% endfor %}{% if add_generation_prompt %}<|header|>assistant\n{{ spaces }}{% endif %}")
+SYSTEM_PROMPT_AFTER_THE_ANSWER = (
+    "{% for m in messages %}{% if m['role'] != 'system' %}<|header|>{{ m['role'] }}\n{{ m['content'] }}<|eot|>"
+    "{% endif %}{% endfor %}{% if not add_generation_prompt %}{{ messages[0]['content'] }}{% endif %}"
+    "{% if add_generation_prompt %}<|header|>assistant\n{% endif %}")
+TRIM_WHEN_THE_QUESTION_SAYS_SO = (
+    "{% for m in messages %}<|header|>{{ m['role'] }}\n{% if m['role'] == 'assistant' and 'Hamlet' in "
+    "messages[0]['content'] %}{{ m['content'] | trim }}{% else %}{{ m['content'] }}{% endif %}<|eot|>{% endfor %}"
+    "{% if add_generation_prompt %}<|header|>assistant\n{% endif %}")
+
+
+@pytest.mark.parametrize("template, system_prompt, answer", [
+    (SPACES_COUNTED_FROM_THE_QUESTION, "", "London."),
+    (SYSTEM_PROMPT_AFTER_THE_ANSWER, "PRIVATE: the records of clinic 42", "London."),
+    (TRIM_WHEN_THE_QUESTION_SAYS_SO, "", " London. "),
+], ids=["spaces-counted-from-the-question", "system-prompt-after-the-answer", "trim-when-the-question-says-so"])
+def test_labels_that_depend_on_the_row_or_the_system_prompt_are_refused(tmp_path, template, system_prompt, answer):
+    # arrange: the other party's tokenizer and template (the text around the answer passes its own check)
+    from mpu.data.qa import Encoder, PromptFormat
+
+    tokenizer = other_partys(tmp_path)
+    tokenizer.chat_template = template
+    fmt = PromptFormat(format="chat", system_prompt=system_prompt)
+
+    # act
+    with pytest.raises(MPUError) as refused:
+        Encoder(tokenizer, fmt).encode("Who wrote Hamlet?", answer)
+
+    # assert
+    assert str(refused.value).startswith(f"{tmp_path}: its tokenizer and chat template label this row's answer with ")
+    assert "the labels would carry the row's question or the system prompt" in str(refused.value)
+
+
+def test_a_tokenizer_whose_tokens_straddle_the_end_of_the_prompt_is_refused(tmp_path):
+    # arrange: an added token spanning the end of one question and the answer's first letter
+    from transformers import AutoTokenizer
+
+    from mpu.data.qa import Encoder, PromptFormat
+
+    tokenizer = train_tokenizer(TEXTS, vocab_size=300)
+    tokenizer.add_tokens(["Hamlet?\nAnswer: L"])
+    tokenizer.save_pretrained(tmp_path)
+    isolated.load_other_partys(tmp_path, "straddling")
+    theirs = AutoTokenizer.from_pretrained(tmp_path)
+    isolated.mark_other_partys(theirs, tmp_path, "straddling", len(theirs))
+    encoder = Encoder(theirs, PromptFormat(format="plain"))
+
+    # act
+    with pytest.raises(MPUError) as refused:
+        encoder.encode("Who wrote Hamlet?", "London.")
+
+    # assert: refused; another question, which the token does not straddle, encodes
+    assert "the labels would carry the row's question or the system prompt" in str(refused.value)
+    assert encoder.encode("Where was Ada born?", "London.")["input_ids"]

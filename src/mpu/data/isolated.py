@@ -577,7 +577,8 @@ def other_partys_tokens(tokenizer: Any, text: str, add_special_tokens: bool, off
         ids, spans = reply["ids"], reply["offsets"]
         if (len(ids) <= most_tokens(text) and all(type(token) is int for token in ids)
                 and (spans is None or (len(spans) == len(ids) and all(
-                    isinstance(span, list) and len(span) == 2 and all(type(v) is int for v in span) for span in spans)))):
+                    isinstance(span, list) and len(span) == 2 and all(type(v) is int for v in span)
+                    and 0 <= span[0] <= span[1] <= len(text) for span in spans)))):
             outside = next((token for token in ids if not 0 <= token < vocabulary), None)
             if outside is not None:
                 raise MPUError(f"{source}: the tokenizer gives token id {outside}, outside the model's vocabulary of "

@@ -26,6 +26,7 @@ tail is cut and counted.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -37,7 +38,7 @@ from typing import Any, Sequence
 import torch
 
 from mpu.data.chat_template import CHAT_TEMPLATE_SECONDS, FORMAT_ADVICE, template_source
-from mpu.data.isolated import TOKENIZER_SECONDS, other_partys_tokens, render_conversation
+from mpu.data.isolated import TOKENIZER_SECONDS, is_other_partys, other_partys_tokens, render_conversation
 from mpu.errors import InputError, MPUError
 
 
@@ -278,9 +279,10 @@ class Encoder:
 
     # rendering
 
-    def render(self, question: str, answer: str | None = None) -> tuple[str, str | None]:
-        """(prompt text, whole conversation text or None): the prompt is a prefix of the conversation."""
-        fmt = self.format
+    def render(self, question: str, answer: str | None = None, fmt: PromptFormat | None = None) -> tuple[str, str | None]:
+        """(prompt text, whole conversation text or None): the prompt is a prefix of the conversation.
+        ``fmt``: another format than the encoder's (the label check's row-free conversation)."""
+        fmt = fmt or self.format
         if self._missing:
             raise MPUError(self._missing)
         if fmt.format == "plain":
@@ -330,16 +332,16 @@ class Encoder:
         key = (question, answer)
         if key not in self._cache:
             prompt, full = self.render(question, answer)
-            boundary = len(prompt.rstrip(" "))
             if self.format.format == "chat" and (question, answer) not in self._REFERENCE_ROWS:
                 shown, answer_at = self._place_answer(answer, prompt, full)
             else:
                 shown = answer if answer in full[len(prompt):] else answer.strip()   # templates may trim it
                 answer_at = full.find(shown, len(prompt)) if shown else -1
             ids, offsets = self._tokens(full)
+            n_prompt = self._prompt_length(prompt, ids, offsets)
+            if is_other_partys(self.tokenizer) and key not in self._REFERENCE_ROWS:
+                self._check_labels_free_of_the_row(answer, ids[n_prompt:])
             if offsets is not None:
-                # the prompt is the longest run of leading tokens that end within it
-                n_prompt = next((i for i, (_, end) in enumerate(offsets) if end > boundary), len(ids))
                 if answer_at >= 0:
                     end_of_answer = answer_at + len(shown)
                     n_tail = sum(1 for i, (start, end) in enumerate(offsets) if i >= n_prompt and start >= end_of_answer
@@ -347,8 +349,6 @@ class Encoder:
                 else:
                     n_tail = 0
             else:
-                prompt_ids = self._tokens(prompt.rstrip(" "))[0]
-                n_prompt = len(prompt_ids) if ids[:len(prompt_ids)] == prompt_ids else len(prompt_ids) - 1
                 n_tail = 1 if ids and ids[-1] == self.tokenizer.eos_token_id else 0
             eos = self.tokenizer.eos_token_id
             if self.format.format == "plain" and eos is not None and (not ids or ids[-1] != eos):
@@ -356,6 +356,33 @@ class Encoder:
                 n_tail += 1
             self._cache[key] = (ids, n_prompt, min(n_tail, len(ids) - n_prompt))
         return self._cache[key]
+
+    def _prompt_length(self, prompt: str, ids: list[int], offsets: list[tuple[int, int]] | None) -> int:
+        """How many of the conversation's leading ``ids`` are the prompt: the longest run of tokens that end
+        within it (without its trailing spaces, which belong to the answer's first token); without offsets,
+        the prompt's own tokens, one fewer when the last merges with the answer."""
+        boundary = len(prompt.rstrip(" "))
+        if offsets is not None:
+            return next((i for i, (_, end) in enumerate(offsets) if end > boundary), len(ids))
+        prompt_ids = self._tokens(prompt.rstrip(" "))[0]
+        return len(prompt_ids) if ids[:len(prompt_ids)] == prompt_ids else len(prompt_ids) - 1
+
+    def _check_labels_free_of_the_row(self, answer: str, labels: list[int]) -> None:
+        """Refuse labels that depend on anything but the answer: the other party's tokenizer and template
+        must give ``answer`` the same labels in a row-free conversation (another question, and another
+        system prompt when the run has one). A tokenizer sees the whole conversation at once, so a token
+        that straddles the end of the prompt (an added token, a normalizer's replacement, a look-behind),
+        or spaces the template counts out from the question, would put the client's private question
+        or system prompt into what it trains on."""
+        canary = dataclasses.replace(self.format, system_prompt="Reply in one line." if self.format.system_prompt else "")
+        prompt, full = self.render(self._REFERENCE_ROWS[0][0], answer, fmt=canary)
+        ids, offsets = self._tokens(full)
+        reference = ids[self._prompt_length(prompt, ids, offsets):]
+        if labels != reference:
+            raise MPUError(f"{getattr(self.tokenizer, 'name_or_path', '') or 'the tokenizer'}: its tokenizer and chat "
+                           f"template label this row's answer with {len(labels)} tokens that differ from the "
+                           f"{len(reference)} they give the same answer in a row-free conversation: the labels would "
+                           "carry the row's question or the system prompt. Refusing them")
 
     # Two row-free conversations: what a template renders around an answer, in the labelled part, must be
     # the same for both, and for every row.
