@@ -524,14 +524,18 @@ def _rendered_text(reply: Any, source: str) -> str:
 _OTHER_PARTYS: "weakref.WeakKeyDictionary[Any, tuple[str, str, int]]" = weakref.WeakKeyDictionary()
 
 
+def _tokenizer_setting(folder: str | Path, key: str) -> tuple[str, str, dict[str, str]]:
+    """What the child must hold to tokenize with the tokenizer of ``folder`` (files digest ``key``)."""
+    return ("tokenizer", key, {"load": str(folder)})
+
+
 def load_other_partys(folder: str | Path, key: str) -> None:
     """Load the other party's tokenizer from ``folder`` in the child, within TOKENIZER_LOAD_SECONDS, before
     this process loads it: loading runs the file's normalizer on its added tokens, so a backtracking
     expression stalls or panics there. ``key`` is the digest of the folder's files (the child reloads when
     it changes). Raises MPUError naming the folder when the load fails, takes too long or too much memory."""
     source = str(folder)
-    setting = ("tokenizer", key, {"load": source})
-    reply = _asked(setting, {"loaded": True}, TOKENIZER_LOAD_SECONDS, source, "the tokenizer",
+    reply = _asked(_tokenizer_setting(folder, key), {"loaded": True}, TOKENIZER_LOAD_SECONDS, source, "the tokenizer",
                    f"the tokenizer did not load within {TOKENIZER_LOAD_SECONDS:g} s (a regular expression that "
                    "backtracks on its added tokens)", with_tokenizers=True)
     if reply == {"loaded": True}:
@@ -569,8 +573,8 @@ def other_partys_tokens(tokenizer: Any, text: str, add_special_tokens: bool, off
         return None
     folder, key, vocabulary = _OTHER_PARTYS[tokenizer]
     source = f"{folder}/tokenizer.json"
-    setting = ("tokenizer", key, {"load": folder})
-    reply = _asked(setting, {"text": text, "special": add_special_tokens, "offsets": offsets}, seconds, source,
+    request = {"text": text, "special": add_special_tokens, "offsets": offsets}
+    reply = _asked(_tokenizer_setting(folder, key), request, seconds, source,
                    "the tokenizer", f"the tokenizer did not tokenize one text within {seconds:g} s (a regular "
                    "expression that backtracks)", with_tokenizers=True)
     if isinstance(reply, dict) and isinstance(reply.get("ids"), list) and "offsets" in reply:
