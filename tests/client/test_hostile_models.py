@@ -14,7 +14,7 @@ import transformers
 from safetensors.torch import save_file
 
 from mpu.client.inbox import MAX_LAYERS, PublishedCopy, read_publication
-from mpu.errors import InputError
+from mpu.errors import InputError, MPUError
 from mpu.reparam import ARCHITECTURES
 from mpu.server.config import ServerConfig
 from mpu.server.init import init_server
@@ -135,6 +135,9 @@ TOKENIZER_CLASSES = {
                      "tokenizer_class \"['LlamaTokenizer']\" is not the name of a transformers tokenizer class"),
     "no class of transformers": (lambda i: [edit_json(i / c / "tokenizer_config.json", tokenizer_class="EvilTokenizer") for c in COPIES],
                                  "tokenizer_class 'EvilTokenizer' is not a transformers tokenizer class"),
+    # the pattern's $ let a trailing newline through; the whole name must match
+    "a trailing newline": (lambda i: [edit_json(i / c / "tokenizer_config.json", tokenizer_class="LlamaTokenizerFast\n") for c in COPIES],
+                           "tokenizer_class 'LlamaTokenizerFast\\n' is not the name of a transformers tokenizer class"),
 }
 
 
@@ -156,20 +159,38 @@ def test_a_tokenizer_class_is_resolved_under_each_spelling_autotokenizer_tries(o
             "tokenizer_config.json: tokenizer_class 'EvilTokenizer' names EvilTokenizerFast, which is not a tokenizer class")
 
 
-def test_a_loaded_tokenizer_that_is_no_tokenizer_is_refused(outbox, monkeypatch):
+def test_a_loaded_tokenizer_that_is_no_tokenizer_is_refused():
+    # arrange: a tokenizer_class that transformers resolves to something else than a tokenizer (the
+    # inbox refuses every such name it knows; this is the child's own check, behind it)
+    from mpu.data.isolated import _loaded_reply
+
+    # act
+    reply = _loaded_reply(transformers.LlamaConfig())
+
+    # assert
+    assert reply == {"refused": "loads a LlamaConfig, not a tokenizer (tokenizer_class)"}
+
+
+def test_the_client_never_loads_the_other_partys_tokenizer_itself(outbox, monkeypatch):
+    # arrange: loading a tokenizer in the client's own process fails; the child is another process
     import mpu.client.unlearn as client_unlearn
+    from mpu.data.isolated import OtherPartysTokenizer
 
-    class LoadsAConfig:
-        @staticmethod
-        def from_pretrained(path, **kwargs):
-            return transformers.LlamaConfig()
+    def loaded_here(*args, **kwargs):
+        raise AssertionError("the client loaded the other party's tokenizer in its own process")
 
-    monkeypatch.setattr(client_unlearn, "AutoTokenizer", LoadsAConfig)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", loaded_here)
+    monkeypatch.setattr(transformers.PreTrainedTokenizerBase, "from_pretrained", loaded_here)
     monkeypatch.setattr(client_unlearn, "_TOKENIZERS", {})
 
-    with pytest.raises(InputError, match="copy-1/tokenizer_config.json: loads a LlamaConfig, not a tokenizer"):
-        client_unlearn._tokenizer(outbox / "copy-1")
-    assert client_unlearn._TOKENIZERS == {}
+    # act
+    tokenizer = client_unlearn._tokenizer(outbox / "copy-1")
+
+    # assert: what the client holds describes the tokenizer and cannot tokenize
+    assert isinstance(tokenizer, OtherPartysTokenizer)
+    assert tokenizer.eos_token_id is not None and tokenizer.chat_template
+    with pytest.raises(MPUError, match="runs only in the child process"):
+        tokenizer("Who wrote Hamlet?")
 
 
 # 4. every stored tensor loads into a tensor of the architecture
@@ -352,6 +373,7 @@ def test_a_tokenizer_class_the_tokenizers_library_does_not_back_is_refused(tmp_p
     (tmp_path / "merges.txt").write_text("#version: 0.2\n")
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "CTRLTokenizer", "unk_token": "<unk>",
                                                                "eos_token": "</s>"}))
+    transformers.LlamaConfig(vocab_size=4).save_pretrained(tmp_path)   # a copy's verified config
 
     # act
     with pytest.raises(InputError) as refused:
@@ -418,12 +440,13 @@ def test_a_copy_that_fails_only_on_the_preferred_answers_is_refused_before_any_c
     assert not (tmp_path / "returns").exists()
 
 
-@pytest.mark.parametrize("config, reason", [
-    ({"chat_template": 12345}, "the chat template is a int, not text"),
-    ({"unk_token": "", "pad_token": ""}, "RecursionError"),
+@pytest.mark.parametrize("config, refusal, reason", [
+    ({"chat_template": 12345}, "copy 2: its tokenizer and chat template cannot encode this run's rows",
+     "the chat template is a int, not text"),
+    ({"unk_token": "", "pad_token": ""}, "cannot load the tokenizer", "RecursionError"),   # in the child
 ], ids=["template-not-text", "empty-unk-token"])
 def test_tokenizer_settings_that_break_transformers_are_refused_as_input_errors(
-        outbox, tmp_path, forget_file, capsys, config, reason):  # noqa: F811
+        outbox, tmp_path, forget_file, capsys, config, refusal, reason):  # noqa: F811
     inbox = inbox_of(outbox, tmp_path)
     (inbox / "copy-2" / "chat_template.jinja").unlink(missing_ok=True)
     edit_json(inbox / "copy-2" / "tokenizer_config.json", **config)
@@ -433,5 +456,5 @@ def test_tokenizer_settings_that_break_transformers_are_refused_as_input_errors(
 
     err = capsys.readouterr().err
     assert code == 2, err
-    assert f"{inbox / 'copy-2'}: copy 2: its tokenizer and chat template cannot encode this run's rows" in err
+    assert f"{inbox / 'copy-2'}: {refusal}" in err
     assert reason in err and "Traceback" not in err

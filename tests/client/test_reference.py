@@ -111,11 +111,12 @@ def test_run_mpu_cleans_up_round_ones_copies_at_the_end(tmp_path, tiny_model_dir
 
 def test_copies_with_the_same_tokenizer_files_share_one_tokenizer(two_rounds):
     from mpu.client.unlearn import _tokenizer
+    from mpu.data.qa import tokenize
 
     root, _ = two_rounds
     first, second, later = _tokenizer(root / "round-1" / "copy-1"), _tokenizer(root / "round-1" / "copy-2"), _tokenizer(root / "round-2" / "copy-1")
     assert first is second is later
-    assert first("Who wrote it?")["input_ids"]  # a working tokenizer
+    assert tokenize(first, "Who wrote it?", False)[0]  # a working tokenizer (in the child process)
 
 
 def test_the_cli_passes_the_reference_model_inbox(two_rounds, tmp_path, forget_file):

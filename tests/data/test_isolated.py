@@ -22,9 +22,8 @@ ROW = TEXTS[0]
 
 def other_partys(folder, pre_tokenizer_pattern: str | None = None, vocabulary: int = 300, **config):
     """A tiny fast tokenizer saved in ``folder`` (with a Split pre-tokenizer of that pattern, and ``config``
-    in its tokenizer_config.json), loaded as the client loads the other party's: in the child first."""
+    in its tokenizer_config.json), loaded as the client loads the other party's: in the child only."""
     from tokenizers import Regex, pre_tokenizers
-    from transformers import AutoTokenizer
 
     tokenizer = train_tokenizer(TEXTS, vocab_size=300)
     if pre_tokenizer_pattern is not None:
@@ -33,11 +32,7 @@ def other_partys(folder, pre_tokenizer_pattern: str | None = None, vocabulary: i
     if config:
         path = folder / "tokenizer_config.json"
         path.write_text(json.dumps({**json.loads(path.read_text()), **config}))
-    key = uuid.uuid4().hex
-    isolated.load_other_partys(folder, key)
-    loaded = AutoTokenizer.from_pretrained(folder)
-    isolated.mark_other_partys(loaded, folder, key, vocabulary)
-    return loaded
+    return isolated.load_other_partys(folder, uuid.uuid4().hex, vocabulary)
 
 
 def test_a_tokenizer_regex_that_panics_is_refused_in_the_child_and_never_run_here(tmp_path, capfd):
@@ -97,8 +92,7 @@ def test_a_tokenizer_that_gives_more_than_one_token_a_byte_is_refused(tmp_path):
     tokenizer = train_tokenizer(TEXTS, vocab_size=300)
     tokenizer.backend_tokenizer.normalizer = normalizers.Replace("a", "a" * 40)
     tokenizer.save_pretrained(tmp_path)
-    isolated.load_other_partys(tmp_path, "expanding")
-    isolated.mark_other_partys(tokenizer, tmp_path, "expanding", 300)
+    tokenizer = isolated.load_other_partys(tmp_path, "expanding", 300)
 
     # act
     with pytest.raises(MPUError) as refused:
@@ -123,7 +117,7 @@ def test_loading_a_tokenizer_whose_added_tokens_make_its_normalizer_panic_is_ref
 
     # act
     with pytest.raises(MPUError) as refused:
-        isolated.load_other_partys(tmp_path, "panics-on-load")
+        isolated.load_other_partys(tmp_path, "panics-on-load", 301)
 
     # assert
     assert str(refused.value) == (f"{tmp_path}: cannot load the tokenizer (PanicException: Onig: Regex search "
@@ -317,16 +311,12 @@ def test_labels_that_depend_on_the_row_or_the_system_prompt_are_refused(tmp_path
 
 def test_a_tokenizer_whose_tokens_straddle_the_end_of_the_prompt_is_refused(tmp_path):
     # arrange: an added token spanning the end of one question and the answer's first letter
-    from transformers import AutoTokenizer
-
     from mpu.data.qa import Encoder, PromptFormat
 
     tokenizer = train_tokenizer(TEXTS, vocab_size=300)
     tokenizer.add_tokens(["Hamlet?\nAnswer: L"])
     tokenizer.save_pretrained(tmp_path)
-    isolated.load_other_partys(tmp_path, "straddling")
-    theirs = AutoTokenizer.from_pretrained(tmp_path)
-    isolated.mark_other_partys(theirs, tmp_path, "straddling", len(theirs))
+    theirs = isolated.load_other_partys(tmp_path, "straddling", len(tokenizer))
     encoder = Encoder(theirs, PromptFormat(format="plain"))
 
     # act
@@ -336,3 +326,101 @@ def test_a_tokenizer_whose_tokens_straddle_the_end_of_the_prompt_is_refused(tmp_
     # assert: refused; another question, which the token does not straddle, encodes
     assert "the labels would carry the row's question or the system prompt" in str(refused.value)
     assert encoder.encode("Where was Ada born?", "London.")["input_ids"]
+
+
+def saved_with_a_template(folder):
+    """A tiny tokenizer with a chat template, an added end-of-turn token and a context length, saved in ``folder``."""
+    tokenizer = train_tokenizer(TEXTS, vocab_size=300)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|eot|>"]})
+    tokenizer.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|eot|>\n{% endfor %}"
+                               "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    tokenizer.model_max_length = 512
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+@pytest.mark.parametrize("prompt_format", ["chat", "plain"])
+def test_what_the_client_holds_encodes_every_row_as_the_tokenizer_itself(tmp_path, prompt_format):
+    # arrange: the same files loaded here (ours) and in the child only (theirs: the client's way)
+    from transformers import AutoTokenizer
+
+    from mpu.data.qa import Encoder, PromptFormat
+
+    saved_with_a_template(tmp_path)
+    own = AutoTokenizer.from_pretrained(tmp_path)
+    theirs = isolated.load_other_partys(tmp_path, uuid.uuid4().hex, len(own))
+    fmt = PromptFormat(format=prompt_format, system_prompt="Be brief.")
+
+    # act
+    ours = Encoder(own, fmt)
+    probed = Encoder(theirs, fmt)
+
+    # assert: the facts the encoder reads, and the encodings and end of turn they give, are the same
+    assert theirs.special_tokens_map == own.special_tokens_map and theirs.chat_template == own.chat_template
+    assert [getattr(theirs, name) for name in isolated._SPECIAL_IDS] == [getattr(own, name) for name in isolated._SPECIAL_IDS]
+    assert theirs.all_special_ids == own.all_special_ids and theirs.model_max_length == 512
+    assert set(theirs.added_tokens_decoder) == set(own.added_tokens_decoder)
+    for question, answer in [("Where was Ada born?", "London."), ("Who is Jaime Vasquez?", "A writer of true crime.")]:
+        assert probed.encode(question, answer) == ours.encode(question, answer)
+    assert probed.end_of_turn_ids() == ours.end_of_turn_ids() and (prompt_format == "plain" or ours.end_of_turn_ids())
+
+
+def test_what_the_client_holds_cannot_tokenize_in_its_process(tmp_path):
+    # arrange
+    theirs = isolated.load_other_partys(saved_with_a_template(tmp_path) and tmp_path, "holds", 301)
+
+    # act
+    with pytest.raises(MPUError) as refused:
+        theirs("Where was Ada born?")
+
+    # assert
+    assert str(refused.value) == f"{tmp_path}: the other party's tokenizer runs only in the child process (mpu.data.qa.tokenize)"
+
+
+def good_facts() -> dict:
+    return {"chat_template": "{{ messages }}", "special_tokens_map": {"eos_token": "</s>", "extra": ["<a>", "<b>"]},
+            "bos_token_id": None, "eos_token_id": 2, "pad_token_id": 0, "unk_token_id": None,
+            "all_special_ids": [0, 2], "added_token_ids": [0, 2], "model_max_length": None}
+
+
+@pytest.mark.parametrize("change", [
+    {"eos_token_id": -1}, {"eos_token_id": True}, {"pad_token_id": 1.0}, {"pad_token_id": "0"},
+    {"all_special_ids": [0, -2]}, {"added_token_ids": {"0": None}}, {"model_max_length": -5},
+    {"special_tokens_map": {"eos_token": 2}}, {"special_tokens_map": ["eos_token"]},
+    {"special_tokens_map": {"eos_token": ["<a>", 1]}}, {"chat_template": [["deep"]]},
+    {"chat_template": {"default": {"nested": "x"}}}, {"surplus": 1},
+], ids=lambda change: ",".join(f"{k}={v!r}" for k, v in change.items())[:60])
+def test_a_reply_that_is_not_a_tokenizers_description_is_refused(tmp_path, monkeypatch, change):
+    # arrange: a child that replies the facts in another shape (taken over, or a bug)
+    monkeypatch.setattr(isolated, "_asked", lambda *args, **kwargs: {"loaded": True, "facts": {**good_facts(), **change}})
+
+    # act
+    with pytest.raises(MPUError) as refused:
+        isolated.load_other_partys(tmp_path, "shape", 300)
+
+    # assert: refused as the folder's; the shape the child gives passes
+    assert str(refused.value) == (f"{tmp_path}: the process loading the tokenizer replied what does not describe a "
+                                  "tokenizer; refusing it")
+    assert isolated._valid_facts(good_facts())
+
+
+@pytest.mark.parametrize("template, refusal", [
+    (12345, "the chat template is a int, not text"), ([{"name": "default", "template": 1}], "the chat template is a list, not text"),
+    ({"default": 7}, "the chat template is a list, not text")])
+def test_a_chat_template_that_is_not_text_is_refused_by_the_encoder(tmp_path, template, refusal):
+    # arrange: the template as tokenizer_config.json gives it; nested values stand as ["not text"]
+    from mpu.data.qa import Encoder, PromptFormat
+
+    tokenizer = train_tokenizer(TEXTS, vocab_size=300)
+    tokenizer.save_pretrained(tmp_path)
+    (tmp_path / "chat_template.jinja").unlink(missing_ok=True)   # read before tokenizer_config.json's entry
+    path = tmp_path / "tokenizer_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "chat_template": template}))
+    theirs = isolated.load_other_partys(tmp_path, uuid.uuid4().hex, 300)
+
+    # act
+    with pytest.raises(MPUError) as refused:
+        Encoder(theirs, PromptFormat(format="chat"))
+
+    # assert
+    assert refusal in str(refused.value)

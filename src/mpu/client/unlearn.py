@@ -17,13 +17,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from mpu.checkpoint import read_json
-from mpu.checkpoint.files import MAX_MANIFEST_BYTES, TOKENIZER_CONFIG
+from mpu.checkpoint.files import MAX_MANIFEST_BYTES
 from mpu.client.inbox import Publication, PublishedCopy, read_publication
 from mpu.client.update import loss_summary, write_dense_update, write_lora_update
-from mpu.data.isolated import first_line, load_other_partys, mark_other_partys
+from mpu.data.isolated import first_line, load_other_partys
 from mpu.errors import InputError, MPUError
 from mpu.methods import TrainingConfig
 from mpu.methods.job import UnlearnJob, padding_id
@@ -200,22 +200,10 @@ def _tokenizer(copy_dir: Path):
     if key not in _TOKENIZERS:
         if len(_TOKENIZERS) >= 4:
             _TOKENIZERS.pop(next(iter(_TOKENIZERS)))
-        try:   # in the child process first: loading runs the file's normalizer on its added tokens
-            load_other_partys(copy_dir, key)
-        except MPUError as err:
-            raise InputError(copy_dir, str(err).removeprefix(f"{copy_dir}: ")) from None
-        try:
-            with quiet_transformers(warnings=False):   # the copy was checked; mpu reports each copy itself
-                tokenizer = AutoTokenizer.from_pretrained(copy_dir, trust_remote_code=False)
-        except Exception as err:  # tokenizers and transformers raise many types for a malformed file
-            raise InputError(copy_dir, f"cannot load the tokenizer ({type(err).__name__}: {str(err)[:300]})") from None
-        if not isinstance(tokenizer, PreTrainedTokenizerBase):   # a tokenizer_class that named something else
-            raise InputError(copy_dir / TOKENIZER_CONFIG, f"loads a {type(tokenizer).__name__[:60]}, not a tokenizer (tokenizer_class)")
-        if getattr(tokenizer, "backend_tokenizer", None) is None:   # Python code of unbounded cost (quadratic BPE)
-            raise InputError(copy_dir / TOKENIZER_CONFIG, f"loads a {type(tokenizer).__name__[:60]}, which the tokenizers "
-                                                          "library does not back; a client runs only those (tokenizer_class)")
         vocabulary = AutoConfig.from_pretrained(copy_dir, trust_remote_code=False).get_text_config().vocab_size   # verified
-        mark_other_partys(tokenizer, copy_dir, key, vocabulary)   # its texts are tokenized in the child process, never here
+        # loaded in the child process only: loading runs the file's normalizer on its added tokens, and
+        # every text is tokenized there; this process holds what the encoder needs (special tokens, template)
+        tokenizer = load_other_partys(copy_dir, key, vocabulary)
         _TOKENIZERS[key] = tokenizer
     return _TOKENIZERS[key]
 

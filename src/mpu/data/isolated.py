@@ -19,9 +19,9 @@ is needed, for transformers' import):
   its stderr is discarded.
 
 Chat templates are rendered there (:func:`render_conversation`). The other party's tokenizer is loaded
-there first (:func:`load_other_partys`; the parent then loads the same files, which passed), and every
-text is tokenized there (:func:`other_partys_tokens`): this process never runs it on a text, and takes
-at most one token per UTF-8 byte back.
+only there (:func:`load_other_partys`: this process gets the facts its encoder needs, an
+:class:`OtherPartysTokenizer`), and every text is tokenized there (:func:`other_partys_tokens`): this
+process never loads it or runs it on a text, and takes at most one token per UTF-8 byte back.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from mpu.errors import MPUError
+from mpu.checkpoint.files import TOKENIZER_CONFIG
+from mpu.errors import InputError, MPUError
 
 # What the child may allocate beyond its size once started (about 190 MB of address space with Jinja and
 # tokenizers, 700 MB with transformers' tokenizers and torch). A real conversation renders in a few MB
@@ -136,6 +137,58 @@ def _load_tokenizer(folder: str) -> Any:
         return err
 
 
+# The token ids a client needs by name: padding, the plain format's EOS, the template's special tokens.
+_SPECIAL_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id")
+
+
+def _template_fact(template: Any) -> Any:
+    """The chat template as the client's encoder reads it, without nesting: text, None, a number, or a dict
+    of texts (named templates); a list, or a name that holds no text, stands as ``["not text"]``, which the
+    encoder refuses as a list (transformers itself renders none of them)."""
+    if template is None or isinstance(template, (str, bool, int, float)):
+        return template
+    if isinstance(template, dict):
+        return {str(name): value if isinstance(value, str) else ["not text"] for name, value in template.items()}
+    return ["not text"]
+
+
+def _loaded_reply(tokenizer: Any) -> dict[str, Any]:
+    """The child's answer to ``{"loaded"}``: ``{"facts"}``, what the client needs of the loaded tokenizer as
+    JSON (its chat template, special tokens, their ids, ``model_max_length``), so that the client never
+    loads the other party's tokenizer itself; ``{"refused"}`` for an object that is no tokenizer, or one
+    that the tokenizers library does not back (Python code of unbounded cost: a quadratic BPE)."""
+    if tokenizer is None:
+        return {"loaded": False}
+    if isinstance(tokenizer, BaseException):
+        return _failure(tokenizer)
+    from transformers import PreTrainedTokenizerBase
+
+    kind = type(tokenizer).__name__[:60]
+    if not isinstance(tokenizer, PreTrainedTokenizerBase):
+        return {"refused": f"loads a {kind}, not a tokenizer (tokenizer_class)"}
+    if getattr(tokenizer, "backend_tokenizer", None) is None:
+        return {"refused": f"loads a {kind}, which the tokenizers library does not back; a client runs only those "
+                           "(tokenizer_class)"}
+    try:
+        special = {str(name): [str(token) for token in value] if isinstance(value, (list, tuple)) else str(value)
+                   for name, value in dict(tokenizer.special_tokens_map).items()}
+        limit = tokenizer.model_max_length
+        facts = {
+            "chat_template": _template_fact(tokenizer.chat_template),
+            "special_tokens_map": special,
+            **{name: getattr(tokenizer, name) for name in _SPECIAL_IDS},
+            "all_special_ids": [int(token) for token in tokenizer.all_special_ids],
+            "added_token_ids": [int(token) for token in tokenizer.added_tokens_decoder],
+            "model_max_length": limit if type(limit) is int and 0 < limit < 2**63 else None,
+        }
+        json.dumps(facts)   # a value that is not JSON fails here, not in the reply
+        return {"loaded": True, "facts": facts}
+    except BaseException as err:
+        if not _caught(err):
+            raise
+        return _failure(err)
+
+
 def _tokenize_reply(tokenizer: Any, request: dict[str, Any]) -> dict[str, Any]:
     """The child's answer to one tokenization request: ``{"ids", "offsets"}`` (offsets only when asked
     and the tokenizer is fast), ``{"too_many"}`` past :func:`most_tokens`, or what stopped it."""
@@ -222,7 +275,7 @@ def _serve(memory_bytes: int, with_tokenizers: bool, parent: int) -> None:
             tokenizer = _load_tokenizer(request["load"])
             continue
         if "loaded" in request:
-            reply = _failure(tokenizer) if isinstance(tokenizer, BaseException) else {"loaded": tokenizer is not None}
+            reply = _loaded_reply(tokenizer)
         elif "messages" in request:
             reply = _render_reply(template, request)
         else:
@@ -529,27 +582,98 @@ def _tokenizer_setting(folder: str | Path, key: str) -> tuple[str, str, dict[str
     return ("tokenizer", key, {"load": str(folder)})
 
 
-def load_other_partys(folder: str | Path, key: str) -> None:
-    """Load the other party's tokenizer from ``folder`` in the child, within TOKENIZER_LOAD_SECONDS, before
-    this process loads it: loading runs the file's normalizer on its added tokens, so a backtracking
-    expression stalls or panics there. ``key`` is the digest of the folder's files (the child reloads when
-    it changes). Raises MPUError naming the folder when the load fails, takes too long or too much memory."""
+class OtherPartysTokenizer:
+    """What a client holds of the other party's tokenizer: the facts its encoder needs (the chat template,
+    the special tokens and their ids, ``model_max_length``), read by the child from the tokenizer it loaded
+    (:func:`load_other_partys`). The tokenizer itself, its normalizer, pre-tokenizer and added tokens, lives
+    only in the child: every text is tokenized there (:func:`other_partys_tokens`), so this object has no
+    way to tokenize in this process and refuses to be called. It is always fast (offsets): the child
+    refuses tokenizers that the tokenizers library does not back."""
+
+    is_fast = True
+
+    def __init__(self, folder: str | Path, facts: dict[str, Any]):
+        self.name_or_path = str(folder)
+        self.chat_template = facts["chat_template"]   # any JSON value: the encoder refuses one that is not text
+        self.special_tokens_map: dict[str, str | list[str]] = facts["special_tokens_map"]
+        for name in _SPECIAL_IDS:
+            setattr(self, name, facts[name])
+        self.all_special_ids: list[int] = facts["all_special_ids"]
+        self.added_tokens_decoder = dict.fromkeys(facts["added_token_ids"])   # the encoder reads its ids only
+        self.model_max_length: int | None = facts["model_max_length"]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise MPUError(f"{self.name_or_path}: the other party's tokenizer runs only in the child process "
+                       "(mpu.data.qa.tokenize)")
+
+    def __repr__(self) -> str:
+        return f"OtherPartysTokenizer({self.name_or_path!r})"
+
+
+def _valid_facts(facts: Any) -> bool:
+    """Whether the child's ``facts`` have the shape :func:`_loaded_reply` gives (a child taken over could
+    send anything JSON can hold)."""
+    def is_id(value: Any) -> bool:
+        return type(value) is int and value >= 0
+
+    def is_name(value: Any) -> bool:
+        return isinstance(value, str) and len(value) <= 100_000
+
+    def is_template(value: Any, named: bool = True) -> bool:
+        return (value is None or isinstance(value, (str, bool, int, float)) or value == ["not text"]
+                or (named and isinstance(value, dict) and all(is_name(name) and is_template(text, named=False)
+                                                              for name, text in value.items())))
+
+    expected = {"chat_template", "special_tokens_map", *_SPECIAL_IDS, "all_special_ids", "added_token_ids",
+                "model_max_length"}
+    return (isinstance(facts, dict) and set(facts) == expected and is_template(facts["chat_template"])
+            and isinstance(facts["special_tokens_map"], dict) and all(
+                is_name(name) and (is_name(value) or (isinstance(value, list) and all(map(is_name, value))))
+                for name, value in facts["special_tokens_map"].items())
+            and all(facts[name] is None or is_id(facts[name]) for name in _SPECIAL_IDS)
+            and all(isinstance(facts[name], list) and all(map(is_id, facts[name]))
+                    for name in ("all_special_ids", "added_token_ids"))
+            and (facts["model_max_length"] is None or is_id(facts["model_max_length"])))
+
+
+def load_other_partys(folder: str | Path, key: str, vocabulary: int) -> OtherPartysTokenizer:
+    """The other party's tokenizer in ``folder``, loaded in the child within TOKENIZER_LOAD_SECONDS (loading
+    runs the file's normalizer on its added tokens, so a backtracking expression stalls or panics there)
+    and never in this process: what this process gets is an :class:`OtherPartysTokenizer` holding what
+    the encoder needs, registered with :func:`mark_other_partys` under ``vocabulary`` (the model's
+    vocabulary size, from its config). ``key`` is the digest of the folder's files (the child reloads when
+    it changes). Raises InputError naming the folder when the load fails, takes too long or too much
+    memory, and naming its tokenizer_config.json when ``tokenizer_class`` loads no tokenizer or one the
+    tokenizers library does not back."""
     source = str(folder)
-    reply = _asked(_tokenizer_setting(folder, key), {"loaded": True}, TOKENIZER_LOAD_SECONDS, source, "the tokenizer",
-                   f"the tokenizer did not load within {TOKENIZER_LOAD_SECONDS:g} s (a regular expression that "
-                   "backtracks on its added tokens)", with_tokenizers=True)
-    if reply == {"loaded": True}:
-        return
+    try:
+        reply = _asked(_tokenizer_setting(folder, key), {"loaded": True}, TOKENIZER_LOAD_SECONDS, source,
+                       "the tokenizer", f"the tokenizer did not load within {TOKENIZER_LOAD_SECONDS:g} s (a regular "
+                       "expression that backtracks on its added tokens)", with_tokenizers=True)
+    except InputError:
+        raise
+    except MPUError as err:   # a timeout, the child stopped, or behind the run's pace: the folder's fault
+        raise InputError(source, str(err).removeprefix(f"{source}: ")) from None
+    if isinstance(reply, dict) and reply.get("loaded") is True and _valid_facts(reply.get("facts")):
+        tokenizer = OtherPartysTokenizer(folder, reply["facts"])
+        mark_other_partys(tokenizer, folder, key, vocabulary)
+        return tokenizer
+    if isinstance(reply, dict) and reply.get("loaded") is True:
+        raise InputError(source, "the process loading the tokenizer replied what does not describe a tokenizer; "
+                                 "refusing it")
+    if isinstance(reply, dict) and isinstance(reply.get("refused"), str):
+        raise InputError(Path(folder, TOKENIZER_CONFIG), reply["refused"][:400])
     if isinstance(reply, dict) and reply.get("memory") is True:
-        raise MPUError(f"{source}: the tokenizer {_memory_refusal()} to load; refusing it")
-    raise MPUError(f"{source}: cannot load the tokenizer ({_error_of(reply) or 'no reason given'})")
+        raise InputError(source, f"the tokenizer {_memory_refusal()} to load; refusing it")
+    raise InputError(source, f"cannot load the tokenizer ({_error_of(reply) or 'no reason given'})")
 
 
 def mark_other_partys(tokenizer: Any, folder: str | Path, key: str, vocabulary: int) -> None:
-    """Register ``tokenizer`` (loaded by this process from ``folder``, after :func:`load_other_partys`
-    with the same ``key``) as the other party's: from now on :func:`other_partys_tokens` tokenizes its
-    texts in the child, and refuses ids outside ``vocabulary`` (the model's vocabulary size, from its
-    config: an id past the embedding is an IndexError mid-training, a device assert on a GPU)."""
+    """Register ``tokenizer`` as the other party's tokenizer of ``folder`` (loaded in the child under
+    ``key``): from now on :func:`other_partys_tokens` tokenizes its texts in the child, and refuses ids
+    outside ``vocabulary`` (the model's vocabulary size, from its config: an id past the embedding is an
+    IndexError mid-training, a device assert on a GPU). :func:`load_other_partys` registers what it
+    returns; tests register a tokenizer loaded here to compare the two."""
     _OTHER_PARTYS[tokenizer] = (str(folder), key, int(vocabulary))
 
 
