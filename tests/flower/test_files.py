@@ -32,7 +32,10 @@ def test_a_publication_folder_arrives_byte_for_byte(tmp_path):
         assert (target / name).stat().st_mode & 0o777 == 0o600
 
 
-@pytest.mark.parametrize("key", ["../escape.json", "/etc/passwd", "a/../../b", ".hidden", "copy-1/./x", "a/b/c/d", "a\\b", ""])
+@pytest.mark.parametrize("key", ["../escape.json", "/etc/passwd", "a/../../b", ".hidden", "copy-1/./x", "a/b/c/d", "a\\b", "",
+                                 # one part past the file system's 255 bytes (an OSError traceback), in characters
+                                 # or in UTF-8 bytes; a lone surrogate no file system can store
+                                 "update-1/" + "a" * 256, "update-1/" + "\u00e9" * 130, "update-1/\ud800.json"])
 def test_a_key_that_is_not_a_plain_relative_path_is_refused(tmp_path, key):
     record = ArrayRecord({key: file_array(b"x")})
     with pytest.raises(InputError, match="plain relative path"):

@@ -97,3 +97,36 @@ def test_owners_may_tighten_their_own_dp_and_the_combination_records_the_weakest
     assert combined["dp"]["epsilon"] == 8.0 and combined["training"] == {"epochs": 1}
     assert "dp" not in json.loads((mixed / "update-1" / "update.json").read_text())
     assert aggregate(server, private, progress=False).round == 1  # the combined manifest passes the server's checks
+
+
+@pytest.mark.parametrize("first, second", [({"beta": 1}, {"beta": True}), ({"beta": 0.0}, {"beta": -0.0}),
+                                           ({"beta": 5}, {"beta": 5.0})], ids=["1-True", "0.0--0.0", "5-5.0"])
+def test_owners_whose_settings_python_calls_equal_ran_different_jobs(tmp_path, tiny_model_dir, first, second):
+    # arrange: Python's == says 1 == True, 0.0 == -0.0 and 5 == 5.0; aggregate compares JSON text
+    server, outbox = published_server(tmp_path, tiny_model_dir)
+    write_returns(outbox, tmp_path / "owner-1", small(1.0), manifest_overrides={1: {"hparams": first}, 2: {"hparams": first}})
+    write_returns(outbox, tmp_path / "owner-2", small(1.0), manifest_overrides={1: {"hparams": second}, 2: {"hparams": second}})
+
+    # act
+    with pytest.raises(InputError, match="other hparams"):
+        combine_returns(server, [tmp_path / "owner-1", tmp_path / "owner-2"], [1, 1], tmp_path / "returns")
+
+    # assert
+    assert not (tmp_path / "returns").exists()
+
+
+def test_owners_each_within_the_bounds_make_a_manifest_the_server_accepts(tmp_path, tiny_model_dir):
+    # arrange: steps and seconds are summed over owners; each owner is at the manifest's bounds
+    server, outbox = published_server(tmp_path, tiny_model_dir)
+    at_the_bounds = {"steps": 10**9, "seconds": 1.7e308}
+    for owner in ("owner-1", "owner-2"):
+        write_returns(outbox, tmp_path / owner, small(1.0), manifest_overrides={1: at_the_bounds, 2: at_the_bounds})
+
+    # act
+    returns = combine_returns(server, [tmp_path / "owner-1", tmp_path / "owner-2"], [1, 1], tmp_path / "returns")
+    report = aggregate(server, returns, progress=False)
+
+    # assert: steps capped at the bound, seconds unknown past a float's range; the round aggregates
+    manifest = json.loads((returns / "update-1" / "update.json").read_text())
+    assert manifest["steps"] == 10**9 and manifest.get("seconds") is None
+    assert report.round == 1

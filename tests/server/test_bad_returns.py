@@ -75,7 +75,7 @@ CASES = {
     "norm above bound": (lambda r: edit_tensors(r / "update-2", lambda t: t[NAME].mul_(1e6)), "by more than the bound"),
     "not safetensors": (lambda r: (r / "update-1" / "model.safetensors").write_bytes(b"\x80\x04\x95pickle bytes"), "not a valid safetensors file"),
     "pickled weights": (lambda r: replace_with_pickle(r / "update-1"), "pickles are never loaded"),
-    "index outside folder": (lambda r: point_index_outside(r / "update-1"), "lies outside"),
+    "index outside folder": (lambda r: point_index_outside(r / "update-1"), "which is not the name of a .safetensors file of this folder"),
     "truncated manifest": (lambda r: (r / "update-1" / "update.json").write_text('{"format": "mpu-update/1", "round'), "truncated or not valid JSON"),
     "manifest not JSON": (lambda r: (r / "update-2" / "update.json").write_bytes(b"\xff\xfe garbage"), "not UTF-8"),
     "missing copy": (lambda r: shutil.rmtree(r / "update-2"), "no update for copies [2]"),

@@ -67,14 +67,32 @@ def sharded(update_dir):
     (update_dir / "model.safetensors.index.json").write_text(json.dumps(index))
 
 
+NOT_A_SHARD = "which is not the name of a .safetensors file of this folder"
+
+
+def index_naming(returns, file):
+    """Split update-1 into an index and two shards, then make the index map one tensor to ``file``."""
+    sharded(returns / "update-1")
+    path = returns / "update-1" / "model.safetensors.index.json"
+    index = json.loads(path.read_text())
+    index["weight_map"][sorted(index["weight_map"])[0]] = file
+    path.write_text(json.dumps(index))
+
+
 PATHS = {
     "update folder is a link outside": (lambda r, t: move_outside_and_link(r / "update-1", t), "update folder is a symbolic link"),
     "update.json is a link outside": (lambda r, t: move_outside_and_link(r / "update-1" / "update.json", t), "is a symbolic link"),
     "shard is a link outside": (lambda r, t: move_outside_and_link(shard(r), t), "is a symbolic link"),
     "index is a link outside": (lambda r, t: (sharded(r / "update-2"), move_outside_and_link(r / "update-2" / "model.safetensors.index.json", t)), "is a symbolic link"),
     "index shard is a link": (lambda r, t: (sharded(r / "update-1"), move_outside_and_link(r / "update-1" / "model-00002.safetensors", t)), "is a symbolic link"),
-    "index names a shard of another folder": (lambda r, t: (sharded(r / "update-1"), (r / "update-1" / "model.safetensors.index.json").write_text(
-        json.dumps({"weight_map": {NAME: "../update-2/model.safetensors"}}))), "lies outside"),
+    "index names a shard of another folder": (lambda r, t: index_naming(r, "../update-2/model.safetensors"), NOT_A_SHARD),
+    # names that become a path: each was an OSError or ValueError traceback (exit 1), or passed unchecked
+    "index names a shard with a NUL": (lambda r, t: index_naming(r, "x\0.safetensors"), NOT_A_SHARD),
+    "index names a shard of 400 bytes in 212 characters": (lambda r, t: index_naming(r, "\u00e9" * 200 + ".safetensors"), NOT_A_SHARD),
+    "index names a shard by an absolute path": (lambda r, t: index_naming(r, str(r / "update-1" / "model-00001.safetensors")), NOT_A_SHARD),
+    "index names a shard as ./name": (lambda r, t: index_naming(r, "./model-00001.safetensors"), NOT_A_SHARD),
+    "index names a shard with a trailing newline": (lambda r, t: index_naming(r, "model-00001.safetensors\n"), NOT_A_SHARD),
+    "index names a shard with a lone surrogate": (lambda r, t: index_naming(r, "\ud800.safetensors"), "lone UTF-16 surrogate"),
     "update.json is a FIFO": (lambda r, t: make_fifo(r / "update-1" / "update.json"), "is a FIFO"),
     "shard is a FIFO": (lambda r, t: make_fifo(shard(r, 2)), "is a FIFO"),
     "update folder is a file": (lambda r, t: (shutil.rmtree(r / "update-1"), (r / "update-1").write_text("x")), "not a folder"),

@@ -74,6 +74,19 @@ def test_aggregate_prints_the_clients_strings_escaped(published, tmp_path, capsy
     assert "\x1b" not in out and "\r" not in out and "\u202e" not in out
 
 
+def test_a_differing_setting_is_shown_cut_to_a_line(published, tmp_path, capsys):
+    # arrange: copy 2 carries 64 strings of 4,096 characters (about 270 KB) where copy 1 has none; the
+    # refusal echoed them whole (769,000 characters on one line)
+    long_list = {"hparams": {"beta": 0.1, "retain_loss": "NLL", "extra": ["x" * 4096] * 64}}
+
+    # act
+    message = refused(published, tmp_path, lambda r, t: rewrite(published, r, long_list), capsys)
+
+    # assert: the setting is named, its value cut, with its length
+    assert "hparams.extra: copy 1 None, copy 2 ['xxxx" in message
+    assert "characters)" in message and len(message) < 2_000
+
+
 @pytest.mark.parametrize("case", sorted(MIXED))
 def test_returns_trained_differently_are_refused_without_allow_mixed(case, published, tmp_path, capsys):
     second, reason = MIXED[case]

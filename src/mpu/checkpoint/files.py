@@ -304,6 +304,8 @@ def _lstat(path: Path, what: str) -> os.stat_result:
         raise InputError(path, f"{what} not found") from None
     except OSError as err:
         raise InputError(path, f"{what} cannot be read ({err.strerror})") from None
+    except ValueError:   # a NUL in the name (os.lstat raises, it does not look)
+        raise InputError(path, f"{what} has a name no file system allows (a NUL character)") from None
 
 
 def _kind(info: os.stat_result) -> str:
@@ -379,9 +381,33 @@ def check_data_folder(folder: str | Path, root: str | Path, what: str, allowed: 
     return sorted(names)
 
 
+# The longest file name (one path component) that Linux, macOS and Windows file systems take, in bytes.
+MAX_NAME_BYTES = 255
+
+
+def is_storable_name(name: str) -> bool:
+    """Whether ``name`` can be one component of a path here: not empty, ``.`` or ``..``, no ``/`` or NUL,
+    valid UTF-8 (no lone surrogate) of at most MAX_NAME_BYTES bytes (a 200-character name of accented
+    letters is 400 bytes: counting characters let ENAMETOOLONG through)."""
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\0" in name:
+        return False
+    try:
+        return len(name.encode("utf-8")) <= MAX_NAME_BYTES
+    except UnicodeEncodeError:
+        return False
+
+
+def is_shard_name(name: str) -> bool:
+    """A safetensors shard's name as mpu and the Hugging Face hub write them: ASCII letters, digits, ``.``,
+    ``_`` and ``-``, at most 212 characters, ending ``.safetensors`` (the whole name: ``$`` alone would
+    let a trailing newline through). A name an index gives is checked with this before it becomes a path,
+    so that no NUL, separator, over-long or unencodable name reaches the file system."""
+    return isinstance(name, str) and _SHARD_NAME.fullmatch(name) is not None
+
+
 def is_weight_file(name: str) -> bool:
     """A safetensors shard or its index, by name."""
-    return name == WEIGHT_INDEX or bool(_SHARD_NAME.match(name))
+    return name == WEIGHT_INDEX or is_shard_name(name)
 
 
 def is_model_file(name: str) -> bool:

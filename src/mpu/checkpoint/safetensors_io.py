@@ -10,7 +10,6 @@ entries, an absurd length) is refused in milliseconds instead of being parsed.
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import struct
@@ -20,7 +19,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from mpu.checkpoint.files import PARTY_FILE_MODE, WEIGHT_INDEX, atomic_write_json, parse_json, read_json
+from mpu.checkpoint.files import PARTY_FILE_MODE, WEIGHT_INDEX, atomic_write_json, is_shard_name, parse_json, read_json
 from mpu.errors import InputError
 
 SINGLE_FILE = "model.safetensors"
@@ -105,8 +104,9 @@ class CheckpointReader:
             raise InputError(index, f"names {len(weight_map)} tensors, more than the {self.max_tensors} expected")
         shards = {}
         for name, file in weight_map.items():
-            if not isinstance(file, str) or not file.endswith(".safetensors") or len(file) > 255:
-                raise InputError(index, f"tensor {name!r} maps to {file!r}, which is not a .safetensors file")
+            if not is_shard_name(file):   # before it becomes a path: no separator, NUL or over-long name
+                raise InputError(index, f"tensor {str(name)[:200]!r} maps to {str(file)[:200]!r}, which is not the name of a "
+                                        ".safetensors file of this folder (ASCII letters, digits, '.', '_', '-')")
             shard = self.dir / file
             self._check_inside(shard, index)
             shards[name] = shard
@@ -121,6 +121,8 @@ class CheckpointReader:
             info = os.lstat(shard)
         except FileNotFoundError:
             raise InputError(shard, "shard file missing") from None
+        except (OSError, ValueError) as err:   # unreadable, or a name the file system refuses
+            raise InputError(shard, f"shard cannot be read ({getattr(err, 'strerror', None) or err})") from None
         if stat.S_ISLNK(info.st_mode):
             raise InputError(shard, f"shard is a symbolic link; links are never followed (it could lie outside {self.dir})")
         if not stat.S_ISREG(info.st_mode):

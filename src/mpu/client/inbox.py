@@ -334,7 +334,7 @@ def _check_tokenizer_class(value: Any, path: Path) -> None:
     class, a model). Only transformers' own names are resolved; no code of the copy runs."""
     if value is None:
         return
-    if not isinstance(value, str) or not _CLASS_NAME.match(value):
+    if not isinstance(value, str) or not _CLASS_NAME.fullmatch(value):
         raise InputError(path, f"tokenizer_class {str(value)[:40]!r} is not the name of a transformers tokenizer class")
     from transformers import PreTrainedTokenizerBase
     from transformers.models.auto.tokenization_auto import tokenizer_class_from_name

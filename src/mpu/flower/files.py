@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 from flwr.app import Array, ArrayRecord
 
 from mpu.checkpoint import staging_dir
-from mpu.checkpoint.files import MAX_FOLDER_ENTRIES, PARTY_FILE_MODE
+from mpu.checkpoint.files import MAX_FOLDER_ENTRIES, MAX_NAME_BYTES, PARTY_FILE_MODE, is_storable_name
 from mpu.errors import InputError, MPUError
 
 FILE_STYPE = "mpu.file-bytes/1"  # an Array whose data are a file's bytes, unchanged
@@ -109,8 +109,12 @@ def record_to_folder(record: ArrayRecord, target: str | Path, *, max_bytes: int 
     with staging_dir(target) as stage:
         for relative, array in checked:
             path = stage.joinpath(*relative.parts)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PARTY_FILE_MODE)
+            try:   # a name this file system refuses (its own limits, case folding on another system)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PARTY_FILE_MODE)
+            except OSError as err:
+                raise InputError(target / str(relative), f"{what}: cannot be written here ({err.strerror or err}); "
+                                                         "nothing written") from None
             with os.fdopen(descriptor, "wb") as handle:
                 handle.write(array.data)
     return target
@@ -119,9 +123,10 @@ def record_to_folder(record: ArrayRecord, target: str | Path, *, max_bytes: int 
 def _checked_key(key: str, target: Path, what: str) -> PurePosixPath:
     """The key as a relative path of plain components, or InputError."""
     if not isinstance(key, str) or not key or len(key) > 512 or "\\" in key or "\0" in key:
-        raise InputError(target, f"{what}: file name {key!r} is not a plain relative path")
+        raise InputError(target, f"{what}: file name {str(key)[:300]!r} is not a plain relative path")
     relative = PurePosixPath(key)
     parts = key.split("/")
-    if relative.is_absolute() or len(parts) > MAX_DEPTH or any(part in ("", ".", "..") or part.startswith(".") for part in parts):
-        raise InputError(target, f"{what}: file name {key!r} is not a plain relative path of at most {MAX_DEPTH} parts")
+    if relative.is_absolute() or len(parts) > MAX_DEPTH or any(not is_storable_name(part) or part.startswith(".") for part in parts):
+        raise InputError(target, f"{what}: file name {key[:300]!r} is not a plain relative path of at most {MAX_DEPTH} "
+                                 f"parts, each at most {MAX_NAME_BYTES} bytes of UTF-8")
     return relative

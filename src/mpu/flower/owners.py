@@ -28,6 +28,7 @@ owners agree); ``owners.json`` next to the update folders records the sizes and 
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import torch
@@ -36,6 +37,7 @@ from mpu.checkpoint import CheckpointReader, ShardedWriter, atomic_write_json, l
 from mpu.checkpoint.files import PARTY_FILE_MODE
 from mpu.errors import InputError, MPUError
 from mpu.protocol import UPDATE_MANIFEST, UpdateManifest, update_folder
+from mpu.protocol.update import MAX_STEPS, same_setting
 
 AGREED = ("method", "kind", "hparams", "training")  # what every owner's update must share (training without dp_*)
 OWNERS_FILE = "owners.json"
@@ -69,7 +71,8 @@ def combine_returns(workdir: str | Path, owner_dirs: list[Path], sizes: list[int
         for update, reference in zip(updates, first):
             if update.kind != "full":
                 raise InputError(update.manifest_path, "LoRA returns cannot be combined across data owners; return the full update")
-            differing = [key for key in AGREED if _agreed(update.manifest, key) != _agreed(reference.manifest, key)]
+            differing = [key for key in AGREED
+                         if not same_setting(_agreed(update.manifest, key), _agreed(reference.manifest, key))]
             if differing:
                 raise InputError(update.manifest_path, f"trained with other {', '.join(differing)} than {reference.manifest_path}; "
                                                        "every data owner must run the same job")
@@ -122,21 +125,24 @@ def weakest_dp(manifests: list[UpdateManifest]) -> dict | None:
 def combined_manifest(manifests: list[UpdateManifest], weights: list[float]) -> UpdateManifest:
     """The update manifest of a combined copy: the first owner's, with ``steps`` and ``seconds`` summed,
     ``loss`` the weighted mean (a key None when any owner's is), ``encoding`` dropped unless all agree,
+    ``steps`` capped at the manifest's bound and ``seconds`` None past a float's range (owners that are
+    each within the bounds must not make the server write a manifest it refuses),
     ``dp`` the weakest owner's guarantee (:func:`weakest_dp`) and ``training`` without ``dp_*`` keys
     unless all owners agree on them."""
     first = manifests[0]
     seconds = None
     if all(m.seconds is not None for m in manifests):
-        seconds = round(sum(float(m.seconds) for m in manifests), 3)
+        seconds = round(sum(float(m.seconds) for m in manifests), 3)   # inf past a float's range
+        seconds = seconds if math.isfinite(seconds) else None
     loss = None
     if all(isinstance(m.loss, dict) for m in manifests):
         loss = {}
         for key in first.loss:
             values = [m.loss.get(key) for m in manifests]
             loss[key] = None if any(v is None for v in values) else sum(w * v for w, v in zip(weights, values))
-    encoding = first.encoding if all(m.encoding == first.encoding for m in manifests) else None
+    encoding = first.encoding if all(same_setting(m.encoding, first.encoding) for m in manifests) else None
     training = first.training
-    if any(m.training != first.training for m in manifests):
+    if any(not same_setting(m.training, first.training) for m in manifests):
         training = _agreed(first, "training")
-    return dataclasses.replace(first, steps=sum(m.steps for m in manifests), seconds=seconds, loss=loss, encoding=encoding,
+    return dataclasses.replace(first, steps=min(sum(m.steps for m in manifests), MAX_STEPS), seconds=seconds, loss=loss, encoding=encoding,
                                dp=weakest_dp(manifests), training=training)

@@ -353,6 +353,7 @@ def secure_returns(grid, run, nodes: list[int], replies: dict[int, Message], fol
     from mpu.checkpoint.files import MAX_MANIFEST_BYTES
     from mpu.flower.files import record_to_folder
     from mpu.flower.owners import AGREED
+    from mpu.protocol.update import same_setting
     from mpu.protocol import UPDATE_MANIFEST
     from mpu.server.validate import check_manifest
     from mpu.server.workdir import Workdir
@@ -404,7 +405,7 @@ def secure_returns(grid, run, nodes: list[int], replies: dict[int, Message], fol
     first = per_owner[0]
     for owner in per_owner[1:]:
         for (path, manifest), (first_path, reference) in zip(owner, first):
-            differing = [key for key in AGREED if getattr(manifest, key) != getattr(reference, key)]
+            differing = [key for key in AGREED if not same_setting(getattr(manifest, key), getattr(reference, key))]
             if differing:
                 raise InputError(path, f"trained with other {', '.join(differing)} than {first_path}; every data owner must run the same job")
     started = time.perf_counter()

@@ -8,6 +8,7 @@ checked by type, range and length before any state changes, and unknown fields a
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, fields
@@ -103,7 +104,7 @@ class UpdateManifest:
         _int(data, "copy_id", path, 1, MAX_STEPS)
         _text(data, "copy_sha256", path, _HEX, 64, 64)
         if data["kind"] not in UPDATE_KINDS:
-            raise InputError(path, f"field 'kind' must be 'full' or 'lora', got {_show(data['kind'])}")
+            raise InputError(path, f"field 'kind' must be 'full' or 'lora', got {shown(data['kind'])}")
         _text(data, "method", path, _NAME, 1, MAX_NAME_CHARS)
         _int(data, "steps", path, 0, MAX_STEPS)
         if "publication_id" in data:
@@ -137,15 +138,24 @@ _FIELDS = frozenset(_REQUIRED) | {"format", "publication_id", "reference_round",
                                   "encoding", "dp"}
 
 
-def _show(value: Any) -> str:
+def same_setting(first: Any, second: Any) -> bool:
+    """Whether two settings of update manifests are the same, compared as JSON text, not with ``==``:
+    Python has ``True == 1 == 1.0`` and ``0.0 == -0.0``, which the copies (or the data owners) of one
+    job must not get away with."""
+    return json.dumps(first, sort_keys=True) == json.dumps(second, sort_keys=True)
+
+
+def shown(value: Any, limit: int = 40) -> str:
+    """``repr(value)`` for a message, cut to ``limit`` characters with its full length: a value from the
+    other party's manifest may be up to a megabyte."""
     text = repr(value)
-    return text if len(text) <= 40 else f"{text[:40]}... ({len(text)} characters)"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _int(manifest: dict, key: str, path: Path, low: int, high: int) -> None:
     value = manifest[key]
     if not isinstance(value, int) or isinstance(value, bool):
-        raise InputError(path, f"field {key!r} must be an integer, got {type(value).__name__} {_show(value)}")
+        raise InputError(path, f"field {key!r} must be an integer, got {type(value).__name__} {shown(value)}")
     if not low <= value <= high:
         raise InputError(path, f"field {key!r} must be in [{low}, {high}], got {value}")
 
@@ -153,18 +163,18 @@ def _int(manifest: dict, key: str, path: Path, low: int, high: int) -> None:
 def _text(manifest: dict, key: str, path: Path, pattern: re.Pattern, shortest: int, longest: int) -> None:
     value = manifest[key]
     if not isinstance(value, str):
-        raise InputError(path, f"field {key!r} must be a string, got {type(value).__name__} {_show(value)}")
+        raise InputError(path, f"field {key!r} must be a string, got {type(value).__name__} {shown(value)}")
     if not shortest <= len(value) <= longest:
         raise InputError(path, f"field {key!r} must be {shortest}..{longest} characters, got {len(value)}")
     if not pattern.fullmatch(value):
-        raise InputError(path, f"field {key!r} has characters outside {pattern.pattern}: {_show(value)}")
+        raise InputError(path, f"field {key!r} has characters outside {pattern.pattern}: {shown(value)}")
 
 
 def _number(value: Any, key: str, path: Path, *, allow_none: bool) -> None:
     if value is None and allow_none:
         return
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise InputError(path, f"field {key!r} must be a finite number, got {_show(value)}")
+        raise InputError(path, f"field {key!r} must be a finite number, got {shown(value)}")
 
 
 def _settings(value: Any, key: str, path: Path) -> None:
@@ -175,7 +185,7 @@ def _settings(value: Any, key: str, path: Path) -> None:
         raise InputError(path, f"field {key!r} has {len(value)} entries, more than {MAX_SETTINGS}")
     for name, item in value.items():
         if not isinstance(name, str) or not _NAME.fullmatch(name) or len(name) > MAX_NAME_CHARS:
-            raise InputError(path, f"field {key!r} has a setting named {_show(name)}")
+            raise InputError(path, f"field {key!r} has a setting named {shown(name)}")
         items = item if isinstance(item, list) else [item]
         if len(items) > MAX_LIST_ITEMS:
             raise InputError(path, f"setting {key}.{name} has {len(items)} items, more than {MAX_LIST_ITEMS}")
@@ -186,7 +196,7 @@ def _settings(value: Any, key: str, path: Path) -> None:
             elif isinstance(scalar, float) and not math.isfinite(scalar):
                 raise InputError(path, f"setting {key}.{name} is not finite")
             elif scalar is not None and not isinstance(scalar, (bool, int, float)):
-                raise InputError(path, f"setting {key}.{name} must be a number, string, boolean or null (or a list of them), got {_show(scalar)}")
+                raise InputError(path, f"setting {key}.{name} must be a number, string, boolean or null (or a list of them), got {shown(scalar)}")
 
 
 def _record(value: Any, key: str, path: Path, kinds: dict[str, str]) -> None:
@@ -207,16 +217,16 @@ def _record(value: Any, key: str, path: Path, kinds: dict[str, str]) -> None:
             _text(value, name, path, _HEX, 64, 64)
         elif kind == "count":
             if not isinstance(item, int) or isinstance(item, bool) or not 0 <= item <= MAX_STEPS:
-                raise InputError(path, f"field {where!r} must be an integer in [0, {MAX_STEPS}], got {_show(item)}")
+                raise InputError(path, f"field {where!r} must be an integer in [0, {MAX_STEPS}], got {shown(item)}")
         elif kind == "bool":
             if not isinstance(item, bool):
-                raise InputError(path, f"field {where!r} must be true or false, got {_show(item)}")
+                raise InputError(path, f"field {where!r} must be true or false, got {shown(item)}")
         elif kind == "number":
             _number(item, where, path, allow_none=True)
             if item < 0:
                 raise InputError(path, f"field {where!r} must be >= 0, got {item}")
         elif not isinstance(item, str) or len(item) > MAX_NAME_CHARS:
-            raise InputError(path, f"field {where!r} must be a string of at most {MAX_NAME_CHARS} characters, got {_show(item)}")
+            raise InputError(path, f"field {where!r} must be a string of at most {MAX_NAME_CHARS} characters, got {shown(item)}")
 
 
 def _dp(value: Any, path: Path) -> None:

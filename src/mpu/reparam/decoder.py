@@ -90,14 +90,14 @@ class DecoderAdapter(Adapter):
         """Block index of a ``<block_prefix><l>.<...>`` name, else None."""
         if self.block_prefix == "model.layers.":
             return super().layer_of(name)
-        match = self._block_re.match(self._canonical(name))
+        match = self._block_re.fullmatch(self._canonical(name))
         return int(match.group(1)) if match else None
 
     def block_suffix(self, name: str) -> str:
         """The part of a block name after ``<block_prefix><l>.``."""
         if self.block_prefix == "model.layers.":
             return name.split(".", 3)[3]
-        match = self._block_re.match(self._canonical(name))
+        match = self._block_re.fullmatch(self._canonical(name))
         return match.group(2) if match else name
 
     def _canonical(self, name: str) -> str:
@@ -105,7 +105,7 @@ class DecoderAdapter(Adapter):
         if not self.base_prefix or name.startswith(self.base_prefix):
             return name
         prefixed = self.base_prefix + name
-        known = self._block_re.match(prefixed) is not None or prefixed in self.non_block_names
+        known = self._block_re.fullmatch(prefixed) is not None or prefixed in self.non_block_names
         return prefixed if known else name
 
     # Layout ----------------------------------------------------------------------------------

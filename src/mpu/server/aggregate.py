@@ -23,7 +23,6 @@ interrupted run leaves the work directory byte-identical.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from tqdm.auto import tqdm
 from mpu.checkpoint import CheckpointReader, ShardedWriter
 from mpu.errors import InputError
 from mpu.protocol import RoundKeys
+from mpu.protocol.update import same_setting, shown
 from mpu.reparam import Adapter
 from mpu.server.combine import DEFAULT_COMBINE, CombineRule
 from mpu.server.noise import sum_sq
@@ -72,22 +72,19 @@ def combined_settings(updates: list[ReturnedUpdate]) -> tuple[dict[str, Any], li
     copies (``hparams.beta: copy 1 0.1, copy 2 0.5``). A setting that differs is reported per copy."""
     combined: dict[str, Any] = {"copies": [update.copy_id for update in updates]}
     mixed = []
-    # compared as JSON text, not with ==: Python has True == 1 == 1.0 and 0 == -0.0, which the
-    # copies' settings must not get away with
-    same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
     for key in COMPARED:
         values = [getattr(update.manifest, key) for update in updates]
-        if all(same(value, values[0]) for value in values):
+        if all(same_setting(value, values[0]) for value in values):
             combined[key] = values[0]
             continue
         combined[key] = {str(update.copy_id): value for update, value in zip(updates, values)}
         if all(isinstance(value, dict) for value in values):
             for sub in sorted(set().union(*values)):
                 subvalues = [value.get(sub) for value in values]
-                if any(not same(value, subvalues[0]) for value in subvalues):
-                    mixed.append(f"{key}.{sub}: " + ", ".join(f"copy {u.copy_id} {v!r}" for u, v in zip(updates, subvalues)))
+                if any(not same_setting(value, subvalues[0]) for value in subvalues):
+                    mixed.append(f"{key}.{sub}: " + ", ".join(f"copy {u.copy_id} {shown(v, 100)}" for u, v in zip(updates, subvalues)))
         else:
-            mixed.append(f"{key}: " + ", ".join(f"copy {u.copy_id} {v!r}" for u, v in zip(updates, values)))
+            mixed.append(f"{key}: " + ", ".join(f"copy {u.copy_id} {shown(v, 100)}" for u, v in zip(updates, values)))
     return combined, mixed
 
 
