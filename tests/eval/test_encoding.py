@@ -174,3 +174,73 @@ def test_a_retain_model_with_another_chat_template_is_refused(fast_bench, fast_m
 
     with one_thread(), pytest.raises(MPUError, match=f"{retain}: made with another encoding"):
         evaluate(fast_models["full"][0], "tofu", data=fast_bench, retain_model=retain, progress=False)
+
+
+def gpt2_model(tokenizer, positions: int):
+    """A tiny GPT-2: learned positions, so a token past ``positions`` is an IndexError, not a quiet extrapolation."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=positions, n_embd=32, n_layer=2, n_head=2,
+                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    return GPT2LMHeadModel(config).eval()
+
+
+def test_a_generation_prompt_that_leaves_no_room_is_refused_naming_its_row(end_tokenizer):
+    # arrange: a question's prompt longer than max_length (generation took it whole, past the model's context)
+    rows = [ROWS[1], Row({"question": "Who? " * 40, "answer": "Nobody."}, where="forget10.json line 2")]
+    ctx = EvalContext(tiny_model(end_tokenizer), end_tokenizer, [EvalDataset("forget", "qa", rows)], batch_size=2,
+                      max_length=40, truncate=True)
+
+    # act
+    with pytest.raises(MPUError) as refused:
+        ctx.generations("forget", max_new_tokens=5)
+
+    # assert: refused even with --truncate (a question's prompt is never cut)
+    assert str(refused.value).startswith("forget10.json line 2 (forget row 2): its prompt of ")
+    assert "leaves no room to generate within max_length=40; raise --max-length; the prompt alone does not fit" in str(refused.value)
+
+
+def test_a_few_shot_prompt_is_refused_or_cut_oldest_first_and_counted(end_tokenizer):
+    # arrange: a continuation prompt (MUSE's verbmem; knowmem's few-shot prompts are cut the same way)
+    rows = [{"prompt": "word " * 60, "gt": "Hamlet."}]
+    strict = EvalContext(tiny_model(end_tokenizer), end_tokenizer, [EvalDataset("verbmem", "completion", rows)],
+                         batch_size=2, max_length=40)
+    cutting = EvalContext(tiny_model(end_tokenizer), end_tokenizer, [EvalDataset("verbmem", "completion", rows)],
+                          batch_size=2, max_length=40, truncate=True)
+
+    # act
+    with pytest.raises(MPUError) as refused:
+        strict.generations("verbmem", max_new_tokens=8)
+    texts = cutting.generations("verbmem", max_new_tokens=8)
+    prompt = cutting.prompts("verbmem", 8)[0]
+
+    # assert: without --truncate an error naming the row; with it, the prompt's last 32 tokens, counted
+    assert "verbmem row 1: its prompt of " in str(refused.value) and "or pass --truncate" in str(refused.value)
+    assert len(texts) == 1 and len(prompt) == 40 - 8
+    record = cutting.encoding_record()
+    assert record["rows_truncated"] == 1 and record["tokens_truncated"] > 0
+    assert strict.encoding_record()["rows_truncated"] == 0
+
+
+def test_generation_stops_at_max_length_and_a_rows_text_does_not_depend_on_its_batch():
+    # arrange: learned positions of 24; one long prompt that leaves 2 tokens, one short one
+    from tests.data.test_qa_encoding import make_tokenizer
+
+    tokenizer = make_tokenizer(END_AND_NEWLINE)
+    model = gpt2_model(tokenizer, positions=24)
+    long_prompt, short_prompt = list(range(5, 27)), list(range(5, 10))
+    from mpu.eval.engine import generate
+
+    # act: no stop tokens, so each row generates its whole budget
+    together = generate(model, tokenizer, [long_prompt, short_prompt], 2, 10, stop_ids=[], max_length=24)
+    alone = generate(model, tokenizer, [short_prompt], 1, 10, stop_ids=[], max_length=24)
+    capped = generate(model, tokenizer, [long_prompt], 1, 10, stop_ids=[], max_length=24)
+
+    # assert: the long row gets 2 tokens (not an IndexError past the positions); the short row its 10,
+    # the same text with or without the long row in its batch
+    assert len(tokenizer(capped[0], add_special_tokens=False)["input_ids"]) <= 2
+    assert together == [capped[0], alone[0]]
+    with pytest.raises(ValueError, match="no room to generate within max_length=20"):
+        generate(model, tokenizer, [long_prompt], 1, 10, stop_ids=[], max_length=20)

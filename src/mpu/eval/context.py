@@ -162,17 +162,36 @@ class EvalContext:
 
     # --- generation -------------------------------------------------------------------------------
 
-    def prompts(self, data: str) -> list[list[int]]:
+    def prompts(self, data: str, max_new_tokens: int = 1) -> list[list[int]]:
+        """The token ids each row of ``data`` generates from, under the run's length policy
+        (:func:`mpu.eval.encoding.fit_prompt`: an error naming the row for a prompt that leaves no room
+        to generate; with ``--truncate``, few-shot and continuation prompts cut to leave
+        ``max_new_tokens``, counted with the truncated rows)."""
         dataset = self.dataset(data)
-        return [encoding.prompt_ids(self.tokenizer, dataset.kind, row, dataset.icl, encoder=self.encoder)
-                for row in dataset.rows]
+        prompts = []
+        for number, row in enumerate(dataset.rows, start=1):
+            key = ("generation", max_new_tokens, *encoding.truncation_key(dataset.kind, row))
+            self._keys.add(key)
+            prompt = encoding.prompt_ids(self.tokenizer, dataset.kind, row, dataset.icl, encoder=self.encoder)
+            prompts.append(encoding.fit_prompt(prompt, dataset.kind, self.encoder, self._where(dataset, row, number),
+                                               key, max_new_tokens))
+        self._warn_truncation(data)
+        return prompts
 
     def generations(self, data: str, max_new_tokens: int = 200, stopwords: Sequence[str] = ()) -> list[str]:
+        """Greedy generations for the rows of ``data``, each within max_length (prompt + new tokens):
+        a row whose prompt leaves fewer than ``max_new_tokens`` stops at the limit, and a warning
+        counts those rows."""
         key = (data, max_new_tokens, tuple(stopwords))
         if key not in self._generations:
+            prompts = self.prompts(data, max_new_tokens)
+            short = sum(1 for prompt in prompts if len(prompt) + max_new_tokens > self.max_length)
+            if short:
+                log.warning("%s: %d row(s) generate fewer than max_new_tokens=%d tokens: prompt and generation stop "
+                            "at max_length=%d", data, short, max_new_tokens, self.max_length)
             self._generations[key] = generate(
-                self.model, self.tokenizer, self.prompts(data), self.batch_size, max_new_tokens, stopwords,
-                stop_ids=self.eos_ids,
+                self.model, self.tokenizer, prompts, self.batch_size, max_new_tokens, stopwords,
+                stop_ids=self.eos_ids, max_length=self.max_length,
             )
         return self._generations[key]
 

@@ -92,6 +92,26 @@ def prompt_ids(tokenizer, kind: str, row: dict, icl: Sequence[dict] = (), encode
     raise ValueError(f"rows of kind {kind!r} have no prompt")
 
 
+def fit_prompt(prompt: list[int], kind: str, encoder: Encoder, where: str, key: tuple, max_new_tokens: int) -> list[int]:
+    """``prompt`` under the run's length policy for generation (prompt + new tokens <= max_length): a
+    prompt that leaves no room for one new token is an MPUError naming ``where``; with ``--truncate``, a
+    few-shot or continuation prompt (``kind`` ``icl_qa``, ``completion``) loses its oldest context
+    instead, down to ``max_length - max_new_tokens`` tokens (at least 1), counted under ``key`` as
+    :func:`_pair` counts a teacher-forced row. A question's prompt (``qa``) is never cut. A prompt that
+    fits generates at most ``max_length - len(prompt)`` tokens (:func:`mpu.eval.engine.generate`)."""
+    limit = encoder.policy.max_length
+    if len(prompt) < limit:
+        return prompt
+    if not encoder.policy.truncate or kind == "qa":
+        hint = "raise --max-length" + (", or pass --truncate (counted in the output)" if kind != "qa" else
+                                       "; the prompt alone does not fit, so --truncate cannot help")
+        raise MPUError(f"{where}: its prompt of {len(prompt)} tokens leaves no room to generate within "
+                       f"max_length={limit}; {hint}")
+    kept = max(1, limit - max_new_tokens)
+    encoder.truncated.setdefault(key, len(prompt) - kept)
+    return prompt[-kept:]
+
+
 def encode(tokenizer, kind: str, row: dict, target: str | None = None, icl: Sequence[dict] = (),
            max_length: int | None = None, *, encoder: Encoder | None = None, where: str = "a row") -> dict[str, list[int]]:
     """Token ids and labels of one row; ``target`` replaces the row's answer (paraphrased, perturbed).

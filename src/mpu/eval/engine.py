@@ -182,9 +182,15 @@ def generate(
     stopwords: Sequence[str] = (),
     progress=None,
     stop_ids: Sequence[int] | None = None,
+    max_length: int | None = None,
 ) -> list[str]:
     """Greedy continuations of token-id prompts, batched with LEFT padding; cut at EOS and stopwords.
-    ``stop_ids``: the tokens that end a turn (default: the model's and the tokenizer's EOS)."""
+    ``stop_ids``: the tokens that end a turn (default: the model's and the tokenizer's EOS).
+    ``max_length``: prompt + new tokens of each row stay within it (a row generates at most
+    ``min(max_new_tokens, max_length - len(prompt))`` tokens; a model with learned positions would
+    index past its table otherwise). Rows are batched with the rows of the same budget, so a row's
+    text does not depend on the others' lengths. Raises ValueError for a prompt of max_length or more
+    tokens (the caller's length policy refuses or cuts those first)."""
     from transformers import GenerationConfig
 
     device = next(model.parameters()).device
@@ -195,8 +201,14 @@ def generate(
         eos_token_id=stop_ids or None, bos_token_id=tokenizer.bos_token_id,
     )
     texts: list[str | None] = [None] * len(prompts)
+    budgets = [max_new_tokens if max_length is None else min(max_new_tokens, max_length - len(prompt)) for prompt in prompts]
+    if any(budget < 1 for budget in budgets):
+        raise ValueError(f"a prompt leaves no room to generate within max_length={max_length}")
     order = _order([len(prompt) for prompt in prompts])
-    for chunk in _batches(order, batch_size):
+    chunks = [[i for i in chunk if budgets[i] == budget]
+              for chunk in _batches(order, batch_size) for budget in sorted({budgets[i] for i in chunk}, reverse=True)]
+    for chunk in chunks:
+        config.max_new_tokens = budgets[chunk[0]]
         width = max(len(prompts[i]) for i in chunk)
         ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)

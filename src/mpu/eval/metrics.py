@@ -231,7 +231,7 @@ def rouge(ctx: EvalContext, data: str, rouge_type: str = "rougeL_recall", answer
     check_answers(ctx, data, answer_key)
     dataset = ctx.dataset(data)
     generations = ctx.generations(data, max_new_tokens, tuple(stopwords))
-    prompts = ctx.prompts(data)
+    prompts = ctx.prompts(data, max_new_tokens)
     scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
     by_index = {}
     for i, (row, generation) in enumerate(zip(dataset.rows, generations)):
