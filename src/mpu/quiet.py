@@ -1,4 +1,5 @@
-"""transformers' own progress output off where mpu reports the step itself.
+"""transformers' own output: its progress bars off where mpu reports the step itself, and its messages
+escaped where they quote the other party's files.
 
 transformers (5.x) draws a "Loading weights" bar for every ``from_pretrained`` and a "Writing model
 shards" bar for every ``save_pretrained``: one per copy, reference and round in a client run, several
@@ -10,7 +11,10 @@ download bars are separate and stay.
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
+
+from mpu.errors import printable
 
 
 @contextmanager
@@ -30,3 +34,41 @@ def quiet_transformers(warnings: bool = True):
         hf_logging.set_verbosity(level)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+class _PrintableFormatter(logging.Formatter):
+    """Another formatter's line, as :func:`mpu.errors.printable` text (control characters, newlines
+    included, as escapes). Formats; never changes the record, which other handlers share."""
+
+    def __init__(self, inner: logging.Formatter | None):
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(self.inner.format(record))
+
+
+def escape_library_output() -> None:
+    """Escape the control characters of every line that reaches the terminal through logging (the root
+    logger's handlers and transformers' own handler) or ``warnings``. transformers quotes config values
+    in its warnings ("Missing validation function ... for 'rope_type'=<value>"), so the other party's
+    config.json could otherwise move the cursor, recolour the terminal or forge a line of mpu's output
+    before mpu's own (escaped) refusal. Called by the commands that load the other party's files;
+    idempotent."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.get_logger()   # transformers adds its handler now, so that it is covered too
+    for logger in (logging.getLogger(), logging.getLogger("transformers")):
+        for handler in logger.handlers:
+            if not isinstance(handler.formatter, _PrintableFormatter):
+                handler.setFormatter(_PrintableFormatter(handler.formatter))
+    if not getattr(warnings.formatwarning, "_mpu_printable", False):
+        original = warnings.formatwarning
+
+        def formatwarning(message, category, filename, lineno, line=None):
+            return original(printable(str(message)), category, filename, lineno, line)
+
+        formatwarning._mpu_printable = True
+        warnings.formatwarning = formatwarning

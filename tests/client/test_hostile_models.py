@@ -458,3 +458,101 @@ def test_tokenizer_settings_that_break_transformers_are_refused_as_input_errors(
     assert code == 2, err
     assert f"{inbox / 'copy-2'}: {refusal}" in err
     assert reason in err and "Traceback" not in err
+
+
+# 6. a copy whose model parses but fails (or overflows) on a row is refused before any copy trains
+
+
+def scale_tensor(path, name, value):
+    """Set tensor ``name`` of the copy (in the shard its index names) to ``value`` everywhere."""
+    from safetensors.torch import load_file
+
+    shard = path / json.loads((path / "model.safetensors.index.json").read_text())["weight_map"][name]
+    tensors = load_file(str(shard))
+    tensors[name] = torch.full_like(tensors[name], value)
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("corrupt, reason", [
+    (lambda c: edit_json(c / "config.json", attention_dropout=5.0), "its model fails on a forget row (RuntimeError: dropout"),
+    (lambda c: edit_json(c / "config.json", return_dict=False), "its model fails on a forget row (AttributeError"),
+    (lambda c: edit_json(c / "config.json", rms_norm_eps=-1.0), "its model gives the loss nan on a forget row"),
+    (lambda c: scale_tensor(c, "model.norm.weight", 3e38), "on a forget row (config.json or the weights overflow)"),
+], ids=["dropout-5", "return-dict-false", "negative-norm-epsilon", "norm-weights-near-the-float32-maximum"])
+def test_a_copy_whose_model_fails_or_overflows_on_a_row_is_refused_before_any_copy_trains(
+        outbox, tmp_path, forget_file, capsys, corrupt, reason):  # noqa: F811
+    # arrange: copy 2 passes every parse check (a traceback after copy 1 had written its update, or an
+    # all-NaN update returned as a normal run with "loss 0 -> 0")
+    inbox = inbox_of(outbox, tmp_path)
+    corrupt(inbox / "copy-2")
+    rechecksum(inbox)
+
+    # act
+    code = run_client(inbox, tmp_path / "returns", forget_file, "--method", "NPO")
+
+    # assert
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"{inbox / 'copy-2'}: copy 2: " in err and reason in err and "Traceback" not in err
+    assert not (tmp_path / "returns").exists()
+
+
+def test_a_reference_copy_that_fails_on_a_row_is_refused_before_any_copy_trains(outbox, tmp_path, forget_file, capsys):  # noqa: F811
+    # arrange: the reference publication's copy 2 parses, has the right shapes, and fails in its forward
+    inbox, references = inbox_of(outbox, tmp_path), tmp_path / "references"
+    shutil.copytree(outbox, references)
+    edit_json(references / "copy-2" / "config.json", return_dict=False)
+    rechecksum(references)
+
+    # act
+    code = run_client(inbox, tmp_path / "returns", forget_file, "--method", "NPO", "--reference-model-inbox", str(references))
+
+    # assert
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"{references / 'copy-2'}: reference copy 2: its model fails on a forget row (AttributeError" in err
+    assert "Traceback" not in err and not (tmp_path / "returns").exists()
+
+
+def test_a_diverged_update_is_not_written(tmp_path):
+    # arrange: a trained model whose weights became NaN (a learning rate far too high)
+    from mpu.client.update import write_dense_update
+
+    copy_dir = tmp_path / "copy"
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2))
+    model.save_pretrained(copy_dir)
+    with torch.no_grad():
+        model.model.norm.weight.fill_(float("nan"))
+
+    # act
+    with pytest.raises(MPUError) as refused:
+        write_dense_update(model, copy_dir, tmp_path / "update-1", {"round": 1})
+
+    # assert
+    assert "the update of copy is not finite in model.norm.weight (NaN or Inf): training diverged" in str(refused.value)
+    assert not (tmp_path / "update-1").exists()
+
+
+def test_config_values_that_transformers_quotes_in_its_warnings_reach_the_terminal_escaped(
+        outbox, tmp_path, forget_file):  # noqa: F811
+    # arrange: a rope_type that moves the cursor, recolours and forges mpu's lines; transformers' own
+    # warning ("Missing validation function ... for 'rope_type'=...") printed it raw before mpu's refusal
+    forged = "\x1b[2K\r\x1b[1;32mINFO mpu.client.unlearn: copy 2 verified OK\x1b[0m\nmpu: all checks passed\n"
+    inbox = inbox_of(outbox, tmp_path)
+    edit_json(inbox / "copy-2" / "config.json", rope_parameters={"rope_type": forged, "rope_theta": 10000.0})
+    rechecksum(inbox)
+
+    # act: in a process of its own, as a user runs it (transformers' handler keeps the stderr it started with)
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "mpu.cli", "client", "unlearn", "--inbox", str(inbox), "--forget",
+                           str(forget_file), "--out", str(tmp_path / "returns"), "--method", "GradAscent", "--max-steps", "1"],
+                          capture_output=True, text=True, timeout=300)
+
+    # assert: refused; transformers' warning came, and nothing of the value reaches stderr unescaped
+    assert done.returncode == 2, done.stderr
+    assert "rope_type" in done.stderr.split("mpu client unlearn: error")[0]
+    assert "\x1b" not in done.stderr and "\r" not in done.stderr and "\nmpu: all checks passed" not in done.stderr
+    assert not (tmp_path / "returns").exists()

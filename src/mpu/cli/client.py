@@ -74,7 +74,9 @@ def _unlearn(args) -> int:
     from mpu.client.unlearn import is_main_process, unlearn_publication
     from mpu.data.qa import load_qa_rows
     from mpu.methods import UnlearnJob, options_from_args
+    from mpu.quiet import escape_library_output
 
+    escape_library_output()   # transformers quotes the server's config values in its warnings
     apply_threads(args.threads)
     method, hparams, training = options_from_args(args)
     forget = load_qa_rows(args.forget)

@@ -89,8 +89,8 @@ def unlearn_publication(inbox: str | Path, job: UnlearnJob, out_dir: str | Path,
         if references is not None:
             _reference_copy(references, copy).verify()
     with frozen_gc(), once_per_run("mpu.methods"):   # a warning about the job (no retain set, ...) once, not once per copy
-        for copy in todo:   # a copy refused for its tokenizer or template stops the run before any copy trains
-            check_encoding(copy, job)
+        for copy in todo:   # a copy refused for its tokenizer, template or model stops the run before any copy trains
+            check_model(copy, check_encoding(copy, job), references)
         for copy in todo:
             results.append(_unlearn_one(publication, copy, job, out_dir, return_lora, references, settings))
     return sorted(results, key=lambda result: result.copy_id)
@@ -208,15 +208,16 @@ def _tokenizer(copy_dir: Path):
     return _TOKENIZERS[key]
 
 
-def check_encoding(copy: PublishedCopy, job: UnlearnJob) -> None:
+def check_encoding(copy: PublishedCopy, job: UnlearnJob) -> dict[str, list[int]] | None:
     """Refuse ``copy`` when its tokenizer and chat template cannot give the job its training data: the
     tokenizer does not load (or is no tokenizer), has neither a pad nor an EOS token, its template does
     not render a row (``raise_exception``, a runaway loop), a row does not fit, or the ids fall outside
     the model's vocabulary. Run for every copy before the first trains, so that a refusal leaves nothing
     written; the encodings are cached per tokenizer, so training reuses them. Raises InputError naming
-    the copy. Called after ``PublishedCopy.verify``."""
+    the copy. Returns the shortest encoded forget row (for :func:`check_model`), None for no forget
+    rows. Called after ``PublishedCopy.verify``."""
     if not job.forget_rows:
-        return   # the job refuses an empty forget set itself, before anything is written
+        return None   # the job refuses an empty forget set itself, before anything is written
     tokenizer = _tokenizer(copy.path)
     config = AutoConfig.from_pretrained(copy.path, trust_remote_code=False)   # verified: the model's config
     try:
@@ -233,6 +234,54 @@ def check_encoding(copy: PublishedCopy, job: UnlearnJob) -> None:
     if outside:
         raise InputError(copy.path, f"copy {copy.id}: its tokenizer gives token id {outside[0]}, outside the model's vocabulary "
                                     f"of {vocabulary} (config.json vocab_size)")
+    return min(dataset.forget, key=lambda row: len(row["input_ids"]))
+
+
+def check_model(copy: PublishedCopy, example: dict[str, list[int]] | None, references: Publication | None) -> None:
+    """Refuse ``copy`` when its model fails on one forget row as training will run it: ``example``
+    (from :func:`check_encoding`) through the model in train mode, forward and backward, must give a
+    finite loss and finite gradients, and the copy's reference model (``references``) must have the
+    copy's parameters and give finite logits. Config values that every parse check accepts can still
+    fail there (a dropout of 5, ``return_dict: false``, key/value heads that do not divide the heads)
+    or overflow (a negative norm epsilon, a rope theta of 0, weights near the float32 maximum): they
+    were a traceback, or an all-NaN update returned as a normal run, after earlier copies had trained.
+    Raises InputError naming the copy's (or reference copy's) folder. Called after
+    ``PublishedCopy.verify``, for every copy before the first trains."""
+    if example is None:
+        return
+    batch = {key: torch.tensor([example[key]]) for key in ("input_ids", "labels", "attention_mask")}
+    model = _load_model(copy.path)
+    try:
+        model.train()
+        loss = model(**batch).loss
+        if not torch.isfinite(loss):
+            raise InputError(copy.path, f"copy {copy.id}: its model gives the loss {loss.item()} on a forget row (config.json "
+                                        "or the weights overflow); refusing it")
+        loss.backward()
+        broken = next((name for name, param in model.named_parameters()
+                       if param.grad is not None and not torch.isfinite(param.grad).all()), None)
+        if broken is not None:
+            raise InputError(copy.path, f"copy {copy.id}: its model's gradient of {broken} is not finite on a forget row "
+                                        "(config.json or the weights overflow); refusing it")
+    except MPUError:
+        raise
+    except Exception as err:   # transformers on a config it parsed but cannot run
+        raise InputError(copy.path, f"copy {copy.id}: its model fails on a forget row ({type(err).__name__}: "
+                                    f"{first_line(err)}); config.json or the weights") from None
+    if references is None:
+        return
+    model.zero_grad(set_to_none=True)
+    reference = _load_reference(references, copy, model)
+    where = _reference_copy(references, copy).path
+    try:
+        with torch.no_grad():
+            logits = reference.eval()(**batch).logits
+    except Exception as err:
+        raise InputError(where, f"reference copy {copy.id}: its model fails on a forget row ({type(err).__name__}: "
+                                f"{first_line(err)}); config.json or the weights") from None
+    if not torch.isfinite(logits).all():
+        raise InputError(where, f"reference copy {copy.id}: its model gives non-finite logits on a forget row (config.json "
+                                "or the weights overflow); refusing it")
 
 
 def _load_model(copy_dir: Path) -> torch.nn.Module:

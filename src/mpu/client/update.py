@@ -36,7 +36,9 @@ def write_dense_update(trained: torch.nn.Module, copy_dir: Path, out_dir: Path, 
     the float32 safetensors and ``update.json``: ``manifest`` with ``kind: full`` and the format tag.
 
     Raises MPUError naming the tensors when the trained model, saved as transformers saves it, lacks
-    a tensor of the copy or has it in another shape.
+    a tensor of the copy or has it in another shape, and naming the first tensor whose update is not
+    finite (training diverged: nothing is written for this copy, where an all-NaN update used to be
+    returned as a normal run).
     """
     copy = CheckpointReader(copy_dir)
     params = checkpoint_tensors(trained)
@@ -50,7 +52,12 @@ def write_dense_update(trained: torch.nn.Module, copy_dir: Path, out_dir: Path, 
     with staging_dir(out_dir, replace=True) as stage:
         writer = ShardedWriter(stage)
         for _, names in layer_groups(copy.names()):
-            writer.write_shard({name: params[name].detach().to("cpu", torch.float32) - copy.get(name).to(torch.float32) for name in names})
+            deltas = {name: params[name].detach().to("cpu", torch.float32) - copy.get(name).to(torch.float32) for name in names}
+            broken = next((name for name, delta in deltas.items() if not torch.isfinite(delta).all()), None)
+            if broken is not None:
+                raise MPUError(f"the update of {copy_dir.name} is not finite in {broken} (NaN or Inf): training diverged; "
+                               "lower the learning rate, or the copy's config or weights overflow. Nothing written for it")
+            writer.write_shard(deltas)
         writer.finish()
         atomic_write_json(stage / UPDATE_MANIFEST, _manifest_json(manifest, "full"), mode=PARTY_FILE_MODE)
 
@@ -88,6 +95,9 @@ def write_lora_update(factors: dict[str, tuple[torch.Tensor, torch.Tensor]], out
         writer = ShardedWriter(stage)
         tensors = {}
         for name, (lora_b, lora_a) in sorted(factors.items()):
+            if not (torch.isfinite(lora_b).all() and torch.isfinite(lora_a).all()):
+                raise MPUError(f"the LoRA factors of {name} are not finite (NaN or Inf): training diverged; lower the "
+                               "learning rate, or the copy's config or weights overflow. Nothing written for this copy")
             name_a, name_b = lora_names(name)
             tensors[name_b] = lora_b.detach().to("cpu", torch.float32).contiguous()
             tensors[name_a] = lora_a.detach().to("cpu", torch.float32).contiguous()

@@ -53,6 +53,9 @@ app = ClientApp()
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Flower's entry point for one round's publication (and, with secure aggregation, its SecAgg+ stages)."""
+    from mpu.quiet import escape_library_output
+
+    escape_library_output()   # transformers quotes the server's config values in its warnings
     from mpu.flower import secagg  # --- secure aggregation hook (mpu.flower.secagg) ---
     if secagg.is_stage_message(msg):
         return secagg.stage(msg, context)
