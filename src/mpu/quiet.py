@@ -37,15 +37,17 @@ def quiet_transformers(warnings: bool = True):
 
 
 class _PrintableFormatter(logging.Formatter):
-    """Another formatter's line, as :func:`mpu.errors.printable` text (control characters, newlines
-    included, as escapes). Formats; never changes the record, which other handlers share."""
+    """Another formatter's text, each line as :func:`mpu.errors.printable` text (control characters as
+    escapes) and every line after the first indented, so that a multi-line message (a traceback, a
+    library's table) stays readable and still cannot start a line of its own. Formats; never changes
+    the record, which other handlers share."""
 
     def __init__(self, inner: logging.Formatter | None):
         super().__init__()
         self.inner = inner or logging.Formatter()
 
     def format(self, record: logging.LogRecord) -> str:
-        return printable(self.inner.format(record))
+        return "\n    ".join(printable(line) for line in self.inner.format(record).split("\n"))
 
 
 def escape_library_output() -> None:
@@ -68,7 +70,8 @@ def escape_library_output() -> None:
         original = warnings.formatwarning
 
         def formatwarning(message, category, filename, lineno, line=None):
-            return original(printable(str(message)), category, filename, lineno, line)
+            return original("\n    ".join(printable(part) for part in str(message).split("\n")), category, filename,
+                            lineno, line)
 
         formatwarning._mpu_printable = True
         warnings.formatwarning = formatwarning

@@ -474,10 +474,10 @@ def scale_tensor(path, name, value):
 
 
 @pytest.mark.parametrize("corrupt, reason", [
-    (lambda c: edit_json(c / "config.json", attention_dropout=5.0), "its model fails on a forget row (RuntimeError: dropout"),
-    (lambda c: edit_json(c / "config.json", return_dict=False), "its model fails on a forget row (AttributeError"),
-    (lambda c: edit_json(c / "config.json", rms_norm_eps=-1.0), "its model gives the loss nan on a forget row"),
-    (lambda c: scale_tensor(c, "model.norm.weight", 3e38), "on a forget row (config.json or the weights overflow)"),
+    (lambda c: edit_json(c / "config.json", attention_dropout=5.0), "its model fails on the run's rows (RuntimeError: dropout"),
+    (lambda c: edit_json(c / "config.json", return_dict=False), "its model fails on the run's rows (AttributeError"),
+    (lambda c: edit_json(c / "config.json", rms_norm_eps=-1.0), "its model gives the loss nan on the run's rows"),
+    (lambda c: scale_tensor(c, "model.norm.weight", 3e38), "on the run's rows (config.json or the weights overflow)"),
 ], ids=["dropout-5", "return-dict-false", "negative-norm-epsilon", "norm-weights-near-the-float32-maximum"])
 def test_a_copy_whose_model_fails_or_overflows_on_a_row_is_refused_before_any_copy_trains(
         outbox, tmp_path, forget_file, capsys, corrupt, reason):  # noqa: F811
@@ -497,6 +497,56 @@ def test_a_copy_whose_model_fails_or_overflows_on_a_row_is_refused_before_any_co
     assert not (tmp_path / "returns").exists()
 
 
+def poison_padding(copy):
+    """The pad token's embedding near the float32 maximum: no unpadded row reaches it, a padded batch does."""
+    from safetensors.torch import load_file
+
+    pad_id = json.loads((copy / "config.json").read_text())["pad_token_id"]
+    index = json.loads((copy / "model.safetensors.index.json").read_text())["weight_map"]
+    shard = copy / index["model.embed_tokens.weight"]
+    tensors = load_file(str(shard))
+    tensors["model.embed_tokens.weight"][pad_id] = 3e38
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+
+
+def test_a_copy_that_overflows_only_in_a_padded_batch_is_refused_before_any_copy_trains(
+        outbox, tmp_path, forget_file, capsys):  # noqa: F811
+    # arrange: the probe ran the shortest row alone, so copy 1 trained and wrote its update before copy 2
+    # was refused for a NaN update
+    inbox = inbox_of(outbox, tmp_path)
+    poison_padding(inbox / "copy-2")
+    rechecksum(inbox)
+
+    # act
+    code = run_client(inbox, tmp_path / "returns", forget_file, "--method", "NPO")
+
+    # assert
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"{inbox / 'copy-2'}: copy 2: its model" in err and "on the run's rows" in err
+    assert not (tmp_path / "returns").exists()
+
+
+def test_the_probe_is_a_padded_batch_of_the_shortest_and_longest_rows(outbox):  # noqa: F811
+    # arrange
+    from mpu.client.inbox import read_publication
+    from mpu.client.unlearn import check_encoding
+    from mpu.methods import UnlearnJob
+
+    rows = [{"question": "Who?", "answer": "Nobody."}, {"question": "Who wrote the long book?", "answer": "A writer " * 6},
+            {"question": "Where?", "answer": "Here."}]
+    job = UnlearnJob("GradDiff", forget_rows=rows, retain_rows=rows[:1])
+    copy = read_publication(outbox).select([1])[0]
+
+    # act
+    probe = check_encoding(copy, job)
+
+    # assert: three rows (shortest forget, longest forget, the retain row), padded with the pad id
+    lengths = probe["attention_mask"].sum(dim=1).tolist()
+    assert probe["input_ids"].shape[0] == 3 and lengths[1] == max(lengths) == probe["input_ids"].shape[1]
+    assert min(lengths[0], lengths[2]) < lengths[1] and (probe["labels"][0, lengths[0]:] == -100).all()
+
+
 def test_a_reference_copy_that_fails_on_a_row_is_refused_before_any_copy_trains(outbox, tmp_path, forget_file, capsys):  # noqa: F811
     # arrange: the reference publication's copy 2 parses, has the right shapes, and fails in its forward
     inbox, references = inbox_of(outbox, tmp_path), tmp_path / "references"
@@ -510,7 +560,7 @@ def test_a_reference_copy_that_fails_on_a_row_is_refused_before_any_copy_trains(
     # assert
     err = capsys.readouterr().err
     assert code == 2, err
-    assert f"{references / 'copy-2'}: reference copy 2: its model fails on a forget row (AttributeError" in err
+    assert f"{references / 'copy-2'}: reference copy 2: its model fails on the run's rows (AttributeError" in err
     assert "Traceback" not in err and not (tmp_path / "returns").exists()
 
 
@@ -556,3 +606,18 @@ def test_config_values_that_transformers_quotes_in_its_warnings_reach_the_termin
     assert "rope_type" in done.stderr.split("mpu client unlearn: error")[0]
     assert "\x1b" not in done.stderr and "\r" not in done.stderr and "\nmpu: all checks passed" not in done.stderr
     assert not (tmp_path / "returns").exists()
+
+
+def test_a_reference_copy_is_not_probed_for_a_method_that_never_loads_it(outbox, tmp_path, forget_file, capsys):  # noqa: F811
+    # arrange: GradAscent compares with no reference model; a reference copy it never loads refused the run
+    inbox, references = inbox_of(outbox, tmp_path), tmp_path / "references"
+    shutil.copytree(outbox, references)
+    edit_json(references / "copy-2" / "config.json", return_dict=False)
+    rechecksum(references)
+
+    # act
+    code = run_client(inbox, tmp_path / "returns", forget_file, "--reference-model-inbox", str(references))
+
+    # assert
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "returns" / "update-2" / "update.json").exists()

@@ -244,3 +244,31 @@ def test_generation_stops_at_max_length_and_a_rows_text_does_not_depend_on_its_b
     assert together == [capped[0], alone[0]]
     with pytest.raises(ValueError, match="no room to generate within max_length=20"):
         generate(model, tokenizer, [long_prompt], 1, 10, stop_ids=[], max_length=20)
+
+
+def test_truncation_for_generation_has_no_cliff_and_a_row_cut_twice_counts_once(end_tokenizer):
+    # arrange: continuation prompts of 39 and 41 tokens under max_length 40 (the 39-token one was kept whole
+    # and generated 1 token, the 41-token one was cut to leave 8)
+    from mpu.eval import encoding
+
+    make = lambda n: {"prompt": " ".join(["word"] * n), "gt": "Hamlet."}
+    ctx = EvalContext(tiny_model(end_tokenizer), end_tokenizer, [EvalDataset("verbmem", "completion", [make(45)])],
+                      batch_size=2, max_length=40, truncate=True)
+    lengths = {n: len(encoding.prompt_ids(end_tokenizer, "completion", make(n))) for n in range(30, 60)}
+    near, over = (min(n for n, length in lengths.items() if length >= 40 - k) for k in (1, 0))
+
+    # act
+    cut_near = encoding.fit_prompt(encoding.prompt_ids(end_tokenizer, "completion", make(near)), "completion", ctx.encoder,
+                                   "near", ("near",), 8)
+    cut_over = encoding.fit_prompt(encoding.prompt_ids(end_tokenizer, "completion", make(over)), "completion", ctx.encoder,
+                                   "over", ("over",), 8)
+    with pytest.raises(MPUError) as refused:
+        encoding.fit_prompt([1] * 10, "completion", ctx.encoder, "verbmem row 1", ("x",), 40)
+    ctx.stats("verbmem")   # cut when scored
+    ctx.generations("verbmem", max_new_tokens=8)   # and again for generation: the same row
+
+    # assert: both leave max_new_tokens; no room for any prompt is an error; the row counts once
+    assert len(cut_near) == len(cut_over) == 32
+    assert str(refused.value) == ("verbmem row 1: max_new_tokens=40 leaves no room for its prompt within max_length=40; "
+                                  "raise --max-length")
+    assert ctx.encoding_record()["rows_truncated"] == 1

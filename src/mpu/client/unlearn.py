@@ -24,6 +24,7 @@ from mpu.checkpoint.files import MAX_MANIFEST_BYTES
 from mpu.client.inbox import Publication, PublishedCopy, read_publication
 from mpu.client.update import loss_summary, write_dense_update, write_lora_update
 from mpu.data.isolated import first_line, load_other_partys
+from mpu.data.qa import QACollator
 from mpu.errors import InputError, MPUError
 from mpu.methods import TrainingConfig
 from mpu.methods.job import UnlearnJob, padding_id
@@ -90,7 +91,7 @@ def unlearn_publication(inbox: str | Path, job: UnlearnJob, out_dir: str | Path,
             _reference_copy(references, copy).verify()
     with frozen_gc(), once_per_run("mpu.methods"):   # a warning about the job (no retain set, ...) once, not once per copy
         for copy in todo:   # a copy refused for its tokenizer, template or model stops the run before any copy trains
-            check_model(copy, check_encoding(copy, job), references)
+            check_model(copy, check_encoding(copy, job), references, _uses_reference(job))
         for copy in todo:
             results.append(_unlearn_one(publication, copy, job, out_dir, return_lora, references, settings))
     return sorted(results, key=lambda result: result.copy_id)
@@ -208,14 +209,15 @@ def _tokenizer(copy_dir: Path):
     return _TOKENIZERS[key]
 
 
-def check_encoding(copy: PublishedCopy, job: UnlearnJob) -> dict[str, list[int]] | None:
+def check_encoding(copy: PublishedCopy, job: UnlearnJob) -> dict[str, torch.Tensor] | None:
     """Refuse ``copy`` when its tokenizer and chat template cannot give the job its training data: the
     tokenizer does not load (or is no tokenizer), has neither a pad nor an EOS token, its template does
     not render a row (``raise_exception``, a runaway loop), a row does not fit, or the ids fall outside
     the model's vocabulary. Run for every copy before the first trains, so that a refusal leaves nothing
     written; the encodings are cached per tokenizer, so training reuses them. Raises InputError naming
-    the copy. Returns the shortest encoded forget row (for :func:`check_model`), None for no forget
-    rows. Called after ``PublishedCopy.verify``."""
+    the copy. Returns the rows :func:`check_model` runs through the model (the shortest and the longest
+    forget row, the longest retain row: the longest reach the highest positions, the others are padded),
+    as one right-padded batch; None for no forget rows. Called after ``PublishedCopy.verify``."""
     if not job.forget_rows:
         return None   # the job refuses an empty forget set itself, before anything is written
     tokenizer = _tokenizer(copy.path)
@@ -234,54 +236,64 @@ def check_encoding(copy: PublishedCopy, job: UnlearnJob) -> dict[str, list[int]]
     if outside:
         raise InputError(copy.path, f"copy {copy.id}: its tokenizer gives token id {outside[0]}, outside the model's vocabulary "
                                     f"of {vocabulary} (config.json vocab_size)")
-    return min(dataset.forget, key=lambda row: len(row["input_ids"]))
+    length = lambda row: len(row["input_ids"])
+    rows = [min(dataset.forget, key=length), max(dataset.forget, key=length)] + \
+        ([max(dataset.retain, key=length)] if dataset.retain else [])
+    return QACollator(pad_id)([{key: row[key] for key in ("input_ids", "labels", "attention_mask")} for row in rows])
 
 
-def check_model(copy: PublishedCopy, example: dict[str, list[int]] | None, references: Publication | None) -> None:
-    """Refuse ``copy`` when its model fails on one forget row as training will run it: ``example``
-    (from :func:`check_encoding`) through the model in train mode, forward and backward, must give a
-    finite loss and finite gradients, and the copy's reference model (``references``) must have the
-    copy's parameters and give finite logits. Config values that every parse check accepts can still
-    fail there (a dropout of 5, ``return_dict: false``, key/value heads that do not divide the heads)
-    or overflow (a negative norm epsilon, a rope theta of 0, weights near the float32 maximum): they
-    were a traceback, or an all-NaN update returned as a normal run, after earlier copies had trained.
-    Raises InputError naming the copy's (or reference copy's) folder. Called after
-    ``PublishedCopy.verify``, for every copy before the first trains."""
-    if example is None:
+def check_model(copy: PublishedCopy, probe: dict[str, torch.Tensor] | None, references: Publication | None,
+                uses_reference: bool) -> None:
+    """Refuse ``copy`` when its model fails on the run's rows: ``probe`` (from :func:`check_encoding`: the
+    shortest and the longest forget row and the longest retain row, right-padded as training pads them)
+    through the model in train mode, forward and backward, must give a finite loss and finite gradients;
+    and, when the method compares with a reference model (``uses_reference``) and ``references`` is given,
+    the reference copy must have the copy's parameters and give finite logits. Config values that every
+    parse check accepts can still fail there (a dropout of 5, ``return_dict: false``, key/value heads that
+    do not divide the heads) or overflow (a negative norm epsilon, a rope theta of 0, weights near the
+    float32 maximum, a poisoned pad or late-position embedding): they were a traceback, or an all-NaN
+    update returned as a normal run, after earlier copies had trained. The probe is the LM loss on one
+    batch, not the method's own loss on every batch: what fails only there is refused when the copy's
+    update is not finite (:func:`mpu.client.update.write_dense_update`), after earlier copies were
+    written. Costs one more load of each copy (and reference) and one forward and backward, on the GPU
+    when there is one. Raises InputError naming the copy's (or reference copy's) folder."""
+    if probe is None:
         return
-    batch = {key: torch.tensor([example[key]]) for key in ("input_ids", "labels", "attention_mask")}
-    model = _load_model(copy.path)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    batch = {key: value.to(device) for key, value in probe.items()}
+    model = _load_model(copy.path).to(device)
     try:
         model.train()
         loss = model(**batch).loss
         if not torch.isfinite(loss):
-            raise InputError(copy.path, f"copy {copy.id}: its model gives the loss {loss.item()} on a forget row (config.json "
-                                        "or the weights overflow); refusing it")
+            raise InputError(copy.path, f"copy {copy.id}: its model gives the loss {loss.item()} on the run's rows "
+                                        "(config.json or the weights overflow); refusing it")
         loss.backward()
         broken = next((name for name, param in model.named_parameters()
                        if param.grad is not None and not torch.isfinite(param.grad).all()), None)
         if broken is not None:
-            raise InputError(copy.path, f"copy {copy.id}: its model's gradient of {broken} is not finite on a forget row "
-                                        "(config.json or the weights overflow); refusing it")
+            raise InputError(copy.path, f"copy {copy.id}: its model's gradient of {broken} is not finite on the run's "
+                                        "rows (config.json or the weights overflow); refusing it")
     except MPUError:
         raise
     except Exception as err:   # transformers on a config it parsed but cannot run
-        raise InputError(copy.path, f"copy {copy.id}: its model fails on a forget row ({type(err).__name__}: "
+        raise InputError(copy.path, f"copy {copy.id}: its model fails on the run's rows ({type(err).__name__}: "
                                     f"{first_line(err)}); config.json or the weights") from None
-    if references is None:
+    if references is None or not uses_reference:
         return
-    model.zero_grad(set_to_none=True)
-    reference = _load_reference(references, copy, model)
+    shapes = _parameter_shapes(model)
+    del model, loss   # one model in memory at a time
+    reference = _load_reference(references, copy, shapes).to(device)
     where = _reference_copy(references, copy).path
     try:
         with torch.no_grad():
             logits = reference.eval()(**batch).logits
     except Exception as err:
-        raise InputError(where, f"reference copy {copy.id}: its model fails on a forget row ({type(err).__name__}: "
+        raise InputError(where, f"reference copy {copy.id}: its model fails on the run's rows ({type(err).__name__}: "
                                 f"{first_line(err)}); config.json or the weights") from None
     if not torch.isfinite(logits).all():
-        raise InputError(where, f"reference copy {copy.id}: its model gives non-finite logits on a forget row (config.json "
-                                "or the weights overflow); refusing it")
+        raise InputError(where, f"reference copy {copy.id}: its model gives non-finite logits on the run's rows "
+                                "(config.json or the weights overflow); refusing it")
 
 
 def _load_model(copy_dir: Path) -> torch.nn.Module:
@@ -317,11 +329,16 @@ def _reference_copy(references: Publication, copy: PublishedCopy) -> PublishedCo
     return reference_copy
 
 
-def _load_reference(references: Publication, copy: PublishedCopy, model) -> torch.nn.Module:
+def _parameter_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(param.shape) for name, param in model.named_parameters()}
+
+
+def _load_reference(references: Publication, copy: PublishedCopy, shapes: dict[str, tuple[int, ...]]) -> torch.nn.Module:
+    """Copy ``copy.id`` of the reference publication, refused (InputError) unless its parameters have the
+    names and ``shapes`` of the copy's model (:func:`_parameter_shapes`)."""
     reference_copy = _reference_copy(references, copy)
     reference = _load_model(reference_copy.path)
-    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
-    if {name: tuple(p.shape) for name, p in reference.named_parameters()} != shapes:
+    if _parameter_shapes(reference) != shapes:
         raise InputError(reference_copy.path, f"reference copy {copy.id} does not have the parameters (names, shapes) of copy {copy.id} in {copy.path.parent}")
     return reference
 
@@ -333,7 +350,7 @@ def _unlearn_one(publication: Publication, copy: PublishedCopy, job: UnlearnJob,
     tokenizer = _tokenizer(copy.path)
     copy_job = replace(
         job, training=replace(job.training, seed=copy_seed(job.training.seed, publication.round, copy.id)),
-        reference=(lambda: _load_reference(references, copy, model)) if references is not None else None,
+        reference=(lambda: _load_reference(references, copy, _parameter_shapes(model))) if references is not None else None,
         dp_runs=len(publication.copies),  # one epsilon covers every copy of the round: the server sees all m updates of the same data
     )
     with tempfile.TemporaryDirectory(prefix="mpu-client-") as scratch:

@@ -170,7 +170,7 @@ class EvalContext:
         dataset = self.dataset(data)
         prompts = []
         for number, row in enumerate(dataset.rows, start=1):
-            key = ("generation", max_new_tokens, *encoding.truncation_key(dataset.kind, row))
+            key = encoding.truncation_key(dataset.kind, row)   # a row cut here and when scored counts once
             self._keys.add(key)
             prompt = encoding.prompt_ids(self.tokenizer, dataset.kind, row, dataset.icl, encoder=self.encoder)
             prompts.append(encoding.fit_prompt(prompt, dataset.kind, self.encoder, self._where(dataset, row, number),

@@ -93,23 +93,30 @@ def prompt_ids(tokenizer, kind: str, row: dict, icl: Sequence[dict] = (), encode
 
 
 def fit_prompt(prompt: list[int], kind: str, encoder: Encoder, where: str, key: tuple, max_new_tokens: int) -> list[int]:
-    """``prompt`` under the run's length policy for generation (prompt + new tokens <= max_length): a
-    prompt that leaves no room for one new token is an MPUError naming ``where``; with ``--truncate``, a
-    few-shot or continuation prompt (``kind`` ``icl_qa``, ``completion``) loses its oldest context
-    instead, down to ``max_length - max_new_tokens`` tokens (at least 1), counted under ``key`` as
-    :func:`_pair` counts a teacher-forced row. A question's prompt (``qa``) is never cut. A prompt that
-    fits generates at most ``max_length - len(prompt)`` tokens (:func:`mpu.eval.engine.generate`)."""
+    """``prompt`` under the run's length policy for generation (prompt + new tokens <= max_length). With
+    ``--truncate``, a few-shot or continuation prompt (``kind`` ``icl_qa``, ``completion``) that leaves
+    fewer than ``max_new_tokens`` loses its oldest context, down to ``max_length - max_new_tokens``
+    tokens, counted under ``key`` (the row's teacher-forced key: a row cut for both counts once), as
+    :func:`_pair` keeps a teacher-forced row's answer whole. Otherwise (and always for a question's
+    prompt, ``qa``, which is never cut) the prompt stays whole and generates at most
+    ``max_length - len(prompt)`` tokens (:func:`mpu.eval.engine.generate`); one that leaves no room for
+    a single new token is an MPUError naming ``where``, as is ``max_new_tokens >= max_length`` with
+    ``--truncate`` (it would leave no context)."""
     limit = encoder.policy.max_length
-    if len(prompt) < limit:
-        return prompt
-    if not encoder.policy.truncate or kind == "qa":
+    cuts = encoder.policy.truncate and kind != "qa"
+    if cuts and len(prompt) + max_new_tokens > limit:
+        if max_new_tokens >= limit:
+            raise MPUError(f"{where}: max_new_tokens={max_new_tokens} leaves no room for its prompt within "
+                           f"max_length={limit}; raise --max-length")
+        kept = limit - max_new_tokens
+        encoder.truncated.setdefault(key, len(prompt) - kept)
+        return prompt[-kept:]
+    if len(prompt) >= limit:
         hint = "raise --max-length" + (", or pass --truncate (counted in the output)" if kind != "qa" else
                                        "; the prompt alone does not fit, so --truncate cannot help")
         raise MPUError(f"{where}: its prompt of {len(prompt)} tokens leaves no room to generate within "
                        f"max_length={limit}; {hint}")
-    kept = max(1, limit - max_new_tokens)
-    encoder.truncated.setdefault(key, len(prompt) - kept)
-    return prompt[-kept:]
+    return prompt
 
 
 def encode(tokenizer, kind: str, row: dict, target: str | None = None, icl: Sequence[dict] = (),

@@ -204,9 +204,11 @@ def generate(
     budgets = [max_new_tokens if max_length is None else min(max_new_tokens, max_length - len(prompt)) for prompt in prompts]
     if any(budget < 1 for budget in budgets):
         raise ValueError(f"a prompt leaves no room to generate within max_length={max_length}")
-    order = _order([len(prompt) for prompt in prompts])
-    chunks = [[i for i in chunk if budgets[i] == budget]
-              for chunk in _batches(order, batch_size) for budget in sorted({budgets[i] for i in chunk}, reverse=True)]
+    # rows of one budget together (longest first within it), so that a prompt near the limit splits no
+    # batch of full-budget rows
+    order = sorted(range(len(prompts)), key=lambda i: (-budgets[i], -len(prompts[i]), i))
+    chunks = [chunk for budget in sorted(set(budgets), reverse=True)
+              for chunk in _batches([i for i in order if budgets[i] == budget], batch_size)]
     for chunk in chunks:
         config.max_new_tokens = budgets[chunk[0]]
         width = max(len(prompts[i]) for i in chunk)

@@ -353,8 +353,8 @@ def secure_returns(grid, run, nodes: list[int], replies: dict[int, Message], fol
     from mpu.checkpoint.files import MAX_MANIFEST_BYTES
     from mpu.flower.files import record_to_folder
     from mpu.flower.owners import AGREED
-    from mpu.protocol.update import same_setting
     from mpu.protocol import UPDATE_MANIFEST
+    from mpu.protocol.update import same_setting
     from mpu.server.validate import check_manifest
     from mpu.server.workdir import Workdir
 
