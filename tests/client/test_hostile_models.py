@@ -14,6 +14,7 @@ import transformers
 from safetensors.torch import save_file
 
 from mpu.client.inbox import MAX_LAYERS, PublishedCopy, read_publication
+from mpu.cli import main
 from mpu.errors import InputError, MPUError
 from mpu.reparam import ARCHITECTURES
 from mpu.server.config import ServerConfig
@@ -621,3 +622,19 @@ def test_a_reference_copy_is_not_probed_for_a_method_that_never_loads_it(outbox,
     # assert
     assert code == 0, capsys.readouterr().err
     assert (tmp_path / "returns" / "update-2" / "update.json").exists()
+
+
+def test_a_run_that_diverges_is_refused_with_its_loss_and_writes_nothing_for_the_copy(outbox, tmp_path, forget_file, capsys):  # noqa: F811
+    # arrange: a learning rate that makes the weights overflow after the first step (the Trainer logged the
+    # NaN losses as the mean of the earlier ones: "loss 0 -> 0")
+    inbox = inbox_of(outbox, tmp_path)
+
+    # act
+    code = main(["client", "unlearn", "--inbox", str(inbox), "--forget", str(forget_file), "--out", str(tmp_path / "returns"),
+                 "--method", "GradAscent", "--max-steps", "3", "--lr", "1e30", "--copy", "1"])
+
+    # assert
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "copy 1: the training loss is nan at logged step" in err and "training diverged" in err
+    assert not (tmp_path / "returns" / "update-1").exists()

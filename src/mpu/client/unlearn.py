@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import tempfile
 from contextlib import contextmanager
@@ -355,6 +356,11 @@ def _unlearn_one(publication: Publication, copy: PublishedCopy, job: UnlearnJob,
     )
     with tempfile.TemporaryDirectory(prefix="mpu-client-") as scratch:
         result = copy_job.run(model, tokenizer, scratch)
+    diverged = next((step for step, loss in enumerate(result.losses, start=1) if not math.isfinite(loss)), None)
+    if diverged is not None:
+        raise MPUError(f"copy {copy.id}: the training loss is {result.losses[diverged - 1]} at logged step {diverged}: "
+                       "training diverged; lower the learning rate, or the copy's config or weights overflow. Nothing "
+                       "written for this copy")
     target = out_dir / update_folder(copy.id)
     manifest = UpdateManifest(
         round=publication.round,

@@ -19,6 +19,7 @@ import copy
 import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -208,7 +209,8 @@ def unlearn_model(model_dir: str | Path, job: UnlearnJob, out_dir: str | Path, *
     if summary is not None:
         record = {**job.settings(), **summary, "forget_rows": len(job.forget_rows),
                   "retain_rows": len(job.retain_rows) if job.retain_rows else 0, "steps": result.steps,
-                  "seconds": round(result.seconds, 3), "losses": result.losses, "encoding": result.encoding}
+                  "seconds": round(result.seconds, 3), "encoding": result.encoding,
+                  "losses": [loss if math.isfinite(loss) else None for loss in result.losses]}   # JSON has no NaN
     save_unlearned(model, tokenizer, Path(out_dir), record)
     return result
 

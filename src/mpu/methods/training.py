@@ -66,8 +66,10 @@ def _resolve_hparams(method: str, hparams):
 
 # What every unlearning run's Trainer does, whatever the options: nothing saved or reported, the batch's
 # extra columns kept (the methods read them), data loaded in this process (the pairing counts visits here).
+# logging_nan_inf_filter off: a NaN or infinite loss is logged as it is, not replaced by the mean of the
+# earlier ones (a diverged run read "loss 0 -> 0" and returned an all-NaN update as a normal one)
 RUN_ARGUMENTS = dict(logging_strategy="steps", save_strategy="no", eval_strategy="no", report_to=[],
-                     remove_unused_columns=False, dataloader_num_workers=0)
+                     remove_unused_columns=False, dataloader_num_workers=0, logging_nan_inf_filter=False)
 
 
 def training_arguments(training: TrainingConfig, output_dir: str) -> TrainingArguments:
