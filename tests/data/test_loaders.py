@@ -84,3 +84,82 @@ def test_default_data_is_the_cached_builtin(tmp_path, monkeypatch):
     resolved = resolve_source(None, "tofu")
     assert resolved.root.parent == tmp_path and resolved.builtin["config"]["authors"] == 200
     assert len(resolved.rows("forget10", "train")) == 20 * 20   # the default release shape: 20 QA per author
+
+
+OTHER = [{"question": "Q3?", "answer": "A3."}]
+
+
+@pytest.mark.parametrize("layout", ["conversion", "older-conversion", "stale-json-beside-the-shards"])
+def test_the_layouts_of_the_hubs_branches_and_snapshots(tmp_path, layout):
+    # arrange: the parquet conversion (refs/convert/parquet) writes <config>/<split>/0000.parquet (older:
+    # <config>/<repo>-<split>.parquet); MUSE's main branch keeps a stale verbmem/forget.json of other
+    # columns beside the parquet its README names. The first two were refused, the third read the JSON.
+    import datasets
+
+    folder = tmp_path / "forget01"
+    if layout == "conversion":
+        (folder / "train").mkdir(parents=True)
+        datasets.Dataset.from_list(ROWS[:1]).to_parquet(str(folder / "train" / "0000.parquet"))
+        datasets.Dataset.from_list(ROWS[1:]).to_parquet(str(folder / "train" / "0001.parquet"))
+    elif layout == "older-conversion":
+        folder.mkdir()
+        datasets.Dataset.from_list(ROWS).to_parquet(str(folder / "tofu-train.parquet"))
+    else:
+        folder.mkdir()
+        datasets.Dataset.from_list(ROWS).to_parquet(str(folder / "train-00000-of-00001.parquet"))
+        (folder / "train.json").write_text(json.dumps([{"text": "stale"}]))
+
+    # act
+    rows = LocalSource(tmp_path).rows("forget01", "train")
+
+    # assert
+    assert rows == ROWS
+
+
+def test_a_save_to_disk_of_one_config_is_read_at_the_top(tmp_path):
+    # arrange: load_dataset("cais/mmlu", "all").save_to_disk(X), passed as --mmlu X (only X/all was read)
+    import datasets
+
+    datasets.DatasetDict({"test": datasets.Dataset.from_list(ROWS), "dev": datasets.Dataset.from_list(OTHER)}).save_to_disk(
+        str(tmp_path / "mmlu"))
+
+    # act
+    rows = LocalSource(tmp_path / "mmlu").rows("all", "test")
+
+    # assert
+    assert rows == ROWS
+
+
+def test_the_offline_message_names_the_option_that_takes_the_local_copy(monkeypatch):
+    # arrange: WMDP's utility set comes from --mmlu; the message said --data, which replaces the WMDP data
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    source = resolve_source("cais/mmlu", "mmlu", flag="--mmlu").source
+
+    # act
+    with pytest.raises(DataUnavailableError) as refused:
+        source.rows("all", "test")
+
+    # assert
+    assert "pass `--mmlu DIR`; or pass `--mmlu none` to evaluate without MMLU" in str(refused.value)
+
+
+def test_a_copy_of_the_wmdp_corpora_trains_on_the_configs_it_holds(tmp_path):
+    # arrange: cais/wmdp-corpora's public configs; the built-in benchmark's names were the only ones tried
+    import datasets
+
+    from mpu.experiments.finetune import training_data
+
+    for config, text in [("bio-retain-corpus", "cells"), ("cyber-retain-corpus", "ports"), ("cyber-forget-corpus", "exploits")]:
+        (tmp_path / config).mkdir()
+        datasets.Dataset.from_list([{"text": text}]).to_parquet(str(tmp_path / config / "train-00000-of-00001.parquet"))
+
+    # act
+    full = training_data(LocalSource(tmp_path), "wmdp", "full")
+    retain = training_data(LocalSource(tmp_path), "wmdp", "retain")
+    with pytest.raises(MPUError) as refused:
+        training_data(LocalSource(tmp_path / "bio-retain-corpus"), "wmdp", "full")
+
+    # assert
+    assert full.sources == ["bio-retain-corpus/train", "cyber-retain-corpus/train", "cyber-forget-corpus/train"]
+    assert retain.sources == ["bio-retain-corpus/train", "cyber-retain-corpus/train"]
+    assert "no retain corpus to fine-tune on" in str(refused.value)

@@ -258,5 +258,8 @@ def _read_folder(path: Path, split: str | None) -> Numbered:
         files = [item for item in sorted(folder.iterdir()) if item.is_file() and item.suffix.lower() in DATA_SUFFIXES]
         if len(files) == 1:
             return read_numbered(files[0])
+        if files and all(item.suffix.lower() == ".parquet" and item.stem.isdigit() for item in files):
+            # the hub's parquet conversion (refs/convert/parquet): <split>/0000.parquet, 0001.parquet, ...
+            return [(f"{item.name} {where}", row) for item in files for where, row in read_numbered(item)]
     raise InputError(path, f"a folder that is neither a `datasets` folder (save_to_disk) nor a hub-layout split "
                            f"(found no {name}-*.parquet or single data file)")

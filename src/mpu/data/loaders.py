@@ -54,14 +54,17 @@ class DataUnavailableError(MPUError):
     """A dataset could not be loaded (offline, missing file, unknown config)."""
 
 
-def _offline_message(repo: str, config: str | None, split: str, why: str) -> str:
+def _offline_message(repo: str, config: str | None, split: str, why: str, flag: str = "--data") -> str:
+    """What to do when ``repo`` cannot be loaded from the hub; ``flag`` is the option that names its
+    local copy (``--data``, or ``--mmlu`` for WMDP's utility set)."""
     name = f"{repo}" + (f" (config {config!r}, split {split!r})" if config else "")
+    instead = ("pass `--mmlu none` to evaluate without MMLU" if flag == "--mmlu" else
+               "use the built-in benchmark by leaving out --data")
     return (
         f"cannot load {name} from the Hugging Face hub: {why}. To work offline, copy the dataset on a "
         f"machine with network access, e.g. `huggingface-cli download --repo-type dataset {repo} "
         f"--local-dir DIR` (or `datasets.load_dataset({repo!r}, CONFIG, split=SPLIT).to_json("
-        f"'DIR/CONFIG/SPLIT.jsonl')` for each config), move DIR here and pass `--data DIR`; or use the "
-        f"built-in benchmark by leaving out --data"
+        f"'DIR/CONFIG/SPLIT.jsonl')` for each config), move DIR here and pass `{flag} DIR`; or {instead}"
     )
 
 
@@ -94,6 +97,7 @@ def hub_offline_reason() -> str | None:
 @dataclass
 class HubSource:
     repo: str
+    flag: str = "--data"   # the option that names a local copy instead, for the offline message
     _cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -119,7 +123,7 @@ class HubSource:
             raise
         except Exception as err:  # datasets raises many types (ConnectionError, FileNotFoundError, ValueError)
             why = reason or f"{err.__class__.__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-            message = _offline_message(self.repo, config, split, why)
+            message = _offline_message(self.repo, config, split, why, self.flag)
             raise DataUnavailableError(f"{message} (there is no local directory {self.repo!r} either)") from None
         return [dict(row) for row in dataset]
 
@@ -162,12 +166,17 @@ class LocalSource:
         names = (split,) + SPLIT_ALIASES.get((config, split), ())
         paths: list[Path] = []
         for name in names:
-            paths += [base / f"{name}{suffix}" for suffix in DATA_SUFFIXES]
+            # the hub's shards first: MUSE's main branch still holds stale JSON files of other columns
+            # (verbmem/forget.json) beside the parquet its README names
             paths += sorted(base.glob(f"{name}-*.parquet")) if base.is_dir() else []
-            paths.append(base / name)
+            paths += [base / f"{name}{suffix}" for suffix in DATA_SUFFIXES]
+            paths.append(base / name)   # save_to_disk, or the parquet conversion's <split>/0000.parquet
+            # the older parquet conversion: <config>/<repo>-<split>.parquet
+            paths += sorted(base.glob(f"*-{name}.parquet")) if base.is_dir() else []
         paths.append(base)
         if config:
             paths += [self.root / f"{config}{suffix}" for suffix in DATA_SUFFIXES]
+            paths.append(self.root)   # save_to_disk of this one config (a DatasetDict of its splits)
         if config in TOP_LEVEL_CONFIGS:
             paths += [self.root / f"{name}{suffix}" for name in names for suffix in DATA_SUFFIXES]
         return paths
@@ -185,6 +194,8 @@ class LocalSource:
                 return read_rows(path)
             if path.is_dir() and any((path / marker).is_file() for marker in DATASETS_MARKERS):
                 return read_rows(path, split)
+            if path.is_dir() and path.name in names and _holds_data_files(path):
+                return read_rows(path)   # the parquet conversion's <config>/<split>/0000.parquet, ...
         where = f"config {config!r}, split {split!r}" if config else f"split {split!r}"
         tried = []
         for path in candidates:
@@ -194,6 +205,10 @@ class LocalSource:
             if label not in tried:
                 tried.append(label)
         raise DataUnavailableError(f"{self.root}: no data for {where} (looked for {', '.join(tried)})")
+
+
+def _holds_data_files(folder: Path) -> bool:
+    return any(item.is_file() and item.suffix.lower() in DATA_SUFFIXES for item in folder.iterdir())
 
 
 def require_fields(rows: list[dict], fields: tuple[str, ...], where: str) -> list[dict]:
@@ -232,8 +247,10 @@ def _looks_like_hub_name(text: str) -> bool:
     return bool(owner) and bool(name) and set(owner + name) <= allowed
 
 
-def resolve_source(data: str | os.PathLike | None, benchmark: str, cache_dir: str | Path | None = None) -> ResolvedData:
-    """The source of ``benchmark``'s rows for a ``--data`` value (None: the built-in benchmark)."""
+def resolve_source(data: str | os.PathLike | None, benchmark: str, cache_dir: str | Path | None = None,
+                   flag: str = "--data") -> ResolvedData:
+    """The source of ``benchmark``'s rows for a ``--data`` value (None: the built-in benchmark); ``flag``
+    is the option the value came from (for the offline message of a hub name)."""
     from mpu.data.builtin import ensure_builtin, read_manifest
 
     if benchmark not in ("tofu", "muse", "wmdp", "mmlu"):
@@ -251,7 +268,7 @@ def resolve_source(data: str | os.PathLike | None, benchmark: str, cache_dir: st
     if path.exists():
         raise InputError(path, "is a file; --data takes a directory or a hub dataset name")
     if _looks_like_hub_name(str(data)):
-        return ResolvedData(HubSource(str(data)), benchmark)
+        return ResolvedData(HubSource(str(data), flag), benchmark)
     raise InputError(path, "no such directory (and not a hub dataset name like owner/name)")
 
 

@@ -155,7 +155,7 @@ def build_wmdp(suite: dict, resolved: ResolvedData, mmlu: str | None = "default"
         datasets[subset] = EvalDataset(subset, "mcq", rows, mode=mode, subject=subject)
         metrics[wmdp_metric_key(subset)] = {"handler": "mcq_accuracy", "data": subset}
     if utility:
-        source = resolved if utility.get("data") is None else resolve_source(utility["data"], "mmlu")
+        source = resolved if utility.get("data") is None else resolve_source(utility["data"], "mmlu", flag="--mmlu")
         where = f"{source.description} [{utility['config']}/{utility['split']}]"
         rows = require_fields(source.rows(utility["config"], utility["split"]), REQUIRED_FIELDS["mcq"], where)
         rows = rows[:limit] if limit else rows

@@ -251,14 +251,37 @@ def training_data(source, benchmark: str, split: str, manifest: dict | None = No
             docs += _qa_docs(pairs, seed=name)
         return TrainingData([("text", texts), ("qa_doc", docs)],
                             [f"{c}/{n}" for c, n in parts] + [f"knowmem_train/{n}" for n in qa_parts])
-    wmdp = (manifest or {}).get("wmdp", {})
-    corpora = [wmdp.get("retain_corpus", "synth-retain-corpus")]
-    if not retain_only:
-        corpora.append(wmdp.get("forget_corpus", "synth-forget-corpus"))
+    corpora = _wmdp_corpora(source, manifest, retain_only)
     rows = [{"text": row["text"]} for corpus in corpora for row in source.rows(corpus, "train")]
     if manifest:  # built-in passages: every fact sentence also opens a document, as the cloze questions do
         rows = _shuffled_sentences(rows)
     return TrainingData([("text", rows)], [f"{corpus}/train" for corpus in corpora])
+
+
+# cais/wmdp-corpora's public configs (the bio forget corpus is not released), what a copy of it holds
+WMDP_CORPORA = {"retain": ("bio-retain-corpus", "cyber-retain-corpus"), "forget": ("cyber-forget-corpus",)}
+
+
+def _wmdp_corpora(source, manifest: dict | None, retain_only: bool) -> list[str]:
+    """The corpora a WMDP target (or, ``retain_only``, its retain model) trains on: the built-in
+    benchmark's two; in a local copy of cais/wmdp-corpora, the ``*-retain-corpus`` and
+    ``*-forget-corpus`` configs it holds; from the hub, its public configs (:data:`WMDP_CORPORA`).
+    Raises MPUError naming the folder when a local copy holds no retain corpus."""
+    if manifest:
+        wmdp = manifest.get("wmdp", {})
+        return [wmdp.get("retain_corpus", "synth-retain-corpus")] + \
+            ([] if retain_only else [wmdp.get("forget_corpus", "synth-forget-corpus")])
+    root = getattr(source, "root", None)
+    if root is None:
+        return list(WMDP_CORPORA["retain"]) + ([] if retain_only else list(WMDP_CORPORA["forget"]))
+    held = sorted({item.name.split(".")[0] for item in Path(root).iterdir()
+                   if item.name.split(".")[0].endswith(("-retain-corpus", "-forget-corpus"))})
+    retain = [name for name in held if name.endswith("-retain-corpus")]
+    if not retain:
+        raise MPUError(f"{root}: no retain corpus to fine-tune on: a copy of cais/wmdp-corpora holds configs such "
+                       f"as {', '.join(WMDP_CORPORA['retain'] + WMDP_CORPORA['forget'])} (a folder or file each); "
+                       f"found {', '.join(sorted(item.name for item in Path(root).iterdir())[:10]) or 'nothing'}")
+    return retain + ([] if retain_only else [name for name in held if name.endswith("-forget-corpus")])
 
 
 class NoGeneralData(MPUError):
