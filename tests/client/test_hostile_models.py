@@ -638,3 +638,19 @@ def test_a_run_that_diverges_is_refused_with_its_loss_and_writes_nothing_for_the
     assert code == 2, err
     assert "copy 1: the training loss is nan at logged step" in err and "training diverged" in err
     assert not (tmp_path / "returns" / "update-1").exists()
+
+
+@pytest.mark.parametrize("inside", ["", "copy-1"], ids=["the-inbox", "a-copy-folder"])
+def test_the_returns_are_never_written_into_the_publication(outbox, tmp_path, forget_file, capsys, inside):  # noqa: F811
+    # arrange: --out O (or O/copy-1) wrote update-K folders into the publication and exited 0
+    inbox = inbox_of(outbox, tmp_path)
+    before = sorted(path.relative_to(inbox) for path in inbox.rglob("*"))
+
+    # act
+    code = run_client(inbox, inbox / inside if inside else inbox, forget_file)
+
+    # assert
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "which this command reads: writing the output there would replace it" in err
+    assert sorted(path.relative_to(inbox) for path in inbox.rglob("*")) == before

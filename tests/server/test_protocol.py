@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from mpu.checkpoint import CheckpointReader
+from mpu.errors import InputError
 from mpu.reparam import ReparamConfig
 from mpu.server.aggregate import aggregate
 from mpu.server.config import ServerConfig
@@ -175,3 +176,30 @@ def test_secrets_stay_private_and_never_reach_the_outbox(tmp_path, tiny_model_di
         drawn = adapter.sample(0, RoundKeys(bytes.fromhex(secret_hex)).transform(k, 0))
         for perm in (drawn.ffn_perm, drawn.kv_perm):
             assert json.dumps(perm.tolist()) not in text and str(perm.tolist()) not in text
+
+
+def snapshot(folder):
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize("change", ["theta-in-its-place", "removed"])
+def test_a_base_changed_or_gone_since_init_is_refused_before_anything_is_written(tmp_path, tiny_model_dir, tiny_base_dir, change):
+    # arrange: σ follows θ − θ_base; the model itself put where the base was gave σ = 0 on every block,
+    # published with a warning only
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_base_dir, base)
+    init_server(tmp_path / "server", str(tiny_model_dir), str(base), ServerConfig(copies=2, kappa=0.1, fixed_seed=1), progress=False)
+    shutil.rmtree(base)
+    if change == "theta-in-its-place":
+        shutil.copytree(tiny_model_dir, base)
+    before = snapshot(tmp_path / "server")
+
+    # act
+    with pytest.raises(InputError) as refused:
+        publish(tmp_path / "server", tmp_path / "outbox", progress=False)
+
+    # assert: refused naming the base; no secret drawn, no outbox
+    assert str(refused.value).startswith(f"{base.resolve()}: the base model")
+    assert snapshot(tmp_path / "server") == before and not (tmp_path / "outbox").exists()

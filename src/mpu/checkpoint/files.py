@@ -13,7 +13,7 @@ import re
 import shutil
 import stat
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from mpu.errors import InputError
 
@@ -169,16 +169,45 @@ def _no_constant(name: str) -> Any:
     raise _Refused(f"holds {name}, which is not JSON")
 
 
+def check_output(out: str | Path, *, keep: Iterable[str | Path] = (), replace: bool = False, marker: str | None = None) -> None:
+    """Refuse the output folder ``out`` before any work: a file (or a path under one); the file system's
+    root; a folder that is, holds or lies inside one of ``keep`` (the command's inputs and work
+    directory: replacing it deleted them); an existing folder unless ``replace``; and, when ``marker``
+    is given, an existing non-empty folder without that file (not an earlier output of the command: a
+    folder of the user's own was emptied by ``--force``). Raises InputError naming ``out``."""
+    out = Path(out)
+    resolved = out.resolve()
+    if resolved.parent == resolved:
+        raise InputError(out, "is the file system's root; choose a folder to write")
+    above = next((parent for parent in (resolved, *resolved.parents) if parent.exists()), None)
+    if above is not None and not above.is_dir():
+        raise InputError(out, f"{'is' if above == resolved else 'lies under'} the file {above}; choose a folder to write")
+    for path in keep:
+        kept = Path(path).resolve()
+        if resolved == kept or resolved in kept.parents or kept in resolved.parents:
+            relation = "is" if resolved == kept else "holds" if resolved in kept.parents else "lies inside"
+            raise InputError(out, f"{relation} {kept}, which this command reads: writing the output there would replace "
+                                  "it; choose another folder")
+    if resolved.exists():
+        if not replace:
+            raise InputError(out, "already exists (remove it, choose another path, or replace it with the command's "
+                                  "--force or --overwrite)")
+        if marker is not None and any(resolved.iterdir()) and not (resolved / marker).is_file():
+            raise InputError(out, f"holds files that are no earlier output of this command (no {marker}); "
+                                  "refusing to replace it: choose another folder")
+
+
 @contextlib.contextmanager
-def staging_dir(final: str | Path, *, replace: bool = False) -> Iterator[Path]:
+def staging_dir(final: str | Path, *, replace: bool = False, keep: Iterable[str | Path] = (),
+                marker: str | None = None) -> Iterator[Path]:
     """Build a directory next to ``final`` and rename it into place only if the block succeeds.
 
     On any error the partial directory is removed, so ``final`` is either absent, the old one,
-    or complete.
+    or complete. ``final`` is checked first (:func:`check_output` with ``keep``, ``replace`` and
+    ``marker``): InputError naming it.
     """
-    final = Path(final)
-    if final.exists() and not replace:
-        raise InputError(final, "already exists (remove it, choose another path, or replace it with the command's --force or --overwrite)")
+    check_output(final, keep=keep, replace=replace, marker=marker)
+    final = Path(final).resolve()
     final.parent.mkdir(parents=True, exist_ok=True)
     stage = final.with_name(f".{final.name}.partial-{secrets.token_hex(4)}")
     stage.mkdir()
@@ -208,6 +237,16 @@ def dir_sha256(path: str | Path) -> str:
     for file in sorted(p for p in root.rglob("*") if p.is_file()):
         relative = file.relative_to(root).as_posix()
         digest.update(f"{relative}\0{file_sha256(file)}\n".encode())
+    return digest.hexdigest()
+
+
+def weights_sha256(path: str | Path) -> str:
+    """One checksum for the weight files of the model folder ``path`` (safetensors shards and index, by
+    name and contents; links followed, as a hub cache's snapshot holds them)."""
+    root = Path(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in root.iterdir() if p.is_file() and is_weight_file(p.name)):
+        digest.update(f"{file.name}\0{file_sha256(file)}\n".encode())
     return digest.hexdigest()
 
 

@@ -32,7 +32,9 @@ def register(subparsers) -> None:
                           "else falls back to weights with a warning); weights: sigma_l = kappa * RMS(theta_l), no base "
                           "(harsher; a control)")
     add_client_data_arguments(run)
-    run.add_argument("--out", required=True, help="where to write the unlearned model (a plain HF checkpoint)")
+    run.add_argument("--out", required=True, help="where to write the unlearned model (a plain HF checkpoint; an existing "
+                                                  "one is refused unless --overwrite)")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing --out that holds an earlier model")
     run.add_argument("--workdir", default=None, help="server work directory (default: a temporary folder, removed at the end)")
     run.add_argument("--keep-exchange", action="store_true", help="keep each round's outbox and returns")
     run.add_argument("--client-reference", choices=REFERENCE_MODEL_ROUNDS, dest="reference_model_round",
@@ -64,7 +66,8 @@ def _run(args) -> int:
     with tempfile.TemporaryDirectory(prefix="mpu-run-") as scratch:
         workdir = args.workdir or f"{scratch}/server"
         out = run_mpu(args.model, base, config, forget, retain, method, hparams, training, workdir, args.out, args.keep_exchange,
-                      reference_model_round=args.reference_model_round)
+                      reference_model_round=args.reference_model_round, overwrite=args.overwrite,
+                      progress=training.progress_bar)   # --no-progress-bar turns off the server's bars too
     print(f"MPU done ({config.rounds} rounds, m={config.copies}, kappa={config.kappa}, {label}); unlearned model at {out}")
     # After the run, not before: a failure elsewhere gets its own message without this one in front of it.
     hint = learning_rate_hint(args.model, training.learning_rate)   # None for hub ids and large models

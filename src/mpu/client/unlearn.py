@@ -21,7 +21,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from mpu.checkpoint import read_json
-from mpu.checkpoint.files import MAX_MANIFEST_BYTES
+from mpu.checkpoint.files import MAX_MANIFEST_BYTES, check_output
 from mpu.client.inbox import Publication, PublishedCopy, read_publication
 from mpu.client.update import loss_summary, write_dense_update, write_lora_update
 from mpu.data.isolated import first_line, load_other_partys
@@ -79,6 +79,8 @@ def unlearn_publication(inbox: str | Path, job: UnlearnJob, out_dir: str | Path,
                     "forgets less than noise-free unlearning would", job.method, publication.round)
     settings = update_settings(job, return_lora)
     out_dir = Path(out_dir)
+    # the returns next to the publication, never in it (an update-K inside copy-1 was written and returned)
+    check_output(out_dir, keep=[publication.inbox] + ([references.inbox] if references is not None else []), replace=True)
     results, todo = [], []
     for copy in publication.select(copy_ids):
         finished = _existing_update(out_dir / update_folder(copy.id), publication, copy, settings, overwrite=overwrite, resume=resume)

@@ -147,7 +147,7 @@ def _mpu(config: DemoConfig, target: Path, base: Path | None, forget_rows, retai
     server = ServerConfig(copies=config.copies, kappa=config.kappa, rounds=1, fixed_seed=server_seed(config))
     with tempfile.TemporaryDirectory() as scratch:
         return run_mpu(str(target), str(base) if base is not None else None, server, forget_rows, retain_rows, config.method, {}, _training(config),
-                       Path(scratch) / "server", out, progress=progress)
+                       Path(scratch) / "server", out, progress=progress, overwrite=True)   # the demo's own folder
 
 
 def server_seed(config: DemoConfig) -> int | None:

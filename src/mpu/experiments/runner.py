@@ -53,7 +53,7 @@ def _mpu(settings: ExperimentConfig, prepared: Prepared, out: Path, run_dir: Pat
         run_mpu(prepared.target, base, settings.server, prepared.forget_rows, prepared.retain_rows,
                 settings.method, settings.hparams, settings.training, workdir, out,
                 keep_exchange=settings.keep_exchange, progress=settings.progress,
-                reference_model_round=settings.reference_model_round)
+                reference_model_round=settings.reference_model_round, overwrite=True)   # the run's own folder
         state = Workdir(workdir).load()
         history = [dict(entry) for entry in state.history]
     finally:

@@ -9,6 +9,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from mpu.checkpoint.files import CONFIG, check_output
 from mpu.client import REFERENCE_MODEL_ROUNDS
 from mpu.client.unlearn import unlearn_copies
 from mpu.methods.training import frozen_gc
@@ -66,6 +67,7 @@ def run_mpu(
     progress: bool = True,
     reference_model_round: str = "first",
     timings: dict[str, float] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """R rounds of publish -> client unlearn -> aggregate, then export to ``out_dir``.
 
@@ -75,12 +77,18 @@ def run_mpu(
 
     ``timings``: a dict that receives the wall seconds of each phase (``PHASES``, summed over rounds),
     the client's training seconds (``client_train``) and its optimizer steps (``steps``);
-    benchmarks/client_overhead.py reads them. If a phase raises, the dict holds what ran until then."""
+    benchmarks/client_overhead.py reads them. If a phase raises, the dict holds what ran until then.
+
+    ``out_dir`` is checked before any work (InputError): an existing one is refused unless ``overwrite``
+    (and then only when it holds an earlier model), as is one that is, holds or lies inside the model,
+    the base or the work directory."""
     if reference_model_round not in REFERENCE_MODEL_ROUNDS:
         raise ValueError(f"reference_model_round must be 'first' or 'round', got {reference_model_round!r}")
     if timings is not None:
         timings.update({phase: 0.0 for phase in PHASES}, client_train=0.0, steps=0)
     workdir = Path(workdir)
+    inputs = [path for path in (model, base, workdir) if path is not None and Path(path).exists()]
+    check_output(out_dir, keep=inputs, replace=overwrite, marker=CONFIG)
     with _timed(timings, "init"):
         init_server(workdir, model, base, config, progress=progress)
     exchange = workdir.parent / f"{workdir.name}-exchange"
@@ -110,7 +118,7 @@ def run_mpu(
         with _timed(timings, "cleanup"):
             shutil.rmtree(exchange, ignore_errors=True)
     with _timed(timings, "export"):
-        return export(workdir, out_dir, replace=True, progress=progress)
+        return export(workdir, out_dir, replace=overwrite, progress=progress, keep=inputs)
 
 
 @contextmanager

@@ -8,15 +8,18 @@ from tqdm.auto import tqdm
 
 from mpu.errors import MPUError
 from mpu.checkpoint import CheckpointReader, ShardedWriter, copy_model_files, layer_groups, staging_dir
+from mpu.checkpoint.files import CONFIG
 from mpu.server.init import dtype_from_name
 from mpu.server.workdir import Workdir
 
 
 def export(workdir: str | Path, out_dir: str | Path, dtype: str | None = None, *, replace: bool = False, progress: bool = True,
-           allow_unaggregated: bool = False) -> Path:
+           allow_unaggregated: bool = False, keep: tuple = ()) -> Path:
     """Write the current model to ``out_dir``. Before any round was aggregated that model is the
     original one, unlearned nothing: refused (MPUError, stating rounds done / planned) unless
-    ``allow_unaggregated``. Rounds done / planned are in :func:`rounds_note`."""
+    ``allow_unaggregated``. Rounds done / planned are in :func:`rounds_note`. ``out_dir`` may not be,
+    hold or lie inside the work directory, its base or ``keep`` (InputError); ``replace`` replaces only
+    an earlier exported model."""
     work = Workdir(workdir)
     state = work.load()
     if state.rounds_done == 0 and not allow_unaggregated:
@@ -25,7 +28,8 @@ def export(workdir: str | Path, out_dir: str | Path, dtype: str | None = None, *
                        "to export it anyway")
     target = dtype_from_name(dtype or state.source_dtype)
     reader = CheckpointReader(work.model_path(state))
-    with staging_dir(out_dir, replace=replace) as stage:
+    protected = (work.path, *([state.base] if state.base else []), *keep)
+    with staging_dir(out_dir, replace=replace, keep=protected, marker=CONFIG) as stage:
         writer = ShardedWriter(stage)
         for _, names in tqdm(layer_groups(reader.names()), desc="export", disable=not progress):
             writer.write_shard({name: reader.get(name).to(target) for name in names})

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig
 
 from mpu.checkpoint import CheckpointReader, ShardedWriter, copy_model_files, layer_groups, staging_dir
+from mpu.checkpoint.files import weights_sha256
 from mpu.checkpoint.hub import resolve_model_dir
 from mpu.errors import InputError, MPUError
 from mpu.reparam import get_adapter
@@ -88,6 +89,7 @@ def init_server(workdir: str | Path, model: str, base: str | None, config: Serve
         source_dtype=_dtype_name(reader.dtype(reader.names()[0])),
         model_type=hf_config.model_type,
         base=str(base_dir.resolve()) if base_dir else None,
+        base_sha256=weights_sha256(base_dir) if base_dir else None,
     )
     work.save(state)
     return state

@@ -26,7 +26,7 @@ import torch
 from transformers import AutoConfig
 
 from mpu.checkpoint import CheckpointReader, atomic_write_json, copy_model_files, dir_sha256, staging_dir
-from mpu.checkpoint.files import PARTY_FILE_MODE
+from mpu.checkpoint.files import PARTY_FILE_MODE, check_output, weights_sha256
 from mpu.errors import InputError, MPUError
 from mpu.protocol import PUBLICATION_MANIFEST, CopyEntry, PublicationManifest, RoundKeys, copy_folder
 from mpu.reparam import get_adapter
@@ -35,13 +35,28 @@ from mpu.server.combine import DEFAULT_COMBINE, CombineRule, get_combine
 from mpu.server.init import dtype_from_name
 from mpu.server.noise import alphas_for_round, default_device
 from mpu.server.publish import OUTSIDE_BLOCKS, PublishReport, _clean_warnings, _Job, _rounding_warnings, _write_copies
-from mpu.server.workdir import PublishedRound, Workdir
+from mpu.server.workdir import PublishedRound, ServerState, Workdir
 
 # Each step logs under its own module's name, as it did before the round became an object, so that
 # ``logging.getLogger("mpu.server.publish")`` still filters Pre-Process's messages.
 publish_log = logging.getLogger("mpu.server.publish")
 aggregate_log = logging.getLogger("mpu.server.aggregate")
 
+
+
+def _recorded_base(state: ServerState) -> CheckpointReader | None:
+    """The base model recorded by ``mpu server init --base``, refused (InputError naming its folder) when
+    it is gone or its weights changed since: σ follows θ − θ_base, so another model there changes the
+    noise without a word (θ itself there gives σ = 0 on every block)."""
+    if not state.base:
+        return None
+    if not Path(state.base).is_dir():
+        raise InputError(state.base, "the base model recorded by `mpu server init --base` is gone; put it back at this path")
+    if state.base_sha256 is not None and weights_sha256(state.base) != state.base_sha256:
+        raise InputError(state.base, "the base model's weights changed since `mpu server init --base` (σ follows "
+                                     "θ − θ_base, so another base changes the noise); put back the base it was "
+                                     "initialised with")
+    return CheckpointReader(state.base)
 
 class Round:
     """The current round of the server work directory ``workdir``.
@@ -70,9 +85,11 @@ class Round:
         if state.finished:
             raise MPUError(f"all {config.rounds} rounds are done; run `mpu server export`")
         round_number = state.current_round
+        base = _recorded_base(state)   # before the round's secret is drawn: a refusal leaves nothing written
+        inputs = (self.work.path, *([state.base] if state.base else []))
+        check_output(out_dir, keep=inputs, replace=replace, marker=PUBLICATION_MANIFEST)
         secret = self.work.round_secret(round_number, config.fixed_seed, create=True)
         reader = CheckpointReader(self.work.model_path(state))
-        base = CheckpointReader(state.base) if state.base else None
         adapter = get_adapter(AutoConfig.from_pretrained(self.work.model_path(state)), config.reparam)
         adapter.check_names(reader.names())
         groups = adapter.block_groups(reader.names())  # refuses, before anything is written, a tensor it cannot place
@@ -84,7 +101,7 @@ class Round:
         report = PublishReport(round=round_number, out_dir=Path(out_dir), copies=[], transforms=adapter.describe())
         job = _Job(config, RoundKeys(secret), alphas_for_round(config, secret), adapter, dtype, self.device)
         copy_ids = range(1, config.copies + 1)
-        with staging_dir(out_dir, replace=replace) as stage:
+        with staging_dir(out_dir, replace=replace, keep=inputs, marker=PUBLICATION_MANIFEST) as stage:
             copy_dirs = [stage / copy_folder(copy_id) for copy_id in copy_ids]
             model_norm = _write_copies(job, reader, base, groups, copy_dirs, report, self.progress)
             for path in copy_dirs:

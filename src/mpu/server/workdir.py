@@ -65,6 +65,7 @@ class ServerState:
     source_dtype: str  # dtype of the model the server started from, used by export
     model_type: str
     base: str | None = None
+    base_sha256: str | None = None  # the base's weights at init (states written before it have none)
     rounds_done: int = 0
     published: PublishedRound | None = None  # the round in progress once published; None after aggregate
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -88,6 +89,7 @@ class ServerState:
             "source_dtype": self.source_dtype,
             "model_type": self.model_type,
             "base": self.base,
+            "base_sha256": self.base_sha256,
             "rounds_done": self.rounds_done,
             "published": self.published.to_dict() if self.published is not None else None,
             "history": self.history,
