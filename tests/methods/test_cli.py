@@ -67,7 +67,11 @@ def test_refusals(tiny_dir, tmp_path, capsys):
     assert "'gamma'" in capsys.readouterr().err
     out.mkdir()
     assert unlearn(tiny_dir, out, "--method", "GradAscent") == 2
-    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert "already exists" in capsys.readouterr().err
+    # --overwrite never replaces the model it reads, or a folder around it (the input model was deleted)
+    assert unlearn(tiny_dir, tiny_dir, "--method", "GradAscent", "--overwrite") == 2
+    assert f"holds {(tiny_dir / 'model').resolve()}, which this command reads" in capsys.readouterr().err
+    assert (tiny_dir / "model" / "config.json").is_file()
     assert main(["unlearn", "--model", str(tmp_path), "--forget", str(tiny_dir / "forget.jsonl"),
                  "--method", "GradAscent", "--out", str(tmp_path / "o2")]) == 2
     assert "not a Hugging Face model directory" in capsys.readouterr().err

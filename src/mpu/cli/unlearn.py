@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from mpu.checkpoint.files import CONFIG, check_output
 from mpu.cli._lazy import add_method_arguments_lazily
 from mpu.errors import MPUError
 from mpu.threads import add_threads_argument, apply_threads
@@ -41,7 +42,7 @@ def register(subparsers) -> None:
     parser.add_argument("--forget", required=True, help="forget set: question/answer rows as JSON lines, a JSON array, CSV, parquet, a `datasets` folder or a hub-layout folder")
     parser.add_argument("--retain", help="retain set, same format (needed by GradDiff, RMU, PDU; optional for others)")
     parser.add_argument("--out", required=True, help="where to write the unlearned model directory")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it holds an earlier unlearned model")
     add_threads_argument(parser)
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype to load and train the model in (default: float32)")
     parser.set_defaults(func=run)
@@ -108,11 +109,12 @@ def run(args: argparse.Namespace) -> int:
     apply_threads(args.threads)
     method, hparams, training = options_from_args(args)
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise MPUError(f"{out} exists; pass --overwrite to replace it")
     forget = load_qa_rows(args.forget)
     retain = load_qa_rows(args.retain) if args.retain else None
     check_model_dir(args.model)   # before anything is printed: a wrong --model gets its message alone
+    # never the model itself or a folder around it; --overwrite replaces only an earlier unlearned model
+    model_dir = Path(args.model)
+    check_output(out, keep=[model_dir] if model_dir.exists() else [], replace=args.overwrite, marker=CONFIG)
     main = int(os.environ.get("RANK", "0")) == 0  # one line per run, not per process
     if main:
         logger.info("unlearning %d forget rows%s with %s: %s", len(forget),
