@@ -140,9 +140,9 @@ def test_every_command_reads_a_json_array_and_a_csv(tmp_path, command, monkeypat
               "unlearn": (unlearn_cli, "mpu.methods.job.load_model_and_tokenizer"),
               "run": (run_cli, "mpu.experiments.two_party.run_mpu")}[command][1]
     monkeypatch.setattr(target, capture)
-    argv = {"client": ["client", "unlearn", "--inbox", str(tmp_path), "--out", str(tmp_path / "o")],
-            "unlearn": ["unlearn", "--model", str(tmp_path), "--out", str(tmp_path / "o")],
-            "run": ["run", "--model", str(tmp_path), "--out", str(tmp_path / "o")]}[command]
+    argv = {"client": ["client", "unlearn", "--inbox", str(tmp_path), "--out", str(tmp_path.with_name(tmp_path.name + "-out"))],
+            "unlearn": ["unlearn", "--model", str(tmp_path), "--out", str(tmp_path.with_name(tmp_path.name + "-out"))],
+            "run": ["run", "--model", str(tmp_path), "--out", str(tmp_path.with_name(tmp_path.name + "-out"))]}[command]
     with pytest.raises(Stop):
         main(argv + ["--forget", str(paths["json_array"]), "--retain", str(paths["csv"]), "--method", "GradDiff"])
     if command != "unlearn":

@@ -79,14 +79,14 @@ def rows_through(command, forget, retain, tmp_path, monkeypatch):
     (tmp_path / "config.json").write_text("{}")     # a model folder (both are stopped before they are read)
     if command == "client":
         monkeypatch.setattr("mpu.client.unlearn.unlearn_publication", _capture_job(seen, 1))
-        argv = ["client", "unlearn", "--inbox", str(tmp_path), "--out", str(tmp_path / "o")]
+        argv = ["client", "unlearn", "--inbox", str(tmp_path), "--out", str(tmp_path.with_name(tmp_path.name + "-out"))]
     elif command == "unlearn":
         monkeypatch.setattr("mpu.methods.job.load_model_and_tokenizer", lambda *a, **k: (None, None))
         monkeypatch.setattr("mpu.methods.job.UnlearnJob.run", _capture_job(seen, 0))
-        argv = ["unlearn", "--model", str(tmp_path), "--out", str(tmp_path / "o")]
+        argv = ["unlearn", "--model", str(tmp_path), "--out", str(tmp_path.with_name(tmp_path.name + "-out"))]
     elif command == "run":
         monkeypatch.setattr("mpu.experiments.two_party.run_mpu", _capture(seen, 3, 4))
-        argv = ["run", "--model", str(tmp_path), "--out", str(tmp_path / "o")]
+        argv = ["run", "--model", str(tmp_path), "--out", str(tmp_path.with_name(tmp_path.name + "-out"))]
     else:  # an experiment config's data section (what `python src/train.py` / Hydra passes)
         from mpu.experiments.sources import prepare
 
@@ -128,7 +128,7 @@ def test_every_command_names_the_file_and_line_of_a_bad_row(tmp_path, monkeypatc
             "unlearn": ["unlearn", "--model", str(tmp_path)], "run": ["run", "--model", str(tmp_path)]}[command]
     messages = []
     monkeypatch.setattr(sys, "stderr", SimpleNamespace(write=messages.append, flush=lambda: None))
-    assert main(argv + ["--out", str(tmp_path / "o"), "--forget", str(bad), "--retain", str(good),
+    assert main(argv + ["--out", str(tmp_path.with_name(tmp_path.name + "-out")), "--forget", str(bad), "--retain", str(good),
                         "--method", "GradDiff"]) == 2
     assert "forget10.jsonl: line 2" in "".join(messages)
     assert not (tmp_path / "o").exists()

@@ -14,7 +14,6 @@ import os
 import sys
 from pathlib import Path
 
-from mpu.checkpoint.files import CONFIG, check_output
 from mpu.cli._lazy import add_method_arguments_lazily
 from mpu.errors import MPUError
 from mpu.threads import add_threads_argument, apply_threads
@@ -113,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
     retain = load_qa_rows(args.retain) if args.retain else None
     check_model_dir(args.model)   # before anything is printed: a wrong --model gets its message alone
     # never the model itself or a folder around it; --overwrite replaces only an earlier unlearned model
+    from mpu.checkpoint.files import CONFIG, check_output   # here, not at import: --help must not import torch
+
     model_dir = Path(args.model)
     check_output(out, keep=[model_dir] if model_dir.exists() else [], replace=args.overwrite, marker=CONFIG)
     main = int(os.environ.get("RANK", "0")) == 0  # one line per run, not per process
