@@ -131,3 +131,24 @@ finish_unlearning(trainer)
 checksum = sum(float(p.double().sum()) for p in model.parameters())
 json.dump({"checksum": round(checksum, 9), "retain": seen, "dual": trainer.dual}, open(f"{out}/rank{os.environ['RANK']}.json", "w"))
 '''
+
+
+def test_a_retain_set_of_the_forget_rows_is_refused_and_shared_rows_are_warned(tiny_dir, tmp_path, capsys, caplog):
+    # arrange: --retain given the forget file (or a copy): the run's update did nothing (loss 4.8e-07), exit 0
+    import json
+    import logging
+
+    forget = tiny_dir / "forget.jsonl"
+    rows = [json.loads(line) for line in forget.read_text().splitlines() if line.strip()]
+
+    # act
+    same = unlearn(tiny_dir, tmp_path / "same", "--method", "GradDiff", "--retain", str(forget))
+    err = capsys.readouterr().err
+    with caplog.at_level(logging.WARNING, logger="mpu.methods.job"):
+        from mpu.methods import UnlearnJob
+
+        UnlearnJob("GradDiff", forget_rows=rows, retain_rows=rows[:1] + [{"question": "Q?", "answer": "A."}])
+
+    # assert
+    assert same == 2 and f"every one of the {len(rows)} retain rows is also a forget row" in err
+    assert "1 of the 2 retain rows are also forget rows" in caplog.text

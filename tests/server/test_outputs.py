@@ -117,5 +117,22 @@ def test_mpu_run_refuses_its_model_or_an_earlier_output_before_any_work(tmp_path
     err = capsys.readouterr().err
     assert (over_the_model, over_an_output) == (2, 2), err
     assert f"{model}: is {model.resolve()}, which this command reads" in err
-    assert f"{tmp_path / 'earlier'}: already exists" in err and "--overwrite" in err
+    assert f"{tmp_path / 'earlier'}: already exists (remove it or choose another path, or pass --overwrite to replace it)" in err
     assert snapshot(model) == before
+
+
+def test_publishing_a_round_again_says_the_earlier_outbox_is_stale(aggregated, tmp_path, caplog):
+    # arrange: a second publish of round 2 made a new publication id without a word; returns made from the
+    # first outbox were then refused
+    import logging
+
+    server = workdir_copy(aggregated, tmp_path)
+    publish(server, tmp_path / "first", progress=False)
+
+    # act
+    with caplog.at_level(logging.WARNING, logger="mpu.server.publish"):
+        publish(server, tmp_path / "second", progress=False)
+
+    # assert
+    assert "round 2 was already published (publication " in caplog.text
+    assert "the server will refuse returns made from the earlier one" in caplog.text

@@ -169,12 +169,14 @@ def _no_constant(name: str) -> Any:
     raise _Refused(f"holds {name}, which is not JSON")
 
 
-def check_output(out: str | Path, *, keep: Iterable[str | Path] = (), replace: bool = False, marker: str | None = None) -> None:
+def check_output(out: str | Path, *, keep: Iterable[str | Path] = (), replace: bool = False, marker: str | None = None,
+                 flag: str | None = None) -> None:
     """Refuse the output folder ``out`` before any work: a file (or a path under one); the file system's
     root; a folder that is, holds or lies inside one of ``keep`` (the command's inputs and work
     directory: replacing it deleted them); an existing folder unless ``replace``; and, when ``marker``
     is given, an existing non-empty folder without that file (not an earlier output of the command: a
-    folder of the user's own was emptied by ``--force``). Raises InputError naming ``out``."""
+    folder of the user's own was emptied by ``--force``). ``flag``: the command's option that replaces
+    an existing output, named in the refusal. Raises InputError naming ``out``."""
     out = Path(out)
     resolved = out.resolve()
     if resolved.parent == resolved:
@@ -190,8 +192,8 @@ def check_output(out: str | Path, *, keep: Iterable[str | Path] = (), replace: b
                                   "it; choose another folder")
     if resolved.exists():
         if not replace:
-            raise InputError(out, "already exists (remove it, choose another path, or replace it with the command's "
-                                  "--force or --overwrite)")
+            raise InputError(out, "already exists (remove it or choose another path" +
+                             (f", or pass {flag} to replace it)" if flag else ")"))
         if marker is not None and any(resolved.iterdir()) and not (resolved / marker).is_file():
             raise InputError(out, f"holds files that are no earlier output of this command (no {marker}); "
                                   "refusing to replace it: choose another folder")
@@ -199,14 +201,14 @@ def check_output(out: str | Path, *, keep: Iterable[str | Path] = (), replace: b
 
 @contextlib.contextmanager
 def staging_dir(final: str | Path, *, replace: bool = False, keep: Iterable[str | Path] = (),
-                marker: str | None = None) -> Iterator[Path]:
+                marker: str | None = None, flag: str | None = None) -> Iterator[Path]:
     """Build a directory next to ``final`` and rename it into place only if the block succeeds.
 
     On any error the partial directory is removed, so ``final`` is either absent, the old one,
-    or complete. ``final`` is checked first (:func:`check_output` with ``keep``, ``replace`` and
-    ``marker``): InputError naming it.
+    or complete. ``final`` is checked first (:func:`check_output` with ``keep``, ``replace``, ``marker``
+    and ``flag``): InputError naming it.
     """
-    check_output(final, keep=keep, replace=replace, marker=marker)
+    check_output(final, keep=keep, replace=replace, marker=marker, flag=flag)
     final = Path(final).resolve()
     final.parent.mkdir(parents=True, exist_ok=True)
     stage = final.with_name(f".{final.name}.partial-{secrets.token_hex(4)}")

@@ -115,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
     from mpu.checkpoint.files import CONFIG, check_output   # here, not at import: --help must not import torch
 
     model_dir = Path(args.model)
-    check_output(out, keep=[model_dir] if model_dir.exists() else [], replace=args.overwrite, marker=CONFIG)
+    check_output(out, keep=[model_dir] if model_dir.exists() else [], replace=args.overwrite, marker=CONFIG,
+                 flag="--overwrite")
     main = int(os.environ.get("RANK", "0")) == 0  # one line per run, not per process
     if main:
         logger.info("unlearning %d forget rows%s with %s: %s", len(forget),

@@ -88,7 +88,7 @@ def run_mpu(
         timings.update({phase: 0.0 for phase in PHASES}, client_train=0.0, steps=0)
     workdir = Path(workdir)
     inputs = [path for path in (model, base, workdir) if path is not None and Path(path).exists()]
-    check_output(out_dir, keep=inputs, replace=overwrite, marker=CONFIG)
+    check_output(out_dir, keep=inputs, replace=overwrite, marker=CONFIG, flag="--overwrite")
     with _timed(timings, "init"):
         init_server(workdir, model, base, config, progress=progress)
     exchange = workdir.parent / f"{workdir.name}-exchange"

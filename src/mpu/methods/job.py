@@ -78,6 +78,7 @@ class UnlearnJob:
             raise TypeError(f"training must be TrainingConfig, got {type(self.training).__name__}")
         if not isinstance(self.dp_runs, int) or isinstance(self.dp_runs, bool) or self.dp_runs < 1:
             raise ValueError(f"dp_runs counts runs on the same data, an integer >= 1, got {self.dp_runs!r}")
+        _check_retain_apart(self.forget_rows, self.retain_rows)
 
     def resolved_hparams(self):
         """The validated hyperparameter dataclass of the method (defaults changed by a dict of overrides).
@@ -160,6 +161,23 @@ class UnlearnJob:
         the adapters are merged into ``model`` and returned as ``lora_factors``. Raises as :meth:`prepare`."""
         with frozen_gc():
             return finish_unlearning(self.prepare(model, tokenizer, output_dir))
+
+
+def _check_retain_apart(forget_rows, retain_rows) -> None:
+    """Refuse a retain set made of the forget set's rows (the same file given twice: the retain term then
+    undoes the forgetting, and the run returned an update that changed nothing, without a word); warn
+    about retain rows that are also forget rows. Rows are compared by question and answer."""
+    if not forget_rows or not retain_rows:
+        return
+    pair = lambda row: (str(row.get("question", "")), str(row.get("answer", "")))
+    forget = {pair(row) for row in forget_rows}
+    shared = sum(1 for row in retain_rows if pair(row) in forget)
+    if shared == len(retain_rows):
+        raise MPUError(f"every one of the {len(retain_rows)} retain rows is also a forget row (the same file twice?): "
+                       "the retain term would undo the forgetting; give rows the model must keep")
+    if shared:
+        logger.warning("%d of the %d retain rows are also forget rows: the retain term works against forgetting them",
+                    shared, len(retain_rows))
 
 
 def padding_id(tokenizer) -> int:

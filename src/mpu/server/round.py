@@ -87,7 +87,11 @@ class Round:
         round_number = state.current_round
         base = _recorded_base(state)   # before the round's secret is drawn: a refusal leaves nothing written
         inputs = (self.work.path, *([state.base] if state.base else []))
-        check_output(out_dir, keep=inputs, replace=replace, marker=PUBLICATION_MANIFEST)
+        check_output(out_dir, keep=inputs, replace=replace, marker=PUBLICATION_MANIFEST, flag="--force")
+        if state.published is not None and state.published.round == round_number:
+            publish_log.warning("round %d was already published (publication %s): this publication replaces it, and "
+                                "the server will refuse returns made from the earlier one", round_number,
+                                state.published.publication_id)
         secret = self.work.round_secret(round_number, config.fixed_seed, create=True)
         reader = CheckpointReader(self.work.model_path(state))
         adapter = get_adapter(AutoConfig.from_pretrained(self.work.model_path(state)), config.reparam)
