@@ -228,3 +228,27 @@ def test_every_flag_the_readme_shows_exists():
             assert flag in handler._option_string_actions, (flag, line)
             checked += 1
     assert checked > 40
+
+
+@pytest.mark.parametrize("command", ["eval", "audit"])
+def test_an_output_under_a_file_is_refused_before_the_work(tmp_path, tiny_model_dir, capsys, monkeypatch, command):
+    # arrange: eval and audit wrote their results after the whole evaluation or every attack, and then
+    # failed with NotADirectoryError
+    import mpu.cli.audit as audit_cli
+
+    monkeypatch.setattr("mpu.eval.evaluator.model_data", lambda *a, **k: pytest.fail("evaluated before --out was checked"))
+    monkeypatch.setattr(audit_cli, "apply_threads", lambda *a, **k: pytest.fail("attacked before --out was checked"))
+    (tmp_path / "file.txt").write_text("x")
+    out = str(tmp_path / "file.txt" / "results")
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "manifest.json").write_text("{}")
+    argv = {"eval": ["eval", "--model", str(tiny_model_dir), "--out", out],
+            "audit": ["audit", "--inbox", str(inbox), "--out", out]}[command]
+
+    # act
+    code = main(argv)
+
+    # assert
+    err = capsys.readouterr().err
+    assert code == 2 and f"the file {(tmp_path / 'file.txt').resolve()}" in err and "Traceback" not in err

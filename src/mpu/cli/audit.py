@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from mpu.threads import add_threads_argument, apply_threads
 
@@ -37,6 +38,16 @@ def register(subparsers) -> None:
     audit.set_defaults(func=_audit)
 
 
+def _check_report_path(out: Path) -> None:
+    """Refuse a report path that is a folder, or whose folder is a file (InputError naming it)."""
+    from mpu.checkpoint.files import check_output
+    from mpu.errors import InputError
+
+    if out.is_dir():
+        raise InputError(out, "is a folder; --out takes the report's file name")
+    check_output(out.parent, replace=True)
+
+
 def _audit(args) -> int:
     from mpu.audit import format_table, run_audit
     from mpu.checkpoint import atomic_write_json
@@ -45,6 +56,7 @@ def _audit(args) -> int:
     from mpu.cli.client import check_inbox   # the client's check: a wrong --inbox says what to pass
 
     check_inbox(args.inbox)
+    _check_report_path(Path(args.out))   # before the attacks, not after them
     apply_threads(args.threads)
     oracle = None
     if args.oracle_alphas:

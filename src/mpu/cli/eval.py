@@ -75,6 +75,10 @@ def _eval(args: argparse.Namespace) -> int:
         close = difflib.get_close_matches(args.forget_split, TOFU_FORGET_SPLITS, n=1)
         raise MPUError(f"--forget-split {args.forget_split}: TOFU's forget splits are {', '.join(TOFU_FORGET_SPLITS)}"
                        + (f"; did you mean {close[0]}?" if close else ""))
+    if args.out:   # before the evaluation, not after it: a file, or a path under one
+        from mpu.checkpoint.files import check_output
+
+        check_output(args.out, replace=True)
     data, note = model_data(args.model, args.benchmark, args.data)
     print(note, file=sys.stderr)
     summary = evaluate(
