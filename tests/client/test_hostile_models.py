@@ -474,12 +474,27 @@ def scale_tensor(path, name, value):
     save_file(tensors, str(shard), metadata={"format": "pt"})
 
 
+def poison_padding(copy):
+    """The pad token's embedding near the float32 maximum: no unpadded row reaches it, a padded batch does."""
+    from safetensors.torch import load_file
+
+    pad_id = json.loads((copy / "config.json").read_text())["pad_token_id"]
+    index = json.loads((copy / "model.safetensors.index.json").read_text())["weight_map"]
+    shard = copy / index["model.embed_tokens.weight"]
+    tensors = load_file(str(shard))
+    tensors["model.embed_tokens.weight"][pad_id] = 3e38
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+
+
 @pytest.mark.parametrize("corrupt, reason", [
     (lambda c: edit_json(c / "config.json", attention_dropout=5.0), "its model fails on the run's rows (RuntimeError: dropout"),
     (lambda c: edit_json(c / "config.json", return_dict=False), "its model fails on the run's rows (AttributeError"),
     (lambda c: edit_json(c / "config.json", rms_norm_eps=-1.0), "its model gives the loss nan on the run's rows"),
     (lambda c: scale_tensor(c, "model.norm.weight", 3e38), "on the run's rows (config.json or the weights overflow)"),
-], ids=["dropout-5", "return-dict-false", "negative-norm-epsilon", "norm-weights-near-the-float32-maximum"])
+    # the probe ran the shortest row alone: copy 1 trained and wrote its update before copy 2's NaN update
+    (poison_padding, "on the run's rows (config.json or the weights overflow)"),
+], ids=["dropout-5", "return-dict-false", "negative-norm-epsilon", "norm-weights-near-the-float32-maximum",
+        "pad-embedding-near-the-float32-maximum"])
 def test_a_copy_whose_model_fails_or_overflows_on_a_row_is_refused_before_any_copy_trains(
         outbox, tmp_path, forget_file, capsys, corrupt, reason):  # noqa: F811
     # arrange: copy 2 passes every parse check (a traceback after copy 1 had written its update, or an
@@ -498,36 +513,6 @@ def test_a_copy_whose_model_fails_or_overflows_on_a_row_is_refused_before_any_co
     assert not (tmp_path / "returns").exists()
 
 
-def poison_padding(copy):
-    """The pad token's embedding near the float32 maximum: no unpadded row reaches it, a padded batch does."""
-    from safetensors.torch import load_file
-
-    pad_id = json.loads((copy / "config.json").read_text())["pad_token_id"]
-    index = json.loads((copy / "model.safetensors.index.json").read_text())["weight_map"]
-    shard = copy / index["model.embed_tokens.weight"]
-    tensors = load_file(str(shard))
-    tensors["model.embed_tokens.weight"][pad_id] = 3e38
-    save_file(tensors, str(shard), metadata={"format": "pt"})
-
-
-def test_a_copy_that_overflows_only_in_a_padded_batch_is_refused_before_any_copy_trains(
-        outbox, tmp_path, forget_file, capsys):  # noqa: F811
-    # arrange: the probe ran the shortest row alone, so copy 1 trained and wrote its update before copy 2
-    # was refused for a NaN update
-    inbox = inbox_of(outbox, tmp_path)
-    poison_padding(inbox / "copy-2")
-    rechecksum(inbox)
-
-    # act
-    code = run_client(inbox, tmp_path / "returns", forget_file, "--method", "NPO")
-
-    # assert
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert f"{inbox / 'copy-2'}: copy 2: its model" in err and "on the run's rows" in err
-    assert not (tmp_path / "returns").exists()
-
-
 def test_the_probe_is_a_padded_batch_of_the_shortest_and_longest_rows(outbox):  # noqa: F811
     # arrange
     from mpu.client.inbox import read_publication
@@ -536,7 +521,7 @@ def test_the_probe_is_a_padded_batch_of_the_shortest_and_longest_rows(outbox):  
 
     rows = [{"question": "Who?", "answer": "Nobody."}, {"question": "Who wrote the long book?", "answer": "A writer " * 6},
             {"question": "Where?", "answer": "Here."}]
-    job = UnlearnJob("GradDiff", forget_rows=rows, retain_rows=rows[:1])
+    job = UnlearnJob("GradDiff", forget_rows=rows, retain_rows=[{"question": "Where is it?", "answer": "There."}])
     copy = read_publication(outbox).select([1])[0]
 
     # act
