@@ -136,3 +136,17 @@ def test_publishing_a_round_again_says_the_earlier_outbox_is_stale(aggregated, t
     # assert
     assert "round 2 was already published (publication " in caplog.text
     assert "the server will refuse returns made from the earlier one" in caplog.text
+
+
+def test_keep_exchange_without_a_work_directory_is_refused(tmp_path, tiny_model_dir, forget_file, capsys, monkeypatch):
+    # arrange: the exchange sat beside the temporary work directory and was removed with it
+    import mpu.experiments.two_party as two_party
+
+    monkeypatch.setattr(two_party, "init_server", lambda *args, **kwargs: pytest.fail("the run started"))
+
+    # act
+    code = main(["run", "--model", str(tiny_model_dir), "--forget", str(forget_file), "--method", "GradAscent",
+                 "--out", str(tmp_path / "out"), "--keep-exchange"])
+
+    # assert
+    assert code == 2 and "pass --workdir W too" in capsys.readouterr().err

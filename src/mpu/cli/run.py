@@ -7,6 +7,7 @@ import sys
 
 from mpu.cli._lazy import add_method_arguments_lazily
 from mpu.client import REFERENCE_MODEL_ROUNDS
+from mpu.errors import MPUError
 from mpu.threads import add_threads_argument, apply_threads
 import tempfile
 
@@ -36,7 +37,8 @@ def register(subparsers) -> None:
                                                   "one is refused unless --overwrite)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing --out that holds an earlier model")
     run.add_argument("--workdir", default=None, help="server work directory (default: a temporary folder, removed at the end)")
-    run.add_argument("--keep-exchange", action="store_true", help="keep each round's outbox and returns")
+    run.add_argument("--keep-exchange", action="store_true",
+                     help="keep each round's outbox and returns, in <--workdir>-exchange (needs --workdir)")
     run.add_argument("--client-reference", choices=REFERENCE_MODEL_ROUNDS, dest="reference_model_round",
                      default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # --reference-model-round's old name
     run.add_argument("--reference-model-round", choices=REFERENCE_MODEL_ROUNDS, default="first",
@@ -54,6 +56,9 @@ def _run(args) -> int:
     from mpu.methods import options_from_args
     from mpu.experiments.two_party import run_mpu
 
+    if args.keep_exchange and not args.workdir:   # the default work directory is a temporary folder, removed
+        raise MPUError("--keep-exchange keeps each round's files in <workdir>-exchange, beside the work directory; "
+                       "pass --workdir W too (without it they would be removed with the temporary one)")
     apply_threads(args.threads)
     config = server_config_from_args(args)
     method, hparams, training = options_from_args(args)
