@@ -143,9 +143,11 @@ def test_every_command_reads_a_json_array_and_a_csv(tmp_path, command, monkeypat
     argv = {"client": ["client", "unlearn", "--inbox", str(tmp_path), "--out", str(tmp_path.with_name(tmp_path.name + "-out"))],
             "unlearn": ["unlearn", "--model", str(tmp_path), "--out", str(tmp_path.with_name(tmp_path.name + "-out"))],
             "run": ["run", "--model", str(tmp_path), "--out", str(tmp_path.with_name(tmp_path.name + "-out"))]}[command]
+    retain_csv = tmp_path / "data" / "retain.csv"   # other rows than the forget set's (the same rows are refused)
+    retain_csv.write_text('question,answer\n"Who, then?","Nobody.\nReally."\n')
     with pytest.raises(Stop):
-        main(argv + ["--forget", str(paths["json_array"]), "--retain", str(paths["csv"]), "--method", "GradDiff"])
+        main(argv + ["--forget", str(paths["json_array"]), "--retain", str(retain_csv), "--method", "GradDiff"])
     if command != "unlearn":
         job = seen["args"][1] if command == "client" else None
         forget, retain = (job.forget_rows, job.retain_rows) if command == "client" else seen["args"][3:5]
-        assert forget == ROWS and retain == ROWS
+        assert forget == ROWS and retain == [{"question": "Who, then?", "answer": "Nobody.\nReally."}]

@@ -12,6 +12,7 @@ import pytest
 
 ROWS = [{"question": "Where was Ana born?", "answer": "1472"},
         {"question": "Q2, with a comma?", "answer": "A2.\nTwo lines."}]
+RETAIN_ROWS = [{"question": "Who, then?", "answer": "Nobody.\nReally."}, {"question": "Q3?", "answer": "1473"}]
 FORMATS = ["jsonl", "json_array", "csv", "parquet", "datasets_folder", "hub_folder"]
 LISTS = [{**ROWS[0], "paraphrased_answer": "In 1472.", "perturbed_answer": ["1471", "1500"]},
          {**ROWS[1], "paraphrased_answer": "A2, in two lines.", "perturbed_answer": ["B2.", "C2.", "D2."]}]
@@ -105,9 +106,9 @@ def rows_through(command, forget, retain, tmp_path, monkeypatch):
 @pytest.mark.parametrize("command", ["client", "unlearn", "run", "experiment"])
 def test_every_command_reads_every_format(tmp_path, monkeypatch, command, fmt):
     forget = write(tmp_path / "data", "forget10", fmt, ROWS)
-    retain = write(tmp_path / "data", "retain90", fmt, ROWS[::-1])
+    retain = write(tmp_path / "data", "retain90", fmt, RETAIN_ROWS)   # other rows: the same rows are refused
     got_forget, got_retain = rows_through(command, forget, retain, tmp_path, monkeypatch)
-    assert got_forget == ROWS and got_retain == ROWS[::-1]
+    assert got_forget == ROWS and got_retain == RETAIN_ROWS
 
 
 @pytest.mark.parametrize("command", ["client", "unlearn", "run", "experiment"])
