@@ -230,10 +230,10 @@ def test_every_flag_the_readme_shows_exists():
     assert checked > 40
 
 
-@pytest.mark.parametrize("command", ["eval", "audit"])
+@pytest.mark.parametrize("command", ["eval", "audit", "finetune", "data"])
 def test_an_output_under_a_file_is_refused_before_the_work(tmp_path, tiny_model_dir, capsys, monkeypatch, command):
-    # arrange: eval and audit wrote their results after the whole evaluation or every attack, and then
-    # failed with NotADirectoryError
+    # arrange: eval, audit, finetune and data build wrote their output after all the work, and then
+    # failed with NotADirectoryError (a traceback)
     import mpu.cli.audit as audit_cli
 
     monkeypatch.setattr("mpu.eval.evaluator.model_data", lambda *a, **k: pytest.fail("evaluated before --out was checked"))
@@ -243,8 +243,12 @@ def test_an_output_under_a_file_is_refused_before_the_work(tmp_path, tiny_model_
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     (inbox / "manifest.json").write_text("{}")
+    monkeypatch.setattr("mpu.experiments.finetune.finetune", lambda *a, **k: pytest.fail("trained before --out was checked"))
+    monkeypatch.setattr("mpu.data.builtin.build_benchmark", lambda *a, **k: pytest.fail("built before --out was checked"))
     argv = {"eval": ["eval", "--model", str(tiny_model_dir), "--out", out],
-            "audit": ["audit", "--inbox", str(inbox), "--out", out]}[command]
+            "audit": ["audit", "--inbox", str(inbox), "--out", out],
+            "finetune": ["finetune", "--split", "full", "--out", out],
+            "data": ["data", "build", "--out", out]}[command]
 
     # act
     code = main(argv)

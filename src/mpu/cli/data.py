@@ -40,8 +40,10 @@ def register(subparsers) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
+    from mpu.checkpoint.files import check_output
     from mpu.data.builtin import build_benchmark
 
+    check_output(args.out, replace=True)   # a file, or a path under one: refused before the build, not after
     manifest = build_benchmark(args.out, seed=args.seed, authors=args.authors, facts=args.facts, news=args.news,
                                topics=args.topics, vocab_size=args.vocab_size, shape=args.shape, general=args.general)
     print(json.dumps({"out": args.out, "version": manifest["version"], "config": manifest["config"],

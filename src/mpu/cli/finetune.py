@@ -64,8 +64,10 @@ def register(subparsers) -> None:
 
 
 def _finetune(args: argparse.Namespace) -> int:
+    from mpu.checkpoint.files import check_output
     from mpu.experiments.finetune import finetune
 
+    check_output(args.out, replace=True)   # a file, or a path under one: refused before the training, not after
     threads = apply_threads(args.threads)
     metrics = finetune(args.data, args.benchmark, args.split, args.out, epochs=args.epochs, lr=args.lr,
                        batch_size=args.batch_size, seed=args.seed, force=args.force,
