@@ -36,6 +36,11 @@ def quiet_transformers(warnings: bool = True):
             hf_logging.enable_progress_bar()
 
 
+def _printable_lines(text: str) -> str:
+    """``text`` line by line as :func:`mpu.errors.printable` text, every line after the first indented."""
+    return "\n    ".join(printable(line) for line in text.split("\n"))
+
+
 class _PrintableFormatter(logging.Formatter):
     """Another formatter's text, each line as :func:`mpu.errors.printable` text (control characters as
     escapes) and every line after the first indented, so that a multi-line message (a traceback, a
@@ -47,7 +52,7 @@ class _PrintableFormatter(logging.Formatter):
         self.inner = inner or logging.Formatter()
 
     def format(self, record: logging.LogRecord) -> str:
-        return "\n    ".join(printable(line) for line in self.inner.format(record).split("\n"))
+        return _printable_lines(self.inner.format(record))
 
 
 def escape_library_output() -> None:
@@ -70,8 +75,7 @@ def escape_library_output() -> None:
         original = warnings.formatwarning
 
         def formatwarning(message, category, filename, lineno, line=None):
-            return original("\n    ".join(printable(part) for part in str(message).split("\n")), category, filename,
-                            lineno, line)
+            return original(_printable_lines(str(message)), category, filename, lineno, line)
 
         formatwarning._mpu_printable = True
         warnings.formatwarning = formatwarning

@@ -229,8 +229,9 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def dir_sha256(path: str | Path) -> str:
-    """One checksum for every regular file under ``path`` (names and contents), order-independent.
+def dir_sha256(path: str | Path, only: Callable[[str], bool] | None = None) -> str:
+    """One checksum for every regular file under ``path`` (names and contents), order-independent;
+    ``only``: the relative (POSIX) paths to include (default: all).
 
     Server and client compute it the same way, so a return can name the exact copy it came from.
     """
@@ -238,18 +239,15 @@ def dir_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     for file in sorted(p for p in root.rglob("*") if p.is_file()):
         relative = file.relative_to(root).as_posix()
-        digest.update(f"{relative}\0{file_sha256(file)}\n".encode())
+        if only is None or only(relative):
+            digest.update(f"{relative}\0{file_sha256(file)}\n".encode())
     return digest.hexdigest()
 
 
 def weights_sha256(path: str | Path) -> str:
     """One checksum for the weight files of the model folder ``path`` (safetensors shards and index, by
     name and contents; links followed, as a hub cache's snapshot holds them)."""
-    root = Path(path)
-    digest = hashlib.sha256()
-    for file in sorted(p for p in root.iterdir() if p.is_file() and is_weight_file(p.name)):
-        digest.update(f"{file.name}\0{file_sha256(file)}\n".encode())
-    return digest.hexdigest()
+    return dir_sha256(path, only=is_weight_file)
 
 
 def copy_model_files(src: str | Path, dst: str | Path, config_updates: dict | None = None) -> list[str]:

@@ -274,8 +274,8 @@ def _wmdp_corpora(source, manifest: dict | None, retain_only: bool) -> list[str]
     root = getattr(source, "root", None)
     if root is None:
         return list(WMDP_CORPORA["retain"]) + ([] if retain_only else list(WMDP_CORPORA["forget"]))
-    held = sorted({item.name.split(".")[0] for item in Path(root).iterdir()
-                   if item.name.split(".")[0].endswith(("-retain-corpus", "-forget-corpus"))})
+    stems = {item.name.split(".")[0] for item in Path(root).iterdir()}   # a config's folder or file
+    held = sorted(stem for stem in stems if stem.endswith(("-retain-corpus", "-forget-corpus")))
     retain = [name for name in held if name.endswith("-retain-corpus")]
     if not retain:
         raise MPUError(f"{root}: no retain corpus to fine-tune on: a copy of cais/wmdp-corpora holds configs such "

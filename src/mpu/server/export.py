@@ -28,8 +28,7 @@ def export(workdir: str | Path, out_dir: str | Path, dtype: str | None = None, *
                        "to export it anyway")
     target = dtype_from_name(dtype or state.source_dtype)
     reader = CheckpointReader(work.model_path(state))
-    protected = (work.path, *([state.base] if state.base else []), *keep)
-    with staging_dir(out_dir, replace=replace, keep=protected, marker=CONFIG, flag="--force") as stage:
+    with staging_dir(out_dir, replace=replace, keep=(*work.inputs(state), *keep), marker=CONFIG, flag="--force") as stage:
         writer = ShardedWriter(stage)
         for _, names in tqdm(layer_groups(reader.names()), desc="export", disable=not progress):
             writer.write_shard({name: reader.get(name).to(target) for name in names})

@@ -43,7 +43,6 @@ publish_log = logging.getLogger("mpu.server.publish")
 aggregate_log = logging.getLogger("mpu.server.aggregate")
 
 
-
 def _recorded_base(state: ServerState) -> CheckpointReader | None:
     """The base model recorded by ``mpu server init --base``, refused (InputError naming its folder) when
     it is gone or its weights changed since: σ follows θ − θ_base, so another model there changes the
@@ -57,6 +56,7 @@ def _recorded_base(state: ServerState) -> CheckpointReader | None:
                                      "θ − θ_base, so another base changes the noise); put back the base it was "
                                      "initialised with")
     return CheckpointReader(state.base)
+
 
 class Round:
     """The current round of the server work directory ``workdir``.
@@ -86,7 +86,7 @@ class Round:
             raise MPUError(f"all {config.rounds} rounds are done; run `mpu server export`")
         round_number = state.current_round
         base = _recorded_base(state)   # before the round's secret is drawn: a refusal leaves nothing written
-        inputs = (self.work.path, *([state.base] if state.base else []))
+        inputs = self.work.inputs(state)
         check_output(out_dir, keep=inputs, replace=replace, marker=PUBLICATION_MANIFEST, flag="--force")
         if state.published is not None and state.published.round == round_number:
             publish_log.warning("round %d was already published (publication %s): this publication replaces it, and "

@@ -123,6 +123,11 @@ class Workdir:
         """``secrets.json``, one secret per round (mode 0600)."""
         return self.path / SECRETS_FILE
 
+    def inputs(self, state: ServerState) -> tuple[Path, ...]:
+        """The folders a server command reads and its outputs must never replace: the work directory
+        and the base model recorded at init."""
+        return (self.path, *([Path(state.base)] if state.base else []))
+
     def model_path(self, state: ServerState) -> Path:
         """The folder of the current theta named by ``state``."""
         return self.path / state.model_dir
