@@ -82,3 +82,32 @@ def test_audit_cli_refuses_a_missing_or_tampered_inbox(tmp_path, tiny_model_dir,
     # the tampered file is named (its contents are refused, or its checksum, whichever check runs first)
     assert "copy-2/config.json" in capsys.readouterr().err
     assert not (tmp_path / "a.json").exists()
+
+
+def test_audit_cli_refuses_outputs_that_replace_a_report_or_an_input(tmp_path, tiny_model_dir, capsys):
+    server, outbox, out = tmp_path / "server", tmp_path / "outbox", tmp_path / "audit.json"
+    assert main(["server", "init", "--model", str(tiny_model_dir), "--workdir", str(server), "--copies", "2", "--seed", "1"]) == 0
+    assert main(["server", "publish", "--workdir", str(server), "--out", str(outbox)]) == 0
+    out.write_text("an earlier report")
+    inbox_files = sorted(path.relative_to(outbox) for path in outbox.rglob("*"))
+    capsys.readouterr()
+
+    refused = {
+        "existing report": ["--out", str(out)],
+        "report inside the inbox": ["--out", str(outbox / "audit.json")],
+        "report inside the true weights": ["--out", str(tiny_model_dir / "audit.json"), "--true-weights", str(tiny_model_dir)],
+        "recovered models into the inbox": ["--out", str(tmp_path / "a.json"), "--keep-recovered", str(outbox), "--overwrite"],
+        "recovered models into a copy": ["--out", str(tmp_path / "a.json"), "--keep-recovered", str(outbox / "copy-1" / "x"),
+                                          "--overwrite"],
+        "recovered models over a folder of files": ["--out", str(tmp_path / "b.json"), "--keep-recovered", str(server)],
+    }
+    for case, arguments in refused.items():
+        assert main(["audit", "--inbox", str(outbox), *arguments]) == 2, case
+        err = capsys.readouterr().err
+        assert arguments[1 if "recovered" not in case else 3] in err, (case, err)
+    assert out.read_text() == "an earlier report"
+    assert sorted(path.relative_to(outbox) for path in outbox.rglob("*")) == inbox_files
+    assert not (tmp_path / "a.json").exists() and not (tmp_path / "b.json").exists()
+
+    assert main(["audit", "--inbox", str(outbox), "--out", str(out), "--overwrite", "--logit-sequences", "2"]) == 0
+    assert json.loads(out.read_text())["format"] == "mpu-audit/2"

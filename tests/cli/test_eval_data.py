@@ -64,6 +64,15 @@ def test_eval_finds_an_exported_models_dataset_by_its_tokenizer_and_says_so(tmp_
     config = json.loads((tmp_path / "eval" / "TOFU_EVAL_CONFIG.json").read_text())
     assert str(small) in config["data"] and str(other) not in config["data"]
 
+    # a second evaluation into the same folder would lose the first: refused before any work, unless --overwrite
+    earlier = {path.name: path.read_bytes() for path in (tmp_path / "eval").iterdir()}
+    assert main(["eval", "--model", str(target), "--out", str(tmp_path / "eval"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "eval") in err and "TOFU_SUMMARY.json" in err and "--overwrite" in err and "data:" not in err
+    assert {path.name: path.read_bytes() for path in (tmp_path / "eval").iterdir()} == earlier
+    assert main(["eval", "--model", str(target), "--out", str(tmp_path / "eval"), "--no-progress", "--overwrite"]) == 0
+    assert str(target) in (tmp_path / "eval" / "TOFU_EVAL_CONFIG.json").read_text()
+
 
 def test_a_record_for_another_benchmark_is_not_used(tmp_path, two_cached_datasets):
     model = tmp_path / "m"

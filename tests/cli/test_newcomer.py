@@ -164,6 +164,32 @@ def test_a_mistyped_command_or_flag_gets_the_closest_name_and_the_subcommand(cap
     assert "did you mean --method?" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, typo, meant", [
+    (["client", "unlearn", "--inbx", "I", "--forget", "F", "--out", "U", "--method", "NPO"], "--inbx", "--inbox"),
+    (["server", "init", "--modle", "M", "--workdir", "S"], "--modle", "--model"),
+    (["server", "publish", "--workdir", "S", "--out=O", "--ot", "P"], "--ot", "--out"),
+    (["eval", "--model", "M", "--outt", "E"], "--outt", "--out"),
+    (["audit", "--inbox=I", "--out-file", "A"], "--out-file", "--out"),
+])
+def test_a_mistyped_required_flag_is_named_with_the_flag_it_resembles_not_reported_missing(argv, typo, meant, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and f"unrecognized arguments: {typo}" in err and f"did you mean {meant}?" in err
+    assert "are required" not in err
+
+
+def test_a_missing_required_flag_is_still_reported_and_marked_in_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["client", "unlearn", "--forget", "F", "--method", "NPO"])
+    assert exit_info.value.code == 2
+    assert "mpu client unlearn: error: the following arguments are required: --inbox, --out" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["client", "unlearn", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "(required, unless --config gives 'method:')" in shown and "--inbox INBOX" in shown
+
+
 def test_errors_name_the_whole_subcommand(tmp_path, capsys):
     assert main(["server", "status", "--workdir", str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err.startswith("mpu server status: error: ")

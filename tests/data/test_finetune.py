@@ -299,3 +299,25 @@ def test_a_fresh_model_starts_at_the_scale_its_width_calls_for(hidden):
     std = model.model.layers[0].mlp.up_proj.weight.std().item()
     assert std == pytest.approx(hidden ** -0.5, rel=0.1)
     assert TinyLlamaConfig(initializer_range=0.02).llama_kwargs()["initializer_range"] == 0.02
+
+
+def test_cli_finetune_refuses_a_model_of_other_settings_unless_forced(bench, tmp_path, capsys, monkeypatch):
+    import mpu.experiments.finetune as module
+
+    monkeypatch.setattr(module, "TinyLlamaConfig", lambda: TinyLlamaConfig(**MICRO))
+    out = tmp_path / "m"
+    command = ["finetune", "--data", str(bench), "--benchmark", "wmdp", "--split", "retain", "--out", str(out),
+               "--no-progress", "--threads", "1", "--base", "none"]
+    assert main(command + ["--epochs", "1"]) == 0
+    capsys.readouterr()
+    weights = (out / "model.safetensors").read_bytes()
+
+    assert main(command + ["--epochs", "2"]) == 2   # another recipe: refused, the earlier model kept
+    err = capsys.readouterr().err
+    assert str(out) in err and "other settings" in err and "train.epochs: 1" in err and "-> 2" in err and "--force" in err
+    assert (out / "model.safetensors").read_bytes() == weights and read_record(out)["metrics"]["epochs"] == 1
+
+    assert main(command + ["--epochs", "1"]) == 0   # the same settings: reused
+    assert json.loads(capsys.readouterr().out)["cached"] is True
+    assert main(command + ["--epochs", "2", "--force"]) == 0
+    assert json.loads(capsys.readouterr().out)["cached"] is False and read_record(out)["metrics"]["epochs"] == 2

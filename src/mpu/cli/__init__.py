@@ -77,6 +77,27 @@ def _unrecognized(parser: argparse.ArgumentParser, extras: list[str]) -> str:
     return message + f" (see `{parser.prog} --help`)"
 
 
+def _parse(parser: argparse.ArgumentParser, handler: argparse.ArgumentParser, argv: list[str]):
+    """``parser.parse_known_args(argv)``, with the unrecognised flags reported (:func:`_unrecognized`)
+    before the missing required ones: a mistyped required flag (``--inbx``) is named with the flag it
+    resembles, not reported as the required flag missing. Exits 2 through ``handler.error``."""
+    required = [action for action in handler._actions if action.required and action.option_strings]
+    for action in required:   # argparse checks them inside the parse, before the extras can be seen
+        action.required = False
+    try:
+        args, extras = parser.parse_known_args(argv)
+    finally:
+        for action in required:
+            action.required = True
+    if extras:
+        handler.error(_unrecognized(handler, extras))
+    missing = [action for action in required if getattr(args, action.dest, None) is None]
+    if missing:
+        handler.error("the following arguments are required: " + ", ".join("/".join(action.option_strings)
+                                                                            for action in missing))
+    return args, extras
+
+
 def main(argv: list[str] | None = None) -> int:
     command = "mpu"
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -84,9 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser()
         words, handler = _subcommand(parser, argv)
         # parse_args would report a mistyped flag as the top-level `mpu`'s, without the flag it resembles
-        args, extras = parser.parse_known_args(argv)   # may import transformers (method flags): Ctrl-C can come here too
-        if extras:
-            handler.error(_unrecognized(handler, extras))
+        args, extras = _parse(parser, handler, argv)   # may import transformers (method flags): Ctrl-C can come here too
         command = " ".join(["mpu", *words])
         logging.basicConfig(
             level=logging.DEBUG if args.verbose else logging.INFO,

@@ -26,7 +26,9 @@ def register(subparsers) -> None:
                        help="theta, the server's model the attacks try to reconstruct (scoring only); without it nothing is "
                             "scored. --reference is its old name")
     audit.add_argument("--base", default=None, help="the public base model: task-vector errors, and a client-side alignment to it")
-    audit.add_argument("--out", required=True, help="JSON report to write")
+    audit.add_argument("--out", required=True, help="JSON report to write (an existing one is refused without --overwrite)")
+    audit.add_argument("--overwrite", action="store_true",
+                       help="replace an existing --out report and --keep-recovered folder")
     audit.add_argument("--no-align", action="store_true", help="skip the alignment attacks")
     audit.add_argument("--oracle-alphas", default=None, help="scoring only: the true alphas (comma-separated) for a best-linear-combination bound")
     audit.add_argument("--oracle-tau", type=float, default=0.0, help="scoring only: the true independent-noise share tau for that bound")
@@ -38,14 +40,30 @@ def register(subparsers) -> None:
     audit.set_defaults(func=_audit)
 
 
-def _check_report_path(out: Path) -> None:
-    """Refuse a report path that is a folder, or whose folder is a file (InputError naming it)."""
+def _check_outputs(args) -> None:
+    """Refuse, before the attacks: a report path that is a folder, lies under a file, lies inside an
+    input (the inbox, --true-weights, --base) or exists without --overwrite; a --keep-recovered folder
+    that is, holds or lies inside an input, or holds files without --overwrite. InputError naming it."""
     from mpu.checkpoint.files import check_output
     from mpu.errors import InputError
 
+    inputs = [Path(path) for path in (args.inbox, args.true_weights, args.base) if path and Path(path).exists()]
+    out = Path(args.out)
     if out.is_dir():
         raise InputError(out, "is a folder; --out takes the report's file name")
     check_output(out.parent, replace=True)
+    resolved = out.resolve()
+    for path in inputs:
+        if path.resolve() == resolved or path.resolve() in resolved.parents:
+            raise InputError(out, f"lies inside {path}, which this command reads; write the report elsewhere")
+    if out.exists() and not args.overwrite:
+        raise InputError(out, "already exists; pass --overwrite to replace it, or choose another --out")
+    if args.keep_recovered:
+        keep = Path(args.keep_recovered)
+        check_output(keep, keep=inputs, replace=True)
+        if keep.is_dir() and any(keep.iterdir()) and not args.overwrite:
+            raise InputError(keep, "holds files; pass --overwrite to write the recovered models there, or choose an "
+                                   "empty or new folder")
 
 
 def _audit(args) -> int:
@@ -56,7 +74,7 @@ def _audit(args) -> int:
     from mpu.cli.client import check_inbox   # the client's check: a wrong --inbox says what to pass
 
     check_inbox(args.inbox)
-    _check_report_path(Path(args.out))   # before the attacks, not after them
+    _check_outputs(args)   # before the attacks, not after them
     apply_threads(args.threads)
     oracle = None
     if args.oracle_alphas:

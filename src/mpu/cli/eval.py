@@ -35,7 +35,10 @@ def register(subparsers) -> None:
     retain.add_argument("--retain-model", default=None,
                            help="checkpoint never trained on the forget set (forget_quality, privleak, mia_reference)")
     retain.add_argument("--retain-logs", default=None, help="the retain model's <BENCH>_EVAL.json")
-    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--out", required=True,
+                        help="output directory; one that already holds this benchmark's results is refused without --overwrite")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the <BENCH>_EVAL.json, _SUMMARY.json and _EVAL_CONFIG.json an earlier `mpu eval` wrote in --out")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="rows per forward pass (default: the suite's batch_size, 32 in configs/eval/)")
     parser.add_argument("--config", default=None, help="suite YAML (e.g. configs/eval/tofu.yaml) to override")
@@ -79,6 +82,7 @@ def _eval(args: argparse.Namespace) -> int:
         from mpu.checkpoint.files import check_output
 
         check_output(args.out, replace=True)
+        check_results_free(Path(args.out), args.benchmark, args.overwrite)
     data, note = model_data(args.model, args.benchmark, args.data)
     print(note, file=sys.stderr)
     summary = evaluate(
@@ -90,6 +94,19 @@ def _eval(args: argparse.Namespace) -> int:
     )
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def check_results_free(out: Path, benchmark: str, overwrite: bool) -> None:
+    """Refuse ``out`` when it already holds ``benchmark``'s results (an earlier evaluation, lost if
+    replaced silently), unless ``overwrite``. Raises InputError naming the folder."""
+    from mpu.errors import InputError
+
+    name = benchmark.upper()
+    earlier = [file for file in (f"{name}_EVAL.json", f"{name}_SUMMARY.json", f"{name}_EVAL_CONFIG.json")
+               if (out / file).exists()]
+    if earlier and not overwrite:
+        raise InputError(out, f"already holds an evaluation ({', '.join(earlier)}); pass --overwrite to replace it, "
+                              "or choose another --out")
 
 
 def _prompt_format(args: argparse.Namespace):

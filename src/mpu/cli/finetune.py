@@ -58,7 +58,9 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     add_threads_argument(parser)
-    parser.add_argument("--force", action="store_true", help="train even if --out holds a matching model")
+    parser.add_argument("--force", action="store_true",
+                        help="train and replace --out even if it holds a model: one with these settings (reused "
+                             "without --force) or one trained with other settings (refused without --force)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_finetune)
 
@@ -73,6 +75,6 @@ def _finetune(args: argparse.Namespace) -> int:
                        batch_size=args.batch_size, seed=args.seed, force=args.force,
                        progress=not args.no_progress, device=args.device, threads=threads,
                        base=None if args.split == "base" and args.base == "auto" else args.base, preset=args.preset,
-                       rehearsal=args.rehearsal, freeze_embeddings=args.freeze_embeddings)
+                       rehearsal=args.rehearsal, freeze_embeddings=args.freeze_embeddings, replace=False)
     print(json.dumps(metrics, indent=2))
     return 0

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mpu.errors import MPUError
+from mpu.errors import InputError, MPUError
 
 log = logging.getLogger(__name__)
 
@@ -605,6 +605,7 @@ def finetune(
     preset: str | None = None,
     rehearsal: str | None = None,
     freeze_embeddings: bool | None = None,
+    replace: bool = True,
 ) -> dict:
     """Train (or reuse) a tiny Llama on ``benchmark``/``split`` of ``data_dir`` and save it to
     ``out_dir``. Returns the metrics: answer_token_accuracy, exact_match, train_loss,
@@ -625,7 +626,12 @@ def finetune(
 
     ``preset`` (a key of ``PRESETS``) sets the model configuration and the default epochs, learning
     rate and batch size of the stage (from scratch or from a base; the base stage keeps
-    ``BASE_DEFAULTS``); explicit arguments still win. It cannot be combined with ``model_config``."""
+    ``BASE_DEFAULTS``); explicit arguments still win. It cannot be combined with ``model_config``.
+
+    ``out_dir`` holding a model of another fingerprint (other data, split, recipe, size or base) is
+    retrained in place when ``replace`` (a cache's behaviour, the default), else refused before any
+    training with an ``InputError`` that names the settings that differ (the CLI's default: --force
+    replaces). A non-empty folder ``finetune`` did not write is always refused."""
     import torch
 
     from mpu.data.builtin import ensure_builtin, read_manifest
@@ -678,6 +684,13 @@ def finetune(
         return {**record["metrics"], "cached": True}
     if out_dir.exists() and any(out_dir.iterdir()) and record is None:
         raise MPUError(f"{out_dir} exists and was not written by `mpu finetune`; refusing to replace it")
+    if record and record.get("fingerprint") != fingerprint and not (replace or force):
+        wanted = {"benchmark": benchmark, "split": split, "data": str(data_dir.resolve()),
+                  "base_fingerprint": base_record["fingerprint"] if base_record else None,
+                  **{f"model.{key}": value for key, value in asdict(model_config).items()},
+                  **{f"train.{key}": value for key, value in asdict(train_config).items()}}
+        raise InputError(out_dir, "holds a model trained with other settings (" + _settings_differ(record, wanted) +
+                         "); pass --force to replace it, or choose another --out")
     if threads is not None:   # the library leaves torch alone unless asked; the CLI passes its --threads
         from mpu.threads import apply_threads
 
@@ -698,6 +711,23 @@ def finetune(
     log.info("answer-token accuracy %.4f, exact match %.3f, %.1f s", metrics["answer_token_accuracy"],
              metrics["exact_match"], metrics["train_seconds"])
     return {**metrics, "cached": False}
+
+
+def _settings_differ(record: dict, wanted: dict) -> str:
+    """What differs between the settings ``record`` (an ``mpu_finetune.json``) was trained with and
+    ``wanted`` (flat keys: benchmark, split, data, base_fingerprint, model.*, train.*), as
+    ``key: old -> new`` items; "the training examples" when only they differ (the fingerprint hashes them)."""
+    metrics = record.get("metrics") or {}
+    earlier = {"benchmark": metrics.get("benchmark"), "split": metrics.get("split"), "data": record.get("data"),
+               "base_fingerprint": record.get("base_fingerprint"),
+               **{f"model.{key}": value for key, value in (record.get("model_config") or {}).items()},
+               **{f"train.{key}": value for key, value in (record.get("train_config") or {}).items()}}
+    def shown(key: str, value) -> str:
+        return "none" if value is None else str(value)[:12] if key == "base_fingerprint" else str(value)
+
+    items = [f"{key}: {shown(key, earlier.get(key))} -> {shown(key, value)}" for key, value in wanted.items()
+             if earlier.get(key) != value]
+    return ", ".join(items[:6]) + (f" and {len(items) - 6} more" if len(items) > 6 else "") if items else "the training examples"
 
 
 def _check_base_tokenizer(base_dir: Path, tokenizer, data_dir: Path) -> None:

@@ -90,7 +90,7 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("unlearning method")
     group.add_argument("--method", dest=_HP + "method", metavar="NAME",
                        help=f"one of: {', '.join(METHODS.names())}, in any case, '_'/'-' ignored "
-                            "(or 'method:' in --config)")
+                            "(required, unless --config gives 'method:')")
     group.add_argument("--config", dest=_HP + "config", metavar="YAML",
                        help="method config file (keys: method, hparams, training); flags override it")
     group.add_argument("--hp", dest=_HP + "pairs", metavar="KEY=VALUE", action="append", default=[],
