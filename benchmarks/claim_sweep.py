@@ -43,7 +43,10 @@ Restarts: folders that already hold runs are refused unless ``--overwrite`` remo
 no stale run reaches the report), or ``--resume`` keeps every finished run of the same seed, rate and
 kappa (whatever its folder's name), removes the rest of the folder (unfinished runs, other rates) and
 redoes what is missing. The tiny models and the target/retain evaluations are cached under
-``$MPU_CACHE``. ``--docs PAGE`` then writes `mpu report` of each split to
+``$MPU_CACHE``. ``--archive DIR`` keeps a copy of each finished run's record (its run.json, a few KB;
+no weights) under DIR, and puts the records DIR holds back into OUT before a ``--resume``: a sweep
+longer than one machine's life continues on another (the models are retrained there from the same
+seeds; commit DIR to carry it). ``--docs PAGE`` then writes `mpu report` of each split to
 ``docs/results/claim-<split>/`` and regenerates the block of PAGE between the claim-sweep markers
 (``--report-only`` does just that). ``--dry-run`` prints the commands.
 """
@@ -247,6 +250,36 @@ def finished_run(folder: Path, argv: list[str]) -> dict | None:
     wanted = job_overrides(argv)
     return next((record for record in finished_runs(folder)
                  if normalised_overrides(record.get("overrides") or []) == wanted), None)
+
+
+ARCHIVED = "run.json"   # what --archive keeps of a finished run: its record, with the summary the report reads
+
+
+def archive_run(out: Path, archive: Path, folder: Path, record: dict) -> Path:
+    """Copy the finished run ``record`` of the run folder ``folder`` (under ``out``) to the same place
+    under ``archive``, written whole or not at all. Returns the archived file."""
+    destination = archive / folder.relative_to(out) / ARCHIVED
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    scratch = destination.with_suffix(".json.tmp")
+    scratch.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(scratch, destination)
+    return destination
+
+
+def restore_runs(archive: Path, out: Path) -> list[Path]:
+    """Put each finished run record under ``archive`` back at its place under ``out`` where that run
+    folder holds no finished run (never over one). Returns the run folders restored."""
+    restored = []
+    for path in sorted(archive.rglob(ARCHIVED)) if archive.is_dir() else []:
+        folder = out / path.parent.relative_to(archive)
+        if finished_runs(folder) or not finished_runs(path.parent):
+            continue   # OUT's own run wins; a record that is not a finished run is not restored
+        if folder.exists():
+            shutil.rmtree(folder)   # a run cut short: --resume would have redone it whole
+        folder.mkdir(parents=True)
+        shutil.copyfile(path, folder / ARCHIVED)
+        restored.append(folder)
+    return restored
 
 
 def prune(folder: Path, argvs: list[list[str]], stale_root: Path, selection: tuple[str, ...] = SELECTION_KEYS
@@ -477,6 +510,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true",
                         help="keep each finished run (same seed, rate and kappa); remove unfinished and stale runs; redo the missing")
     parser.add_argument("--overwrite", action="store_true", help="remove the selected folders' earlier runs first")
+    parser.add_argument("--archive", default=None, metavar="DIR",
+                        help="copy each finished run's run.json to DIR (same layout as OUT) and, with --resume or "
+                             "--report-only, first restore into OUT the runs DIR holds that OUT lacks: a long sweep "
+                             "continues on another machine")
     parser.add_argument("--docs", default=None,
                         help="after the runs, `mpu report` each split into docs/results/claim-<split>/ and regenerate the "
                              "generated block of this page (e.g. docs/results.md)")
@@ -503,9 +540,16 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     splits = tuple(split.strip() for split in args.split.split(",") if split.strip())
     docs = Path(args.docs) if args.docs else None
+    archive = Path(args.archive) if args.archive else None
+
+    def restore() -> None:
+        for folder in restore_runs(archive, out) if archive is not None else []:
+            print(f"restored {folder} from {archive}", flush=True)
+
     if args.report_only:
         if docs is None:
             parser.error("--report-only needs --docs")
+        restore()
         write_docs(docs, headline(out, splits, docs.parent / "results", args.shape), args.shape)
         return 0
     started = time.perf_counter()
@@ -545,6 +589,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def sweep() -> int:
         nonlocal jobs
+        if args.resume:   # under the lock: another sweep's runs in flight are not touched
+            restore()
         logs = out / "logs"
         logs.mkdir(parents=True, exist_ok=True)
 
@@ -556,6 +602,7 @@ def main(argv: list[str] | None = None) -> int:
             kept = finished_run(folder, job) if args.resume else None
             if kept is not None:
                 print(f"[{time.perf_counter() - started:7.0f}s] done {split}/{group}/{method}/{name} (kept)", flush=True)
+                keep(folder / name, kept)
                 return 0, kept
             if (folder / name).exists():
                 shutil.rmtree(folder / name)   # an unfinished run: redone whole
@@ -567,7 +614,14 @@ def main(argv: list[str] | None = None) -> int:
                                        env={**os.environ, "OMP_NUM_THREADS": "1"})
             print(f"[{time.perf_counter() - started:7.0f}s] {'ok  ' if code == 0 else 'FAIL'} {split}/{group}/{method}/{name} "
                   f"({log})", flush=True)
-            return code, finished_run(folder, job)
+            record = finished_run(folder, job)
+            if code == 0 and record is not None:
+                keep(folder / name, record)
+            return code, record
+
+        def keep(run_folder: Path, record: dict) -> None:
+            if archive is not None:
+                archive_run(out, archive, run_folder, record)
 
         def search(chain: list[list[str]]) -> int:
             """One method's calibration: its rates from the largest down, stopping at the first whose baseline

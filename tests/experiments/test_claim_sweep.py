@@ -383,3 +383,34 @@ def test_a_calibration_cut_short_is_refused_not_applied(sweep, tmp_path, monkeyp
     assert "the sweep was not started" in capsys.readouterr().err
     assert not (tmp_path / "crash" / "learning_rates.json").exists()
     assert not (tmp_path / "crash" / "forget10").exists()
+
+
+def test_archive_carries_finished_runs_to_another_machine_and_resume_redoes_only_the_rest(sweep, tmp_path, monkeypatch, capsys):
+    archive, first, second = tmp_path / "archive", tmp_path / "first", tmp_path / "second"
+    call, launched = _train_like(sweep, lambda split, method, rate: 0.5)
+    monkeypatch.setattr(sweep.subprocess, "call", call)
+    assert sweep.main(["--out", str(first), "--groups", "baseline", "--split", "forget10", "--seeds", "0",
+                       "--archive", str(archive)]) == 0
+    archived = sorted(path.relative_to(archive) for path in archive.rglob("run.json"))
+    assert len(archived) == len(sweep.METHODS) == len(launched)   # one record per finished run, no weights
+    assert archived == sorted(path.relative_to(first) for path in first.rglob("run.json"))
+    assert not list(archive.rglob("*.tmp"))
+
+    # another machine: OUT is empty but for one run cut short; the archive's runs are restored, not redone
+    cut_short = second / "forget10" / "baseline" / "NPO" / "s0"
+    cut_short.mkdir(parents=True)
+    (cut_short / "run.json").write_text(json.dumps({"status": "running"}))
+    launched.clear()
+    assert sweep.main(["--out", str(second), "--groups", "baseline", "--split", "forget10", "--seeds", "0,1",
+                       "--archive", str(archive), "--resume"]) == 0
+    assert sorted(sweep.run_name(argv) for argv in launched) == ["s1"] * len(sweep.METHODS)
+    assert json.loads((cut_short / "run.json").read_text())["status"] == "done"
+    assert f"restored {cut_short} from {archive}" in capsys.readouterr().out
+    assert len(list(archive.rglob("run.json"))) == 2 * len(sweep.METHODS)   # the new runs archived too
+
+    # an OUT run is never replaced by the archive's record
+    record = json.loads((cut_short / "run.json").read_text())
+    record["summary"]["model_utility"] = 0.25
+    (cut_short / "run.json").write_text(json.dumps(record))
+    assert sweep.restore_runs(archive, second) == []
+    assert json.loads((cut_short / "run.json").read_text())["summary"]["model_utility"] == 0.25

@@ -152,3 +152,18 @@ def test_a_world_readable_secrets_file_is_refused(published, tmp_path, capsys):
     code = main(["server", "aggregate", "--workdir", str(server), "--returns", str(published / "good")])
     assert code == 2
     assert "readable by others" in capsys.readouterr().err
+
+
+def test_ctrl_c_after_the_commit_reports_the_round_as_aggregated(published, tmp_path, monkeypatch, capsys, caplog):
+    server = tmp_path / "server"
+    shutil.copytree(published / "server", server)
+
+    def interrupted(self, state):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Workdir, "clean_stale", interrupted)
+    code = main(["server", "aggregate", "--workdir", str(server), "--returns", str(published / "good")])
+
+    assert code == 0 and Workdir(server).load().rounds_done == 1
+    assert "round 1 aggregated" in capsys.readouterr().out
+    assert "the round is aggregated" in caplog.text and "interrupted" not in caplog.text
