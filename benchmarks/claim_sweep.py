@@ -46,7 +46,18 @@ redoes what is missing. The tiny models and the target/retain evaluations are ca
 ``$MPU_CACHE``. ``--archive DIR`` keeps a copy of each finished run's record (its run.json, a few KB;
 no weights) under DIR, and puts the records DIR holds back into OUT before a ``--resume``: a sweep
 longer than one machine's life continues on another (the models are retrained there from the same
-seeds; commit DIR to carry it). ``--docs PAGE`` then writes `mpu report` of each split to
+seeds; commit DIR to carry it). ``--import-report docs/results/claim-<split>`` adds to DIR the runs a
+committed report describes (its runs.csv and report.json, rebuilt as run records marked
+``imported_from``), so that a sweep whose run folders are gone keeps them. The full-size sweep's
+records and its calibration (rebuilt from docs/results.md) are in benchmarks/run-records/claim-release/;
+to continue it on a new machine::
+
+    cp benchmarks/run-records/claim-release/learning_rates.json runs/claim-release/
+    python benchmarks/claim_sweep.py --out runs/claim-release --split forget01 --shape release --authors 200 \
+        --resume --archive benchmarks/run-records/claim-release --import-report docs/results/claim-release-forget01
+    python benchmarks/claim_sweep.py --out runs/claim-release --split forget10 --shape release --authors 200 \
+        --resume --archive benchmarks/run-records/claim-release --import-report docs/results/claim-release-forget10 \
+        --workers 2 ``--docs PAGE`` then writes `mpu report` of each split to
 ``docs/results/claim-<split>/`` and regenerates the block of PAGE between the claim-sweep markers
 (``--report-only`` does just that). ``--dry-run`` prints the commands.
 """
@@ -282,6 +293,54 @@ def restore_runs(archive: Path, out: Path) -> list[Path]:
     return restored
 
 
+GROUP_OF_KAPPA = {0.01: "mpu-k0.01", 0.1: "mpu-k0.1", 0.0: "control-k0"}
+
+
+def records_from_runs_csv(runs_csv: Path, report_json: Path, jobs: list[list[str]]) -> list[tuple[Path, dict]]:
+    """Run records rebuilt from a committed report (``runs.csv``: one row per run, as `mpu report`
+    writes it; ``report.json``: the target's and retain model's summaries) for the runs of ``jobs``
+    they describe: (run folder, record) pairs, each record holding what `mpu report` and ``--resume``
+    read (mode, method, seed, kappa, m, R, E, learning rate, split, summary, the job's overrides) and
+    ``imported_from`` naming the file. For a sweep whose run folders were lost with their machine.
+    Rows of the variants (other than the paper's regime) are not rebuilt. Raises ``ValueError`` for a
+    row that matches no job."""
+    import csv
+
+    target_and_retain = json.loads(report_json.read_text(encoding="utf-8")).get("target_and_retain") or {}
+    by_identity = {}
+    for argv in jobs:
+        folder, identity = sweep_dir(argv), run_identity(argv)
+        by_identity[(folder.parts[-3], folder.parts[-2], folder.parts[-1], int(identity["seed"]))] = argv
+    rebuilt = []
+    with open(runs_csv, newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            if row["variant"]:
+                continue
+            group = "baseline" if row["mode"] == "baseline" else GROUP_OF_KAPPA.get(float(row["kappa"]))
+            argv = by_identity.get((row["forget_split"], group, row["method"], int(row["seed"])))
+            if argv is None or float(row["learning_rate"]) != run_identity(argv).get(
+                    "trainer.training.learning_rate", float(row["learning_rate"])):
+                raise ValueError(f"{runs_csv}: the {row['mode']} run of {row['method']} seed {row['seed']} "
+                                 f"(kappa {row['kappa'] or '-'}, lr {row['learning_rate']}) is no run of this sweep")
+            rounds, epochs = int(row["R"]), float(row["E"])
+            summary = {key: float(value) for key, value in row.items()
+                       if key not in RUNS_CSV_FIELDS and value not in ("", "None")}
+            rebuilt.append((sweep_dir(argv) / run_name(argv), {
+                "status": "done", "imported_from": str(runs_csv), "run_dir": row["run_dir"],
+                "experiment": row["experiment"], "benchmark": "tofu", "mode": row["mode"], "method": row["method"],
+                "kappa": float(row["kappa"]) if row["kappa"] else None, "m": int(row["m"]) if row["m"] else None,
+                "R": rounds, "E": epochs, "epochs_total": rounds * epochs, "seed": int(row["seed"]),
+                "forget_split": row["forget_split"], "training": {"learning_rate": float(row["learning_rate"])},
+                "seconds": {"total": float(row["seconds_total"])}, "summary": summary,
+                "overrides": [arg for arg in argv[3:] if not arg.startswith("hydra.")],
+                "target_and_retain": target_and_retain}))
+    return rebuilt
+
+
+RUNS_CSV_FIELDS = ("run_dir", "experiment", "mode", "method", "kappa", "m", "variant", "R", "E", "seed", "learning_rate",
+                   "forget_split", "seconds_total")
+
+
 def prune(folder: Path, argvs: list[list[str]], stale_root: Path, selection: tuple[str, ...] = SELECTION_KEYS
           ) -> tuple[list[Path], list[Path]]:
     """Tidy ``folder`` before ``argvs`` run there with --resume, so that `mpu report` sees one run per
@@ -510,6 +569,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true",
                         help="keep each finished run (same seed, rate and kappa); remove unfinished and stale runs; redo the missing")
     parser.add_argument("--overwrite", action="store_true", help="remove the selected folders' earlier runs first")
+    parser.add_argument("--import-report", action="append", default=[], metavar="REPORT_DIR",
+                        help="add to --archive the runs of the paper's regime that a committed report folder (e.g. "
+                             "docs/results/claim-release-forget10: runs.csv, report.json) describes, rebuilt as run "
+                             "records (marked imported_from), where the archive lacks them: the runs of a machine "
+                             "that is gone, kept by --resume instead of being redone; once per split's report")
     parser.add_argument("--archive", default=None, metavar="DIR",
                         help="copy each finished run's run.json to DIR (same layout as OUT) and, with --resume or "
                              "--report-only, first restore into OUT the runs DIR holds that OUT lacks: a long sweep "
@@ -569,6 +633,18 @@ def main(argv: list[str] | None = None) -> int:
         jobs = sweep_jobs(read_learning_rates(rates_file))
     except ValueError as err:
         parser.error(str(err))
+    if args.import_report and archive is None:
+        parser.error("--import-report adds runs to --archive DIR: give one")
+    rebuilt = []   # every report read before any is written: a wrong one imports nothing
+    for report_dir in map(Path, args.import_report):
+        try:
+            rebuilt += [(report_dir, *pair) for pair in records_from_runs_csv(
+                report_dir / "runs.csv", report_dir / "report.json", [job for _, job in jobs])]
+        except (OSError, ValueError, KeyError) as err:
+            parser.error(f"--import-report {report_dir}: {err}")
+    for report_dir, folder, record in rebuilt:
+        if not (archive / folder.relative_to(out) / ARCHIVED).exists() and not args.dry_run:
+            print(f"imported {archive_run(out, archive, folder, record)} from {report_dir}", flush=True)
     if args.dry_run:
         if calibration:
             print(f"# the calibration: each method's rates from the largest down, stopping at the first that keeps "

@@ -414,3 +414,55 @@ def test_archive_carries_finished_runs_to_another_machine_and_resume_redoes_only
     (cut_short / "run.json").write_text(json.dumps(record))
     assert sweep.restore_runs(archive, second) == []
     assert json.loads((cut_short / "run.json").read_text())["summary"]["model_utility"] == 0.25
+
+
+def test_a_committed_report_rebuilds_its_runs_so_resume_keeps_them_and_the_report_reads_the_same(sweep, tmp_path, monkeypatch):
+    from mpu.experiments.report import report
+
+    launched = []
+
+    def call(argv, **kwargs):   # a stand-in for src/train.py writing what `mpu report` reads
+        launched.append(argv)
+        identity, folder = sweep.run_identity(argv), sweep.sweep_dir(argv)
+        kappa, seed = identity.get("mpu.kappa"), int(identity["seed"])
+        run = folder / sweep.run_name(argv)
+        run.mkdir(parents=True)
+        noise = 0 if kappa is None else kappa
+        (run / "run.json").write_text(json.dumps({
+            "status": "done", "experiment": "unlearn/tofu/default", "benchmark": "tofu", "forget_split": "forget10",
+            "mode": "baseline" if kappa is None else "mpu", "method": folder.name, "kappa": kappa,
+            "m": None if kappa is None else 3, "R": 2, "E": 5.0, "epochs_total": 10.0, "seed": seed,
+            "training": {"learning_rate": 1e-4}, "seconds": {"total": 60.0}, "overrides": hydra_recorded(argv),
+            "summary": {"model_utility": 0.6 - noise - seed / 100, "forget_quality": 10 ** -(5 + seed + 10 * noise),
+                        "forget_Q_A_ROUGE": 0.3 + noise, "forget_Q_A_Prob": 0.2 + noise, "extraction_strength": 0.1},
+            "target_and_retain": {"target": {"model_utility": 0.7}, "retain": {"model_utility": 0.69}}}))
+        return 0
+
+    monkeypatch.setattr(sweep.subprocess, "call", call)
+    first, second, committed = tmp_path / "first", tmp_path / "second", tmp_path / "committed"
+    common = ["--groups", "baseline,mpu-k0.1", "--split", "forget10"]
+    assert sweep.main(["--out", str(first), "--seeds", "0", *common]) == 0
+    original, _ = report([first / "forget10"], committed)   # what docs/results/claim-*/ holds
+    with open(committed / "runs.csv", encoding="utf-8") as handle:   # a control's row is not the paper's run
+        header, *rows = handle.read().splitlines()
+    control = next(row for row in rows if ",mpu," in row).replace(",,", ",sigma from the weights,", 1)
+    fields = header.split(",")
+    values = control.split(",")
+    values[fields.index("model_utility")] = "0.01"
+    (committed / "runs.csv").write_text("\n".join([header, ",".join(values), *rows]) + "\n", encoding="utf-8")
+
+    launched.clear()
+    assert sweep.main(["--out", str(second), "--seeds", "0,1", *common, "--archive", str(tmp_path / "archive"),
+                       "--import-report", str(committed), "--resume"]) == 0
+    assert {sweep.run_identity(argv)["seed"] for argv in launched} == {1.0}   # seed 0 kept, not redone
+    imported = [json.loads(path.read_text()) for path in (second / "forget10").rglob("run.json")]
+    assert sum(record.get("imported_from") == str(committed / "runs.csv") for record in imported) == 2 * len(sweep.METHODS)
+    rebuilt, _ = report([second / "forget10"], tmp_path / "again")
+    for before, after in zip(original.rows, rebuilt.rows, strict=True):
+        assert after.seeds == [0, 1] and after.per_seed_average[0] == pytest.approx(before.average, rel=1e-12)
+    assert rebuilt.target_and_retain == original.target_and_retain
+
+    with pytest.raises(SystemExit):   # a report of other runs is refused, nothing imported
+        sweep.main(["--out", str(tmp_path / "third"), "--seeds", "1", *common, "--archive", str(tmp_path / "a3"),
+                    "--import-report", str(committed), "--dry-run"])
+    assert not (tmp_path / "a3").exists()
