@@ -46,7 +46,7 @@ redoes what is missing. The tiny models and the target/retain evaluations are ca
 ``$MPU_CACHE``. ``--archive DIR`` keeps a copy of each finished run's record (its run.json, a few KB;
 no weights) under DIR, and puts the records DIR holds back into OUT before a ``--resume``: a sweep
 longer than one machine's life continues on another (the models are retrained there from the same
-seeds; commit DIR to carry it). ``--import-report docs/results/claim-<split>`` adds to DIR the runs a
+seeds; commit DIR to carry it). ``--import-report docs/results/claim-release-<split>`` (or ``claim-<split>``) adds to DIR the runs a
 committed report describes (its runs.csv and report.json, rebuilt as run records marked
 ``imported_from``), so that a sweep whose run folders are gone keeps them. The full-size sweep's
 records and its calibration (rebuilt from docs/results.md) are in benchmarks/run-records/claim-release/;
@@ -57,8 +57,10 @@ to continue it on a new machine::
         --resume --archive benchmarks/run-records/claim-release --import-report docs/results/claim-release-forget01
     python benchmarks/claim_sweep.py --out runs/claim-release --split forget10 --shape release --authors 200 \
         --resume --archive benchmarks/run-records/claim-release --import-report docs/results/claim-release-forget10 \
-        --workers 2 ``--docs PAGE`` then writes `mpu report` of each split to
-``docs/results/claim-<split>/`` and regenerates the block of PAGE between the claim-sweep markers
+        --workers 2
+
+``--docs PAGE`` then writes `mpu report` of each split to
+``docs/results/claim-<split>/`` (``claim-release-<split>/`` for ``--shape release``) and regenerates the block of PAGE between the claim-sweep markers
 (``--report-only`` does just that). ``--dry-run`` prints the commands.
 """
 
@@ -250,7 +252,7 @@ def finished_runs(folder: Path) -> list[dict]:
             record = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if record.get("status") == "done" and record.get("summary"):
+        if isinstance(record, dict) and record.get("status") == "done" and record.get("summary"):
             records.append(record)
     return records
 
@@ -277,14 +279,18 @@ def archive_run(out: Path, archive: Path, folder: Path, record: dict) -> Path:
     return destination
 
 
-def restore_runs(archive: Path, out: Path) -> list[Path]:
-    """Put each finished run record under ``archive`` back at its place under ``out`` where that run
-    folder holds no finished run (never over one). Returns the run folders restored."""
+def restore_runs(archive: Path, out: Path, jobs: list[list[str]]) -> list[Path]:
+    """Put back under ``out`` each finished run record of ``archive`` that is a run of ``jobs`` (at the
+    job's own place, with the job's overrides: a record of another rate or setting stays in the
+    archive) where that run folder holds no finished run (never over one). Returns the run folders
+    restored."""
+    wanted = {sweep_dir(argv).relative_to(out) / run_name(argv): job_overrides(argv) for argv in jobs}
     restored = []
-    for path in sorted(archive.rglob(ARCHIVED)) if archive.is_dir() else []:
-        folder = out / path.parent.relative_to(archive)
-        if finished_runs(folder) or not finished_runs(path.parent):
-            continue   # OUT's own run wins; a record that is not a finished run is not restored
+    for relative, overrides in sorted(wanted.items()):
+        path, folder = archive / relative / ARCHIVED, out / relative
+        records = finished_runs(path.parent) if path.is_file() else []
+        if finished_runs(folder) or not records or normalised_overrides(records[0].get("overrides") or []) != overrides:
+            continue   # OUT's own run wins; a record that is not this job's finished run is not restored
         if folder.exists():
             shutil.rmtree(folder)   # a run cut short: --resume would have redone it whole
         folder.mkdir(parents=True)
@@ -318,8 +324,11 @@ def records_from_runs_csv(runs_csv: Path, report_json: Path, jobs: list[list[str
                 continue
             group = "baseline" if row["mode"] == "baseline" else GROUP_OF_KAPPA.get(float(row["kappa"]))
             argv = by_identity.get((row["forget_split"], group, row["method"], int(row["seed"])))
-            if argv is None or float(row["learning_rate"]) != run_identity(argv).get(
-                    "trainer.training.learning_rate", float(row["learning_rate"])):
+            if argv is not None and "trainer.training.learning_rate" not in run_identity(argv):
+                raise ValueError(f"the sweep's {row['forget_split']} runs have no calibrated learning rates (OUT/"
+                                 f"{LEARNING_RATES}): copy the calibration of the runs in {runs_csv} there first, so that "
+                                 "the runs kept and the runs redone are at the same rates")
+            if argv is None or float(row["learning_rate"]) != run_identity(argv)["trainer.training.learning_rate"]:
                 raise ValueError(f"{runs_csv}: the {row['mode']} run of {row['method']} seed {row['seed']} "
                                  f"(kappa {row['kappa'] or '-'}, lr {row['learning_rate']}) is no run of this sweep")
             rounds, epochs = int(row["R"]), float(row["E"])
@@ -543,6 +552,19 @@ def write_docs(docs: Path, text: str, shape: str = "small") -> None:
     docs.write_text(f"{head}{begin}\n{text}\n{end}{tail}", encoding="utf-8")
 
 
+def take_lock(out: Path) -> FileLock:
+    """The lock of the sweep folder ``out``, taken without waiting: two sweeps in one --out would prune
+    (or restore over) each other's runs in flight. Raises ``ValueError`` naming the folder when it is held."""
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(out / ".claim_sweep.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ValueError(f"{out}: another claim_sweep is running there (it holds {lock.lock_file}); wait for it or "
+                         "choose another --out") from None
+    return lock
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", default="runs/claim", help="sweep root; `mpu report OUT` reads it")
@@ -605,17 +627,16 @@ def main(argv: list[str] | None = None) -> int:
     splits = tuple(split.strip() for split in args.split.split(",") if split.strip())
     docs = Path(args.docs) if args.docs else None
     archive = Path(args.archive) if args.archive else None
+    if archive is not None and args.overwrite:
+        parser.error("--overwrite removes OUT's runs but not their records in --archive, which a later --resume would "
+                     "bring back: move the archive aside first, or use --resume")
+    if args.report_only and docs is None:
+        parser.error("--report-only needs --docs")
 
     def restore() -> None:
-        for folder in restore_runs(archive, out) if archive is not None else []:
+        for folder in restore_runs(archive, out, [job for _, job in jobs]) if archive is not None else []:
             print(f"restored {folder} from {archive}", flush=True)
 
-    if args.report_only:
-        if docs is None:
-            parser.error("--report-only needs --docs")
-        restore()
-        write_docs(docs, headline(out, splits, docs.parent / "results", args.shape), args.shape)
-        return 0
     started = time.perf_counter()
     rates_file = out / LEARNING_RATES
     calibrate = tuple(split.strip() for split in (args.calibrate or "").split(",") if split.strip())
@@ -645,6 +666,18 @@ def main(argv: list[str] | None = None) -> int:
     for report_dir, folder, record in rebuilt:
         if not (archive / folder.relative_to(out) / ARCHIVED).exists() and not args.dry_run:
             print(f"imported {archive_run(out, archive, folder, record)} from {report_dir}", flush=True)
+    if args.report_only:
+        if archive is not None:
+            try:
+                lock = take_lock(out)
+            except ValueError as err:
+                parser.error(str(err))
+            try:
+                restore()
+            finally:
+                lock.release()
+        write_docs(docs, headline(out, splits, docs.parent / "results", args.shape), args.shape)
+        return 0
     if args.dry_run:
         if calibration:
             print(f"# the calibration: each method's rates from the largest down, stopping at the first that keeps "
@@ -656,12 +689,10 @@ def main(argv: list[str] | None = None) -> int:
         for _, job in jobs:
             print(shlex.join(job))
         return 0
-    out.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(out / ".claim_sweep.lock"))
-    try:   # two sweeps in one --out would prune each other's runs in flight
-        lock.acquire(timeout=0)
-    except Timeout:
-        parser.error(f"{out}: another claim_sweep is running there (it holds {lock.lock_file}); wait for it or choose another --out")
+    try:
+        lock = take_lock(out)
+    except ValueError as err:
+        parser.error(str(err))
 
     def sweep() -> int:
         nonlocal jobs

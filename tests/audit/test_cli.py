@@ -100,11 +100,13 @@ def test_audit_cli_refuses_outputs_that_replace_a_report_or_an_input(tmp_path, t
         "recovered models into a copy": ["--out", str(tmp_path / "a.json"), "--keep-recovered", str(outbox / "copy-1" / "x"),
                                           "--overwrite"],
         "recovered models over a folder of files": ["--out", str(tmp_path / "b.json"), "--keep-recovered", str(server)],
+        "report where the recovered models go": ["--out", str(tmp_path / "rec" / "average"), "--keep-recovered",
+                                                 str(tmp_path / "rec")],
     }
     for case, arguments in refused.items():
         assert main(["audit", "--inbox", str(outbox), *arguments]) == 2, case
         err = capsys.readouterr().err
-        assert arguments[1 if "recovered" not in case else 3] in err, (case, err)
+        assert arguments[1 if "recovered models" not in case else 3] in err, (case, err)
     assert out.read_text() == "an earlier report"
     assert sorted(path.relative_to(outbox) for path in outbox.rglob("*")) == inbox_files
     assert not (tmp_path / "a.json").exists() and not (tmp_path / "b.json").exists()

@@ -188,6 +188,13 @@ def test_a_missing_required_flag_is_still_reported_and_marked_in_help(capsys):
         main(["client", "unlearn", "--help"])
     shown = " ".join(capsys.readouterr().out.split())
     assert "(required, unless --config gives 'method:')" in shown and "--inbox INBOX" in shown
+    for argv in (["eval", "--help"], ["eval", "--benchmark", "foo"]):   # help and argparse's own errors, through main
+        with pytest.raises(SystemExit):
+            main(argv)
+        captured = capsys.readouterr()
+        usage = " ".join((captured.out + captured.err).split())
+        assert "usage: mpu eval [-h] --model MODEL" in usage and "[--model MODEL]" not in usage, usage
+    assert "--out OUT" in usage and "[--out OUT]" not in usage and "invalid choice: 'foo'" in usage
 
 
 def test_errors_name_the_whole_subcommand(tmp_path, capsys):

@@ -321,3 +321,17 @@ def test_cli_finetune_refuses_a_model_of_other_settings_unless_forced(bench, tmp
     assert json.loads(capsys.readouterr().out)["cached"] is True
     assert main(command + ["--epochs", "2", "--force"]) == 0
     assert json.loads(capsys.readouterr().out)["cached"] is False and read_record(out)["metrics"]["epochs"] == 2
+
+
+def test_the_base_models_own_folder_is_never_the_output(bench, tmp_path):
+    from mpu.errors import InputError
+
+    base = tmp_path / "base"
+    finetune(bench, "tofu", "base", base, epochs=0.1, model_config=MICRO, progress=False, threads=1)
+    weights = (base / "model.safetensors").read_bytes()
+    for out in (base, base / "inside"):
+        with pytest.raises(InputError, match="base model"):
+            finetune(bench, "tofu", "full", out, epochs=0.1, progress=False, base=base, force=True, threads=1)
+    assert (base / "model.safetensors").read_bytes() == weights and not (base / "inside").exists()
+    (base / "mpu_finetune.json").write_text("[]")   # a record that is no JSON object reads as none
+    assert read_record(base) is None

@@ -412,11 +412,28 @@ def test_archive_carries_finished_runs_to_another_machine_and_resume_redoes_only
     record = json.loads((cut_short / "run.json").read_text())
     record["summary"]["model_utility"] = 0.25
     (cut_short / "run.json").write_text(json.dumps(record))
-    assert sweep.restore_runs(archive, second) == []
+    jobs = [argv for _, argv in sweep.commands(second, "0,1", sys.executable, ["baseline"])]
+    assert sweep.restore_runs(archive, second, jobs) == []
     assert json.loads((cut_short / "run.json").read_text())["summary"]["model_utility"] == 0.25
 
+    # a record of another setting (here a learning rate the sweep no longer runs) is never restored, even by
+    # --report-only, which does not prune
+    third = tmp_path / "third"
+    (third / "learning_rates.json").parent.mkdir()
+    (third / "learning_rates.json").write_text(json.dumps({"methods": {"NPO": {"learning_rate": 0.003}}}))
+    rates = {"NPO": 0.003}
+    jobs = [argv for _, argv in sweep.commands(third, "0", sys.executable, ["baseline"], learning_rates=rates)]
+    assert sweep.restore_runs(archive, third, jobs) == [third / "forget10" / "baseline" / method / "s0"
+                                                        for method in sorted(sweep.METHODS) if method != "NPO"]
+    assert not (third / "forget10" / "baseline" / "NPO").exists()
+    with pytest.raises(SystemExit):   # --overwrite would leave the archive's records for a later --resume
+        sweep.main(["--out", str(third), "--groups", "baseline", "--split", "forget10", "--archive", str(archive),
+                    "--overwrite"])
+    assert "--overwrite removes OUT's runs but not their records" in capsys.readouterr().err
 
-def test_a_committed_report_rebuilds_its_runs_so_resume_keeps_them_and_the_report_reads_the_same(sweep, tmp_path, monkeypatch):
+
+def test_a_committed_report_rebuilds_its_runs_so_resume_keeps_them_and_the_report_reads_the_same(sweep, tmp_path, monkeypatch,
+                                                                                                    capsys):
     from mpu.experiments.report import report
 
     launched = []
@@ -441,6 +458,10 @@ def test_a_committed_report_rebuilds_its_runs_so_resume_keeps_them_and_the_repor
     monkeypatch.setattr(sweep.subprocess, "call", call)
     first, second, committed = tmp_path / "first", tmp_path / "second", tmp_path / "committed"
     common = ["--groups", "baseline,mpu-k0.1", "--split", "forget10"]
+    calibration = json.dumps({"methods": {method: {"learning_rate": 1e-4} for method in sweep.METHODS}})
+    for out in (first, second):
+        out.mkdir()
+        (out / "learning_rates.json").write_text(calibration)
     assert sweep.main(["--out", str(first), "--seeds", "0", *common]) == 0
     original, _ = report([first / "forget10"], committed)   # what docs/results/claim-*/ holds
     with open(committed / "runs.csv", encoding="utf-8") as handle:   # a control's row is not the paper's run
@@ -462,7 +483,15 @@ def test_a_committed_report_rebuilds_its_runs_so_resume_keeps_them_and_the_repor
         assert after.seeds == [0, 1] and after.per_seed_average[0] == pytest.approx(before.average, rel=1e-12)
     assert rebuilt.target_and_retain == original.target_and_retain
 
+    third = tmp_path / "third"
+    third.mkdir()
+    (third / "learning_rates.json").write_text(calibration)
     with pytest.raises(SystemExit):   # a report of other runs is refused, nothing imported
-        sweep.main(["--out", str(tmp_path / "third"), "--seeds", "1", *common, "--archive", str(tmp_path / "a3"),
-                    "--import-report", str(committed), "--dry-run"])
-    assert not (tmp_path / "a3").exists()
+        sweep.main(["--out", str(third), "--seeds", "1", *common, "--archive", str(tmp_path / "a3"),
+                    "--import-report", str(committed)])
+    assert "is no run of this sweep" in capsys.readouterr().err and not (tmp_path / "a3").exists()
+    (third / "learning_rates.json").unlink()
+    with pytest.raises(SystemExit):   # without the calibration the redone runs would be at other rates than the kept
+        sweep.main(["--out", str(third), "--seeds", "0,1", *common, "--archive", str(tmp_path / "a3"),
+                    "--import-report", str(committed)])
+    assert "no calibrated learning rates" in capsys.readouterr().err and not (tmp_path / "a3").exists()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -267,6 +268,8 @@ def _recover_and_score(published: _Published, alignment: _Alignment, attacks: li
     every single copy. Returns the scores and the scorer's fits of each copy to theta (copy id ->
     layer -> fit; empty without theta)."""
     copies = published.copies
+    for attack in attacks:   # a kept folder's earlier model would leave its shards beside the new ones
+        shutil.rmtree(scratch / attack.name, ignore_errors=True)
     writers = {attack.name: ShardedWriter(scratch / attack.name) for attack in attacks}
     scores = Scores()
     scorer_fits: dict[int, dict[int, LayerAlignment]] = {copy.id: {} for copy in copies}

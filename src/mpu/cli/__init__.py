@@ -77,24 +77,43 @@ def _unrecognized(parser: argparse.ArgumentParser, extras: list[str]) -> str:
     return message + f" (see `{parser.prog} --help`)"
 
 
+class _MissingRequired(Exception):
+    """argparse's "the following arguments are required" error, held back until the extras are known."""
+
+
 def _parse(parser: argparse.ArgumentParser, handler: argparse.ArgumentParser, argv: list[str]):
     """``parser.parse_known_args(argv)``, with the unrecognised flags reported (:func:`_unrecognized`)
     before the missing required ones: a mistyped required flag (``--inbx``) is named with the flag it
-    resembles, not reported as the required flag missing. Exits 2 through ``handler.error``."""
-    required = [action for action in handler._actions if action.required and action.option_strings]
-    for action in required:   # argparse checks them inside the parse, before the extras can be seen
-        action.required = False
+    resembles, not reported as the required flag missing. Help and argparse's other errors are its
+    own (the required flags stay marked). Exits 2 through ``handler.error``."""
+    report = handler.error
+
+    def hold_missing(message: str):
+        if message.startswith("the following arguments are required"):
+            raise _MissingRequired(message)
+        report(message)
+
+    handler.error = hold_missing   # argparse checks the required flags inside the parse, before the extras can be seen
     try:
         args, extras = parser.parse_known_args(argv)
+    except _MissingRequired as missing:
+        required = [action for action in handler._actions if action.required]
+        for action in required:   # parsed again only to find the extras (-h would have exited the first parse)
+            action.required = False
+        try:
+            _, extras = parser.parse_known_args(argv)
+        except _MissingRequired:   # a required group: nothing more to learn
+            extras = []
+        finally:
+            for action in required:
+                action.required = True
+        if extras:
+            report(_unrecognized(handler, extras))
+        report(str(missing))
     finally:
-        for action in required:
-            action.required = True
+        del handler.error
     if extras:
-        handler.error(_unrecognized(handler, extras))
-    missing = [action for action in required if getattr(args, action.dest, None) is None]
-    if missing:
-        handler.error("the following arguments are required: " + ", ".join("/".join(action.option_strings)
-                                                                            for action in missing))
+        report(_unrecognized(handler, extras))
     return args, extras
 
 

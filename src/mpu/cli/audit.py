@@ -28,7 +28,8 @@ def register(subparsers) -> None:
     audit.add_argument("--base", default=None, help="the public base model: task-vector errors, and a client-side alignment to it")
     audit.add_argument("--out", required=True, help="JSON report to write (an existing one is refused without --overwrite)")
     audit.add_argument("--overwrite", action="store_true",
-                       help="replace an existing --out report and --keep-recovered folder")
+                       help="replace an existing --out report, and write into a non-empty --keep-recovered folder "
+                            "(each attack's subfolder there is replaced)")
     audit.add_argument("--no-align", action="store_true", help="skip the alignment attacks")
     audit.add_argument("--oracle-alphas", default=None, help="scoring only: the true alphas (comma-separated) for a best-linear-combination bound")
     audit.add_argument("--oracle-tau", type=float, default=0.0, help="scoring only: the true independent-noise share tau for that bound")
@@ -61,6 +62,8 @@ def _check_outputs(args) -> None:
     if args.keep_recovered:
         keep = Path(args.keep_recovered)
         check_output(keep, keep=inputs, replace=True)
+        if resolved == keep.resolve() or keep.resolve() in resolved.parents:
+            raise InputError(out, f"lies inside --keep-recovered {keep}, where the recovered models go; write the report elsewhere")
         if keep.is_dir() and any(keep.iterdir()) and not args.overwrite:
             raise InputError(keep, "holds files; pass --overwrite to write the recovered models there, or choose an "
                                    "empty or new folder")

@@ -360,11 +360,13 @@ def _fingerprint(examples, model_config: TinyLlamaConfig, train_config: Finetune
 
 
 def read_record(model_dir: str | Path) -> dict | None:
+    """``mpu_finetune.json`` of ``model_dir``, or None when it is missing, unreadable or not a JSON object."""
     path = Path(model_dir) / RECORD
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return None
+    return record if isinstance(record, dict) else None
 
 
 TOKENIZER_DIR = "mpu_tokenizer"
@@ -629,9 +631,10 @@ def finetune(
     ``BASE_DEFAULTS``); explicit arguments still win. It cannot be combined with ``model_config``.
 
     ``out_dir`` holding a model of another fingerprint (other data, split, recipe, size or base) is
-    retrained in place when ``replace`` (a cache's behaviour, the default), else refused before any
-    training with an ``InputError`` that names the settings that differ (the CLI's default: --force
-    replaces). A non-empty folder ``finetune`` did not write is always refused."""
+    retrained in place when ``replace`` (a cache's behaviour, the default), else refused before this
+    model is trained (a ``base="auto"`` is trained and cached first when missing) with an
+    ``InputError`` that names the settings that differ (the CLI's default: --force replaces). A
+    non-empty folder ``finetune`` did not write, and the base model's own folder, are always refused."""
     import torch
 
     from mpu.data.builtin import ensure_builtin, read_manifest
@@ -678,6 +681,8 @@ def finetune(
                                split, base_record["fingerprint"] if base_record else None)
 
     out_dir = Path(out_dir)
+    if base_dir is not None and (out_dir.resolve() == base_dir.resolve() or base_dir.resolve() in out_dir.resolve().parents):
+        raise InputError(out_dir, f"is or lies inside the base model {base_dir} this training starts from; choose another --out")
     record = read_record(out_dir)
     if not force and record and record.get("fingerprint") == fingerprint and (out_dir / "model.safetensors").is_file():
         log.info("%s already holds this model (fingerprint %s); reusing it", out_dir, fingerprint[:12])

@@ -198,7 +198,9 @@ class Round:
             self.work.clean_stale(state)
         except KeyboardInterrupt:   # after the commit: reporting the command as stopped would say the round was not done
             aggregate_log.warning("Ctrl-C during the clean-up after round %d was committed: the round is aggregated; "
-                                  "the previous model's folder is removed by the next aggregate", round_number)
+                                  "the earlier model folders under %s other than %s are left over (the next aggregate "
+                                  "removes them; they can be deleted by hand)", round_number, self.work.path / "models",
+                                  new_rel)
         return AggregateReport(round_number, {u.copy_id: math.sqrt(n) for u, n in zip(updates, step.norms_sq)},
                                math.sqrt(step.step_sq), self.work.path / new_rel, combined, mixed,
                                {u.copy_id: step.largest[k] for k, u in enumerate(updates)}, config.max_update_ratio,
