@@ -39,6 +39,21 @@ def test_cli_build_is_byte_identical_for_a_seed(tmp_path, bench, capsys):
     other = tree(tmp_path / "c")
     assert other["tofu/full.json"] != first["tofu/full.json"]
 
+    # again into the same folder: the same settings keep it as it is; other settings are refused (models trained
+    # on it need its data and tokenizer) unless --overwrite; a folder of other files is refused before any build
+    assert main(["data", "build", "--out", str(tmp_path / "a"), "--seed", "0", *args]) == 0
+    assert "kept as it is" in capsys.readouterr().err and tree(tmp_path / "a") == first
+    assert main(["data", "build", "--out", str(tmp_path / "a"), "--seed", "1", *args]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "a") in err and "seed 0 -> 1" in err and "--overwrite" in err and tree(tmp_path / "a") == first
+    assert main(["data", "build", "--out", str(tmp_path / "a"), "--seed", "1", *args, "--overwrite"]) == 0
+    assert tree(tmp_path / "a") == other
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    assert main(["data", "build", "--out", str(tmp_path / "mine"), *args, "--overwrite"]) == 2
+    assert "no built-in benchmark" in capsys.readouterr().err
+    assert [path.name for path in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+
 
 def test_manifest_lists_checksums(bench):
     import hashlib
