@@ -1,11 +1,13 @@
 """A fixed-seed round on a tiny model whose weights come from a formula (no torch RNG, no
-transformers initialisation): the sha256 of each published copy's tensors and of the aggregated model.
-The keys that drive the randomness must give these bytes forever (they were computed before the key
-schedule moved into ``mpu.protocol``)."""
+transformers initialisation): per tensor of each published copy and of the aggregated model, its sum
+and sum of squares. The keys that drive the randomness must give these values forever. They are
+moments, compared to a relative 1e-5, not a sha256 of the bytes: the bytes of a matrix product differ
+in the last bit between CPUs (AVX2 and AVX-512 kernels), a key schedule that draws other numbers
+changes the moments entirely. (The sha256 of the code before the key schedule moved into
+``mpu.protocol`` matched the code of 2026-12-05 on that day's machine; these moments are that code's.)"""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -32,19 +34,19 @@ def formula_llama(path: Path) -> Path:
     return path
 
 
-def tensors_sha256(model_dir: Path) -> str:
-    """sha256 over (name, dtype, shape, bytes) of every tensor, in name order."""
+def tensor_moments(model_dir: Path) -> dict[str, list[float]]:
+    """``{name: [sum, sum of squares]}`` of every tensor, in float64."""
     reader = CheckpointReader(model_dir)
-    digest = hashlib.sha256()
+    moments = {}
     for name in sorted(reader.names()):
-        tensor = reader.get(name).contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.dtype != torch.bfloat16 else tensor.view(torch.int16).numpy().tobytes())
-    return digest.hexdigest()
+        values = reader.get(name).to(torch.float64)
+        moments[name] = [values.sum().item(), values.square().sum().item()]
+    return moments
 
 
-def run_round(tmp_path: Path, **settings) -> dict[str, str]:
-    """init + publish + a linear stand-in client (Delta' = -0.1 w') + aggregate; the hashes."""
+def run_round(tmp_path: Path, **settings) -> dict[str, dict[str, list[float]]]:
+    """init + publish + a linear stand-in client (Delta' = -0.1 w') + aggregate; the
+    :func:`tensor_moments` of each copy and of the aggregated model."""
     from mpu.server.aggregate import aggregate
     from mpu.server.config import ServerConfig
     from mpu.server.init import init_server
@@ -55,8 +57,8 @@ def run_round(tmp_path: Path, **settings) -> dict[str, str]:
     config = ServerConfig(**{"copies": 3, "kappa": 0.1, "fixed_seed": 11, "independent_noise": 0.5, "reparam": HARDENED, **settings})
     init_server(tmp_path / "server", str(model), None, config, progress=False)
     publish(tmp_path / "server", tmp_path / "outbox", progress=False)
-    hashes = {f"copy-{k}": tensors_sha256(tmp_path / "outbox" / f"copy-{k}") for k in range(1, config.copies + 1)}
+    hashes = {f"copy-{k}": tensor_moments(tmp_path / "outbox" / f"copy-{k}") for k in range(1, config.copies + 1)}
     write_returns(tmp_path / "outbox", tmp_path / "returns", lambda name, w: -0.1 * w)
     report = aggregate(tmp_path / "server", tmp_path / "returns", progress=False, device="cpu")
-    hashes["aggregated"] = tensors_sha256(report.model_dir)
+    hashes["aggregated"] = tensor_moments(report.model_dir)
     return hashes
