@@ -16,6 +16,17 @@ def printable(text: str) -> str:
     return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
+def shown(value, limit: int = 40) -> str:
+    """``repr(value)`` for a message, cut to ``limit`` characters with its full length: a value from the
+    other party (a manifest field, a tensor name in a header) may be up to a megabyte."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+# A tensor name from the other party in a message: long enough for any real model's names.
+NAME_CHARS = 120
+
+
 class MPUError(Exception):
     """Any error the user can act on. The CLI prints it without a traceback. Its text is
     :func:`printable`: a message quoting the other party's names or values is safe to print or log."""

@@ -60,6 +60,6 @@ def test_a_setting_name_is_matched_whole(tmp_path):
     assert UpdateManifest.from_json({**GOOD, "hparams": {"beta": 0.1}}, tmp_path / "update.json").hparams == {"beta": 0.1}
 
 
-@pytest.mark.parametrize("name, copy_id", [("update-3", 3), ("update-3\n", None), ("UPDATE-3", None), ("update-٣", None), ("update-03", 3)])
+@pytest.mark.parametrize("name, copy_id", [("update-3", 3), ("update-3\n", None), ("UPDATE-3", None), ("update-٣", None), ("update-03", None), ("update-0", None), ("update-999999", 999999)])
 def test_update_folder_names_are_matched_whole(name, copy_id):
     assert update_folder_copy_id(name) == copy_id

@@ -333,3 +333,22 @@ def retensor(returns, tensor):
 def test_a_full_update_tensor_of_the_wrong_rank_or_dtype_is_refused(tensor, published, tmp_path, capsys):
     message = refused(published, tmp_path, lambda r, t: retensor(r, tensor), capsys)
     assert f"tensor {NAME} has" in message and "update-1/model.safetensors" in message
+
+
+def test_a_huge_tensor_name_is_shown_cut_not_echoed_whole(published, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    name = "y" * 30_000
+
+    def corrupt(returns, tmp):   # one tensor renamed, an index naming the original ones: the shard holds one it does not assign
+        update = returns / "update-1"
+        shard = next(update.glob("*.safetensors"))
+        tensors = load_file(shard)
+        original = sorted(tensors)
+        tensors[name] = tensors.pop(original[0])
+        save_file(tensors, shard)
+        index = {"metadata": {}, "weight_map": {key: shard.name for key in original}}
+        (update / "model.safetensors.index.json").write_text(json.dumps(index))
+
+    message = refused(published, tmp_path, corrupt, capsys)
+    assert "y" * 100 in message and "30002 characters" in message and len(message) < 2_000

@@ -3,6 +3,7 @@ a folder of the user's own; a file or an unwritable place is refused before any 
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -133,9 +134,13 @@ def test_publishing_a_round_again_says_the_earlier_outbox_is_stale(aggregated, t
     with caplog.at_level(logging.WARNING, logger="mpu.server.publish"):
         publish(server, tmp_path / "second", progress=False)
 
-    # assert
+    # assert: the copies are the same (the round's secret is kept); the publication id, which returns may name, is not
     assert "round 2 was already published (publication " in caplog.text
-    assert "the server will refuse returns made from the earlier one" in caplog.text
+    assert "returns that name the earlier publication are refused" in caplog.text
+    for copy in sorted(path.name for path in (tmp_path / "first").glob("copy-*")):
+        assert snapshot(tmp_path / "first" / copy) == snapshot(tmp_path / "second" / copy), copy
+    ids = [json.loads((tmp_path / folder / "manifest.json").read_text())["publication_id"] for folder in ("first", "second")]
+    assert ids[0] != ids[1]
 
 
 def test_keep_exchange_without_a_work_directory_is_refused(tmp_path, tiny_model_dir, forget_file, capsys, monkeypatch):

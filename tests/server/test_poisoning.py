@@ -115,3 +115,61 @@ def test_the_hydra_default_matches_the_server_default():
     assert cfg.mpu.max_update_ratio == ServerConfig().max_update_ratio == DEFAULT_MAX_UPDATE_RATIO
     assert settings_from_config(cfg).server.max_update_ratio == DEFAULT_MAX_UPDATE_RATIO
     assert json.loads(json.dumps(ServerConfig().to_dict()))["max_update_ratio"] == 0.5
+
+
+MATRICES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@pytest.fixture(scope="module")
+def realistic(tmp_path_factory):
+    """A round on a model of realistic proportions (hidden 512, weights of std 0.02, RMSNorm weights of
+    0.3 as in trained LLMs): the norm weights are a small part of each block's norm."""
+    from mpu.data.tokenizer import train_tokenizer
+    from tests.conftest import FACTS, build_tiny_llama
+
+    root = tmp_path_factory.mktemp("realistic")
+    tokenizer = train_tokenizer([f"{q} {a}" for q, a in FACTS] * 4, vocab_size=320)
+    model = build_tiny_llama(tokenizer, hidden_size=512, intermediate_size=1376, num_attention_heads=8, num_key_value_heads=4)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "norm" in name:
+                parameter.mul_(0.3)
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    init_server(root / "server", str(root / "model"), None, ServerConfig(copies=2, kappa=0.01, fixed_seed=3), progress=False)
+    publish(root / "server", root / "outbox", progress=False)
+    write_returns(root / "outbox", root / "good", lambda name, w: -0.01 * w)
+    return root
+
+
+@pytest.mark.parametrize("model, erased, named", [
+    # every attention and MLP matrix of every block negated: 0.2 of a tiny block whose norm weights dominate it
+    ("tiny", lambda name: any(f"{matrix}.weight" in name for matrix in MATRICES), "layers.0.self_attn.q_proj.weight 1"),
+    # both RMSNorm weights of every block zeroed (the blocks then add nothing to the residual stream): 0.27 of a
+    # realistic block
+    ("realistic", lambda name: name.endswith("layernorm.weight"), "layers.0.input_layernorm.weight 1"),
+], ids=["matrices-negated", "norms-zeroed"])
+def test_an_update_erasing_one_kind_of_tensor_in_every_block_is_refused_per_tensor(request, tmp_path, capsys, model, erased,
+                                                                                   named):
+    root = request.getfixturevalue("published" if model == "tiny" else "realistic")
+    update = lambda name, w: -w if erased(name) else torch.zeros_like(w)
+    message = refused(root, tmp_path, lambda r, t: poison_returns(root, r, update), capsys)
+    assert named in message and "for a tensor of a block ||Delta_t|| / ||theta_t|| <= 0.9" in message
+    assert "layer.0 " not in message   # under the block's bound: the tensor's own bound refuses it
+
+
+def test_a_tensor_is_measured_against_itself_unless_it_is_negligible_in_its_block():
+    from mpu.server.aggregate import tensors_above
+
+    # a zero bias next to a matrix is left to the block's bound (against its own norm, 0, any change would be an
+    # infinite ratio); zeroing a norm weight is 1.0 of itself; half of the matrix is at the bound
+    group = [("weight", 100.0, 100, [25.0]), ("bias", 0.0, 10, [0.01]), ("norm", 10.0, 10, [0.0])]
+    assert tensors_above(group, 0, 110.0, 0.5) == []
+    group[2] = ("norm", 10.0, 10, [10.0])
+    assert tensors_above(group, 0, 110.0, 0.5) == [("norm", 1.0)]
+    group[1] = ("bias", 0.05, 10, [0.01])   # RMS 0.07 of the block's 1.0: still negligible
+    group[0] = ("weight", 100.0, 100, [26.0])
+    assert tensors_above(group, 0, 110.0, 0.5) == [("weight", pytest.approx(0.51, rel=1e-3)), ("norm", 1.0)]
+    group[1] = ("bias", 0.2, 10, [0.01])    # RMS 0.14: measured against itself (0.22)
+    assert tensors_above(group, 0, 110.0, 0.2) == [("weight", pytest.approx(0.51, rel=1e-3)), ("bias", pytest.approx(0.2236, rel=1e-3)),
+                                                   ("norm", 1.0)]

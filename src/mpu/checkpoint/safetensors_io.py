@@ -20,7 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from mpu.checkpoint.files import PARTY_FILE_MODE, WEIGHT_INDEX, atomic_write_json, is_shard_name, parse_json, read_json
-from mpu.errors import InputError
+from mpu.errors import NAME_CHARS, InputError, shown
 
 SINGLE_FILE = "model.safetensors"
 PICKLE_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth", "model.ckpt")
@@ -70,15 +70,16 @@ class CheckpointReader:
             handle = _open(shard)
             for name in handle.keys():
                 if self._shard_of.get(name) != shard:
-                    raise InputError(shard, f"holds tensor {name!r} that the index does not assign to it")
+                    raise InputError(shard, f"holds tensor {shown(name, NAME_CHARS)} that the index does not assign to it")
                 view = handle.get_slice(name)
                 dtype = DTYPES.get(view.get_dtype())
                 if dtype is None:
-                    raise InputError(shard, f"tensor {name!r} has unsupported dtype {view.get_dtype()}")
+                    raise InputError(shard, f"tensor {shown(name, NAME_CHARS)} has unsupported dtype {view.get_dtype()}")
                 self._meta[name] = (dtype, tuple(view.get_shape()))
         missing = sorted(set(self._shard_of) - set(self._meta))
         if missing:
-            raise InputError(self.dir / WEIGHT_INDEX, f"names tensors that no shard holds: {', '.join(missing[:5])}")
+            raise InputError(self.dir / WEIGHT_INDEX, f"names tensors that no shard holds: "
+                                                      f"{', '.join(shown(name, NAME_CHARS) for name in missing[:5])}")
 
     def _map_shards(self) -> dict[str, Path]:
         index = self.dir / WEIGHT_INDEX

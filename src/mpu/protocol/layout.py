@@ -26,7 +26,7 @@ PUBLICATION_FORMAT = "mpu-publication/1"
 UPDATE_MANIFEST = "update.json"
 UPDATE_FORMAT = "mpu-update/1"
 LORA_A, LORA_B = ".lora_A", ".lora_B"
-UPDATE_FOLDER = re.compile(r"update-([0-9]{1,6})")  # fullmatch: no trailing newline
+UPDATE_FOLDER = re.compile(r"update-([1-9][0-9]{0,5})")  # fullmatch: no trailing newline; one spelling per id (no 0, no leading zeros)
 
 
 def copy_folder(copy_id: int) -> str:
@@ -46,7 +46,8 @@ def update_folder(copy_id: int) -> str:
 
 
 def update_folder_copy_id(name: str) -> int | None:
-    """The copy id an ``update-<id>`` folder name states (up to 6 digits), or None for any other name."""
+    """The copy id an ``update-<id>`` folder name states (1 to 999999, written without leading zeros, as
+    :func:`update_folder` writes it), or None for any other name (``update-02``, ``update-0``)."""
     match = UPDATE_FOLDER.fullmatch(name)
     return int(match.group(1)) if match else None
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from mpu.errors import InputError
+from mpu.errors import InputError, shown
 from mpu.protocol.layout import UPDATE_FORMAT
 
 # Limits on the manifest's fields. They are far above what the client writes (a method name of ~10
@@ -143,13 +143,6 @@ def same_setting(first: Any, second: Any) -> bool:
     Python has ``True == 1 == 1.0`` and ``0.0 == -0.0``, which the copies (or the data owners) of one
     job must not get away with."""
     return json.dumps(first, sort_keys=True) == json.dumps(second, sort_keys=True)
-
-
-def shown(value: Any, limit: int = 40) -> str:
-    """``repr(value)`` for a message, cut to ``limit`` characters with its full length: a value from the
-    other party's manifest may be up to a megabyte."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _int(manifest: dict, key: str, path: Path, low: int, high: int) -> None:

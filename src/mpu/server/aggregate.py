@@ -33,9 +33,9 @@ import torch
 from tqdm.auto import tqdm
 
 from mpu.checkpoint import CheckpointReader, ShardedWriter
-from mpu.errors import InputError
+from mpu.errors import InputError, shown
 from mpu.protocol import RoundKeys
-from mpu.protocol.update import same_setting, shown
+from mpu.protocol.update import same_setting
 from mpu.reparam import Adapter
 from mpu.server.combine import DEFAULT_COMBINE, CombineRule
 from mpu.server.noise import sum_sq
@@ -101,6 +101,36 @@ def block_ratio(delta_sq: float, theta_sq: float) -> float:
     if theta_sq == 0:
         return math.inf
     return math.sqrt(delta_sq / theta_sq)
+
+
+# A tensor whose RMS is below this fraction of its group's RMS (a bias near zero) is left to the group's
+# bound: relative to its own norm any honest change to it would be a huge ratio.
+NEGLIGIBLE_TENSOR_RMS = 0.1
+# Each tensor of a block may change by this many times max_update_ratio relative to itself (0.9 by
+# default): below 1, so that no tensor is erased (a ratio of 1) or negated (2), above the block's
+# bound, since an honest update moves some small tensors of a block more than the block (LoRA updates
+# of the tiny test model: 0.5-0.6 on attention matrices under a block ratio below 0.5).
+TENSOR_BOUND_FACTOR = 1.8
+
+
+def tensors_above(tensors: list[tuple[str, float, int, list[float]]], k: int, theta_sq: float, bound: float
+                  ) -> list[tuple[str, float]]:
+    """The tensors of one group whose change by update ``k`` is above ``bound`` relative to the tensor
+    itself, ``||Delta_t|| / ||theta_t||`` (the caller passes ``TENSOR_BOUND_FACTOR`` x max_update_ratio). A block's bound alone let one kind of tensor take the whole
+    budget: zeroing both RMSNorm weights of every block (which then adds nothing to the residual
+    stream), or negating every attention and MLP matrix of a block whose norm weights dominate its
+    norm, stayed under 0.5 of the block. Tensors whose RMS is below ``NEGLIGIBLE_TENSOR_RMS`` of the
+    group's (biases near zero) are left to the group's bound. ``tensors``: (name, ||theta_t||^2, size,
+    [||Delta_k,t||^2 per update]) of the group; ``theta_sq``: the group's ||theta||^2."""
+    size = sum(numel for _, _, numel, _ in tensors)
+    above = []
+    for name, tensor_sq, numel, deltas in tensors:
+        if tensor_sq < NEGLIGIBLE_TENSOR_RMS ** 2 * theta_sq * numel / size:
+            continue
+        ratio = block_ratio(deltas[k], tensor_sq)
+        if not ratio <= bound:
+            above.append((name, ratio))
+    return above
 
 
 def _finite_sum_sq(delta: torch.Tensor, update: ReturnedUpdate, name: str) -> float:
@@ -173,16 +203,19 @@ def write_combined(combination: Combination, model: CheckpointReader, updates: l
             transforms = [adapter.sample(layer, keys.transform(u.copy_id, layer)) for u in updates]
         new_tensors = {}
         theta_sq, block_sq = 0.0, [0.0] * len(updates)
+        tensors: list[tuple[str, float, int, list[float]]] = []   # name, ||theta_t||^2, size, ||Delta_k,t||^2
         for name in names:
             theta = model.get(name, device).to(torch.float32)
-            theta_sq += sum_sq(theta)
+            tensors.append((name, sum_sq(theta), theta.numel(), [0.0] * len(updates)))
+            theta_sq += tensors[-1][1]
             change = None
             for k, update in enumerate(updates):
                 delta = update.dense(name, theta.shape).to(device)
                 step.norms_sq[k] += _finite_sum_sq(delta, update, name)
                 if transforms[k] is not None:
                     delta = adapter.apply(transforms[k], name, delta, inverse=True)
-                block_sq[k] += sum_sq(delta)
+                tensors[-1][3][k] = sum_sq(delta)
+                block_sq[k] += tensors[-1][3][k]
                 if change is None:
                     change = delta.mul(weights[k] * eta)
                 else:
@@ -196,6 +229,8 @@ def write_combined(combination: Combination, model: CheckpointReader, updates: l
                 step.largest[k] = (group, ratio)
             if not ratio <= bound:
                 step.above[k].append((group, ratio))
+            elif len(tensors) > 1:
+                step.above[k] += tensors_above(tensors, k, theta_sq, TENSOR_BOUND_FACTOR * bound)
         if not any(step.above):  # after a refusal nothing more is written; the groups are still measured
             writer.write_shard(new_tensors)
     writer.finish()
@@ -212,5 +247,7 @@ def refuse_above_bound(updates: list[ReturnedUpdate], above: list[list[tuple[str
             more = f" and {len(groups) - MAX_REPORTED_BLOCKS} more" if len(groups) > MAX_REPORTED_BLOCKS else ""
             others = [u.copy_id for u, g in zip(updates, above) if g and u is not update]
             raise InputError(update.path, f"update changes {len(groups)} group(s) by more than the bound "
-                                          f"||Delta_block|| / ||theta_block|| <= {bound:g} (max_update_ratio): {listed}{more}"
+                                          f"||Delta_block|| / ||theta_block|| <= {bound:g} (max_update_ratio; for a tensor "
+                                          f"of a block ||Delta_t|| / ||theta_t|| <= {TENSOR_BOUND_FACTOR * bound:g}): "
+                                          f"{listed}{more}"
                                           + (f"; copies {others} too" if others else ""))

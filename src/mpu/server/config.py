@@ -58,7 +58,7 @@ class ServerConfig:
     independent_noise: float = field(default=1.0, metadata={"metavar": "TAU", "flag_default": preset_default(1.0), "help": "tau: each copy also gets independent N(0, (tau*sigma)^2) noise that no combination of copies cancels (0: the paper's exact cancellation)"})
     noise_scope: str = field(default="blocks", metadata={"choices": NOISE_SCOPES, "flag_default": preset_default("blocks"), "help": "blocks: transformer blocks only (paper); all: also embeddings, final norm, LM head"})
     publish_dtype: str = field(default="source", metadata={"choices": PUBLISH_DTYPES, "help": "dtype of published copies; 'source' keeps the model's own"})
-    max_update_ratio: float = field(default=DEFAULT_MAX_UPDATE_RATIO, metadata={"help": "poisoning bound, per block: refuse an update Delta_k with ||Delta_k,l|| > max_update_ratio * ||theta_l|| for any block l (embeddings, final norm and LM head each their own group; docs/security.md)", "metavar": "RATIO"})
+    max_update_ratio: float = field(default=DEFAULT_MAX_UPDATE_RATIO, metadata={"help": "poisoning bound, per block: refuse an update Delta_k with ||Delta_k,l|| > max_update_ratio * ||theta_l|| for any block l (embeddings, final norm and LM head each their own group), or any tensor t of a block with ||Delta_k,t|| > 1.8 * max_update_ratio * ||theta_t|| (docs/security.md)", "metavar": "RATIO"})
     fixed_seed: int | None = field(default=None, metadata={
         "help": "reproducible (NOT secret) noise, alphas and transforms, for experiments and tests only; left out (the "
                 "default), each round draws fresh secret randomness from the OS CSPRNG", "flag": "--seed", "metavar": "SEED"})

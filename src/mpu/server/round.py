@@ -89,9 +89,9 @@ class Round:
         inputs = self.work.inputs(state)
         check_output(out_dir, keep=inputs, replace=replace, marker=PUBLICATION_MANIFEST, flag="--force")
         if state.published is not None and state.published.round == round_number:
-            publish_log.warning("round %d was already published (publication %s): this publication replaces it, and "
-                                "the server will refuse returns made from the earlier one", round_number,
-                                state.published.publication_id)
+            publish_log.warning("round %d was already published (publication %s): this publication replaces it. Its copies "
+                                "are the same (the round's secret is kept), but returns that name the earlier publication "
+                                "are refused", round_number, state.published.publication_id)
         secret = self.work.round_secret(round_number, config.fixed_seed, create=True)
         reader = CheckpointReader(self.work.model_path(state))
         adapter = get_adapter(AutoConfig.from_pretrained(self.work.model_path(state)), config.reparam)

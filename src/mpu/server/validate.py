@@ -31,7 +31,7 @@ import torch
 
 from mpu.checkpoint import CheckpointReader, read_json
 from mpu.checkpoint.files import MAX_MANIFEST_BYTES, check_data_folder, checked_path, is_weight_file
-from mpu.errors import InputError
+from mpu.errors import NAME_CHARS, InputError, shown
 from mpu.protocol import LORA_A, LORA_B, UPDATE_MANIFEST, UpdateManifest, lora_names, lora_weight, update_folder_copy_id
 from mpu.server.workdir import PublishedRound
 
@@ -126,7 +126,7 @@ def _update_folders(returns_dir: Path) -> list[Path]:
                     continue
                 path = returns_dir / entry.name
                 if update_folder_copy_id(entry.name) is None:
-                    raise InputError(path, "not an update folder name (expected update-<copy id>)")
+                    raise InputError(path, "not an update folder name (expected update-<copy id>: update-1, update-2, ... without leading zeros)")
                 info = entry.stat(follow_symlinks=False)
                 if stat.S_ISLNK(info.st_mode):
                     raise InputError(path, f"update folder is a symbolic link; links are never followed out of {returns_dir}")
@@ -159,7 +159,7 @@ def _check_full(update: ReturnedUpdate, expected: CheckpointReader) -> None:
     if want - got:
         raise InputError(update.path, f"tensors missing: {', '.join(sorted(want - got)[:5])}")
     if got - want:
-        raise InputError(update.path, f"unexpected tensors: {', '.join(sorted(got - want)[:5])}")
+        raise InputError(update.path, f"unexpected tensors: {', '.join(shown(name, NAME_CHARS) for name in sorted(got - want)[:5])}")
     for name in sorted(want):
         _check_meta(update, name, expected.shape(name))
 
@@ -173,10 +173,10 @@ def _check_lora(update: ReturnedUpdate, expected: CheckpointReader) -> None:
     for name in sorted(names):
         base = lora_weight(name)
         if base is None or base not in expected or len(expected.shape(base)) != 2:
-            raise InputError(update.path, f"unexpected tensor {name!r} (LoRA factors are <2-D weight name>.lora_A/.lora_B)")
+            raise InputError(update.path, f"unexpected tensor {shown(name, NAME_CHARS)} (LoRA factors are <2-D weight name>.lora_A/.lora_B)")
         partner = base + (LORA_B if name.endswith(LORA_A) else LORA_A)
         if partner not in names:
-            raise InputError(update.path, f"tensor {name!r} has no partner {partner!r}")
+            raise InputError(update.path, f"tensor {shown(name, NAME_CHARS)} has no partner {shown(partner, NAME_CHARS)}")
         if len(update.reader.shape(name)) != 2:
             raise InputError(update.reader.shard(name), f"LoRA factor {name} has shape {update.reader.shape(name)}; factors are 2-D")
     for name in sorted(n for n in names if n.endswith(LORA_A)):
