@@ -11,9 +11,10 @@ ones, w_k = (1/alpha_k) / sum_j (1/alpha_j), which cancel the zero-sum noise. Th
 Before anything is written, every return passes :func:`mpu.server.validate.find_returns` (paths,
 manifest fields, headers, names, shapes) and the returns must have been trained alike (method,
 hyperparameters, training options, step count) unless ``allow_mixed``. While the tensors stream, each
-Delta_k is checked for NaN/Inf and against the per-block poisoning bound
+Delta_k is checked for NaN/Inf and against the poisoning bound (per block and per tensor of a block)
 
     ||Delta_k,l|| / ||theta_l|| <= max_update_ratio     for every block l and every tensor outside the blocks
+    ||Delta_k,t|| / ||theta_t|| <= 1.8 max_update_ratio for every tensor t of a block (tensors_above)
 
 (Frobenius norms over the group; the groups of Pre-Process, ``Adapter.block_groups``: one per
 transformer block, and every tensor outside the blocks (embeddings, final norm, LM head) its own). The new theta is built in a staging folder that is dropped

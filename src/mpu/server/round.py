@@ -145,7 +145,7 @@ class Round:
         round is not published or the rule is unknown (before anything is read), InputError (naming the
         file and the reason; the work directory unchanged) for any return
         :func:`mpu.server.validate.find_returns` refuses, for returns trained with different settings
-        unless ``allow_mixed``, for NaN/Inf, and for a Delta_k above the per-block bound.
+        unless ``allow_mixed``, for NaN/Inf, and for a Delta_k above the poisoning bound (per block, or per tensor of a block).
         """
         rule = get_combine(combine)
         state = self.work.load()
