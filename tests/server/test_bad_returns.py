@@ -167,3 +167,20 @@ def test_ctrl_c_after_the_commit_reports_the_round_as_aggregated(published, tmp_
     assert code == 0 and Workdir(server).load().rounds_done == 1
     assert "round 1 aggregated" in capsys.readouterr().out
     assert "the round is aggregated" in caplog.text and "interrupted" not in caplog.text
+
+
+def test_ctrl_c_while_the_report_prints_still_says_the_round_is_aggregated(published, tmp_path, monkeypatch, capsys):
+    import mpu.cli.server as server_cli
+
+    server = tmp_path / "server"
+    shutil.copytree(published / "server", server)
+
+    def interrupted(report):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(server_cli, "_print_aggregate", interrupted)
+    code = main(["server", "aggregate", "--workdir", str(server), "--returns", str(published / "good")])
+
+    assert code == 0 and Workdir(server).load().rounds_done == 1
+    err = capsys.readouterr().err
+    assert "round 1 is aggregated" in err and "interrupted" not in err

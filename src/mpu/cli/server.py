@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 from pathlib import Path
 
 from mpu.errors import MPUError, printable
@@ -223,6 +224,16 @@ def _aggregate(args) -> int:
     apply_threads(args.threads)
     report = aggregate(args.workdir, args.returns, allow_mixed=args.allow_mixed, combine=args.combine,
                        progress=not args.no_progress)
+    try:
+        _print_aggregate(report)
+    except KeyboardInterrupt:   # the round is committed: "interrupted" alone would say it was not
+        print(f"\nround {report.round} is aggregated (Ctrl-C while its report printed; `mpu server status` shows it)",
+              file=sys.stderr)
+    return 0
+
+
+def _print_aggregate(report) -> None:
+    """What an aggregate did: norms, per-block ratios, the applied step, what was combined."""
     print(f"round {report.round} aggregated {len(report.update_norms)} update(s) ({report.round} of {report.rounds} rounds done); new model at {report.model_dir}")
     for copy_id, norm in sorted(report.update_norms.items()):
         group, ratio = report.max_block_ratio[copy_id]
@@ -247,7 +258,6 @@ def _aggregate(args) -> int:
         print("  client differential privacy: none (the updates reveal which items were forgotten; see docs/privacy.md)")
     for line in report.mixed:
         print(f"  warning: mixed returns (--allow-mixed): {printable(line)}")
-    return 0
 
 
 def _combine_rule(name: str) -> str:
