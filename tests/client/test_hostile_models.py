@@ -139,6 +139,18 @@ TOKENIZER_CLASSES = {
     # the pattern's $ let a trailing newline through; the whole name must match
     "a trailing newline": (lambda i: [edit_json(i / c / "tokenizer_config.json", tokenizer_class="LlamaTokenizerFast\n") for c in COPIES],
                            "tokenizer_class 'LlamaTokenizerFast\\n' is not the name of a transformers tokenizer class"),
+    # transformers joins these to the copy's folder: a tokenizer from anywhere, outside the checksum and the size cap
+    "a tokenizer file outside the copy": (
+        lambda i: [edit_json(i / c / "tokenizer_config.json", fast_tokenizer_files=["/tmp/elsewhere/tokenizer.json"]) for c in COPIES],
+        "tokenizer_config.json: fast_tokenizer_files names '/tmp/elsewhere/tokenizer.json', which is no file of this copy"),
+    "a relative path out of the copy": (
+        lambda i: [edit_json(i / c / "tokenizer_config.json", fast_tokenizer_files=["../../x/tokenizer.json"]) for c in COPIES],
+        "fast_tokenizer_files names '../../x/tokenizer.json', which is no file of this copy"),
+    "a vocabulary file elsewhere": (
+        lambda i: [edit_json(i / c / "special_tokens_map.json", vocab_file="/etc/passwd") for c in COPIES
+                   if (i / c / "special_tokens_map.json").exists()] or
+                  [edit_json(i / c / "generation_config.json", vocab_file="/etc/passwd") for c in COPIES],
+        "vocab_file names '/etc/passwd', which is no file of this copy"),
 }
 
 

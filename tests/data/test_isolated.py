@@ -424,3 +424,15 @@ def test_a_chat_template_that_is_not_text_is_refused_by_the_encoder(tmp_path, te
 
     # assert
     assert refusal in str(refused.value)
+
+
+def test_what_a_library_prints_while_loading_cannot_desynchronise_the_replies(tmp_path):
+    # arrange: an added token with an unknown option; the tokenizers library prints "Ignored unknown kwarg option
+    # bogus" on the child's stdout, which was its reply channel (the parent killed it and blamed the memory cap)
+    decoder = {"5": {"content": "x", "bogus": 1, "special": False}}
+
+    # act
+    tokenizer = other_partys(tmp_path, added_tokens_decoder=decoder)
+
+    # assert: the child answers; the printed line reached no reply
+    assert tokenize(tokenizer, "Ana Lind", False)

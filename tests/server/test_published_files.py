@@ -23,7 +23,9 @@ def test_no_private_file_or_config_key_of_the_owner_is_published(tmp_path, tiny_
     config.update({"_name_or_path": f"/home/owner/{MARKER}", "custom_owner_field": MARKER, "auto_map": {"AutoConfig": MARKER}})
     (model / "config.json").write_text(json.dumps(config))
     tokenizer_config = json.loads((model / "tokenizer_config.json").read_text())
-    tokenizer_config.update({"name_or_path": f"/home/owner/{MARKER}", "auto_map": {"AutoTokenizer": [MARKER, None]}})
+    tokenizer_config.update({"name_or_path": f"/home/owner/{MARKER}", "auto_map": {"AutoTokenizer": [MARKER, None]},
+                             # a local path the client would refuse (a file outside its copy), kept only when it is a file beside it
+                             "tokenizer_file": f"/home/owner/{MARKER}/tokenizer.json", "fast_tokenizer_files": ["tokenizer.json"]})
     (model / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
 
     init_server(tmp_path / "server", str(model), None, ServerConfig(copies=2, fixed_seed=1), progress=False)
@@ -32,4 +34,6 @@ def test_no_private_file_or_config_key_of_the_owner_is_published(tmp_path, tiny_
     published = [path for path in (tmp_path / "outbox").rglob("*") if path.is_file()]
     assert {path.name for path in published if path.parent.name == "copy-1"} >= {"config.json", "tokenizer.json"}
     assert [path for path in published if MARKER.encode() in path.read_bytes()] == []
+    assert json.loads((tmp_path / "outbox" / "copy-1" / "tokenizer_config.json").read_text())["fast_tokenizer_files"] == [
+        "tokenizer.json"]
     assert [path for path in (tmp_path / "server").rglob("*") if path.is_file() and MARKER.encode() in path.read_bytes()] == []

@@ -250,13 +250,30 @@ def weights_sha256(path: str | Path) -> str:
     return dir_sha256(path, only=is_weight_file)
 
 
+def outside_file_references(data: dict, names: Iterable[str]) -> list[tuple[str, str]]:
+    """The ``(key, value)`` pairs of a config's top-level keys that name files (``*_file``, ``*_files``:
+    ``fast_tokenizer_files``, ``tokenizer_file``, ``vocab_file`` ...) with a value that is not the bare
+    name of one of ``names`` (the folder's files): transformers joins such a value to the folder, so
+    ``/elsewhere/tokenizer.json`` or ``../x`` would load a file from outside it. None and empty values
+    are no reference."""
+    present = set(names)
+    found = []
+    for key, value in data.items():
+        if not isinstance(key, str) or not key.endswith(("_file", "_files")) or value in (None, "", []):
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if not isinstance(item, str) or item not in present or Path(item).name != item:
+                found.append((key, str(item)))
+    return found
+
+
 def copy_model_files(src: str | Path, dst: str | Path, config_updates: dict | None = None) -> list[str]:
     """Copy the allow-listed non-weight files (``MODEL_FILES``) from ``src`` to ``dst``, mode 0600.
 
     The one function through which model folders are written (server init, publish, aggregate,
     export, ``mpu run``): ``config.json`` keeps only the keys its architecture's transformers config
     class defines (:func:`architecture_config`) plus ``config_updates``; the tokenizer config loses
-    ``auto_map`` and local paths; every other file of ``src`` (training logs, notes, custom metadata,
+    ``auto_map``, local paths and file names that are not files of ``src`` (:func:`outside_file_references`); every other file of ``src`` (training logs, notes, custom metadata,
     pickles, code) stays behind. Returns the names written.
     """
     src, dst = Path(src), Path(dst)
@@ -273,7 +290,9 @@ def copy_model_files(src: str | Path, dst: str | Path, config_updates: dict | No
             data = read_json(file, name, MAX_MODEL_FILE_BYTES)
             if not isinstance(data, dict):
                 raise InputError(file, "expected a JSON object")
-            atomic_write_json(dst / name, {key: value for key, value in data.items() if key not in DROPPED_CONFIG_KEYS}, mode=PARTY_FILE_MODE)
+            outside = {key for key, _ in outside_file_references(data, [entry.name for entry in src.iterdir()])}
+            atomic_write_json(dst / name, {key: value for key, value in data.items()
+                                           if key not in DROPPED_CONFIG_KEYS and key not in outside}, mode=PARTY_FILE_MODE)
         else:
             _require_regular(file, _lstat(file, name), name)
             shutil.copyfile(file, dst / name)

@@ -25,9 +25,9 @@ from typing import Any
 from mpu.checkpoint import dir_sha256, read_json
 from mpu.checkpoint.files import (
     CONFIG, GENERATION_CONFIG, MAX_MANIFEST_BYTES, MAX_MODEL_FILE_BYTES, TOKENIZER_CONFIG, check_data_folder, checked_path,
-    is_model_file, is_weight_file,
+    is_model_file, is_weight_file, outside_file_references,
 )
-from mpu.errors import InputError
+from mpu.errors import NAME_CHARS, InputError, shown
 from mpu.protocol import PUBLICATION_MANIFEST, PublicationManifest
 
 # A header may declare at most this many tensors per parameter of the architecture (MoE checkpoints
@@ -115,6 +115,11 @@ class PublishedCopy:
                     if not isinstance(data, dict):
                         raise InputError(self.path / name, "expected a JSON object")
                     _refuse_forbidden_keys(data, self.path / name)
+                outside = outside_file_references(data, names) if isinstance(data, dict) else []
+                if outside:   # transformers would join the value to the copy's folder: a file from anywhere
+                    key, value = outside[0]
+                    raise InputError(self.path / name, f"{key} names {shown(value, NAME_CHARS)}, which is no file of this "
+                                                       "copy: a copy's files may name only the files beside them")
                 if name == TOKENIZER_CONFIG:
                     _check_tokenizer_class(data.get("tokenizer_class"), self.path / name)
         self._check_config(read_json(self.path / CONFIG, CONFIG, MAX_MODEL_FILE_BYTES))

@@ -249,7 +249,11 @@ def _serve(memory_bytes: int, with_tokenizers: bool, parent: int) -> None:
     from mpu.data import chat_template
 
     _die_with_parent(parent)
-    send = sys.stdout.buffer
+    # The replies get their own descriptor; fd 1 then points at the (discarded) stderr, so that what a library
+    # prints (the tokenizers library writes "Ignored unknown kwarg option ..." with a key the server chose)
+    # cannot land in the reply channel and desynchronise it.
+    send = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
     try:
         chat_template._bounded_environment()   # the imports, before the memory cap
         importlib.import_module("tokenizers")
