@@ -146,6 +146,9 @@ TOKENIZER_CLASSES = {
     "a relative path out of the copy": (
         lambda i: [edit_json(i / c / "tokenizer_config.json", fast_tokenizer_files=["../../x/tokenizer.json"]) for c in COPIES],
         "fast_tokenizer_files names '../../x/tokenizer.json', which is no file of this copy"),
+    "a context length that is no number": (
+        lambda i: [edit_json(i / c / "tokenizer_config.json", model_max_length="abc") for c in COPIES],
+        "tokenizer_config.json: model_max_length must be a positive number, got 'abc'"),
     "a vocabulary file elsewhere": (
         lambda i: [edit_json(i / c / "special_tokens_map.json", vocab_file="/etc/passwd") for c in COPIES
                    if (i / c / "special_tokens_map.json").exists()] or

@@ -122,6 +122,9 @@ class PublishedCopy:
                                                        "copy: a copy's files may name only the files beside them")
                 if name == TOKENIZER_CONFIG:
                     _check_tokenizer_class(data.get("tokenizer_class"), self.path / name)
+                    length = data.get("model_max_length")
+                    if length is not None and (isinstance(length, bool) or not isinstance(length, (int, float)) or not length > 0):
+                        raise InputError(self.path / name, f"model_max_length must be a positive number, got {shown(length)}")
         self._check_config(read_json(self.path / CONFIG, CONFIG, MAX_MODEL_FILE_BYTES))
         if GENERATION_CONFIG in names:
             self._check_generation_config()
