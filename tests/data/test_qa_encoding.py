@@ -660,3 +660,25 @@ def test_honest_templates_that_trim_the_answer_are_not_refused(template, answer,
 
     # assert: the labels are what the template renders after the prompt
     assert tokenizer.decode(labelled(example)) == labels
+
+
+@pytest.mark.parametrize("template", [
+    "{% for m in messages %}<|header|>{{ m['role'] }}\n{% if m['role'] == 'user' %}Tell me a joke.{% else %}{{ m['content'] }}"
+    "{% endif %}<|eot|>{% endfor %}{% if add_generation_prompt %}<|header|>assistant\n{% endif %}",
+    "{% for m in messages %}<|header|>{{ m['role'] }}\n{{ m['content'][:5] }}<|eot|>{% endfor %}"
+    "{% if add_generation_prompt %}<|header|>assistant\n{% endif %}",
+], ids=["a-fixed-user-turn", "the-question-cut"])
+def test_a_chat_template_that_drops_the_question_is_refused(template, request):
+    # arrange: the other party's template writes another user turn: the client would unlearn its answers after
+    # another question (the labels alone are the answer's, so the label check passes it)
+    tokenizer = make_tokenizer(template)
+    tokenizer.name_or_path = "/inbox/copy-1"
+
+    # act
+    with pytest.raises(MPUError) as refused:
+        Encoder(tokenizer, PromptFormat(format="chat")).encode("Where was Ada born?", "London.")
+
+    # assert
+    assert str(refused.value).startswith("/inbox/copy-1/tokenizer_config.json (chat_template): the chat template renders ")
+    if "fixed" in request.node.callspec.id:
+        assert "the prompt without the row's question" in str(refused.value)

@@ -339,6 +339,10 @@ class Encoder:
                 answer_at = full.find(shown, len(prompt)) if shown else -1
             ids, offsets = self._tokens(full)
             n_prompt = self._prompt_length(prompt, ids, offsets)
+            if self.format.format == "chat" and key not in self._REFERENCE_ROWS and question.strip() not in prompt:
+                # a template writing a fixed user turn would have the client unlearn its answers after another question
+                raise MPUError(f"{self._source()}: the chat template renders the prompt without the row's question "
+                               "(a template must write the user's message); refusing it")
             if is_other_partys(self.tokenizer) and key not in self._REFERENCE_ROWS:
                 self._check_labels_free_of_the_row(answer, ids[n_prompt:])
             if offsets is not None:
