@@ -107,9 +107,8 @@ def _parse(parser: argparse.ArgumentParser, handler: argparse.ArgumentParser, ar
         finally:
             for action in required:
                 action.required = True
-        if extras:
-            report(_unrecognized(handler, extras))
-        report(str(missing))
+        if not extras:
+            report(str(missing))
     finally:
         del handler.error
     if extras:

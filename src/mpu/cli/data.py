@@ -70,8 +70,7 @@ def _build(args: argparse.Namespace) -> int:
                                if built.get(key) != value) or f"generator version {earlier.get('version')}"
             raise InputError(out, f"holds a benchmark built with other settings ({differ}); models trained on it need it "
                                   "as it is: pass --overwrite to replace it, or choose another --out")
-        manifest = build_benchmark(out, seed=args.seed, authors=args.authors, facts=args.facts, news=args.news,
-                                   topics=args.topics, vocab_size=args.vocab_size, shape=args.shape, general=args.general)
+        manifest = build_benchmark(out, config)
     print(json.dumps({"out": args.out, "version": manifest["version"], "config": manifest["config"],
                       "files": len(manifest["files"])}, indent=2))
     return 0

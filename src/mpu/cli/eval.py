@@ -100,10 +100,9 @@ def check_results_free(out: Path, benchmark: str, overwrite: bool) -> None:
     """Refuse ``out`` when it already holds ``benchmark``'s results (an earlier evaluation, lost if
     replaced silently), unless ``overwrite``. Raises InputError naming the folder."""
     from mpu.errors import InputError
+    from mpu.eval.evaluator import output_names
 
-    name = benchmark.upper()
-    earlier = [file for file in (f"{name}_EVAL.json", f"{name}_SUMMARY.json", f"{name}_EVAL_CONFIG.json")
-               if (out / file).exists()]
+    earlier = [file for file in output_names(benchmark) if (out / file).exists()]
     if earlier and not overwrite:
         raise InputError(out, f"already holds an evaluation ({', '.join(earlier)}); pass --overwrite to replace it, "
                               "or choose another --out")

@@ -430,11 +430,15 @@ def _run_suite(ctx: EvalContext, suite_data: _SuiteData, reference_logs: dict, p
     return logs, skipped
 
 
+def output_names(benchmark: str) -> tuple[str, str, str]:
+    """The files an evaluation of ``benchmark`` writes: ``<BENCH>_EVAL.json``, ``_SUMMARY.json``, ``_EVAL_CONFIG.json``."""
+    name = benchmark.upper()
+    return f"{name}_EVAL.json", f"{name}_SUMMARY.json", f"{name}_EVAL_CONFIG.json"
+
+
 def _write_outputs(out: Path, benchmark: str, logs: dict, summary: dict, record: dict) -> None:
     """``<BENCH>_EVAL.json`` (every result), ``<BENCH>_SUMMARY.json`` (headline values) and
     ``<BENCH>_EVAL_CONFIG.json`` (``record``: what was evaluated, how), each written atomically."""
     out.mkdir(parents=True, exist_ok=True)
-    name = benchmark.upper()
-    write_json(out / f"{name}_EVAL.json", logs)
-    write_json(out / f"{name}_SUMMARY.json", summary)
-    write_json(out / f"{name}_EVAL_CONFIG.json", record)
+    for file, data in zip(output_names(benchmark), (logs, summary, record)):
+        write_json(out / file, data)

@@ -690,10 +690,8 @@ def finetune(
     if out_dir.exists() and any(out_dir.iterdir()) and record is None:
         raise MPUError(f"{out_dir} exists and was not written by `mpu finetune`; refusing to replace it")
     if record and record.get("fingerprint") != fingerprint and not (replace or force):
-        wanted = {"benchmark": benchmark, "split": split, "data": str(data_dir.resolve()),
-                  "base_fingerprint": base_record["fingerprint"] if base_record else None,
-                  **{f"model.{key}": value for key, value in asdict(model_config).items()},
-                  **{f"train.{key}": value for key, value in asdict(train_config).items()}}
+        wanted = _settings(benchmark, split, str(data_dir.resolve()), base_record["fingerprint"] if base_record else None,
+                           asdict(model_config), asdict(train_config))
         raise InputError(out_dir, "holds a model trained with other settings (" + _settings_differ(record, wanted) +
                          "); pass --force to replace it, or choose another --out")
     if threads is not None:   # the library leaves torch alone unless asked; the CLI passes its --threads
@@ -718,19 +716,25 @@ def finetune(
     return {**metrics, "cached": False}
 
 
+def _settings(benchmark, split, data, base_fingerprint, model_config: dict, train_config: dict) -> dict:
+    """A model's training settings as flat keys: benchmark, split, data, base_fingerprint, model.*, train.*."""
+    return {"benchmark": benchmark, "split": split, "data": data, "base_fingerprint": base_fingerprint,
+            **{f"model.{key}": value for key, value in model_config.items()},
+            **{f"train.{key}": value for key, value in train_config.items()}}
+
+
 def _settings_differ(record: dict, wanted: dict) -> str:
     """What differs between the settings ``record`` (an ``mpu_finetune.json``) was trained with and
-    ``wanted`` (flat keys: benchmark, split, data, base_fingerprint, model.*, train.*), as
-    ``key: old -> new`` items; "the training examples" when only they differ (the fingerprint hashes them)."""
+    ``wanted`` (:func:`_settings`), as ``key: old -> new`` items; "the training examples" when only
+    they differ (the fingerprint hashes them)."""
     metrics = record.get("metrics") or {}
-    earlier = {"benchmark": metrics.get("benchmark"), "split": metrics.get("split"), "data": record.get("data"),
-               "base_fingerprint": record.get("base_fingerprint"),
-               **{f"model.{key}": value for key, value in (record.get("model_config") or {}).items()},
-               **{f"train.{key}": value for key, value in (record.get("train_config") or {}).items()}}
-    def shown(key: str, value) -> str:
+    earlier = _settings(metrics.get("benchmark"), metrics.get("split"), record.get("data"), record.get("base_fingerprint"),
+                        record.get("model_config") or {}, record.get("train_config") or {})
+
+    def text(key: str, value) -> str:
         return "none" if value is None else str(value)[:12] if key == "base_fingerprint" else str(value)
 
-    items = [f"{key}: {shown(key, earlier.get(key))} -> {shown(key, value)}" for key, value in wanted.items()
+    items = [f"{key}: {text(key, earlier.get(key))} -> {text(key, value)}" for key, value in wanted.items()
              if earlier.get(key) != value]
     return ", ".join(items[:6]) + (f" and {len(items) - 6} more" if len(items) > 6 else "") if items else "the training examples"
 
