@@ -271,11 +271,11 @@ ARCHIVED = "run.json"   # what --archive keeps of a finished run: its record, wi
 def archive_run(out: Path, archive: Path, folder: Path, record: dict) -> Path:
     """Copy the finished run ``record`` of the run folder ``folder`` (under ``out``) to the same place
     under ``archive``, written whole or not at all. Returns the archived file."""
+    from mpu.checkpoint import atomic_write_json
+
     destination = archive / folder.relative_to(out) / ARCHIVED
     destination.parent.mkdir(parents=True, exist_ok=True)
-    scratch = destination.with_suffix(".json.tmp")
-    scratch.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(scratch, destination)
+    atomic_write_json(destination, record)
     return destination
 
 
