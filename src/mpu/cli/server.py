@@ -122,7 +122,8 @@ def register(subparsers) -> None:
         "the round's history. A rejected return leaves the work directory unchanged.")
     aggregate.add_argument("--workdir", required=True, help=WORKDIR_HELP)
     aggregate.add_argument("--returns", required=True, help="folder holding update-K/ sub-folders: what `mpu client unlearn --out` wrote "
-                           "(gather several clients' into one)")
+                           "(gather several clients' into one); validated and combined from a private copy in the work "
+                           "directory, removed at the end")
     aggregate.add_argument("--combine", default=DEFAULT_COMBINE, type=_combine_rule, metavar="RULE",
                            help=f"how the updates are weighted (default {DEFAULT_COMBINE}): {combine_help()}")
     aggregate.add_argument("--allow-mixed", action="store_true", help="combine returns trained with different methods, hyperparameters, training options or step counts (refused by default)")

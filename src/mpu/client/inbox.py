@@ -16,17 +16,19 @@ and tokenizers are then loaded with ``trust_remote_code=False``."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from mpu.checkpoint import dir_sha256, read_json
 from mpu.checkpoint.files import (
     CONFIG, GENERATION_CONFIG, MAX_MANIFEST_BYTES, MAX_MODEL_FILE_BYTES, TOKENIZER_CONFIG, check_data_folder, checked_path,
     is_model_file, is_weight_file, outside_file_references,
 )
+from mpu.checkpoint.received import private_copy
 from mpu.errors import NAME_CHARS, InputError, shown
 from mpu.protocol import PUBLICATION_MANIFEST, PublicationManifest
 
@@ -400,6 +402,21 @@ class Publication:
                 differing = sorted(set(shapes) ^ set(first[1])) or sorted(n for n in shapes if shapes[n] != first[1][n])
                 raise InputError(copy.path, f"copy {copy.id} does not have the tensors (names, shapes) of copy {first[0].id} "
                                             f"(first difference: {differing[0]})")
+
+    @contextlib.contextmanager
+    def received(self, copies: list[PublishedCopy], parent: str | Path) -> Iterator["Publication"]:
+        """This publication as a private copy in ``parent``: the manifest and the folders of ``copies``,
+        copied after their folder check (:func:`mpu.checkpoint.received.private_copy`), read again from
+        the copy and removed after the block. Checking and loading the copy, the client uses exactly the
+        bytes it checked, whatever the server writes to the inbox meanwhile; errors still name the inbox's
+        files. Raises InputError as :func:`read_publication` and ``check_data_folder`` do, and for a file
+        that changed after its check."""
+        files = {"": [PUBLICATION_MANIFEST]}
+        for copy in copies:
+            folder = copy.path.relative_to(self.inbox).as_posix()
+            files[folder] = check_data_folder(copy.path, self.inbox, "published copy", is_model_file)
+        with private_copy(self.inbox, files, parent, "mpu-inbox") as local:
+            yield read_publication(local)
 
     def select(self, copy_ids: list[int] | None) -> list[PublishedCopy]:
         """The copies with these 1-based ids, in the order given (repeats dropped); all copies for

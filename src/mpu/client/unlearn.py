@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import tempfile
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,7 +24,7 @@ from mpu.checkpoint import read_json
 from mpu.checkpoint.files import MAX_MANIFEST_BYTES, check_output
 from mpu.client.inbox import Publication, PublishedCopy, read_publication
 from mpu.client.update import loss_summary, write_dense_update, write_lora_update
-from mpu.data.isolated import first_line, load_other_partys
+from mpu.data.isolated import first_line, is_other_partys, load_other_partys, moved_other_partys
 from mpu.data.qa import QACollator
 from mpu.errors import InputError, MPUError
 from mpu.methods import TrainingConfig
@@ -50,7 +50,7 @@ class CopyResult:
 
 def unlearn_publication(inbox: str | Path, job: UnlearnJob, out_dir: str | Path, *, copy_ids: list[int] | None = None,
                         return_lora: bool = False, reference_model_inbox: str | Path | None = None, overwrite: bool = False,
-                        resume: bool = False) -> list[CopyResult]:
+                        resume: bool = False, private: bool = True) -> list[CopyResult]:
     """Run ``job`` on each selected copy of the publication in ``inbox`` and write its update under ``out_dir``.
 
     Each copy is an independent run of ``job``: its own training seed (:func:`copy_seed`), DP-SGD's
@@ -67,6 +67,9 @@ def unlearn_publication(inbox: str | Path, job: UnlearnJob, out_dir: str | Path,
     An existing ``update-K`` folder is refused (InputError) unless ``overwrite``; with ``resume`` a
     copy whose finished update is for this publication, method and settings is skipped. Every copy
     (and reference-model copy) is checked before anything is loaded or trained (``PublishedCopy.verify``),
+    on a private copy of it (``private``, :meth:`Publication.received`: a hidden folder beside ``out_dir``,
+    removed at the end; the server cannot change a file between its check and its load) unless the
+    caller wrote the inbox itself (``private=False``: ``mpu run``, the Flower client),
     and every copy's tokenizer and chat template must encode the job's rows (:func:`check_encoding`)
     before the first copy trains; a hostile publication raises InputError naming the file, with
     nothing written. Returns one result per selected copy, in copy order.
@@ -88,15 +91,24 @@ def unlearn_publication(inbox: str | Path, job: UnlearnJob, out_dir: str | Path,
             results.append(finished)
         else:
             todo.append(copy)
-    publication.verify(todo)  # all checks before the first copy is loaded
-    for copy in todo:
-        if references is not None:
-            _reference_copy(references, copy).verify()
-    with frozen_gc(), once_per_run("mpu.methods"):   # a warning about the job (no retain set, ...) once, not once per copy
-        for copy in todo:   # a copy refused for its tokenizer, template or model stops the run before any copy trains
-            check_model(copy, check_encoding(copy, job), references, _uses_reference(job))
+    if not todo:
+        return sorted(results, key=lambda result: result.copy_id)
+    with ExitStack() as received:
+        if private:   # check and train a copy of the inbox of our own: the server cannot swap a file after its check
+            ids = [copy.id for copy in todo]
+            publication = received.enter_context(publication.received(todo, out_dir.parent))
+            todo = publication.select(ids)
+            if references is not None:
+                references = received.enter_context(references.received(references.select(ids), out_dir.parent))
+        publication.verify(todo)  # all checks before the first copy is loaded
         for copy in todo:
-            results.append(_unlearn_one(publication, copy, job, out_dir, return_lora, references, settings))
+            if references is not None:
+                _reference_copy(references, copy).verify()
+        with frozen_gc(), once_per_run("mpu.methods"):   # a warning about the job (no retain set, ...) once, not once per copy
+            for copy in todo:   # a copy refused for its tokenizer, template or model stops the run before any copy trains
+                check_model(copy, check_encoding(copy, job), references, _uses_reference(job))
+            for copy in todo:
+                results.append(_unlearn_one(publication, copy, job, out_dir, return_lora, references, settings))
     return sorted(results, key=lambda result: result.copy_id)
 
 
@@ -144,12 +156,13 @@ def once_per_run(logger_name: str):
 
 def unlearn_copies(inbox: str | Path, forget_rows: list[dict], retain_rows: list[dict] | None, method: str, hparams,
                    training: TrainingConfig, out_dir: str | Path, copy_ids: list[int] | None = None, return_lora: bool = False,
-                   reference_model_inbox: str | Path | None = None, *, overwrite: bool = False, resume: bool = False) -> list[CopyResult]:
+                   reference_model_inbox: str | Path | None = None, *, overwrite: bool = False, resume: bool = False,
+                   private: bool = True) -> list[CopyResult]:
     """The positional form of :func:`unlearn_publication`, kept for its callers: the job is
     ``UnlearnJob(method, hparams, training, forget_rows, retain_rows)``."""
     job = UnlearnJob(method, hparams, training, forget_rows, retain_rows)
     return unlearn_publication(inbox, job, out_dir, copy_ids=copy_ids, return_lora=return_lora, reference_model_inbox=reference_model_inbox,
-                               overwrite=overwrite, resume=resume)
+                               overwrite=overwrite, resume=resume, private=private)
 
 
 # Training options that do not change the update (only its logging, speed or memory), left out of the
@@ -209,6 +222,8 @@ def _tokenizer(copy_dir: Path):
         # every text is tokenized there; this process holds what the encoder needs (special tokens, template)
         tokenizer = load_other_partys(copy_dir, key, vocabulary)
         _TOKENIZERS[key] = tokenizer
+    elif is_other_partys(_TOKENIZERS[key]):   # the same files, maybe in another run's private copy, since removed
+        moved_other_partys(_TOKENIZERS[key], copy_dir)
     return _TOKENIZERS[key]
 
 

@@ -681,6 +681,16 @@ def mark_other_partys(tokenizer: Any, folder: str | Path, key: str, vocabulary: 
     _OTHER_PARTYS[tokenizer] = (str(folder), key, int(vocabulary))
 
 
+def moved_other_partys(tokenizer: Any, folder: str | Path) -> None:
+    """Point the registered ``tokenizer`` at ``folder``, which holds the files it was loaded from (the
+    same ``key``) at another place: the child reloads from there when it must. A client checks and
+    trains a private copy of each publication, removed after its run; a tokenizer kept for the next run
+    would otherwise name a folder that is gone. Raises KeyError for a tokenizer not registered."""
+    _, key, vocabulary = _OTHER_PARTYS[tokenizer]
+    _OTHER_PARTYS[tokenizer] = (str(folder), key, vocabulary)
+    tokenizer.name_or_path = str(folder)
+
+
 def is_other_partys(tokenizer: Any) -> bool:
     """Whether ``tokenizer`` was registered with :func:`mark_other_partys`."""
     try:

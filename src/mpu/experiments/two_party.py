@@ -101,7 +101,7 @@ def run_mpu(
             reference_model_inbox = first_outbox if reference_model_round == "first" and round_number > 1 else None
             with _timed(timings, "client"):
                 results = unlearn_copies(outbox, forget_rows, retain_rows, method, hparams, training, returns, reference_model_inbox=reference_model_inbox,
-                                         overwrite=True)  # this run's own exchange folder
+                                         overwrite=True, private=False)  # this run's own exchange folder
             if timings is not None:
                 timings["client_train"] += sum(result.seconds for result in results)
                 timings["steps"] += sum(result.steps for result in results)

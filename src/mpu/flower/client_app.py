@@ -131,7 +131,7 @@ def unlearn_message(content: RecordDict, node_config: dict, run_id: int = 0) -> 
             elif kept.is_dir():
                 reference = kept
         results = unlearn_copies(inbox, forget_rows, retain_rows, method, hparams, training, Path(scratch) / "returns",
-                                 reference_model_inbox=reference)
+                                 reference_model_inbox=reference, private=False)  # folders written here, from the message
         owner = {"forget_rows": len(forget_rows), "steps": sum(result.steps for result in results)}
         if floor is not None:
             owner["dp_epsilon"] = floor.check_returns(Path(scratch) / "returns")

@@ -30,11 +30,12 @@ from mpu.checkpoint.files import PARTY_FILE_MODE, check_output, weights_sha256
 from mpu.errors import InputError, MPUError
 from mpu.protocol import PUBLICATION_MANIFEST, CopyEntry, PublicationManifest, RoundKeys, copy_folder
 from mpu.reparam import get_adapter
-from mpu.server.aggregate import AggregateReport, Combination, combined_settings, find_returns, refuse_above_bound, write_combined
+from mpu.server.aggregate import AggregateReport, Combination, combined_settings, refuse_above_bound, write_combined
 from mpu.server.combine import DEFAULT_COMBINE, CombineRule, get_combine
 from mpu.server.init import dtype_from_name
 from mpu.server.noise import alphas_for_round, default_device
 from mpu.server.publish import OUTSIDE_BLOCKS, PublishReport, _clean_warnings, _Job, _rounding_warnings, _write_copies
+from mpu.server.validate import find_returns, received_returns
 from mpu.server.workdir import PublishedRound, ServerState, Workdir
 
 # Each step logs under its own module's name, as it did before the round became an object, so that
@@ -160,25 +161,26 @@ class Round:
             raise MPUError(f"round {state.current_round} has not been published; run `mpu server publish` first")
         round_number = state.current_round
         model = CheckpointReader(self.work.model_path(state))
-        updates = find_returns(returns_dir, published, model)
-        combined, mixed = combined_settings(updates)
-        if mixed and not allow_mixed:
-            raise InputError(returns_dir, "returns were trained with different settings (" + "; ".join(mixed)
-                             + "); combine them only on purpose, with --allow-mixed")
-        for line in mixed:
-            aggregate_log.warning("combining returns trained with different settings: %s", line)
-        secret = self.work.round_secret(round_number, config.fixed_seed, create=False)
-        alphas = alphas_for_round(config, secret)
-        # find_returns gives every published copy, in copy order: weights[k] is updates[k]'s, as alphas[k] is
-        weights = rule.weights(alphas, config.independent_noise)
-        adapter = get_adapter(AutoConfig.from_pretrained(self.work.model_path(state)), config.reparam)
-
         new_rel = f"models/round-{round_number}"
-        with staging_dir(self.work.path / new_rel, replace=True) as stage:
-            combination = Combination(adapter, RoundKeys(secret), weights, config.eta, config.max_update_ratio, self.device)
-            step = write_combined(combination, model, updates, stage, desc=f"aggregate round {round_number}", progress=self.progress)
-            refuse_above_bound(updates, step.above, config.max_update_ratio)  # before the commit: the stage is dropped
-            copy_model_files(self.work.model_path(state), stage)
+        # validate and combine a copy of the returns of our own: the client cannot swap a file after its check
+        with received_returns(returns_dir, self.work.path) as local_returns:
+            updates = find_returns(local_returns, published, model)
+            combined, mixed = combined_settings(updates)
+            if mixed and not allow_mixed:
+                raise InputError(local_returns, "returns were trained with different settings (" + "; ".join(mixed)
+                                 + "); combine them only on purpose, with --allow-mixed")
+            for line in mixed:
+                aggregate_log.warning("combining returns trained with different settings: %s", line)
+            secret = self.work.round_secret(round_number, config.fixed_seed, create=False)
+            alphas = alphas_for_round(config, secret)
+            # find_returns gives every published copy, in copy order: weights[k] is updates[k]'s, as alphas[k] is
+            weights = rule.weights(alphas, config.independent_noise)
+            adapter = get_adapter(AutoConfig.from_pretrained(self.work.model_path(state)), config.reparam)
+            with staging_dir(self.work.path / new_rel, replace=True) as stage:
+                combination = Combination(adapter, RoundKeys(secret), weights, config.eta, config.max_update_ratio, self.device)
+                step = write_combined(combination, model, updates, stage, desc=f"aggregate round {round_number}", progress=self.progress)
+                refuse_above_bound(updates, step.above, config.max_update_ratio)  # before the commit: the stage is dropped
+                copy_model_files(self.work.model_path(state), stage)
 
         state.history.append({
             "round": round_number,

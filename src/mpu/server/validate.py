@@ -21,19 +21,21 @@ streams them, before anything is committed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 from mpu.checkpoint import CheckpointReader, read_json
 from mpu.checkpoint.files import MAX_MANIFEST_BYTES, check_data_folder, checked_path, is_weight_file
+from mpu.checkpoint.received import private_copy
 from mpu.errors import NAME_CHARS, InputError, shown
 from mpu.protocol import LORA_A, LORA_B, UPDATE_MANIFEST, UpdateManifest, lora_names, lora_weight, update_folder_copy_id
-from mpu.server.workdir import PublishedRound
+from mpu.server.workdir import RECEIVED_RETURNS, PublishedRound
 
 
 @dataclass
@@ -80,7 +82,7 @@ def find_returns(returns_dir: str | Path, published: PublishedRound, expected: C
     known = published.copies
     manifests = {}
     for folder in folders:  # every path and manifest checked before any shard is opened
-        check_data_folder(folder, returns_dir, "update folder", lambda name: name == UPDATE_MANIFEST or is_weight_file(name))
+        check_data_folder(folder, returns_dir, "update folder", is_update_file)
         manifest_path = checked_path(returns_dir, (folder / UPDATE_MANIFEST).relative_to(returns_dir), "update manifest")
         manifest = check_manifest(read_json(manifest_path, "update manifest", MAX_MANIFEST_BYTES), manifest_path, published)
         if manifest.copy_id not in known:
@@ -109,6 +111,28 @@ def find_returns(returns_dir: str | Path, published: PublishedRound, expected: C
             raise InputError(update.path / unread[0], "weight file not named in the update's index (every file of a return is read or refused)")
         _check_tensors(update, expected)
     return [updates[copy_id] for copy_id in sorted(updates)]
+
+
+@contextlib.contextmanager
+def received_returns(returns_dir: str | Path, parent: str | Path) -> Iterator[Path]:
+    """A private copy in ``parent`` (the server's work directory) of the returns folder's update
+    folders, each copied after its folder check (:func:`mpu.checkpoint.received.private_copy`), and
+    removed after the block. Validating and combining the copy, the server uses exactly the bytes it
+    checked, whatever the client writes to the returns folder meanwhile; errors still name the returns
+    folder's files. Raises InputError as :func:`find_returns`' folder checks do, and for a file that
+    changed after its check."""
+    returns_dir = Path(returns_dir)
+    if not returns_dir.is_dir():
+        raise InputError(returns_dir, "returns folder not found")
+    files = {folder.relative_to(returns_dir).as_posix(): check_data_folder(folder, returns_dir, "update folder", is_update_file)
+             for folder in _update_folders(returns_dir)}
+    with private_copy(returns_dir, files, parent, RECEIVED_RETURNS) as local:
+        yield local
+
+
+def is_update_file(name: str) -> bool:
+    """A file an update folder may hold: ``update.json``, safetensors shards and their index."""
+    return name == UPDATE_MANIFEST or is_weight_file(name)
 
 
 def _update_folders(returns_dir: Path) -> list[Path]:

@@ -1,0 +1,134 @@
+"""Private copies of the files the other party sent, taken before they are checked.
+
+The checks on received files (:func:`mpu.checkpoint.files.check_data_folder`, the manifests, the
+checksums, the weights) and the loads that follow them read the files by path, one after the other. If
+the other party can still write the folder (a shared mount, a sync client), it can swap a file between
+the check and the load: NaN weights, a config or a link in place of a checked one. Each side therefore
+copies what it received into a folder of its own first (:func:`private_copy`), through descriptors that
+never follow a link, and checks and loads only that copy: what is checked is what is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import stat
+from pathlib import Path
+from typing import Iterator, Mapping
+
+from mpu.checkpoint.files import PARTY_FILE_MODE
+from mpu.errors import InputError
+
+_CHUNK_BYTES = 8 << 20
+_NO_FOLLOW = os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+
+
+@contextlib.contextmanager
+def private_copy(root: str | Path, files: Mapping[str, list[str]], parent: str | Path, label: str) -> Iterator[Path]:
+    """Copy the received ``files`` of ``root`` into a new folder of the receiver's and yield it; remove it after.
+
+    ``files`` maps a folder relative to ``root`` (POSIX, ``""`` for ``root`` itself) to the names of its
+    files to copy, as a check such as :func:`mpu.checkpoint.files.check_data_folder` listed them. Each
+    folder below ``root`` is opened component by component and each file through one descriptor, none
+    following a symbolic link; through the descriptor a file must be a regular file with one link, and
+    exactly the bytes its size stated at opening are copied (a file that shrinks while it is copied is
+    refused; bytes appended meanwhile are left out). The copy is made in ``parent`` (created if needed) as
+    a hidden folder named after ``label``, mode 0700, its files 0600, and removed when the block ends,
+    on error and Ctrl-C too. Within the block an :class:`mpu.errors.InputError` that names a path of the
+    copy names the same path of ``root`` instead (:func:`errors_name`), so every message still points at
+    the other party's file.
+
+    Raises InputError naming the received file: not openable without following a link, a link, not a
+    regular file, a hard link, or changed while copied. Costs the disk space and the time of one copy.
+    """
+    root = Path(root)
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    local = parent / f"{_prefix(label)}{secrets.token_hex(4)}"
+    local.mkdir(mode=0o700)
+    try:
+        for folder, names in files.items():
+            _copy_folder(root, folder, names, local)
+        with errors_name(local, root):
+            yield local
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+
+
+def leftover_copies(parent: str | Path, label: str) -> list[Path]:
+    """The folders :func:`private_copy` made in ``parent`` under ``label`` and has not removed yet: those
+    of a run killed before its clean-up (or of one still running)."""
+    return sorted(Path(parent).glob(f"{_prefix(label)}*"))
+
+
+def _prefix(label: str) -> str:
+    return f".{label}.received-"
+
+
+@contextlib.contextmanager
+def errors_name(local: Path, source: Path) -> Iterator[None]:
+    """Within the block, an :class:`InputError` naming a path under ``local`` (its path or its reason)
+    is raised again naming the same path under ``source``."""
+    try:
+        yield
+    except InputError as err:
+        if str(local) not in err.path and str(local) not in err.reason:
+            raise
+        raise InputError(err.path.replace(str(local), str(source)), err.reason.replace(str(local), str(source))) from err.__cause__
+
+
+def _copy_folder(root: Path, folder: str, names: list[str], local: Path) -> None:
+    parts = [part for part in folder.split("/") if part not in ("", ".")]
+    source = root.joinpath(*parts)
+    target = local.joinpath(*parts)
+    target.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder_fd = _open_folder(root, parts)
+    try:
+        for name in names:
+            _copy_file(folder_fd, source / name, target / name)
+    finally:
+        os.close(folder_fd)
+
+
+def _open_folder(root: Path, parts: list[str]) -> int:
+    """A descriptor of ``root/parts...``, each component below ``root`` opened without following a link."""
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as err:
+        raise InputError(root, f"cannot be opened as a folder ({err.strerror or err})") from None
+    path = root
+    for part in parts:
+        path = path / part
+        try:
+            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | _NO_FOLLOW, dir_fd=fd)
+        except OSError as err:
+            raise InputError(path, f"is no longer a folder of its own ({err.strerror or err}): it changed after it was checked") from None
+        finally:
+            os.close(fd)
+        fd = child
+    return fd
+
+
+def _copy_file(folder_fd: int, source: Path, target: Path) -> None:
+    try:
+        fd = os.open(source.name, os.O_RDONLY | _NO_FOLLOW, dir_fd=folder_fd)
+    except OSError as err:
+        raise InputError(source, f"cannot be opened without following a link ({err.strerror or err}): "
+                                 "it changed after it was checked") from None
+    with os.fdopen(fd, "rb") as reader:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise InputError(source, "is no longer a regular file: it changed after it was checked")
+        if info.st_nlink != 1:
+            raise InputError(source, f"is a hard link ({info.st_nlink} names for one file): it changed after it was checked")
+        remaining = info.st_size
+        with open(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PARTY_FILE_MODE), "wb") as writer:
+            while remaining:
+                chunk = reader.read(min(remaining, _CHUNK_BYTES))
+                if not chunk:
+                    raise InputError(source, f"became shorter while it was copied ({info.st_size - remaining} of "
+                                             f"{info.st_size} bytes): the other party is still writing it")
+                writer.write(chunk)
+                remaining -= len(chunk)

@@ -1,0 +1,82 @@
+"""The server validates and combines a private copy of the returns: what the client writes to the returns
+folder after the checks (an update a million times larger, a link) never reaches the combination, and
+the copy is gone after the aggregate, or after a refusal."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from mpu.checkpoint import CheckpointReader
+from mpu.checkpoint.received import leftover_copies
+from mpu.errors import InputError
+from mpu.server import round as round_module
+from mpu.server.aggregate import aggregate
+from mpu.server.config import ServerConfig
+from mpu.server.init import init_server
+from mpu.server.publish import publish
+from mpu.server.workdir import RECEIVED_RETURNS, Workdir
+from tests.conftest import tree_snapshot
+from tests.server.stand_in_client import write_returns
+
+
+def published(root, tiny_model_dir):
+    init_server(root / "server", str(tiny_model_dir), None, ServerConfig(copies=2, kappa=0.01, fixed_seed=2), progress=False)
+    publish(root / "server", root / "outbox", progress=False)
+    write_returns(root / "outbox", root / "returns", lambda name, w: -0.01 * w)
+    return root
+
+
+def enlarge(update_dir):
+    """What a client that can still write its returns does once the server has checked them."""
+    path = update_dir / "model.safetensors"
+    tensors = load_file(str(path))
+    save_file({name: tensor * 1e6 for name, tensor in tensors.items()}, str(path), metadata={"format": "pt"})
+
+
+def model_after(root):
+    reader = CheckpointReader(Workdir(root / "server").model_path(Workdir(root / "server").load()))
+    return {name: reader.get(name) for name in reader.names()}
+
+
+def test_returns_changed_after_the_checks_never_reach_the_combination(tmp_path, tiny_model_dir, monkeypatch):
+    clean = published(tmp_path / "clean", tiny_model_dir)
+    aggregate(clean / "server", clean / "returns", progress=False)
+    swapped = published(tmp_path / "swapped", tiny_model_dir)
+    find_returns = round_module.find_returns
+    checked = []
+
+    def find_then_enlarge(returns_dir, *args):
+        updates = find_returns(returns_dir, *args)
+        checked.append(returns_dir)
+        enlarge(swapped / "returns" / "update-1")
+        return updates
+
+    monkeypatch.setattr(round_module, "find_returns", find_then_enlarge)
+    aggregate(swapped / "server", swapped / "returns", progress=False)   # the poisoning bound would refuse the enlarged one
+
+    assert checked and checked[0] != swapped / "returns" and checked[0].parent == swapped / "server"
+    expected, combined = model_after(clean), model_after(swapped)
+    assert all((combined[name] == expected[name]).all() for name in expected)
+    assert leftover_copies(swapped / "server", RECEIVED_RETURNS) == []
+
+
+def test_a_refused_return_names_the_returns_file_and_leaves_the_work_directory_as_it_was(tmp_path, tiny_model_dir):
+    root = published(tmp_path, tiny_model_dir)
+    enlarge(root / "returns" / "update-2")
+    before = tree_snapshot(root / "server")
+    with pytest.raises(InputError, match="by more than the bound") as err:
+        aggregate(root / "server", root / "returns", progress=False)
+    assert err.value.path == str(root / "returns" / "update-2")
+    assert ".received-" not in str(err.value)
+    assert tree_snapshot(root / "server") == before
+
+
+def test_a_copy_left_by_a_killed_aggregate_is_removed_by_the_next(tmp_path, tiny_model_dir):
+    root = published(tmp_path, tiny_model_dir)
+    left = root / "server" / f".{RECEIVED_RETURNS}.received-0123abcd"
+    shutil.copytree(root / "returns", left)
+    aggregate(root / "server", root / "returns", progress=False)
+    assert not left.exists()
