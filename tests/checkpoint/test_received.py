@@ -87,19 +87,55 @@ def test_a_file_changed_after_its_check_is_refused_naming_it(received, tmp_path,
     assert list((tmp_path / "work").iterdir()) == []
 
 
+def _larger(real):
+    def larger(*args, **kwargs):   # the size as one of the calls sees it: 100 bytes more than the file holds
+        info = real(*args, **kwargs)
+        return os.stat_result((info.st_mode, *info[1:6], info.st_size + 100, *info[7:])) if stat.S_ISREG(info.st_mode) else info
+    return larger
+
+
+def test_a_file_whose_size_changed_since_the_size_check_is_refused(received, tmp_path, monkeypatch):
+    import mpu.checkpoint.received as module
+
+    monkeypatch.setattr(module.os, "fstat", _larger(os.fstat))   # grown after the bounds were checked
+    with pytest.raises(InputError, match="when its size was checked: it changed after it was checked"):
+        with private_copy(received, FILES, tmp_path / "work", "mpu-inbox"):
+            pytest.fail("the block ran on a changed file")
+
+
 def test_a_file_that_shrinks_while_it_is_copied_is_refused(received, tmp_path, monkeypatch):
     import mpu.checkpoint.received as module
 
-    real_fstat = os.fstat
-
-    def larger(fd):   # the size the file had when opened; it is shorter by the time it is read
-        info = real_fstat(fd)
-        return os.stat_result((info.st_mode, *info[1:6], info.st_size + 100, *info[7:])) if stat.S_ISREG(info.st_mode) else info
-
-    monkeypatch.setattr(module.os, "fstat", larger)
+    monkeypatch.setattr(module.os, "fstat", _larger(os.fstat))
+    monkeypatch.setattr(module.os, "lstat", _larger(os.lstat))
     with pytest.raises(InputError, match="became shorter while it was copied"):
         with private_copy(received, FILES, tmp_path / "work", "mpu-inbox"):
-            pass
+            pytest.fail("the block ran on a changed file")
+    assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_a_copy_that_cannot_be_written_is_an_error_not_a_traceback(received, tmp_path, monkeypatch):
+    import mpu.checkpoint.received as module
+    from mpu.errors import MPUError
+
+    class Full:   # a file on a disk that filled up after the free space was checked
+        def __init__(self, fd, mode):
+            self.file = open(fd, mode)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(module, "open", Full, raising=False)
+    with pytest.raises(MPUError, match="cannot write the private copy .*No space left on device"):
+        with private_copy(received, FILES, tmp_path / "work", "mpu-inbox"):
+            pytest.fail("the block ran on a partial copy")
+    assert list((tmp_path / "work").iterdir()) == []
 
 
 def test_errors_in_the_block_name_the_received_file(received, tmp_path):

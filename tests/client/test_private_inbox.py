@@ -61,9 +61,10 @@ def test_files_changed_after_the_checks_never_reach_the_training(outbox, tmp_pat
     checked = []
 
     def verify_then_poison(publication, copies):
-        verify(publication, copies)
+        shapes = verify(publication, copies)
         checked.append(publication.inbox)
         poison(inbox, tmp_path)
+        return shapes
 
     monkeypatch.setattr(inbox_module.Publication, "verify", verify_then_poison)
     results = unlearn_copies(inbox, rows, None, "GradAscent", {}, training_options(TRAINING), tmp_path / "swapped" / "returns")
@@ -97,3 +98,27 @@ def test_a_tokenizer_kept_from_an_earlier_run_loads_from_the_current_copy(outbox
     results = unlearn_copies(outbox, load_qa_rows(retain_file), None, "GradAscent", {}, training_options(TRAINING), tmp_path / "second",
                              copy_ids=[1])
     assert [result.copy_id for result in results] == [1]
+
+
+def test_a_publication_larger_than_the_free_space_is_refused_before_anything_is_copied(outbox, tmp_path, forget_file, monkeypatch):
+    import mpu.checkpoint.received as received
+
+    inbox = tmp_path / "inbox"
+    shutil.copytree(outbox, inbox)
+    with open(sorted((inbox / "copy-2").glob("*.safetensors"))[0], "r+b") as sparse:
+        sparse.truncate(1 << 40)   # a terabyte that takes no disk: the private copy would write every byte
+    monkeypatch.setattr(received.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**11, 10**11))
+    with pytest.raises(InputError, match=r"take 1,099.5\d+ GB, and .* has 100.000 GB free") as err:
+        unlearn_copies(inbox, load_qa_rows(forget_file), None, "GradAscent", {}, training_options(TRAINING), tmp_path / "returns")
+    assert err.value.path == str(inbox)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["forget.jsonl", "inbox"]
+
+
+def test_a_model_larger_than_the_memory_is_refused_before_any_copy_loads(outbox, tmp_path, forget_file, monkeypatch):
+    from mpu.client import unlearn
+
+    monkeypatch.setattr(unlearn, "physical_memory_bytes", lambda: 10_000)
+    with pytest.raises(InputError, match=r"has [\d,]+ parameters: its float32 weights alone take [\d,]+ bytes, more than this machine's 10,000 bytes") as err:
+        unlearn_copies(outbox, load_qa_rows(forget_file), None, "GradAscent", {}, training_options(TRAINING), tmp_path / "returns")
+    assert err.value.path == str(outbox / "copy-1" / "config.json")
+    assert not (tmp_path / "returns").exists()

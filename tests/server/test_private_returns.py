@@ -80,3 +80,26 @@ def test_a_copy_left_by_a_killed_aggregate_is_removed_by_the_next(tmp_path, tiny
     shutil.copytree(root / "returns", left)
     aggregate(root / "server", root / "returns", progress=False)
     assert not left.exists()
+
+
+def test_returns_larger_than_an_update_can_be_are_refused_before_anything_is_copied(tmp_path, tiny_model_dir):
+    root = published(tmp_path, tiny_model_dir)
+    with open(root / "returns" / "update-1" / "model-00002-of-00002.safetensors", "wb") as sparse:
+        sparse.truncate(1 << 40)   # a terabyte that takes no disk: a copy would write every byte
+    before = tree_snapshot(root / "server")
+    with pytest.raises(InputError, match="more than the .* it may hold .twice the model's float32 size") as err:
+        aggregate(root / "server", root / "returns", progress=False)
+    assert err.value.path == str(root / "returns" / "update-1")
+    assert tree_snapshot(root / "server") == before
+
+
+def test_returns_larger_than_the_free_space_are_refused_before_anything_is_copied(tmp_path, tiny_model_dir, monkeypatch):
+    import mpu.checkpoint.received as received
+
+    root = published(tmp_path, tiny_model_dir)
+    monkeypatch.setattr(received.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 1000, 1000))
+    before = tree_snapshot(root / "server")
+    with pytest.raises(InputError, match="has 1,000 bytes free") as err:
+        aggregate(root / "server", root / "returns", progress=False)
+    assert err.value.path == str(root / "returns")
+    assert tree_snapshot(root / "server") == before

@@ -19,38 +19,47 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 from mpu.checkpoint.files import PARTY_FILE_MODE
-from mpu.errors import InputError
+from mpu.errors import InputError, MPUError
 
 _CHUNK_BYTES = 8 << 20
 _NO_FOLLOW = os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
 
 @contextlib.contextmanager
-def private_copy(root: str | Path, files: Mapping[str, list[str]], parent: str | Path, label: str) -> Iterator[Path]:
+def private_copy(root: str | Path, files: Mapping[str, list[str]], parent: str | Path, label: str, *,
+                 max_folder_bytes: int | None = None, bound: str = "") -> Iterator[Path]:
     """Copy the received ``files`` of ``root`` into a new folder of the receiver's and yield it; remove it after.
 
     ``files`` maps a folder relative to ``root`` (POSIX, ``""`` for ``root`` itself) to the names of its
     files to copy, as a check such as :func:`mpu.checkpoint.files.check_data_folder` listed them. Each
     folder below ``root`` is opened component by component and each file through one descriptor, none
-    following a symbolic link; through the descriptor a file must be a regular file with one link, and
-    exactly the bytes its size stated at opening are copied (a file that shrinks while it is copied is
-    refused; bytes appended meanwhile are left out). The copy is made in ``parent`` (created if needed) as
+    following a symbolic link; through the descriptor a file must be a regular file with one link, of
+    the size it had when the sizes were checked (below), and exactly those bytes are copied (a file that
+    shrinks while it is copied is refused; bytes appended meanwhile are left out). The copy is made in ``parent`` (created if needed) as
     a hidden folder named after ``label``, mode 0700, its files 0600, and removed when the block ends,
     on error and Ctrl-C too. Within the block an :class:`mpu.errors.InputError` that names a path of the
     copy names the same path of ``root`` instead (:func:`errors_name`), so every message still points at
     the other party's file.
 
+    Before anything is copied, the files' sizes are added up (a sparse file counts its full size: the
+    copy writes every byte): a folder above ``max_folder_bytes`` (``bound`` says where that bound comes
+    from) and a total above the free space of ``parent``'s file system are refused, so the other party
+    cannot fill the receiver's disk.
+
     Raises InputError naming the received file: not openable without following a link, a link, not a
-    regular file, a hard link, or changed while copied. Costs the disk space and the time of one copy.
+    regular file, a hard link, or changed while copied; naming the folder or ``root`` for the sizes.
+    Raises MPUError when the copy cannot be written (the disk filled up meanwhile). Costs the disk
+    space and the time of one copy.
     """
     root = Path(root)
     parent = Path(parent)
     parent.mkdir(parents=True, exist_ok=True)
+    sizes = _check_sizes(root, files, parent, max_folder_bytes, bound)
     local = parent / f"{_prefix(label)}{secrets.token_hex(4)}"
     local.mkdir(mode=0o700)
     try:
         for folder, names in files.items():
-            _copy_folder(root, folder, names, local)
+            _copy_folder(root, folder, names, local, sizes)
         with errors_name(local, root):
             yield local
     finally:
@@ -79,15 +88,47 @@ def errors_name(local: Path, source: Path) -> Iterator[None]:
         raise InputError(err.path.replace(str(local), str(source)), err.reason.replace(str(local), str(source))) from err.__cause__
 
 
-def _copy_folder(root: Path, folder: str, names: list[str], local: Path) -> None:
-    parts = [part for part in folder.split("/") if part not in ("", ".")]
+def _check_sizes(root: Path, files: Mapping[str, list[str]], parent: Path, max_folder_bytes: int | None,
+                 bound: str) -> dict[Path, int]:
+    """Each file's size by its path under ``root``, after the bounds on them (see :func:`private_copy`)."""
+    sizes: dict[Path, int] = {}
+    total = 0
+    for folder, names in files.items():
+        source = root.joinpath(*_parts(folder))
+        try:
+            for name in names:
+                sizes[source / name] = os.lstat(source / name).st_size
+        except OSError as err:
+            raise InputError(source, f"cannot be read ({err.strerror or err}): it changed after it was checked") from None
+        size = sum(sizes[source / name] for name in names)
+        if max_folder_bytes is not None and size > max_folder_bytes:
+            raise InputError(source, f"holds {shown_bytes(size)} of files, more than the {shown_bytes(max_folder_bytes)} it may hold ({bound})")
+        total += size
+    free = shutil.disk_usage(parent).free
+    if total > free:
+        raise InputError(root, f"the files to check and use take {shown_bytes(total)}, and {parent} has {shown_bytes(free)} free: "
+                               "free some space (or receive fewer copies) and run again")
+    return sizes
+
+
+def _parts(folder: str) -> list[str]:
+    return [part for part in folder.split("/") if part not in ("", ".")]
+
+
+def shown_bytes(size: int) -> str:
+    """A size for a message: ``1,099.512 GB`` from a megabyte up, ``1,000 bytes`` below."""
+    return f"{size / 1e9:,.3f} GB" if size >= 1e6 else f"{size:,} bytes"
+
+
+def _copy_folder(root: Path, folder: str, names: list[str], local: Path, sizes: dict[Path, int]) -> None:
+    parts = _parts(folder)
     source = root.joinpath(*parts)
     target = local.joinpath(*parts)
     target.mkdir(mode=0o700, parents=True, exist_ok=True)
     folder_fd = _open_folder(root, parts)
     try:
         for name in names:
-            _copy_file(folder_fd, source / name, target / name)
+            _copy_file(folder_fd, source / name, target / name, sizes[source / name])
     finally:
         os.close(folder_fd)
 
@@ -111,7 +152,7 @@ def _open_folder(root: Path, parts: list[str]) -> int:
     return fd
 
 
-def _copy_file(folder_fd: int, source: Path, target: Path) -> None:
+def _copy_file(folder_fd: int, source: Path, target: Path, size: int) -> None:
     try:
         fd = os.open(source.name, os.O_RDONLY | _NO_FOLLOW, dir_fd=folder_fd)
     except OSError as err:
@@ -123,12 +164,24 @@ def _copy_file(folder_fd: int, source: Path, target: Path) -> None:
             raise InputError(source, "is no longer a regular file: it changed after it was checked")
         if info.st_nlink != 1:
             raise InputError(source, f"is a hard link ({info.st_nlink} names for one file): it changed after it was checked")
-        remaining = info.st_size
-        with open(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PARTY_FILE_MODE), "wb") as writer:
+        if info.st_size != size:   # the sizes were bounded before the copy began: a file grown since escapes the bound
+            raise InputError(source, f"is {info.st_size:,} bytes, {size:,} when its size was checked: it changed after it was checked")
+        try:
+            writer = open(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PARTY_FILE_MODE), "wb")
+        except OSError as err:
+            raise MPUError(f"cannot write the private copy {target} ({err.strerror or err})") from None
+        with writer:
+            remaining = size
             while remaining:
-                chunk = reader.read(min(remaining, _CHUNK_BYTES))
+                try:
+                    chunk = reader.read(min(remaining, _CHUNK_BYTES))
+                except OSError as err:
+                    raise InputError(source, f"cannot be read ({err.strerror or err})") from None
                 if not chunk:
-                    raise InputError(source, f"became shorter while it was copied ({info.st_size - remaining} of "
-                                             f"{info.st_size} bytes): the other party is still writing it")
-                writer.write(chunk)
+                    raise InputError(source, f"became shorter while it was copied ({size - remaining:,} of "
+                                             f"{size:,} bytes): the other party is still writing it")
+                try:
+                    writer.write(chunk)
+                except OSError as err:   # the disk filled up since the free space was checked
+                    raise MPUError(f"cannot write the private copy {target} ({err.strerror or err})") from None
                 remaining -= len(chunk)

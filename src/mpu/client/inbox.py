@@ -389,10 +389,11 @@ class Publication:
     copies: list[PublishedCopy]
     manifest: PublicationManifest
 
-    def verify(self, copies: list[PublishedCopy]) -> None:
+    def verify(self, copies: list[PublishedCopy]) -> dict[str, tuple[int, ...]]:
         """:meth:`PublishedCopy.verify` for each of ``copies``, and that they share one set of tensor
         names and shapes (the server perturbs one model m times; a copy of another architecture
-        would make its update unusable). Raises InputError naming the copy that differs."""
+        would make its update unusable). Returns those shapes by tensor name (empty for no copies).
+        Raises InputError naming the copy that differs."""
         first: tuple[PublishedCopy, dict] | None = None
         for copy in copies:
             shapes = copy.verify()
@@ -402,6 +403,7 @@ class Publication:
                 differing = sorted(set(shapes) ^ set(first[1])) or sorted(n for n in shapes if shapes[n] != first[1][n])
                 raise InputError(copy.path, f"copy {copy.id} does not have the tensors (names, shapes) of copy {first[0].id} "
                                             f"(first difference: {differing[0]})")
+        return {} if first is None else first[1]
 
     @contextlib.contextmanager
     def received(self, copies: list[PublishedCopy], parent: str | Path) -> Iterator["Publication"]:

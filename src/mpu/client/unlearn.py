@@ -21,7 +21,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from mpu.checkpoint import read_json
-from mpu.checkpoint.files import MAX_MANIFEST_BYTES, check_output
+from mpu.checkpoint.files import CONFIG, MAX_MANIFEST_BYTES, check_output
+from mpu.checkpoint.received import shown_bytes
 from mpu.client.inbox import Publication, PublishedCopy, read_publication
 from mpu.client.update import loss_summary, write_dense_update, write_lora_update
 from mpu.data.isolated import first_line, is_other_partys, load_other_partys, moved_other_partys
@@ -100,7 +101,8 @@ def unlearn_publication(inbox: str | Path, job: UnlearnJob, out_dir: str | Path,
             todo = publication.select(ids)
             if references is not None:
                 references = received.enter_context(references.received(references.select(ids), out_dir.parent))
-        publication.verify(todo)  # all checks before the first copy is loaded
+        shapes = publication.verify(todo)  # all checks before the first copy is loaded
+        check_memory(todo[0], shapes, references is not None and _uses_reference(job))
         for copy in todo:
             if references is not None:
                 _reference_copy(references, copy).verify()
@@ -312,6 +314,31 @@ def check_model(copy: PublishedCopy, probe: dict[str, torch.Tensor] | None, refe
     if not torch.isfinite(logits).all():
         raise InputError(where, f"reference copy {copy.id}: its model gives non-finite logits on the run's rows "
                                 "(config.json or the weights overflow); refusing it")
+
+
+def physical_memory_bytes() -> int | None:
+    """This machine's physical memory in bytes (``sysconf``), None where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(copy: PublishedCopy, shapes: dict[str, tuple[int, ...]], with_reference: bool) -> None:
+    """Refuse a publication whose model cannot even be loaded here: its float32 weights (4 bytes per
+    parameter, as the client loads every copy; twice that when the method loads the copy's reference
+    model too) take more than this machine's physical memory. A lower bound of what training needs
+    (the gradients and the optimizer's moments come on top), so it refuses no model that could train:
+    it turns the kill by the out-of-memory killer, minutes into the run, into a message before any copy
+    loads. Raises InputError naming the copy's config.json."""
+    memory = physical_memory_bytes()
+    parameters = sum(math.prod(shape) for shape in shapes.values())
+    needed = 4 * parameters * (2 if with_reference else 1)
+    if memory is not None and needed > memory:
+        raise InputError(copy.path / CONFIG,
+                         f"the published model has {parameters:,} parameters: its float32 weights"
+                         f"{' and its reference model' if with_reference else ''} alone take {shown_bytes(needed)}, "
+                         f"more than this machine's {shown_bytes(memory)} of memory; train it on a larger machine")
 
 
 def _load_model(copy_dir: Path) -> torch.nn.Module:

@@ -31,7 +31,7 @@ from typing import Any, Iterator
 import torch
 
 from mpu.checkpoint import CheckpointReader, read_json
-from mpu.checkpoint.files import MAX_MANIFEST_BYTES, check_data_folder, checked_path, is_weight_file
+from mpu.checkpoint.files import MAX_MANIFEST_BYTES, MAX_MODEL_FILE_BYTES, check_data_folder, checked_path, is_weight_file
 from mpu.checkpoint.received import private_copy
 from mpu.errors import NAME_CHARS, InputError, shown
 from mpu.protocol import LORA_A, LORA_B, UPDATE_MANIFEST, UpdateManifest, lora_names, lora_weight, update_folder_copy_id
@@ -113,20 +113,30 @@ def find_returns(returns_dir: str | Path, published: PublishedRound, expected: C
     return [updates[copy_id] for copy_id in sorted(updates)]
 
 
+def max_update_bytes(model: CheckpointReader) -> int:
+    """The most bytes an update folder of ``model`` may hold: its dense Delta' in float32 is 4 bytes per
+    parameter, LoRA factors of any rank up to min(out, in) at most twice that; plus MAX_MODEL_FILE_BYTES
+    for the manifest, the index and the headers."""
+    return 2 * 4 * model.numel() + MAX_MODEL_FILE_BYTES
+
+
 @contextlib.contextmanager
-def received_returns(returns_dir: str | Path, parent: str | Path) -> Iterator[Path]:
+def received_returns(returns_dir: str | Path, parent: str | Path, model: CheckpointReader) -> Iterator[Path]:
     """A private copy in ``parent`` (the server's work directory) of the returns folder's update
     folders, each copied after its folder check (:func:`mpu.checkpoint.received.private_copy`), and
     removed after the block. Validating and combining the copy, the server uses exactly the bytes it
     checked, whatever the client writes to the returns folder meanwhile; errors still name the returns
-    folder's files. Raises InputError as :func:`find_returns`' folder checks do, and for a file that
-    changed after its check."""
+    folder's files. ``model``: the current model, which bounds an update folder's size
+    (:func:`max_update_bytes`) before anything is copied. Raises InputError as :func:`find_returns`'
+    folder checks do, for a file that changed after its check, for an update folder above that bound,
+    and for returns larger than the free space of ``parent``."""
     returns_dir = Path(returns_dir)
     if not returns_dir.is_dir():
         raise InputError(returns_dir, "returns folder not found")
     files = {folder.relative_to(returns_dir).as_posix(): check_data_folder(folder, returns_dir, "update folder", is_update_file)
              for folder in _update_folders(returns_dir)}
-    with private_copy(returns_dir, files, parent, RECEIVED_RETURNS) as local:
+    with private_copy(returns_dir, files, parent, RECEIVED_RETURNS, max_folder_bytes=max_update_bytes(model),
+                      bound="twice the model's float32 size, plus the manifest") as local:
         yield local
 
 
