@@ -236,3 +236,25 @@ def test_mpu_run_prints_the_hint_for_the_default_learning_rate(tmp_path, tiny_mo
     assert main(["run", "--model", str(tiny_model_dir), "--forget", str(forget_file), "--method", "GradAscent",
                  "--max-steps", "1", "--copies", "2", "--no-progress-bar", "--out", str(tmp_path / "u")]) == 0
     assert "hint: learning rate 1e-05" in capsys.readouterr().err
+
+
+def test_an_inbox_changed_after_the_run_costs_the_hint_not_the_updates(one_round, tmp_path, capsys, monkeypatch):
+    """The run checks and trains a private copy; the hint reads the inbox again after it. A manifest the
+    server rewrote meanwhile leaves the hint out and the run a success."""
+    from mpu.client import unlearn
+
+    outbox, forget = _next_publication(one_round, tmp_path)
+    real = unlearn.unlearn_publication
+
+    def then_rewrite(inbox, *args, **kwargs):
+        results = real(inbox, *args, **kwargs)
+        (Path(inbox) / "manifest.json").write_text("{not json")
+        return results
+
+    monkeypatch.setattr(unlearn, "unlearn_publication", then_rewrite)
+    capsys.readouterr()
+    assert main(["client", "unlearn", "--inbox", str(outbox), "--forget", str(forget), "--method", "GradAscent",
+                 "--max-steps", "1", "--copy", "1", "--no-progress-bar", "--out", str(tmp_path / "r3")]) == 0
+    captured = capsys.readouterr()
+    assert "1 update(s) in" in captured.out and "hint:" not in captured.err
+    assert (tmp_path / "r3" / "update-1" / "update.json").is_file()

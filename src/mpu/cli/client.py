@@ -74,6 +74,7 @@ def _unlearn(args) -> int:
     from mpu.client.inbox import read_publication
     from mpu.client.unlearn import is_main_process, unlearn_publication
     from mpu.data.qa import load_qa_rows
+    from mpu.errors import MPUError
     from mpu.methods import UnlearnJob, options_from_args
     from mpu.quiet import escape_library_output
 
@@ -97,8 +98,11 @@ def _unlearn(args) -> int:
           f"(mpu server aggregate --returns {args.out})")
     # After the run, not before: a failure elsewhere gets its own message without this one in front of it.
     # the copy that was verified and trained, by the manifest, not whatever else the inbox holds
-    trained_dirs = [copy.path for copy in read_publication(args.inbox).copies if trained and copy.id == trained[0].copy_id]
-    hint = learning_rate_hint(trained_dirs[0], training.learning_rate) if trained_dirs else None
+    try:
+        trained_dirs = [copy.path for copy in read_publication(args.inbox).copies if trained and copy.id == trained[0].copy_id]
+        hint = learning_rate_hint(trained_dirs[0], training.learning_rate) if trained_dirs else None
+    except MPUError:   # the server changed the inbox since the run (which used its private copy): no hint, the updates stand
+        hint = None
     if hint:
         print(hint, file=sys.stderr)
     return 0
