@@ -27,8 +27,8 @@ FILES = {"": ["manifest.json"], "copy-1": ["config.json", "model.safetensors"]}
 
 def test_the_copy_holds_the_checked_files_privately_and_is_removed_after(received, tmp_path):
     with private_copy(received, FILES, tmp_path / "work", "mpu-inbox") as local:
-        assert leftover_copies(tmp_path / "work", "mpu-inbox") == [local]
-        assert local.parent == tmp_path / "work" and local.name.startswith(".mpu-inbox.received-")
+        assert leftover_copies(tmp_path / "work", "mpu-inbox") == []   # this process's: not left over
+        assert local.parent == tmp_path / "work" and local.name.startswith(f".mpu-inbox.received-{os.getpid()}-")
         for folder, names in FILES.items():
             for name in names:
                 assert (local / folder / name).read_bytes() == (received / folder / name).read_bytes()
@@ -114,7 +114,8 @@ def test_a_file_that_shrinks_while_it_is_copied_is_refused(received, tmp_path, m
     assert list((tmp_path / "work").iterdir()) == []
 
 
-def test_a_copy_that_cannot_be_written_is_an_error_not_a_traceback(received, tmp_path, monkeypatch):
+@pytest.mark.parametrize("on_close", [False, True], ids=["on-write", "on-close"])
+def test_a_copy_that_cannot_be_written_is_an_error_not_a_traceback(received, tmp_path, monkeypatch, on_close):
     import mpu.checkpoint.received as module
     from mpu.errors import MPUError
 
@@ -127,21 +128,88 @@ def test_a_copy_that_cannot_be_written_is_an_error_not_a_traceback(received, tmp
 
         def __exit__(self, *exc):
             self.file.close()
+            if on_close:
+                raise OSError(28, "No space left on device")
 
         def write(self, data):
-            raise OSError(28, "No space left on device")
+            if not on_close:
+                raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(module, "open", Full, raising=False)
-    with pytest.raises(MPUError, match="cannot write the private copy .*No space left on device"):
+    with pytest.raises(MPUError, match="cannot write the private copy in .*No space left on device"):
         with private_copy(received, FILES, tmp_path / "work", "mpu-inbox"):
             pytest.fail("the block ran on a partial copy")
     assert list((tmp_path / "work").iterdir()) == []
 
 
 def test_errors_in_the_block_name_the_received_file(received, tmp_path):
+    from mpu.errors import MPUError
+
     with pytest.raises(InputError) as err:
         with private_copy(received, FILES, tmp_path / "work", "mpu-inbox") as local:
             raise InputError(local / "copy-1" / "config.json", f"bad value (also in {local / 'manifest.json'})")
     assert err.value.path == str(received / "copy-1" / "config.json")
     assert err.value.reason == f"bad value (also in {received / 'manifest.json'})"
     assert ".received-" not in str(err.value)
+    with pytest.raises(MPUError) as err:
+        with private_copy(received, FILES, tmp_path / "work", "mpu-inbox") as local:
+            raise MPUError(f"{local / 'copy-1' / 'tokenizer.json'}: the tokenizer fails")
+    assert str(err.value) == f"{received / 'copy-1' / 'tokenizer.json'}: the tokenizer fails"
+
+
+@pytest.mark.parametrize("mode", [0o770, 0o707, 0o777])
+def test_a_folder_for_private_copies_that_others_can_write_is_refused(received, tmp_path, mode):
+    """In a folder the other party can write (the folder shared with it), it could rename the checked
+    copy away and put its own files in its place."""
+    from mpu.errors import MPUError
+
+    (tmp_path / "shared").mkdir()
+    os.chmod(tmp_path / "shared", mode)
+    with pytest.raises(MPUError, match="writable by no one else"):
+        with private_copy(received, FILES, tmp_path / "shared", "mpu-inbox"):
+            pytest.fail("copied into a folder others can write")
+    assert list((tmp_path / "shared").iterdir()) == []
+
+
+def test_a_folder_for_private_copies_that_is_a_link_is_refused(received, tmp_path):
+    from mpu.errors import MPUError
+
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    (tmp_path / "work").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(MPUError, match="symbolic link or not a folder"):
+        with private_copy(received, FILES, tmp_path / "work", "mpu-inbox"):
+            pytest.fail("copied through a link")
+
+
+def test_a_folder_outside_the_received_root_is_a_callers_error(received, tmp_path):
+    for folder in ("../secret", "/etc", "copy-1/../../x"):
+        with pytest.raises(ValueError, match="no folder inside the received root"):
+            with private_copy(received, {folder: ["key"]}, tmp_path / "work", "mpu-inbox"):
+                pytest.fail("copied from outside the root")
+    assert not (tmp_path / "work").exists()
+
+
+def test_a_folder_above_its_bound_is_refused_before_anything_is_copied(received, tmp_path):
+    with pytest.raises(InputError, match=r"holds 2[5-6].\d+ MB|holds [\d.,]+ GB of files, more than the 1,000 bytes it may hold \(the bound\)") as err:
+        with private_copy(received, FILES, tmp_path / "work", "mpu-inbox", max_folder_bytes=1000, bound="the bound"):
+            pytest.fail("copied past the bound")
+    assert err.value.path == str(received / "copy-1")
+    assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_copies_left_by_ended_processes_are_removed_and_running_ones_kept(received, tmp_path):
+    import subprocess
+    import sys
+
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    work = tmp_path / "work"
+    work.mkdir(mode=0o700)
+    left = work / f".mpu-inbox.received-{ended.pid}-0123abcd"
+    running = work / f".mpu-inbox.received-{os.getppid()}-4567abcd"
+    other_label = work / f".mpu-returns.received-{ended.pid}-89abcdef"
+    for folder in (left, running, other_label):
+        folder.mkdir()
+    assert leftover_copies(work, "mpu-inbox") == [left]
+    with private_copy(received, FILES, work, "mpu-inbox") as local:
+        assert sorted(work.iterdir()) == sorted([local, running, other_label])

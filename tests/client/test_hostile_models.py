@@ -200,7 +200,7 @@ def test_the_client_never_loads_the_other_partys_tokenizer_itself(outbox, monkey
     monkeypatch.setattr(client_unlearn, "_TOKENIZERS", {})
 
     # act
-    tokenizer = client_unlearn._tokenizer(outbox / "copy-1")
+    tokenizer = client_unlearn._tokenizer(read_publication(outbox).copies[0])
 
     # assert: what the client holds describes the tokenizer and cannot tokenize
     assert isinstance(tokenizer, OtherPartysTokenizer)
@@ -393,7 +393,7 @@ def test_a_tokenizer_class_the_tokenizers_library_does_not_back_is_refused(tmp_p
 
     # act
     with pytest.raises(InputError) as refused:
-        _tokenizer(tmp_path)
+        _tokenizer(PublishedCopy(1, tmp_path, "", tmp_path.parent))
 
     # assert
     assert str(refused.value) == (f"{tmp_path / 'tokenizer_config.json'}: loads a CTRLTokenizer, which the tokenizers "

@@ -5,16 +5,17 @@ after the run."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from mpu.checkpoint import CheckpointReader
-from mpu.checkpoint.received import leftover_copies
 from mpu.client import inbox as inbox_module
-from mpu.client.unlearn import unlearn_copies
+from mpu.client.unlearn import private_folder, unlearn_copies
 from mpu.data.qa import load_qa_rows
 from mpu.errors import InputError
 from mpu.methods import training_options
@@ -46,12 +47,18 @@ def poison(inbox, tmp_path):
         (inbox / copy / "config.json").symlink_to(tmp_path / f"{copy}-elsewhere.json")
 
 
-def updates(returns):
+def updates(returns, folders=("update-1", "update-2")):
     return {copy: {name: CheckpointReader(returns / copy).get(name) for name in CheckpointReader(returns / copy).names()}
-            for copy in ("update-1", "update-2")}
+            for copy in folders}
 
 
-def test_files_changed_after_the_checks_never_reach_the_training(outbox, tmp_path, forget_file, monkeypatch):
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MPU_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_files_changed_after_the_checks_never_reach_the_training(outbox, tmp_path, forget_file, monkeypatch, cache):
     rows = load_qa_rows(forget_file)
     clean = tmp_path / "clean"
     unlearn_copies(outbox, rows, None, "GradAscent", {}, training_options(TRAINING), clean / "returns")
@@ -63,31 +70,72 @@ def test_files_changed_after_the_checks_never_reach_the_training(outbox, tmp_pat
     def verify_then_poison(publication, copies):
         shapes = verify(publication, copies)
         checked.append(publication.inbox)
-        poison(inbox, tmp_path)
+        if publication.inbox != inbox:   # the received files were checked first, then the private copy
+            poison(inbox, tmp_path)
         return shapes
 
     monkeypatch.setattr(inbox_module.Publication, "verify", verify_then_poison)
     results = unlearn_copies(inbox, rows, None, "GradAscent", {}, training_options(TRAINING), tmp_path / "swapped" / "returns")
 
     assert [result.copy_id for result in results] == [1, 2]
-    assert checked and checked[0] != inbox and checked[0].parent == tmp_path / "swapped"   # the private copy was checked
+    assert checked[0] == inbox and checked[1].parent == private_folder() == cache / "received"
+    assert stat.S_IMODE(os.stat(private_folder()).st_mode) == 0o700
     trained, expected = updates(tmp_path / "swapped" / "returns"), updates(clean / "returns")
     for copy in expected:
         assert all(torch.isfinite(tensor).all() for tensor in trained[copy].values())
         assert all(torch.allclose(trained[copy][name], expected[copy][name], atol=1e-6) for name in expected[copy])
-    assert leftover_copies(tmp_path / "swapped", "mpu-inbox") == []
-    assert sorted(path.name for path in (tmp_path / "swapped").iterdir()) == ["inbox", "returns"]
+    assert list(private_folder().iterdir()) == []
+    assert sorted(path.name for path in (tmp_path / "swapped").iterdir()) == ["inbox", "returns"]   # nothing beside --out
 
 
-def test_a_refusal_names_the_inbox_file_and_leaves_no_copy(outbox, tmp_path, forget_file):
+def test_the_private_copy_trains_as_the_received_folder_would(outbox, tmp_path, forget_file, cache):
+    """The shipped prompt formats are matched on the tokenizer's folder name: a private copy is named
+    after the inbox's folder, so a copy trains as `mpu run` (which reads its own folder in place) would."""
+    from mpu.client.unlearn import _TOKENIZERS
+
+    inbox = tmp_path / "Llama-2-7b-chat-round1"
+    shutil.copytree(outbox, inbox)
+    rows = load_qa_rows(forget_file)
+    unlearn_copies(inbox, rows, None, "GradAscent", {}, training_options(TRAINING), tmp_path / "private", copy_ids=[1])
+    (named,) = [tokenizer.name_or_path for tokenizer in _TOKENIZERS.values() if "Llama-2-7b-chat-round1" in tokenizer.name_or_path]
+    assert named == str(inbox / "copy-1")
+    unlearn_copies(inbox, rows, None, "GradAscent", {}, training_options(TRAINING), tmp_path / "in-place", copy_ids=[1], private=False)
+    private, in_place = updates(tmp_path / "private", ["update-1"]), updates(tmp_path / "in-place", ["update-1"])
+    assert all(torch.equal(private["update-1"][name], in_place["update-1"][name]) for name in in_place["update-1"])
+    manifest = json.loads((tmp_path / "private" / "update-1" / "update.json").read_text())
+    assert manifest["encoding"]["prompt_format"]["user_start"] == "[INST] "   # Llama-2-7b-chat's shipped format
+    assert manifest["encoding"] == json.loads((tmp_path / "in-place" / "update-1" / "update.json").read_text())["encoding"]
+
+
+def test_a_refusal_names_the_inbox_file_and_leaves_no_copy(outbox, tmp_path, forget_file, cache):
     inbox = tmp_path / "inbox"
     shutil.copytree(outbox, inbox)
     (inbox / "copy-2" / "generation_config.json").write_text('{"max_length": 5, "max_length": 6}')
     with pytest.raises(InputError, match="repeats the key") as err:
         unlearn_copies(inbox, load_qa_rows(forget_file), None, "GradAscent", {}, training_options(TRAINING), tmp_path / "returns")
     assert err.value.path == str(inbox / "copy-2" / "generation_config.json")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["forget.jsonl", "inbox"]   # refused before any copy
+
+
+def test_a_refusal_of_the_private_copy_names_the_inbox_file(outbox, tmp_path, forget_file, monkeypatch, cache):
+    """What the copy's second check finds (the server changed a file between the first check and the
+    copy) is named by the inbox's file, not the private copy's."""
+    inbox = tmp_path / "inbox"
+    shutil.copytree(outbox, inbox)
+    verify = inbox_module.Publication.verify
+
+    def verify_then_change(publication, copies):
+        shapes = verify(publication, copies)
+        if publication.inbox == inbox:
+            (inbox / "copy-2" / "generation_config.json").write_text('{"max_length": 5, "max_length": 6}')
+        return shapes
+
+    monkeypatch.setattr(inbox_module.Publication, "verify", verify_then_change)
+    with pytest.raises(InputError, match="repeats the key") as err:
+        unlearn_copies(inbox, load_qa_rows(forget_file), None, "GradAscent", {}, training_options(TRAINING), tmp_path / "returns")
+    assert err.value.path == str(inbox / "copy-2" / "generation_config.json")
     assert ".received-" not in str(err.value)
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["forget.jsonl", "inbox"]
+    assert list(private_folder().iterdir()) == [] and not (tmp_path / "returns").exists()
 
 
 def test_a_tokenizer_kept_from_an_earlier_run_loads_from_the_current_copy(outbox, tmp_path, forget_file, retain_file):
@@ -100,25 +148,38 @@ def test_a_tokenizer_kept_from_an_earlier_run_loads_from_the_current_copy(outbox
     assert [result.copy_id for result in results] == [1]
 
 
-def test_a_publication_larger_than_the_free_space_is_refused_before_anything_is_copied(outbox, tmp_path, forget_file, monkeypatch):
+def test_a_publication_larger_than_the_free_space_is_refused_before_anything_is_copied(outbox, tmp_path, forget_file, monkeypatch, cache):
     import mpu.checkpoint.received as received
 
-    inbox = tmp_path / "inbox"
-    shutil.copytree(outbox, inbox)
-    with open(sorted((inbox / "copy-2").glob("*.safetensors"))[0], "r+b") as sparse:
-        sparse.truncate(1 << 40)   # a terabyte that takes no disk: the private copy would write every byte
-    monkeypatch.setattr(received.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**11, 10**11))
-    with pytest.raises(InputError, match=r"take 1,099.5\d+ GB, and .* has 100.000 GB free") as err:
-        unlearn_copies(inbox, load_qa_rows(forget_file), None, "GradAscent", {}, training_options(TRAINING), tmp_path / "returns")
-    assert err.value.path == str(inbox)
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["forget.jsonl", "inbox"]
+    monkeypatch.setattr(received.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 1000, 1000))
+    with pytest.raises(InputError, match=r"the files to check and use take [\d.,]+ (bytes|GB), and .* has 1,000 bytes free") as err:
+        unlearn_copies(outbox, load_qa_rows(forget_file), None, "GradAscent", {}, training_options(TRAINING), tmp_path / "returns")
+    assert err.value.path == str(outbox)
+    assert list(private_folder().iterdir()) == [] and not (tmp_path / "returns").exists()
 
 
 def test_a_model_larger_than_the_memory_is_refused_before_any_copy_loads(outbox, tmp_path, forget_file, monkeypatch):
     from mpu.client import unlearn
 
     monkeypatch.setattr(unlearn, "physical_memory_bytes", lambda: 10_000)
+    monkeypatch.setenv("MPU_CACHE", str(tmp_path / "cache"))
     with pytest.raises(InputError, match=r"has [\d,]+ parameters: its float32 weights alone take [\d,]+ bytes, more than this machine's 10,000 bytes") as err:
         unlearn_copies(outbox, load_qa_rows(forget_file), None, "GradAscent", {}, training_options(TRAINING), tmp_path / "returns")
     assert err.value.path == str(outbox / "copy-1" / "config.json")
-    assert not (tmp_path / "returns").exists()
+    assert not (tmp_path / "returns").exists() and not (tmp_path / "cache" / "received").exists()   # before any copy
+
+
+def test_a_private_copys_tokenizer_is_named_after_the_received_folder(outbox, tmp_path, monkeypatch, cache):
+    from mpu.client import unlearn
+    from mpu.client.inbox import read_publication
+
+    monkeypatch.setattr(unlearn, "_TOKENIZERS", {})
+    publication = read_publication(outbox)
+    with publication.received(publication.copies, private_folder()) as private:
+        first = unlearn._tokenizer(private.copies[0])          # loaded
+        second = unlearn._tokenizer(private.copies[1])         # the same files: kept, re-pointed
+        assert first is second
+        assert private.copies[1].path != outbox / "copy-2" and second.name_or_path == str(outbox / "copy-2")
+    monkeypatch.setattr(unlearn, "_TOKENIZERS", {})
+    with publication.received(publication.copies[:1], private_folder()) as private:
+        assert unlearn._tokenizer(private.copies[0]).name_or_path == str(outbox / "copy-1")

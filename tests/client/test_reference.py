@@ -110,11 +110,13 @@ def test_run_mpu_cleans_up_round_ones_copies_at_the_end(tmp_path, tiny_model_dir
 
 
 def test_copies_with_the_same_tokenizer_files_share_one_tokenizer(two_rounds):
+    from mpu.client.inbox import read_publication
     from mpu.client.unlearn import _tokenizer
     from mpu.data.qa import tokenize
 
     root, _ = two_rounds
-    first, second, later = _tokenizer(root / "round-1" / "copy-1"), _tokenizer(root / "round-1" / "copy-2"), _tokenizer(root / "round-2" / "copy-1")
+    round_1, round_2 = read_publication(root / "round-1").copies, read_publication(root / "round-2").copies
+    first, second, later = _tokenizer(round_1[0]), _tokenizer(round_1[1]), _tokenizer(round_2[0])
     assert first is second is later
     assert tokenize(first, "Who wrote it?", False)[0]  # a working tokenizer (in the child process)
 

@@ -4,6 +4,7 @@ the copy is gone after the aggregate, or after a refusal."""
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -74,23 +75,51 @@ def test_a_refused_return_names_the_returns_file_and_leaves_the_work_directory_a
     assert tree_snapshot(root / "server") == before
 
 
-def test_a_copy_left_by_a_killed_aggregate_is_removed_by_the_next(tmp_path, tiny_model_dir):
+def _ended_pid() -> int:
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_copy_left_by_a_killed_aggregate_is_removed_by_the_next_even_a_refused_one(tmp_path, tiny_model_dir):
     root = published(tmp_path, tiny_model_dir)
-    left = root / "server" / f".{RECEIVED_RETURNS}.received-0123abcd"
+    left = root / "server" / f".{RECEIVED_RETURNS}.received-{_ended_pid()}-0123abcd"
+    running = root / "server" / f".{RECEIVED_RETURNS}.received-{os.getppid()}-4567abcd"   # another aggregate, still running
     shutil.copytree(root / "returns", left)
-    aggregate(root / "server", root / "returns", progress=False)
-    assert not left.exists()
+    shutil.copytree(root / "returns", running)
+    assert leftover_copies(root / "server", RECEIVED_RETURNS) == [left]
+    enlarge(root / "returns" / "update-2")
+    with pytest.raises(InputError, match="by more than the bound"):
+        aggregate(root / "server", root / "returns", progress=False)
+    assert not left.exists() and running.exists()
 
 
-def test_returns_larger_than_an_update_can_be_are_refused_before_anything_is_copied(tmp_path, tiny_model_dir):
+def test_a_sparse_shard_the_index_does_not_name_is_refused_before_anything_is_copied(tmp_path, tiny_model_dir):
     root = published(tmp_path, tiny_model_dir)
     with open(root / "returns" / "update-1" / "model-00002-of-00002.safetensors", "wb") as sparse:
         sparse.truncate(1 << 40)   # a terabyte that takes no disk: a copy would write every byte
     before = tree_snapshot(root / "server")
-    with pytest.raises(InputError, match="more than the .* it may hold .twice the model's float32 size") as err:
+    with pytest.raises(InputError, match="not named in the update's index") as err:
         aggregate(root / "server", root / "returns", progress=False)
-    assert err.value.path == str(root / "returns" / "update-1")
+    assert err.value.path == str(root / "returns" / "update-1" / "model-00002-of-00002.safetensors")
     assert tree_snapshot(root / "server") == before
+
+
+def test_unpublished_update_folders_are_refused_before_anything_is_copied(tmp_path, tiny_model_dir, monkeypatch):
+    import mpu.checkpoint.received as received
+
+    root = published(tmp_path, tiny_model_dir)
+    (root / "returns" / "update-100").mkdir()
+    with open(root / "returns" / "update-100" / "model.safetensors", "wb") as sparse:
+        sparse.truncate(60 << 20)
+    copies = []
+    monkeypatch.setattr(received, "_copy_folder", lambda *args: copies.append(args))
+    with pytest.raises(InputError, match="update manifest not found|unknown copy id"):
+        aggregate(root / "server", root / "returns", progress=False)
+    assert copies == []
 
 
 def test_returns_larger_than_the_free_space_are_refused_before_anything_is_copied(tmp_path, tiny_model_dir, monkeypatch):

@@ -35,11 +35,14 @@ def private_copy(root: str | Path, files: Mapping[str, list[str]], parent: str |
     folder below ``root`` is opened component by component and each file through one descriptor, none
     following a symbolic link; through the descriptor a file must be a regular file with one link, of
     the size it had when the sizes were checked (below), and exactly those bytes are copied (a file that
-    shrinks while it is copied is refused; bytes appended meanwhile are left out). The copy is made in ``parent`` (created if needed) as
-    a hidden folder named after ``label``, mode 0700, its files 0600, and removed when the block ends,
-    on error and Ctrl-C too. Within the block an :class:`mpu.errors.InputError` that names a path of the
-    copy names the same path of ``root`` instead (:func:`errors_name`), so every message still points at
-    the other party's file.
+    shrinks while it is copied is refused; bytes appended meanwhile are left out). The copy is made in
+    ``parent`` (created mode 0700 if needed; it must be this user's and writable by no one else, or the
+    other party could rename the checked copy away and put its own in its place) as a hidden folder
+    named after ``label`` and this process's id, mode 0700, its files 0600, and removed when the block
+    ends, on error and Ctrl-C too; copies that ended processes left in ``parent`` under ``label`` are
+    removed first (:func:`remove_leftovers`). Within the block an :class:`mpu.errors.InputError` that
+    names a path of the copy names the same path of ``root`` instead (:func:`errors_name`), so every
+    message still points at the other party's file.
 
     Before anything is copied, the files' sizes are added up (a sparse file counts its full size: the
     copy writes every byte): a folder above ``max_folder_bytes`` (``bound`` says where that bound comes
@@ -48,28 +51,74 @@ def private_copy(root: str | Path, files: Mapping[str, list[str]], parent: str |
 
     Raises InputError naming the received file: not openable without following a link, a link, not a
     regular file, a hard link, or changed while copied; naming the folder or ``root`` for the sizes.
-    Raises MPUError when the copy cannot be written (the disk filled up meanwhile). Costs the disk
-    space and the time of one copy.
+    Raises MPUError for a ``parent`` others can write and when the copy cannot be written (the disk
+    filled up meanwhile); ValueError for a folder of ``files`` outside ``root``. Costs the disk space and
+    the time of one copy.
     """
     root = Path(root)
     parent = Path(parent)
-    parent.mkdir(parents=True, exist_ok=True)
+    for folder in files:
+        _parts(folder)   # a folder outside root is a caller's error: ValueError before anything is read
+    _check_private(parent)
+    remove_leftovers(parent, label)
     sizes = _check_sizes(root, files, parent, max_folder_bytes, bound)
-    local = parent / f"{_prefix(label)}{secrets.token_hex(4)}"
-    local.mkdir(mode=0o700)
+    local = parent / f"{_prefix(label)}{os.getpid()}-{secrets.token_hex(4)}"
     try:
-        for folder, names in files.items():
-            _copy_folder(root, folder, names, local, sizes)
+        try:
+            local.mkdir(mode=0o700)
+            for folder, names in files.items():
+                _copy_folder(root, folder, names, local, sizes)
+        except OSError as err:   # our side: the disk filled up since the free space was checked, a read-only folder
+            raise MPUError(f"cannot write the private copy in {parent} ({err.strerror or err})") from None
         with errors_name(local, root):
             yield local
     finally:
         shutil.rmtree(local, ignore_errors=True)
 
 
+def _check_private(parent: Path) -> None:
+    """Create ``parent`` (mode 0700) if needed; refuse one that others could write, where the other party
+    could rename the checked copy away and put its own files in its place."""
+    try:
+        parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = os.lstat(parent)
+    except OSError as err:
+        raise MPUError(f"cannot make the folder for private copies {parent} ({err.strerror or err})") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise MPUError(f"{parent}: the folder for private copies is a symbolic link or not a folder")
+    if info.st_uid != os.getuid() or info.st_mode & 0o022:
+        raise MPUError(f"{parent}: the folder for private copies must be this user's and writable by no one else "
+                       f"(owner uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o}): others could swap the checked "
+                       "copy; chmod go-w it or choose another folder")
+
+
 def leftover_copies(parent: str | Path, label: str) -> list[Path]:
-    """The folders :func:`private_copy` made in ``parent`` under ``label`` and has not removed yet: those
-    of a run killed before its clean-up (or of one still running)."""
-    return sorted(Path(parent).glob(f"{_prefix(label)}*"))
+    """The folders :func:`private_copy` made in ``parent`` under ``label`` whose process has ended without
+    removing them (killed, out of memory). Copies of running processes are not listed."""
+    leftovers = []
+    for path in sorted(Path(parent).glob(f"{_prefix(label)}*")):
+        pid = path.name.removeprefix(_prefix(label)).split("-")[0]
+        if not pid.isdigit() or not _running(int(pid)):
+            leftovers.append(path)
+    return leftovers
+
+
+def remove_leftovers(parent: str | Path, label: str) -> None:
+    """Remove :func:`leftover_copies`: each private copy is as large as what was received."""
+    for path in leftover_copies(parent, label):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):   # another user's process (or an absurd number): leave it
+        return True
+    return True
 
 
 def _prefix(label: str) -> str:
@@ -78,14 +127,19 @@ def _prefix(label: str) -> str:
 
 @contextlib.contextmanager
 def errors_name(local: Path, source: Path) -> Iterator[None]:
-    """Within the block, an :class:`InputError` naming a path under ``local`` (its path or its reason)
-    is raised again naming the same path under ``source``."""
+    """Within the block, an :class:`InputError` naming a path under ``local`` (its path or its reason),
+    or an :class:`MPUError` whose message does, is raised again naming the same path under ``source``."""
     try:
         yield
     except InputError as err:
         if str(local) not in err.path and str(local) not in err.reason:
             raise
         raise InputError(err.path.replace(str(local), str(source)), err.reason.replace(str(local), str(source))) from err.__cause__
+    except MPUError as err:
+        message = str(err.args[0]) if err.args else ""
+        if type(err) is not MPUError or str(local) not in message:
+            raise
+        raise MPUError(message.replace(str(local), str(source))) from err.__cause__
 
 
 def _check_sizes(root: Path, files: Mapping[str, list[str]], parent: Path, max_folder_bytes: int | None,
@@ -112,7 +166,11 @@ def _check_sizes(root: Path, files: Mapping[str, list[str]], parent: Path, max_f
 
 
 def _parts(folder: str) -> list[str]:
-    return [part for part in folder.split("/") if part not in ("", ".")]
+    """The components of a folder relative to the received root; ValueError for one that leaves it."""
+    parts = [part for part in folder.split("/") if part not in ("", ".")]
+    if folder.startswith("/") or ".." in parts or "\0" in folder:
+        raise ValueError(f"{folder!r} is no folder inside the received root")
+    return parts
 
 
 def shown_bytes(size: int) -> str:
@@ -166,22 +224,19 @@ def _copy_file(folder_fd: int, source: Path, target: Path, size: int) -> None:
             raise InputError(source, f"is a hard link ({info.st_nlink} names for one file): it changed after it was checked")
         if info.st_size != size:   # the sizes were bounded before the copy began: a file grown since escapes the bound
             raise InputError(source, f"is {info.st_size:,} bytes, {size:,} when its size was checked: it changed after it was checked")
-        try:
-            writer = open(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PARTY_FILE_MODE), "wb")
-        except OSError as err:
-            raise MPUError(f"cannot write the private copy {target} ({err.strerror or err})") from None
-        with writer:
+        with open(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PARTY_FILE_MODE), "wb") as writer:
             remaining = size
             while remaining:
-                try:
-                    chunk = reader.read(min(remaining, _CHUNK_BYTES))
-                except OSError as err:
-                    raise InputError(source, f"cannot be read ({err.strerror or err})") from None
+                chunk = _read(reader, source, remaining)
                 if not chunk:
                     raise InputError(source, f"became shorter while it was copied ({size - remaining:,} of "
                                              f"{size:,} bytes): the other party is still writing it")
-                try:
-                    writer.write(chunk)
-                except OSError as err:   # the disk filled up since the free space was checked
-                    raise MPUError(f"cannot write the private copy {target} ({err.strerror or err})") from None
+                writer.write(chunk)
                 remaining -= len(chunk)
+
+
+def _read(reader, source: Path, remaining: int) -> bytes:
+    try:
+        return reader.read(min(remaining, _CHUNK_BYTES))
+    except OSError as err:   # the other party's file (EIO on its mount): not our disk
+        raise InputError(source, f"cannot be read ({err.strerror or err})") from None

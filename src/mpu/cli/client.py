@@ -48,8 +48,9 @@ def register(subparsers) -> None:
         description="Runs the unlearning method on each published copy independently (fresh optimizer, own data order) and writes Delta' = trained - copy in float32 safetensors with a manifest.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,   # + line breaks kept: see add_method_arguments_lazily
     )
-    unlearn.add_argument("--inbox", required=True, help="the server's published folder (manifest.json, copy-1 ...); the copies trained are checked and "
-                              "trained from a private copy beside --out, removed at the end (one copy's disk space each)")
+    unlearn.add_argument("--inbox", required=True, help="the server's published folder (manifest.json, copy-1 ...); the copies to train are checked there, "
+                              "then copied to $MPU_CACHE/received (default ~/.cache/mpu/received), checked again and trained "
+                              "from that private copy, removed at the end (one copy's disk space each)")
     add_client_data_arguments(unlearn)
     unlearn.add_argument("--out", required=True, help="folder for the returns (update-K/ per copy); gather several clients' into one")
     unlearn.add_argument("--copy", type=int, action="append", default=None, help="train only this copy (repeatable), to spread copies over devices or machines (default: every copy)")

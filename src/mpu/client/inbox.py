@@ -17,6 +17,7 @@ and tokenizers are then loaded with ``trust_remote_code=False``."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ from mpu.checkpoint.received import private_copy
 from mpu.errors import NAME_CHARS, InputError, shown
 from mpu.protocol import PUBLICATION_MANIFEST, PublicationManifest
 
+# The label of the client's private copies of a publication (Publication.received).
+RECEIVED_INBOX = "mpu-inbox"
 # A header may declare at most this many tensors per parameter of the architecture (MoE checkpoints
 # store per-expert tensors that transformers fuses), plus a constant: a bound against crafted headers,
 # counted before they are parsed. The names are checked after (``check_weights``): each must load into
@@ -89,6 +92,12 @@ class PublishedCopy:
     inbox: Path
     architecture: str | None = None  # the manifest's model_type, when it states one
     dtype: str | None = None  # the manifest's publish dtype, when it states one
+    received_as: Path | None = None  # for a private copy (Publication.received): the folder it was copied from
+
+    @property
+    def shown_path(self) -> Path:
+        """The folder as received: the inbox's copy folder, also for a private copy of it."""
+        return self.received_as or self.path
 
     def verify(self) -> dict[str, tuple[int, ...]]:
         """Refuse a copy that is unsafe to load or not the one the manifest names, before loading it.
@@ -417,8 +426,13 @@ class Publication:
         for copy in copies:
             folder = copy.path.relative_to(self.inbox).as_posix()
             files[folder] = check_data_folder(copy.path, self.inbox, "published copy", is_model_file)
-        with private_copy(self.inbox, files, parent, "mpu-inbox") as local:
-            yield read_publication(local)
+        with private_copy(self.inbox, files, parent, RECEIVED_INBOX) as local:
+            private = read_publication(local)
+            if private.manifest != self.manifest:
+                raise InputError(local / PUBLICATION_MANIFEST, "changed after it was checked")
+            received_as = {copy.id: copy.path for copy in self.copies}
+            yield dataclasses.replace(private, copies=[dataclasses.replace(copy, received_as=received_as[copy.id])
+                                                       for copy in private.copies])
 
     def select(self, copy_ids: list[int] | None) -> list[PublishedCopy]:
         """The copies with these 1-based ids, in the order given (repeats dropped); all copies for

@@ -68,9 +68,9 @@ def unlearn_publication(inbox: str | Path, job: UnlearnJob, out_dir: str | Path,
     An existing ``update-K`` folder is refused (InputError) unless ``overwrite``; with ``resume`` a
     copy whose finished update is for this publication, method and settings is skipped. Every copy
     (and reference-model copy) is checked before anything is loaded or trained (``PublishedCopy.verify``),
-    on a private copy of it (``private``, :meth:`Publication.received`: a hidden folder beside ``out_dir``,
-    removed at the end; the server cannot change a file between its check and its load) unless the
-    caller wrote the inbox itself (``private=False``: ``mpu run``, the Flower client),
+    and then again on a private copy of it (``private``, :meth:`Publication.received`: a folder in
+    :func:`private_folder`, removed at the end; the server cannot change a file between its check and
+    its load) unless the caller wrote the inbox itself (``private=False``: ``mpu run``, the Flower client),
     and every copy's tokenizer and chat template must encode the job's rows (:func:`check_encoding`)
     before the first copy trains; a hostile publication raises InputError naming the file, with
     nothing written. Returns one result per selected copy, in copy order.
@@ -94,18 +94,16 @@ def unlearn_publication(inbox: str | Path, job: UnlearnJob, out_dir: str | Path,
             todo.append(copy)
     if not todo:
         return sorted(results, key=lambda result: result.copy_id)
+    # every check on the received files first: nothing is copied of a publication that is refused
+    check_memory(todo[0], _verified(publication, todo, references), references is not None and _uses_reference(job))
     with ExitStack() as received:
-        if private:   # check and train a copy of the inbox of our own: the server cannot swap a file after its check
-            ids = [copy.id for copy in todo]
-            publication = received.enter_context(publication.received(todo, out_dir.parent))
+        if private:   # check again and train a copy of our own: the server cannot swap a file after its check
+            ids, parent = [copy.id for copy in todo], private_folder()
+            publication = received.enter_context(publication.received(todo, parent))
             todo = publication.select(ids)
             if references is not None:
-                references = received.enter_context(references.received(references.select(ids), out_dir.parent))
-        shapes = publication.verify(todo)  # all checks before the first copy is loaded
-        check_memory(todo[0], shapes, references is not None and _uses_reference(job))
-        for copy in todo:
-            if references is not None:
-                _reference_copy(references, copy).verify()
+                references = received.enter_context(references.received(references.select(ids), parent))
+            _verified(publication, todo, references)
         with frozen_gc(), once_per_run("mpu.methods"):   # a warning about the job (no retain set, ...) once, not once per copy
             for copy in todo:   # a copy refused for its tokenizer, template or model stops the run before any copy trains
                 check_model(copy, check_encoding(copy, job), references, _uses_reference(job))
@@ -208,24 +206,24 @@ def _existing_update(target: Path, publication: Publication, copy: PublishedCopy
 _TOKENIZERS: dict[str, object] = {}  # sha256 of a copy's non-weight files -> its tokenizer
 
 
-def _tokenizer(copy_dir: Path):
+def _tokenizer(copy: PublishedCopy):
     """The copy's tokenizer, one object for all copies and rounds that ship the same tokenizer files, so
     that the rows are encoded once per run instead of once per copy and round (``encode_rows`` caches
-    per tokenizer object)."""
+    per tokenizer object). Loaded from ``copy.path`` (the private copy), named after the folder it was
+    received in (``copy.shown_path``), on which the shipped prompt formats are matched."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in copy_dir.iterdir() if p.is_file() and not p.name.endswith((".safetensors", ".safetensors.index.json"))):
+    for path in sorted(p for p in copy.path.iterdir() if p.is_file() and not p.name.endswith((".safetensors", ".safetensors.index.json"))):
         digest.update(path.name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
     key = digest.hexdigest()
     if key not in _TOKENIZERS:
         if len(_TOKENIZERS) >= 4:
             _TOKENIZERS.pop(next(iter(_TOKENIZERS)))
-        vocabulary = AutoConfig.from_pretrained(copy_dir, trust_remote_code=False).get_text_config().vocab_size   # verified
+        vocabulary = AutoConfig.from_pretrained(copy.path, trust_remote_code=False).get_text_config().vocab_size   # verified
         # loaded in the child process only: loading runs the file's normalizer on its added tokens, and
         # every text is tokenized there; this process holds what the encoder needs (special tokens, template)
-        tokenizer = load_other_partys(copy_dir, key, vocabulary)
-        _TOKENIZERS[key] = tokenizer
+        _TOKENIZERS[key] = load_other_partys(copy.path, key, vocabulary, shown=copy.shown_path)
     elif is_other_partys(_TOKENIZERS[key]):   # the same files, maybe in another run's private copy, since removed
-        moved_other_partys(_TOKENIZERS[key], copy_dir)
+        moved_other_partys(_TOKENIZERS[key], copy.path, shown=copy.shown_path)
     return _TOKENIZERS[key]
 
 
@@ -240,7 +238,7 @@ def check_encoding(copy: PublishedCopy, job: UnlearnJob) -> dict[str, torch.Tens
     as one right-padded batch; None for no forget rows. Called after ``PublishedCopy.verify``."""
     if not job.forget_rows:
         return None   # the job refuses an empty forget set itself, before anything is written
-    tokenizer = _tokenizer(copy.path)
+    tokenizer = _tokenizer(copy)
     config = AutoConfig.from_pretrained(copy.path, trust_remote_code=False)   # verified: the model's config
     try:
         pad_id = padding_id(tokenizer)
@@ -314,6 +312,24 @@ def check_model(copy: PublishedCopy, probe: dict[str, torch.Tensor] | None, refe
     if not torch.isfinite(logits).all():
         raise InputError(where, f"reference copy {copy.id}: its model gives non-finite logits on the run's rows "
                                 "(config.json or the weights overflow); refusing it")
+
+
+def _verified(publication: Publication, copies: list[PublishedCopy], references: Publication | None) -> dict[str, tuple[int, ...]]:
+    """:meth:`Publication.verify` of ``copies`` and of their reference copies; the copies' tensor shapes."""
+    shapes = publication.verify(copies)
+    for copy in copies:
+        if references is not None:
+            _reference_copy(references, copy).verify()
+    return shapes
+
+
+def private_folder() -> Path:
+    """Where the client makes its private copies of publications: ``received/`` in the mpu cache
+    (``$MPU_CACHE``, default ``~/.cache/mpu``), created mode 0700, a folder no other party can write;
+    never beside ``--out``, which is often the folder shared with the server."""
+    from mpu.data.builtin import cache_root
+
+    return cache_root() / "received"
 
 
 def physical_memory_bytes() -> int | None:
@@ -392,7 +408,7 @@ def _unlearn_one(publication: Publication, copy: PublishedCopy, job: UnlearnJob,
                  references: Publication | None, settings: dict) -> CopyResult:
     """Train copy ``copy`` with its own run of ``job`` and write ``out_dir/update-<id>`` (main process only)."""
     model = _load_model(copy.path)
-    tokenizer = _tokenizer(copy.path)
+    tokenizer = _tokenizer(copy)
     copy_job = replace(
         job, training=replace(job.training, seed=copy_seed(job.training.seed, publication.round, copy.id)),
         reference=(lambda: _load_reference(references, copy, _parameter_shapes(model))) if references is not None else None,

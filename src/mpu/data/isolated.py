@@ -640,7 +640,7 @@ def _valid_facts(facts: Any) -> bool:
             and (facts["model_max_length"] is None or is_id(facts["model_max_length"])))
 
 
-def load_other_partys(folder: str | Path, key: str, vocabulary: int) -> OtherPartysTokenizer:
+def load_other_partys(folder: str | Path, key: str, vocabulary: int, shown: str | Path | None = None) -> OtherPartysTokenizer:
     """The other party's tokenizer in ``folder``, loaded in the child within TOKENIZER_LOAD_SECONDS (loading
     runs the file's normalizer on its added tokens, so a backtracking expression stalls or panics there)
     and never in this process: what this process gets is an :class:`OtherPartysTokenizer` holding what
@@ -648,8 +648,10 @@ def load_other_partys(folder: str | Path, key: str, vocabulary: int) -> OtherPar
     vocabulary size, from its config). ``key`` is the digest of the folder's files (the child reloads when
     it changes). Raises InputError naming the folder when the load fails, takes too long or too much
     memory, and naming its tokenizer_config.json when ``tokenizer_class`` loads no tokenizer or one the
-    tokenizers library does not back."""
-    source = str(folder)
+    tokenizers library does not back. ``shown``: the folder the files were received in, when ``folder`` is
+    a private copy of it: the tokenizer's ``name_or_path`` (which the shipped prompt formats are matched
+    on) and every message name it, so that a private copy trains as the received folder would."""
+    source = str(shown or folder)
     try:
         reply = _asked(_tokenizer_setting(folder, key), {"loaded": True}, TOKENIZER_LOAD_SECONDS, source,
                        "the tokenizer", f"the tokenizer did not load within {TOKENIZER_LOAD_SECONDS:g} s (a regular "
@@ -659,14 +661,14 @@ def load_other_partys(folder: str | Path, key: str, vocabulary: int) -> OtherPar
     except MPUError as err:   # a timeout, the child stopped, or behind the run's pace: the folder's fault
         raise InputError(source, str(err).removeprefix(f"{source}: ")) from None
     if isinstance(reply, dict) and reply.get("loaded") is True and _valid_facts(reply.get("facts")):
-        tokenizer = OtherPartysTokenizer(folder, reply["facts"])
+        tokenizer = OtherPartysTokenizer(source, reply["facts"])
         mark_other_partys(tokenizer, folder, key, vocabulary)
         return tokenizer
     if isinstance(reply, dict) and reply.get("loaded") is True:
         raise InputError(source, "the process loading the tokenizer replied what does not describe a tokenizer; "
                                  "refusing it")
     if isinstance(reply, dict) and isinstance(reply.get("refused"), str):
-        raise InputError(Path(folder, TOKENIZER_CONFIG), reply["refused"][:400])
+        raise InputError(Path(source, TOKENIZER_CONFIG), reply["refused"][:400])
     if isinstance(reply, dict) and reply.get("memory") is True:
         raise InputError(source, f"the tokenizer {_memory_refusal()} to load; refusing it")
     raise InputError(source, f"cannot load the tokenizer ({_error_of(reply) or 'no reason given'})")
@@ -681,14 +683,15 @@ def mark_other_partys(tokenizer: Any, folder: str | Path, key: str, vocabulary: 
     _OTHER_PARTYS[tokenizer] = (str(folder), key, int(vocabulary))
 
 
-def moved_other_partys(tokenizer: Any, folder: str | Path) -> None:
+def moved_other_partys(tokenizer: Any, folder: str | Path, shown: str | Path | None = None) -> None:
     """Point the registered ``tokenizer`` at ``folder``, which holds the files it was loaded from (the
-    same ``key``) at another place: the child reloads from there when it must. A client checks and
+    same ``key``) at another place: the child reloads from there when it must; ``shown`` (default
+    ``folder``) becomes its ``name_or_path``, as in :func:`load_other_partys`. A client checks and
     trains a private copy of each publication, removed after its run; a tokenizer kept for the next run
     would otherwise name a folder that is gone. Raises KeyError for a tokenizer not registered."""
     _, key, vocabulary = _OTHER_PARTYS[tokenizer]
     _OTHER_PARTYS[tokenizer] = (str(folder), key, vocabulary)
-    tokenizer.name_or_path = str(folder)
+    tokenizer.name_or_path = str(shown or folder)
 
 
 def is_other_partys(tokenizer: Any) -> bool:
@@ -710,7 +713,7 @@ def other_partys_tokens(tokenizer: Any, text: str, add_special_tokens: bool, off
     if not is_other_partys(tokenizer):
         return None
     folder, key, vocabulary = _OTHER_PARTYS[tokenizer]
-    source = f"{folder}/tokenizer.json"
+    source = f"{getattr(tokenizer, 'name_or_path', None) or folder}/tokenizer.json"   # the received folder's name
     request = {"text": text, "special": add_special_tokens, "offsets": offsets}
     reply = _asked(_tokenizer_setting(folder, key), request, seconds, source,
                    "the tokenizer", f"the tokenizer did not tokenize one text within {seconds:g} s (a regular "

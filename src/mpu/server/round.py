@@ -163,7 +163,7 @@ class Round:
         model = CheckpointReader(self.work.model_path(state))
         new_rel = f"models/round-{round_number}"
         # validate and combine a copy of the returns of our own: the client cannot swap a file after its check
-        with received_returns(returns_dir, self.work.path, model) as local_returns:
+        with received_returns(returns_dir, self.work.path, published, model) as local_returns:
             updates = find_returns(local_returns, published, model)
             combined, mixed = combined_settings(updates)
             if mixed and not allow_mixed:

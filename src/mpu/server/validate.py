@@ -121,20 +121,19 @@ def max_update_bytes(model: CheckpointReader) -> int:
 
 
 @contextlib.contextmanager
-def received_returns(returns_dir: str | Path, parent: str | Path, model: CheckpointReader) -> Iterator[Path]:
-    """A private copy in ``parent`` (the server's work directory) of the returns folder's update
-    folders, each copied after its folder check (:func:`mpu.checkpoint.received.private_copy`), and
-    removed after the block. Validating and combining the copy, the server uses exactly the bytes it
-    checked, whatever the client writes to the returns folder meanwhile; errors still name the returns
-    folder's files. ``model``: the current model, which bounds an update folder's size
-    (:func:`max_update_bytes`) before anything is copied. Raises InputError as :func:`find_returns`'
-    folder checks do, for a file that changed after its check, for an update folder above that bound,
-    and for returns larger than the free space of ``parent``."""
+def received_returns(returns_dir: str | Path, parent: str | Path, published: PublishedRound, model: CheckpointReader) -> Iterator[Path]:
+    """A private copy in ``parent`` (the server's work directory) of the returns that
+    :func:`find_returns` accepts in ``returns_dir`` (every check that needs no tensor values, run on the
+    received files first, so that nothing is copied of returns it refuses: unpublished copies, headers
+    that do not match the model, files the index does not name), removed after the block
+    (:func:`mpu.checkpoint.received.private_copy`). Validating again and combining the copy, the server
+    uses exactly the bytes it checked, whatever the client writes to the returns folder meanwhile;
+    errors still name the returns folder's files. An update folder may hold at most
+    :func:`max_update_bytes` of ``model``. Raises InputError as :func:`find_returns` does, for a file
+    that changed after its check, and for returns larger than the free space of ``parent``."""
     returns_dir = Path(returns_dir)
-    if not returns_dir.is_dir():
-        raise InputError(returns_dir, "returns folder not found")
-    files = {folder.relative_to(returns_dir).as_posix(): check_data_folder(folder, returns_dir, "update folder", is_update_file)
-             for folder in _update_folders(returns_dir)}
+    files = {update.path.relative_to(returns_dir).as_posix(): check_data_folder(update.path, returns_dir, "update folder", is_update_file)
+             for update in find_returns(returns_dir, published, model)}
     with private_copy(returns_dir, files, parent, RECEIVED_RETURNS, max_folder_bytes=max_update_bytes(model),
                       bound="twice the model's float32 size, plus the manifest") as local:
         yield local

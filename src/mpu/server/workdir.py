@@ -5,7 +5,7 @@ Layout::
     S/state.json        round counter, settings, what was published this round (mode 0600)
     S/secrets.json      one 128-bit secret per round (mode 0600; never leaves S)
     S/models/round-N/   theta after N aggregated rounds, float32, sharded per block
-    S/.mpu-returns.received-*/   while an aggregate runs: its private copy of the returns (mode 0700)
+    S/.mpu-returns.received-<pid>-*/   while an aggregate runs: its private copy of the returns (mode 0700)
 
 ``state.json`` is the commit point: a new model directory counts only once the state names it,
 so an interrupted command leaves the previous round intact and can simply be run again.
@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from mpu.checkpoint import atomic_write_json, read_json
-from mpu.checkpoint.received import leftover_copies
 from mpu.errors import InputError, MPUError
 from mpu.server import randomness
 from mpu.server.config import ServerConfig
@@ -179,10 +178,9 @@ class Workdir:
             raise MPUError(f"{path} is readable by others (mode {mode:o}); it holds private state: chmod 600 it")
 
     def clean_stale(self, state: ServerState) -> None:
-        """Remove model directories and staging folders that the state does not name, and private
-        copies of returns (left by an interrupted command)."""
-        for copy in leftover_copies(self.path, RECEIVED_RETURNS):
-            shutil.rmtree(copy, ignore_errors=True)
+        """Remove model directories and staging folders that the state does not name (left by an
+        interrupted command). Private copies of returns that a killed aggregate left are removed by
+        the next aggregate, before it copies (``mpu.checkpoint.received.remove_leftovers``)."""
         models = self.path / "models"
         if not models.is_dir():
             return
