@@ -67,8 +67,8 @@ def test_files_changed_after_the_checks_never_reach_the_training(outbox, tmp_pat
     verify = inbox_module.Publication.verify
     checked = []
 
-    def verify_then_poison(publication, copies):
-        shapes = verify(publication, copies)
+    def verify_then_poison(publication, copies, *limit):
+        shapes = verify(publication, copies, *limit)
         checked.append(publication.inbox)
         if publication.inbox != inbox:   # the received files were checked first, then the private copy
             poison(inbox, tmp_path)
@@ -124,8 +124,8 @@ def test_a_refusal_of_the_private_copy_names_the_inbox_file(outbox, tmp_path, fo
     shutil.copytree(outbox, inbox)
     verify = inbox_module.Publication.verify
 
-    def verify_then_change(publication, copies):
-        shapes = verify(publication, copies)
+    def verify_then_change(publication, copies, *limit):
+        shapes = verify(publication, copies, *limit)
         if publication.inbox == inbox:
             (inbox / "copy-2" / "generation_config.json").write_text('{"max_length": 5, "max_length": 6}')
         return shapes
@@ -158,15 +158,32 @@ def test_a_publication_larger_than_the_free_space_is_refused_before_anything_is_
     assert list(private_folder().iterdir()) == [] and not (tmp_path / "returns").exists()
 
 
-def test_a_model_larger_than_the_memory_is_refused_before_any_copy_loads(outbox, tmp_path, forget_file, monkeypatch):
-    from mpu.client import unlearn
+def test_a_model_larger_than_the_memory_is_refused_before_its_weights_are_read(outbox, tmp_path, forget_file, monkeypatch):
+    from mpu.client import inbox, unlearn
 
     monkeypatch.setattr(unlearn, "physical_memory_bytes", lambda: 10_000)
+    monkeypatch.setattr(inbox, "dir_sha256", lambda path: pytest.fail("the weights were read in full"))
     monkeypatch.setenv("MPU_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(InputError, match=r"has [\d,]+ parameters: its float32 weights alone take [\d,]+ bytes, more than this machine's 10,000 bytes") as err:
+    with pytest.raises(InputError, match=r"the model has [\d,]+ parameters, more than the 2,500 this machine can load "
+                                         r"\(its float32 weights take 4 bytes a parameter, and this machine has 10,000 bytes") as err:
         unlearn_copies(outbox, load_qa_rows(forget_file), None, "GradAscent", {}, training_options(TRAINING), tmp_path / "returns")
     assert err.value.path == str(outbox / "copy-1" / "config.json")
     assert not (tmp_path / "returns").exists() and not (tmp_path / "cache" / "received").exists()   # before any copy
+
+
+def test_a_sparse_weight_file_is_refused_before_it_is_read(outbox, tmp_path, forget_file, monkeypatch):
+    """A weight file's size follows from its header, checked against the architecture before the
+    checksum reads the files: a terabyte of zeros the index does not name is never read."""
+    from mpu.client import inbox as module
+
+    inbox = tmp_path / "inbox"
+    shutil.copytree(outbox, inbox)
+    with open(inbox / "copy-1" / "model-00099-of-00099.safetensors", "wb") as sparse:
+        sparse.truncate(1 << 40)
+    monkeypatch.setattr(module, "dir_sha256", lambda path: pytest.fail("the files were read in full"))
+    with pytest.raises(InputError, match="weight file not named in the copy's index") as err:
+        unlearn_copies(inbox, load_qa_rows(forget_file), None, "GradAscent", {}, training_options(TRAINING), tmp_path / "returns")
+    assert err.value.path == str(inbox / "copy-1" / "model-00099-of-00099.safetensors")
 
 
 def test_a_private_copys_tokenizer_is_named_after_the_received_folder(outbox, tmp_path, monkeypatch, cache):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -99,7 +100,7 @@ class PublishedCopy:
         """The folder as received: the inbox's copy folder, also for a private copy of it."""
         return self.received_as or self.path
 
-    def verify(self) -> dict[str, tuple[int, ...]]:
+    def verify(self, max_parameters: int | None = None, why_max: str = "") -> dict[str, tuple[int, ...]]:
         """Refuse a copy that is unsafe to load or not the one the manifest names, before loading it.
 
         Raises InputError naming the offending file: a symlinked/FIFO/device/hard-linked entry, a code
@@ -108,8 +109,9 @@ class PublishedCopy:
         key its architecture does not define, a checksum mismatch (corrupt or swapped copy), an
         architecture the server cannot publish or one other than the manifest's, a depth above
         ``MAX_LAYERS`` under any of its names, a ``tokenizer_class`` that is not a tokenizer class, a
-        malformed generation config, and weights that do not match the architecture
-        (:meth:`check_weights`). Returns the tensor shapes by name.
+        malformed generation config, weights that do not match the architecture (:meth:`check_weights`),
+        and, before the checksum reads the weights, a model of more than ``max_parameters`` values
+        (``why_max`` says why; default: no bound). Returns the tensor shapes by name.
         """
         names = check_data_folder(self.path, self.inbox, "published copy", is_model_file)
         if CONFIG not in names:
@@ -139,9 +141,17 @@ class PublishedCopy:
         self._check_config(read_json(self.path / CONFIG, CONFIG, MAX_MODEL_FILE_BYTES))
         if GENERATION_CONFIG in names:
             self._check_generation_config()
+        # headers before the checksum: they bound every weight file's size by the architecture, so a
+        # sparse terabyte is refused before it is read, and a model too large for this machine too
+        shapes = self.check_weights(values=False)
+        parameters = sum(math.prod(shape) for shape in shapes.values())
+        if max_parameters is not None and parameters > max_parameters:
+            raise InputError(self.path / CONFIG, f"the model has {parameters:,} parameters, more than the {max_parameters:,} "
+                                                 f"this machine can load ({why_max})")
         if dir_sha256(self.path) != self.sha256:
             raise InputError(self.path, "checksum does not match the publication manifest (corrupt or modified copy)")
-        return self.check_weights()
+        self.check_weights()
+        return shapes
 
     def _check_config(self, config: dict[str, Any]) -> None:
         """config.json before transformers reads it: a ``model_type`` of a supported family
@@ -180,12 +190,12 @@ class PublishedCopy:
         except Exception as err:  # transformers raises ValueError, TypeError, OSError ...
             raise InputError(self.path / GENERATION_CONFIG, f"not a valid generation config ({type(err).__name__}: {str(err)[:300]})") from None
 
-    def check_weights(self) -> dict[str, tuple[int, ...]]:
+    def check_weights(self, values: bool = True) -> dict[str, tuple[int, ...]]:
         """The weight headers, counted against the tensors of the copy's architecture (built on the
         meta device: no memory, no code) before transformers parses them; then every stored tensor is
         one the architecture loads (:func:`_load_targets`), every tensor the architecture needs is
-        there with its shape, in a float dtype (the manifest's, when it states one), with finite values
-        (read one tensor at a time). Returns the tensor shapes by name.
+        there with its shape, in a float dtype (the manifest's, when it states one), and, with
+        ``values``, with finite values (read one tensor at a time). Returns the tensor shapes by name.
 
         Before the architecture is built, its depth is bounded again on the parsed config (through the
         config class's ``attribute_map``); once built, its buffers (sized by the config alone and
@@ -242,7 +252,7 @@ class PublishedCopy:
             raise InputError(self.path, f"weights lack {len(missing)} tensor(s) of the config's architecture: {', '.join(missing[:5])}")
         if reader.numel() < needed:
             raise InputError(self.path, f"weights hold {reader.numel()} values, the config's architecture has {needed} parameters")
-        for name in stored:
+        for name in stored if values else ():
             if not torch.isfinite(reader.get(name)).all():
                 raise InputError(reader.shard(name), f"tensor {name} contains NaN or Inf")
         return {name: reader.shape(name) for name in stored}
@@ -398,14 +408,14 @@ class Publication:
     copies: list[PublishedCopy]
     manifest: PublicationManifest
 
-    def verify(self, copies: list[PublishedCopy]) -> dict[str, tuple[int, ...]]:
-        """:meth:`PublishedCopy.verify` for each of ``copies``, and that they share one set of tensor
-        names and shapes (the server perturbs one model m times; a copy of another architecture
-        would make its update unusable). Returns those shapes by tensor name (empty for no copies).
-        Raises InputError naming the copy that differs."""
+    def verify(self, copies: list[PublishedCopy], max_parameters: int | None = None, why_max: str = "") -> dict[str, tuple[int, ...]]:
+        """:meth:`PublishedCopy.verify` for each of ``copies`` (with ``max_parameters`` and ``why_max``),
+        and that they share one set of tensor names and shapes (the server perturbs one model m times;
+        a copy of another architecture would make its update unusable). Returns those shapes by tensor
+        name (empty for no copies). Raises InputError naming the copy that differs."""
         first: tuple[PublishedCopy, dict] | None = None
         for copy in copies:
-            shapes = copy.verify()
+            shapes = copy.verify(max_parameters, why_max)
             if first is None:
                 first = (copy, shapes)
             elif shapes != first[1]:

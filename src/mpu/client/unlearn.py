@@ -21,7 +21,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from mpu.checkpoint import read_json
-from mpu.checkpoint.files import CONFIG, MAX_MANIFEST_BYTES, check_output
+from mpu.checkpoint.files import MAX_MANIFEST_BYTES, check_output
 from mpu.checkpoint.received import shown_bytes
 from mpu.client.inbox import Publication, PublishedCopy, read_publication
 from mpu.client.update import loss_summary, write_dense_update, write_lora_update
@@ -95,7 +95,8 @@ def unlearn_publication(inbox: str | Path, job: UnlearnJob, out_dir: str | Path,
     if not todo:
         return sorted(results, key=lambda result: result.copy_id)
     # every check on the received files first: nothing is copied of a publication that is refused
-    check_memory(todo[0], _verified(publication, todo, references), references is not None and _uses_reference(job))
+    limit = memory_limit(references is not None and _uses_reference(job))
+    _verified(publication, todo, references, limit)
     with ExitStack() as received:
         if private:   # check again and train a copy of our own: the server cannot swap a file after its check
             ids, parent = [copy.id for copy in todo], private_folder()
@@ -103,7 +104,7 @@ def unlearn_publication(inbox: str | Path, job: UnlearnJob, out_dir: str | Path,
             todo = publication.select(ids)
             if references is not None:
                 references = received.enter_context(references.received(references.select(ids), parent))
-            _verified(publication, todo, references)
+            _verified(publication, todo, references, limit)
         with frozen_gc(), once_per_run("mpu.methods"):   # a warning about the job (no retain set, ...) once, not once per copy
             for copy in todo:   # a copy refused for its tokenizer, template or model stops the run before any copy trains
                 check_model(copy, check_encoding(copy, job), references, _uses_reference(job))
@@ -314,13 +315,14 @@ def check_model(copy: PublishedCopy, probe: dict[str, torch.Tensor] | None, refe
                                 "(config.json or the weights overflow); refusing it")
 
 
-def _verified(publication: Publication, copies: list[PublishedCopy], references: Publication | None) -> dict[str, tuple[int, ...]]:
-    """:meth:`Publication.verify` of ``copies`` and of their reference copies; the copies' tensor shapes."""
-    shapes = publication.verify(copies)
+def _verified(publication: Publication, copies: list[PublishedCopy], references: Publication | None,
+              limit: tuple[int | None, str]) -> None:
+    """:meth:`Publication.verify` of ``copies`` and of their reference copies, within ``limit``
+    (:func:`memory_limit`)."""
+    publication.verify(copies, *limit)
     for copy in copies:
         if references is not None:
-            _reference_copy(references, copy).verify()
-    return shapes
+            _reference_copy(references, copy).verify(*limit)
 
 
 def private_folder() -> Path:
@@ -340,21 +342,20 @@ def physical_memory_bytes() -> int | None:
         return None
 
 
-def check_memory(copy: PublishedCopy, shapes: dict[str, tuple[int, ...]], with_reference: bool) -> None:
-    """Refuse a publication whose model cannot even be loaded here: its float32 weights (4 bytes per
-    parameter, as the client loads every copy; twice that when the method loads the copy's reference
-    model too) take more than this machine's physical memory. A lower bound of what training needs
-    (the gradients and the optimizer's moments come on top), so it refuses no model that could train:
-    it turns the kill by the out-of-memory killer, minutes into the run, into a message before any copy
-    loads. Raises InputError naming the copy's config.json."""
+def memory_limit(with_reference: bool) -> tuple[int | None, str]:
+    """The most parameters a copy may have here, and why: its float32 weights (4 bytes per parameter, as
+    the client loads every copy; twice that when the method loads the copy's reference model too) must
+    fit the machine's physical memory. A lower bound of what training needs (the gradients and the
+    optimizer's moments come on top), so it refuses no model that could train: it turns the kill by the
+    out-of-memory killer, minutes into the run, into a refusal before anything is read in full or
+    copied (:meth:`PublishedCopy.verify`). (None, "") where the system does not say its memory."""
     memory = physical_memory_bytes()
-    parameters = sum(math.prod(shape) for shape in shapes.values())
-    needed = 4 * parameters * (2 if with_reference else 1)
-    if memory is not None and needed > memory:
-        raise InputError(copy.path / CONFIG,
-                         f"the published model has {parameters:,} parameters: its float32 weights"
-                         f"{' and its reference model' if with_reference else ''} alone take {shown_bytes(needed)}, "
-                         f"more than this machine's {shown_bytes(memory)} of memory; train it on a larger machine")
+    if memory is None:
+        return None, ""
+    per_parameter = 4 * (2 if with_reference else 1)
+    return memory // per_parameter, (f"its float32 weights{' and its reference model' if with_reference else ''} take "
+                                     f"{per_parameter} bytes a parameter, and this machine has {shown_bytes(memory)} of memory; "
+                                     "train it on a larger machine")
 
 
 def _load_model(copy_dir: Path) -> torch.nn.Module:
