@@ -8,6 +8,7 @@ import stat
 
 import pytest
 
+import mpu.checkpoint.received as received_module
 from mpu.checkpoint.received import leftover_copies, private_copy
 from mpu.errors import InputError
 
@@ -28,7 +29,8 @@ FILES = {"": ["manifest.json"], "copy-1": ["config.json", "model.safetensors"]}
 def test_the_copy_holds_the_checked_files_privately_and_is_removed_after(received, tmp_path):
     with private_copy(received, FILES, tmp_path / "work", "mpu-inbox") as local:
         assert leftover_copies(tmp_path / "work", "mpu-inbox") == []   # this process's: not left over
-        assert local.parent == tmp_path / "work" and local.name.startswith(f".mpu-inbox.received-{os.getpid()}-")
+        assert local.parent == tmp_path / "work"
+        assert local.name.startswith(f".mpu-inbox.received-{received_module._HOST}-{os.getpid()}-")
         for folder, names in FILES.items():
             for name in names:
                 assert (local / folder / name).read_bytes() == (received / folder / name).read_bytes()
@@ -165,10 +167,25 @@ def test_a_folder_for_private_copies_that_others_can_write_is_refused(received, 
 
     (tmp_path / "shared").mkdir()
     os.chmod(tmp_path / "shared", mode)
-    with pytest.raises(MPUError, match="writable by no one else"):
+    with pytest.raises(MPUError, match="others could rename this folder .* a folder only this user can change"):
         with private_copy(received, FILES, tmp_path / "shared", "mpu-inbox"):
             pytest.fail("copied into a folder others can write")
     assert list((tmp_path / "shared").iterdir()) == []
+
+
+def test_a_folder_above_that_others_can_write_is_refused_unless_sticky(received, tmp_path):
+    """Whoever can write a folder above the copies can rename the folder holding them and put another
+    in its place; a sticky folder (/tmp) lets no one rename what is not theirs."""
+    from mpu.errors import MPUError
+
+    (tmp_path / "shared").mkdir()
+    os.chmod(tmp_path / "shared", 0o777)
+    with pytest.raises(MPUError, match="others could rename this folder above"):
+        with private_copy(received, FILES, tmp_path / "shared" / "cache" / "received", "mpu-inbox"):
+            pytest.fail("copied below a folder others can write")
+    os.chmod(tmp_path / "shared", 0o1777)
+    with private_copy(received, FILES, tmp_path / "shared" / "cache" / "received", "mpu-inbox") as local:
+        assert (local / "manifest.json").is_file()
 
 
 def test_a_folder_for_private_copies_that_is_a_link_is_refused(received, tmp_path):
@@ -205,11 +222,13 @@ def test_copies_left_by_ended_processes_are_removed_and_running_ones_kept(receiv
     ended.wait()
     work = tmp_path / "work"
     work.mkdir(mode=0o700)
-    left = work / f".mpu-inbox.received-{ended.pid}-0123abcd"
-    running = work / f".mpu-inbox.received-{os.getppid()}-4567abcd"
-    other_label = work / f".mpu-returns.received-{ended.pid}-89abcdef"
-    for folder in (left, running, other_label):
+    host = received_module._HOST
+    left = work / f".mpu-inbox.received-{host}-{ended.pid}-0123abcd"
+    running = work / f".mpu-inbox.received-{host}-{os.getppid()}-4567abcd"
+    other_label = work / f".mpu-returns.received-{host}-{ended.pid}-89abcdef"
+    other_machine = work / f".mpu-inbox.received-{'0' * 8 if host != '0' * 8 else '1' * 8}-{ended.pid}-cdef0123"   # an NFS home
+    for folder in (left, running, other_label, other_machine):
         folder.mkdir()
     assert leftover_copies(work, "mpu-inbox") == [left]
     with private_copy(received, FILES, work, "mpu-inbox") as local:
-        assert sorted(work.iterdir()) == sorted([local, running, other_label])
+        assert sorted(work.iterdir()) == sorted([local, running, other_label, other_machine])

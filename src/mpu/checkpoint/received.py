@@ -11,9 +11,11 @@ never follow a link, and checks and loads only that copy: what is checked is wha
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 import shutil
+import socket
 import stat
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -22,12 +24,16 @@ from mpu.checkpoint.files import PARTY_FILE_MODE
 from mpu.errors import InputError, MPUError
 
 _CHUNK_BYTES = 8 << 20
+# This machine in a private copy's name (8 hex digits of its host name), beside the process id: a folder
+# shared by several machines holds copies whose process ids mean nothing here.
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 _NO_FOLLOW = os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
 
 @contextlib.contextmanager
 def private_copy(root: str | Path, files: Mapping[str, list[str]], parent: str | Path, label: str, *,
-                 max_folder_bytes: int | None = None, bound: str = "") -> Iterator[Path]:
+                 max_folder_bytes: int | None = None, bound: str = "", also_needed: int = 0,
+                 elsewhere: str = "") -> Iterator[Path]:
     """Copy the received ``files`` of ``root`` into a new folder of the receiver's and yield it; remove it after.
 
     ``files`` maps a folder relative to ``root`` (POSIX, ``""`` for ``root`` itself) to the names of its
@@ -59,10 +65,10 @@ def private_copy(root: str | Path, files: Mapping[str, list[str]], parent: str |
     parent = Path(parent)
     for folder in files:
         _parts(folder)   # a folder outside root is a caller's error: ValueError before anything is read
-    _check_private(parent)
+    _check_private(parent, elsewhere)
     remove_leftovers(parent, label)
-    sizes = _check_sizes(root, files, parent, max_folder_bytes, bound)
-    local = parent / f"{_prefix(label)}{os.getpid()}-{secrets.token_hex(4)}"
+    sizes = _check_sizes(root, files, parent, max_folder_bytes, bound, also_needed)
+    local = parent / f"{_prefix(label)}{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         try:
             local.mkdir(mode=0o700)
@@ -76,9 +82,11 @@ def private_copy(root: str | Path, files: Mapping[str, list[str]], parent: str |
         shutil.rmtree(local, ignore_errors=True)
 
 
-def _check_private(parent: Path) -> None:
-    """Create ``parent`` (mode 0700) if needed; refuse one that others could write, where the other party
-    could rename the checked copy away and put its own files in its place."""
+def _check_private(parent: Path, elsewhere: str) -> None:
+    """Create ``parent`` (mode 0700) if needed; refuse it when someone else could rename it or a folder
+    above it (and so put their own files where the checked copy was): each of them must be this user's
+    or root's, and writable by no one else unless its sticky bit is set (``/tmp``), as OpenSSH's
+    StrictModes asks of a home folder. ``elsewhere`` says how to choose another folder."""
     try:
         parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         info = os.lstat(parent)
@@ -86,19 +94,26 @@ def _check_private(parent: Path) -> None:
         raise MPUError(f"cannot make the folder for private copies {parent} ({err.strerror or err})") from None
     if not stat.S_ISDIR(info.st_mode):
         raise MPUError(f"{parent}: the folder for private copies is a symbolic link or not a folder")
-    if info.st_uid != os.getuid() or info.st_mode & 0o022:
-        raise MPUError(f"{parent}: the folder for private copies must be this user's and writable by no one else "
-                       f"(owner uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o}): others could swap the checked "
-                       "copy; chmod go-w it or choose another folder")
+    for folder in (parent, *parent.resolve().parents):
+        try:
+            info = os.stat(folder)
+        except OSError as err:
+            raise MPUError(f"cannot check {folder} ({err.strerror or err})") from None
+        owned = info.st_uid == os.getuid() or (folder != parent and info.st_uid == 0)
+        if not owned or (info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX):
+            raise MPUError(f"{folder}: others could rename {'this folder' if folder == parent else 'this folder above'} "
+                           f"{parent} and swap the checked copies (owner uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o}); "
+                           f"the private copies need a folder only this user can change{elsewhere}")
 
 
 def leftover_copies(parent: str | Path, label: str) -> list[Path]:
-    """The folders :func:`private_copy` made in ``parent`` under ``label`` whose process has ended without
-    removing them (killed, out of memory). Copies of running processes are not listed."""
+    """The folders :func:`private_copy` made in ``parent`` under ``label``, on this machine, whose process
+    has ended without removing them (killed, out of memory). Copies of running processes, and those of
+    other machines sharing the folder (an NFS home; their process ids mean nothing here), are not listed."""
     leftovers = []
-    for path in sorted(Path(parent).glob(f"{_prefix(label)}*")):
-        pid = path.name.removeprefix(_prefix(label)).split("-")[0]
-        if not pid.isdigit() or not _running(int(pid)):
+    for path in sorted(Path(parent).glob(f"{_prefix(label)}{_HOST}-*")):
+        pid = path.name.removeprefix(f"{_prefix(label)}{_HOST}-").split("-")[0]
+        if pid.isdigit() and not _running(int(pid)):
             leftovers.append(path)
     return leftovers
 
@@ -143,7 +158,7 @@ def errors_name(local: Path, source: Path) -> Iterator[None]:
 
 
 def _check_sizes(root: Path, files: Mapping[str, list[str]], parent: Path, max_folder_bytes: int | None,
-                 bound: str) -> dict[Path, int]:
+                 bound: str, also_needed: int) -> dict[Path, int]:
     """Each file's size by its path under ``root``, after the bounds on them (see :func:`private_copy`)."""
     sizes: dict[Path, int] = {}
     total = 0
@@ -159,9 +174,10 @@ def _check_sizes(root: Path, files: Mapping[str, list[str]], parent: Path, max_f
             raise InputError(source, f"holds {shown_bytes(size)} of files, more than the {shown_bytes(max_folder_bytes)} it may hold ({bound})")
         total += size
     free = shutil.disk_usage(parent).free
-    if total > free:
-        raise InputError(root, f"the files to check and use take {shown_bytes(total)}, and {parent} has {shown_bytes(free)} free: "
-                               "free some space (or receive fewer copies) and run again")
+    if total + also_needed > free:
+        needed = f" (and {shown_bytes(also_needed)} for what this command writes there)" if also_needed else ""
+        raise InputError(root, f"the files to check and use take {shown_bytes(total)}{needed}, and {parent} has "
+                               f"{shown_bytes(free)} free: free some space (or receive fewer copies) and run again")
     return sizes
 
 

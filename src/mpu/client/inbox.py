@@ -436,7 +436,8 @@ class Publication:
         for copy in copies:
             folder = copy.path.relative_to(self.inbox).as_posix()
             files[folder] = check_data_folder(copy.path, self.inbox, "published copy", is_model_file)
-        with private_copy(self.inbox, files, parent, RECEIVED_INBOX) as local:
+        with private_copy(self.inbox, files, parent, RECEIVED_INBOX,
+                          elsewhere=" (set $MPU_CACHE to one, or chmod go-w the folders named)") as local:
             private = read_publication(local)
             if private.manifest != self.manifest:
                 raise InputError(local / PUBLICATION_MANIFEST, "changed after it was checked")

@@ -22,8 +22,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from mpu.checkpoint import read_json
 from mpu.checkpoint.files import MAX_MANIFEST_BYTES, check_output
-from mpu.checkpoint.received import shown_bytes
-from mpu.client.inbox import Publication, PublishedCopy, read_publication
+from mpu.checkpoint.received import remove_leftovers, shown_bytes
+from mpu.client.inbox import RECEIVED_INBOX, Publication, PublishedCopy, read_publication
 from mpu.client.update import loss_summary, write_dense_update, write_lora_update
 from mpu.data.isolated import first_line, is_other_partys, load_other_partys, moved_other_partys
 from mpu.data.qa import QACollator
@@ -75,6 +75,8 @@ def unlearn_publication(inbox: str | Path, job: UnlearnJob, out_dir: str | Path,
     before the first copy trains; a hostile publication raises InputError naming the file, with
     nothing written. Returns one result per selected copy, in copy order.
     """
+    if private:   # a killed run's copy is as large as a publication: gone before anything can be refused
+        remove_leftovers(private_folder(), RECEIVED_INBOX)
     publication = read_publication(inbox)
     references = _reference_publication(reference_model_inbox, publication) if reference_model_inbox is not None else None
     if references is None and publication.round > 1 and _uses_reference(job):
@@ -327,7 +329,8 @@ def _verified(publication: Publication, copies: list[PublishedCopy], references:
 
 def private_folder() -> Path:
     """Where the client makes its private copies of publications: ``received/`` in the mpu cache
-    (``$MPU_CACHE``, default ``~/.cache/mpu``), created mode 0700, a folder no other party can write;
+    (``$MPU_CACHE``, default ``~/.cache/mpu`` or ``$XDG_CACHE_HOME/mpu``), created mode 0700, a folder
+    no other party can write or rename (``private_copy`` refuses one that others could);
     never beside ``--out``, which is often the folder shared with the server."""
     from mpu.data.builtin import cache_root
 

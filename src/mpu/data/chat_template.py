@@ -11,7 +11,9 @@ import contextvars
 import functools
 import inspect
 import itertools
+import os
 import re
+import stat
 from collections.abc import MappingView
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,24 +33,33 @@ def template_source(tokenizer) -> str:
     it. transformers reads ``chat_template.jinja`` (or ``additional_chat_templates/default.jinja``) before
     the ``chat_template`` entry of ``tokenizer_config.json``; a file counts only when it holds the template
     the tokenizer has (read as transformers reads it, no further than the template's length)."""
+    from mpu.data.isolated import loaded_from
+
     name = str(getattr(tokenizer, "name_or_path", "") or "")
     if not name:
         return "the tokenizer's chat_template"
+    folder = loaded_from(tokenizer) or name   # the other party's: the (private) folder it was loaded from
     template = getattr(tokenizer, "chat_template", None)
     if isinstance(template, dict):
         template = template.get("default")
     if isinstance(template, str):
         for relative in ("chat_template.jinja", "additional_chat_templates/default.jinja"):
-            if _file_holds(Path(name, relative), template):
+            if _file_holds(Path(folder, relative), template):
                 return f"{name}/{relative}"
     return f"{name}/tokenizer_config.json (chat_template)"
 
 
 def _file_holds(path: Path, text: str) -> bool:
+    """Whether the regular file ``path`` starts with ``text`` and holds nothing more; opened without
+    following a link or blocking (a FIFO put there would otherwise hang the caller)."""
     try:
-        if not path.is_file():
-            return False
-        with open(path, encoding="utf-8") as handle:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        with open(fd, encoding="utf-8") as handle:   # as transformers reads it: text, universal newlines
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                return False
             return handle.read(len(text) + 1) == text
     except (OSError, UnicodeError, ValueError):
         return False

@@ -694,6 +694,12 @@ def moved_other_partys(tokenizer: Any, folder: str | Path, shown: str | Path | N
     tokenizer.name_or_path = str(shown or folder)
 
 
+def loaded_from(tokenizer: Any) -> str | None:
+    """The folder the registered ``tokenizer``'s files are read from (a private copy of the received
+    folder its ``name_or_path`` shows), None for a tokenizer not registered."""
+    return _OTHER_PARTYS[tokenizer][0] if is_other_partys(tokenizer) else None
+
+
 def is_other_partys(tokenizer: Any) -> bool:
     """Whether ``tokenizer`` was registered with :func:`mark_other_partys`."""
     try:

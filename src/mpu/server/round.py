@@ -26,6 +26,7 @@ import torch
 from transformers import AutoConfig
 
 from mpu.checkpoint import CheckpointReader, atomic_write_json, copy_model_files, dir_sha256, staging_dir
+from mpu.checkpoint.received import remove_leftovers
 from mpu.checkpoint.files import PARTY_FILE_MODE, check_output, weights_sha256
 from mpu.errors import InputError, MPUError
 from mpu.protocol import PUBLICATION_MANIFEST, CopyEntry, PublicationManifest, RoundKeys, copy_folder
@@ -36,7 +37,7 @@ from mpu.server.init import dtype_from_name
 from mpu.server.noise import alphas_for_round, default_device
 from mpu.server.publish import OUTSIDE_BLOCKS, PublishReport, _clean_warnings, _Job, _rounding_warnings, _write_copies
 from mpu.server.validate import find_returns, received_returns
-from mpu.server.workdir import PublishedRound, ServerState, Workdir
+from mpu.server.workdir import RECEIVED_RETURNS, PublishedRound, ServerState, Workdir
 
 # Each step logs under its own module's name, as it did before the round became an object, so that
 # ``logging.getLogger("mpu.server.publish")`` still filters Pre-Process's messages.
@@ -150,6 +151,7 @@ class Round:
         """
         rule = get_combine(combine)
         state = self.work.load()
+        remove_leftovers(self.work.path, RECEIVED_RETURNS)   # a killed aggregate's copy of the returns
         config = state.config
         published = state.published
         if state.finished:

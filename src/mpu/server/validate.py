@@ -129,13 +129,15 @@ def received_returns(returns_dir: str | Path, parent: str | Path, published: Pub
     (:func:`mpu.checkpoint.received.private_copy`). Validating again and combining the copy, the server
     uses exactly the bytes it checked, whatever the client writes to the returns folder meanwhile;
     errors still name the returns folder's files. An update folder may hold at most
-    :func:`max_update_bytes` of ``model``. Raises InputError as :func:`find_returns` does, for a file
+    :func:`max_update_bytes` of ``model``, and ``parent`` must have room for the copy and the new model. Raises InputError as :func:`find_returns` does, for a file
     that changed after its check, and for returns larger than the free space of ``parent``."""
     returns_dir = Path(returns_dir)
     files = {update.path.relative_to(returns_dir).as_posix(): check_data_folder(update.path, returns_dir, "update folder", is_update_file)
              for update in find_returns(returns_dir, published, model)}
     with private_copy(returns_dir, files, parent, RECEIVED_RETURNS, max_folder_bytes=max_update_bytes(model),
-                      bound="twice the model's float32 size, plus the manifest") as local:
+                      bound="twice the model's float32 size, plus the manifest",
+                      also_needed=4 * model.numel(),   # the new model, written beside it in float32
+                      elsewhere=" (the work directory holds the secrets: chmod go-w it and the folders above it)") as local:
         yield local
 
 
