@@ -258,3 +258,13 @@ def test_an_inbox_changed_after_the_run_costs_the_hint_not_the_updates(one_round
     captured = capsys.readouterr()
     assert "1 update(s) in" in captured.out and "hint:" not in captured.err
     assert (tmp_path / "r3" / "update-1" / "update.json").is_file()
+
+
+def test_python_dash_m_mpu_is_the_mpu_command():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "mpu", "client", "unlearn", "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "usage: mpu client unlearn" in done.stdout and "--inbox" in done.stdout
+    refused = subprocess.run([sys.executable, "-m", "mpu", "server", "aggregate"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "--workdir" in refused.stderr
