@@ -30,6 +30,7 @@ from mpu.data.qa import QACollator
 from mpu.errors import InputError, MPUError
 from mpu.methods import TrainingConfig
 from mpu.methods.job import UnlearnJob, padding_id
+from mpu.methods.memory import physical_memory_bytes
 from mpu.methods.training import frozen_gc
 from mpu.protocol import PUBLICATION_MANIFEST, UPDATE_MANIFEST, UpdateManifest, update_folder
 from mpu.quiet import quiet_transformers
@@ -337,21 +338,14 @@ def private_folder() -> Path:
     return cache_root() / "received"
 
 
-def physical_memory_bytes() -> int | None:
-    """This machine's physical memory in bytes (``sysconf``), None where the system does not say."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
 def memory_limit(with_reference: bool) -> tuple[int | None, str]:
     """The most parameters a copy may have here, and why: its float32 weights (4 bytes per parameter, as
     the client loads every copy; twice that when the method loads the copy's reference model too) must
     fit the machine's physical memory. A lower bound of what training needs (the gradients and the
-    optimizer's moments come on top), so it refuses no model that could train: it turns the kill by the
-    out-of-memory killer, minutes into the run, into a refusal before anything is read in full or
-    copied (:meth:`PublishedCopy.verify`). (None, "") where the system does not say its memory."""
+    optimizer's moments come on top, counted once the model is loaded:
+    :func:`mpu.methods.memory.check_training_memory`), so it refuses no model that could train: it
+    turns the kill by the out-of-memory killer, minutes into the run, into a refusal before anything is
+    read in full or copied (:meth:`PublishedCopy.verify`). (None, "") where the system does not say its memory."""
     memory = physical_memory_bytes()
     if memory is None:
         return None, ""

@@ -23,6 +23,7 @@ from transformers import TrainingArguments
 from mpu.errors import MPUError
 from mpu.methods.base import METHODS, UnlearnTrainer
 from mpu.methods.lora import lora_factors, merge_lora
+from mpu.methods.memory import check_training_memory
 from mpu.methods.options import TrainingConfig, build_dataclass
 
 logger = logging.getLogger(__name__)
@@ -151,6 +152,8 @@ def finish_unlearning(trainer: UnlearnTrainer) -> UnlearnResult:
     wrapped = trainer.model is not model  # a PEFT wrapper
     factors = None
     try:
+        check_training_memory(trainer.model, trainer.args.optim, trainer.ref_model,
+                              sharded=trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled)
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
