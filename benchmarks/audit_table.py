@@ -43,6 +43,8 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import torch  # noqa: E402
 
+from mpu.server.config import PRESETS  # noqa: E402
+
 log = logging.getLogger("audit_table")
 
 M = 3
@@ -52,12 +54,14 @@ BATCH = 8
 METHODS = ("GradDiff", "NPO")
 
 # name -> (ServerConfig settings, label for the table). Unnamed settings keep ServerConfig's defaults
-# (secret alphas, plane V/O, FFN permutation, blocks only, tau 0).
-PAPER = {"alpha_mode": "public", "reparam": {"vo": "plane", "kv_permutation": False, "ffn_scaling": False}}
-HARDENED = {"alpha_mode": "secret", "noise_scope": "all", "reparam": {"vo": "haar", "kv_permutation": True, "ffn_scaling": True}}
+# (secret alphas, plane V/O, FFN permutation, blocks only, tau 1); the paper's setting and the hardened
+# transforms come from the server's presets (their one home), the hardened preset's tau set per row.
+PAPER = PRESETS["paper"]   # public alphas, plane V/O, FFN permutation, tau 0
+HARDENED = {key: value for key, value in PRESETS["hardened"].items() if key != "independent_noise"}
 SETTINGS: dict[str, tuple[dict, str]] = {
     "mpu-kappa0": ({"kappa": 0.0}, "MPU without noise (kappa = 0), default transforms: control"),
-    "no-reparam": ({"alpha_mode": "public", "reparam": {"enabled": False}}, "no reparameterisation, public alpha"),
+    "no-reparam": ({"alpha_mode": "public", "independent_noise": 0.0, "reparam": {"enabled": False}},
+                   "no reparameterisation, public alpha"),
     "paper": (PAPER, "paper: public alpha, plane rotations, FFN permutation"),
     "paper-k0.1": ({**PAPER, "kappa": 0.1}, "paper, kappa = 0.1"),
     "default": ({"independent_noise": 0.0}, "secret alpha, tau = 0"),

@@ -10,10 +10,11 @@ from mpu.reparam.options import ReparamConfig, preset_default  # no torch: the C
 
 # The per-block poisoning bound ||Delta_l|| / ||theta_l||, measured with benchmarks/poisoning.py on the
 # built-in tiny model (docs/security.md has the table): genuine updates of the eleven methods at their
-# default learning rates reach at most 0.023 (UNDIAL, lr 1e-4; the others, lr 1e-5, at most 0.003), and
-# at 100x that rate (lr 1e-3, the demo's) at most 0.16; -0.95 x theta, the poisoning that the former
-# whole-model bound (1.0 x ||theta||) let through, is 0.95 in every block. 0.5 leaves 3x above the
-# largest genuine update measured and refuses that poisoning with a factor 1.9.
+# default learning rates reach at most 0.013 (UNDIAL, lr 1e-4; the others, lr 1e-5, at most 0.0017), and
+# at 100x that rate (lr 1e-3, the demo's) at most 0.104 (0.111 over 10 epochs); -0.95 x theta, the
+# poisoning that the former whole-model bound (1.0 x ||theta||) let through, is 0.95 in every block.
+# 0.5 leaves 38x above the largest genuine update at the default rates (4.5x at lr 1e-3) and refuses that
+# poisoning with a factor 1.9.
 DEFAULT_MAX_UPDATE_RATIO = 0.5
 
 ALPHA_MODES = ("secret", "public", "list")
