@@ -43,6 +43,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import torch  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))   # runs from a checkout without installing
 from mpu.server.config import PRESETS  # noqa: E402
 
 log = logging.getLogger("audit_table")
@@ -557,7 +558,6 @@ def main(argv=None) -> int:
     for noisy in ("mpu", "transformers", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     import mpu.audit  # noqa: F401  (fail early if the package is missing)
 
     out = Path(args.out)
