@@ -197,7 +197,19 @@ def test_builtin_muse_experiment_trains_its_own_models_and_unlearns_text_chunks(
     assert prepared.retain_rows and all(row["answer"].strip() for row in prepared.retain_rows)
 
 
-@pytest.mark.parametrize("experiment", ["unlearn/tofu/llama-3.2-1b", "unlearn/muse/news"])
+REAL_MODEL_EXPERIMENTS = ["unlearn/muse/books", "unlearn/muse/news", "unlearn/tofu/llama-3.2-1b",
+                          "unlearn/tofu/llama-3.2-1b_forget01", "unlearn/tofu/llama-3.2-1b_forget05"]
+
+
+def test_the_real_model_experiments_are_the_files_that_train_in_bf16():
+    root = Path(__file__).resolve().parents[2] / "configs" / "experiment"
+    experiments = sorted(str(path.relative_to(root).with_suffix("")) for path in root.rglob("*.yaml"))
+    in_bf16 = [name for name in experiments if compose_config([f"experiment={name}"])[0].trainer.training.bf16]
+
+    assert in_bf16 == REAL_MODEL_EXPERIMENTS
+
+
+@pytest.mark.parametrize("experiment", REAL_MODEL_EXPERIMENTS)
 def test_real_model_experiments_fail_on_a_cpu_naming_the_option(experiment, tmp_path, monkeypatch):
     import torch
 
