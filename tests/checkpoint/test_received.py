@@ -232,3 +232,95 @@ def test_copies_left_by_ended_processes_are_removed_and_running_ones_kept(receiv
     assert leftover_copies(work, "mpu-inbox") == [left]
     with private_copy(received, FILES, work, "mpu-inbox") as local:
         assert sorted(work.iterdir()) == sorted([local, running, other_label, other_machine])
+
+
+class ThreadSharing:
+    """CopySharing between threads standing for the processes of one launch (torchrun's local ranks)."""
+
+    def __init__(self, processes: int):
+        import threading
+
+        self.barrier = threading.Barrier(processes, timeout=30)
+        self.folder = None
+        self.calls = []
+
+    def rank(self, rank: int):
+        sharing = self
+
+        class Rank:
+            makes_copy = rank == 0
+
+            def share(self, folder):
+                sharing.calls.append(("share", rank))
+                if rank == 0:
+                    sharing.folder = folder
+                sharing.barrier.wait()
+                return sharing.folder
+
+            def wait(self):
+                sharing.calls.append(("wait", rank))
+                sharing.barrier.wait()
+
+        return Rank()
+
+
+def _run_ranks(processes, body):
+    """Run ``body(rank)`` in one thread per rank; the ranks' results or exceptions, in rank order."""
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(processes) as pool:
+        futures = [pool.submit(body, rank) for rank in range(processes)]
+        return [future.exception() or future.result() for future in futures]
+
+
+def test_the_processes_of_a_launch_share_one_copy_removed_when_all_have_left(received, tmp_path):
+    sharing, work = ThreadSharing(3), tmp_path / "work"
+    seen = {}
+
+    def body(rank):
+        with private_copy(received, FILES, work, "mpu-inbox", sharing=sharing.rank(rank)) as local:
+            seen[rank] = (local, sorted(path.name for path in work.iterdir()),
+                          (local / "copy-1" / "model.safetensors").read_bytes() == (received / "copy-1" / "model.safetensors").read_bytes())
+            if rank == 2:   # the last to leave: the copy is still there while it reads
+                import time
+
+                time.sleep(0.3)
+                seen["late"] = (local / "copy-1" / "config.json").read_text()
+        return local
+
+    results = _run_ranks(3, body)
+
+    assert results[0] == results[1] == results[2] and all(isinstance(result, os.PathLike) for result in results)
+    assert all(names == [results[0].name] and same for _, names, same in (seen[rank] for rank in range(3)))   # one copy
+    assert seen["late"] == '{"b": 2}'
+    assert not results[0].exists() and list(work.iterdir()) == []
+    assert sorted(sharing.calls) == [("share", 0), ("share", 1), ("share", 2), ("wait", 0), ("wait", 1), ("wait", 2)]
+
+
+def test_when_the_maker_is_refused_every_process_of_the_launch_stops(received, tmp_path):
+    from mpu.errors import MPUError
+
+    sharing = ThreadSharing(2)
+
+    def body(rank):
+        with private_copy(received, FILES, tmp_path / "work", "mpu-inbox", max_folder_bytes=1000, sharing=sharing.rank(rank)):
+            pytest.fail("used a copy that was refused")
+
+    maker, other = _run_ranks(2, body)
+
+    assert isinstance(maker, InputError) and maker.path == str(received / "copy-1")
+    assert isinstance(other, MPUError) and "could not make the private copy" in str(other) and str(received) in str(other)
+    assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_errors_in_a_sharing_process_name_the_received_file(received, tmp_path):
+    sharing = ThreadSharing(2)
+
+    def body(rank):
+        with private_copy(received, FILES, tmp_path / "work", "mpu-inbox", sharing=sharing.rank(rank)) as local:
+            raise InputError(local / "copy-1" / "config.json", "bad value")
+
+    errors = _run_ranks(2, body)
+
+    assert [error.path for error in errors] == [str(received / "copy-1" / "config.json")] * 2
+    assert list((tmp_path / "work").iterdir()) == []

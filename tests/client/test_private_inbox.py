@@ -200,3 +200,15 @@ def test_a_private_copys_tokenizer_is_named_after_the_received_folder(outbox, tm
     monkeypatch.setattr(unlearn, "_TOKENIZERS", {})
     with publication.received(publication.copies[:1], private_folder()) as private:
         assert unlearn._tokenizer(private.copies[0]).name_or_path == str(outbox / "copy-1")
+
+
+def test_the_processes_of_a_launch_share_the_bound_on_the_model_size(monkeypatch):
+    from mpu.client import unlearn
+
+    monkeypatch.setattr(unlearn, "physical_memory_bytes", lambda: 16_000)
+    alone, why = unlearn.memory_limit(with_reference=True)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    shared, why_shared = unlearn.memory_limit(with_reference=True)
+
+    assert (alone, shared) == (2_000, 500)
+    assert "shared by" not in why and "16,000 bytes of memory shared by 4 processes" in why_shared

@@ -86,3 +86,13 @@ def test_an_unknown_memory_size_checks_nothing(model, tokenizer, forget_rows, re
     trainer = prepare_unlearning(model, tokenizer, forget_rows, retain_rows, "GradAscent", {}, options(), str(tmp_path))
 
     assert finish_unlearning(trainer).steps > 0
+
+
+def test_the_processes_of_a_launch_share_the_machines_memory(model, tokenizer, forget_rows, retain_rows, tmp_path, monkeypatch):
+    size = _parameter_bytes(model)
+    monkeypatch.setattr(memory, "physical_memory_bytes", lambda: 6 * size)   # one process fits (4 x the weights)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    trainer = prepare_unlearning(model, tokenizer, forget_rows, retain_rows, "GradAscent", {}, options(), str(tmp_path))
+
+    with pytest.raises(MPUError, match=r"and each of the 2 processes on this machine has [\d,.]+ (bytes|GB) of memory"):
+        finish_unlearning(trainer)

@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import secrets
 import shutil
 import socket
 import stat
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Protocol
 
 from mpu.checkpoint.files import PARTY_FILE_MODE
 from mpu.errors import InputError, MPUError
 
+log = logging.getLogger(__name__)
 _CHUNK_BYTES = 8 << 20
 # This machine in a private copy's name (8 hex digits of its host name), beside the process id: a folder
 # shared by several machines holds copies whose process ids mean nothing here.
@@ -30,10 +32,28 @@ _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 _NO_FOLLOW = os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
 
+class CopySharing(Protocol):
+    """How the processes of one launch on a machine (torchrun's local ranks) share one private copy
+    instead of making one each: :attr:`makes_copy` is true in exactly one of them, every one calls
+    :meth:`share` once (the maker with its copy's folder, or None when it could not make it) and gets
+    the maker's folder back, and every one calls :meth:`wait` before the maker removes the copy."""
+
+    makes_copy: bool
+
+    def share(self, folder: Path | None) -> Path | None: ...
+
+    def wait(self) -> None: ...
+
+
+def machine_id() -> str:
+    """This machine in a private copy's name: 8 hex digits of a hash of its host name."""
+    return _HOST
+
+
 @contextlib.contextmanager
 def private_copy(root: str | Path, files: Mapping[str, list[str]], parent: str | Path, label: str, *,
                  max_folder_bytes: int | None = None, bound: str = "", also_needed: int = 0,
-                 elsewhere: str = "") -> Iterator[Path]:
+                 elsewhere: str = "", sharing: CopySharing | None = None) -> Iterator[Path]:
     """Copy the received ``files`` of ``root`` into a new folder of the receiver's and yield it; remove it after.
 
     ``files`` maps a folder relative to ``root`` (POSIX, ``""`` for ``root`` itself) to the names of its
@@ -55,6 +75,11 @@ def private_copy(root: str | Path, files: Mapping[str, list[str]], parent: str |
     from) and a total above the free space of ``parent``'s file system are refused, so the other party
     cannot fill the receiver's disk.
 
+    With ``sharing`` (several processes of one launch on this machine), only the process whose
+    :attr:`CopySharing.makes_copy` is true checks the sizes and copies; the others use its copy, and it
+    removes the copy once every process has left the block (:meth:`CopySharing.wait`). A process that is
+    not the maker raises MPUError when the maker could not make the copy (the maker's error says why).
+
     Raises InputError naming the received file: not openable without following a link, a link, not a
     regular file, a hard link, or changed while copied; naming the folder or ``root`` for the sizes.
     Raises MPUError for a ``parent`` others can write and when the copy cannot be written (the disk
@@ -65,21 +90,51 @@ def private_copy(root: str | Path, files: Mapping[str, list[str]], parent: str |
     parent = Path(parent)
     for folder in files:
         _parts(folder)   # a folder outside root is a caller's error: ValueError before anything is read
-    _check_private(parent, elsewhere)
-    remove_leftovers(parent, label)
-    sizes = _check_sizes(root, files, parent, max_folder_bytes, bound, also_needed)
-    local = parent / f"{_prefix(label)}{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
+    if sharing is not None and not sharing.makes_copy:
+        yield from _use_shared_copy(root, sharing)
+        return
+    local = None
     try:
         try:
-            local.mkdir(mode=0o700)
-            for folder, names in files.items():
-                _copy_folder(root, folder, names, local, sizes)
-        except OSError as err:   # our side: the disk filled up since the free space was checked, a read-only folder
-            raise MPUError(f"cannot write the private copy in {parent} ({err.strerror or err})") from None
+            _check_private(parent, elsewhere)
+            remove_leftovers(parent, label)
+            sizes = _check_sizes(root, files, parent, max_folder_bytes, bound, also_needed)
+            local = parent / f"{_prefix(label)}{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
+            try:
+                local.mkdir(mode=0o700)
+                for folder, names in files.items():
+                    _copy_folder(root, folder, names, local, sizes)
+            except OSError as err:   # our side: the disk filled up since the free space was checked, a read-only folder
+                raise MPUError(f"cannot write the private copy in {parent} ({err.strerror or err})") from None
+        except BaseException:
+            if sharing is not None:   # the other processes wait for the maker's folder: tell them there is none
+                sharing.share(None)
+            raise
+        log.debug("private copy of %s: %s (%s)", root, local, shown_bytes(sum(sizes.values())))
+        if sharing is not None:
+            sharing.share(local)
+        try:
+            with errors_name(local, root):
+                yield local
+        finally:
+            if sharing is not None:
+                sharing.wait()   # the other processes still read the copy until they leave the block
+    finally:
+        if local is not None:
+            shutil.rmtree(local, ignore_errors=True)
+
+
+def _use_shared_copy(root: Path, sharing: CopySharing) -> Iterator[Path]:
+    """:func:`private_copy` in a process that uses the copy another process of its launch made."""
+    local = sharing.share(None)
+    if local is None:
+        raise MPUError(f"{root}: the first process of this launch on this machine could not make the private copy "
+                       "of the received files (its error says why)")
+    try:
         with errors_name(local, root):
             yield local
     finally:
-        shutil.rmtree(local, ignore_errors=True)
+        sharing.wait()
 
 
 def _check_private(parent: Path, elsewhere: str) -> None:

@@ -30,7 +30,7 @@ from mpu.checkpoint.files import (
     CONFIG, GENERATION_CONFIG, MAX_MANIFEST_BYTES, MAX_MODEL_FILE_BYTES, TOKENIZER_CONFIG, check_data_folder, checked_path,
     is_model_file, is_weight_file, outside_file_references,
 )
-from mpu.checkpoint.received import private_copy
+from mpu.checkpoint.received import CopySharing, private_copy
 from mpu.errors import NAME_CHARS, InputError, shown
 from mpu.protocol import PUBLICATION_MANIFEST, PublicationManifest
 
@@ -425,18 +425,19 @@ class Publication:
         return {} if first is None else first[1]
 
     @contextlib.contextmanager
-    def received(self, copies: list[PublishedCopy], parent: str | Path) -> Iterator["Publication"]:
+    def received(self, copies: list[PublishedCopy], parent: str | Path,
+                 sharing: CopySharing | None = None) -> Iterator["Publication"]:
         """This publication as a private copy in ``parent``: the manifest and the folders of ``copies``,
         copied after their folder check (:func:`mpu.checkpoint.received.private_copy`), read again from
         the copy and removed after the block. Checking and loading the copy, the client uses exactly the
         bytes it checked, whatever the server writes to the inbox meanwhile; errors still name the inbox's
-        files. Raises InputError as :func:`read_publication` and ``check_data_folder`` do, and for a file
+        files. With ``sharing``, the processes of one launch on this machine share one copy. Raises InputError as :func:`read_publication` and ``check_data_folder`` do, and for a file
         that changed after its check."""
         files = {"": [PUBLICATION_MANIFEST]}
         for copy in copies:
             folder = copy.path.relative_to(self.inbox).as_posix()
             files[folder] = check_data_folder(copy.path, self.inbox, "published copy", is_model_file)
-        with private_copy(self.inbox, files, parent, RECEIVED_INBOX,
+        with private_copy(self.inbox, files, parent, RECEIVED_INBOX, sharing=sharing,
                           elsewhere=" (set $MPU_CACHE to one, or chmod go-w the folders named)") as local:
             private = read_publication(local)
             if private.manifest != self.manifest:

@@ -24,13 +24,14 @@ from mpu.checkpoint import read_json
 from mpu.checkpoint.files import MAX_MANIFEST_BYTES, check_output
 from mpu.checkpoint.received import remove_leftovers, shown_bytes
 from mpu.client.inbox import RECEIVED_INBOX, Publication, PublishedCopy, read_publication
+from mpu.client.launch import copy_sharing, is_main_process
 from mpu.client.update import loss_summary, write_dense_update, write_lora_update
 from mpu.data.isolated import first_line, is_other_partys, load_other_partys, moved_other_partys
 from mpu.data.qa import QACollator
 from mpu.errors import InputError, MPUError
 from mpu.methods import TrainingConfig
 from mpu.methods.job import UnlearnJob, padding_id
-from mpu.methods.memory import physical_memory_bytes
+from mpu.methods.memory import physical_memory_bytes, processes_sharing_memory
 from mpu.methods.training import frozen_gc
 from mpu.protocol import PUBLICATION_MANIFEST, UPDATE_MANIFEST, UpdateManifest, update_folder
 from mpu.quiet import quiet_transformers
@@ -102,11 +103,11 @@ def unlearn_publication(inbox: str | Path, job: UnlearnJob, out_dir: str | Path,
     _verified(publication, todo, references, limit)
     with ExitStack() as received:
         if private:   # check again and train a copy of our own: the server cannot swap a file after its check
-            ids, parent = [copy.id for copy in todo], private_folder()
-            publication = received.enter_context(publication.received(todo, parent))
+            ids, parent, sharing = [copy.id for copy in todo], private_folder(), copy_sharing()
+            publication = received.enter_context(publication.received(todo, parent, sharing))
             todo = publication.select(ids)
             if references is not None:
-                references = received.enter_context(references.received(references.select(ids), parent))
+                references = received.enter_context(references.received(references.select(ids), parent, sharing))
             _verified(publication, todo, references, limit)
         with frozen_gc(), once_per_run("mpu.methods"):   # a warning about the job (no retain set, ...) once, not once per copy
             for copy in todo:   # a copy refused for its tokenizer, template or model stops the run before any copy trains
@@ -350,9 +351,11 @@ def memory_limit(with_reference: bool) -> tuple[int | None, str]:
     if memory is None:
         return None, ""
     per_parameter = 4 * (2 if with_reference else 1)
-    return memory // per_parameter, (f"its float32 weights{' and its reference model' if with_reference else ''} take "
-                                     f"{per_parameter} bytes a parameter, and this machine has {shown_bytes(memory)} of memory; "
-                                     "train it on a larger machine")
+    processes = processes_sharing_memory()   # every process of a launch loads the copy on the CPU first
+    share = f" shared by {processes} processes" if processes > 1 else ""
+    return memory // processes // per_parameter, (
+        f"its float32 weights{' and its reference model' if with_reference else ''} take {per_parameter} bytes a "
+        f"parameter, and this machine has {shown_bytes(memory)} of memory{share}; train it on a larger machine")
 
 
 def _load_model(copy_dir: Path) -> torch.nn.Module:
@@ -455,6 +458,3 @@ def copy_seed(seed: int, round_number: int, copy_id: int) -> int:
     return seed + ROUND_SEED_STRIDE * (round_number - 1) + copy_id
 
 
-def is_main_process() -> bool:
-    """Under torchrun/accelerate every rank trains; only rank 0 writes the update."""
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0

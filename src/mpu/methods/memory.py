@@ -33,13 +33,21 @@ def physical_memory_bytes() -> int | None:
         return None
 
 
+def processes_sharing_memory() -> int:
+    """How many processes of this launch share this machine's memory: torchrun's ``LOCAL_WORLD_SIZE``
+    (1 without a launcher)."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 def device_memory_bytes(device: torch.device) -> int | None:
-    """The memory of ``device`` in bytes: a CUDA device's total memory, the machine's physical memory
-    for the CPU; None for other devices and where the system does not say."""
+    """The memory one process may count on for ``device``, in bytes: a CUDA device's total memory; for
+    the CPU, the machine's physical memory divided among the processes of the launch that share it
+    (:func:`processes_sharing_memory`). None for other devices and where the system does not say."""
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory
     if device.type == "cpu":
-        return physical_memory_bytes()
+        memory = physical_memory_bytes()
+        return None if memory is None else memory // processes_sharing_memory()
     return None
 
 
@@ -84,7 +92,9 @@ def check_training_memory(model: torch.nn.Module, optim: str, ref_model: torch.n
         return
     names = {"weights": "weights", "gradients": "gradients", "optimizer": f"{optim} moments", "reference": "reference model"}
     shown = ", ".join(f"{names[part]} {shown_bytes(size)}" for part, size in parts.items() if size)
-    where = "this machine" if first.device.type == "cpu" else f"{first.device}"
+    processes = processes_sharing_memory()
+    where = (f"each of the {processes} processes on this machine" if processes > 1 else "this machine") \
+        if first.device.type == "cpu" else f"{first.device}"
     raise MPUError(f"training needs at least {shown_bytes(needed)} ({shown}; activations come on top) and {where} has "
                    f"{shown_bytes(memory)} of memory: train LoRA adapters (--lora-rank 16), a smaller model, or on a "
                    "larger machine")
