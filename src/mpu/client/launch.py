@@ -46,10 +46,13 @@ class LocalRanks:
         self.makes_copy = self.local_rank == 0
 
     def share(self, folder: Path | None) -> Path | None:
+        """Every process's ``folder`` to every process (a collective call); the one local rank 0 of
+        this machine made, None when it made none."""
         gathered: list = [None] * torch.distributed.get_world_size()
         torch.distributed.all_gather_object(gathered, (machine_id(), self.local_rank, None if folder is None else str(folder)))
         made_here = [path for machine, rank, path in gathered if machine == machine_id() and rank == 0]
         return Path(made_here[0]) if made_here and made_here[0] else None
 
     def wait(self) -> None:
+        """Return once every process of the launch has called it (a barrier)."""
         torch.distributed.barrier()
