@@ -37,12 +37,19 @@ BENCHMARKS_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 
 def load_benchmark(name: str):
     """A ``benchmarks/<name>.py`` script as a module, loaded from its path: opacus installs a
-    top-level package named ``benchmarks`` that would shadow ours on import."""
+    top-level package named ``benchmarks`` that would shadow ours on import. The environment the
+    script sets for itself on import (``HF_HUB_DISABLE_PROGRESS_BARS``, ...) is put back afterwards,
+    so a test that loads one does not change what later tests in the same worker see."""
     import importlib.util
 
+    environment = dict(os.environ)
     spec = importlib.util.spec_from_file_location(f"mpu_benchmark_{name}_under_test", BENCHMARKS_DIR / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        os.environ.clear()
+        os.environ.update(environment)
     return module
 
 
