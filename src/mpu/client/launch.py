@@ -33,7 +33,8 @@ def copy_sharing() -> CopySharing | None:
 class LocalRanks:
     """:class:`mpu.checkpoint.received.CopySharing` over ``torch.distributed``: local rank 0 of each
     machine makes the copy; the folder goes to every process by ``all_gather_object`` and each takes
-    the one made on its machine; ``wait`` is a barrier. Sets up the process group the Trainer would set
+    the one made on its machine (by torchrun's node rank ``GROUP_RANK``, else a hash of the host
+    name); ``wait`` is a barrier. Sets up the process group the Trainer would set
     up later (accelerate's ``PartialState``: gloo on a machine without GPUs, as
     :func:`mpu.methods.training.training_arguments` asks), so the collective calls have one."""
 
@@ -44,13 +45,15 @@ class LocalRanks:
         PartialState(cpu=on_cpu, **({"backend": "gloo"} if on_cpu else {}))
         self.local_rank = int(os.environ["LOCAL_RANK"])
         self.makes_copy = self.local_rank == 0
+        # the node rank, where the launcher gives one: two machines may share a host name (containers)
+        self.machine = os.environ.get("GROUP_RANK") or machine_id()
 
     def share(self, folder: Path | None) -> Path | None:
         """Every process's ``folder`` to every process (a collective call); the one local rank 0 of
         this machine made, None when it made none."""
         gathered: list = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(gathered, (machine_id(), self.local_rank, None if folder is None else str(folder)))
-        made_here = [path for machine, rank, path in gathered if machine == machine_id() and rank == 0]
+        torch.distributed.all_gather_object(gathered, (self.machine, self.local_rank, None if folder is None else str(folder)))
+        made_here = [path for machine, rank, path in gathered if machine == self.machine and rank == 0]
         return Path(made_here[0]) if made_here and made_here[0] else None
 
     def wait(self) -> None:
