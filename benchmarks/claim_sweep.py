@@ -676,6 +676,11 @@ def main(argv: list[str] | None = None) -> int:
                 restore()
             finally:
                 lock.release()
+        empty = [split for split in splits if not finished_runs(out / split)]
+        if empty:   # a block regenerated from no runs would replace the page's tables by nothing
+            parser.error(f"--report-only: {out} holds no finished runs of {', '.join(empty)}; nothing was written. Run the "
+                         f"sweep first, or restore its runs with --archive DIR (which needs {out / LEARNING_RATES}, the "
+                         "calibrated rates the records were made with)")
         write_docs(docs, headline(out, splits, docs.parent / "results", args.shape), args.shape)
         return 0
     if args.dry_run:

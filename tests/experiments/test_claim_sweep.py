@@ -495,3 +495,16 @@ def test_a_committed_report_rebuilds_its_runs_so_resume_keeps_them_and_the_repor
         sweep.main(["--out", str(third), "--seeds", "0,1", *common, "--archive", str(tmp_path / "a3"),
                     "--import-report", str(committed)])
     assert "no calibrated learning rates" in capsys.readouterr().err and not (tmp_path / "a3").exists()
+
+
+def test_a_report_from_no_runs_is_refused_and_leaves_the_page(sweep, tmp_path, capsys):
+    page = tmp_path / "results.md"
+    page.write_text(f"{sweep.BEGIN}\nthe committed tables\n{sweep.END}\n")
+
+    with pytest.raises(SystemExit) as exit_code:
+        sweep.main(["--out", str(tmp_path / "empty"), "--split", "forget01,forget10", "--report-only", "--docs", str(page)])
+
+    assert exit_code.value.code == 2
+    assert page.read_text() == f"{sweep.BEGIN}\nthe committed tables\n{sweep.END}\n"
+    err = capsys.readouterr().err
+    assert "holds no finished runs of forget01, forget10; nothing was written" in err and "learning_rates.json" in err
